@@ -1,0 +1,254 @@
+/**
+ * The project file `mcpc.yaml`: parsed strictly with `yaml` (no custom tags, no duplicate keys, no unknown
+ * keys, no aliases to merge keys), every problem a diagnostic with a line and column.
+ */
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, relative, resolve, sep } from 'node:path';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
+import { catalogue, isCode, type Level } from '../compiler/diagnostics/catalogue.js';
+import type { Diagnostics } from '../compiler/diagnostics/diagnostic.js';
+import { SourceFile } from '../compiler/source.js';
+
+export const PROJECT_FILE = 'mcpc.yaml';
+
+export interface ProjectConfig {
+  /** Absolute directory holding mcpc.yaml (or the cwd when there is none). */
+  root: string;
+  /** Path of mcpc.yaml relative to the cwd, or undefined when running without one. */
+  file?: string;
+  /** Default pipeline for `compile` and `run`, relative to root. */
+  pipeline: string;
+  /** Globs (relative to root) of the pipelines `lint` and `fmt` check when given no files. */
+  pipelines: string[];
+  /** Globs excluded from `pipelines`. */
+  exclude: string[];
+  out: string;
+  backend: 'auto' | 'webgpu' | 'cpu' | 'wasm' | 'tensorflow';
+  allowOutsideRoot: boolean;
+  lint: { maxWarnings?: number; rules: Record<string, Level> };
+  sources: Map<string, SourceFile>;
+}
+
+export function defaultConfig(root: string): ProjectConfig {
+  return {
+    root,
+    pipeline: 'pipelines/medcare.mcp',
+    pipelines: ['pipelines/**/*.mcp'],
+    exclude: [],
+    out: 'out',
+    backend: 'auto',
+    allowOutsideRoot: false,
+    lint: { rules: {} },
+    sources: new Map(),
+  };
+}
+
+/** Find mcpc.yaml in `cwd` or the nearest parent. */
+export function findProjectFile(cwd: string): string | undefined {
+  let dir = resolve(cwd);
+  for (;;) {
+    const f = join(dir, PROJECT_FILE);
+    if (existsSync(f)) return f;
+    const up = dirname(dir);
+    if (up === dir) return undefined;
+    dir = up;
+  }
+}
+
+const backends = ['auto', 'webgpu', 'cpu', 'wasm', 'tensorflow'] as const;
+const topKeys = ['pipeline', 'pipelines', 'exclude', 'out', 'backend', 'allow_outside_root', 'lint'];
+const lintKeys = ['max_warnings', 'rules'];
+
+export function loadProject(cwd: string, diags: Diagnostics, explicit?: string): ProjectConfig {
+  const path = explicit ? resolve(cwd, explicit) : findProjectFile(cwd);
+  if (!path) return defaultConfig(resolve(cwd));
+  const cfg = defaultConfig(dirname(path));
+  const shown = relative(cwd, path) || PROJECT_FILE;
+  cfg.file = shown;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const src = new SourceFile(shown, '');
+    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    return cfg;
+  }
+  const src = new SourceFile(shown, text);
+  cfg.sources.set(shown, src);
+  const bad = (node: YamlNode | undefined | null, message: string, hint?: string) => {
+    const [a, b] = node?.range ?? [0, 0];
+    diags.report('project_file_invalid', src.span(a, b), message, hint ? { hint } : {});
+  };
+
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, strict: true, prettyErrors: false, customTags: [], merge: false, schema: 'core' });
+  for (const err of [...doc.errors, ...doc.warnings]) {
+    const [a, b] = err.pos;
+    diags.report('project_file_invalid', src.span(a, b), err.message.split('\n')[0], err.code === 'TAG_RESOLVE_FAILED' ? { hint: 'custom YAML tags are not allowed in mcpc.yaml' } : {});
+  }
+  if (doc.errors.length || doc.warnings.length) return cfg;
+  const root = doc.contents;
+  if (root === null || root === undefined) return cfg;
+  if (!isMap(root)) {
+    bad(root as YamlNode, 'mcpc.yaml must be a mapping of settings');
+    return cfg;
+  }
+
+  const str = (n: unknown): string | undefined => (isScalar(n) && typeof n.value === 'string' ? n.value : undefined);
+  const strList = (n: unknown, key: string): string[] | undefined => {
+    if (str(n) !== undefined) return [str(n)!];
+    if (!isSeq(n)) return bad(n as YamlNode, `\`${key}\` must be a string or a list of strings`), undefined;
+    const out: string[] = [];
+    for (const it of n.items) {
+      const s = str(it);
+      if (s === undefined) bad(it as YamlNode, `\`${key}\` entries must be strings`);
+      else out.push(s);
+    }
+    return out;
+  };
+
+  for (const item of root.items) {
+    const key = isScalar(item.key) ? String(item.key.value) : '';
+    const v = item.value;
+    switch (key) {
+      case 'pipeline': {
+        const s = str(v);
+        if (s === undefined) bad(v as YamlNode, '`pipeline` must be a path string');
+        else cfg.pipeline = s;
+        break;
+      }
+      case 'pipelines':
+      case 'exclude': {
+        const l = strList(v, key);
+        if (l) cfg[key] = l;
+        break;
+      }
+      case 'out': {
+        const s = str(v);
+        if (s === undefined) bad(v as YamlNode, '`out` must be a path string');
+        else cfg.out = s;
+        break;
+      }
+      case 'backend': {
+        const s = str(v);
+        if (!s || !(backends as readonly string[]).includes(s)) bad(v as YamlNode, `\`backend\` must be one of ${backends.join(', ')}`);
+        else cfg.backend = s as ProjectConfig['backend'];
+        break;
+      }
+      case 'allow_outside_root':
+        if (!isScalar(v) || typeof v.value !== 'boolean') bad(v as YamlNode, '`allow_outside_root` must be true or false');
+        else cfg.allowOutsideRoot = v.value;
+        break;
+      case 'lint':
+        if (!isMap(v)) {
+          bad(v as YamlNode, '`lint` must be a mapping with `max_warnings` and `rules`');
+          break;
+        }
+        for (const li of v.items) {
+          const lk = isScalar(li.key) ? String(li.key.value) : '';
+          const lv = li.value;
+          if (lk === 'max_warnings') {
+            if (!isScalar(lv) || typeof lv.value !== 'number' || !Number.isInteger(lv.value) || lv.value < 0) bad(lv as YamlNode, '`max_warnings` must be a whole number, 0 or more');
+            else cfg.lint.maxWarnings = lv.value;
+          } else if (lk === 'rules') {
+            if (!isMap(lv)) {
+              bad(lv as YamlNode, '`rules` must map rule codes to error, warning or off');
+              continue;
+            }
+            for (const ri of lv.items) {
+              const code = isScalar(ri.key) ? String(ri.key.value) : '';
+              const level = str(ri.value);
+              if (!isCode(code)) bad(ri.key as YamlNode, `unknown rule \`${code}\``, suggest(code, Object.keys(catalogue)));
+              else if (catalogue[code].kind !== 'lint') bad(ri.key as YamlNode, `\`${code}\` is an error, not a lint rule; its level cannot be changed`);
+              else if (level !== 'error' && level !== 'warning' && level !== 'off') bad(ri.value as YamlNode, 'a rule level is `error`, `warning` or `off`');
+              else cfg.lint.rules[code] = level;
+            }
+          } else bad(li.key as YamlNode, `unknown key \`lint.${lk}\``, suggest(lk, lintKeys));
+        }
+        break;
+      default:
+        bad(item.key as YamlNode, `unknown key \`${key}\``, suggest(key, topKeys));
+    }
+  }
+  return cfg;
+}
+
+function suggest(word: string, options: string[]): string {
+  const best = closest(word, options);
+  return best ? `did you mean \`${best}\`?` : `known keys: ${options.join(', ')}`;
+}
+
+/** The option nearest to `word` by edit distance, when near enough to be a likely typo. */
+export function closest(word: string, options: Iterable<string>): string | undefined {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const o of options) {
+    const d = editDistance(word.toLowerCase(), o.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = o;
+    }
+  }
+  const limit = Math.max(1, Math.floor(word.length / 3));
+  return best !== undefined && bestD <= limit ? best : undefined;
+}
+
+/** Damerau-Levenshtein (optimal string alignment) distance. */
+export function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 0; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** Expand the project's pipeline globs into sorted root-relative paths. */
+export function projectPipelines(cfg: ProjectConfig): string[] {
+  const inc = cfg.pipelines.map(globToRegExp);
+  const exc = cfg.exclude.map(globToRegExp);
+  const out: string[] = [];
+  const walk = (dir: string) => {
+    let entries: string[];
+    try {
+      entries = readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const name of entries.sort()) {
+      if (name === 'node_modules' || name.startsWith('.')) continue;
+      const abs = join(dir, name);
+      const rel = relative(cfg.root, abs).split(sep).join('/');
+      let st;
+      try {
+        st = statSync(abs);
+      } catch {
+        continue;
+      }
+      if (st.isDirectory()) walk(abs);
+      else if (inc.some((r) => r.test(rel)) && !exc.some((r) => r.test(rel))) out.push(rel);
+    }
+  };
+  walk(cfg.root);
+  return out;
+}
+
+/** `*` within a segment, `**` across segments, `?` one character. A pattern naming a folder matches all below it. */
+export function globToRegExp(glob: string): RegExp {
+  let re = '';
+  const g = glob.replace(/^\.\//, '').replace(/\/+$/, '');
+  for (let i = 0; i < g.length; i++) {
+    const c = g[i];
+    if (c === '*' && g[i + 1] === '*') {
+      re += g[i + 2] === '/' ? '(?:.*/)?' : '.*';
+      i += g[i + 2] === '/' ? 2 : 1;
+    } else if (c === '*') re += '[^/]*';
+    else if (c === '?') re += '[^/]';
+    else re += c.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+  }
+  return new RegExp(`^${re}(?:/.*)?$`);
+}

@@ -1,0 +1,133 @@
+/**
+ * Phase 1: source text -> AST with spans, plus syntax diagnostics. Never throws.
+ */
+import { EOF, type IRecognitionException, type IToken } from 'chevrotain';
+import type { Diagnostics } from '../diagnostics/diagnostic.js';
+import { SourceFile } from '../source.js';
+import type * as A from './ast.js';
+import { parser } from './parser.js';
+import { AstBuilder } from './to-ast.js';
+import * as T from './tokens.js';
+
+/** Deeper bracket nesting than this is refused before parsing (recursive descent would overflow). */
+export const MAX_NESTING = 64;
+/** Larger files are refused: a pipeline is a few kilobytes. */
+export const MAX_FILE_BYTES = 4 * 1024 * 1024;
+/** After this many syntax errors in one file the rest are noise. */
+const MAX_SYNTAX_ERRORS = 50;
+
+const ruleHints: Record<string, string> = {
+  file: 'a pipeline holds `pipeline <name>`, then declarations (model, tokenizer, data, adapter, probe), stages and exports',
+  topItem: 'top-level items are `model`, `tokenizer`, `data`, `adapter`, `probe` declarations, `stage NAME { ... }` and `export`',
+  decl: 'a declaration reads `adapter NAME = lora(r: 16, alpha: 32) at layers[*].attn.{q, k, v, o}`',
+  placement: 'a placement reads `at layers[*].mlp.{gate, up, down}`, optionally followed by `except layers[0].mlp.down`',
+  selector: 'selector segments are names (`mlp`), indexed names (`layers[0..3]`), sets (`{q, k}`) or `*`',
+  segment: 'selector segments are names (`mlp`), indexed names (`layers[0..3]`), sets (`{q, k}`) or `*`',
+  index: 'an index is `[*]`, `[3]`, `[0..5]` (inclusive) or a list such as `[0, 2, 4..7]`; negative counts from the end',
+  stage: 'a stage reads `stage NAME { train ... on ...; lr 2e-4; then { ... } }`',
+  stageItem: 'a stage holds `train`, `then { ... }`, `constrain`, `eval`, `adapter` declarations and settings such as `lr 2e-4`',
+  setting: 'a setting is a name and one value: `lr 2e-4`, `schedule cosine(warmup: 3%)`',
+  train: 'write `train ADAPTER[, ADAPTER] on DATA` (or `train base on DATA` for full-parameter training)',
+  then: 'a then-block holds `merge X into base`, `drop X [where load < 2%]`, `freeze X`, `unfreeze X`',
+  merge: 'write `merge ADAPTER into MODEL`',
+  drop: 'write `drop ADAPTER` or `drop ADAPTER.experts where load < 2%`',
+  condition: 'a condition reads `load < 2%`',
+  constrain: 'write `constrain orthogonal(align.A, knowledge.A) weight 1.0 norm l1`',
+  evalItem: 'write `eval PROBE[, PROBE] [every 100]`',
+  exportItem: 'write `export peft "out/adapters"`, `export peft ADAPTER "path"` or `export merged "out/model"`',
+  refOrCall: 'a call reads `name(arg, key: value)`',
+  arg: 'arguments are values or `key: value` pairs separated by commas',
+  list: 'a list reads `[a, b, c]`',
+  expr: 'values are numbers (2e-4), percentages (3%), sizes (8GB), strings, true/false, names, calls and lists',
+};
+
+export interface ParseResult {
+  file: A.PipelineFile;
+  source: SourceFile;
+  /** False when the file could not be parsed at all (too large, too deep): `file` is then empty. */
+  parsed: boolean;
+}
+
+function emptyFile(src: SourceFile): A.PipelineFile {
+  return { path: src.path, items: [], comments: [], span: src.span(0, src.text.length) };
+}
+
+export function parse(path: string, text: string, diags: Diagnostics): ParseResult {
+  const src = new SourceFile(path, text);
+  if (text.length > MAX_FILE_BYTES) {
+    diags.report('file_too_large', src.span(0, 0), `the file has ${text.length} characters; the limit is ${MAX_FILE_BYTES}`);
+    return { file: emptyFile(src), source: src, parsed: false };
+  }
+
+  const lexed = T.lexer.tokenize(text);
+  for (const err of lexed.errors.slice(0, MAX_SYNTAX_ERRORS)) {
+    const ch = text.slice(err.offset, err.offset + err.length);
+    const shown = ch.length > 20 ? ch.slice(0, 20) + '…' : ch;
+    diags.report('invalid_character', src.span(err.offset, err.offset + Math.max(1, Math.min(err.length, 1))), `unexpected character ${JSON.stringify(shown)}`);
+  }
+
+  const comments: A.Comment[] = [];
+  for (const c of (lexed.groups.comments ?? []) as IToken[]) {
+    if (c.tokenType === T.UnterminatedComment) {
+      diags.report('unterminated_comment', src.span(c.startOffset, c.startOffset + 2), 'this block comment is never closed');
+    }
+    comments.push({ text: c.image, span: src.span(c.startOffset, c.endOffset! + 1) });
+  }
+
+  const tokens = lexed.tokens.map((t) => {
+    if (t.tokenType !== T.UnterminatedString) return t;
+    diags.report('unterminated_string', src.span(t.startOffset, t.endOffset! + 1), 'this string is missing its closing quote');
+    // Parse it as a string so one missing quote does not cascade into more errors.
+    return { ...t, tokenType: T.StringLit, tokenTypeIdx: T.StringLit.tokenTypeIdx! };
+  });
+
+  let depth = 0;
+  for (const t of tokens) {
+    const k = t.tokenType;
+    if (k === T.LParen || k === T.LBracket || k === T.LBrace) {
+      if (++depth > MAX_NESTING) {
+        diags.report('nesting_too_deep', src.span(t.startOffset, t.endOffset! + 1), `brackets nest deeper than ${MAX_NESTING} levels here`);
+        return { file: emptyFile(src), source: src, parsed: false };
+      }
+    } else if (k === T.RParen || k === T.RBracket || k === T.RBrace) depth = Math.max(0, depth - 1);
+  }
+
+  parser.input = tokens;
+  let cst;
+  try {
+    cst = parser.file();
+  } catch (err) {
+    // Chevrotain recovery should never throw; if it does (e.g. a stack overflow on pathological input),
+    // keep the promise that parsing never throws and report what we can.
+    diags.report('unexpected_token', src.span(0, 0), `the parser gave up on this file (${(err as Error).message ?? err})`);
+    return { file: emptyFile(src), source: src, parsed: false };
+  }
+
+  const seen = new Set<number>();
+  for (const e of parser.errors.slice(0, MAX_SYNTAX_ERRORS)) reportSyntaxError(e, src, tokens, diags, seen);
+
+  const file = new AstBuilder(src).file(cst, comments);
+  if (!file.header && parser.errors.length === 0) {
+    const first = tokens[0];
+    diags.report('missing_pipeline_header', first ? src.span(first.startOffset, first.endOffset! + 1) : src.span(0, 0), 'the file does not start with `pipeline <name>`');
+  }
+  return { file, source: src, parsed: true };
+}
+
+function reportSyntaxError(e: IRecognitionException, src: SourceFile, tokens: IToken[], diags: Diagnostics, seen: Set<number>): void {
+  let tok = e.token;
+  const atEnd = !tok || tok.tokenType === EOF || !Number.isFinite(tok.startOffset);
+  if (atEnd) {
+    // Point just after the last real token, where the missing part belongs.
+    const last = tokens[tokens.length - 1];
+    tok = last ?? tok;
+  }
+  const start = atEnd ? (tok && Number.isFinite(tok.endOffset) ? tok.endOffset! + 1 : src.text.length) : tok.startOffset;
+  if (seen.has(start)) return;
+  seen.add(start);
+  const end = atEnd ? start : tok.endOffset! + 1;
+  const stack = e.context?.ruleStack ?? [];
+  const rule = stack[stack.length - 1] ?? 'file';
+  const hint = ruleHints[rule];
+  diags.report(atEnd ? 'unexpected_end' : 'unexpected_token', src.span(start, end), e.message, hint ? { hint } : {});
+}
