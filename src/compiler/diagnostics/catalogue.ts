@@ -62,6 +62,9 @@ export const catalogue = {
   redeclared_from_base: e('Redeclared without override', 'A pipeline that extends another declares a name the base already has.', 'write `override` before it to replace the base version'),
   unknown_stage: e('Unknown stage', 'A stage position (`after X`) names a stage that does not exist.'),
   stage_setting_conflict: e('Conflicting settings', 'Two settings of a stage contradict each other.'),
+  missing_model: e('No model', 'A pipeline must declare the model it trains.', 'add `model base = builtin("qwen2-tiny")` or `model base = hf("models/my-model")`'),
+  multiple_models: e('Several models', 'A pipeline trains exactly one model.', 'keep one `model` declaration'),
+  invalid_statement: e('Statement not allowed here', 'A statement appears where the language does not allow it (e.g. a data declaration inside a stage, two train statements in one stage).'),
   file_not_found: e('File not found', 'A data file or directory named in the pipeline does not exist.', 'generate the file first, or fix the path (paths are relative to the project root)'),
 
   // --- lint rules ------------------------------------------------------------------------------------------

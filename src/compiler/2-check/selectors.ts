@@ -1,0 +1,136 @@
+/**
+ * Placement selectors against the model's module tree. Resolution happens here, before any tensor exists:
+ * `layers[*].attn.{q, k, v, o}` becomes the list of linear modules it names, each with its shape.
+ *
+ * Semantics: segments walk down from the root; `name[...]` indexes a list (`[*]`, `[3]`, `[0..5]`
+ * inclusive, negatives from the end); `{a, b}` takes several children; `*` all children. A selector that
+ * ends on a container stands for every linear module below it. `except` removes what its selectors match.
+ */
+import type * as A from '../1-parse/ast.js';
+import type { Diagnostics } from '../diagnostics/diagnostic.js';
+import { didYouMean } from '../util/suggest.js';
+import { linearsUnder, type ModuleNode } from './models.js';
+
+export function selectorText(s: A.Selector): string {
+  return s.segments
+    .map((g) => {
+      if (g.kind === 'any') return '*';
+      if (g.kind === 'set') return `{${g.names.map((n) => n.name).join(', ')}}`;
+      if (!g.index) return g.name.name;
+      const idx = g.index.kind === 'all' ? '*' : g.index.items.map((i) => (i.to === undefined ? `${i.from}` : `${i.from}..${i.to}`)).join(', ');
+      return `${g.name.name}[${idx}]`;
+    })
+    .join('.');
+}
+
+export function placementText(p: A.Placement): string {
+  const inc = p.include.map(selectorText).join(', ');
+  return p.exclude.length ? `${inc} except ${p.exclude.map(selectorText).join(', ')}` : inc;
+}
+
+const childNames = (nodes: ModuleNode[]): string[] => [...new Set(nodes.flatMap((n) => (n.kind === 'list' ? [] : n.children.map((c) => c.name))))];
+
+/** Resolve one selector to module nodes; reports and returns [] when it matches nothing. */
+export function resolveSelector(root: ModuleNode, sel: A.Selector, diags: Diagnostics): ModuleNode[] {
+  let cur: ModuleNode[] = [root];
+  for (const seg of sel.segments) {
+    const here = cur.map((n) => n.path || '(the model)');
+    const where = here.length === 1 ? `\`${here[0]}\`` : `\`${here[0]}\` (and ${here.length - 1} more)`;
+    if (seg.kind === 'any') {
+      cur = cur.flatMap((n) => n.children);
+    } else if (seg.kind === 'set' || seg.kind === 'name') {
+      const names = seg.kind === 'set' ? seg.names : [seg.name];
+      const next: ModuleNode[] = [];
+      for (const nm of names) {
+        if (nm.name === '') return [];
+        const found = cur.flatMap((n) => (n.kind === 'list' ? [] : n.children.filter((c) => c.name === nm.name)));
+        if (!found.length) {
+          const inList = cur.some((n) => n.kind === 'list');
+          const options = childNames(cur);
+          diags.report('selector_matches_nothing', nm.span, `${where} has no module \`${nm.name}\``, {
+            hint: inList
+              ? `\`${cur[0].path}\` is a list of ${cur[0].children.length}: index it first, e.g. \`${cur[0].name}[*].${nm.name}\``
+              : didYouMean(nm.name, options) ?? (options.length ? `${where} has: ${options.join(', ')}` : `${where} has no submodules`),
+          });
+          return [];
+        }
+        next.push(...found);
+      }
+      cur = next;
+      if (seg.kind === 'name' && seg.index) {
+        const lists = cur.filter((n) => n.kind === 'list');
+        if (lists.length !== cur.length) {
+          diags.report('selector_matches_nothing', seg.index.span, `\`${cur[0].path}\` is not a list and cannot be indexed`, { hint: `remove the brackets: \`${seg.name.name}\`` });
+          return [];
+        }
+        const picked: ModuleNode[] = [];
+        for (const list of lists) {
+          const n = list.children.length;
+          if (seg.index.kind === 'all') {
+            picked.push(...list.children);
+            continue;
+          }
+          for (const item of seg.index.items) {
+            const norm = (i: number) => (i < 0 ? n + i : i);
+            const a = norm(item.from);
+            const b = item.to === undefined ? a : norm(item.to);
+            if (a < 0 || a >= n || b < 0 || b >= n) {
+              diags.report('selector_index_out_of_range', item.span, `\`${list.path}\` has ${n} entries (0..${n - 1}); ${item.to === undefined ? item.from : `${item.from}..${item.to}`} is out of range`, {
+                hint: `use indices 0..${n - 1}, or negatives from the end (-1 is the last)`,
+              });
+              return [];
+            }
+            if (b < a) {
+              diags.report('selector_index_out_of_range', item.span, `the range ${item.from}..${item.to} is empty`, { hint: 'ranges are inclusive and ascending: `0..3`' });
+              return [];
+            }
+            for (let i = a; i <= b; i++) picked.push(list.children[i]);
+          }
+        }
+        cur = [...new Set(picked)];
+      }
+    }
+  }
+  return cur;
+}
+
+export interface ResolvedPlacement {
+  /** Linear modules, in tree order, no duplicates. */
+  sites: ModuleNode[];
+  ok: boolean;
+}
+
+/** Resolve a placement to linear sites. Non-linear targets and empty results are reported. */
+export function resolvePlacement(root: ModuleNode, p: A.Placement, diags: Diagnostics): ResolvedPlacement {
+  const order = new Map<ModuleNode, number>();
+  linearsUnder(root).forEach((n, i) => order.set(n, i));
+  const collect = (sels: A.Selector[]): { nodes: Set<ModuleNode>; ok: boolean } => {
+    const nodes = new Set<ModuleNode>();
+    let ok = true;
+    for (const s of sels) {
+      const matched = resolveSelector(root, s, diags);
+      if (!matched.length) {
+        ok = false;
+        continue;
+      }
+      const bad = matched.filter((m) => m.kind !== 'linear' && linearsUnder(m).length === 0);
+      if (bad.length) {
+        diags.report('invalid_placement', s.span, `\`${bad[0].path}\` is ${bad[0].kind === 'norm' ? 'a norm' : `an ${bad[0].kind}`}, not a linear projection; adapters attach to linear modules`, {
+          hint: 'place adapters on attn.{q, k, v, o}, mlp.{gate, up, down} or lm_head',
+        });
+        ok = false;
+        continue;
+      }
+      for (const m of matched) for (const l of linearsUnder(m)) nodes.add(l);
+    }
+    return { nodes, ok };
+  };
+  const inc = collect(p.include);
+  const exc = collect(p.exclude);
+  const sites = [...inc.nodes].filter((n) => !exc.nodes.has(n)).sort((a, b) => order.get(a)! - order.get(b)!);
+  if (inc.ok && exc.ok && sites.length === 0) {
+    diags.report('selector_matches_nothing', p.span, `after \`except\`, \`${placementText(p)}\` matches no module`, { hint: 'the exclusions remove every module the placement selects' });
+    return { sites, ok: false };
+  }
+  return { sites, ok: inc.ok && exc.ok };
+}
