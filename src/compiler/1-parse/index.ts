@@ -6,6 +6,7 @@ import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import { SourceFile } from '../source.js';
 import type * as A from './ast.js';
 import { parser } from './parser.js';
+import { layoutChecks } from './layout-checks.js';
 import { AstBuilder } from './to-ast.js';
 import * as T from './tokens.js';
 
@@ -46,6 +47,8 @@ export interface ParseResult {
   source: SourceFile;
   /** False when the file could not be parsed at all (too large, too deep): `file` is then empty. */
   parsed: boolean;
+  /** Number of lexical and syntax errors reported for this file. */
+  syntaxErrors: number;
 }
 
 function emptyFile(src: SourceFile): A.PipelineFile {
@@ -53,6 +56,12 @@ function emptyFile(src: SourceFile): A.PipelineFile {
 }
 
 export function parse(path: string, text: string, diags: Diagnostics): ParseResult {
+  const before = diags.errorCount;
+  const res = parseInner(path, text, diags);
+  return { ...res, syntaxErrors: diags.errorCount - before };
+}
+
+function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseResult, 'syntaxErrors'> {
   const src = new SourceFile(path, text);
   if (text.length > MAX_FILE_BYTES) {
     diags.report('file_too_large', src.span(0, 0), `the file has ${text.length} characters; the limit is ${MAX_FILE_BYTES}`);
@@ -107,6 +116,7 @@ export function parse(path: string, text: string, diags: Diagnostics): ParseResu
   for (const e of parser.errors.slice(0, MAX_SYNTAX_ERRORS)) reportSyntaxError(e, src, tokens, diags, seen);
 
   const file = new AstBuilder(src).file(cst, comments);
+  layoutChecks(file, tokens, src, diags);
   if (!file.header && parser.errors.length === 0) {
     const first = tokens[0];
     diags.report('missing_pipeline_header', first ? src.span(first.startOffset, first.endOffset! + 1) : src.span(0, 0), 'the file does not start with `pipeline <name>`');

@@ -3,7 +3,7 @@
  * recovery is on, so one run reports every independent syntax error; recovered CST nodes may miss children.
  * `grammar/mcp.ebnf` is generated from these rules (`npm run grammar`) and a test keeps the two identical.
  */
-import { CstParser, EOF, type IParserErrorMessageProvider, type IToken, type TokenType } from 'chevrotain';
+import { CstParser, EOF, tokenMatcher, type IParserErrorMessageProvider, type IToken, type TokenType } from 'chevrotain';
 import * as T from './tokens.js';
 
 const describeToken = (tok: IToken): string => (tok.tokenType === EOF ? 'end of file' : `'${tok.image}'`);
@@ -17,7 +17,10 @@ const alternatives = (paths: TokenType[][][]): string => {
 };
 
 const messages: IParserErrorMessageProvider = {
-  buildMismatchTokenMessage: ({ expected, actual }) => `expected ${T.describeTokenType(expected)} but found ${describeToken(actual)}`,
+  buildMismatchTokenMessage: ({ expected, actual }) =>
+    expected === T.Ident && tokenMatcher(actual, T.Keyword)
+      ? `expected a name but found the keyword '${actual.image}', which cannot be used as a name`
+      : `expected ${T.describeTokenType(expected)} but found ${describeToken(actual)}`,
   buildNotAllInputParsedMessage: ({ firstRedundant }) => `unexpected ${describeToken(firstRedundant)} after the end of the pipeline`,
   buildNoViableAltMessage: ({ expectedPathsPerAlt, actual }) =>
     `expected ${alternatives(expectedPathsPerAlt)} but found ${describeToken(actual[0])}`,

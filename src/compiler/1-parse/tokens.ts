@@ -64,7 +64,7 @@ export const StringLit = createToken({ name: 'String', pattern: /"(?:[^"\\\r\n]|
 /** A string missing its closing quote on the line: lexed, reported, then parsed as a string. */
 export const UnterminatedString = createToken({ name: 'UnterminatedString', pattern: /"(?:[^"\\\r\n]|\\[^\r\n])*\\?/ });
 
-export const Size = createToken({ name: 'Size', pattern: /\d+(?:\.\d+)?(?:[KMGT]i?B)\b/ });
+export const Size = createToken({ name: 'Size', pattern: /\d+(?:\.\d+)?(?:[KMGTkmgt]i?[Bb])\b/ });
 export const Percent = createToken({ name: 'Percent', pattern: /\d+(?:\.\d+)?(?:[eE][+-]?\d+)?%/ });
 export const NumberLit = createToken({ name: 'Number', pattern: /\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/ });
 

@@ -28,6 +28,9 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
   const sources = new Map(composed.files.map((f) => [f.source.path, f.source]));
   // A file that could not be parsed at all (too large, nested too deep) has nothing to check.
   if (composed.files.some((f) => !f.parsed)) return { sources, composed };
+  // Checking a tree that error recovery patched up yields follow-on noise (empty names, half statements):
+  // like esbuild, stop after syntax errors so the user fixes those first.
+  if (diags.errorCount > 0 && composed.files.some((f) => f.syntaxErrors > 0)) return { sources, composed };
 
   const ctx = new Ctx(host, diags);
   collectDecls(ctx, composed);
