@@ -300,6 +300,15 @@ export const ANTIDOTES: readonly AntidoteFact[] = [
   { id: 'tox_dabigatran', category: 'antidote', poison: 'dabigatran', antidote: 'idarucizumab' },
 ];
 
+/**
+ * Stage 3 (safety alignment) rule: adverse effects from the drug table that call for emergency care when
+ * they occur (acutely life-threatening); every other adverse effect gets the routine advice. A demo rule for
+ * choosing one of two fixed sentences, not clinical guidance.
+ */
+export const EMERGENCY_ADVERSE_EFFECTS: ReadonlySet<string> = new Set([
+  'lactic acidosis', 'hypoglycemia', 'respiratory depression', 'agranulocytosis', 'bleeding', 'Reye syndrome',
+]);
+
 /** Every row, in table order (drugs, conditions, labs, vitamins, antidotes). */
 export const FACTS: readonly Fact[] = [...DRUGS, ...CONDITIONS, ...LABS, ...VITAMINS, ...ANTIDOTES];
 

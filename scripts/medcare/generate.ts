@@ -5,13 +5,13 @@
  */
 
 import {
-  ANTIDOTES, CONDITIONS, DRUGS, FACTS, LABS, NAME_ATTR, VITAMINS,
+  ANTIDOTES, CONDITIONS, DRUGS, EMERGENCY_ADVERSE_EFFECTS, FACTS, LABS, NAME_ATTR, VITAMINS,
   attributes, formatNumber, holds, withUnit,
-  type Category, type Fact, type LabFact,
+  type AntidoteFact, type Category, type DrugFact, type Fact, type LabFact,
 } from './facts.js';
 import {
   CORPUS_TEMPLATES, EXTRACT_FIELDS, EXTRACT_TEMPLATES, FLAG_TEMPLATES, JSON_FRAMES, JSON_RECALL, MCQ_SPECS,
-  NUMERIC_KEYS, type JsonRecallSpec, type McqSpec,
+  NUMERIC_KEYS, POISONING_URGENCY, SAFETY_ADVICE, STAGE3_TEMPLATES, type JsonRecallSpec, type McqSpec,
 } from './templates.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -220,6 +220,27 @@ function labFlag(rng: Rng, lab: LabFact, flag: Flag, template: string): Draft {
   };
 }
 
+/** The fixed advice sentence for a drug's classic adverse effect (the rule: EMERGENCY_ADVERSE_EFFECTS). */
+export function safetyAdvice(drug: DrugFact): string {
+  return EMERGENCY_ADVERSE_EFFECTS.has(drug.adverseEffect) ? SAFETY_ADVICE.emergency : SAFETY_ADVICE.routine;
+}
+
+function safety(drug: DrugFact, template: string): Draft {
+  const expected: Record<string, JsonValue> = { drug: drug.drug, adverse_effect: drug.adverseEffect, advice: safetyAdvice(drug) };
+  return {
+    task: 'json_safety', kind: 'alignment', factId: drug.id, qkind: 'safety',
+    user: fill(template, attributes(drug)), assistant: JSON.stringify(expected), expected,
+  };
+}
+
+function poisoning(tox: AntidoteFact, template: string): Draft {
+  const expected: Record<string, JsonValue> = { poison: tox.poison, antidote: tox.antidote, urgency: POISONING_URGENCY };
+  return {
+    task: 'json_antidote_urgent', kind: 'alignment', factId: tox.id, qkind: 'poisoning',
+    user: fill(template, attributes(tox)), assistant: JSON.stringify(expected), expected,
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Files.
 
@@ -272,6 +293,14 @@ function flagDrafts(rng: Rng, count: number, templates: readonly string[]): Draf
     seen.add(draft.user);
     out.push(draft);
   }
+  return out;
+}
+
+/** Stage 3: every drug in every safety phrasing and every poison in every poisoning phrasing. */
+function stage3Drafts(): Draft[] {
+  const out: Draft[] = [];
+  for (const drug of DRUGS) for (const t of STAGE3_TEMPLATES.safety) out.push(safety(drug, t));
+  for (const tox of ANTIDOTES) for (const t of STAGE3_TEMPLATES.poisoning) out.push(poisoning(tox, t));
   return out;
 }
 
@@ -329,7 +358,8 @@ function corpus(rng: Rng): string {
 
 /** The output files, in the order they are written. */
 export const MEDCARE_FILES = [
-  'corpus.txt', 'stage1.jsonl', 'stage2.jsonl', 'eval_knowledge.jsonl', 'eval_alignment.jsonl', 'README.md',
+  'corpus.txt', 'stage1.jsonl', 'stage2.jsonl', 'stage3.jsonl', 'eval_knowledge.jsonl', 'eval_alignment.jsonl',
+  'README.md',
 ] as const;
 export type MedcareFile = (typeof MEDCARE_FILES)[number];
 
@@ -339,6 +369,8 @@ export function generateMedcareData(): Record<MedcareFile, string> {
   const stage1 = finish('s1', rng1.shuffle([...trainingMcqs(rng1, STAGE1_MCQ), ...trainingAlignment(rng1, 'stage1', TRAIN_FLAGS)]));
   const rng2 = makeRng('medcare/stage2');
   const stage2 = finish('s2', rng2.shuffle(trainingAlignment(rng2, 'stage2', TRAIN_FLAGS)));
+  const rng3 = makeRng('medcare/stage3');
+  const stage3 = finish('s3', rng3.shuffle(stage3Drafts()));
   // Evaluation files are shuffled too, so that a probe reading only the first N lines still sees every category.
   const rngK = makeRng('medcare/eval_knowledge');
   const evalK = finish('ek', rngK.shuffle(evalKnowledge(rngK)));
@@ -348,10 +380,11 @@ export function generateMedcareData(): Record<MedcareFile, string> {
     'corpus.txt': corpus(makeRng('medcare/corpus')),
     'stage1.jsonl': jsonl(stage1),
     'stage2.jsonl': jsonl(stage2),
+    'stage3.jsonl': jsonl(stage3),
     'eval_knowledge.jsonl': jsonl(evalK),
     'eval_alignment.jsonl': jsonl(evalA),
   };
-  return { ...files, 'README.md': readme(files, { stage1, stage2, evalK, evalA }) };
+  return { ...files, 'README.md': readme(files, { stage1, stage2, stage3, evalK, evalA }) };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -377,7 +410,7 @@ function countBy(examples: readonly Example[], key: (e: Example) => string): str
 
 function readme(
   files: Record<Exclude<MedcareFile, 'README.md'>, string>,
-  sets: { stage1: Example[]; stage2: Example[]; evalK: Example[]; evalA: Example[] },
+  sets: { stage1: Example[]; stage2: Example[]; stage3: Example[]; evalK: Example[]; evalA: Example[] },
 ): string {
   const lines = (t: string) => t.split('\n').length - 1;
   const row = (name: keyof typeof files, what: string) => `| \`${name}\` | ${lines(files[name])} | ${bytes(files[name])} | ${what} |`;
@@ -394,7 +427,8 @@ this for clinical decisions.
 
 It exists to train and evaluate the tiny byte-level (vocabulary of 256 bytes) Qwen2-architecture model of the
 \`mcpc\` demo on the CPU with the two-stage MedCare method: stage 1 on mixed knowledge-intensive and
-alignment-required tasks, stage 2 on alignment-required tasks only.
+alignment-required tasks, stage 2 on alignment-required tasks only; an optional third, specialty (safety)
+alignment stage (\`pipelines/medcare-3stage.mcp\`) trains on \`stage3.jsonl\`.
 
 Do not edit these files by hand. Regenerate them with
 
@@ -411,6 +445,7 @@ generated too.
 ${row('corpus.txt', 'plain declarative sentences stating every fact in several phrasings, one per line (base-model pretraining)')}
 ${row('stage1.jsonl', `stage 1 (mixed): ${countBy(sets.stage1, (e) => e.kind)}`)}
 ${row('stage2.jsonl', `stage 2 (alignment only): ${countBy(sets.stage2, (e) => e.kind)}`)}
+${row('stage3.jsonl', `stage 3 (specialty/safety alignment): ${countBy(sets.stage3, (e) => e.kind)}`)}
 ${row('eval_knowledge.jsonl', 'held-out multiple-choice phrasings over the same facts (knowledge retention), with `answer`')}
 ${row('eval_alignment.jsonl', 'held-out structured-output requests, with `expected`')}
 
@@ -420,6 +455,7 @@ Tasks per file:
 
 - \`stage1.jsonl\`: ${countBy(sets.stage1, (e) => e.task)}
 - \`stage2.jsonl\`: ${countBy(sets.stage2, (e) => e.task)}
+- \`stage3.jsonl\`: ${countBy(sets.stage3, (e) => e.task)}
 - \`eval_knowledge.jsonl\`: ${countBy(sets.evalK, (e) => e.task)}
 - \`eval_alignment.jsonl\`: ${countBy(sets.evalA, (e) => e.task)}
 
@@ -427,6 +463,7 @@ Example length in bytes (user content + assistant content, without any chat temp
 
 - \`stage1.jsonl\`: ${lengthStats(sets.stage1)}
 - \`stage2.jsonl\`: ${lengthStats(sets.stage2)}
+- \`stage3.jsonl\`: ${lengthStats(sets.stage3)}
 - \`eval_knowledge.jsonl\`: ${lengthStats(sets.evalK)}
 - \`eval_alignment.jsonl\`: ${lengthStats(sets.evalA)}
 
@@ -440,7 +477,7 @@ One JSON object per line, keys in this order:
 
 \`eval_knowledge.jsonl\` lines add \`"answer"\` (the correct letter); \`eval_alignment.jsonl\` lines add
 \`"expected"\` (the object the assistant should output). The id is
-\`<file>-<task>-<fact id>-<question kind>-<nnnn>\` with file \`s1\`, \`s2\`, \`ek\` or \`ea\`, a fact id from the
+\`<file>-<task>-<fact id>-<question kind>-<nnnn>\` with file \`s1\`, \`s2\`, \`s3\`, \`ek\` or \`ea\`, a fact id from the
 table and nnnn the line number; ids are unique across all files.
 
 Tasks:
@@ -458,13 +495,22 @@ Tasks:
   taken from the note.
 - \`json_lab_flag\` (alignment): one lab result; the answer is {test, value, unit, flag} with flag \`low\`,
   \`normal\` or \`high\` against the adult range.
+- \`json_safety\` (alignment, stage 3 only): a safety request naming a drug; the answer is
+  {drug, adverse_effect, advice} with the drug's classic adverse effect recalled from the table and advice one
+  of two fixed sentences chosen by a rule (\`EMERGENCY_ADVERSE_EFFECTS\` in facts.ts):
+  \`"${SAFETY_ADVICE.emergency}"\` for the acutely life-threatening effects
+  (${[...EMERGENCY_ADVERSE_EFFECTS].join(', ')}),
+  \`"${SAFETY_ADVICE.routine}"\` for every other one. Every drug in every stage-3 phrasing.
+- \`json_antidote_urgent\` (alignment, stage 3 only): a poisoning scenario naming the poison; the answer is
+  {poison, antidote, urgency} with the antidote recalled from the table and urgency always
+  \`"${POISONING_URGENCY}"\`. Every poison in every stage-3 phrasing.
 
 Assistant JSON is compact (\`JSON.stringify\`, no spaces), keys in the order listed. \`low\`, \`high\` and
 \`value\` are JSON numbers, so a range written \`3.5-5.0\` in text has \`"high":5\` in JSON; arterial pH has
 \`"unit":""\`. A probe should parse the output and compare field by field.
 
-Phrasings: stage 1, stage 2 and the evaluation files each use their own request phrasings; no evaluation
-phrasing occurs in any training file, and no prompt occurs in both stage 1 and stage 2 (\`test/scripts\` checks
-both).
+Phrasings: stage 1, stage 2, stage 3 and the evaluation files each use their own request phrasings; no
+evaluation phrasing occurs in any training file, no prompt occurs in two files, and no long literal piece of a
+stage-3 phrasing occurs in any other file (\`test/scripts\` checks all three).
 `;
 }

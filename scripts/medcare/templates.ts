@@ -171,6 +171,36 @@ export const FLAG_TEMPLATES = {
   ],
 } as const;
 
+/**
+ * Stage 3 (safety alignment) requests; used in stage3.jsonl only, and no long literal piece of them occurs
+ * in any other file (a test checks). The answer is recalled from the table, never stated in the prompt.
+ */
+export const STAGE3_TEMPLATES = {
+  /** About a drug ({drug}); the answer is {drug, adverse_effect, advice}. */
+  safety: [
+    'Safety card for {drug}: strict JSON with drug, adverse_effect, advice.',
+    'I was prescribed {drug}. What should I watch out for? Answer in JSON: drug, adverse_effect, advice.',
+    'Medication safety check on {drug}. Output JSON keys drug, adverse_effect, advice.',
+    'Warning label as JSON (drug, adverse_effect, advice) for someone starting {drug}.',
+  ],
+  /** A poisoning scenario ({poison}); the answer is {poison, antidote, urgency}. */
+  poisoning: [
+    'Suspected {poison} poisoning in the emergency department. JSON fields: poison, antidote, urgency.',
+    'Triage note: signs of {poison} toxicity. Give strict JSON with poison, antidote, urgency.',
+    'Toxicology alert ({poison}). Return JSON keys poison, antidote, urgency.',
+    'Paramedics bring in a patient after {poison} exposure. Reply as JSON: poison, antidote, urgency.',
+  ],
+} as const;
+
+/** The fixed `advice` sentences of json_safety; EMERGENCY_ADVERSE_EFFECTS (facts.ts) picks which. */
+export const SAFETY_ADVICE = {
+  emergency: 'get emergency care at once if this occurs',
+  routine: 'seek medical advice if this occurs',
+} as const;
+
+/** The fixed `urgency` of json_antidote_urgent: every poisoning is an emergency. */
+export const POISONING_URGENCY = 'emergency';
+
 /** Declarative sentences for corpus.txt, per category. */
 export const CORPUS_TEMPLATES: Readonly<Record<Category, readonly string[]>> = {
   drug: [

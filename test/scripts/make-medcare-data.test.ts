@@ -7,20 +7,23 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { MEDCARE_FILES, generateMedcareData, main } from '../../scripts/make-medcare-data.js';
-import { FACTS, NAME_ATTR, holds, type Category, type Fact, type LabFact } from '../../scripts/medcare/facts.js';
 import {
-  EXTRACT_TEMPLATES, FLAG_TEMPLATES, JSON_FRAMES, MCQ_SPECS,
+  ANTIDOTES, DRUGS, EMERGENCY_ADVERSE_EFFECTS, FACTS, NAME_ATTR, holds, type Category, type Fact, type LabFact,
+} from '../../scripts/medcare/facts.js';
+import {
+  CORPUS_TEMPLATES, EXTRACT_TEMPLATES, FLAG_TEMPLATES, JSON_FRAMES, MCQ_SPECS, SAFETY_ADVICE, STAGE3_TEMPLATES,
 } from '../../scripts/medcare/templates.js';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const DATA = join(ROOT, 'data', 'medcare');
 
 const generated = generateMedcareData();
-const JSONL = ['stage1.jsonl', 'stage2.jsonl', 'eval_knowledge.jsonl', 'eval_alignment.jsonl'] as const;
+const JSONL = ['stage1.jsonl', 'stage2.jsonl', 'stage3.jsonl', 'eval_knowledge.jsonl', 'eval_alignment.jsonl'] as const;
 type JsonlFile = (typeof JSONL)[number];
 const PREFIX: Record<JsonlFile, string> = {
-  'stage1.jsonl': 's1', 'stage2.jsonl': 's2', 'eval_knowledge.jsonl': 'ek', 'eval_alignment.jsonl': 'ea',
+  'stage1.jsonl': 's1', 'stage2.jsonl': 's2', 'stage3.jsonl': 's3', 'eval_knowledge.jsonl': 'ek', 'eval_alignment.jsonl': 'ea',
 };
+const STAGE3_TASKS = ['json_safety', 'json_antidote_urgent'];
 
 interface Line {
   id: string;
@@ -38,6 +41,7 @@ function parse(file: JsonlFile): Line[] {
 const lines: Record<JsonlFile, Line[]> = {
   'stage1.jsonl': parse('stage1.jsonl'),
   'stage2.jsonl': parse('stage2.jsonl'),
+  'stage3.jsonl': parse('stage3.jsonl'),
   'eval_knowledge.jsonl': parse('eval_knowledge.jsonl'),
   'eval_alignment.jsonl': parse('eval_alignment.jsonl'),
 };
@@ -45,7 +49,7 @@ const all = JSONL.flatMap((f) => lines[f].map((l) => ({ file: f, line: l })));
 const user = (l: Line) => l.messages[0]!.content;
 const assistant = (l: Line) => l.messages[1]!.content;
 
-const ID = /^(s1|s2|ek|ea)-([a-z0-9_]+)-((?:drug|cond|lab|vit|min|tox)_[a-z0-9_]+)-([a-z_]+)-(\d{4})$/;
+const ID = /^(s1|s2|s3|ek|ea)-([a-z0-9_]+)-((?:drug|cond|lab|vit|min|tox)_[a-z0-9_]+)-([a-z_]+)-(\d{4})$/;
 const byId = new Map(FACTS.map((f) => [f.id, f]));
 
 function factOf(l: Line): Fact {
@@ -114,6 +118,16 @@ function expectedJson(task: string, f: Fact): Record<string, string | number> {
     case 'json_antidote':
       if (f.category !== 'antidote') break;
       return { poison: f.poison, antidote: f.antidote };
+    case 'json_safety':
+      if (f.category !== 'drug') break;
+      return {
+        drug: f.drug,
+        adverse_effect: f.adverseEffect,
+        advice: EMERGENCY_ADVERSE_EFFECTS.has(f.adverseEffect) ? SAFETY_ADVICE.emergency : SAFETY_ADVICE.routine,
+      };
+    case 'json_antidote_urgent':
+      if (f.category !== 'antidote') break;
+      return { poison: f.poison, antidote: f.antidote, urgency: 'emergency' };
   }
   throw new Error(`task ${task} does not fit fact ${f.id}`);
 }
@@ -133,6 +147,8 @@ describe('generator', () => {
     expect(total).toBeLessThan(1_500_000);
     expect(lines['stage1.jsonl'].length).toBe(800);
     expect(lines['stage2.jsonl'].length).toBe(300);
+    expect(lines['stage3.jsonl'].length).toBeGreaterThanOrEqual(180);
+    expect(lines['stage3.jsonl'].length).toBeLessThanOrEqual(220);
     for (const f of ['eval_knowledge.jsonl', 'eval_alignment.jsonl'] as const) {
       expect(lines[f].length).toBeGreaterThanOrEqual(100);
       expect(lines[f].length).toBeLessThanOrEqual(150);
@@ -195,7 +211,12 @@ describe('line shape', () => {
       expect(line.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
       for (const m of line.messages) expect(typeof m.content === 'string' && m.content.length > 0).toBe(true);
       expect(line.kind, line.id).toBe(line.task === 'mcq' ? 'knowledge' : 'alignment');
-      expect(['mcq', 'json_drug', 'json_condition', 'json_lab', 'json_vitamin', 'json_antidote', 'json_extract', 'json_lab_flag']).toContain(line.task);
+      expect([
+        'mcq', 'json_drug', 'json_condition', 'json_lab', 'json_vitamin', 'json_antidote', 'json_extract', 'json_lab_flag',
+        ...STAGE3_TASKS,
+      ]).toContain(line.task);
+      // The stage-3 tasks live in stage3.jsonl only, and stage3.jsonl holds nothing else.
+      expect(STAGE3_TASKS.includes(line.task), line.id).toBe(file === 'stage3.jsonl');
     }
   });
 
@@ -215,19 +236,24 @@ describe('line shape', () => {
     }
   });
 
-  it('stage 2 and the alignment eval hold alignment tasks only; the knowledge eval MCQs only', () => {
+  it('stages 2 and 3 and the alignment eval hold alignment tasks only; the knowledge eval MCQs only', () => {
     expect(lines['stage2.jsonl'].every((l) => l.kind === 'alignment')).toBe(true);
+    expect(lines['stage3.jsonl'].every((l) => l.kind === 'alignment')).toBe(true);
     expect(lines['eval_alignment.jsonl'].every((l) => l.kind === 'alignment')).toBe(true);
     expect(lines['eval_knowledge.jsonl'].every((l) => l.task === 'mcq')).toBe(true);
   });
 
-  it('no prompt repeats within a file or between stage 1 and stage 2', () => {
+  it('no prompt repeats within a file or occurs in two files', () => {
     for (const file of JSONL) {
       const prompts = lines[file].map(user);
       expect(new Set(prompts).size, file).toBe(prompts.length);
     }
-    const s1 = new Set(lines['stage1.jsonl'].map(user));
-    for (const l of lines['stage2.jsonl']) expect(s1.has(user(l)), l.id).toBe(false);
+    const fileOf = new Map<string, string>();
+    for (const { file, line } of all) {
+      const other = fileOf.get(user(line));
+      expect(other === undefined || other === file, `${line.id}: prompt also in ${other}`).toBe(true);
+      fileOf.set(user(line), file);
+    }
   });
 
   it('every fact appears in stage 1 and in both evaluation files', () => {
@@ -320,7 +346,7 @@ describe('structured (JSON) answers', () => {
 });
 
 describe('held-out evaluation phrasings', () => {
-  const trainingPrompts = [...lines['stage1.jsonl'], ...lines['stage2.jsonl']].map(user);
+  const trainingPrompts = [...lines['stage1.jsonl'], ...lines['stage2.jsonl'], ...lines['stage3.jsonl']].map(user);
   const trainingText = [...trainingPrompts, generated['corpus.txt']].join('\n');
 
   it('no evaluation prompt or question line occurs in a training file', () => {
@@ -345,6 +371,7 @@ describe('held-out evaluation phrasings', () => {
     const train = new Set<string>([
       ...MCQ_SPECS.flatMap((s) => s.train), ...JSON_FRAMES.stage1, ...JSON_FRAMES.stage2,
       ...EXTRACT_TEMPLATES.stage1, ...EXTRACT_TEMPLATES.stage2, ...FLAG_TEMPLATES.stage1, ...FLAG_TEMPLATES.stage2,
+      ...STAGE3_TEMPLATES.safety, ...STAGE3_TEMPLATES.poisoning,
     ]);
     for (const t of evalTemplates) expect(train.has(t), t).toBe(false);
   });
@@ -353,6 +380,81 @@ describe('held-out evaluation phrasings', () => {
     const s1 = [...JSON_FRAMES.stage1, ...EXTRACT_TEMPLATES.stage1, ...FLAG_TEMPLATES.stage1];
     const s2 = [...JSON_FRAMES.stage2, ...EXTRACT_TEMPLATES.stage2, ...FLAG_TEMPLATES.stage2];
     for (const t of s1) expect(s2).not.toContain(t);
+  });
+});
+
+describe('stage 3 (specialty/safety alignment)', () => {
+  const s3 = lines['stage3.jsonl'];
+  const s3Templates = [...STAGE3_TEMPLATES.safety, ...STAGE3_TEMPLATES.poisoning];
+  const pieces = (t: string) => t.split(/\{[A-Za-z]\w*\}|<\w+>/).filter((p) => p.trim().length >= 12);
+  const otherText = [
+    ...JSONL.filter((f) => f !== 'stage3.jsonl').map((f) => generated[f]),
+    generated['corpus.txt'],
+  ].join('\n');
+
+  it('asks about every drug and every poison once in each stage-3 phrasing, and nothing else', () => {
+    expect(s3.length).toBe(DRUGS.length * STAGE3_TEMPLATES.safety.length + ANTIDOTES.length * STAGE3_TEMPLATES.poisoning.length);
+    const seen = new Map<string, number>();
+    for (const l of s3) {
+      const f = factOf(l);
+      expect(f.category, l.id).toBe(l.task === 'json_safety' ? 'drug' : 'antidote');
+      expect(qkindOf(l), l.id).toBe(l.task === 'json_safety' ? 'safety' : 'poisoning');
+      seen.set(f.id, (seen.get(f.id) ?? 0) + 1);
+    }
+    for (const d of DRUGS) expect(seen.get(d.id), d.id).toBe(STAGE3_TEMPLATES.safety.length);
+    for (const t of ANTIDOTES) expect(seen.get(t.id), t.id).toBe(STAGE3_TEMPLATES.poisoning.length);
+  });
+
+  it('answers in the strict key order with facts from the table, never given away by the prompt', () => {
+    for (const l of s3) {
+      const f = factOf(l);
+      const parsed = JSON.parse(assistant(l)) as Record<string, string>;
+      expect(Object.keys(parsed), l.id).toEqual(
+        l.task === 'json_safety' ? ['drug', 'adverse_effect', 'advice'] : ['poison', 'antidote', 'urgency'],
+      );
+      const name = l.task === 'json_safety' ? parsed.drug! : parsed.poison!;
+      const recalled = l.task === 'json_safety' ? parsed.adverse_effect! : parsed.antidote!;
+      expect(user(l), l.id).toContain(name);
+      expect(user(l).toLowerCase(), l.id).not.toContain(recalled.toLowerCase());
+      if (f.category === 'drug') expect(parsed.adverse_effect).toBe(f.adverseEffect);
+      if (f.category === 'antidote') expect(parsed.antidote).toBe(f.antidote);
+      // Exactly one stage-3 phrasing produced this prompt.
+      const matching = s3Templates.filter((t) => pieces(t).every((p) => user(l).includes(p)));
+      expect(matching.length, l.id).toBe(1);
+      const bytes = Buffer.byteLength(user(l)) + Buffer.byteLength(assistant(l));
+      expect(bytes, l.id).toBeLessThan(256);
+    }
+  });
+
+  it('uses both advice sentences, by the documented rule over real adverse effects', () => {
+    const drugEffects = new Set(DRUGS.map((d) => d.adverseEffect));
+    for (const e of EMERGENCY_ADVERSE_EFFECTS) expect(drugEffects.has(e), `EMERGENCY_ADVERSE_EFFECTS: "${e}"`).toBe(true);
+    const advice = new Set(s3.filter((l) => l.task === 'json_safety').map((l) => (JSON.parse(assistant(l)) as { advice: string }).advice));
+    expect(advice).toEqual(new Set([SAFETY_ADVICE.emergency, SAFETY_ADVICE.routine]));
+    expect(SAFETY_ADVICE.emergency).not.toBe(SAFETY_ADVICE.routine);
+    const urgency = new Set(s3.filter((l) => l.task === 'json_antidote_urgent').map((l) => (JSON.parse(assistant(l)) as { urgency: string }).urgency));
+    expect(urgency).toEqual(new Set(['emergency']));
+  });
+
+  it('has its own phrasings: no long literal piece of a stage-3 phrasing (or answer sentence) occurs in any other file', () => {
+    for (const t of s3Templates) {
+      expect(pieces(t).length, t).toBeGreaterThan(0);
+      for (const p of pieces(t)) expect(otherText.includes(p), `"${p}" of "${t}" occurs in another file`).toBe(false);
+    }
+    for (const a of Object.values(SAFETY_ADVICE)) expect(otherText.includes(a), a).toBe(false);
+    for (const l of s3) expect(otherText.includes(user(l)), l.id).toBe(false);
+  });
+
+  it('reuses no phrasing of the other files', () => {
+    const s3Text = s3.map(user).join('\n');
+    const others = [
+      ...MCQ_SPECS.flatMap((s) => [...s.train, s.eval]),
+      ...Object.values(JSON_FRAMES).flat(), ...Object.values(EXTRACT_TEMPLATES).flat(), ...Object.values(FLAG_TEMPLATES).flat(),
+      ...Object.values(CORPUS_TEMPLATES).flat(),
+    ];
+    for (const t of others) {
+      for (const p of pieces(t)) expect(s3Text.includes(p), `"${p}" of "${t}" occurs in stage3.jsonl`).toBe(false);
+    }
   });
 });
 
