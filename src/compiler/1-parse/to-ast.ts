@@ -182,7 +182,8 @@ export class AstBuilder {
         return [
           {
             kind: 'constrain',
-            call: callExpr?.kind === 'call' ? callExpr : callExpr ? { kind: 'call', callee: callExpr.path[0], args: [], span: callExpr.span } : undefined,
+            // A bare reference (`constrain a.b`) keeps its whole dotted name, as call callees do.
+            call: callExpr?.kind === 'call' ? callExpr : callExpr ? { kind: 'call', callee: callExpr.path.length === 1 ? callExpr.path[0] : { name: callExpr.path.map((p) => p.name).join('.'), span: callExpr.span }, args: [], span: callExpr.span } : undefined,
             weight: w ? this.expr(w) : undefined,
             norm: norm ? this.ident(norm, span) : this.tok(c, 'Norm') ? { name: '', span } : undefined,
             span,
