@@ -3,6 +3,8 @@
  * mistakes: usage errors and internal errors exit 2 with one readable line.
  */
 import { processIO, UsageError, type CliIO, type Command } from './io.js';
+import { compileCommand } from './commands/compile.js';
+import { explainCommand } from './commands/explain.js';
 import { fmtCommand } from './commands/fmt.js';
 import { lintCommand } from './commands/lint.js';
 import { modelsCommand } from './commands/models.js';
@@ -11,6 +13,8 @@ import { version } from './version.js';
 const commands: Record<string, { run: Command; summary: string }> = {
   lint: { run: lintCommand, summary: 'check pipelines (syntax, names, selectors, lint rules); text, json or sarif output' },
   fmt: { run: fmtCommand, summary: 'rewrite pipelines in the canonical layout (--check: exit 1 when a file would change)' },
+  compile: { run: compileCommand, summary: 'compile a pipeline to its execution plan (<out>/<pipeline>.plan.json)' },
+  explain: { run: explainCommand, summary: 'show per stage what trains, what is folded, merged, dropped, the kernels, FLOPs and memory' },
   models: { run: modelsCommand, summary: 'list the built-in model configurations' },
 };
 

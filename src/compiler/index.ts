@@ -35,3 +35,45 @@ export { nodeHost, type CheckHost } from './2-check/host.js';
 export { parse } from './1-parse/index.js';
 export type { CheckedPipeline } from './2-check/checked.js';
 export type { Diagnostic } from './diagnostics/diagnostic.js';
+
+// --- compile: check -> lower -> optimize -> emit ---------------------------------------------------------------
+
+import { lower } from './3-lower/index.js';
+import { optimize, passes as defaultPasses, type PassReport } from './4-optimize/index.js';
+import type { Pass } from './4-optimize/pass.js';
+import { emitPlan } from './5-emit/plan.js';
+import type { IR } from './ir/types.js';
+import type { Plan } from '../plan/types.js';
+
+export interface CompileOptions {
+  optLevel: 0 | 1;
+  /** Verify the IR after every pass (on in tests; MCPC_DEBUG=ir turns it on and dumps the IR). */
+  verify?: boolean;
+  onPass?: (pass: string, ir: IR) => void;
+  compilerVersion?: string;
+  /** Replace the pass list (tests of single passes). */
+  passes?: Pass[];
+}
+
+export interface CompileResult extends CheckFileResult {
+  plan?: Plan;
+  ir?: IR;
+  passes?: PassReport[];
+}
+
+/** Compile one pipeline file to a plan. No plan when the pipeline has errors. */
+export function compileFile(path: string, host: CheckHost, levels: Partial<Record<string, Level>>, opts: CompileOptions): CompileResult {
+  const checked = checkFile(path, host, levels);
+  if (!checked.pipeline || checked.diagnostics.some((d) => d.severity === 'error')) return checked;
+  const ir = lower(checked.pipeline);
+  const reports = optimize(ir, { optLevel: opts.optLevel, verify: opts.verify ?? false, onPass: opts.onPass }, opts.passes ?? defaultPasses);
+  const sources = (checked.composed?.files ?? []).map((f) => ({ path: relativeToRoot(host, f.source.path), text: f.source.text }));
+  const plan = emitPlan(ir, { compilerVersion: opts.compilerVersion ?? '0.0.0', optLevel: opts.optLevel, passes: reports, sources });
+  return { ...checked, plan, ir, passes: reports };
+}
+
+function relativeToRoot(host: CheckHost, shown: string): string {
+  const abs = resolve(host.cwd, shown);
+  const rel = abs.startsWith(host.root + '/') ? abs.slice(host.root.length + 1) : abs;
+  return rel.split('\\').join('/');
+}

@@ -118,7 +118,7 @@ override stage align after aggregate {
   data extra = jsonl("x.jsonl")
   train base on mixed, alignment
   eval qa, qa2 every 100
-  constrain orthogonal(align.A, [knowledge.A, attn.A]) weight 0.5 norm l1 weight 2
+  constrain orthogonal(align.A, [knowledge.A, attn.A]) weight 0.5 norm l1
   then { drop noise.experts where load < 2%; drop a, b where load >= 0.5; unfreeze knowledge; merge align, attn into base ; }
   ;
 }

@@ -22,8 +22,9 @@ const messages: IParserErrorMessageProvider = {
       ? `expected a name but found the keyword '${actual.image}', which cannot be used as a name`
       : `expected ${T.describeTokenType(expected)} but found ${describeToken(actual)}`,
   buildNotAllInputParsedMessage: ({ firstRedundant }) => `unexpected ${describeToken(firstRedundant)} after the end of the pipeline`,
-  buildNoViableAltMessage: ({ expectedPathsPerAlt, actual }) =>
-    `expected ${alternatives(expectedPathsPerAlt)} but found ${describeToken(actual[0])}`,
+  // A value can start with nine kinds of token; listing them all says less than "a value".
+  buildNoViableAltMessage: ({ expectedPathsPerAlt, actual, ruleName }) =>
+    `expected ${ruleName === 'expr' ? 'a value' : alternatives(expectedPathsPerAlt)} but found ${describeToken(actual[0])}`,
   buildEarlyExitMessage: ({ expectedIterationPaths, actual }) =>
     `expected ${alternatives([expectedIterationPaths])} but found ${describeToken(actual[0])}`,
 };
@@ -268,22 +269,14 @@ export class McpParser extends CstParser {
   constrain = this.RULE('constrain', () => {
     this.CONSUME(T.Constrain);
     this.SUBRULE(this.refOrCall);
-    this.MANY(() =>
-      this.OR([
-        {
-          ALT: () => {
-            this.CONSUME(T.Weight);
-            this.SUBRULE(this.expr);
-          },
-        },
-        {
-          ALT: () => {
-            this.CONSUME(T.Norm);
-            this.CONSUME(T.Ident);
-          },
-        },
-      ]),
-    );
+    this.OPTION(() => {
+      this.CONSUME(T.Weight);
+      this.SUBRULE(this.expr);
+    });
+    this.OPTION2(() => {
+      this.CONSUME(T.Norm);
+      this.CONSUME(T.Ident);
+    });
   });
 
   evalItem = this.RULE('evalItem', () => {

@@ -293,6 +293,6 @@ export class AstBuilder {
 const units: Record<string, number> = { KB: 1e3, MB: 1e6, GB: 1e9, TB: 1e12, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30, TiB: 2 ** 40 };
 
 export function parseSize(text: string): number {
-  const m = /^(\d+(?:\.\d+)?)([KMGT]i?B)$/.exec(text);
-  return m ? Math.round(Number(m[1]) * (units[m[2]] ?? 1)) : NaN;
+  const m = /^(\d+(?:\.\d+)?)([KMGTkmgt])(i?)[Bb]$/.exec(text);
+  return m ? Math.round(Number(m[1]) * (units[`${m[2].toUpperCase()}${m[3]}B`] ?? NaN)) : NaN;
 }

@@ -132,7 +132,7 @@ const stageItem = fc.oneof(
     arbitrary: seq(
       tok('constrain'),
       fc.oneof(call, ref),
-      fc.constantFrom('', 'w', 'n', 'wn', 'nw').chain((k) => seq(...[...k].map((c) => (c === 'w' ? weight : norm)))),
+      fc.constantFrom('', 'w', 'n', 'wn').chain((k) => seq(...[...k].map((c) => (c === 'w' ? weight : norm)))),
     ),
   },
   { weight: 1, arbitrary: seq(tok('eval'), sepBy(ident, ',', 2), opt(seq(tok('every'), expr))) },

@@ -1,0 +1,45 @@
+/**
+ * Phase 4: the passes, in order. Each is its own module with a file-head comment stating its contract;
+ * the IR is verified after every pass in tests and with MCPC_DEBUG=ir (which also dumps it).
+ */
+import { verifyIR } from '../ir/verify.js';
+import type { IR } from '../ir/types.js';
+import type { Pass, PassContext } from './pass.js';
+import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
+import { expandSites } from './passes/expand-sites.js';
+
+export const passes: Pass[] = [
+  expandSites, //            adapted linears -> base GEMM + LoRA + mixture ops (required)
+  eliminateDeadAdapters, //  adapters with zero output in a stage leave its graph
+];
+
+export interface PassReport {
+  name: string;
+  description: string;
+  required: boolean;
+  ran: boolean;
+  changes: number;
+  notes: string[];
+}
+
+export interface OptimizeOptions extends PassContext {
+  /** Verify the IR after every pass (tests, MCPC_DEBUG=ir). */
+  verify: boolean;
+  /** Called with the IR after each pass (MCPC_DEBUG=ir dumps it). */
+  onPass?: (pass: string, ir: IR) => void;
+}
+
+export function optimize(ir: IR, opts: OptimizeOptions, list: Pass[] = passes): PassReport[] {
+  if (opts.verify) verifyIR(ir, 'lowering', { expanded: false });
+  const reports: PassReport[] = [];
+  let expanded = false;
+  for (const p of list) {
+    const run = p.required || opts.optLevel > 0;
+    const res = run ? p.run(ir, opts) : { changes: 0, notes: [] };
+    if (p === expandSites) expanded = true;
+    if (run && opts.verify) verifyIR(ir, p.name, { expanded });
+    if (run) opts.onPass?.(p.name, ir);
+    reports.push({ name: p.name, description: p.description, required: !!p.required, ran: run, changes: res.changes, notes: res.notes });
+  }
+  return reports;
+}

@@ -1,0 +1,97 @@
+/**
+ * The cost model: FLOPs and bytes moved per op, which values need gradients, and the backward work each
+ * op implies. Used for the plan's estimates, for `mcpc explain`, and by passes that trade work for memory.
+ */
+import type { Graph, IR, Node, StageIR } from './types.js';
+import { numel } from './types.js';
+
+/** Tokens in one micro-batch. */
+export const stageTokens = (st: StageIR): number => st.settings.microBatch * st.settings.maxLen;
+
+const num = (x: unknown): number => (typeof x === 'number' ? x : 0);
+
+/** Forward FLOPs of one node for T tokens. Multiply-adds count 2. */
+export function forwardFlops(n: Node, g: Graph, T: number): number {
+  const a = n.attrs;
+  const sizeOf = (v: string) => numel(g.values.get(v)?.shape ?? [], T);
+  switch (n.op) {
+    case 'embedding':
+      return 0;
+    case 'rmsnorm':
+      return 4 * sizeOf(n.outputs[0]);
+    case 'linear':
+      return 2 * T * num(a.in) * num(a.out) + (n.inputs.length > 2 ? T * num(a.out) : 0);
+    case 'lora_down':
+    case 'expert_down':
+      return 2 * T * num(a.in) * num(a.rank);
+    case 'lora_up':
+    case 'expert_up':
+      return 2 * T * num(a.rank) * num(a.out) + T * num(a.out);
+    case 'router':
+      return 2 * T * num(a.in) * num(a.experts) + 5 * T * num(a.experts);
+    case 'topk_gate':
+      return T * num(a.experts) * Math.max(1, num(a.k)) + 2 * T * num(a.experts);
+    case 'gate_combine':
+      return 2 * T * num(a.experts) * num(a.out);
+    case 'moe_down_batched':
+      return 2 * T * num(a.in) * num(a.rows);
+    case 'moe_up_grouped':
+      return 2 * T * (num(a.sharedRank) + num(a.k) * num(a.rank)) * num(a.out) + 2 * T * num(a.k) * num(a.out);
+    case 'concat_linear':
+      return 2 * T * num(a.in) * num(a.totalOut);
+    case 'rope':
+      return 3 * (sizeOf(n.inputs[0]) + sizeOf(n.inputs[1]));
+    case 'attention': {
+      const S = Math.min(num(a.seqLen), T);
+      // Causal: half of the S x S scores, QK^T and PV, plus softmax.
+      return 2 * T * S * num(a.heads) * num(a.headDim) + 3 * T * S * num(a.heads);
+    }
+    case 'swiglu':
+      return 5 * sizeOf(n.outputs[0]);
+    case 'add':
+      return sizeOf(n.outputs[0]) * Math.max(1, n.inputs.length - 1);
+    case 'lm_head_xent': {
+      const d = g.values.get(n.inputs[0])!.shape[1] as number;
+      return (a.logitsGiven ? 0 : 2 * T * d * num(a.vocab)) + 5 * T * num(a.vocab);
+    }
+    case 'ortho_penalty':
+    case 'ortho_penalty_batched':
+      return num(a.flops);
+    case 'load_balance':
+      return 4 * T * num(a.experts);
+    case 'fused_elementwise':
+      return num(a.flops);
+    case 'loss_sum':
+      return 2 * n.inputs.length;
+    case 'adapted_linear':
+      return 2 * T * num(a.in) * num(a.out);
+  }
+}
+
+/** Bytes one node reads and writes (f32). */
+export function nodeBytes(n: Node, g: Graph, T: number): number {
+  return 4 * [...n.inputs, ...n.outputs].reduce((s, v) => s + numel(g.values.get(v)?.shape ?? [], T), 0);
+}
+
+/** Values whose gradient the backward pass computes: everything downstream of a trainable parameter. */
+export function gradValues(ir: IR, st: StageIR): Set<string> {
+  const need = new Set<string>();
+  for (const v of st.graph.values.values()) if (v.kind === 'param' && ir.params.get(v.id)?.states[st.name] === 'trainable') need.add(v.id);
+  for (const n of st.graph.nodes) if (n.inputs.some((i) => need.has(i))) for (const o of n.outputs) need.add(o);
+  return need;
+}
+
+/** Matmul-like ops: backward costs one forward per input that needs a gradient. */
+const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
+
+/** Backward FLOPs of a node given which of its inputs need gradients (0 when none do). */
+export function backwardFlops(n: Node, g: Graph, T: number, need: Set<string>): number {
+  const gradInputs = n.inputs.filter((i) => need.has(i));
+  if (!gradInputs.length) return 0;
+  const f = forwardFlops(n, g, T);
+  if (matmulLike.has(n.op)) {
+    // One GEMM per input needing a gradient, but never more than twice the forward for a two-operand GEMM.
+    return f * Math.min(2, gradInputs.length);
+  }
+  return 2 * f;
+}

@@ -1,0 +1,64 @@
+/**
+ * The IR verifier: run after lowering and after every pass (always in tests, and with MCPC_DEBUG=ir).
+ * A failure is an internal compiler error naming the pass and the node, never a user diagnostic.
+ */
+import type { Graph, IR, Node } from './types.js';
+
+export class IRVerifyError extends Error {
+  constructor(
+    readonly pass: string,
+    readonly stage: string,
+    readonly node: string | undefined,
+    detail: string,
+  ) {
+    super(`IR invalid after ${pass} (stage ${stage}${node ? `, node ${node}` : ''}): ${detail}`);
+  }
+}
+
+/** Ops that may appear only before site expansion. */
+const preExpansion = new Set(['adapted_linear']);
+
+export function verifyIR(ir: IR, after: string, opts: { expanded: boolean }): void {
+  for (const st of ir.stages) verifyGraph(ir, st.graph, st.name, after, opts.expanded);
+}
+
+function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: boolean): void {
+  const fail = (n: Node | undefined, msg: string): never => {
+    throw new IRVerifyError(pass, stage, n?.id, msg);
+  };
+  const defined = new Set<string>();
+  for (const v of g.values.values()) {
+    if (v.kind === 'param') {
+      const p = ir.params.get(v.id);
+      if (!p) fail(undefined, `value ${v.id} is a param but not in the parameter table`);
+      if (p && p.states[stage] !== undefined && (p.states[stage] === 'dropped' || p.states[stage] === 'absent' || p.states[stage] === 'merged')) {
+        // A dropped or merged tensor must not be read by the stage graph.
+        if (g.nodes.some((n) => n.inputs.includes(v.id))) fail(g.nodes.find((n) => n.inputs.includes(v.id)), `reads ${v.id}, which is ${p.states[stage]} in this stage`);
+      }
+      defined.add(v.id);
+    } else if (v.kind === 'input' || v.kind === 'const') defined.add(v.id);
+  }
+  const ids = new Set<string>();
+  for (const n of g.nodes) {
+    if (ids.has(n.id)) fail(n, 'duplicate node id');
+    ids.add(n.id);
+    if (expanded && preExpansion.has(n.op)) fail(n, `${n.op} must not survive site expansion`);
+    for (const i of n.inputs) {
+      if (!g.values.has(i)) fail(n, `input ${i} is not a value of the graph`);
+      if (!defined.has(i)) fail(n, `input ${i} is used before it is produced`);
+    }
+    for (const o of n.outputs) {
+      const v = g.values.get(o);
+      if (!v) fail(n, `output ${o} is not a value of the graph`);
+      if (v!.kind !== 'activation') fail(n, `output ${o} is a ${v!.kind}, not an activation`);
+      if (defined.has(o)) fail(n, `output ${o} is produced twice`);
+      defined.add(o);
+    }
+    if (n.outputs.length === 0) fail(n, 'node has no outputs');
+  }
+  if (!defined.has(g.loss)) fail(undefined, `the loss ${g.loss} is never produced`);
+  for (const v of g.values.values()) if (v.kind === 'activation' && !defined.has(v.id)) fail(undefined, `activation ${v.id} is declared but never produced`);
+  // Every activation except the loss is consumed: a dead value means a pass forgot to rewire a consumer.
+  const used = new Set(g.nodes.flatMap((n) => n.inputs));
+  for (const n of g.nodes) for (const o of n.outputs) if (o !== g.loss && !used.has(o) && !n.attrs.sideOutput) fail(n, `output ${o} is never used`);
+}
