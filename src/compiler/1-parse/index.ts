@@ -1,6 +1,7 @@
 /**
  * Phase 1: source text -> AST with spans, plus syntax diagnostics. Never throws.
  */
+import { basename } from 'node:path';
 import { EOF, type IRecognitionException, type IToken } from 'chevrotain';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import { SourceFile } from '../source.js';
@@ -72,7 +73,8 @@ function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseR
   for (const err of lexed.errors.slice(0, MAX_SYNTAX_ERRORS)) {
     const ch = text.slice(err.offset, err.offset + err.length);
     const shown = ch.length > 20 ? ch.slice(0, 20) + '…' : ch;
-    diags.report('invalid_character', src.span(err.offset, err.offset + Math.max(1, Math.min(err.length, 1))), `unexpected character ${JSON.stringify(shown)}`);
+    const hint = invalidCharHint(ch);
+    diags.report('invalid_character', src.span(err.offset, err.offset + Math.max(1, Math.min(err.length, 20))), `unexpected ${[...ch].length > 1 ? 'characters' : 'character'} ${showChars(shown)}`, hint ? { hint } : {});
   }
 
   const comments: A.Comment[] = [];
@@ -83,9 +85,14 @@ function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseR
     comments.push({ text: c.image, span: src.span(c.startOffset, c.endOffset! + 1) });
   }
 
-  const tokens = lexed.tokens.map((t) => {
+  // The token after an unterminated string: the string swallowed the rest of its line (often a `)`), so a
+  // syntax error right there is a consequence of the missing quote, not a second mistake.
+  const afterOpenString = new Set<number>();
+  const tokens = lexed.tokens.map((t, i) => {
     if (t.tokenType !== T.UnterminatedString) return t;
     diags.report('unterminated_string', src.span(t.startOffset, t.endOffset! + 1), 'this string is missing its closing quote');
+    const next = lexed.tokens[i + 1];
+    afterOpenString.add(next ? next.startOffset : text.length);
     // Parse it as a string so one missing quote does not cascade into more errors.
     return { ...t, tokenType: T.StringLit, tokenTypeIdx: T.StringLit.tokenTypeIdx! };
   });
@@ -112,16 +119,36 @@ function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseR
     return { file: emptyFile(src), source: src, parsed: false };
   }
 
-  const seen = new Set<number>();
+  const seen = new Set<number>(afterOpenString);
   for (const e of parser.errors.slice(0, MAX_SYNTAX_ERRORS)) reportSyntaxError(e, src, tokens, diags, seen);
 
   const file = new AstBuilder(src).file(cst, comments);
   layoutChecks(file, tokens, src, diags);
   if (!file.header && parser.errors.length === 0) {
     const first = tokens[0];
-    diags.report('missing_pipeline_header', first ? src.span(first.startOffset, first.endOffset! + 1) : src.span(0, 0), 'the file does not start with `pipeline <name>`');
+    const name = basename(path).replace(/\.mcp$/, '').replace(/[^A-Za-z0-9_]/g, '_').replace(/^(?=[0-9])/, '_') || 'my_pipeline';
+    diags.report('missing_pipeline_header', first ? src.span(first.startOffset, first.endOffset! + 1) : src.span(0, 0), 'the file does not start with `pipeline <name>`', {
+      hint: `add \`pipeline ${name}\` as the first line`,
+    });
   }
   return { file, source: src, parsed: true };
+}
+
+/** Characters shown in a message: in backticks, with invisible ones spelt as code points. */
+function showChars(s: string): string {
+  const visible = [...s].every((c) => /[\p{L}\p{N}\p{P}\p{S}]/u.test(c));
+  return visible ? `\`${s}\`` : [...s].map((c) => (c === '…' ? c : `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`)).join(' ');
+}
+
+/** Hints for characters people commonly carry over from other languages or from documents. */
+function invalidCharHint(ch: string): string | undefined {
+  const c = ch[0];
+  if (c === '#') return 'comments start with `//` (or `/* ... */`), not `#`';
+  if (c === '\\') return 'a statement may run over several lines as it is; no `\\` is needed at the end of a line';
+  if ('\u201C\u201D\u201E'.includes(c)) return 'typographic quotes (from a word processor or a PDF) are not string quotes: use straight `"`';
+  if ('\u2018\u2019'.includes(c) || c === "'") return 'strings use double quotes: `"data/train.jsonl"`';
+  if ('\u2212\u2013\u2014'.includes(c)) return 'this is a typographic dash, not a minus sign: use `-`';
+  return undefined;
 }
 
 function reportSyntaxError(e: IRecognitionException, src: SourceFile, tokens: IToken[], diags: Diagnostics, seen: Set<number>): void {
@@ -138,6 +165,14 @@ function reportSyntaxError(e: IRecognitionException, src: SourceFile, tokens: IT
   const end = atEnd ? start : tok.endOffset! + 1;
   const stack = e.context?.ruleStack ?? [];
   const rule = stack[stack.length - 1] ?? 'file';
-  const hint = ruleHints[rule];
+  // `lr: 2e-4` and `epochs = 3` (YAML and Python habits) deserve a hint about settings, not about values.
+  let hint = ruleHints[rule];
+  if (!atEnd && rule === 'expr' && stack.includes('setting') && (tok.tokenType === T.Colon || tok.tokenType === T.Equals)) {
+    const i = tokens.indexOf(e.token);
+    const name = tokens[i - 1]?.image ?? 'lr';
+    const next = tokens[i + 1];
+    const rest = next ? src.lineText(src.position(next.startOffset).line).slice(src.position(next.startOffset).column - 1).replace(/\s*\/\/.*$/, '').trim() : '';
+    hint = `a setting is its name and its value, with no \`${tok.image}\` between them: \`${name} ${rest || 'VALUE'}\``;
+  }
   diags.report(atEnd ? 'unexpected_end' : 'unexpected_token', src.span(start, end), e.message, hint ? { hint } : {});
 }

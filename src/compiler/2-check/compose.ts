@@ -11,7 +11,8 @@ import { dirname, resolve } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import { parse, type ParseResult } from '../1-parse/index.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
-import { displayPath, insideRoot, type CheckHost } from './host.js';
+import { didYouMean } from '../util/suggest.js';
+import { describeReadError, displayPath, insideRoot, type CheckHost } from './host.js';
 
 export interface Composed {
   /** The entry file's header (absent when it had none; that was reported by the parser). */
@@ -21,6 +22,11 @@ export interface Composed {
   exports: A.Export[];
   /** Every file read, entry first. */
   files: ParseResult[];
+  /**
+   * A base pipeline could not be read: what the variant relies on (model, data, adapters, stages) is
+   * missing, so checking it would only repeat that one problem as unknown names.
+   */
+  baseMissing?: boolean;
 }
 
 export function compose(entryAbs: string, text: string, host: CheckHost, diags: Diagnostics): Composed {
@@ -41,7 +47,7 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
   const ext = f.header?.extends;
   if (!ext) {
     for (const d of own.decls) {
-      if (d.override) diags.report('override_nothing', d.span, `\`override\` on \`${d.name.name}\`, but this pipeline extends nothing`, { hint: 'remove `override`, or add `extends "base.mcp"` to the header' });
+      if (d.override) diags.report('override_nothing', d.name.span, `\`override\` on \`${d.name.name}\`, but this pipeline extends nothing`, { hint: 'remove `override`, or add `extends "base.mcp"` to the header' });
     }
     return { header: f.header, ...own, stages: placeStages([], own.stages, undefined, diags) };
   }
@@ -49,7 +55,7 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
   const baseAbs = resolve(dirname(abs), ext.value);
   if (!host.allowOutsideRoot && !insideRoot(host, baseAbs)) {
     diags.report('path_escapes_root', ext.span, `\`${ext.value}\` resolves outside the project root (${host.root})`);
-    return { header: f.header, ...own };
+    return { header: f.header, ...own, baseMissing: true };
   }
   if (chain.includes(baseAbs)) {
     diags.report('extends_cycle', ext.span, `extending \`${ext.value}\` closes a cycle: ${[...chain, baseAbs].map((p) => displayPath(host, p)).join(' -> ')}`, { hint: 'a pipeline may not extend itself, directly or through others' });
@@ -57,8 +63,8 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
   }
   const read = host.readFile(baseAbs);
   if ('error' in read) {
-    diags.report('extends_not_found', ext.span, `cannot read \`${ext.value}\` (${read.error})`, { hint: 'the path is relative to this file\'s folder' });
-    return { header: f.header, ...own };
+    diags.report('extends_not_found', ext.span, `cannot read \`${ext.value}\`: ${describeReadError(read.error)} (looked for ${displayPath(host, baseAbs)})`, { hint: 'the path is relative to this file\'s folder' });
+    return { header: f.header, ...own, baseMissing: true };
   }
   const base = load(baseAbs, read.text, host, diags, files, [...chain, baseAbs]);
   const baseFile = displayPath(host, baseAbs);
@@ -68,7 +74,7 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
   for (const d of own.decls) {
     const i = decls.findIndex((b) => b.name.name === d.name.name);
     if (i < 0) {
-      if (d.override) diags.report('override_nothing', d.span, `\`${baseFile}\` declares no \`${d.name.name}\` to override`, { hint: 'remove `override` to add a new declaration' });
+      if (d.override) diags.report('override_nothing', d.name.span, `\`${baseFile}\` declares no \`${d.name.name}\` to override`, { hint: 'remove `override` to add a new declaration' });
       decls.push(d);
     } else if (!d.override) {
       diags.report('redeclared_from_base', d.name.span, `\`${d.name.name}\` is already declared in \`${baseFile}\``, {
@@ -82,7 +88,7 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
 
   const stages = placeStages(base.stages, own.stages, baseFile, diags);
 
-  return { header: f.header, decls, stages, exports: own.exports.length ? own.exports : base.exports };
+  return { header: f.header, decls, stages, exports: own.exports.length ? own.exports : base.exports, ...(base.baseMissing ? { baseMissing: true } : {}) };
 }
 
 /** Stages: an override replaces the base stage in place; a new stage goes after `after X`, else at the end. */
@@ -104,7 +110,7 @@ function placeStages(baseStages: A.Stage[], own: A.Stage[], baseFile: string | u
       continue;
     }
     if (s.override) {
-      diags.report('override_nothing', s.span, baseFile ? `\`${baseFile}\` has no stage \`${s.name.name}\` to override` : `\`override\` on stage \`${s.name.name}\`, but this pipeline extends nothing`, {
+      diags.report('override_nothing', s.name.span, baseFile ? `\`${baseFile}\` has no stage \`${s.name.name}\` to override` : `\`override\` on stage \`${s.name.name}\`, but this pipeline extends nothing`, {
         hint: 'remove `override` to add a new stage',
       });
     }
@@ -112,8 +118,9 @@ function placeStages(baseStages: A.Stage[], own: A.Stage[], baseFile: string | u
     if (s.after && s.after.name) {
       const j = stages.findIndex((b) => b.name.name === s.after!.name);
       if (j < 0) {
+        const names = stages.map((x) => x.name.name);
         diags.report('unknown_stage', s.after.span, `no stage \`${s.after.name}\` before this one to place \`${s.name.name}\` after`, {
-          hint: `stages so far: ${stages.map((x) => x.name.name).join(', ') || '(none)'}`,
+          hint: didYouMean(s.after.name, names) ?? `stages so far: ${names.join(', ') || '(none)'}`,
         });
         stages.push(s);
       } else stages.splice(j + 1, 0, s);

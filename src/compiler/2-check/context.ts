@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import type { Diagnostics, Note } from '../diagnostics/diagnostic.js';
 import type { Span } from '../source.js';
-import { didYouMean } from '../util/suggest.js';
+import { closest, didYouMean } from '../util/suggest.js';
 import type { AdapterStatus, CheckedAdapter, CheckedData, CheckedPipeline, CheckedProbe } from './checked.js';
 import { insideRoot, type CheckHost } from './host.js';
 import type { ModelConfig, ModuleNode } from './models.js';
@@ -40,6 +40,11 @@ export class Ctx {
   readonly routedDropped = new Set<string>();
   readonly used = new Set<string>();
   readonly trained = new Set<string>();
+  /**
+   * Names an unknown name was suggested for (`atn` -> `attn`): the typo was reported, so "never trained" or
+   * "never used" on the intended declaration would only repeat it.
+   */
+  readonly suggested = new Set<string>();
   /** Index of the stage being checked (-1 before the first). */
   stageIndex = -1;
 
@@ -58,7 +63,7 @@ export class Ctx {
       return undefined;
     }
     if (opts.mustExist && !this.host.exists(abs)) {
-      this.diags.report('file_not_found', pv.span, `${opts.what} \`${pv.path}\` does not exist (looked for ${abs})`);
+      this.diags.report('file_not_found', pv.span, `${opts.what} \`${pv.path}\` does not exist`);
       return undefined;
     }
     return abs;
@@ -73,13 +78,16 @@ export class Ctx {
     const info = this.decls.get(id.name);
     if (!info) {
       const candidates = [...this.decls.values()].filter((d) => kinds.includes(d.decl.declKind)).map((d) => d.decl.name.name);
+      const near = closest(id.name, candidates);
+      if (near !== undefined) this.suggested.add(near);
       this.diags.report('unknown_name', id.span, `no ${what} named \`${id.name}\``, {
         hint: didYouMean(id.name, candidates) ?? (candidates.length ? `declared: ${candidates.join(', ')}` : `declare it first: \`${kinds[0]} ${id.name} = ...\``),
       });
       return undefined;
     }
     if (!kinds.includes(info.decl.declKind)) {
-      this.diags.report('wrong_kind', id.span, `\`${id.name}\` is ${article(info.decl.declKind)} ${info.decl.declKind}, not ${what}`, {
+      const is = kindNames[info.decl.declKind];
+      this.diags.report('wrong_kind', id.span, `\`${id.name}\` is ${article(is)} ${is}, not ${article(what)} ${what}`, {
         notes: [{ message: 'declared here', span: info.decl.name.span }],
       });
       return undefined;
@@ -114,6 +122,9 @@ export class Ctx {
     return true;
   }
 }
+
+/** How a declaration kind reads in a sentence ("`exam` is a data source"). */
+export const kindNames: Record<A.DeclKind, string> = { model: 'model', tokenizer: 'tokenizer', data: 'data source', adapter: 'adapter', probe: 'probe' };
 
 export function article(word: string): string {
   return /^[aeiou]/.test(word) ? 'an' : 'a';

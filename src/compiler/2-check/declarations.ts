@@ -7,6 +7,7 @@ import type * as A from '../1-parse/ast.js';
 import { didYouMean } from '../util/suggest.js';
 import type { CheckedAdapter, LoraOptions } from './checked.js';
 import type { Ctx } from './context.js';
+import { describeReadError } from './host.js';
 import { builtinModels, configFromHf, moduleTree, type ModelConfig } from './models.js';
 import { placementText, resolvePlacement } from './selectors.js';
 import type { CtorValue, NameRef, PathValue } from './values.js';
@@ -61,7 +62,7 @@ export function checkModel(ctx: Ctx, d: A.Decl): void {
     const file = join(dir, 'config.json');
     const read = ctx.host.readFile(file);
     if ('error' in read) {
-      ctx.diags.report('model_config_not_found', pv.span, `cannot read \`${pv.path}/config.json\` (${read.error})`, {
+      ctx.diags.report('model_config_not_found', pv.span, `cannot read \`${pv.path}/config.json\`: ${describeReadError(read.error)}`, {
         hint: 'an hf() model is a directory with config.json and model.safetensors; selectors resolve against its config',
       });
       return;
@@ -159,7 +160,8 @@ export function checkAdapter(ctx: Ctx, d: A.Decl, stage?: string): void {
   const experts = (a.experts as number | undefined) ?? 1;
   const topK = isMoe ? ((a.top_k as number | undefined) ?? 2) : 0;
   const shared = isMoe ? ((a.shared as number | undefined) ?? 0) : 0;
-  if (isMoe && topK > experts) {
+  // Without `experts` (reported as missing) there is no count to compare top_k with.
+  if (isMoe && a.experts !== undefined && topK > experts) {
     ctx.diags.report('top_k_exceeds_experts', v.spans.top_k ?? v.span, `top_k ${topK} is larger than experts ${experts}: each token cannot be routed to more experts than exist`);
   }
   const checked: CheckedAdapter = {

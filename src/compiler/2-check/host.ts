@@ -32,6 +32,18 @@ export function nodeHost(root: string, cwd: string = process.cwd(), allowOutside
   };
 }
 
+/** An error code from CheckHost.readFile in words: "it does not exist" rather than "ENOENT". */
+export function describeReadError(code: string): string {
+  const words: Record<string, string> = {
+    ENOENT: 'it does not exist',
+    EACCES: 'permission denied',
+    EPERM: 'permission denied',
+    EISDIR: 'it is a directory',
+    ENOTDIR: 'a folder on its path is a file',
+  };
+  return words[code] ?? code;
+}
+
 /** Path shown in diagnostics: relative to the cwd with forward slashes, or absolute when outside it. */
 export function displayPath(host: CheckHost, abs: string): string {
   const rel = relative(host.cwd, abs);

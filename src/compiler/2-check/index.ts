@@ -31,6 +31,8 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
   // Checking a tree that error recovery patched up yields follow-on noise (empty names, half statements):
   // like esbuild, stop after syntax errors so the user fixes those first.
   if (diags.errorCount > 0 && composed.files.some((f) => f.syntaxErrors > 0)) return { sources, composed };
+  // A variant whose base could not be read refers to names only the base declares: stop at that error.
+  if (composed.baseMissing) return { sources, composed };
 
   const ctx = new Ctx(host, diags);
   collectDecls(ctx, composed);
@@ -73,6 +75,7 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
   for (const d of all) {
     const name = d.decl.name.name;
     const kind = d.decl.declKind;
+    if (ctx.suggested.has(name)) continue; // a misspelt use of it was reported
     if (kind === 'adapter' && !ctx.trained.has(name) && ctx.adapters.has(name)) {
       diags.report('adapter_never_trained', d.decl.name.span, `adapter \`${name}\` is never trained`);
     } else if (kind === 'data' && !ctx.used.has(name)) {
@@ -109,7 +112,12 @@ function collectDecls(ctx: Ctx, c: Composed): void {
     if (!decl.name.name) return;
     const prev = ctx.decls.get(decl.name.name);
     if (prev) {
-      ctx.diags.report('duplicate_declaration', decl.name.span, `\`${decl.name.name}\` is already declared`, { notes: [{ message: 'first declared here', span: prev.decl.name.span }] });
+      // In one file, `override` cannot help (it replaces a base pipeline's declaration): do not suggest it.
+      const sameFile = prev.decl.name.span.file === decl.name.span.file;
+      ctx.diags.report('duplicate_declaration', decl.name.span, `\`${decl.name.name}\` is already declared`, {
+        notes: [{ message: 'first declared here', span: prev.decl.name.span }],
+        ...(sameFile ? { hint: 'rename one of them, or delete one' } : {}),
+      });
       return;
     }
     const info: DeclInfo = { decl, stageIndex, ...(stage !== undefined ? { stage } : {}) };

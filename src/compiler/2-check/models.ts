@@ -48,7 +48,11 @@ export function configFromHf(json: unknown): { config?: ModelConfig; problems: s
   if (typeof json !== 'object' || json === null || Array.isArray(json)) return { problems: ['config.json must hold a JSON object'] };
   const o = json as Record<string, unknown>;
   const type = o.model_type;
-  if (type !== 'qwen2' && type !== 'llama') problems.push(`model_type ${JSON.stringify(type)} is not supported (qwen2 or llama)`);
+  // Another architecture's config names its sizes differently (GPT-2: n_embd, n_layer); listing each
+  // missing Qwen2 key would only bury the one problem.
+  if (type !== 'qwen2' && type !== 'llama') {
+    return { problems: [type === undefined ? 'it has no `model_type`; mcpc reads Qwen2 and Llama decoders (`"model_type": "qwen2"` or `"llama"`)' : `model_type ${JSON.stringify(type)} is not supported; mcpc reads Qwen2 and Llama decoders ("qwen2" or "llama")`] };
+  }
   const int = (k: string, required = true): number => {
     const v = o[k];
     if (v === undefined && !required) return NaN;

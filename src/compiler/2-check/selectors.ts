@@ -47,10 +47,14 @@ export function resolveSelector(root: ModuleNode, sel: A.Selector, diags: Diagno
         if (!found.length) {
           const inList = cur.some((n) => n.kind === 'list');
           const options = childNames(cur);
+          // `gate_proj`, `self_attn`: a Hugging Face module name where the selector wants mcpc's.
+          const hf = cur.flatMap((n) => (n.kind === 'list' ? [] : n.children)).find((ch) => ch.hfName.endsWith(`.${nm.name}`) || ch.hfName === nm.name);
           diags.report('selector_matches_nothing', nm.span, `${where} has no module \`${nm.name}\``, {
             hint: inList
               ? `\`${cur[0].path}\` is a list of ${cur[0].children.length}: index it first, e.g. \`${cur[0].name}[*].${nm.name}\``
-              : didYouMean(nm.name, options) ?? (options.length ? `${where} has: ${options.join(', ')}` : `${where} has no submodules`),
+              : hf && hf.name !== nm.name
+                ? `\`${nm.name}\` is the Hugging Face checkpoint name; selectors use \`${hf.name}\` (${where} has: ${options.join(', ')})`
+                : didYouMean(nm.name, options) ?? (options.length ? `${where} has: ${options.join(', ')}` : `${where} has no submodules`),
           });
           return [];
         }

@@ -4,9 +4,10 @@
  */
 import type * as A from '../1-parse/ast.js';
 import type { Note } from '../diagnostics/diagnostic.js';
+import type { Span } from '../source.js';
 import { didYouMean } from '../util/suggest.js';
 import type { AdapterStatus, CheckedConstraint, CheckedStage, CheckedTransition, StageSettings } from './checked.js';
-import type { Ctx } from './context.js';
+import { article, kindNames, type Ctx } from './context.js';
 import { settingNames, settings as settingSpecs } from './schema.js';
 import { describeExpr, type CtorValue, type Warmup } from './values.js';
 
@@ -21,8 +22,9 @@ export function checkStage(ctx: Ctx, s: A.Stage): CheckedStage {
   trains.slice(1).forEach((t) =>
     ctx.diags.report('invalid_statement', t.span, 'a stage has one `train` statement', { hint: 'list every adapter in one statement: `train a, b on data`', notes: [{ message: 'first train statement', span: trains[0].span }] }),
   );
-  if (trains[0]) checkTrain(ctx, trains[0], stage);
-  else ctx.diags.report('stage_trains_nothing', s.name.span, `stage \`${s.name.name}\` trains nothing`);
+  // The extra statements are still read, so their adapters do not also show up as never trained.
+  for (const t of trains) checkTrain(ctx, t, stage);
+  if (!trains.length) ctx.diags.report('stage_trains_nothing', s.name.span, `stage \`${s.name.name}\` trains nothing`);
 
   for (const item of s.items) {
     if (item.kind === 'constrain') {
@@ -45,6 +47,30 @@ export function checkStage(ctx: Ctx, s: A.Stage): CheckedStage {
 
 // --- settings ------------------------------------------------------------------------------------------------
 
+/** What other trainers (Hugging Face Trainer, PEFT, LLaMA-Factory) call the settings. */
+const settingAliases: Record<string, string> = {
+  learning_rate: 'lr',
+  num_train_epochs: 'epochs',
+  num_epochs: 'epochs',
+  max_steps: 'steps',
+  lr_scheduler_type: 'schedule',
+  scheduler: 'schedule',
+  warmup_ratio: 'warmup',
+  warmup_steps: 'warmup',
+  batch_size: 'batch',
+  per_device_train_batch_size: 'micro_batch',
+  micro_batch_size: 'micro_batch',
+  max_seq_length: 'max_len',
+  max_length: 'max_len',
+  cutoff_len: 'max_len',
+  max_grad_norm: 'grad_clip',
+  optim: 'optimizer',
+  save_steps: 'checkpoint_every',
+  gradient_checkpointing: 'recompute',
+  bf16: 'precision',
+  fp16: 'precision',
+};
+
 function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
   const seen = new Map<string, A.Setting>();
   const v: Record<string, unknown> = {};
@@ -54,8 +80,9 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
     const name = item.name.name;
     const spec = settingSpecs.find((x) => x.name === name);
     if (!spec) {
+      const alias = settingAliases[name];
       ctx.diags.report('unknown_hyperparameter', item.name.span, `\`${name}\` is not a stage setting`, {
-        hint: didYouMean(name, settingNames) ?? `settings: ${settingNames.join(', ')}`,
+        hint: alias ? `mcpc calls it \`${alias}\`` : didYouMean(name, settingNames) ?? `settings: ${settingNames.join(', ')}`,
       });
       continue;
     }
@@ -97,7 +124,9 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
   if ('percent' in warmup && warmup.percent > 100 && warmupSpan) {
     ctx.diags.report('warmup_out_of_range', warmupSpan, `warmup ${warmup.percent}% is more than the whole stage`, { hint: 'warmup is usually 1-10% of the stage (MedCare: 3%)' });
   } else if ('steps' in warmup && steps !== undefined && warmup.steps > steps && warmupSpan) {
-    ctx.diags.report('warmup_out_of_range', warmupSpan, `warmup of ${warmup.steps} steps is longer than the stage (${steps} steps)`);
+    ctx.diags.report('warmup_out_of_range', warmupSpan, `warmup of ${warmup.steps} steps is longer than the stage (${steps} steps)`, {
+      hint: 'a bare number is a count of steps; a share of the stage is written as a percentage, e.g. `3%`',
+    });
   }
 
   const opt = (v.optimizer as CtorValue | undefined)?.args ?? { beta1: 0.9, beta2: 0.999, eps: 1e-8 };
@@ -191,7 +220,8 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
   for (const a of c.call.args) if (a.name) ctx.diags.report('unknown_argument', a.name.span, '`orthogonal` takes adapters, not named arguments', { hint: 'write weight and norm after the call: `orthogonal(a.A, b.A) weight 1.0 norm l1`' });
 
   const refs: { name: string; part?: string; expr: A.Expr }[] = [];
-  for (const e of flattenArgs(c.call.args.filter((a) => !a.name))) {
+  const written = flattenArgs(c.call.args.filter((a) => !a.name));
+  for (const e of written) {
     if (e.kind !== 'ref' || e.path.length > 2) {
       ctx.diags.report('invalid_value', e.span, `orthogonal() takes adapter references such as \`align.A\`, found ${describeExpr(e)}`);
       continue;
@@ -206,6 +236,8 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
   const parts = new Set(refs.map((r) => r.part ?? 'A'));
   if (parts.size > 1) ctx.diags.report('invalid_value', c.call.span, 'mix of `.A` and `.B`: compare the same matrix of every adapter');
   if (refs.length < 2) {
+    // Arguments that were written but rejected above are reported already.
+    if (written.length >= 2) return undefined;
     ctx.diags.report('missing_argument', c.call.span, 'orthogonal() needs the trained adapter and at least one other', { hint: 'e.g. `orthogonal(align.A, knowledge.A)`' });
     return undefined;
   }
@@ -235,7 +267,10 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
   }
 
   if (!stage.train.includes(target.name)) {
-    ctx.diags.report('constraint_on_frozen', (refs[0].expr as A.RefExpr).span, `\`${target.name}\` is not trained in stage \`${stage.name}\`, so this penalty moves nothing`);
+    const trained = others.find((o) => stage.train.includes(o!.name));
+    ctx.diags.report('constraint_on_frozen', (refs[0].expr as A.RefExpr).span, `\`${target.name}\` is not trained in stage \`${stage.name}\`, so this penalty moves nothing`, {
+      ...(trained ? { hint: `the first argument is the adapter the penalty moves: put \`${trained.name}\` first` } : {}),
+    });
   }
 
   const targetSites = new Set(target.sites.map((s) => s.path));
@@ -245,8 +280,8 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
     const shared = o!.sites.filter((s) => targetSites.has(s.path));
     if (!shared.length) {
       const notes: Note[] = [
-        { message: `\`${target.name}\` is placed at ${target.placement}`, span: target.span },
-        { message: `\`${o!.name}\` is placed at ${o!.placement}`, span: o!.span },
+        { message: `\`${target.name}\` is placed at ${target.placement}`, span: placementSpan(ctx, target.name) ?? target.span },
+        { message: `\`${o!.name}\` is placed at ${o!.placement}`, span: placementSpan(ctx, o!.name) ?? o!.span },
       ];
       ctx.diags.report('orthogonal_no_common_site', refs[i + 1].expr.span, `\`${target.name}\` and \`${o!.name}\` share no module, so their orthogonality penalty is empty`, { notes });
     }
@@ -269,6 +304,14 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
   }
 
   return { kind: 'orthogonal', target: target.name, others: others.map((o) => o!.name), matrix, weight, norm, sites: [...common], span: c.span };
+}
+
+/** Where an adapter's placement (`at ...`) and constructor call are written, for notes. */
+function placementSpan(ctx: Ctx, name: string): Span | undefined {
+  return ctx.decls.get(name)?.decl.placement?.span;
+}
+function ctorSpan(ctx: Ctx, name: string): Span | undefined {
+  return ctx.decls.get(name)?.decl.value?.span;
 }
 
 // --- eval ------------------------------------------------------------------------------------------------------
@@ -297,7 +340,7 @@ function checkTransition(ctx: Ctx, t: A.Transition, stage: CheckedStage): void {
     if (!ctx.model || t.into.name !== ctx.model.name) {
       const info = ctx.decls.get(t.into.name);
       if (!info) ctx.diags.report('unknown_name', t.into.span, `no model named \`${t.into.name}\``, { hint: ctx.model ? `the model is \`${ctx.model.name}\`` : undefined });
-      else ctx.diags.report('wrong_kind', t.into.span, `adapters merge into the model; \`${t.into.name}\` is a ${info.decl.declKind}`, { hint: ctx.model ? `write \`into ${ctx.model.name}\`` : undefined });
+      else ctx.diags.report('wrong_kind', t.into.span, `adapters merge into the model; \`${t.into.name}\` is ${article(kindNames[info.decl.declKind])} ${kindNames[info.decl.declKind]}`, { hint: ctx.model ? `write \`into ${ctx.model.name}\`` : undefined });
       return;
     }
   }
@@ -322,7 +365,7 @@ function checkTransition(ctx: Ctx, t: A.Transition, stage: CheckedStage): void {
           continue;
         }
         if (part && part.name !== 'shared') {
-          ctx.diags.report('merge_routed_mixture', ref.span, `\`${name}.${part.name}\` is routed per token and cannot be merged`, { notes: [{ message: 'declared as a mixture here', span: a.span }] });
+          ctx.diags.report('merge_routed_mixture', ref.span, `\`${name}.${part.name}\` is routed per token and cannot be merged`, { notes: [{ message: 'declared as a mixture here', span: ctorSpan(ctx, name) ?? a.span }] });
           continue;
         }
         if (part?.name === 'shared') {
@@ -330,7 +373,8 @@ function checkTransition(ctx: Ctx, t: A.Transition, stage: CheckedStage): void {
           continue;
         }
         ctx.diags.report('merge_routed_mixture', ref.span, `\`${name}\` is a routed mixture (moe_lora): its output depends on the input, so it cannot be merged into static weights`, {
-          notes: [{ message: 'declared as a mixture here', span: a.span }],
+          notes: [{ message: 'declared as a mixture here', span: ctorSpan(ctx, name) ?? a.span }],
+          hint: a.shared > 0 ? `merge its always-on shared experts (\`merge ${name}.shared into ${t.into!.name}\`) and drop the routed ones (\`drop ${name}.experts\`)` : `drop it instead (\`drop ${name}\`), or keep it as an adapter`,
         });
         continue;
       }

@@ -136,7 +136,7 @@ export class Evaluator {
     if (!spec) {
       if (c.callee.name === '') return undefined;
       const names = constructors[family].map((x) => x.name);
-      this.diags.report('unknown_constructor', c.callee.span, `${what}: \`${c.callee.name}\` is not a ${family} constructor`, {
+      this.diags.report('unknown_constructor', c.callee.span, `${what}: \`${c.callee.name}\` is not ${/^[aeiou]/.test(family) ? 'an' : 'a'} ${family} constructor`, {
         hint: didYouMean(c.callee.name, names) ?? `${family} constructors: ${names.join(', ')}`,
       });
       return undefined;
@@ -148,6 +148,7 @@ export class Evaluator {
     const out: CtorValue = { ctor: spec.name, args: {}, spans: {}, span: c.span };
     const given = new Map<string, A.Arg>();
     let positional = 0;
+    let extraReported = false;
     for (const a of c.args) {
       let param: ParamSpec | undefined;
       if (a.name) {
@@ -163,9 +164,15 @@ export class Evaluator {
         param = spec.params.find((p) => p.positional === positional);
         positional++;
         if (!param) {
-          this.diags.report('too_many_arguments', a.span, `\`${spec.name}\` takes ${spec.params.filter((p) => p.positional !== undefined).length} positional argument(s)`, {
-            hint: spec.params.length ? `name the argument: ${spec.params.map((p) => `${p.name}: ...`).join(', ')}` : undefined,
-          });
+          // One report per call: `lora(16, 32)` is one mistake, not two.
+          if (extraReported) continue;
+          extraReported = true;
+          const pos = spec.params.filter((p) => p.positional !== undefined);
+          const named = spec.params.filter((p) => p.positional === undefined && !c.args.some((x) => x.name?.name === p.name));
+          this.diags.report('too_many_arguments', a.span,
+            pos.length === 0 ? `\`${spec.name}\` takes only named arguments` : `\`${spec.name}\` takes ${pos.length === 1 ? 'one argument' : `${pos.length} arguments`} without a name (${pos.map((p) => p.name).join(', ')}); name the others`,
+            { hint: !spec.params.length ? `\`${spec.name}\` takes no arguments` : named.length ? `its named arguments: ${named.map((p) => `${p.name}: ...`).join(', ')}` : undefined },
+          );
           continue;
         }
       }

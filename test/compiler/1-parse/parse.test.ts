@@ -76,7 +76,8 @@ describe('error recovery', () => {
   it('reports an unterminated string once and parses on', () => {
     const diags = new Diagnostics();
     parse('x.mcp', 'pipeline p\ndata a = jsonl("a.jsonl)\ndata b = jsonl("b.jsonl")\n', diags);
-    expect(diags.items.map((d) => d.code)).toEqual(['unterminated_string', 'unexpected_token']);
+    // The string swallowed the `)`: the parser's complaint about it is a consequence, not a second mistake.
+    expect(diags.items.map((d) => d.code)).toEqual(['unterminated_string']);
   });
 
   it('asks for the header', () => {
