@@ -65,7 +65,7 @@ export function parse(path: string, text: string, diags: Diagnostics): ParseResu
 function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseResult, 'syntaxErrors'> {
   const src = new SourceFile(path, text);
   if (text.length > MAX_FILE_BYTES) {
-    diags.report('file_too_large', src.span(0, 0), `the file has ${text.length} characters; the limit is ${MAX_FILE_BYTES}`);
+    diags.report('file_too_large', src.span(0, 0), `the file has ${text.length} characters; a pipeline may have at most ${MAX_FILE_BYTES} (${MAX_FILE_BYTES / 2 ** 20} MiB)`);
     return { file: emptyFile(src), source: src, parsed: false };
   }
 

@@ -7,7 +7,7 @@
  *   would write to the base pipeline's output folders).
  * The result is one flat view of the pipeline; every node keeps the span of the file it came from.
  */
-import { dirname, resolve } from 'node:path';
+import { dirname, relative, resolve, sep } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import { parse, type ParseResult } from '../1-parse/index.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
@@ -58,12 +58,18 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
     return { header: f.header, ...own, baseMissing: true };
   }
   if (chain.includes(baseAbs)) {
-    diags.report('extends_cycle', ext.span, `extending \`${ext.value}\` closes a cycle: ${[...chain, baseAbs].map((p) => displayPath(host, p)).join(' -> ')}`, { hint: 'a pipeline may not extend itself, directly or through others' });
+    if (baseAbs === abs) diags.report('extends_cycle', ext.span, `\`${ext.value}\` is this file: a pipeline cannot extend itself`, { hint: 'extend the pipeline this one is a variant of' });
+    else diags.report('extends_cycle', ext.span, `extending \`${ext.value}\` closes a cycle: ${[...chain, baseAbs].map((p) => displayPath(host, p)).join(' -> ')}`, { hint: 'a pipeline may not extend itself, directly or through others' });
     return { header: f.header, ...own };
   }
   const read = host.readFile(baseAbs);
   if ('error' in read) {
-    diags.report('extends_not_found', ext.span, `cannot read \`${ext.value}\`: ${describeReadError(read.error)} (looked for ${displayPath(host, baseAbs)})`, { hint: 'the path is relative to this file\'s folder' });
+    // A path written from the project root (as data paths are) is the usual mistake: say so.
+    const fromRoot = resolve(host.root, ext.value);
+    const rel = relative(dirname(abs), fromRoot).split(sep).join('/');
+    diags.report('extends_not_found', ext.span, `cannot read \`${ext.value}\`: ${describeReadError(read.error)} (looked for ${displayPath(host, baseAbs)})`, {
+      hint: fromRoot !== baseAbs && host.exists(fromRoot) ? `the path is relative to this file's folder, unlike data paths: write \`extends "${rel}"\`` : 'the path is relative to this file\'s folder',
+    });
     return { header: f.header, ...own, baseMissing: true };
   }
   const base = load(baseAbs, read.text, host, diags, files, [...chain, baseAbs]);

@@ -87,8 +87,12 @@ export class Ctx {
     }
     if (!kinds.includes(info.decl.declKind)) {
       const is = kindNames[info.decl.declKind];
+      // `eval exam` where `exam` is the data a probe reads: name that probe.
+      const reader = info.decl.declKind === 'data' && kinds.includes('probe') ? [...this.probes.values()].find((p) => p.data === id.name) : undefined;
+      const wanted = [...this.decls.values()].filter((d) => kinds.includes(d.decl.declKind)).map((d) => d.decl.name.name);
       this.diags.report('wrong_kind', id.span, `\`${id.name}\` is ${article(is)} ${is}, not ${article(what)} ${what}`, {
         notes: [{ message: 'declared here', span: info.decl.name.span }],
+        ...(reader ? { hint: `the probe that reads \`${id.name}\` is \`${reader.name}\`` } : wanted.length ? { hint: `${what}s declared: ${wanted.join(', ')}` } : {}),
       });
       return undefined;
     }

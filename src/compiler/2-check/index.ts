@@ -44,7 +44,7 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
     diags.report('missing_model', { ...at, end: at.start }, 'this pipeline declares no model');
   }
   models.slice(1).forEach((m) =>
-    diags.report('multiple_models', m.decl.name.span, `a second model \`${m.decl.name.name}\``, { notes: [{ message: 'the model is declared here', span: models[0].decl.name.span }] }),
+    diags.report('multiple_models', m.decl.name.span, `\`${m.decl.name.name}\` is a second model; a pipeline trains one`, { notes: [{ message: 'the model is declared here', span: models[0].decl.name.span }] }),
   );
   // Tokenizers first so the model can bind its tokenizer; data before probes; adapters need the model.
   if (models[0]) checkModel(ctx, models[0].decl);

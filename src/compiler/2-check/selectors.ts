@@ -28,37 +28,55 @@ export function placementText(p: A.Placement): string {
   return p.exclude.length ? `${inc} except ${p.exclude.map(selectorText).join(', ')}` : inc;
 }
 
+/**
+ * Nodes as a reader would select them: one path, or the common pattern of several (`layers[*].mlp`), or the
+ * first with a count.
+ */
+export function describeNodes(nodes: ModuleNode[]): string {
+  const paths = nodes.map((n) => n.path || '(the model)');
+  if (paths.length === 1) return `\`${paths[0]}\``;
+  const patterns = new Set(paths.map((p) => p.replace(/\[\d+\]/g, '[*]')));
+  if (patterns.size === 1) return `\`${[...patterns][0]}\``;
+  return `\`${paths[0]}\` (and ${paths.length - 1} more)`;
+}
+
 const childNames = (nodes: ModuleNode[]): string[] => [...new Set(nodes.flatMap((n) => (n.kind === 'list' ? [] : n.children.map((c) => c.name))))];
 
 /** Resolve one selector to module nodes; reports and returns [] when it matches nothing. */
 export function resolveSelector(root: ModuleNode, sel: A.Selector, diags: Diagnostics): ModuleNode[] {
   let cur: ModuleNode[] = [root];
   for (const seg of sel.segments) {
-    const here = cur.map((n) => n.path || '(the model)');
-    const where = here.length === 1 ? `\`${here[0]}\`` : `\`${here[0]}\` (and ${here.length - 1} more)`;
+    const where = describeNodes(cur);
     if (seg.kind === 'any') {
       cur = cur.flatMap((n) => n.children);
     } else if (seg.kind === 'set' || seg.kind === 'name') {
       const names = seg.kind === 'set' ? seg.names : [seg.name];
+      if (names.some((nm) => nm.name === '')) return [];
       const next: ModuleNode[] = [];
+      const missing: A.Ident[] = [];
       for (const nm of names) {
-        if (nm.name === '') return [];
         const found = cur.flatMap((n) => (n.kind === 'list' ? [] : n.children.filter((c) => c.name === nm.name)));
-        if (!found.length) {
-          const inList = cur.some((n) => n.kind === 'list');
-          const options = childNames(cur);
-          // `gate_proj`, `self_attn`: a Hugging Face module name where the selector wants mcpc's.
-          const hf = cur.flatMap((n) => (n.kind === 'list' ? [] : n.children)).find((ch) => ch.hfName.endsWith(`.${nm.name}`) || ch.hfName === nm.name);
-          diags.report('selector_matches_nothing', nm.span, `${where} has no module \`${nm.name}\``, {
-            hint: inList
-              ? `\`${cur[0].path}\` is a list of ${cur[0].children.length}: index it first, e.g. \`${cur[0].name}[*].${nm.name}\``
-              : hf && hf.name !== nm.name
-                ? `\`${nm.name}\` is the Hugging Face checkpoint name; selectors use \`${hf.name}\` (${where} has: ${options.join(', ')})`
-                : didYouMean(nm.name, options) ?? (options.length ? `${where} has: ${options.join(', ')}` : `${where} has no submodules`),
-          });
-          return [];
-        }
+        if (!found.length) missing.push(nm);
         next.push(...found);
+      }
+      if (missing.length) {
+        const inList = cur.some((n) => n.kind === 'list');
+        const options = childNames(cur);
+        const children = cur.flatMap((n) => (n.kind === 'list' ? [] : n.children));
+        // `gate_proj`, `self_attn`: Hugging Face module names where the selector wants mcpc's.
+        const hf = missing.map((nm) => children.find((ch) => ch.name !== nm.name && (ch.hfName.endsWith(`.${nm.name}`) || ch.hfName === nm.name)));
+        const quoted = (xs: string[]) => xs.map((x) => `\`${x}\``).join(', ');
+        // One diagnostic for the segment: `{gate_proj, up_proj, down_proj}` is one mistake.
+        const span = missing.length > 1 && seg.kind === 'set' ? seg.span : missing[0].span;
+        const what = missing.length > 1 ? `modules ${quoted(missing.map((m) => m.name))}` : `module \`${missing[0].name}\``;
+        diags.report('selector_matches_nothing', span, `${where} has no ${what}`, {
+          hint: inList
+            ? `\`${cur[0].path}\` is a list of ${cur[0].children.length}: index it first, e.g. \`${cur[0].name}[*].${missing[0].name}\``
+            : hf.every((h) => h)
+              ? `${missing.length > 1 ? 'these are' : 'this is'} the Hugging Face checkpoint ${missing.length > 1 ? 'names' : 'name'}; selectors use ${quoted(hf.map((h) => h!.name))}`
+              : (missing.length === 1 ? didYouMean(missing[0].name, options) : undefined) ?? (options.length ? `${where} has: ${options.join(', ')}` : `${where} has no submodules`),
+        });
+        return [];
       }
       cur = next;
       if (seg.kind === 'name' && seg.index) {
@@ -119,7 +137,9 @@ export function resolvePlacement(root: ModuleNode, p: A.Placement, diags: Diagno
       }
       const bad = matched.filter((m) => m.kind !== 'linear' && linearsUnder(m).length === 0);
       if (bad.length) {
-        diags.report('invalid_placement', s.span, `\`${bad[0].path}\` is ${bad[0].kind === 'norm' ? 'a norm' : `an ${bad[0].kind}`}, not a linear projection; adapters attach to linear modules`, {
+        const kinds = new Set(bad.map((b) => b.kind));
+        const kind = kinds.size > 1 ? 'not a linear module' : bad[0].kind === 'norm' ? 'a norm' : bad[0].kind === 'embedding' ? 'an embedding' : `a ${bad[0].kind}`;
+        diags.report('invalid_placement', s.span, `${describeNodes(bad)} is ${kind}, not a linear projection; adapters attach to linear modules`, {
           hint: 'place adapters on attn.{q, k, v, o}, mlp.{gate, up, down} or lm_head',
         });
         ok = false;

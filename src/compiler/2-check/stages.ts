@@ -115,7 +115,10 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
   let warmupSpan = sched.spans.warmup;
   if (v.warmup !== undefined) {
     if (sched.spans.warmup) {
-      ctx.diags.report('stage_setting_conflict', spans.warmup.span, 'warmup is set both here and in the schedule', { notes: [{ message: 'schedule warmup', span: sched.spans.warmup }] });
+      ctx.diags.report('stage_setting_conflict', spans.warmup.span, 'warmup is set both here and in the schedule', {
+        notes: [{ message: 'schedule warmup', span: sched.spans.warmup }],
+        hint: 'keep one: the schedule\'s `warmup:` argument or the `warmup` setting',
+      });
     }
     warmup = v.warmup as Warmup;
     warmupSpan = spans.warmup.value!.span;
@@ -228,7 +231,7 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
     }
     const part = e.path[1]?.name;
     if (part !== undefined && part !== 'A' && part !== 'B') {
-      ctx.diags.report('invalid_reference', e.path[1].span, `\`${part}\`: orthogonality applies to an adapter's \`A\` (input subspace) or \`B\` (output subspace)`, { hint: didYouMean(part, ['A', 'B']) });
+      ctx.diags.report('invalid_reference', e.path[1].span, `\`${e.path[0].name}.${part}\`: orthogonality compares an adapter's \`A\` (input subspace) or \`B\` (output subspace)`, { hint: didYouMean(part, ['A', 'B']) });
       continue;
     }
     refs.push({ name: e.path[0].name, part, expr: e });

@@ -72,6 +72,13 @@ function describeType(t: ValueType): string {
   }
 }
 
+/** `jsonl("x", "chat")`: when exactly one unnamed parameter is an enum holding the value, name it in a hint. */
+function guessName(e: A.Expr, params: ParamSpec[]): string | undefined {
+  const s = e.kind === 'string' ? e.value : e.kind === 'ref' && e.path.length === 1 ? e.path[0].name : undefined;
+  const fits = params.filter((p) => p.type.t === 'enum' && s !== undefined && p.type.values.includes(s));
+  return fits.length === 1 ? `write \`${fits[0].name}: ${describeExpr(e)}\`` : undefined;
+}
+
 const bareName = (e: A.Expr): string | undefined => (e.kind === 'ref' && e.path.length === 1 ? e.path[0].name : undefined);
 
 export class Evaluator {
@@ -171,7 +178,7 @@ export class Evaluator {
           const named = spec.params.filter((p) => p.positional === undefined && !c.args.some((x) => x.name?.name === p.name));
           this.diags.report('too_many_arguments', a.span,
             pos.length === 0 ? `\`${spec.name}\` takes only named arguments` : `\`${spec.name}\` takes ${pos.length === 1 ? 'one argument' : `${pos.length} arguments`} without a name (${pos.map((p) => p.name).join(', ')}); name the others`,
-            { hint: !spec.params.length ? `\`${spec.name}\` takes no arguments` : named.length ? `its named arguments: ${named.map((p) => `${p.name}: ...`).join(', ')}` : undefined },
+            { hint: !spec.params.length ? `\`${spec.name}\` takes no arguments` : guessName(a.value, named) ?? (named.length ? `its named arguments: ${named.map((p) => `${p.name}: ...`).join(', ')}` : undefined) },
           );
           continue;
         }
