@@ -8,7 +8,41 @@ export const PLAN_FORMAT = 'mcpc-plan';
 export const PLAN_VERSION = 1;
 
 export type ParamState = 'trainable' | 'frozen' | 'folded' | 'merged' | 'dropped' | 'absent';
+/** A tensor dimension: a number, or 'T' for the tokens of one micro-batch (micro_batch * max_len). */
 export type Dim = number | 'T';
+
+/**
+ * The op of a forward step. Keep in step with the compiler IR's `Op` (src/compiler/ir/types.ts; the emitter
+ * fails to type-check otherwise), then run `npm run schema` to regenerate schema.json.
+ */
+export type PlanOp =
+  | 'embedding'
+  | 'rmsnorm'
+  | 'rope'
+  | 'attention'
+  | 'swiglu'
+  | 'add'
+  | 'lm_head_xent'
+  | 'adapted_linear'
+  | 'linear'
+  | 'lora_down'
+  | 'lora_up'
+  | 'router'
+  | 'topk_gate'
+  | 'expert_down'
+  | 'expert_up'
+  | 'gate_combine'
+  | 'load_balance'
+  | 'moe_down_batched'
+  | 'moe_up_grouped'
+  | 'concat_linear'
+  | 'fused_elementwise'
+  | 'ortho_penalty'
+  | 'ortho_penalty_batched'
+  | 'loss_sum';
+
+/** What a parameter tensor is (the compiler IR's `ParamRole`). */
+export type PlanParamRole = 'embedding' | 'weight' | 'bias' | 'norm' | 'lora_A' | 'lora_B' | 'expert_A' | 'expert_B' | 'router_W' | 'router_b';
 
 export interface PlanModelConfig {
   arch: 'qwen2' | 'llama';
@@ -29,8 +63,9 @@ export interface PlanModelConfig {
 export interface PlanParam {
   id: string;
   shape: number[];
+  /** `base` for model weights, else the adapter's name. */
   owner: string;
-  role: string;
+  role: PlanParamRole;
   site?: string;
   hfName?: string;
   init: { kind: 'pretrained' } | { kind: 'kaiming_uniform'; a: number } | { kind: 'normal'; std: number } | { kind: 'zeros' } | { kind: 'ones' };
@@ -58,7 +93,7 @@ export interface PlanValue {
 
 export interface PlanStep {
   node: string;
-  op: string;
+  op: PlanOp;
   kernel: string;
   inputs: string[];
   outputs: string[];
@@ -91,12 +126,39 @@ export interface PlanBuffer {
   bytes: number;
   values: string[];
   live: [number, number];
+  /** With memory planning: the step interval of each entry of `values`, same order; never overlapping. */
+  spans?: [number, number][];
+}
+
+/** A stage's training settings, every default filled in (mirrors the checker's `StageSettings`). */
+export interface PlanStageSettings {
+  epochs: number;
+  /** Optimizer steps; overrides `epochs` when set. */
+  steps?: number;
+  lr: number;
+  schedule: { kind: 'constant' | 'linear' | 'cosine'; warmup: { percent: number } | { steps: number }; minLr: number };
+  /** Sequences per optimizer step. */
+  batch: number;
+  microBatch: number;
+  maxLen: number;
+  weightDecay: number;
+  optimizer: { kind: 'adamw'; beta1: number; beta2: number; eps: number } | { kind: 'sgd'; momentum: number };
+  gradClip: number;
+  seed: number;
+  precision: 'f32' | 'bf16' | 'f16';
+  memoryBytes?: number;
+  checkpointEvery: number;
+  packing: boolean;
+  loss: 'response' | 'all';
+  recompute: boolean;
+  maxBadSteps: number;
+  shuffle: boolean;
 }
 
 export interface PlanStage {
   name: string;
   index: number;
-  settings: Record<string, unknown>;
+  settings: PlanStageSettings;
   trainBase: boolean;
   trainable: string[];
   data: string[];
@@ -109,13 +171,28 @@ export interface PlanStage {
   loss: string;
   forward: PlanStep[];
   backward: PlanBackwardStep[];
-  optimizer: { kind: 'adamw' | 'sgd'; fused: boolean; dispatches: number; params: string[] };
+  optimizer: {
+    kind: 'adamw' | 'sgd';
+    fused: boolean;
+    dispatches: number;
+    params: string[];
+    /**
+     * Fused only: the flat layout of the trainable tensors, their gradients and each optimizer moment, in
+     * elements (f32). Each tensor is the slice [offset, offset + size) of a flat buffer of `size` elements;
+     * offsets are multiples of `align`.
+     */
+    layout?: { param: string; offset: number; size: number }[];
+    size?: number;
+    align?: number;
+  };
   memory: {
     microBatch: number;
     recompute: boolean;
     budget?: number;
     buffers: PlanBuffer[];
     bytes: { params: number; grads: number; optimizer: number; activations: number; peak: number };
+    /** With recompute: forward nodes re-run inside the backward of one micro-batch, and their FLOPs. */
+    recomputed?: { nodes: number; flops: number };
     notes: string[];
   };
   estimates: {
@@ -125,6 +202,8 @@ export interface PlanStage {
     flopsPerStep: number;
     forwardFlopsPerStep: number;
     backwardFlopsPerStep: number;
+    /** Forward FLOPs re-run by activation recomputation (included in flopsPerStep); 0 without recompute. */
+    recomputeFlopsPerStep: number;
     bytesPerStep: number;
     /** Kernel launches per optimizer step. */
     dispatchesPerStep: number;
@@ -151,8 +230,8 @@ export interface Plan {
     config: PlanModelConfig;
     tokenizer: { kind: 'bytes' } | { kind: 'hf'; path: string } | { kind: 'unspecified' };
   };
-  data: { name: string; kind: 'jsonl' | 'text'; path: string; format: string; maxRecords?: number }[];
-  probes: { name: string; kind: string; data: string; maxExamples?: number }[];
+  data: { name: string; kind: 'jsonl' | 'text'; path: string; format: 'chat' | 'instruction' | 'text'; maxRecords?: number }[];
+  probes: { name: string; kind: 'multiple_choice' | 'json_format' | 'perplexity'; data: string; maxExamples?: number }[];
   adapters: {
     name: string;
     type: 'lora' | 'moe_lora';
