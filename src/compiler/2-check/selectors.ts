@@ -3,8 +3,9 @@
  * `layers[*].attn.{q, k, v, o}` becomes the list of linear modules it names, each with its shape.
  *
  * Semantics: segments walk down from the root; `name[...]` indexes a list (`[*]`, `[3]`, `[0..5]`
- * inclusive, negatives from the end); `{a, b}` takes several children; `*` all children. A selector that
- * ends on a container stands for every linear module below it. `except` removes what its selectors match.
+ * inclusive, negatives from the end); `{a, b}` takes several children; `*` all children (norms and
+ * embeddings among them are skipped). A selector that ends on a container stands for every linear module
+ * below it. `except` removes what its selectors match.
  */
 import type * as A from '../1-parse/ast.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
@@ -136,7 +137,9 @@ export function resolvePlacement(root: ModuleNode, p: A.Placement, diags: Diagno
         continue;
       }
       const bad = matched.filter((m) => m.kind !== 'linear' && linearsUnder(m).length === 0);
-      if (bad.length) {
+      // A `*` segment means "every module here": the norms it also meets hold no linear module and are skipped.
+      const wildcard = s.segments.some((g) => g.kind === 'any') && bad.length < matched.length;
+      if (bad.length && !wildcard) {
         const kinds = new Set(bad.map((b) => b.kind));
         const kind = kinds.size > 1 ? 'not a linear module' : bad[0].kind === 'norm' ? 'a norm' : bad[0].kind === 'embedding' ? 'an embedding' : `a ${bad[0].kind}`;
         diags.report('invalid_placement', s.span, `${describeNodes(bad)} is ${kind}, not a linear projection; adapters attach to linear modules`, {

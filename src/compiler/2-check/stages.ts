@@ -111,7 +111,9 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
 
   const def = (n: string) => settingSpecs.find((x) => x.name === n)!.default;
   const sched = (v.schedule as CtorValue | undefined) ?? { ctor: 'cosine', args: { warmup: { percent: 3 }, min_lr: 0 }, spans: {}, span: s.span };
-  let warmup = sched.args.warmup as Warmup;
+  // A schedule's own default warmup is the number 0, and a rejected warmup leaves none: both mean no warmup.
+  const w = sched.args.warmup as Warmup | number | undefined;
+  let warmup: Warmup = typeof w === 'number' ? { steps: w } : (w ?? { steps: 0 });
   let warmupSpan = sched.spans.warmup;
   if (v.warmup !== undefined) {
     if (sched.spans.warmup) {
