@@ -174,5 +174,18 @@ function reportSyntaxError(e: IRecognitionException, src: SourceFile, tokens: IT
     const rest = next ? src.lineText(src.position(next.startOffset).line).slice(src.position(next.startOffset).column - 1).replace(/\s*\/\/.*$/, '').trim() : '';
     hint = `a setting is its name and its value, with no \`${tok.image}\` between them: \`${name} ${rest || 'VALUE'}\``;
   }
-  diags.report(atEnd ? 'unexpected_end' : 'unexpected_token', src.span(start, end), e.message, hint ? { hint } : {});
+  // At the end of the file, the innermost bracket left open is usually the one whose closer is missing.
+  const open = atEnd ? unclosedBracket(tokens) : undefined;
+  const notes = open ? [{ message: `this \`${open.image}\` is never closed`, span: src.span(open.startOffset, open.endOffset! + 1) }] : [];
+  diags.report(atEnd ? 'unexpected_end' : 'unexpected_token', src.span(start, end), e.message, { ...(hint ? { hint } : {}), notes });
+}
+
+function unclosedBracket(tokens: IToken[]): IToken | undefined {
+  const closer = new Map([[T.RParen, T.LParen], [T.RBracket, T.LBracket], [T.RBrace, T.LBrace]]);
+  const stack: IToken[] = [];
+  for (const t of tokens) {
+    if (t.tokenType === T.LParen || t.tokenType === T.LBracket || t.tokenType === T.LBrace) stack.push(t);
+    else if (closer.has(t.tokenType) && stack[stack.length - 1]?.tokenType === closer.get(t.tokenType)) stack.pop();
+  }
+  return stack[stack.length - 1];
 }

@@ -34,7 +34,8 @@ export function placementText(p: A.Placement): string {
  * first with a count.
  */
 export function describeNodes(nodes: ModuleNode[]): string {
-  const paths = nodes.map((n) => n.path || '(the model)');
+  if (nodes.length === 1 && !nodes[0].path) return 'the model';
+  const paths = nodes.map((n) => n.path);
   if (paths.length === 1) return `\`${paths[0]}\``;
   const patterns = new Set(paths.map((p) => p.replace(/\[\d+\]/g, '[*]')));
   if (patterns.size === 1) return `\`${[...patterns][0]}\``;
