@@ -44,6 +44,7 @@ export function compileInput(positionals: string[], io: CliIO, optLevel: 0 | 1, 
     optLevel,
     verify: debug,
     compilerVersion: version,
+    ...(cfg.memory !== undefined ? { memoryBudget: cfg.memory } : {}),
     ...(debug ? { onPass: (pass, ir) => io.stderr(`=== IR after ${pass} ===\n${dumpIR(ir)}\n`) } : {}),
   });
   if (result.diagnostics.length) io.stderr(renderDiagnostics('text', result.diagnostics, result.sources, { color, cwd: io.cwd }));

@@ -7,6 +7,7 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
 import { catalogue, isCode, type Level } from '../compiler/diagnostics/catalogue.js';
 import type { Diagnostics } from '../compiler/diagnostics/diagnostic.js';
+import { parseSize } from '../compiler/1-parse/to-ast.js';
 import { SourceFile } from '../compiler/source.js';
 import { closest } from '../compiler/util/suggest.js';
 
@@ -26,6 +27,8 @@ export interface ProjectConfig {
   out: string;
   backend: 'auto' | 'webgpu' | 'cpu' | 'wasm' | 'tensorflow';
   allowOutsideRoot: boolean;
+  /** Memory budget in bytes for stages that set no `memory` (the memory planner picks micro-batch and recompute). */
+  memory?: number;
   lint: { maxWarnings?: number; rules: Record<string, Level> };
   sources: Map<string, SourceFile>;
 }
@@ -57,7 +60,7 @@ export function findProjectFile(cwd: string): string | undefined {
 }
 
 const backends = ['auto', 'webgpu', 'cpu', 'wasm', 'tensorflow'] as const;
-const topKeys = ['pipeline', 'pipelines', 'exclude', 'out', 'backend', 'allow_outside_root', 'lint'];
+const topKeys = ['pipeline', 'pipelines', 'exclude', 'out', 'backend', 'allow_outside_root', 'memory', 'lint'];
 const lintKeys = ['max_warnings', 'rules'];
 
 export function loadProject(cwd: string, diags: Diagnostics, explicit?: string): ProjectConfig {
@@ -140,6 +143,14 @@ export function loadProject(cwd: string, diags: Diagnostics, explicit?: string):
         if (!isScalar(v) || typeof v.value !== 'boolean') bad(v as YamlNode, '`allow_outside_root` must be true or false');
         else cfg.allowOutsideRoot = v.value;
         break;
+      case 'memory': {
+        // Written like the language's sizes: 8GB, 80GB, 512MiB (YAML reads them as strings).
+        const s = str(v);
+        const bytes = s === undefined ? NaN : parseSize(s.trim());
+        if (!Number.isFinite(bytes) || bytes <= 0) bad(v as YamlNode, '`memory` must be a size such as 8GB or 512MiB', isScalar(v) && typeof v.value === 'number' ? 'give the unit: `memory: 8GB`' : undefined);
+        else cfg.memory = bytes;
+        break;
+      }
       case 'lint':
         if (!isMap(v)) {
           bad(v as YamlNode, '`lint` must be a mapping with `max_warnings` and `rules`');

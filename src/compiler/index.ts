@@ -53,6 +53,8 @@ export interface CompileOptions {
   compilerVersion?: string;
   /** Replace the pass list (tests of single passes). */
   passes?: Pass[];
+  /** Memory budget in bytes for stages that set none (mcpc.yaml `memory:`); used by plan-memory. */
+  memoryBudget?: number;
 }
 
 export interface CompileResult extends CheckFileResult {
@@ -66,7 +68,7 @@ export function compileFile(path: string, host: CheckHost, levels: Partial<Recor
   const checked = checkFile(path, host, levels);
   if (!checked.pipeline || checked.diagnostics.some((d) => d.severity === 'error')) return checked;
   const ir = lower(checked.pipeline);
-  const reports = optimize(ir, { optLevel: opts.optLevel, verify: opts.verify ?? false, onPass: opts.onPass }, opts.passes ?? defaultPasses);
+  const reports = optimize(ir, { optLevel: opts.optLevel, verify: opts.verify ?? false, onPass: opts.onPass, ...(opts.memoryBudget !== undefined ? { memoryBudget: opts.memoryBudget } : {}) }, opts.passes ?? defaultPasses);
   const sources = (checked.composed?.files ?? []).map((f) => ({ path: relativeToRoot(host, f.source.path), text: f.source.text }));
   const plan = emitPlan(ir, { compilerVersion: opts.compilerVersion ?? '0.0.0', optLevel: opts.optLevel, passes: reports, sources });
   return { ...checked, plan, ir, passes: reports };

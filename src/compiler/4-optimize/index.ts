@@ -7,10 +7,14 @@ import type { IR } from '../ir/types.js';
 import type { Pass, PassContext } from './pass.js';
 import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
 import { expandSites } from './passes/expand-sites.js';
+import { fuseOptimizer } from './passes/fuse-optimizer.js';
+import { planMemory } from './passes/plan-memory.js';
 
 export const passes: Pass[] = [
   expandSites, //            adapted linears -> base GEMM + LoRA + mixture ops (required)
   eliminateDeadAdapters, //  adapters with zero output in a stage leave its graph
+  fuseOptimizer, //          one optimizer dispatch per stage over flat buffers of all trainable tensors
+  planMemory, //             liveness, buffer reuse, micro-batch / recompute under the memory budget (last)
 ];
 
 export interface PassReport {

@@ -7,6 +7,8 @@ import type { IR } from '../ir/types.js';
 
 export interface PassContext {
   optLevel: 0 | 1;
+  /** Project-wide memory budget in bytes (mcpc.yaml `memory:`) for stages that set none (plan-memory). */
+  memoryBudget?: number;
 }
 
 export interface PassResult {

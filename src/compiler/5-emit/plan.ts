@@ -115,13 +115,21 @@ function emitStage(ir: IR, st: StageIR, kernels: Map<string, PlanKernel>): PlanS
 
   const trainableParams = [...g.values.values()].filter((v) => v.kind === 'param' && ir.params.get(v.id)?.states[st.name] === 'trainable').map((v) => v.id);
   const trainableCount = trainableParams.reduce((s, id) => s + ir.params.get(id)!.shape.reduce((a, b) => a * b, 1), 0);
-  const optimizer = { kind: st.settings.optimizer.kind, fused: st.fusedOptimizer, dispatches: st.fusedOptimizer ? (trainableParams.length ? 1 : 0) : trainableParams.length, params: trainableParams };
+  const layout = st.fusedOptimizer ? st.optimizerLayout : undefined;
+  const optimizer = {
+    kind: st.settings.optimizer.kind,
+    fused: st.fusedOptimizer,
+    dispatches: st.fusedOptimizer ? (trainableParams.length ? 1 : 0) : trainableParams.length,
+    params: trainableParams,
+    ...(layout ? { layout: layout.entries.map((e) => ({ ...e })), size: layout.size, align: layout.align } : {}),
+  };
   const memory = st.memory ?? naiveMemory(ir, st);
   const micro = Math.max(1, Math.round(st.settings.batch / memory.microBatch));
   const fwd = forward.reduce((s, x) => s + x.flops, 0);
   const bwd = backward.reduce((s, x) => s + x.flops, 0);
   const bytes = forward.reduce((s, x) => s + x.bytes, 0);
-  const kernelsPerMicro = forward.length + backward.length;
+  const re = memory.recompute ? (memory.recomputed ?? { nodes: 0, flops: 0 }) : { nodes: 0, flops: 0 };
+  const kernelsPerMicro = forward.length + backward.length + re.nodes;
   return {
     name: st.name,
     index: st.index,
@@ -139,13 +147,14 @@ function emitStage(ir: IR, st: StageIR, kernels: Map<string, PlanKernel>): PlanS
     forward,
     backward,
     optimizer,
-    memory: { microBatch: memory.microBatch, recompute: memory.recompute, ...(memory.budget !== undefined ? { budget: memory.budget } : {}), buffers: memory.buffers, bytes: memory.bytes, notes: memory.notes },
+    memory: { microBatch: memory.microBatch, recompute: memory.recompute, ...(memory.budget !== undefined ? { budget: memory.budget } : {}), buffers: memory.buffers, bytes: memory.bytes, ...(memory.recomputed ? { recomputed: memory.recomputed } : {}), notes: memory.notes },
     estimates: {
       tokensPerMicroBatch: T,
       microBatchesPerStep: micro,
-      flopsPerStep: (fwd + bwd) * micro,
+      flopsPerStep: (fwd + bwd + re.flops) * micro,
       forwardFlopsPerStep: fwd * micro,
       backwardFlopsPerStep: bwd * micro,
+      recomputeFlopsPerStep: re.flops * micro,
       bytesPerStep: bytes * micro * 2,
       dispatchesPerStep: kernelsPerMicro * micro + optimizer.dispatches,
       kernels: kernelsPerMicro + optimizer.dispatches,

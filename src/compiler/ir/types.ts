@@ -142,6 +142,8 @@ export interface Buffer {
   values: string[];
   /** First and last step index (in the forward+backward schedule) at which the buffer is live. */
   live: [number, number];
+  /** Set by memory planning: the step interval of each entry of `values`, in the same order (disjoint). */
+  spans?: [number, number][];
 }
 
 export interface MemoryPlan {
@@ -150,7 +152,18 @@ export interface MemoryPlan {
   buffers: Buffer[];
   bytes: { params: number; grads: number; optimizer: number; activations: number; peak: number };
   budget?: number;
+  /** With recompute: the forward nodes re-run inside the backward of one micro-batch, and their FLOPs. */
+  recomputed?: { nodes: number; flops: number };
   notes: string[];
+}
+
+/** Flat layout of a stage's trainable tensors for the fused optimizer (elements, f32). */
+export interface OptimizerLayout {
+  /** Every offset is a multiple of this many elements. */
+  align: number;
+  /** Length of each flat buffer (parameters, gradients, each optimizer moment), padding included. */
+  size: number;
+  entries: { param: string; offset: number; size: number }[];
 }
 
 export interface StageIR {
@@ -171,6 +184,8 @@ export interface StageIR {
   graph: Graph;
   /** Set by the fused-optimizer pass: one dispatch for all trainable tensors when true. */
   fusedOptimizer: boolean;
+  /** Set by the fused-optimizer pass with `fusedOptimizer`. */
+  optimizerLayout?: OptimizerLayout;
   memory?: MemoryPlan;
 }
 
