@@ -11,7 +11,7 @@ import { dirname, relative, resolve, sep } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import { parse, type ParseResult } from '../1-parse/index.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
-import { didYouMean } from '../util/suggest.js';
+import { didYouMean, nameList } from '../util/suggest.js';
 import { describeReadError, displayPath, insideRoot, type CheckHost } from './host.js';
 
 export interface Composed {
@@ -28,6 +28,9 @@ export interface Composed {
    */
   baseMissing?: boolean;
 }
+
+/** Longest chain of `extends` followed (entry included). */
+export const MAX_EXTENDS_DEPTH = 32;
 
 export function compose(entryAbs: string, text: string, host: CheckHost, diags: Diagnostics): Composed {
   const files: ParseResult[] = [];
@@ -61,6 +64,12 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
     if (baseAbs === abs) diags.report('extends_cycle', ext.span, `\`${ext.value}\` is this file: a pipeline cannot extend itself`, { hint: 'extend the pipeline this one is a variant of' });
     else diags.report('extends_cycle', ext.span, `extending \`${ext.value}\` closes a cycle: ${[...chain, baseAbs].map((p) => displayPath(host, p)).join(' -> ')}`, { hint: 'a pipeline may not extend itself, directly or through others' });
     return { header: f.header, ...own };
+  }
+  if (chain.length >= MAX_EXTENDS_DEPTH) {
+    diags.report('extends_cycle', ext.span, `extending \`${ext.value}\` makes a chain of more than ${MAX_EXTENDS_DEPTH} pipelines`, {
+      hint: 'a chain this long is a cycle through different paths to the same file (a link, `..`): extend the base directly',
+    });
+    return { header: f.header, ...own, baseMissing: true };
   }
   const read = host.readFile(baseAbs);
   if ('error' in read) {
@@ -101,8 +110,10 @@ function load(abs: string, text: string, host: CheckHost, diags: Diagnostics, fi
 function placeStages(baseStages: A.Stage[], own: A.Stage[], baseFile: string | undefined, diags: Diagnostics): A.Stage[] {
   const stages = [...baseStages];
   const fromBase = new Set(baseStages);
+  const baseNames = new Set(baseStages.map((b) => b.name.name));
   for (const s of own) {
-    const i = stages.findIndex((b) => b.name.name === s.name.name);
+    // Only a base stage can be overridden: skip the search for other names (10 000 stages stay linear).
+    const i = baseNames.has(s.name.name) ? stages.findIndex((b) => b.name.name === s.name.name) : -1;
     if (i >= 0 && fromBase.has(stages[i])) {
       if (!s.override) {
         diags.report('redeclared_from_base', s.name.span, `stage \`${s.name.name}\` already exists in \`${baseFile}\``, {
@@ -126,7 +137,7 @@ function placeStages(baseStages: A.Stage[], own: A.Stage[], baseFile: string | u
       if (j < 0) {
         const names = stages.map((x) => x.name.name);
         diags.report('unknown_stage', s.after.span, `no stage \`${s.after.name}\` before this one to place \`${s.name.name}\` after`, {
-          hint: didYouMean(s.after.name, names) ?? `stages so far: ${names.join(', ') || '(none)'}`,
+          hint: didYouMean(s.after.name, names) ?? `stages so far: ${nameList(names) || '(none)'}`,
         });
         stages.push(s);
       } else stages.splice(j + 1, 0, s);

@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import type { Diagnostics, Note } from '../diagnostics/diagnostic.js';
 import type { Span } from '../source.js';
-import { closest, didYouMean } from '../util/suggest.js';
+import { closest, didYouMean, nameList } from '../util/suggest.js';
 import type { AdapterStatus, CheckedAdapter, CheckedData, CheckedPipeline, CheckedProbe } from './checked.js';
 import { insideRoot, type CheckHost } from './host.js';
 import type { ModelConfig, ModuleNode } from './models.js';
@@ -81,7 +81,7 @@ export class Ctx {
       const near = closest(id.name, candidates);
       if (near !== undefined) this.suggested.add(near);
       this.diags.report('unknown_name', id.span, `no ${what} named \`${id.name}\``, {
-        hint: didYouMean(id.name, candidates) ?? (candidates.length ? `declared: ${candidates.join(', ')}` : `declare it first: \`${kinds[0]} ${id.name} = ...\``),
+        hint: didYouMean(id.name, candidates) ?? (candidates.length ? `declared: ${nameList(candidates)}` : `declare it first: \`${kinds[0]} ${id.name} = ...\``),
       });
       return undefined;
     }

@@ -51,24 +51,27 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
   for (const d of all) if (d.decl.declKind === 'tokenizer') checkTokenizer(ctx, d.decl);
   for (const d of all) if (d.decl.declKind === 'data') checkData(ctx, d.decl);
   for (const d of all) if (d.decl.declKind === 'probe') checkProbe(ctx, d.decl);
+  // Stage-local adapters exist from their stage on: they join the statuses (and the entry snapshots) there.
+  const locals = new Map<number, string[]>();
   for (const d of all) {
     if (d.decl.declKind === 'adapter') {
       checkAdapter(ctx, d.decl, d.stage);
-      ctx.status.set(d.decl.name.name, { status: 'pending' });
+      if (d.stage === undefined) ctx.status.set(d.decl.name.name, { status: 'pending' });
+      else {
+        const l = locals.get(d.stageIndex) ?? [];
+        l.push(d.decl.name.name);
+        locals.set(d.stageIndex, l);
+      }
     } else if (d.decl.placement) {
       diags.report('invalid_placement', d.decl.placement.span, `a ${d.decl.declKind} has no placement; only adapters are placed with \`at\``);
     }
   }
 
-  // Stage-local adapters exist from their stage on: hide them from the entry snapshot of earlier stages.
   const stages: CheckedStage[] = [];
   composed.stages.forEach((s, i) => {
     ctx.stageIndex = i;
-    const hidden = all.filter((d) => d.stage !== undefined && d.stageIndex > i).map((d) => d.decl.name.name);
-    const saved = hidden.map((n) => [n, ctx.status.get(n)] as const);
-    for (const n of hidden) ctx.status.delete(n);
+    for (const n of locals.get(i) ?? []) ctx.status.set(n, { status: 'pending' });
     stages.push(checkStage(ctx, s));
-    for (const [n, st] of saved) if (st) ctx.status.set(n, st);
   });
   ctx.stageIndex = composed.stages.length;
 

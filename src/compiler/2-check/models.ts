@@ -42,6 +42,16 @@ export const builtinModels: Record<string, ModelConfig> = {
   'qwen1.5-14b': qwen2({ vocab: 152064, hidden: 5120, layers: 40, heads: 40, kvHeads: 40, ffn: 13696, tied: false, ropeTheta: 1000000, maxPositions: 32768 }),
 };
 
+const hfLimits: Record<string, number> = {
+  num_hidden_layers: 1024,
+  hidden_size: 65536,
+  intermediate_size: 262144,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 65536,
+  vocab_size: 1 << 22,
+};
+
 /** Parse a Hugging Face config.json object; returns the config or a list of problems. */
 export function configFromHf(json: unknown): { config?: ModelConfig; problems: string[] } {
   const problems: string[] = [];
@@ -58,6 +68,13 @@ export function configFromHf(json: unknown): { config?: ModelConfig; problems: s
     if (v === undefined && !required) return NaN;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
       problems.push(`\`${k}\` must be a positive integer, found ${JSON.stringify(v)}`);
+      return NaN;
+    }
+    // The bounds of builtin()'s overrides: a corrupt or hostile config must not build a module tree of a
+    // billion layers (the checker would run out of memory instead of reporting).
+    const max = hfLimits[k];
+    if (max !== undefined && v > max) {
+      problems.push(`\`${k}\` is ${v}; mcpc reads models with at most ${max}`);
       return NaN;
     }
     return v;

@@ -295,9 +295,11 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
 
   // At each common site, the rows of all the A's involved must fit in the input dimension.
   const matrix = (parts.values().next().value ?? 'A') as 'A' | 'B';
+  const targetSite = new Map(target.sites.map((s) => [s.path, s]));
+  const sitesOf = new Map([target, ...others].map((a) => [a!, new Set(a!.sites.map((s) => s.path))]));
   for (const path of common) {
-    const site = target.sites.find((s) => s.path === path)!;
-    const involved = [target, ...others].filter((a) => a!.sites.some((s) => s.path === path));
+    const site = targetSite.get(path)!;
+    const involved = [target, ...others].filter((a) => sitesOf.get(a!)!.has(path));
     const total = involved.reduce((n, a) => n + a!.rank, 0);
     const dim = matrix === 'A' ? site.in : site.out;
     if (total > dim) {
