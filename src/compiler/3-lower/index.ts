@@ -224,7 +224,8 @@ function lowerStage(p: CheckedPipeline, s: CheckedStage, index: number, params: 
         const oa = matrixParams(p, other, site, k.matrix, params);
         if (!ta.length || !oa.length) continue;
         const out = g.value(`ortho.${ci}.${site}.${other}`, []);
-        g.node('ortho_penalty', [...ta.map(P), ...oa.map(P)], [out], { targetParts: ta.length, norm: k.norm, matrix: k.matrix, target: k.target, other, constraint: ci }, { site });
+        const flops = orthoFlops(ta.map((id) => params.get(id)!.shape), oa.map((id) => params.get(id)!.shape), k.matrix);
+        g.node('ortho_penalty', [...ta.map(P), ...oa.map(P)], [out], { targetParts: ta.length, norm: k.norm, matrix: k.matrix, target: k.target, other, constraint: ci, flops }, { site });
         terms.push({ value: out, weight: k.weight });
       }
     }
@@ -304,4 +305,25 @@ function matrixParams(p: CheckedPipeline, adapter: string, site: string, m: 'A' 
   if (!a) return [];
   const names = a.type === 'lora' ? [m] : [`shared_${m}`, `expert_${m}`];
   return names.map((t) => paramId.adapter(adapter, site, t)).filter((id) => params.has(id));
+}
+
+/**
+ * FLOPs of one orthogonality term: M = X_t X_o^T over the shared dimension d (A: [.., r, in], so d = in;
+ * B: [.., out, r], so d = out), r_t and r_o the stacked ranks of the parts (expert tensors count every
+ * expert): 2·r_t·r_o·d for the product plus r_t·r_o for the norm.
+ */
+export function orthoFlops(target: number[][], other: number[][], matrix: 'A' | 'B'): number {
+  const dims = (shapes: number[][]) => {
+    let rows = 0;
+    let d = 0;
+    for (const s of shapes) {
+      const n = s.reduce((a, b) => a * b, 1);
+      d = matrix === 'A' ? s[s.length - 1] : s[s.length - 2];
+      rows += n / d;
+    }
+    return { rows, d };
+  };
+  const t = dims(target);
+  const o = dims(other);
+  return 2 * t.rows * o.rows * t.d + t.rows * o.rows;
 }

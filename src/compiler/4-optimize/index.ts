@@ -5,14 +5,22 @@
 import { verifyIR } from '../ir/verify.js';
 import type { IR } from '../ir/types.js';
 import type { Pass, PassContext } from './pass.js';
+import { batchExperts } from './passes/batch-experts.js';
+import { batchOrthogonality } from './passes/batch-orthogonality.js';
+import { concatBaseAdapter } from './passes/concat-base-adapter.js';
 import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
 import { expandSites } from './passes/expand-sites.js';
+import { foldFrozenLora } from './passes/fold-frozen-lora.js';
 import { fuseOptimizer } from './passes/fuse-optimizer.js';
 import { planMemory } from './passes/plan-memory.js';
 
 export const passes: Pass[] = [
   expandSites, //            adapted linears -> base GEMM + LoRA + mixture ops (required)
   eliminateDeadAdapters, //  adapters with zero output in a stage leave its graph
+  foldFrozenLora, //         frozen plain LoRA -> stage copy of the base weight (W + s·B·A at entry)
+  batchExperts, //           per mixture site: one A GEMM, one top-k grouped B GEMM
+  concatBaseAdapter, //      base GEMM + adapter down-projections on the same x -> one concat GEMM
+  batchOrthogonality, //     every orthogonality term of a stage in one weighted penalty node
   fuseOptimizer, //          one optimizer dispatch per stage over flat buffers of all trainable tensors
   planMemory, //             liveness, buffer reuse, micro-batch / recompute under the memory budget (last)
 ];

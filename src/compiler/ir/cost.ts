@@ -36,9 +36,12 @@ export function forwardFlops(n: Node, g: Graph, T: number): number {
     case 'moe_down_batched':
       return 2 * T * num(a.in) * num(a.rows);
     case 'moe_up_grouped':
-      return 2 * T * (num(a.sharedRank) + num(a.k) * num(a.rank)) * num(a.out) + 2 * T * num(a.k) * num(a.out);
+      // Only the top-k experts of each token (plus the shared experts) run: scales with k, not experts.
+      // Per token: shared GEMM + its scale-and-add, k expert GEMMs + their gate-scale-and-add.
+      return 2 * T * (num(a.sharedRank) + num(a.k) * num(a.rank)) * num(a.out) + 2 * T * (num(a.k) + (num(a.sharedRank) > 0 ? 1 : 0)) * num(a.out);
     case 'concat_linear':
-      return 2 * T * num(a.in) * num(a.totalOut);
+      // One GEMM over the concatenated weights, plus each part's epilogue (base bias, router bias + activation).
+      return concatParts(n).reduce((s, p) => s + concatPartFlops(p, num(a.in), T), 0) || 2 * T * num(a.in) * num(a.totalOut);
     case 'rope':
       return 3 * (sizeOf(n.inputs[0]) + sizeOf(n.inputs[1]));
     case 'attention': {
@@ -84,11 +87,47 @@ export function gradValues(ir: IR, st: StageIR): Set<string> {
 /** Matmul-like ops: backward costs one forward per input that needs a gradient. */
 const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
 
+interface ConcatPartAttrs {
+  kind: string;
+  out: number;
+  params: string[];
+  bias?: string;
+}
+const concatParts = (n: Node): ConcatPartAttrs[] => (Array.isArray(n.attrs.parts) ? (n.attrs.parts as ConcatPartAttrs[]) : []);
+
+/** Forward FLOPs of one part of a concat_linear: what the node it replaced cost on its own. */
+function concatPartFlops(p: ConcatPartAttrs, inF: number, T: number): number {
+  const gemm = 2 * T * inF * p.out;
+  if (p.kind === 'router') return gemm + 5 * T * p.out;
+  return gemm + (p.bias ? T * p.out : 0);
+}
+
 /** Backward FLOPs of a node given which of its inputs need gradients (0 when none do). */
 export function backwardFlops(n: Node, g: Graph, T: number, need: Set<string>): number {
   const gradInputs = n.inputs.filter((i) => need.has(i));
   if (!gradInputs.length) return 0;
+  // Batched ops: the backward of each part or term is what the node it replaced would cost, so a batching
+  // pass never changes the backward estimate (no dW for frozen base parts, no dA for constant terms).
+  if (n.op === 'concat_linear' && concatParts(n).length) {
+    const dx = need.has(n.inputs[0]) ? 1 : 0;
+    return concatParts(n).reduce((s, p) => {
+      const k = dx + [...p.params, ...(p.bias ? [p.bias] : [])].filter((i) => need.has(i)).length;
+      return s + concatPartFlops(p, num(n.attrs.in), T) * Math.min(2, k);
+    }, 0);
+  }
+  if (n.op === 'ortho_penalty_batched' && Array.isArray(n.attrs.terms)) {
+    return (n.attrs.terms as { targetParams: string[]; otherParams: string[]; flops: number }[]).reduce(
+      (s, t) => s + t.flops * Math.min(2, [...t.targetParams, ...t.otherParams].filter((i) => need.has(i)).length),
+      0,
+    );
+  }
   const f = forwardFlops(n, g, T);
+  if (n.op === 'moe_down_batched' || n.op === 'moe_up_grouped') {
+    // The concatenated shared and routed tensors are one operand of the GEMM.
+    const acts = gradInputs.filter((i) => g.values.get(i)?.kind !== 'param').length;
+    const prm = gradInputs.some((i) => g.values.get(i)?.kind === 'param') ? 1 : 0;
+    return f * Math.min(2, acts + prm);
+  }
   if (matmulLike.has(n.op)) {
     // One GEMM per input needing a gradient, but never more than twice the forward for a two-operand GEMM.
     return f * Math.min(2, gradInputs.length);

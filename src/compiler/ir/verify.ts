@@ -35,6 +35,11 @@ function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: bo
         // A dropped or merged tensor must not be read by the stage graph.
         if (g.nodes.some((n) => n.inputs.includes(v.id))) fail(g.nodes.find((n) => n.inputs.includes(v.id)), `reads ${v.id}, which is ${p.states[stage]} in this stage`);
       }
+      // A folded tensor lives on inside the stage copy of its base weight; only constraint terms read it.
+      if (p && p.states[stage] === 'folded') {
+        const reader = g.nodes.find((n) => n.inputs.includes(v.id) && n.op !== 'ortho_penalty' && n.op !== 'ortho_penalty_batched');
+        if (reader) fail(reader, `reads ${v.id}, which is folded into the base weight in this stage (only constraint terms may read it)`);
+      }
       defined.add(v.id);
     } else if (v.kind === 'input' || v.kind === 'const') defined.add(v.id);
   }
