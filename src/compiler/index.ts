@@ -40,6 +40,7 @@ export type { Diagnostic } from './diagnostics/diagnostic.js';
 
 import { lower } from './3-lower/index.js';
 import { optimize, passes as defaultPasses, type PassReport } from './4-optimize/index.js';
+import { reportMemoryBudgets } from './4-optimize/memory-diagnostics.js';
 import type { Pass } from './4-optimize/pass.js';
 import { emitPlan } from './5-emit/plan.js';
 import type { IR } from './ir/types.js';
@@ -71,7 +72,10 @@ export function compileFile(path: string, host: CheckHost, levels: Partial<Recor
   const reports = optimize(ir, { optLevel: opts.optLevel, verify: opts.verify ?? false, onPass: opts.onPass, ...(opts.memoryBudget !== undefined ? { memoryBudget: opts.memoryBudget } : {}) }, opts.passes ?? defaultPasses);
   const sources = (checked.composed?.files ?? []).map((f) => ({ path: relativeToRoot(host, f.source.path), text: f.source.text }));
   const plan = emitPlan(ir, { compilerVersion: opts.compilerVersion ?? '0.0.0', optLevel: opts.optLevel, passes: reports, sources });
-  return { ...checked, plan, ir, passes: reports };
+  const memDiags = new Diagnostics(levels);
+  if (checked.composed) reportMemoryBudgets(ir, checked.composed, memDiags);
+  const diagnostics = memDiags.items.length ? sortDiagnostics([...checked.diagnostics, ...memDiags.items]) : checked.diagnostics;
+  return { ...checked, diagnostics, plan, ir, passes: reports };
 }
 
 function relativeToRoot(host: CheckHost, shown: string): string {

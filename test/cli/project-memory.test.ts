@@ -51,13 +51,31 @@ describe('mcpc.yaml memory', () => {
       const { dir } = project(yaml, files);
       const io = memoryIO(dir);
       const code = await main(['explain', 'p.mcp', '--format', 'json'], io);
-      expect(io.err).toBe('');
       expect(code).toBe(0);
+      expect(io.err === '' || io.err.startsWith('warning[memory_budget_exceeded]')).toBe(true);
       return JSON.parse(io.out) as { passes: { name: string; notes: string[] }[] };
     };
     const notes = (x: Awaited<ReturnType<typeof run>>) => x.passes.find((p) => p.name === 'plan-memory')!.notes.join('\n');
     expect(notes(await run('out: o\n'))).not.toContain('budget');
     expect(notes(await run('memory: 100KB\n'))).toContain('s: does not fit the budget of 97.7 KiB');
     expect(notes(await run('memory: 1GB\n'))).toContain('s: budget 953.7 MiB: micro_batch 8 is the largest divisor of batch 8 that fits');
+  });
+
+  it('mcpc lint warns memory_budget_exceeded at the stage name when the project budget cannot be met', async () => {
+    const files = { 'p.mcp': pipeline, 'd.jsonl': '{"prompt": "q", "response": "a"}\n' };
+    const lint = async (yaml: string) => {
+      const { dir } = project(yaml, files);
+      const io = memoryIO(dir);
+      const code = await main(['lint', 'p.mcp', '--format', 'json'], io);
+      return { code, items: JSON.parse(io.out) as { code: string; severity: string; line: number; column: number; message: string }[] };
+    };
+    const over = await lint('memory: 100KB\n');
+    expect(over.items).toMatchObject([{ code: 'memory_budget_exceeded', severity: 'warning', line: 5, column: 7 }]);
+    expect(over.items[0].message).toMatch(/^stage `s` needs about .* more than the memory budget of 97.7 KiB set in mcpc.yaml, even with micro_batch 1 and activation recompute$/);
+    expect(over.code).toBe(0);
+    expect(await lint('memory: 1GB\n')).toEqual({ code: 0, items: [] });
+    // The rule's level is configurable like every lint rule.
+    expect((await lint('memory: 100KB\nlint:\n  rules:\n    memory_budget_exceeded: error\n')).code).toBe(1);
+    expect((await lint('memory: 100KB\nlint:\n  rules:\n    memory_budget_exceeded: off\n')).items).toEqual([]);
   });
 });

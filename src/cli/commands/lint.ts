@@ -2,7 +2,7 @@
  * `mcpc lint [files|folders...]`: parse and check pipelines, print diagnostics as text, json or sarif.
  * Exit 0 clean, 1 errors or more warnings than --max-warnings, 2 usage or internal error.
  */
-import { checkFile, nodeHost } from '../../compiler/index.js';
+import { checkFile, compileFile, nodeHost, type CheckFileResult } from '../../compiler/index.js';
 import { Diagnostics, type Diagnostic } from '../../compiler/diagnostics/diagnostic.js';
 import type { CheckedPipeline } from '../../compiler/2-check/checked.js';
 import type { SourceFile } from '../../compiler/source.js';
@@ -55,7 +55,12 @@ export const lintCommand: Command = async (argv, io) => {
   const sources = new Map<string, SourceFile>();
   const sites: string[] = [];
   for (const f of files) {
-    const res = checkFile(f, host, cfg.lint.rules);
+    let res: CheckFileResult = checkFile(f, host, cfg.lint.rules);
+    // A memory budget (in a stage or in mcpc.yaml) is checked by the memory planner: compile such pipelines.
+    const budgeted = cfg.memory !== undefined || res.pipeline?.stages.some((s) => s.settings.memoryBytes !== undefined);
+    if (budgeted && res.pipeline && !res.diagnostics.some((d) => d.severity === 'error')) {
+      res = compileFile(f, host, cfg.lint.rules, { optLevel: 1, ...(cfg.memory !== undefined ? { memoryBudget: cfg.memory } : {}) });
+    }
     all.push(...res.diagnostics);
     for (const [k, v] of res.sources) sources.set(k, v);
     if (values['show-sites']) sites.push(showSites(f, res.pipeline));

@@ -87,6 +87,7 @@ export const catalogue = {
   path_escapes_root: lint('error', 'Path escapes the project root', 'A file path in the pipeline resolves outside the project directory.', 'keep data, models and outputs inside the project, or set `allow_outside_root: true` in mcpc.yaml'),
   batch_not_divisible: lint('error', 'Batch not divisible by micro-batch', 'The effective batch must be a whole number of micro-batches for gradient accumulation.'),
   constraint_on_frozen: lint('warning', 'Constraint on an adapter that does not train', 'The first adapter of an orthogonality constraint is not trained in this stage, so the penalty has no gradient to act on.', 'constrain the adapter this stage trains'),
+  memory_budget_exceeded: lint('warning', 'Memory budget exceeded', 'The memory planner estimates that a stage needs more than its memory budget (`memory` in the stage, or in mcpc.yaml) even with micro-batch 1 and activation recomputation; training would run out of memory.', 'raise `memory`, lower `max_len`, or train a smaller model'),
 } satisfies Record<string, CatalogueEntry>;
 
 export type Code = keyof typeof catalogue;
