@@ -1,6 +1,8 @@
 /**
- * `mcpc compile [file] [-o dir] [-O0] [--format json|yaml]`: compile a pipeline to its execution plan,
- * `<out>/<pipeline>.plan.json` (or .yaml). Written atomically; the same input gives the same bytes.
+ * `mcpc compile [file] [-o dir] [-O0] [--format json|yaml] [--emit ts]`: compile a pipeline to its execution
+ * plan, `<out>/<pipeline>.plan.json` (or .yaml), and with `--emit ts` a typed TypeScript module beside it,
+ * `<out>/<pipeline>.plan.ts` (type-checked before it is written). Written atomically; the same input gives
+ * the same bytes.
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
@@ -17,6 +19,10 @@ options:
   -o, --out DIR          output folder (default: mcpc.yaml's out, else out/)
   -O0                    turn every optimization pass off (for comparison and debugging)
   --format json|yaml     plan format (default json)
+  --emit ts              also write <out>/<pipeline>.plan.ts: the plan with types (stage names,
+                         hyperparameter overrides), type-checked before it is written
+  --plan-module SPEC     import specifier of the plan module in that file (default: the relative
+                         path from the output folder to mcpc's src/plan/index.js)
   --project FILE         project file
 environment:
   MCPC_DEBUG=ir          verify the IR after every pass and dump it to stderr
@@ -27,6 +33,8 @@ export const compileCommand: Command = async (argv0, io) => {
   const { values, positionals } = parse(argv, {
     out: { type: 'string', short: 'o' },
     format: { type: 'string', default: 'json' },
+    emit: { type: 'string', multiple: true, default: [] },
+    'plan-module': { type: 'string' },
     project: { type: 'string' },
     help: { type: 'boolean', short: 'h', default: false },
   });
@@ -35,6 +43,14 @@ export const compileCommand: Command = async (argv0, io) => {
     return 0;
   }
   if (values.format !== 'json' && values.format !== 'yaml') throw new UsageError(`--format must be json or yaml, not '${values.format}'`);
+  const emit = values.emit.flatMap((e) => e.split(',')).filter(Boolean);
+  for (const e of emit) if (e !== 'ts') throw new UsageError(`--emit takes ts, not '${e}'`);
+  if (values['plan-module'] !== undefined && !emit.includes('ts')) throw new UsageError('--plan-module goes with --emit ts');
+  if (values['plan-module'] !== undefined) {
+    const { planModuleSpecifierProblem } = await import('../../compiler/5-emit/typescript.js');
+    const problem = planModuleSpecifierProblem(values['plan-module']);
+    if (problem) throw new UsageError(`--plan-module: ${problem}`);
+  }
   const compiled = compileInput(positionals, io, optLevel, values.project);
   if (!compiled) return 1;
   const { cfg, result } = compiled;
@@ -43,10 +59,24 @@ export const compileCommand: Command = async (argv0, io) => {
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `${plan.pipeline}.plan.${values.format}`);
   const text = values.format === 'json' ? JSON.stringify(plan, null, 1) + '\n' : stringify(plan, { aliasDuplicateObjects: false, lineWidth: 0 });
+  // The TypeScript module is generated and type-checked before anything is written (ts-morph loads only here).
+  let module: { file: string; text: string } | undefined;
+  if (emit.includes('ts')) {
+    const { emitTypeScript } = await import('../../compiler/5-emit/typescript.js');
+    const tsFile = join(outDir, `${plan.pipeline}.plan.ts`);
+    const source = plan.sources[0]?.path;
+    module = { file: tsFile, text: emitTypeScript(plan, { file: tsFile, ...(values['plan-module'] !== undefined ? { planModule: values['plan-module'] } : {}), ...(source ? { source } : {}) }).text };
+  }
+  writeAtomically(file, text);
+  if (module) writeAtomically(module.file, module.text);
+  const kernels = plan.stages.map((s) => `${s.name} ${s.estimates.kernels}`).join(', ');
+  const written = [file, ...(module ? [module.file] : [])].map((f) => relative(io.cwd, f) || f).join(', ');
+  io.stdout(`compiled ${plan.pipeline} -> ${written} (${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'}; kernels per step: ${kernels}; -O${optLevel})\n`);
+  return 0;
+};
+
+function writeAtomically(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, text);
   renameSync(tmp, file);
-  const kernels = plan.stages.map((s) => `${s.name} ${s.estimates.kernels}`).join(', ');
-  io.stdout(`compiled ${plan.pipeline} -> ${relative(io.cwd, file) || file} (${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'}; kernels per step: ${kernels}; -O${optLevel})\n`);
-  return 0;
-};
+}
