@@ -61,7 +61,7 @@ export const lintCommand: Command = async (argv, io) => {
     if (budgeted && res.pipeline && !res.diagnostics.some((d) => d.severity === 'error')) {
       res = compileFile(f, host, cfg.lint.rules, { optLevel: 1, ...(cfg.memory !== undefined ? { memoryBudget: cfg.memory } : {}) });
     }
-    all.push(...res.diagnostics);
+    for (const d of res.diagnostics) all.push(d); // not push(...): 100 000s of arguments overflow the stack
     for (const [k, v] of res.sources) sources.set(k, v);
     if (values['show-sites']) sites.push(showSites(f, res.pipeline));
   }

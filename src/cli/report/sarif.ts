@@ -19,6 +19,8 @@ import { fileUri, relativeUri, rootPath } from './paths.js';
 export const SARIF_SCHEMA = 'https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json';
 export const INFORMATION_URI = 'https://github.com/mcpc/mcpc';
 export const SRCROOT = '%SRCROOT%';
+/** Longer snippets and context regions are left out (both are optional): a 1 MB line copied into every result ran out of memory. */
+export const MAX_SNIPPET = 1000;
 
 export interface SarifOptions {
   /** Project root: paths inside it are written relative to it. */
@@ -186,12 +188,13 @@ export function toSarif(diags: Diagnostic[], opts: SarifOptions): SarifLog {
     };
     const src = opts.sources?.get(span.file);
     const text = src?.text.slice(span.start.offset, span.end.offset);
-    if (text) region.snippet = { text };
+    if (text && text.length <= MAX_SNIPPET) region.snippet = { text };
     const loc: SarifPhysicalLocation = { artifactLocation: artifactLocation(span.file), region };
     if (src) {
       const from = src.lineStarts[span.start.line - 1];
       const endLine = Math.min(span.end.line, src.lineStarts.length);
-      const context = from === undefined ? '' : src.text.slice(from, from + lines(src, span.start.line, endLine));
+      const length = from === undefined ? 0 : lines(src, span.start.line, endLine);
+      const context = length > MAX_SNIPPET ? '' : src.text.slice(from, from + length);
       if (context.trim()) loc.contextRegion = { startLine: span.start.line, endLine, snippet: { text: context } };
     }
     return loc;

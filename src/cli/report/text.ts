@@ -27,6 +27,8 @@ import type { Diagnostic, Note } from '../../compiler/diagnostics/diagnostic.js'
 import type { SourceFile, Span } from '../../compiler/source.js';
 
 export const TAB_WIDTH = 4;
+/** Longer source lines are shown as a window of this many UTF-16 units around the span. */
+export const MAX_SHOWN = 400;
 
 export interface TextOptions {
   color: boolean;
@@ -160,10 +162,22 @@ function frame(lines: string[], f: Frame, width: number, paint: ReturnType<typeo
   lines.push(`${' '.repeat(Math.max(width, 1))}${paint('-->', 'bold', 'cyan')} ${location(f.span)}`);
   if (!f.source) return;
   const { start, end } = f.span;
-  const raw = f.source.lineText(start.line);
+  const full = f.source.lineText(start.line);
+  let from = Math.min(Math.max(start.column - 1, 0), full.length);
+  let to = end.line === start.line ? Math.min(Math.max(end.column - 1, from), full.length) : full.length;
+  // A generated file may hold a megabyte on one line: show a window of it around the span, `…` for the rest.
+  let raw = full;
+  if (full.length > MAX_SHOWN) {
+    let a = Math.max(0, from - MAX_SHOWN / 4);
+    let b = Math.min(full.length, a + MAX_SHOWN);
+    if (/[\uDC00-\uDFFF]/.test(full[a] ?? '')) a++;
+    if (/[\uD800-\uDBFF]/.test(full[b - 1] ?? '')) b--;
+    const lead = a > 0 ? '…' : '';
+    raw = lead + full.slice(a, b) + (b < full.length ? '…' : '');
+    from = Math.min(from - a, b - a) + lead.length;
+    to = Math.min(Math.max(to - a, from - lead.length), b - a) + lead.length;
+  }
   const shown = showLine(raw);
-  const from = Math.min(Math.max(start.column - 1, 0), raw.length);
-  const to = end.line === start.line ? Math.min(Math.max(end.column - 1, from), raw.length) : raw.length;
   const caretStart = shown.display[from];
   const carets = Math.max(1, shown.display[to] - caretStart);
   const num = String(start.line).padStart(width);

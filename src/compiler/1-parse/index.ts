@@ -6,7 +6,7 @@ import { EOF, type IRecognitionException, type IToken } from 'chevrotain';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import { SourceFile } from '../source.js';
 import type * as A from './ast.js';
-import { parser } from './parser.js';
+import { MAX_SYNTAX_ERRORS, parser, TooManySyntaxErrors } from './parser.js';
 import { layoutChecks } from './layout-checks.js';
 import { AstBuilder } from './to-ast.js';
 import * as T from './tokens.js';
@@ -15,8 +15,6 @@ import * as T from './tokens.js';
 export const MAX_NESTING = 64;
 /** Larger files are refused: a pipeline is a few kilobytes. */
 export const MAX_FILE_BYTES = 4 * 1024 * 1024;
-/** After this many syntax errors in one file the rest are noise. */
-const MAX_SYNTAX_ERRORS = 50;
 
 const ruleHints: Record<string, string> = {
   file: 'a pipeline holds `pipeline <name>`, then declarations (model, tokenizer, data, adapter, probe), stages and exports',
@@ -46,7 +44,7 @@ const ruleHints: Record<string, string> = {
 export interface ParseResult {
   file: A.PipelineFile;
   source: SourceFile;
-  /** False when the file could not be parsed at all (too large, too deep): `file` is then empty. */
+  /** False when the file could not be parsed at all (too large, too deep, too many syntax errors): `file` is then empty. */
   parsed: boolean;
   /** Number of lexical and syntax errors reported for this file. */
   syntaxErrors: number;
@@ -113,6 +111,12 @@ function parseInner(path: string, text: string, diags: Diagnostics): Omit<ParseR
   try {
     cst = parser.file();
   } catch (err) {
+    if (err instanceof TooManySyntaxErrors) {
+      // The parser stopped at the error after the last one reported: report those, build nothing.
+      const seen = new Set<number>(afterOpenString);
+      for (const e of parser.errors) reportSyntaxError(e, src, tokens, diags, seen);
+      return { file: emptyFile(src), source: src, parsed: false };
+    }
     // Chevrotain recovery should never throw; if it does (e.g. a stack overflow on pathological input),
     // keep the promise that parsing never throws and report what we can.
     diags.report('unexpected_token', src.span(0, 0), `the parser gave up on this file (${(err as Error).message ?? err})`);

@@ -7,11 +7,16 @@ import type { IToken } from 'chevrotain';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import type { SourceFile } from '../source.js';
 import type * as A from './ast.js';
+import { MAX_SYNTAX_ERRORS } from './parser.js';
 import * as T from './tokens.js';
 
 const numeric = new Set([T.NumberLit, T.Percent, T.Size]);
 
-export function layoutChecks(file: A.PipelineFile, tokens: IToken[], src: SourceFile, diags: Diagnostics): void {
+export function layoutChecks(file: A.PipelineFile, tokens: IToken[], src: SourceFile, all: Diagnostics): void {
+  // Like the parser, report at most MAX_SYNTAX_ERRORS: a generated file can glue a number to a name a
+  // million times, and a million diagnostics help nobody.
+  let left = MAX_SYNTAX_ERRORS;
+  const diags: Reporter = { report: (...args) => void (left-- > 0 && all.report(...args)) };
   for (let i = 0; i + 1 < tokens.length; i++) {
     const a = tokens[i];
     const b = tokens[i + 1];
@@ -35,7 +40,9 @@ export function layoutChecks(file: A.PipelineFile, tokens: IToken[], src: Source
   }
 }
 
-function checkIndices(p: A.Placement, diags: Diagnostics): void {
+type Reporter = Pick<Diagnostics, 'report'>;
+
+function checkIndices(p: A.Placement, diags: Reporter): void {
   for (const sel of [...p.include, ...p.exclude]) {
     for (const seg of sel.segments) {
       if (seg.kind !== 'name' || !seg.index || seg.index.kind !== 'items') continue;

@@ -3,8 +3,17 @@
  * recovery is on, so one run reports every independent syntax error; recovered CST nodes may miss children.
  * `grammar/mcp.ebnf` is generated from these rules (`npm run grammar`) and a test keeps the two identical.
  */
-import { CstParser, EOF, tokenMatcher, type IParserErrorMessageProvider, type IToken, type TokenType } from 'chevrotain';
+import { CstParser, EOF, tokenMatcher, type IParserErrorMessageProvider, type IRecognitionException, type IToken, type TokenType } from 'chevrotain';
 import * as T from './tokens.js';
+
+/** After this many syntax errors in one file the rest are noise: the parser stops there. */
+export const MAX_SYNTAX_ERRORS = 50;
+
+/** Thrown by the parser at its MAX_SYNTAX_ERRORS + 1st error; `parse` catches it. */
+export class TooManySyntaxErrors extends Error {}
+
+/** Chevrotain's own SAVE_ERROR (not in its typings), which McpParser wraps. */
+const saveError = (CstParser.prototype as unknown as { SAVE_ERROR(this: CstParser, e: IRecognitionException): IRecognitionException }).SAVE_ERROR;
 
 const describeToken = (tok: IToken): string => (tok.tokenType === EOF ? 'end of file' : `'${tok.image}'`);
 
@@ -33,6 +42,16 @@ export class McpParser extends CstParser {
   constructor() {
     super(T.allTokens, { recoveryEnabled: true, maxLookahead: 3, nodeLocationTracking: 'full', errorMessageProvider: messages });
     this.performSelfAnalysis();
+  }
+
+  /**
+   * Chevrotain calls this for every syntax error. Recovering from each costs a thrown exception and a
+   * message built from the grammar's lookahead paths (about 0.2 ms), so a megabyte of garbage took minutes;
+   * past MAX_SYNTAX_ERRORS nothing more is reported anyway, so the parse stops there.
+   */
+  SAVE_ERROR(e: IRecognitionException): IRecognitionException {
+    if (this.errors.length >= MAX_SYNTAX_ERRORS) throw new TooManySyntaxErrors(`more than ${MAX_SYNTAX_ERRORS} syntax errors`);
+    return saveError.call(this, e);
   }
 
   file = this.RULE('file', () => {
