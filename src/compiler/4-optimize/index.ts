@@ -11,6 +11,7 @@ import { concatBaseAdapter } from './passes/concat-base-adapter.js';
 import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
 import { expandSites } from './passes/expand-sites.js';
 import { foldFrozenLora } from './passes/fold-frozen-lora.js';
+import { fuseElementwise } from './passes/fuse-elementwise.js';
 import { fuseOptimizer } from './passes/fuse-optimizer.js';
 import { planMemory } from './passes/plan-memory.js';
 
@@ -21,6 +22,7 @@ export const passes: Pass[] = [
   batchExperts, //           per mixture site: one A GEMM, one top-k grouped B GEMM
   concatBaseAdapter, //      base GEMM + adapter down-projections on the same x -> one concat GEMM
   batchOrthogonality, //     every orthogonality term of a stage in one weighted penalty node
+  fuseElementwise, //        adds, RMSNorm, SwiGLU chains -> generated WGSL kernels with generated backward
   fuseOptimizer, //          one optimizer dispatch per stage over flat buffers of all trainable tensors
   planMemory, //             liveness, buffer reuse, micro-batch / recompute under the memory budget (last)
 ];

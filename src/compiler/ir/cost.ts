@@ -2,8 +2,8 @@
  * The cost model: FLOPs and bytes moved per op, which values need gradients, and the backward work each
  * op implies. Used for the plan's estimates, for `mcpc explain`, and by passes that trade work for memory.
  */
-import type { Graph, IR, Node, StageIR } from './types.js';
-import { numel } from './types.js';
+import type { Dim, Graph, IR, Node, StageIR } from './types.js';
+import { dimValue, numel } from './types.js';
 
 /** Tokens in one micro-batch. */
 export const stageTokens = (st: StageIR): number => st.settings.microBatch * st.settings.maxLen;
@@ -63,7 +63,8 @@ export function forwardFlops(n: Node, g: Graph, T: number): number {
     case 'load_balance':
       return 4 * T * num(a.experts);
     case 'fused_elementwise':
-      return num(a.flops);
+      // Per row when the fusion pass recorded it, so the estimate follows a micro-batch chosen later.
+      return typeof a.flopsPerRow === 'number' ? a.flopsPerRow * dimValue(a.rows as Dim, T) : num(a.flops);
     case 'loss_sum':
       return 2 * n.inputs.length;
     case 'adapted_linear':
@@ -121,6 +122,8 @@ export function backwardFlops(n: Node, g: Graph, T: number, need: Set<string>): 
       0,
     );
   }
+  // A fused kernel's backward is generated: its own count (all gradient slots, and the column sums).
+  if (n.op === 'fused_elementwise' && typeof n.attrs.backwardFlopsPerRow === 'number') return n.attrs.backwardFlopsPerRow * dimValue(n.attrs.rows as Dim, T);
   const f = forwardFlops(n, g, T);
   if (n.op === 'moe_down_batched' || n.op === 'moe_up_grouped') {
     // The concatenated shared and routed tensors are one operand of the GEMM.
