@@ -9,8 +9,9 @@
  * buffers (WebGPU's default limit, so the kernels run on every adapter). On the expanded MedCare graph this
  * gives: each site's sum of base and adapter outputs as one n-ary add; the attention output's sum, the
  * residual add and the following RMSNorm as one kernel with two outputs (the residual stream and the norm);
- * the gate site's sum with SwiGLU; the down site's sum with the residual add and the next layer's RMSNorm;
- * the first RMSNorm alone.
+ * the gate site's sum with SwiGLU (the up site's too where the buffers allow: stage 2, not stage 1); the down
+ * site's sum with the residual add and the next layer's RMSNorm; the first RMSNorm alone (and in stage 1 the
+ * final one: with the last down sum its backward would bind 9 buffers).
  *
  * The LoRA scale stays in `lora_up` (a free GEMM epilogue, both ways): folding it into the sum would make
  * the scaled term's gradient a second buffer (s·g) instead of the one gradient every term of a sum shares.
@@ -46,7 +47,7 @@ import {
 import { generateWgsl, requiredLimits, WORKGROUP_SIZE } from '../../fusion/wgsl.js';
 import type { Pass } from '../pass.js';
 
-/** Storage buffers one generated entry point may bind: WebGPU's default `maxStorageBuffersPerShaderStage`. */
+/** Storage buffers one generated module (forward or backward) may declare: WebGPU's default `maxStorageBuffersPerShaderStage`. */
 export const MAX_STORAGE_BUFFERS = 8;
 
 const FUSIBLE = new Set<Node['op']>(['add', 'rmsnorm', 'swiglu']);
