@@ -1,0 +1,206 @@
+/**
+ * The plan's exports, run after the last stage on the final parameters:
+ *   - `export peft "dir"`: one folder per adapter, `dir/<adapter>/`, in PEFT's layout (peft.ts) for LoRAs and
+ *     in mcpc's layout (adapter-file.ts) for mixtures that are not LoRAs; plus `dir/mcpc_export.json`, which
+ *     says what each folder holds and what base it applies to;
+ *   - `export safetensors "dir"`: one folder per adapter in mcpc's layout, `dir/<adapter>/`;
+ *   - `export merged "dir"`: the base with every surviving LoRA merged in (W += s B A), as a Hugging Face
+ *     checkpoint (hf.ts).
+ *
+ * The parameter map is taken as the trainer leaves it: base weights with every `merge X into base` of the
+ * stage transitions already applied (in place), and folded adapters *not* folded in (folding makes a stage
+ * copy). So `export merged` merges the adapters that are alive at the end (trainable, frozen or folded in the
+ * last stage) and skips those whose state is `merged` (already in the base) or gone (dropped, absent).
+ */
+import { mkdirSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import type { Plan } from '../../plan/types.js';
+import { exportAdapterFile, type AdapterFileResult } from './adapter-file.js';
+import { WeightsError } from './errors.js';
+import { checkpointParameters, saveHfCheckpoint, type HfSaveOptions } from './hf.js';
+import { writeJsonAtomic } from './json.js';
+import { findAdapter, loraViews, mergeLora } from './merge.js';
+import { adapterEndState, exportPeftAdapter, finalStage, peftExportable, type PeftExportOptions, type PeftExportResult } from './peft.js';
+
+export const EXPORT_MANIFEST = 'mcpc_export.json';
+
+/** Adapters already merged into the base weights by the end of the pipeline. */
+export function mergedIntoBase(plan: Plan): string[] {
+  return plan.adapters.filter((a) => adapterEndState(plan, a.name).lowRank === 'merged').map((a) => a.name);
+}
+
+/** Adapters alive at the end of the pipeline (some part trainable, frozen or folded in the last stage). */
+export function liveAdapters(plan: Plan): string[] {
+  const alive = (s?: string) => s === 'trainable' || s === 'frozen' || s === 'folded';
+  return plan.adapters.filter((a) => {
+    const st = adapterEndState(plan, a.name);
+    return alive(st.lowRank) || alive(st.routed);
+  }).map((a) => a.name);
+}
+
+export interface PeftFolderResult {
+  adapter: string;
+  dir: string;
+  layout: 'peft' | 'mcpc';
+  peft?: PeftExportResult;
+  mcpc?: AdapterFileResult;
+  /** Why a mixture got mcpc's layout. */
+  reason?: string;
+}
+
+export interface PeftExportAllResult {
+  dir: string;
+  adapters: PeftFolderResult[];
+  manifest: string;
+}
+
+/** `export peft`: a folder per adapter under `dir`, then `dir/mcpc_export.json`. */
+export function exportPeft(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, adapters: readonly string[], options: PeftExportOptions = {}): PeftExportAllResult {
+  mkdirSync(dir, { recursive: true });
+  const results: PeftFolderResult[] = [];
+  for (const name of adapters) {
+    const sub = join(dir, name);
+    const can = peftExportable(plan, name);
+    const a = findAdapter(plan, name);
+    if (can.ok) results.push({ adapter: name, dir: sub, layout: 'peft', peft: exportPeftAdapter(plan, params, name, sub, options) });
+    else if (a.type === 'moe_lora') results.push({ adapter: name, dir: sub, layout: 'mcpc', mcpc: exportAdapterFile(plan, params, name, sub), reason: can.reason });
+    else throw new WeightsError('NOT_EXPORTABLE', sub, `cannot export adapter ${name}: ${can.reason}`);
+  }
+  const merged = mergedIntoBase(plan);
+  const live = liveAdapters(plan);
+  const manifest = {
+    format: 'mcpc-export',
+    version: 1,
+    pipeline: plan.pipeline,
+    base: plan.model.source,
+    merged_into_base: merged,
+    note:
+      (merged.length ? `The base these adapters apply to is the model source with ${merged.join(', ')} merged in (W += s B A). ` : '') +
+      'Each adapter was trained together with the other adapters alive at the end of the pipeline; apply them together to reproduce the trained model.',
+    adapters: results.map((r) => ({
+      name: r.adapter,
+      folder: r.adapter,
+      layout: r.layout,
+      ...(r.peft ? { peft: { r: r.peft.r, lora_alpha: r.peft.loraAlpha, use_rslora: r.peft.useRslora }, plan: { r: r.peft.planR, alpha: r.peft.planAlpha, scale: r.peft.scale }, ...(r.peft.rankNote ? { rank_note: r.peft.rankNote } : {}) } : {}),
+      ...(r.reason ? { reason: r.reason } : {}),
+      apply_with: live.filter((x) => x !== r.adapter),
+    })),
+  };
+  const file = join(dir, EXPORT_MANIFEST);
+  writeJsonAtomic(file, manifest);
+  return { dir, adapters: results, manifest: file };
+}
+
+/** `export safetensors`: a folder per adapter under `dir`, in mcpc's layout. */
+export function exportSafetensors(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, adapters: readonly string[]): AdapterFileResult[] {
+  mkdirSync(dir, { recursive: true });
+  return adapters.map((name) => exportAdapterFile(plan, params, name, join(dir, name)));
+}
+
+export interface MergedExportOptions extends HfSaveOptions {
+  /** Adapters to merge (default, or when empty: every LoRA alive at the end of the pipeline). */
+  adapters?: readonly string[];
+}
+
+export interface MergedExportResult {
+  dir: string;
+  files: string[];
+  /** Adapters merged into the saved weights (besides those already merged by the pipeline). */
+  merged: string[];
+  /** Adapters not merged, and why. */
+  skipped: { adapter: string; reason: string }[];
+}
+
+/**
+ * The base weights with the surviving LoRAs merged: a new map of the base parameters (`params` untouched).
+ * Mixtures with live routed experts cannot be merged and are skipped (listed in `skipped`).
+ */
+export function mergedBaseParameters(plan: Plan, params: ReadonlyMap<string, Float32Array>, adapters?: readonly string[]): { weights: Map<string, Float32Array>; merged: string[]; skipped: { adapter: string; reason: string }[] } {
+  const weights = new Map<string, Float32Array>();
+  for (const p of checkpointParameters(plan)) {
+    const v = params.get(p.id);
+    if (!v) throw new WeightsError('MISSING_PARAMETER', '(parameters)', `base parameter ${p.id} is not in the parameter map`);
+    weights.set(p.id, v);
+  }
+  const copied = new Set<string>();
+  const merged: string[] = [];
+  const skipped: { adapter: string; reason: string }[] = [];
+  const explicit = adapters !== undefined && adapters.length > 0;
+  const names = explicit ? [...adapters] : plan.adapters.map((a) => a.name);
+  const live = new Set(liveAdapters(plan));
+  for (const name of names) {
+    const st = adapterEndState(plan, name);
+    if (st.lowRank === 'merged') {
+      skipped.push({ adapter: name, reason: 'already merged into the base by the pipeline' });
+      continue;
+    }
+    if (!live.has(name)) {
+      if (explicit) throw new WeightsError('NOT_EXPORTABLE', '(plan)', `cannot merge adapter ${name} into the base: it is ${st.lowRank ?? st.routed ?? 'absent'} at the end of the pipeline`);
+      skipped.push({ adapter: name, reason: `${st.lowRank ?? st.routed ?? 'absent'} at the end of the pipeline` });
+      continue;
+    }
+    const can = peftExportable(plan, name);
+    if (!can.ok) {
+      if (explicit) throw new WeightsError('NOT_EXPORTABLE', '(plan)', `cannot merge adapter ${name} into the base: ${can.reason}`);
+      skipped.push({ adapter: name, reason: can.reason });
+      continue;
+    }
+    for (const v of loraViews(plan, name)) {
+      let W = weights.get(v.weight)!;
+      if (!copied.has(v.weight)) {
+        W = Float32Array.from(W);
+        weights.set(v.weight, W);
+        copied.add(v.weight);
+      }
+      const A = params.get(v.A);
+      const B = params.get(v.B);
+      if (!A || !B) throw new WeightsError('MISSING_PARAMETER', '(parameters)', `parameter ${!A ? v.A : v.B} is not in the parameter map`);
+      mergeLora(W, A, B, v.scale, v.out, v.in);
+    }
+    merged.push(name);
+  }
+  return { weights, merged, skipped };
+}
+
+/** `export merged`: the merged model as a Hugging Face checkpoint in `dir`. */
+export function exportMerged(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, options: MergedExportOptions = {}): MergedExportResult {
+  const { weights, merged, skipped } = mergedBaseParameters(plan, params, options.adapters);
+  const { files } = saveHfCheckpoint(plan, weights, dir, options);
+  return { dir, files, merged, skipped };
+}
+
+export interface RunExportsOptions extends PeftExportOptions {
+  /** Dtype of merged checkpoints (default F32). */
+  dtype?: HfSaveOptions['dtype'];
+  maxShardBytes?: number;
+}
+
+export type ExportResult =
+  | { format: 'peft'; path: string; result: PeftExportAllResult }
+  | { format: 'safetensors'; path: string; result: AdapterFileResult[] }
+  | { format: 'merged'; path: string; result: MergedExportResult };
+
+/** Runs every export of the plan, paths resolved against `root` (the project root). */
+export function runExports(plan: Plan, params: ReadonlyMap<string, Float32Array>, root = '.', options: RunExportsOptions = {}): ExportResult[] {
+  finalStage(plan);
+  const out: ExportResult[] = [];
+  for (const e of plan.exports) {
+    const path = isAbsolute(e.path) ? e.path : resolve(root, e.path);
+    switch (e.format) {
+      case 'peft':
+        out.push({ format: 'peft', path, result: exportPeft(plan, params, path, e.adapters, options) });
+        break;
+      case 'safetensors':
+        out.push({ format: 'safetensors', path, result: exportSafetensors(plan, params, path, e.adapters) });
+        break;
+      case 'merged':
+        out.push({
+          format: 'merged',
+          path,
+          result: exportMerged(plan, params, path, { adapters: e.adapters, root, ...(options.dtype ? { dtype: options.dtype } : {}), ...(options.maxShardBytes ? { maxShardBytes: options.maxShardBytes } : {}) }),
+        });
+        break;
+    }
+  }
+  return out;
+}
