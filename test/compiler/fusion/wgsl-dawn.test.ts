@@ -185,6 +185,8 @@ const opened = await openDevice();
 const device: GPUDevice = 'device' in opened ? opened.device : undefined;
 const skip = 'skip' in opened ? opened.skip : undefined;
 if (skip) console.warn(`wgsl-dawn.test.ts skipped: ${skip}`);
+// CI installs Mesa and Dawn (.ci/run): there a missing WebGPU device is a failure, not a skip.
+if (skip && process.env.CI) throw new Error(`WebGPU over llvmpipe is required in CI: ${skip}`);
 
 const files = pipelineFiles();
 const kernelsByFile = new Map(skip ? [] : files.map((f) => [f, fusedKernels(f)]));
