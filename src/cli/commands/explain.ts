@@ -120,7 +120,7 @@ export function renderExplanation(x: Explanation): string {
       if (!names.length) return;
       const parts = names.map((n) => {
         const p = s.adapterParams[n];
-        return p ? `${n} (${si(p.params, 'params').replace(' params', '')} params, ${bytes(p.bytes)})` : n;
+        return p ? `${n} (${si(p.params, '').trim()} params, ${bytes(p.bytes)})` : n;
       });
       out.push(`  ${label.padEnd(10)} ${parts.join(', ')}`);
     };
