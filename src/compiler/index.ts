@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import type { Level } from './diagnostics/catalogue.js';
 import { Diagnostics, sortDiagnostics, type Diagnostic } from './diagnostics/diagnostic.js';
 import { check, type CheckResult } from './2-check/index.js';
-import { displayPath, type CheckHost } from './2-check/host.js';
+import { describeReadError, displayPath, type CheckHost } from './2-check/host.js';
 import { SourceFile } from './source.js';
 
 export interface CheckFileResult extends Partial<CheckResult> {
@@ -23,7 +23,7 @@ export function checkFile(path: string, host: CheckHost, levels: Partial<Record<
   const shown = displayPath(host, abs);
   if ('error' in read) {
     const src = new SourceFile(shown, '');
-    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown} (${read.error})`);
+    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${describeReadError(read.error)}`);
     return { diagnostics: diags.items, sources: new Map([[shown, src]]) };
   }
   const res = check(abs, read.text, host, diags);

@@ -73,7 +73,10 @@ export const lintCommand: Command = async (argv, io) => {
   const maxWarnings = maxFlag ?? cfg.lint.maxWarnings;
   if (errors > 0) return 1;
   if (maxWarnings !== undefined && warnings > maxWarnings) {
-    if (format === 'text') io.stderr(`mcpc: ${warnings} warning(s), more than --max-warnings ${maxWarnings}\n`);
+    if (format === 'text') {
+      const limit = maxFlag !== undefined ? `--max-warnings ${maxWarnings}` : `lint.max_warnings: ${maxWarnings} in ${cfg.file ?? 'mcpc.yaml'}`;
+      io.stderr(`mcpc: ${warnings} warning${warnings === 1 ? '' : 's'}, more than ${limit} allows\n`);
+    }
     return 1;
   }
   return 0;
