@@ -1,0 +1,682 @@
+/**
+ * The plan executor (reference path): runs one stage of a compiled plan with the reference kernels
+ * (./kernels/reference.ts) on a tfjs backend (`cpu` by default).
+ *
+ *     const runner = await createStageRunner(plan, 'aggregate', { root, totalSteps });
+ *     for (const step of loader.steps()) {
+ *       const r = runner.step(step.microBatches);     // forward, backward, AdamW (or a skipped NaN step)
+ *       log(r.loss, r.lr, r.gradNorm, r.applied);
+ *     }
+ *     const report = runner.applyExit();                // merge / drop / freeze of the stage's then-block
+ *     const next = await createStageRunner(plan, 'align', { root, parameters: runner.parameters() });
+ *     runner.dispose();
+ *
+ * The API:
+ *   createStageRunner(plan, stage, {backend?, root?, totalSteps?, parameters?})   a runner for one stage
+ *   runner.step(microBatches, {step?})   one optimizer step over the micro-batches (gradient accumulation)
+ *   runner.gradients(microBatches)       the loss and every trainable gradient, without updating anything
+ *   runner.evalLoss(microBatches)        the loss (and its parts) without gradients
+ *   runner.forward(microBatch, ids)      any values of the step graph (activations, parameters) as arrays
+ *   runner.applyExit()                   the stage's exit transitions, applied to the parameters
+ *   runner.parameters()                  every tensor by plan parameter id, as Float32Arrays (copies)
+ *   runner.loadParameters(map)           replace tensors by plan id (rebuilds the folded stage weights)
+ *   runner.optimizerState() / loadOptimizerState(s)   AdamW moments, step count, schedule position
+ *   runner.routerLoad()                  the share of routed tokens each expert received so far
+ *   runner.dispose()                     free every tensor the runner holds
+ *
+ * What it does, in order:
+ *  1. Parameters. The runner holds every plan parameter whose state in the stage is trainable, frozen or
+ *     folded. Each comes from `parameters` when given (e.g. the previous stage's runner), else from the
+ *     model checkpoint (`pretrained`: weights/hf.ts, `<root>/<model path>`), else from its initialiser,
+ *     a pure function of (seed, parameter id) (weights/init.ts, Philox4x32-10; the seed is the first
+ *     stage's `seed` unless given), so every stage and every optimisation level starts from the same
+ *     tensors whichever stage creates them. Given tensors that the stage does not use are carried through unchanged and
+ *     returned by `parameters()`, so one map can be passed from stage to stage.
+ *  2. Entry transitions: `fold` builds the stage copy `<site>.weight.folded` = W + s·B·A of each site's base
+ *     weight (adapters in the order listed; weights/merge.ts's arithmetic); the copies are constants of the
+ *     stage (no gradient).
+ *  3. A micro-batch's forward runs the plan's steps in order over a map of values (inputs `tokens`, `labels`,
+ *     `loss_mask` from the batch; parameters; folded constants; activations); the stage's `loss` value is
+ *     the objective. Gradients of the trainable tensors come from tfjs autodiff over that function.
+ *  4. An optimizer step (./optimizer.ts): the loss and gradients are averaged over the micro-batches (the
+ *     sum of micro-batch mean losses / count, like Hugging Face's Trainer), the global gradient norm is
+ *     clipped to `grad_clip`, and AdamW (or SGD) updates every trainable tensor with the learning rate of
+ *     the schedule at this step. If the loss or the gradient norm is NaN or Inf, nothing is updated:
+ *     weights, moments and the AdamW step count stay bit-identical, the result says `applied: false`, and
+ *     only the schedule position advances (the step's data was consumed).
+ *  5. Exit transitions: `merge` adds s·B·A into each site's base weight (weights/merge.ts, the same
+ *     arithmetic as the merged export; the adapter's own tensors stay in
+ *     `parameters()` for inspection; later stages mark them merged and never apply them again); `drop`
+ *     removes the adapter's tensors (`part: experts`: only the router and routed experts); a conditional
+ *     `drop X.experts where load < v` drops, per site, the experts whose share of the routed tokens during
+ *     the stage compares true: their A and B become 0 and their router bias −1e9, so the router can never
+ *     select them again (exp(−1e9) and sigmoid(−1e9) are exactly 0 in f32) while the plan's shapes stay
+ *     as compiled; `freeze` / `unfreeze` change nothing in the tensors (the next stage's plan says which
+ *     are trainable).
+ *
+ * Routed-token load (for conditional drops): after every `topk_gate` of an applied training step, each
+ * expert counts the real tokens (segment > 0) whose top-k includes it with a gate > 0; its load is that
+ * count over all such assignments at the site (so the loads of a site sum to 1).
+ *
+ * Not here: LoRA dropout and router noise (the plan's adapters carry them, the reference path runs with
+ * neither), mixed precision (`precision` is ignored: all f32), the training loop, checkpoints, evaluation
+ * probes and exports (their own modules drive a runner through this API).
+ *
+ * Memory: every forward and backward runs inside tf.tidy; the runner keeps only parameters, folded
+ * constants and optimizer state, so tf.memory().numTensors is the same after every step.
+ */
+import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
+import type { MicroBatch } from './data/batch.js';
+import { reference, type KernelContext } from './kernels/reference.js';
+import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
+import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
+import { loadBaseParameters } from './weights/hf.js';
+import { initParameter } from './weights/init.js';
+import { mergeLora } from './weights/merge.js';
+
+export interface StageRunnerOptions {
+  /** tfjs backend; default `cpu`. */
+  backend?: BackendName;
+  /** Project root: the model path of a Hugging Face source resolves against it. Default: the working directory. */
+  root?: string;
+  /** Optimizer steps of the stage (for the schedule). Default: the stage's `steps`; needed otherwise unless the schedule is constant without a percentage warmup. */
+  totalSteps?: number;
+  /** Initial tensors by plan parameter id (e.g. the previous stage's `parameters()`); the rest are initialised. */
+  parameters?: ParameterMap;
+  /** Seed of the initialisers (weights/init.ts). Default: the first stage's `seed`, the same for every stage. */
+  seed?: number;
+}
+
+export type ParameterMap = ReadonlyMap<string, Float32Array> | Readonly<Record<string, Float32Array>>;
+
+/** The objective of a micro-batch (or the mean over several) and its weighted parts. */
+export interface LossParts {
+  loss: number;
+  /** Cross-entropy of the language-model head. */
+  ce: number;
+  /** Weighted orthogonality penalties. */
+  constraint: number;
+  /** Weighted load-balancing terms of mixtures. */
+  balance: number;
+}
+
+export interface StepResult extends LossParts {
+  /** False when the step was skipped (NaN or Inf loss or gradient): nothing changed. */
+  applied: boolean;
+  /** Why the step was skipped. */
+  skipped?: string;
+  /** Schedule position of this step (0-based). */
+  step: number;
+  lr: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  microBatches: number;
+  /** Targets in the loss over all micro-batches. */
+  lossTokens: number;
+}
+
+export interface GradientResult extends LossParts {
+  /** Mean gradient over the micro-batches, by trainable parameter id. */
+  grads: Map<string, Float32Array>;
+}
+
+export interface ExitReport {
+  merged: { adapter: string; part?: 'shared'; sites: string[] }[];
+  /** Parameter ids removed. */
+  dropped: string[];
+  /** Conditional drops: per site, the experts dropped and every expert's load. */
+  droppedExperts: { adapter: string; site: string; experts: number[]; load: number[] }[];
+  frozen: string[];
+  unfrozen: string[];
+}
+
+export interface OptimizerState {
+  /** Optimizer steps applied (AdamW's t). */
+  t: number;
+  /** Schedule position: steps taken, applied or skipped. */
+  scheduleStep: number;
+  slots: Map<string, { m: Float32Array; v?: Float32Array }>;
+}
+
+/** The load of one mixture site: tokens routed to each expert. */
+export interface RouterLoad {
+  adapter: string;
+  site: string;
+  /** Per expert: its share of the site's routed assignments (sums to 1 once any token was routed). */
+  share: number[];
+  /** Per expert: assignments counted. */
+  counts: number[];
+}
+
+/** A plan this runner cannot execute (a compiler bug or a hand-edited plan), or misuse of the API. */
+export class RunnerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RunnerError';
+  }
+}
+
+export interface StageRunner {
+  readonly plan: Plan;
+  readonly stage: PlanStage;
+  /** Trainable parameter ids, in the plan's optimizer order. */
+  readonly trainable: readonly string[];
+  step(microBatches: readonly MicroBatch[], opts?: { step?: number }): StepResult;
+  gradients(microBatches: readonly MicroBatch[]): GradientResult;
+  evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): LossParts;
+  forward(microBatch: MicroBatch, ids: readonly string[]): Map<string, Float32Array>;
+  applyExit(): ExitReport;
+  parameters(): Map<string, Float32Array>;
+  loadParameters(map: ParameterMap): void;
+  optimizerState(): OptimizerState;
+  loadOptimizerState(s: OptimizerState): void;
+  routerLoad(): RouterLoad[];
+  dispose(): void;
+}
+
+/** Creates the runner of `stageName` (see the file head). Selects and initialises the backend first. */
+export async function createStageRunner(plan: Plan, stageName: string, opts: StageRunnerOptions = {}): Promise<StageRunner> {
+  await initBackend(opts.backend ?? 'cpu');
+  return new Runner(plan, stageName, opts);
+}
+
+const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));
+const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+const HELD = new Set(['trainable', 'frozen', 'folded']);
+
+class Runner implements StageRunner {
+  readonly stage: PlanStage;
+  readonly trainable: string[];
+  private readonly info = new Map<string, PlanParam>();
+  private readonly params = new Map<string, Tensor>();
+  private readonly carried = new Map<string, Float32Array>();
+  private readonly consts = new Map<string, Tensor>();
+  private readonly slots = new Map<string, SlotState>();
+  private readonly producer = new Map<string, PlanStep>();
+  private readonly lossStep: PlanStep;
+  private readonly load = new Map<string, RouterLoad>();
+  private readonly totalSteps: number;
+  private t = 0;
+  private scheduleStep = 0;
+  private exited = false;
+  private disposed = false;
+
+  constructor(
+    readonly plan: Plan,
+    stageName: string,
+    opts: StageRunnerOptions,
+  ) {
+    const stage = plan.stages.find((s) => s.name === stageName);
+    if (!stage) throw new RunnerError(`no stage '${stageName}' in the plan of ${plan.pipeline} (stages: ${plan.stages.map((s) => s.name).join(', ')})`);
+    this.stage = stage;
+    for (const p of plan.parameters) this.info.set(p.id, p);
+    this.checkGraph();
+    this.lossStep = this.producer.get(stage.loss)!;
+    this.trainable = [...stage.optimizer.params];
+    for (const id of this.trainable) if (this.info.get(id)?.states[stage.name] !== 'trainable') throw new RunnerError(`${stage.name}: optimizer parameter ${id} is not trainable in the stage`);
+
+    const s = stage.settings;
+    const total = opts.totalSteps ?? s.steps;
+    if (total === undefined && needsTotal(s.schedule)) throw new RunnerError(`${stage.name}: the ${s.schedule.kind} schedule needs the stage's total steps (give totalSteps; the stage sets no 'steps')`);
+    this.totalSteps = total ?? 1;
+
+    this.materialise(opts);
+    this.buildFolded();
+    for (const id of this.trainable) {
+      const st = zeroState(s.optimizer, this.info.get(id)!.shape);
+      tf.keep(st.m);
+      if (st.v) tf.keep(st.v);
+      this.slots.set(id, st);
+    }
+  }
+
+  // --- setup ----------------------------------------------------------------------------------------------------
+
+  /** Every step's op has a kernel, every input is defined before it is read, the loss is produced. */
+  private checkGraph(): void {
+    const st = this.stage;
+    const defined = new Set<string>();
+    const kinds = new Map(st.values.map((v) => [v.id, v.kind]));
+    for (const v of st.values) if (v.kind !== 'activation') defined.add(v.id);
+    for (const v of st.values) {
+      if (v.kind === 'param') {
+        const p = this.info.get(v.id);
+        if (!p) throw new RunnerError(`${st.name}: value ${v.id} is a parameter the plan does not list`);
+        if (!HELD.has(p.states[st.name] ?? 'absent')) throw new RunnerError(`${st.name}: the graph reads ${v.id}, whose state in the stage is ${p.states[st.name] ?? 'absent'}`);
+      }
+      if (v.kind === 'input' && !['tokens', 'labels', 'loss_mask'].includes(v.id)) throw new RunnerError(`${st.name}: unknown input value '${v.id}' (the runtime provides tokens, labels, loss_mask)`);
+    }
+    for (const step of st.forward) {
+      if (!(step.op in reference)) throw new RunnerError(`${st.name}: step ${step.node} has op '${step.op}', which has no kernel`);
+      for (const i of step.inputs) if (!defined.has(i)) throw new RunnerError(`${st.name}: step ${step.node} (${step.op}) reads ${i} before it is written${kinds.has(i) ? '' : ' (not a value of the stage)'}`);
+      for (const o of step.outputs) {
+        defined.add(o);
+        this.producer.set(o, step);
+      }
+    }
+    const loss = this.producer.get(st.loss);
+    if (!loss) throw new RunnerError(`${st.name}: no step writes the loss value '${st.loss}'`);
+  }
+
+  private materialise(opts: StageRunnerOptions): void {
+    const st = this.stage;
+    const given = new Map(opts.parameters ? entries(opts.parameters) : []);
+    const seed = opts.seed ?? this.plan.stages[0]?.settings.seed ?? 0;
+    let checkpoint: Map<string, Float32Array> | undefined;
+    for (const p of this.plan.parameters) {
+      const state = p.states[st.name] ?? 'absent';
+      const g = given.get(p.id);
+      if (!HELD.has(state)) {
+        if (g) this.carried.set(p.id, g);
+        continue;
+      }
+      let data: Float32Array;
+      if (g) {
+        if (g.length !== numel(p.shape)) throw new RunnerError(`parameter ${p.id}: ${g.length} values given, shape [${p.shape}] has ${numel(p.shape)}`);
+        data = g;
+      } else if (p.init.kind === 'pretrained') {
+        checkpoint ??= loadBaseParameters(this.plan, opts.root ?? '.').weights;
+        const v = checkpoint.get(p.id);
+        if (!v) throw new RunnerError(`parameter ${p.id} is pretrained but the checkpoint of ${this.plan.model.name} does not provide it`);
+        data = v;
+      } else {
+        data = initParameter(p, seed)!;
+      }
+      this.params.set(p.id, tf.keep(tf.tensor(data, p.shape, 'float32')));
+    }
+    // Given tensors the plan does not list at all: carried as they are.
+    for (const [id, g] of given) if (!this.info.has(id)) this.carried.set(id, g);
+  }
+
+  /** Entry `fold` transitions: the stage copies `<site>.weight.folded` = W + Σ s·B·A. */
+  private buildFolded(): void {
+    for (const t of this.consts.values()) t.dispose();
+    this.consts.clear();
+    const st = this.stage;
+    for (const tr of st.entry) {
+      if (tr.op !== 'fold') continue;
+      for (const site of tr.sites) {
+        const id = `${site}.weight.folded`;
+        const W = this.consts.get(id) ?? this.heldTensor(`base.${site}.weight`, `fold ${tr.adapter}`);
+        const next = tf.keep(this.merged(W, tr.adapter, site, 'A', 'B', `fold ${tr.adapter}`));
+        this.consts.get(id)?.dispose();
+        this.consts.set(id, next);
+      }
+    }
+    for (const v of st.values) if (v.kind === 'const' && !this.consts.has(v.id)) throw new RunnerError(`${st.name}: constant ${v.id} is read by the graph but no entry transition builds it`);
+  }
+
+  /** W + s·B·A for the adapter's tensors `a`, `b` at `site` (weights/merge.ts: f64 sums, one f32 rounding). */
+  private merged(W: Tensor, adapter: string, site: string, a: string, b: string, why: string): Tensor {
+    const A = this.heldTensor(`${adapter}.${site}.${a}`, why);
+    const B = this.heldTensor(`${adapter}.${site}.${b}`, why);
+    const [out, inF] = W.shape as number[];
+    const w = Float32Array.from(W.dataSync());
+    mergeLora(w, A.dataSync() as Float32Array, B.dataSync() as Float32Array, this.adapterScale(adapter), out, inF);
+    return tf.tensor2d(w, [out, inF]);
+  }
+
+  private adapterScale(name: string): number {
+    const a = this.plan.adapters.find((x) => x.name === name);
+    if (!a) throw new RunnerError(`no adapter '${name}' in the plan`);
+    return a.scale;
+  }
+
+  private heldTensor(id: string, why: string): Tensor {
+    const t = this.params.get(id);
+    if (!t) throw new RunnerError(`${this.stage.name}: ${why} needs ${id}, which the stage does not hold`);
+    return t;
+  }
+
+  // --- forward --------------------------------------------------------------------------------------------------
+
+  private batchTensors(mb: MicroBatch): Map<string, Tensor> {
+    const T = mb.rows * mb.seqLen;
+    for (const [k, a] of [['tokens', mb.tokens], ['labels', mb.labels], ['mask', mb.mask], ['positions', mb.positions], ['segments', mb.segments]] as const) {
+      if (a.length !== T) throw new RunnerError(`micro-batch ${k} has ${a.length} entries, rows × seqLen = ${T}`);
+    }
+    const V = this.plan.model.config.vocab;
+    for (let i = 0; i < T; i++) if (!(mb.tokens[i] >= 0 && mb.tokens[i] < V)) throw new RunnerError(`micro-batch token ${mb.tokens[i]} at ${i} is outside the vocabulary (0..${V - 1})`);
+    return new Map<string, Tensor>([
+      ['tokens', tf.tensor1d(mb.tokens, 'int32')],
+      ['labels', tf.tensor1d(mb.labels, 'int32')],
+      ['loss_mask', tf.tensor1d(mb.mask, 'float32')],
+    ]);
+  }
+
+  /**
+   * Runs the stage's steps on one micro-batch (call inside tf.tidy). `override` replaces parameter tensors
+   * (the differentiated copies); `onStep` sees each step's outputs.
+   */
+  private run(mb: MicroBatch, override?: Map<string, Tensor>, onStep?: (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void): Map<string, Tensor> {
+    const values = this.batchTensors(mb);
+    for (const [id, t] of this.params) values.set(id, override?.get(id) ?? t);
+    for (const [id, t] of this.consts) values.set(id, t);
+    const ctx: KernelContext = { rows: mb.rows, seqLen: mb.seqLen, positions: mb.positions, segments: mb.segments, cache: new Map() };
+    for (const step of this.stage.forward) {
+      const ins = step.inputs.map((i) => values.get(i)!);
+      const outs = reference[step.op](ins, step, ctx);
+      if (outs.length !== step.outputs.length) throw new RunnerError(`step ${step.node} (${step.op}) returned ${outs.length} outputs for ${step.outputs.length}`);
+      step.outputs.forEach((o, i) => values.set(o, outs[i]));
+      onStep?.(step, outs, ctx);
+    }
+    return values;
+  }
+
+  /** The weighted parts of the loss, from the values of a forward pass. */
+  private parts(values: Map<string, Tensor>): LossParts {
+    const s = this.lossStep;
+    const out: LossParts = { loss: values.get(this.stage.loss)!.dataSync()[0], ce: 0, constraint: 0, balance: 0 };
+    if (s.op !== 'loss_sum') return { ...out, ce: out.loss };
+    const w = s.attrs.weights as number[];
+    s.inputs.forEach((id, i) => {
+      const v = values.get(id)!.dataSync()[0] * w[i];
+      const op = this.producer.get(id)?.op;
+      if (op === 'ortho_penalty' || op === 'ortho_penalty_batched') out.constraint += v;
+      else if (op === 'load_balance') out.balance += v;
+      else out.ce += v;
+    });
+    return out;
+  }
+
+  /** Loss parts and gradients (kept tensors, in `trainable` order) of one micro-batch. */
+  private lossAndGrads(mb: MicroBatch, routed?: Map<string, RouterLoad>): { parts: LossParts; grads: Tensor[] } {
+    let parts: LossParts | undefined;
+    const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => step.op === 'topk_gate' && countRouting(routed, step, outs[0], ctx) : undefined;
+    const grads = tf.tidy(() => {
+      const xs = this.trainable.map((id) => this.params.get(id)!);
+      if (!xs.length) {
+        parts = this.parts(this.run(mb, undefined, onStep));
+        return [];
+      }
+      const f = (...args: Tensor[]) => {
+        const values = this.run(mb, new Map(this.trainable.map((id, i) => [id, args[i]])), onStep);
+        parts = this.parts(values);
+        return values.get(this.stage.loss)!;
+      };
+      // allowNoGradients: a trainable tensor the loss does not reach gets a zero gradient, not an error.
+      const { grads } = tf.engine().gradients(() => f(...xs) as tf.Scalar, xs, undefined, true);
+      return xs.map((x, i) => grads[i] ?? tf.zerosLike(x));
+    });
+    return { parts: parts!, grads };
+  }
+
+  // --- the API --------------------------------------------------------------------------------------------------
+
+  private live(): void {
+    if (this.disposed) throw new RunnerError('the runner was disposed');
+  }
+
+  gradients(microBatches: readonly MicroBatch[]): GradientResult {
+    this.live();
+    const { parts, grads } = this.accumulate(microBatches);
+    const out = new Map(this.trainable.map((id, i) => [id, grads[i].dataSync() as Float32Array]));
+    tf.dispose(grads);
+    return { ...parts, grads: out };
+  }
+
+  /** Mean loss parts and mean gradients over micro-batches (kept tensors). */
+  private accumulate(microBatches: readonly MicroBatch[], routed?: Map<string, RouterLoad>): { parts: LossParts; grads: Tensor[]; lossTokens: number } {
+    if (!microBatches.length) throw new RunnerError('a step needs at least one micro-batch');
+    const n = microBatches.length;
+    const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
+    let acc: Tensor[] = [];
+    let lossTokens = 0;
+    for (const mb of microBatches) {
+      const { parts, grads } = this.lossAndGrads(mb, routed);
+      for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] += parts[k];
+      lossTokens += mb.lossTokens;
+      if (!acc.length) acc = grads;
+      else {
+        const next = grads.map((g, i) => tf.add(acc[i], g));
+        tf.dispose([...acc, ...grads]);
+        acc = next;
+      }
+    }
+    if (n > 1) {
+      const mean = acc.map((g) => tf.div(g, n));
+      tf.dispose(acc);
+      acc = mean;
+    }
+    for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] /= n;
+    return { parts: sum, grads: acc, lossTokens };
+  }
+
+  step(microBatches: readonly MicroBatch[], opts: { step?: number } = {}): StepResult {
+    this.live();
+    if (this.exited) throw new RunnerError(`${this.stage.name}: the stage's exit transitions were applied; it cannot train any more`);
+    const index = opts.step ?? this.scheduleStep;
+    const s = this.stage.settings;
+    const lr = learningRate(s, index, this.totalSteps);
+    const routed = new Map<string, RouterLoad>();
+    const { parts, grads, lossTokens } = this.accumulate(microBatches, routed);
+    const gradNorm = globalNorm(grads);
+    const base = { ...parts, step: index, lr, gradNorm, microBatches: microBatches.length, lossTokens };
+    this.scheduleStep = index + 1;
+    if (!Number.isFinite(parts.loss) || !Number.isFinite(gradNorm)) {
+      tf.dispose(grads);
+      return { ...base, applied: false, skipped: !Number.isFinite(parts.loss) ? `loss is ${parts.loss}` : `gradient norm is ${gradNorm}` };
+    }
+    const factor = clipFactor(gradNorm, s.gradClip);
+    const t = this.t + 1;
+    this.trainable.forEach((id, i) => {
+      const p = this.params.get(id)!;
+      const slot = this.slots.get(id)!;
+      const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);
+      const next = update(s.optimizer, p, g, slot, lr, s.weightDecay, t);
+      if (g !== grads[i]) g.dispose();
+      tf.keep(next.p);
+      tf.keep(next.s.m);
+      if (next.s.v) tf.keep(next.s.v);
+      tf.dispose([p, slot.m, ...(slot.v ? [slot.v] : [])]);
+      this.params.set(id, next.p);
+      this.slots.set(id, next.s);
+    });
+    tf.dispose(grads);
+    this.t = t;
+    for (const [k, r] of routed) {
+      const into = this.load.get(k);
+      if (!into) this.load.set(k, r);
+      else {
+        r.counts.forEach((c, e) => (into.counts[e] += c));
+        into.share = shares(into.counts);
+      }
+    }
+    return { ...base, applied: true };
+  }
+
+  evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): LossParts {
+    this.live();
+    const list = Array.isArray(microBatches) ? (microBatches as readonly MicroBatch[]) : [microBatches as MicroBatch];
+    if (!list.length) throw new RunnerError('evalLoss needs at least one micro-batch');
+    const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
+    for (const mb of list) {
+      const p = scoped(() => this.parts(this.run(mb)));
+      for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] += p[k] / list.length;
+    }
+    return sum;
+  }
+
+  forward(microBatch: MicroBatch, ids: readonly string[]): Map<string, Float32Array> {
+    this.live();
+    return scoped(() => {
+      const values = this.run(microBatch);
+      const out = new Map<string, Float32Array>();
+      for (const id of ids) {
+        const v = values.get(id);
+        if (!v) throw new RunnerError(`${this.stage.name}: no value '${id}' in the stage graph`);
+        out.set(id, Float32Array.from(v.dataSync()));
+      }
+      return out;
+    });
+  }
+
+  applyExit(): ExitReport {
+    this.live();
+    if (this.exited) throw new RunnerError(`${this.stage.name}: the exit transitions were already applied`);
+    const report: ExitReport = { merged: [], dropped: [], droppedExperts: [], frozen: [], unfrozen: [] };
+    for (const tr of this.stage.exit) {
+      if (tr.op === 'merge') {
+        const [a, b] = tr.part === 'shared' ? ['shared_A', 'shared_B'] : ['A', 'B'];
+        for (const site of tr.sites) {
+          const wid = `base.${site}.weight`;
+          const W = this.heldTensor(wid, `merge ${tr.adapter}`);
+          const next = tf.keep(this.merged(W, tr.adapter, site, a, b, `merge ${tr.adapter}`));
+          W.dispose();
+          this.params.set(wid, next);
+        }
+        report.merged.push({ adapter: tr.adapter, ...(tr.part ? { part: tr.part } : {}), sites: [...tr.sites] });
+      } else if (tr.op === 'drop' && tr.condition) {
+        report.droppedExperts.push(...this.dropByLoad(tr.adapter, tr.condition));
+      } else if (tr.op === 'drop') {
+        const routedParts = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
+        for (const p of this.plan.parameters) {
+          if (p.owner !== tr.adapter) continue;
+          if (tr.part === 'experts' && !routedParts.has(p.id.slice(p.id.lastIndexOf('.') + 1))) continue;
+          const t = this.params.get(p.id);
+          if (t) {
+            t.dispose();
+            this.params.delete(p.id);
+            this.slots.get(p.id)?.m.dispose();
+            this.slots.get(p.id)?.v?.dispose();
+            this.slots.delete(p.id);
+            report.dropped.push(p.id);
+          }
+          if (this.carried.delete(p.id)) report.dropped.push(p.id);
+        }
+      } else if (tr.op === 'freeze') report.frozen.push(tr.adapter);
+      else if (tr.op === 'unfreeze') report.unfrozen.push(tr.adapter);
+    }
+    this.exited = true;
+    this.buildFolded();
+    return report;
+  }
+
+  /** `drop X.experts where load <op> v`: per site, zero the matching experts and bar the router from them. */
+  private dropByLoad(adapter: string, cond: { metric: 'load'; op: string; value: number }): ExitReport['droppedExperts'] {
+    if (cond.metric !== 'load') throw new RunnerError(`drop ${adapter}: unknown metric '${cond.metric}'`);
+    const cmp: Record<string, (a: number, b: number) => boolean> = { '<': (a, b) => a < b, '<=': (a, b) => a <= b, '>': (a, b) => a > b, '>=': (a, b) => a >= b, '==': (a, b) => a === b, '!=': (a, b) => a !== b };
+    const test = cmp[cond.op];
+    if (!test) throw new RunnerError(`drop ${adapter}: unknown comparison '${cond.op}'`);
+    const out: ExitReport['droppedExperts'] = [];
+    const sites = this.plan.adapters.find((a) => a.name === adapter)?.sites ?? [];
+    for (const site of sites) {
+      const ids = { A: `${adapter}.${site}.expert_A`, B: `${adapter}.${site}.expert_B`, b: `${adapter}.${site}.router_b` };
+      const [A, B, b] = [this.params.get(ids.A), this.params.get(ids.B), this.params.get(ids.b)];
+      if (!A || !B || !b) continue;
+      const E = b.shape[0] as number;
+      const share = this.load.get(`${adapter}@${site}`)?.share ?? new Array<number>(E).fill(0);
+      const drop = share.map((l, e) => (test(l, cond.value) ? e : -1)).filter((e) => e >= 0);
+      out.push({ adapter, site, experts: drop, load: [...share] });
+      if (!drop.length) continue;
+      const keep = new Float32Array(E).fill(1);
+      const bias = new Float32Array(E);
+      for (const e of drop) {
+        keep[e] = 0;
+        bias[e] = -1e9;
+      }
+      const next = tf.tidy(() => {
+        const k = tf.tensor1d(keep);
+        return {
+          A: tf.mul(A, tf.reshape(k, [E, 1, 1])),
+          B: tf.mul(B, tf.reshape(k, [E, 1, 1])),
+          b: tf.add(tf.mul(b, k), tf.tensor1d(bias)),
+        };
+      });
+      for (const [key, t] of Object.entries(next) as ['A' | 'B' | 'b', Tensor][]) {
+        this.params.get(ids[key])!.dispose();
+        this.params.set(ids[key], tf.keep(t));
+      }
+    }
+    return out;
+  }
+
+  parameters(): Map<string, Float32Array> {
+    this.live();
+    const out = new Map<string, Float32Array>();
+    for (const [id, t] of this.params) out.set(id, Float32Array.from(t.dataSync()));
+    for (const [id, a] of this.carried) out.set(id, a);
+    return out;
+  }
+
+  loadParameters(map: ParameterMap): void {
+    this.live();
+    for (const [id, data] of entries(map)) {
+      const t = this.params.get(id);
+      if (!t) {
+        this.carried.set(id, data);
+        continue;
+      }
+      if (data.length !== t.size) throw new RunnerError(`parameter ${id}: ${data.length} values given, the tensor has ${t.size}`);
+      this.params.set(id, tf.keep(tf.tensor(data, t.shape, 'float32')));
+      t.dispose();
+    }
+    this.buildFolded();
+  }
+
+  optimizerState(): OptimizerState {
+    this.live();
+    const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
+    for (const [id, s] of this.slots) slots.set(id, { m: Float32Array.from(s.m.dataSync()), ...(s.v ? { v: Float32Array.from(s.v.dataSync()) } : {}) });
+    return { t: this.t, scheduleStep: this.scheduleStep, slots };
+  }
+
+  loadOptimizerState(state: OptimizerState): void {
+    this.live();
+    for (const [id, s] of state.slots) {
+      const cur = this.slots.get(id);
+      if (!cur) throw new RunnerError(`optimizer state for ${id}, which is not trainable in ${this.stage.name}`);
+      if (s.m.length !== cur.m.size || (cur.v && s.v?.length !== cur.v.size)) throw new RunnerError(`optimizer state for ${id} does not fit its tensor`);
+      const next: SlotState = { m: tf.keep(tf.tensor(s.m, cur.m.shape, 'float32')), ...(cur.v ? { v: tf.keep(tf.tensor(s.v!, cur.v.shape, 'float32')) } : {}) };
+      tf.dispose([cur.m, ...(cur.v ? [cur.v] : [])]);
+      this.slots.set(id, next);
+    }
+    this.t = state.t;
+    this.scheduleStep = state.scheduleStep;
+  }
+
+  routerLoad(): RouterLoad[] {
+    return [...this.load.values()].map((r) => ({ ...r, share: [...r.share], counts: [...r.counts] }));
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    tf.dispose([...this.params.values(), ...this.consts.values()]);
+    for (const s of this.slots.values()) tf.dispose([s.m, ...(s.v ? [s.v] : [])]);
+    this.params.clear();
+    this.consts.clear();
+    this.slots.clear();
+    this.disposed = true;
+  }
+}
+
+/** `fn()` inside a tf.tidy scope, for results that are not tensors (every tensor made inside is freed). */
+function scoped<T>(fn: () => T): T {
+  let out: T | undefined;
+  tf.tidy(() => {
+    out = fn();
+  });
+  return out as T;
+}
+
+/** Adds one topk_gate's routing (real tokens, gate > 0) to the per-site counts. */
+function countRouting(into: Map<string, RouterLoad>, step: PlanStep, gates: Tensor, ctx: KernelContext): void {
+  const key = `${step.adapter ?? step.node}@${step.site ?? ''}`;
+  const E = gates.shape[1] as number;
+  const g = gates.dataSync();
+  let r = into.get(key);
+  if (!r) {
+    r = { adapter: step.adapter ?? step.node, site: step.site ?? '', share: [], counts: new Array<number>(E).fill(0) };
+    into.set(key, r);
+  }
+  for (let t = 0; t < ctx.segments.length; t++) {
+    if (ctx.segments[t] <= 0) continue;
+    for (let e = 0; e < E; e++) if (g[t * E + e] > 0) r.counts[e]++;
+  }
+  r.share = shares(r.counts);
+}
+
+function shares(counts: number[]): number[] {
+  const total = counts.reduce((a, b) => a + b, 0);
+  return counts.map((c) => (total > 0 ? c / total : 0));
+}

@@ -1,0 +1,92 @@
+/**
+ * The optimizer side of a training step: learning-rate schedule, global-norm clipping, AdamW and SGD, with
+ * PyTorch's semantics so a run can be compared with a PyTorch program step by step.
+ *
+ * Schedule (step s = 0, 1, ... of `total` optimizer steps; W warmup steps; lr the peak, min the floor):
+ *   W = steps given, or ceil(total · percent / 100)
+ *   s < W:      lr · (s + 1) / W                      (never 0: the first step already learns)
+ *   s ≥ W:      constant  lr
+ *               linear    min + (lr − min) · (1 − q)
+ *               cosine    min + (lr − min) · ½ (1 + cos(π q))      q = (s − W) / max(1, total − W), ≤ 1
+ *
+ * Clipping (torch.nn.utils.clip_grad_norm_): n = ‖(g_1, …, g_k)‖₂ over every trainable tensor; when
+ * clip > 0 and n > clip, every g is scaled by clip / (n + 1e-6).
+ *
+ * AdamW (torch.optim.AdamW, one parameter group, decoupled weight decay on every trainable tensor), t the
+ * number of steps taken so far including this one:
+ *   p ← p · (1 − lr · wd);  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²
+ *   p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+ * SGD (torch.optim.SGD): g ← g + wd · p; b ← g on the first step, else μ b + g; p ← p − lr · b (μ = 0: p − lr g).
+ */
+import type { PlanStageSettings } from '../plan/types.js';
+import { tf, type Tensor } from './tfjs/index.js';
+
+/** Warmup steps of a stage of `total` optimizer steps. */
+export function warmupSteps(schedule: PlanStageSettings['schedule'], total: number): number {
+  const w = schedule.warmup;
+  return 'steps' in w ? Math.max(0, Math.floor(w.steps)) : Math.ceil((total * w.percent) / 100);
+}
+
+/** Whether the schedule needs the stage's total number of steps. */
+export const needsTotal = (schedule: PlanStageSettings['schedule']): boolean => schedule.kind !== 'constant' || 'percent' in schedule.warmup;
+
+/** The learning rate of optimizer step `step` (0-based) of `total`. */
+export function learningRate(settings: Pick<PlanStageSettings, 'lr' | 'schedule'>, step: number, total: number): number {
+  const { lr, schedule } = settings;
+  const W = warmupSteps(schedule, total);
+  if (step < W) return (lr * (step + 1)) / W;
+  if (schedule.kind === 'constant') return lr;
+  const q = Math.min(1, (step - W) / Math.max(1, total - W));
+  const min = schedule.minLr;
+  if (schedule.kind === 'linear') return min + (lr - min) * (1 - q);
+  return min + (lr - min) * 0.5 * (1 + Math.cos(Math.PI * q));
+}
+
+/** ‖g‖₂ over all tensors, as a number (NaN or Infinity when any gradient is). */
+export function globalNorm(grads: readonly Tensor[]): number {
+  if (!grads.length) return 0;
+  return tf.tidy(() => Math.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g)))).dataSync()[0]));
+}
+
+/** The factor clip_grad_norm_ scales every gradient by (1 when no clipping applies). */
+export function clipFactor(norm: number, clip: number): number {
+  return clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1;
+}
+
+/** Per-tensor optimizer state: AdamW's moments (m, v), or SGD's momentum buffer (m). */
+export interface SlotState {
+  m: Tensor;
+  v?: Tensor;
+}
+
+export type OptimizerSettings = PlanStageSettings['optimizer'];
+
+/** Fresh (zero) state for a tensor of `shape`. */
+export function zeroState(opt: OptimizerSettings, shape: number[]): SlotState {
+  return opt.kind === 'adamw' ? { m: tf.zeros(shape), v: tf.zeros(shape) } : { m: tf.zeros(shape) };
+}
+
+/**
+ * One update of one tensor: returns the new parameter and state (new tensors; the caller disposes the old).
+ * `t` is the step count including this step (1 on the first). `g` is already clipped.
+ */
+export function update(opt: OptimizerSettings, p: Tensor, g: Tensor, s: SlotState, lr: number, wd: number, t: number): { p: Tensor; s: SlotState } {
+  return tf.tidy(() => {
+    if (opt.kind === 'adamw') {
+      const { beta1: b1, beta2: b2, eps } = opt;
+      const decayed = wd > 0 ? tf.mul(p, 1 - lr * wd) : p;
+      const m = tf.add(tf.mul(s.m, b1), tf.mul(g, 1 - b1));
+      const v = tf.add(tf.mul(s.v!, b2), tf.mul(tf.square(g), 1 - b2));
+      const bc1 = 1 - Math.pow(b1, t);
+      const bc2 = 1 - Math.pow(b2, t);
+      const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
+      const np = tf.sub(decayed, tf.mul(tf.div(m, denom), lr / bc1));
+      return { p: np, s: { m, v } };
+    }
+    const gg = wd > 0 ? tf.add(g, tf.mul(p, wd)) : g;
+    const mu = opt.momentum;
+    if (mu === 0) return { p: tf.sub(p, tf.mul(gg, lr)), s: { m: tf.clone(s.m) } };
+    const b = t === 1 ? tf.clone(gg) : tf.add(tf.mul(s.m, mu), gg);
+    return { p: tf.sub(p, tf.mul(b, lr)), s: { m: b } };
+  });
+}

@@ -1,0 +1,152 @@
+/**
+ * THE optimisation-preservation test: the -O0 plan (no optimisation pass) and the -O1 plan (every pass) of
+ * the same pipeline, executed by the same runtime, give the same loss, the same gradient of every trainable
+ * tensor on the same micro-batches, and the same weights after optimizer steps and stage transitions.
+ *
+ * The pipeline exercises every pass: a mixture with shared experts, routed experts and a load-balancing
+ * term (batch-experts, concat-base-adapter), an attention LoRA merged at the end of stage one, a mixture
+ * dropped, a LoRA frozen then folded into its base weights in stage two (fold-frozen-lora), an adapter that
+ * is declared but only trained in stage two (eliminate-dead-adapters removes it from stage one), an
+ * orthogonality constraint over three sites (batch-orthogonality), and the elementwise chains of the
+ * decoder (fuse-elementwise when present).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createStageRunner, type StageRunner } from '../../../src/runtime/executor.js';
+import type { Plan } from '../../../src/plan/types.js';
+import { tf } from '../../../src/runtime/tfjs/index.js';
+import { compileInline, relErr, syntheticBatch, TINY, worst } from './helpers.js';
+
+const PIPELINE = `pipeline equiv
+model base = ${TINY}
+data d = jsonl("d.jsonl")
+
+adapter attn      = lora(r: 4, alpha: 8)                                                   at layers[*].attn.{q, k, v, o}
+adapter knowledge = lora(r: 4, alpha: 8, experts: 2)                                       at layers[*].mlp.{gate, up, down}
+adapter noise     = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, shared: 1, load_balance: 0.01) at layers[*].mlp.{gate, up, down}
+adapter later     = lora(r: 4, alpha: 8)                                                   at layers[*].attn.{q, v}
+
+stage one {
+  train attn, knowledge, noise on d
+  steps 3
+  lr 1e-2
+  schedule constant
+  weight_decay 0.01
+  batch 4
+  micro_batch 2
+  max_len 32
+  then {
+    merge attn into base
+    drop noise
+    freeze knowledge
+  }
+}
+
+stage two {
+  adapter align = lora(r: 4, alpha: 8) at layers[*].mlp.{gate, up, down}
+  train align, later on d
+  steps 3
+  lr 1e-2
+  schedule cosine(warmup: 1)
+  batch 4
+  micro_batch 2
+  max_len 32
+  constrain orthogonal(align.A, knowledge.A) weight 0.5 norm l1
+}
+`;
+
+const TOL = 1e-4;
+const ops = (plan: Plan, stage: string) => new Set(plan.stages.find((s) => s.name === stage)!.forward.map((f) => f.op));
+
+describe('-O0 and -O1 plans train to the same result', () => {
+  let p0: Plan;
+  let p1: Plan;
+  const runners: StageRunner[] = [];
+  const mbs = [syntheticBatch(2, 32, 11), syntheticBatch(2, 32, 12)];
+
+  beforeAll(() => {
+    [p0, p1] = compileInline(PIPELINE).plans;
+  });
+  afterAll(() => runners.forEach((r) => r.dispose()));
+
+  it('the two plans differ: -O1 has the optimised kernels, -O0 none of them', () => {
+    const one1 = ops(p1, 'one');
+    const two1 = ops(p1, 'two');
+    for (const op of ['moe_up_grouped', 'concat_linear']) expect(one1.has(op as never)).toBe(true);
+    // The batched A GEMM of each mixture is a part of its site's concatenated GEMM.
+    const parts = p1.stages[0].forward.filter((f) => f.op === 'concat_linear').flatMap((f) => (f.attrs.parts as { kind: string }[]).map((x) => x.kind));
+    expect(parts.filter((k) => k === 'moe_down_batched')).toHaveLength(3);
+    expect(parts.filter((k) => k === 'router')).toHaveLength(3);
+    expect(two1.has('ortho_penalty_batched')).toBe(true);
+    expect(p1.stages[1].entry.map((t) => t.op)).toEqual(['fold']);
+    const one0 = ops(p0, 'one');
+    for (const op of ['moe_down_batched', 'moe_up_grouped', 'concat_linear', 'fused_elementwise']) expect(one0.has(op as never)).toBe(false);
+    expect(one0.has('expert_down')).toBe(true);
+    expect(ops(p0, 'two').has('ortho_penalty')).toBe(true);
+    expect(p0.stages[1].entry).toEqual([]);
+    // `later` is inactive in stage one: -O1 removes it, -O0 runs it (B = 0).
+    expect(p1.parameters.find((p) => p.id === 'later.layers[0].attn.q.A')!.states.one).toBe('absent');
+    expect(p0.parameters.find((p) => p.id === 'later.layers[0].attn.q.A')!.states.one).toBe('frozen');
+  });
+
+  it('stage one, stage transitions and stage two: same loss, gradients and weights', async () => {
+    const a = await createStageRunner(p0, 'one');
+    const b = await createStageRunner(p1, 'one');
+    runners.push(a, b);
+    expect([...a.trainable].sort()).toEqual([...b.trainable].sort());
+    // Same initial tensors: initialisation depends on (seed, id) only. -O0 also holds the inactive `later`.
+    const [ia, ib] = [a.parameters(), b.parameters()];
+    expect([...ia.keys()].filter((k) => !ib.has(k)).every((k) => k.startsWith('later.'))).toBe(true);
+    expect(worst(ib, ia).err).toBe(0);
+
+    const ga = a.gradients(mbs);
+    const gb = b.gradients(mbs);
+    expect(ga.balance).toBeGreaterThan(0);
+    expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
+    expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
+    expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
+    // The gradients are not trivially zero: B of every adapter gets one at init (A does not: B = 0).
+    expect(Math.max(...[...ga.grads.entries()].filter(([k]) => k.endsWith('.B')).map(([, g]) => Math.max(...g.map(Math.abs))))).toBeGreaterThan(1e-4);
+
+    for (let i = 0; i < 3; i++) {
+      const sa = a.step(mbs);
+      const sb = b.step(mbs);
+      expect(sa.applied && sb.applied).toBe(true);
+      expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
+    }
+    expect(worst(b.parameters(), a.parameters()).err).toBeLessThan(TOL);
+    // After 3 steps A gets gradients too.
+    const g2a = a.gradients(mbs);
+    const g2b = b.gradients(mbs);
+    expect(worst(g2a.grads, g2b.grads).err).toBeLessThan(TOL);
+
+    const ea = a.applyExit();
+    const eb = b.applyExit();
+    expect(ea).toEqual(eb);
+    expect(ea.merged[0]).toMatchObject({ adapter: 'attn' });
+    expect(ea.dropped.some((id) => id.startsWith('noise.'))).toBe(true);
+    const pa = a.parameters();
+    const pb = b.parameters();
+    expect([...pa.keys()].some((k) => k.startsWith('noise.'))).toBe(false);
+    expect(worst(pb, pa).err).toBeLessThan(TOL);
+
+    // Stage two starts from each plan's own stage-one result.
+    const a2 = await createStageRunner(p0, 'two', { parameters: pa });
+    const b2 = await createStageRunner(p1, 'two', { parameters: pb });
+    runners.push(a2, b2);
+    const h0 = a2.gradients(mbs);
+    const h1 = b2.gradients(mbs);
+    expect(h0.constraint).toBeGreaterThan(0);
+    expect(relErr([h0.loss], [h1.loss])).toBeLessThan(TOL);
+    expect(relErr([h0.constraint], [h1.constraint])).toBeLessThan(TOL);
+    expect([...h0.grads.keys()].sort()).toEqual([...h1.grads.keys()].sort());
+    expect([...h0.grads.keys()].some((k) => k.startsWith('later.'))).toBe(true);
+    expect(worst(h0.grads, h1.grads).err).toBeLessThan(TOL);
+    for (let i = 0; i < 3; i++) {
+      const sa = a2.step(mbs);
+      const sb = b2.step(mbs);
+      expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
+    }
+    expect(worst(a2.parameters(), b2.parameters()).err).toBeLessThan(TOL);
+    expect(tf.memory().numTensors).toBeGreaterThan(0);
+  });
+});
