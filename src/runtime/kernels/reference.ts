@@ -15,7 +15,8 @@
  *                  attrs {theta, headDim, heads, kvHeads}
  *   attention      softmax(q·kᵀ/√d + mask)·v per head; grouped-query (head h reads kv head ⌊h·KV/H⌋);
  *                  query i sees key j iff j ≤ i and both are in the same example (segment) of the same row
- *                  attrs {heads, kvHeads, headDim}
+ *                  (padding, segment 0, sees only padding); the sequence length is the batch's, not
+ *                  attrs.seqLen (the plan's max_len)                     attrs {heads, kvHeads, headDim, causal}
  *   swiglu         silu(gate) · up
  *   add            the sum of the inputs (any number)
  *   lm_head_xent   mean over the tokens in the loss mask of −log softmax(x·Wᵀ)[label] (or of the given
@@ -177,9 +178,13 @@ function rotate(x: Tensor, heads: number, headDim: number, cos: Tensor, sin: Ten
   return tf.reshape(tf.concat([y1, y2], 2), [T, heads * headDim]);
 }
 
-/** Additive attention mask [rows, 1, S, S]: 0 where query i may see key j (j ≤ i, same segment), else −1e9. */
-function attentionMask(ctx: KernelContext): Tensor {
-  const hit = ctx.cache.get('attn:mask');
+/**
+ * Additive attention mask [rows, 1, S, S]: 0 where query i may see key j (same segment, and j ≤ i when
+ * causal), else −1e9.
+ */
+function attentionMask(ctx: KernelContext, causal: boolean): Tensor {
+  const key = `attn:mask:${causal}`;
+  const hit = ctx.cache.get(key);
   if (hit && !hit.isDisposed) return hit;
   const { rows, seqLen: S, segments } = ctx;
   const m = new Float32Array(rows * S * S);
@@ -187,11 +192,11 @@ function attentionMask(ctx: KernelContext): Tensor {
     for (let i = 0; i < S; i++) {
       const si = segments[r * S + i];
       const base = (r * S + i) * S;
-      for (let j = 0; j < S; j++) m[base + j] = j <= i && segments[r * S + j] === si ? 0 : -1e9;
+      for (let j = 0; j < S; j++) m[base + j] = (!causal || j <= i) && segments[r * S + j] === si ? 0 : -1e9;
     }
   }
   const t = tf.tensor4d(m, [rows, 1, S, S]);
-  ctx.cache.set('attn:mask', t);
+  ctx.cache.set(key, t);
   return t;
 }
 
@@ -298,7 +303,7 @@ export const reference: Record<PlanOp, Kernel> = {
     const kh = toHeads(repeatKv(k, KV, H / KV, d), rows, S, H, d);
     const vh = toHeads(repeatKv(v, KV, H / KV, d), rows, S, H, d);
     const scores = tf.mul(tf.matMul(qh as tf.Tensor3D, kh as tf.Tensor3D, false, true), 1 / Math.sqrt(d));
-    const masked = tf.add(tf.reshape(scores, [rows, H, S, S]), attentionMask(ctx));
+    const masked = tf.add(tf.reshape(scores, [rows, H, S, S]), attentionMask(ctx, bool(step, 'causal', true)));
     const p = tf.reshape(tf.softmax(masked), [rows * H, S, S]);
     const o = tf.matMul(p as tf.Tensor3D, vh as tf.Tensor3D);
     return [tf.reshape(tf.transpose(tf.reshape(o, [rows, H, S, d]), [0, 2, 1, 3]), [rows * S, H * d])];
