@@ -8,6 +8,7 @@ import { explainCommand } from './commands/explain.js';
 import { fmtCommand } from './commands/fmt.js';
 import { lintCommand } from './commands/lint.js';
 import { modelsCommand } from './commands/models.js';
+import { runCommand } from './commands/run.js';
 import { version } from './version.js';
 
 const commands: Record<string, { run: Command; summary: string }> = {
@@ -15,6 +16,7 @@ const commands: Record<string, { run: Command; summary: string }> = {
   fmt: { run: fmtCommand, summary: 'rewrite pipelines in the canonical layout (--check: exit 1 when a file would change)' },
   compile: { run: compileCommand, summary: 'compile a pipeline to its execution plan (<out>/<pipeline>.plan.json)' },
   explain: { run: explainCommand, summary: 'show per stage what trains, what is folded, merged, dropped, the kernels, FLOPs and memory' },
+  run: { run: runCommand, summary: 'train every stage of a plan (CPU), with checkpoints, --resume, metrics and the exports' },
   models: { run: modelsCommand, summary: 'list the built-in model configurations' },
 };
 

@@ -1,0 +1,153 @@
+/**
+ * `mcpc run [plan.json | pipeline.mcp]`: train every stage of a plan on the CPU reference runtime
+ * (src/runtime/run.ts), with metrics, checkpoints, resume, reuse of unchanged stages and the plan's exports.
+ * A .mcp is compiled first; with no argument, the plan `mcpc compile` wrote for the project's pipeline.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { relative, resolve } from 'node:path';
+import { Diagnostics } from '../../compiler/diagnostics/diagnostic.js';
+import type { Plan } from '../../plan/types.js';
+import { validatePlan } from '../../plan/validate.js';
+import { DataError } from '../../runtime/data/errors.js';
+import { RunError, runPlan } from '../../runtime/run.js';
+import { RunnerError } from '../../runtime/executor.js';
+import { intOption, parse } from '../args.js';
+import { compileInput } from '../compile-input.js';
+import { UsageError, type Command } from '../io.js';
+import { loadProject } from '../project.js';
+import { renderDiagnostics, useColor } from '../report/index.js';
+
+export const runHelp = `usage: mcpc run [plan.json | pipeline.mcp] [options]
+
+Train every stage of a plan, write checkpoints and metrics, then the plan's exports.
+With no argument: <out>/<pipeline>.plan.json of the project's pipeline (run \`mcpc compile\` first);
+a .mcp file is compiled first.
+
+options:
+  --out DIR              run folder (default: <out>/<pipeline>/)
+  --backend cpu          tfjs backend (only cpu for now; GPU backends come with the GPU issue)
+  --max-steps N          at most N optimizer steps per stage (smoke runs)
+  --resume               continue from the newest complete checkpoint in the run folder
+  --skip-bad-records     skip and count bad data records instead of stopping at the first
+  --seed N               override every stage's seed
+  --project FILE         project file
+`;
+
+export const runCommand: Command = async (argv, io) => {
+  const { values, positionals } = parse(argv, {
+    out: { type: 'string', short: 'o' },
+    backend: { type: 'string', default: 'cpu' },
+    'max-steps': { type: 'string' },
+    resume: { type: 'boolean', default: false },
+    'skip-bad-records': { type: 'boolean', default: false },
+    seed: { type: 'string' },
+    project: { type: 'string' },
+    'stop-after': { type: 'string' }, // testing: stop as if killed after N steps
+    help: { type: 'boolean', short: 'h', default: false },
+  });
+  if (values.help) {
+    io.stdout(runHelp);
+    return 0;
+  }
+  if (values.backend !== 'cpu') {
+    if (['webgpu', 'wasm', 'tensorflow', 'auto', 'gpu'].includes(values.backend)) throw new UsageError(`--backend ${values.backend} is not available yet: only cpu runs today (the GPU backends come with the GPU issue)`);
+    throw new UsageError(`unknown backend '${values.backend}' (only cpu is available)`);
+  }
+  const maxSteps = intOption(values['max-steps'], '--max-steps');
+  if (maxSteps === 0) throw new UsageError('--max-steps must be at least 1');
+  const seed = intOption(values.seed, '--seed');
+  const stopAfter = intOption(values['stop-after'], '--stop-after');
+  if (positionals.length > 1) throw new UsageError('give one plan or pipeline file');
+
+  let plan: Plan;
+  let root: string;
+  let out: string;
+  let allowOutsideRoot: boolean;
+  const arg = positionals[0];
+  if (arg !== undefined && arg.endsWith('.mcp')) {
+    const compiled = compileInput([arg], io, 1, values.project);
+    if (!compiled) return 1;
+    plan = compiled.result.plan!;
+    root = compiled.cfg.root;
+    out = resolve(compiled.cfg.root, compiled.cfg.out);
+    allowOutsideRoot = compiled.cfg.allowOutsideRoot;
+  } else {
+    const diags = new Diagnostics();
+    const cfg = loadProject(io.cwd, diags, values.project);
+    if (diags.items.length) {
+      io.stderr(renderDiagnostics('text', diags.items, cfg.sources, { color: useColor({ isTTY: io.isTTY, env: io.env }), cwd: io.cwd }));
+      throw new UsageError(`${cfg.file ?? 'mcpc.yaml'} is invalid`);
+    }
+    root = cfg.root;
+    out = resolve(cfg.root, cfg.out);
+    allowOutsideRoot = cfg.allowOutsideRoot;
+    let file: string;
+    if (arg !== undefined) file = resolve(io.cwd, arg);
+    else {
+      const name = pipelineName(resolve(cfg.root, cfg.pipeline));
+      file = resolve(out, `${name}.plan.json`);
+      if (!existsSync(file)) {
+        io.stderr(`mcpc run: no plan at ${relative(io.cwd, file) || file}: run \`mcpc compile\` first, or give a .mcp or plan file\n`);
+        return 1;
+      }
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (e) {
+      io.stderr(`mcpc run: cannot read the plan ${relative(io.cwd, file) || file}: ${(e as Error).message}\n`);
+      return 1;
+    }
+    const v = validatePlan(json);
+    if (!v.ok) {
+      io.stderr(`mcpc run: ${relative(io.cwd, file) || file} is not a valid plan (recompile it with \`mcpc compile\`):\n${v.errors.slice(0, 10).map((e) => `  ${typeof e === 'string' ? e : JSON.stringify(e)}`).join('\n')}\n`);
+      return 1;
+    }
+    plan = json as Plan;
+  }
+  // A compiled plan is validated too (a compiler bug should not train garbage).
+  const v = validatePlan(plan);
+  if (!v.ok) {
+    io.stderr(`mcpc run: the compiled plan is not valid (a compiler bug):\n${v.errors.slice(0, 10).map((e) => `  ${typeof e === 'string' ? e : JSON.stringify(e)}`).join('\n')}\n`);
+    return 2;
+  }
+  const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
+  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on cpu, run folder ${relative(io.cwd, runDir) || runDir}\n`);
+  try {
+    const r = await runPlan(plan, {
+      root,
+      runDir,
+      backend: 'cpu',
+      resume: values.resume,
+      skipBadRecords: values['skip-bad-records'],
+      allowOutsideRoot,
+      tty: io.isTTY,
+      write: (t) => io.stdout(t),
+      ...(maxSteps !== undefined ? { maxSteps } : {}),
+      ...(seed !== undefined ? { seed } : {}),
+      ...(stopAfter !== undefined ? { stopAfter } : {}),
+    });
+    if (r.code !== 0) {
+      io.stderr(`mcpc run: ${r.message ?? 'stopped'}\n`);
+      return r.code;
+    }
+    return 0;
+  } catch (e) {
+    if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError) {
+      io.stderr(`mcpc run: ${e.message}${e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)' : ''}\n`);
+      return 1;
+    }
+    throw e;
+  }
+};
+
+/** The `pipeline NAME` a .mcp declares (else its file name). */
+function pipelineName(file: string): string {
+  try {
+    const m = /^\s*pipeline\s+([A-Za-z_][\w-]*)/m.exec(readFileSync(file, 'utf8'));
+    if (m) return m[1];
+  } catch {
+    /* fall through */
+  }
+  return file.replace(/^.*[\\/]/, '').replace(/\.mcp$/, '');
+}

@@ -1,0 +1,529 @@
+/**
+ * Running a whole plan: every stage in order over its data, with metrics, checkpoints, resume, stage reuse
+ * and the plan's exports. `mcpc run` (src/cli/commands/run.ts) is a thin shell over {@link runPlan}.
+ *
+ * The run folder (`runDir`):
+ *     metrics.jsonl              one JSON line per optimizer step {stage, step, loss, constraint, lr, gradNorm, tokensPerSec, skipped}
+ *     checkpoints/step-NNNNNN/   io/checkpoint.ts folders (COMPLETE manifest written last):
+ *         params.safetensors     every tensor by plan parameter id (F32)
+ *         optimizer.safetensors  AdamW / SGD moments (`m.<id>`, `v.<id>`)
+ *         state.json             stage index and name, steps done in the stage, AdamW t, schedule position,
+ *                                data cursor, RNG state, whether the stage is complete, the stage's input hash
+ *     stages/<stage>.json        written when a stage completes: its input hash and its stage-end checkpoint
+ *
+ * Checkpoint numbers are a sequence over the run folder (not optimizer steps), so a stage-end checkpoint never
+ * collides with a periodic one. Periodic checkpoints (`checkpoint_every`) beyond the newest two are pruned;
+ * stage-end checkpoints are kept (stage reuse reads them).
+ *
+ * Determinism: the reference executor has no dropout or noise, and the data order is a pure function of
+ * (seed, epoch) (data/shuffle.ts), so the RNG state is the seed and the cursor's epoch. Parameters and
+ * moments are saved as exact f32, so on the CPU backend a resumed run ends with bit-identical weights.
+ *
+ * Stage reuse: a stage's input hash chains the previous stage's hash, the stage's plan section, the model,
+ * parameter and adapter sections, the contents of its data files (and of the model folder for pretrained
+ * weights) and the step limit. A stage whose hash matches its stages/<stage>.json record is not retrained:
+ * its stage-end checkpoint's parameters are used.
+ *
+ * Not here: evaluation probes (no probe runner exists yet: stages with probes say they are skipped), and the
+ * router load of a stage interrupted and resumed restarts from zero (conditional expert drops count only the
+ * steps after the resume).
+ */
+import { createHash } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, resolve } from 'node:path';
+import type { Plan, PlanStage } from '../plan/types.js';
+import { DataLoader, concatDatasets, loadDataSource, type DataCursor, type Dataset } from './data/index.js';
+import type { MicroBatch } from './data/batch.js';
+import { createStageRunner, type OptimizerState, type StageRunner } from './executor.js';
+import { findLatestCheckpoint, listCheckpoints, readCheckpointFile, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
+import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
+import { writeFileAtomicSync } from './io/atomic.js';
+import { createTokenizer } from './tokenizer/index.js';
+import { runExports, type ExportResult } from './weights/export.js';
+
+
+export interface RunOptions {
+  /** Project root: data, model and export paths resolve against it. */
+  root: string;
+  /** The run folder. */
+  runDir: string;
+  backend?: 'cpu';
+  /** At most this many optimizer steps per stage (smoke runs). */
+  maxSteps?: number;
+  /** Continue from the newest complete checkpoint. */
+  resume?: boolean;
+  skipBadRecords?: boolean;
+  /** Overrides every stage's seed (data order and initialisers). */
+  seed?: number;
+  allowOutsideRoot?: boolean;
+  /** Whether the output is a terminal: progress is one `\r`-rewritten line. */
+  tty?: boolean;
+  /** Without a terminal: a progress line every this many steps (default 10). */
+  progressEvery?: number;
+  /** Where messages go (each call is complete text, newline included). */
+  write: (text: string) => void;
+  /** Testing: stop (as if killed) after this many optimizer steps of this invocation. */
+  stopAfter?: number;
+}
+
+export interface StageSummary {
+  stage: string;
+  reused: boolean;
+  steps: number;
+  finalLoss?: number;
+  /** Sum of |A_k A_o^T| (or |B_k^T B_o|) per constrained pair, measured on the stage's final parameters. */
+  constraints: { target: string; other: string; matrix: 'A' | 'B'; value: number }[];
+  /** Max |merged − unmerged| of the check after a merge, if one ran. */
+  mergeCheck?: { value: string; maxAbsDiff: number; ok: boolean };
+  secs: number;
+  tokensPerSec?: number;
+  stepsPerSec?: number;
+}
+
+export interface RunResult {
+  /** 0 done, 1 stopped (bad steps, bad data, interrupted by stopAfter). */
+  code: number;
+  stages: StageSummary[];
+  exports: ExportResult[];
+  message?: string;
+}
+
+/** A failure the user can fix (bad data, a resume that does not fit); the CLI prints its message, exit 1. */
+export class RunError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RunError';
+  }
+}
+
+interface RunState {
+  format: 'mcpc-run-state';
+  version: 1;
+  stageIndex: number;
+  stage: string;
+  /** Optimizer steps taken in the stage (applied or skipped). */
+  stepsDone: number;
+  stageDone: boolean;
+  t: number;
+  scheduleStep: number;
+  cursor: DataCursor;
+  rng: { seed: number; epoch: number };
+  stageHash: string;
+  badSteps: number;
+}
+
+const sha = (x: string | Uint8Array) => createHash('sha256').update(x).digest('hex');
+
+/** Serialises tensors (exact f32) by name. */
+function packTensors(m: ReadonlyMap<string, Float32Array>, shapes?: ReadonlyMap<string, number[]>): Uint8Array {
+  const t = new Map<string, { dtype: 'F32'; shape: number[]; data: Uint8Array }>();
+  for (const id of [...m.keys()].sort()) {
+    const a = m.get(id)!;
+    t.set(id, { dtype: 'F32', shape: shapes?.get(id) ?? [a.length], data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) });
+  }
+  return encodeSafetensors(t);
+}
+
+function unpackTensors(bytes: Uint8Array, name: string): Map<string, Float32Array> {
+  const r = SafetensorsReader.fromBytes(bytes, name);
+  const out = new Map<string, Float32Array>();
+  for (const key of r.names) out.set(key, Float32Array.from(r.readFloat32(key)));
+  return out;
+}
+
+interface StageRecord {
+  stage: string;
+  hash: string;
+  checkpoint: number;
+}
+
+export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> {
+  const w = opts.write;
+  const root = resolve(opts.root);
+  const runDir = resolve(opts.runDir);
+  const ckptRoot = join(runDir, 'checkpoints');
+  const stagesDir = join(runDir, 'stages');
+  mkdirSync(ckptRoot, { recursive: true });
+  mkdirSync(stagesDir, { recursive: true });
+  const metricsFile = join(runDir, 'metrics.jsonl');
+  const tokenizer = createTokenizer(plan.model.tokenizer, root);
+
+  let seq = Math.max(0, ...listCheckpoints(ckptRoot).map((c) => c.step));
+  const summaries: StageSummary[] = [];
+  let params: Map<string, Float32Array> | undefined;
+  let prevHash = sha(JSON.stringify({ model: plan.model, parameters: plan.parameters, adapters: plan.adapters, seed: opts.seed ?? null, maxSteps: opts.maxSteps ?? null, modelFiles: modelFilesHash(plan, root) }));
+  let stepsThisRun = 0;
+  const stageEnds = new Set<number>();
+  // Metrics lines kept from earlier runs: those of reused stages and of the resumed part of a stage.
+  const keptMetrics: string[] = [];
+  const oldMetrics = existsSync(metricsFile) ? readFileSync(metricsFile, 'utf8').split('\n').filter(Boolean) : [];
+  const oldFor = (stage: string, below: number) => oldMetrics.filter((l) => {
+    try {
+      const o = JSON.parse(l) as { stage: string; step: number };
+      return o.stage === stage && o.step < below;
+    } catch {
+      return false;
+    }
+  });
+  let metricsOpen = false;
+  const metric = (line: object) => {
+    if (!metricsOpen) {
+      writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
+      metricsOpen = true;
+    }
+    appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+  };
+
+  // --resume: the newest complete checkpoint decides where we are.
+  let resumeFrom: { ckpt: Checkpoint; state: RunState } | undefined;
+  if (opts.resume) {
+    const { latest, rejected } = findLatestCheckpoint(ckptRoot);
+    for (const r of rejected) w(`warning: skipping checkpoint ${r.dir}: ${r.error.detail}\n`);
+    if (!latest) w(`no complete checkpoint in ${ckptRoot}: starting from the beginning\n`);
+    else {
+      const state = JSON.parse(readCheckpointFile(latest, 'state.json').toString('utf8')) as RunState;
+      resumeFrom = { ckpt: latest, state };
+    }
+  }
+
+  for (const stage of plan.stages) {
+    const t0 = performance.now();
+    const seed = opts.seed ?? stage.settings.seed;
+    const data = await loadStageData(plan, stage, root, tokenizer, opts);
+    const hash = sha(JSON.stringify({ prev: prevHash, stage, data: data.map((d) => d.hash) }));
+    prevHash = hash;
+
+    // Reuse: a completed stage with the same inputs.
+    const rec = readStageRecord(stagesDir, stage.name);
+    const reusable = rec && rec.hash === hash ? tryVerify(ckptRoot, rec.checkpoint) : undefined;
+    const resumedHere = resumeFrom && resumeFrom.state.stageIndex === stage.index;
+    if (reusable && !(resumedHere && !resumeFrom!.state.stageDone)) {
+      w(`stage ${stage.name} unchanged, reusing ${reusable.dir}\n`);
+      params = unpackTensors(readCheckpointFile(reusable, 'params.safetensors'), 'params.safetensors');
+      stageEnds.add(reusable.step);
+      keptMetrics.push(...oldFor(stage.name, Infinity));
+      summaries.push({ stage: stage.name, reused: true, steps: 0, constraints: constraintSums(stage, plan, params), secs: 0 });
+      if (resumeFrom && resumeFrom.state.stageIndex <= stage.index) resumeFrom = undefined;
+      continue;
+    }
+
+    const examples = concatDatasets(data.map((d) => d.set));
+    const s = stage.settings;
+    const loader = new DataLoader(examples, {
+      microBatch: s.microBatch,
+      accumulation: Math.max(1, Math.round(s.batch / s.microBatch)),
+      maxLen: s.maxLen,
+      layout: s.packing ? 'pack' : 'pad-longest',
+      seed,
+      shuffle: s.shuffle,
+      padId: tokenizer.pad,
+    });
+    const epochs = s.steps !== undefined ? Infinity : s.epochs;
+    let total = s.steps ?? loader.totalSteps(s.epochs);
+    if (opts.maxSteps !== undefined) total = Math.min(total, opts.maxSteps);
+    if (total < 1) throw new RunError(`stage ${stage.name}: no optimizer step fits the data (${examples.length} examples, batch ${s.batch})`);
+
+    // Where this stage starts: a mid-stage checkpoint of it (resume), else its first step.
+    let cursor: DataCursor = { epoch: 0, index: 0 };
+    let stepsDone = 0;
+    let badSteps = 0;
+    let opt: OptimizerState | undefined;
+    if (resumeFrom && resumeFrom.state.stageIndex === stage.index && !resumeFrom.state.stageDone) {
+      const st = resumeFrom.state;
+      if (st.stageHash !== hash) throw new RunError(`cannot resume: the inputs of stage ${stage.name} changed since checkpoint ${resumeFrom.ckpt.dir} (plan, data or options such as --max-steps/--seed); run without --resume to start the stage again`);
+      params = unpackTensors(readCheckpointFile(resumeFrom.ckpt, 'params.safetensors'), 'params.safetensors');
+      const o = unpackTensors(readCheckpointFile(resumeFrom.ckpt, 'optimizer.safetensors'), 'optimizer.safetensors');
+      const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
+      for (const [k, v] of o) {
+        const [which, ...rest] = k.split('.');
+        const id = rest.join('.');
+        const slot = slots.get(id) ?? { m: new Float32Array(0) };
+        if (which === 'm') slot.m = v;
+        else slot.v = v;
+        slots.set(id, slot);
+      }
+      opt = { t: st.t, scheduleStep: st.scheduleStep, slots };
+      cursor = st.cursor;
+      stepsDone = st.stepsDone;
+      badSteps = st.badSteps;
+      keptMetrics.push(...oldFor(stage.name, stepsDone));
+      w(`stage ${stage.name}: resuming at step ${stepsDone}/${total} from ${resumeFrom.ckpt.dir}\n`);
+    } else if (resumeFrom && resumeFrom.state.stageIndex > stage.index) {
+      // The checkpoint is past this stage but its record does not match: the inputs changed.
+      throw new RunError(`cannot resume: stage ${stage.name} has no stage-end checkpoint that matches its current inputs; run without --resume`);
+    }
+    resumeFrom = undefined;
+
+    w(`stage ${stage.name}: ${total} step${total === 1 ? '' : 's'}, ${examples.length} examples, batch ${s.batch} (micro ${s.microBatch}), max_len ${s.maxLen}${s.packing ? ', packed' : ''}\n`);
+    const runner = await createStageRunner(plan, stage.name, { root, totalSteps: total, ...(opts.seed !== undefined ? { seed: opts.seed } : {}), ...(params ? { parameters: params } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
+    try {
+      if (opt) runner.loadOptimizerState(opt);
+      const every = s.checkpointEvery;
+      const save = (stageDone: boolean, p: Map<string, Float32Array>, o: OptimizerState, c: DataCursor): Checkpoint => {
+        seq += 1;
+        const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps };
+        const mo = new Map<string, Float32Array>();
+        for (const [id, sl] of o.slots) {
+          mo.set(`m.${id}`, sl.m);
+          if (sl.v) mo.set(`v.${id}`, sl.v);
+        }
+        const shapes = new Map(plan.parameters.map((q) => [q.id, q.shape]));
+        const ck = writeCheckpoint(ckptRoot, seq, { 'params.safetensors': packTensors(p, shapes), 'optimizer.safetensors': packTensors(mo), 'state.json': JSON.stringify(state, null, 1) + '\n' });
+        prune(ckptRoot, stageEnds, ck.step);
+        return ck;
+      };
+
+      let lastLoss: number | undefined;
+      let sample: MicroBatch | undefined;
+      let tokens = 0;
+      const tStart = performance.now();
+      const stepsAtStart = stepsDone;
+      if (!metricsOpen) {
+        writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
+        metricsOpen = true;
+      }
+      for (const ts of loader.steps(cursor, epochs)) {
+        if (stepsDone >= total) break;
+        const t1 = performance.now();
+        const r = runner.step(ts.microBatches);
+        const secs = (performance.now() - t1) / 1000;
+        const stepTokens = ts.microBatches.reduce((a, mb) => a + mb.rows * mb.seqLen, 0);
+        tokens += stepTokens;
+        stepsDone += 1;
+        stepsThisRun += 1;
+        cursor = ts.next;
+        sample = ts.microBatches[0];
+        const tps = stepTokens / Math.max(secs, 1e-9);
+        metric({ stage: stage.name, step: stepsDone - 1, loss: r.loss, constraint: r.constraint, lr: r.lr, gradNorm: r.gradNorm, tokensPerSec: Math.round(tps), skipped: !r.applied });
+        if (r.applied) {
+          lastLoss = r.loss;
+          badSteps = 0;
+        } else {
+          badSteps += 1;
+          w(`${opts.tty ? '\n' : ''}warning: stage ${stage.name} step ${stepsDone}: skipped (${r.skipped ?? 'non-finite loss or gradient'}); ${badSteps} in a row\n`);
+          if (badSteps >= s.maxBadSteps) {
+            const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
+            return {
+              code: 1,
+              stages: summaries,
+              exports: [],
+              message: `stopped: ${badSteps} consecutive NaN/Inf steps in stage ${stage.name} (max_bad_steps ${s.maxBadSteps}); ${latest ? `the last good checkpoint is ${latest.dir}; lower the learning rate or check the data, then rerun with --resume` : 'no checkpoint was written yet'}`,
+            };
+          }
+        }
+        // Progress.
+        const elapsed = (performance.now() - tStart) / 1000;
+        const rate = (stepsDone - stepsAtStart) / Math.max(elapsed, 1e-9);
+        const eta = (total - stepsDone) / Math.max(rate, 1e-9);
+        const line = `${stage.name} ${stepsDone}/${total} loss ${r.loss.toFixed(4)} ${Math.round(tokens / Math.max(elapsed, 1e-9))} tok/s ETA ${fmtSecs(eta)}`;
+        if (opts.tty) w(`\r${line}\x1b[K${stepsDone === total ? '\n' : ''}`);
+        else if (stepsDone % (opts.progressEvery ?? 10) === 0 || stepsDone === total) w(`${line}\n`);
+
+        if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, runner.parameters(), runner.optimizerState(), cursor);
+        if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {
+          return { code: 1, stages: summaries, exports: [], message: `stopped after ${stepsThisRun} steps (stopAfter)` };
+        }
+      }
+      const secs = (performance.now() - t0) / 1000;
+      const trainSecs = (performance.now() - tStart) / 1000;
+      const before = runner.parameters();
+      const constraints = constraintSums(stage, plan, before);
+      // Exit transitions, then the merge check.
+      let mergeCheck: StageSummary['mergeCheck'];
+      const merges = stage.exit.filter((x) => x.op === 'merge');
+      let reference: { value: string; out: Float32Array } | undefined;
+      const probeId = stage.values.some((v) => v.id === 'x.final') ? 'x.final' : undefined;
+      if (merges.length && sample && probeId) reference = { value: probeId, out: runner.forward(sample, [probeId]).get(probeId)! };
+      const report = runner.applyExit();
+      params = runner.parameters();
+      if (reference && sample) mergeCheck = await checkMerge(plan, stage, before, params, merges, sample, reference, root, opts.seed, total);
+      const ex: string[] = [];
+      for (const m of report.merged) ex.push(`merged ${m.adapter}${m.part ? `.${m.part}` : ''} (${m.sites.length} sites)`);
+      if (report.dropped.length) ex.push(`dropped ${report.dropped.length} tensors`);
+      for (const d of report.droppedExperts) if (d.experts.length) ex.push(`dropped experts ${d.experts.join(',')} of ${d.adapter} at ${d.site}`);
+      if (report.frozen.length) ex.push(`froze ${report.frozen.join(', ')}`);
+      if (ex.length) w(`stage ${stage.name} exit: ${ex.join('; ')}\n`);
+      if (mergeCheck) {
+        w(`stage ${stage.name} merge check: max |merged - unmerged| of ${mergeCheck.value} = ${mergeCheck.maxAbsDiff.toExponential(2)} ${mergeCheck.ok ? 'ok' : 'FAILED'}\n`);
+        if (!mergeCheck.ok) throw new RunError(`stage ${stage.name}: the merged model's outputs differ from the unmerged model's by ${mergeCheck.maxAbsDiff} (tolerance 1e-4)`);
+      }
+      if (stage.evals.some((e) => e.probes.length)) w(`stage ${stage.name}: eval probes ${stage.evals.flatMap((e) => e.probes).join(', ')} skipped (the runtime has no probe runner yet)\n`);
+      const ck = save(true, params, runner.optimizerState(), cursor);
+      stageEnds.add(ck.step);
+      writeFileAtomicSync(join(stagesDir, `${stage.name}.json`), JSON.stringify({ stage: stage.name, hash, checkpoint: ck.step } satisfies StageRecord, null, 1) + '\n');
+      const ran = stepsDone - stepsAtStart;
+      const summary: StageSummary = {
+        stage: stage.name,
+        reused: false,
+        steps: stepsDone,
+        ...(lastLoss !== undefined ? { finalLoss: lastLoss } : {}),
+        constraints,
+        ...(mergeCheck ? { mergeCheck } : {}),
+        secs,
+        ...(ran > 0 ? { tokensPerSec: tokens / trainSecs, stepsPerSec: ran / trainSecs } : {}),
+      };
+      summaries.push(summary);
+      keptMetrics.length = 0;
+      w(`stage ${stage.name} done: ${stepsDone} steps${lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : ''}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
+      for (const c of constraints) w(`  orthogonality ${c.target} vs ${c.other} (${c.matrix}): sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}\n`);
+    } finally {
+      runner.dispose();
+    }
+  }
+
+  const exports = runExports(plan, params!, root);
+  for (const e of exports) w(`exported ${e.format} -> ${e.path}\n`);
+  return { code: 0, stages: summaries, exports };
+}
+
+function fmtSecs(s: number): string {
+  if (!Number.isFinite(s)) return '?';
+  if (s < 60) return `${Math.round(s)}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+function tryVerify(ckptRoot: string, step: number): Checkpoint | undefined {
+  try {
+    return verifyCheckpoint(join(ckptRoot, `step-${String(step).padStart(6, '0')}`));
+  } catch {
+    return undefined;
+  }
+}
+
+function readStageRecord(dir: string, stage: string): StageRecord | undefined {
+  try {
+    const r = JSON.parse(readFileSync(join(dir, `${stage}.json`), 'utf8')) as StageRecord;
+    return typeof r.hash === 'string' && typeof r.checkpoint === 'number' ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Removes periodic checkpoints beyond the newest two; stage-end checkpoints and `keep` stay. */
+function prune(ckptRoot: string, stageEnds: ReadonlySet<number>, keep: number): void {
+  let periodic = 0;
+  for (const c of listCheckpoints(ckptRoot)) {
+    if (stageEnds.has(c.step) || c.step === keep) continue;
+    if (++periodic <= 2) continue;
+    rmSync(c.dir, { recursive: true, force: true });
+  }
+}
+
+async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokenizer: ReturnType<typeof createTokenizer>, opts: RunOptions): Promise<{ set: Dataset; hash: string }[]> {
+  const out: { set: Dataset; hash: string }[] = [];
+  for (const name of stage.data) {
+    const spec = plan.data.find((d) => d.name === name);
+    if (!spec) throw new RunError(`stage ${stage.name}: no data entry '${name}' in the plan`);
+    const set = await loadDataSource(spec, { root, tokenizer, maxLen: stage.settings.maxLen, lossOn: stage.settings.loss, skipBadRecords: opts.skipBadRecords ?? false, allowOutsideRoot: opts.allowOutsideRoot ?? false });
+    if (set.skipped) opts.write(`${spec.path}: skipped ${set.skipped} bad record${set.skipped === 1 ? '' : 's'} (--skip-bad-records); first: ${set.warnings[0]?.message ?? ''}\n`);
+    const path = isAbsolute(spec.path) ? spec.path : resolve(root, spec.path);
+    out.push({ set, hash: sha(JSON.stringify(spec) + sha(readFileSync(path))) });
+  }
+  return out;
+}
+
+/** Content hash of the model folder when the plan loads pretrained weights (else ''). */
+function modelFilesHash(plan: Plan, root: string): string {
+  if (!plan.parameters.some((p) => p.init.kind === 'pretrained')) return '';
+  const src = plan.model.source;
+  if (src.kind !== 'hf') return '';
+  const dir = isAbsolute(src.path) ? src.path : resolve(root, src.path);
+  if (!existsSync(dir)) return '';
+  const h = createHash('sha256');
+  const files = statSync(dir).isDirectory() ? readdirSync(dir).sort().map((f) => join(dir, f)) : [dir];
+  for (const f of files) {
+    if (!statSync(f).isFile()) continue;
+    h.update(f).update(readFileSync(f));
+  }
+  return h.digest('hex');
+}
+
+/** Sum of |A_t A_o^T| (or |B_t^T B_o|) over the constraint's sites, from parameter values. */
+function constraintSums(stage: PlanStage, plan: Plan, params: ReadonlyMap<string, Float32Array>): StageSummary['constraints'] {
+  const out: StageSummary['constraints'] = [];
+  const shape = new Map(plan.parameters.map((p) => [p.id, p.shape]));
+  for (const c of stage.constraints) {
+    for (const other of c.others) {
+      let sum = 0;
+      let found = false;
+      for (const site of c.sites) {
+        const a = `${c.target}.${site}.${c.matrix}`;
+        const b = `${other}.${site}.${c.matrix}`;
+        const x = params.get(a);
+        const y = params.get(b);
+        const sx = shape.get(a);
+        const sy = shape.get(b);
+        if (!x || !y || !sx || !sy || sx.length !== 2 || sy.length !== 2) continue;
+        found = true;
+        if (c.matrix === 'A') {
+          // A: [r, in]; sum over i, j of |Σ_k x[i,k] y[j,k]|.
+          const [r1, n] = sx;
+          const r2 = sy[0];
+          for (let i = 0; i < r1; i++)
+            for (let j = 0; j < r2; j++) {
+              let d = 0;
+              for (let k = 0; k < n; k++) d += x[i * n + k] * y[j * n + k];
+              sum += Math.abs(d);
+            }
+        } else {
+          // B: [out, r]; sum over i, j of |Σ_k x[k,i] y[k,j]|.
+          const [n, r1] = sx;
+          const r2 = sy[1];
+          for (let i = 0; i < r1; i++)
+            for (let j = 0; j < r2; j++) {
+              let d = 0;
+              for (let k = 0; k < n; k++) d += x[k * r1 + i] * y[k * r2 + j];
+              sum += Math.abs(d);
+            }
+        }
+      }
+      if (found) out.push({ target: c.target, other, matrix: c.matrix, value: sum });
+    }
+  }
+  return out;
+}
+
+/**
+ * After a merge: the stage's graph over the merged base weights, with the merged adapters' B set to 0 at the
+ * merged sites (every other tensor as before the exit), must compute what the unmerged model computed.
+ */
+async function checkMerge(
+  plan: Plan,
+  stage: PlanStage,
+  before: Map<string, Float32Array>,
+  after: Map<string, Float32Array>,
+  merges: PlanStage['exit'],
+  sample: MicroBatch,
+  ref: { value: string; out: Float32Array },
+  root: string,
+  seed: number | undefined,
+  total: number,
+): Promise<StageSummary['mergeCheck']> {
+  const p = new Map(before);
+  for (const m of merges) {
+    if (m.op !== 'merge' || m.part) return undefined;
+    for (const site of m.sites) {
+      const wId = `base.${site}.weight`;
+      const bId = `${m.adapter}.${site}.B`;
+      const wv = after.get(wId);
+      const bv = p.get(bId);
+      if (!wv || !bv) return undefined;
+      p.set(wId, wv);
+      p.set(bId, new Float32Array(bv.length));
+    }
+  }
+  const r: StageRunner = await createStageRunner(plan, stage.name, { root, parameters: p, totalSteps: total, ...(seed !== undefined ? { seed } : {}) });
+  try {
+    const out = r.forward(sample, [ref.value]).get(ref.value)!;
+    let d = 0;
+    let scale = 1e-12;
+    for (let i = 0; i < out.length; i++) {
+      d = Math.max(d, Math.abs(out[i] - ref.out[i]));
+      scale = Math.max(scale, Math.abs(ref.out[i]));
+    }
+    return { value: ref.value, maxAbsDiff: d, ok: d <= 1e-4 * Math.max(1, scale) };
+  } finally {
+    r.dispose();
+  }
+}
