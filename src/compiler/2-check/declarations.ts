@@ -33,7 +33,7 @@ export function checkModel(ctx: Ctx, d: A.Decl): void {
   if (v.ctor === 'builtin') {
     const name = v.args.name as string | undefined;
     if (name === undefined) return;
-    const base = builtinModels[name];
+    const base = Object.hasOwn(builtinModels, name) ? builtinModels[name] : undefined;
     if (!base) {
       ctx.diags.report('unknown_builtin_model', v.spans.name ?? d.span, `there is no built-in model \`${name}\``, {
         hint: didYouMean(name, Object.keys(builtinModels)) ?? `built-in models: ${Object.keys(builtinModels).join(', ')}`,

@@ -90,7 +90,7 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
 
   const exports = checkExports(ctx, composed.exports);
   if (!ctx.model?.config || !ctx.model.source || !ctx.model.tokenizer) return { sources, composed };
-  const final: Record<string, AdapterStatus> = {};
+  const final: Record<string, AdapterStatus> = Object.create(null); // an adapter may be called `__proto__`
   for (const [n, st] of ctx.status) final[n] = st.status;
   const entry = composed.files[0].file;
   return {

@@ -12,7 +12,8 @@ import { settingNames, settings as settingSpecs } from './schema.js';
 import { describeExpr, type CtorValue, type Warmup } from './values.js';
 
 export function checkStage(ctx: Ctx, s: A.Stage): CheckedStage {
-  const entry: Record<string, AdapterStatus> = {};
+  // No prototype: an adapter may be called `__proto__`.
+  const entry: Record<string, AdapterStatus> = Object.create(null);
   for (const [name, st] of ctx.status) entry[name] = st.status;
 
   const settings = checkSettings(ctx, s);
