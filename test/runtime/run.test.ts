@@ -1,0 +1,100 @@
+/**
+ * runPlan (src/runtime/run.ts) directly: a resume across a stage boundary is bit-identical, NaN steps stop the
+ * run at max_bad_steps keeping the last good checkpoint, changed data retrains, a terminal gets `\r` progress.
+ */
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { compileFile, nodeHost } from '../../src/compiler/index.js';
+import type { Plan } from '../../src/plan/types.js';
+import { runPlan, type RunOptions } from '../../src/runtime/run.js';
+
+const PIPELINE = `pipeline small
+model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
+data d = jsonl("d.jsonl")
+adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
+stage one {
+  train a on d
+  steps 2
+  lr 1e-2
+  batch 4
+  micro_batch 2
+  max_len 32
+  max_bad_steps 2
+  then {
+    merge a into base
+  }
+}
+stage two {
+  adapter b = lora(r: 2, alpha: 4) at layers[*].mlp.up
+  train b on d
+  steps 3
+  lr 1e-2
+  batch 4
+  micro_batch 2
+  max_len 32
+  checkpoint_every 1
+}
+`;
+
+const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i * 3}.` }] });
+
+describe('runPlan', () => {
+  let dir: string;
+  let plan: Plan;
+  const opts = (runDir: string, extra: Partial<RunOptions> = {}): RunOptions & { text: () => string } => {
+    let text = '';
+    return { root: dir, runDir: join(dir, runDir), write: (t) => void (text += t), text: () => text, ...extra };
+  };
+  const finalParams = (runDir: string) => {
+    const rec = JSON.parse(readFileSync(join(dir, runDir, 'stages/two.json'), 'utf8')) as { checkpoint: number };
+    return readFileSync(join(dir, runDir, 'checkpoints', `step-${String(rec.checkpoint).padStart(6, '0')}`, 'params.safetensors'));
+  };
+
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'mcpc-runplan-'));
+    writeFileSync(join(dir, 'p.mcp'), PIPELINE);
+    writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 16 }, (_, i) => record(i)).join('\n') + '\n');
+    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, {});
+    if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
+    plan = res.plan;
+  });
+
+  it('a run stopped in the second stage and resumed ends bit-identical to an uninterrupted one', async () => {
+    const full = opts('full', { tty: true });
+    expect((await runPlan(plan, full)).code).toBe(0);
+    expect(full.text()).toMatch(/\rtwo 3\/3 loss \d+\.\d+ \d+ tok\/s ETA/);
+    const stopped = await runPlan(plan, opts('cut', { stopAfter: 3 }));
+    expect(stopped.code).toBe(1);
+    const resumed = opts('cut', { resume: true });
+    const r = await runPlan(plan, resumed);
+    expect(r.code).toBe(0);
+    expect(resumed.text()).toMatch(/stage one unchanged, reusing/);
+    expect(resumed.text()).toMatch(/stage two: resuming at step 1\/3/);
+    expect(finalParams('cut').equals(finalParams('full'))).toBe(true);
+  });
+
+  it('changed data retrains the stages that read it', async () => {
+    const o = opts('changed');
+    expect((await runPlan(plan, o)).code).toBe(0);
+    appendFileSync(join(dir, 'd.jsonl'), record(99) + '\n');
+    const again = opts('changed');
+    expect((await runPlan(plan, again)).code).toBe(0);
+    expect(again.text()).not.toMatch(/unchanged/);
+  });
+
+  it('max_bad_steps consecutive NaN steps stop the run, keeping the last good checkpoint', async () => {
+    const bad: Plan = JSON.parse(JSON.stringify(plan));
+    bad.stages[0].settings.lr = 3e38;
+    bad.stages[0].settings.steps = 6;
+    bad.stages[0].settings.checkpointEvery = 1;
+    const o = opts('nan');
+    const r = await runPlan(bad, o);
+    expect(r.code).toBe(1);
+    expect(r.message).toMatch(/2 consecutive NaN\/Inf steps in stage one \(max_bad_steps 2\); the last good checkpoint is .*step-000001/);
+    expect(existsSync(join(dir, 'nan/checkpoints/step-000001/COMPLETE'))).toBe(true);
+    const metrics = readFileSync(join(dir, 'nan/metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { skipped: boolean });
+    expect(metrics.map((m) => m.skipped)).toEqual([false, true, true]);
+  });
+});
