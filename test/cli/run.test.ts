@@ -96,7 +96,7 @@ describe('mcpc run', () => {
   });
 
   it('the exports load back: the merged model as a Hugging Face checkpoint, the adapters as PEFT', () => {
-    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, {});
+    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
     const plan = res.plan as Plan;
     const final = SafetensorsReader.fromBytes(stageParams(join(dir, 'out/tiny'), 'two'));
     const hf = loadHfCheckpoint(plan, join(dir, 'exports/merged'));

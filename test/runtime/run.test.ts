@@ -56,7 +56,7 @@ describe('runPlan', () => {
     dir = mkdtempSync(join(tmpdir(), 'mcpc-runplan-'));
     writeFileSync(join(dir, 'p.mcp'), PIPELINE);
     writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 16 }, (_, i) => record(i)).join('\n') + '\n');
-    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, {});
+    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
     if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
     plan = res.plan;
   });

@@ -11,6 +11,9 @@ import { validatePlan } from '../../plan/validate.js';
 import { DataError } from '../../runtime/data/errors.js';
 import { RunError, runPlan } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
+import { CheckpointError } from '../../runtime/io/checkpoint.js';
+import { TokenizerError } from '../../runtime/tokenizer/index.js';
+import { WeightsError } from '../../runtime/weights/errors.js';
 import { intOption, parse } from '../args.js';
 import { compileInput } from '../compile-input.js';
 import { UsageError, type Command } from '../io.js';
@@ -133,7 +136,7 @@ export const runCommand: Command = async (argv, io) => {
     }
     return 0;
   } catch (e) {
-    if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError) {
+    if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError) {
       io.stderr(`mcpc run: ${e.message}${e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)' : ''}\n`);
       return 1;
     }
