@@ -58,7 +58,7 @@ export interface RunOptions {
   allowOutsideRoot?: boolean;
   /** Whether the output is a terminal: progress is one `\r`-rewritten line. */
   tty?: boolean;
-  /** Without a terminal: a progress line every this many steps (default 10). */
+  /** Without a terminal: a progress line after the first step, every this many steps (default 10) and at least every 30 s. */
   progressEvery?: number;
   /** Where messages go (each call is complete text, newline included). */
   write: (text: string) => void;
@@ -278,6 +278,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       let tokens = 0;
       const tStart = performance.now();
       const stepsAtStart = stepsDone;
+      let lastLine = performance.now();
       if (!metricsOpen) {
         writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
         metricsOpen = true;
@@ -317,7 +318,10 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         const eta = (total - stepsDone) / Math.max(rate, 1e-9);
         const line = `${stage.name} ${stepsDone}/${total} loss ${r.loss.toFixed(4)} ${Math.round(tokens / Math.max(elapsed, 1e-9))} tok/s ETA ${fmtSecs(eta)}`;
         if (opts.tty) w(`\r${line}\x1b[K${stepsDone === total ? '\n' : ''}`);
-        else if (stepsDone % (opts.progressEvery ?? 10) === 0 || stepsDone === total) w(`${line}\n`);
+        else if (stepsDone % (opts.progressEvery ?? 10) === 0 || stepsDone === total || stepsDone === stepsAtStart + 1 || performance.now() - lastLine > 30_000) {
+          w(`${line}\n`);
+          lastLine = performance.now();
+        }
 
         if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, runner.parameters(), runner.optimizerState(), cursor);
         if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {
@@ -343,6 +347,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       for (const d of report.droppedExperts) if (d.experts.length) ex.push(`dropped experts ${d.experts.join(',')} of ${d.adapter} at ${d.site}`);
       if (report.frozen.length) ex.push(`froze ${report.frozen.join(', ')}`);
       if (ex.length) w(`stage ${stage.name} exit: ${ex.join('; ')}\n`);
+      if (merges.length && !mergeCheck) w(`stage ${stage.name}: merge check skipped (${!sample ? 'no step ran' : !probeId ? 'the stage has no x.final value' : 'mixture merges are not checked yet'})\n`);
       if (mergeCheck) {
         w(`stage ${stage.name} merge check: max |merged - unmerged| of ${mergeCheck.value} = ${mergeCheck.maxAbsDiff.toExponential(2)} ${mergeCheck.ok ? 'ok' : 'FAILED'}\n`);
         if (!mergeCheck.ok) throw new RunError(`stage ${stage.name}: the merged model's outputs differ from the unmerged model's by ${mergeCheck.maxAbsDiff} (tolerance 1e-4)`);
@@ -364,7 +369,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       };
       summaries.push(summary);
       keptMetrics.length = 0;
-      w(`stage ${stage.name} done: ${stepsDone} steps${lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : ''}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
+      w(`stage ${stage.name} done: ${stepsDone} step${stepsDone === 1 ? '' : 's'}${lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : ''}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
       for (const c of constraints) w(`  orthogonality ${c.target} vs ${c.other} (${c.matrix}): sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}\n`);
     } finally {
       runner.dispose();
