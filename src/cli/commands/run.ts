@@ -137,7 +137,11 @@ export const runCommand: Command = async (argv, io) => {
     return 0;
   } catch (e) {
     if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError) {
-      io.stderr(`mcpc run: ${e.message}${e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)' : ''}\n`);
+      const hint =
+        e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)'
+        : e instanceof WeightsError && /has neither model\.safetensors/.test(e.message) ? '\nThe model has no weights yet: produce them first (for models/tiny-med-base: `mcpc run pipelines/pretrain.mcp`).'
+        : '';
+      io.stderr(`mcpc run: ${e.message}${hint}\n`);
       return 1;
     }
     throw e;
