@@ -360,9 +360,9 @@ describe('the linter never throws (checkFile, in memory)', () => {
     fc.assert(fc.property(fc.uint8Array({ maxLength: 400 }), (b) => void lint(Buffer.from(b).toString('utf8'))), runs(500));
   });
 
-  it('on truncations of every pipeline in pipelines/ and examples/ at every 23rd offset', () => {
+  it('on truncations of every pipeline in pipelines/ and examples/ at every 29th offset', () => {
     for (const [path, text] of corpus) {
-      for (let n = 0; n < text.length; n += 23) lint(text.slice(0, n), path);
+      for (let n = 0; n < text.length; n += 29) lint(text.slice(0, n), path);
     }
   });
 
@@ -598,7 +598,7 @@ describe('`mcpc lint FILE --format json` exits 0 or 1 with JSON on stdout', () =
       fc.tuple(corpusFile, fc.nat()).map(([p, k]) => ({ content: corpus.get(p)!.slice(0, k % (corpus.get(p)!.length + 1)) as string | Uint8Array, beside: p })),
       mutated.map(({ path, text }) => ({ content: text as string | Uint8Array, beside: path })),
     );
-    await fc.assert(fc.asyncProperty(input, async ({ content, beside }) => void (await cli(content, beside))), runs(300));
+    await fc.assert(fc.asyncProperty(input, async ({ content, beside }) => void (await cli(content, beside))), runs(250));
   });
 
   it('131 072 diagnostics overflowed the stack in `all.push(...diagnostics)` (exit 2, internal error)', async () => {
@@ -608,7 +608,7 @@ describe('`mcpc lint FILE --format json` exits 0 or 1 with JSON on stdout', () =
   }, EXTREME_TIMEOUT_MS);
 
   it('in every format, on the extremes (a 1 MB line was printed whole in every text frame and SARIF region)', async () => {
-    for (const text of ['('.repeat(100_000), medcare + `\nadapter deep = lora() at layers[*].${'a.'.repeat(100_000)}q\n`]) await cli(text, 'pipelines/x.mcp');
+    await cli('('.repeat(100_000), 'pipelines/x.mcp');
     const inputs = [
       '',
       '\uD800\0\r\n"',
