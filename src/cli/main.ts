@@ -3,21 +3,16 @@
  * mistakes: usage errors and internal errors exit 2 with one readable line.
  */
 import { processIO, UsageError, type CliIO, type Command } from './io.js';
-import { compileCommand } from './commands/compile.js';
-import { explainCommand } from './commands/explain.js';
-import { fmtCommand } from './commands/fmt.js';
-import { lintCommand } from './commands/lint.js';
-import { modelsCommand } from './commands/models.js';
-import { runCommand } from './commands/run.js';
 import { version } from './version.js';
 
-const commands: Record<string, { run: Command; summary: string }> = {
-  lint: { run: lintCommand, summary: 'check pipelines (syntax, names, selectors, lint rules); text, json or sarif output' },
-  fmt: { run: fmtCommand, summary: 'rewrite pipelines in the canonical layout (--check: exit 1 when a file would change)' },
-  compile: { run: compileCommand, summary: 'compile a pipeline to its execution plan (<out>/<pipeline>.plan.json)' },
-  explain: { run: explainCommand, summary: 'show per stage what trains, what is folded, merged, dropped, the kernels, FLOPs and memory' },
-  run: { run: runCommand, summary: 'train every stage of a plan (CPU), with checkpoints, --resume, metrics and the exports' },
-  models: { run: modelsCommand, summary: 'list the built-in model configurations' },
+// Each command is loaded only when its verb runs: `lint` must not pay for tfjs, ajv or ts-morph at startup.
+const commands: Record<string, { load: () => Promise<Command>; summary: string }> = {
+  lint: { load: async () => (await import('./commands/lint.js')).lintCommand, summary: 'check pipelines (syntax, names, selectors, lint rules); text, json or sarif output' },
+  fmt: { load: async () => (await import('./commands/fmt.js')).fmtCommand, summary: 'rewrite pipelines in the canonical layout (--check: exit 1 when a file would change)' },
+  compile: { load: async () => (await import('./commands/compile.js')).compileCommand, summary: 'compile a pipeline to its execution plan (<out>/<pipeline>.plan.json)' },
+  explain: { load: async () => (await import('./commands/explain.js')).explainCommand, summary: 'show per stage what trains, what is folded, merged, dropped, the kernels, FLOPs and memory' },
+  run: { load: async () => (await import('./commands/run.js')).runCommand, summary: 'train every stage of a plan (CPU), with checkpoints, --resume, metrics and the exports' },
+  models: { load: async () => (await import('./commands/models.js')).modelsCommand, summary: 'list the built-in model configurations' },
 };
 
 export const help = `mcpc ${version}: compiler and runtime for .mcp multi-stage adapter fine-tuning pipelines
@@ -48,7 +43,7 @@ export async function main(argv: string[], io: CliIO = processIO()): Promise<num
     return 2;
   }
   try {
-    return await cmd.run(rest, io);
+    return await (await cmd.load())(rest, io);
   } catch (err) {
     if (err instanceof UsageError) {
       io.stderr(`mcpc ${verb}: ${err.message}\n`);

@@ -3,7 +3,7 @@
  * token streams (does the EBNF accept what the parser accepts?) and to generate sentences (does the parser
  * accept what the EBNF describes?). Only the notation the generator prints is understood.
  */
-import type { IToken } from 'chevrotain';
+import type { IToken } from '../../src/compiler/1-parse/chevrotain.js';
 
 export type Expr =
   | { k: 'alt'; alts: Expr[] }

@@ -8,7 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { createToken, CstParser, EMPTY_ALT, Lexer, type CstElement, type CstNode, type IToken } from 'chevrotain';
+import { createToken, CstParser, EMPTY_ALT, Lexer, type CstElement, type CstNode, type IToken } from '../../src/compiler/1-parse/chevrotain.js';
 import { describe, expect, it } from 'vitest';
 import { generateEbnf, tokenName } from '../../src/compiler/1-parse/ebnf.js';
 import { parser } from '../../src/compiler/1-parse/parser.js';

@@ -2,7 +2,8 @@
  * `mcpc lint [files|folders...]`: parse and check pipelines, print diagnostics as text, json or sarif.
  * Exit 0 clean, 1 errors or more warnings than --max-warnings, 2 usage or internal error.
  */
-import { checkFile, compileFile, nodeHost, type CheckFileResult } from '../../compiler/index.js';
+import { checkFile, type CheckFileResult } from '../../compiler/check-file.js';
+import { nodeHost } from '../../compiler/2-check/host.js';
 import { Diagnostics, type Diagnostic } from '../../compiler/diagnostics/diagnostic.js';
 import type { CheckedPipeline } from '../../compiler/2-check/checked.js';
 import type { SourceFile } from '../../compiler/source.js';
@@ -59,6 +60,8 @@ export const lintCommand: Command = async (argv, io) => {
     // A memory budget (in a stage or in mcpc.yaml) is checked by the memory planner: compile such pipelines.
     const budgeted = cfg.memory !== undefined || res.pipeline?.stages.some((s) => s.settings.memoryBytes !== undefined);
     if (budgeted && res.pipeline && !res.diagnostics.some((d) => d.severity === 'error')) {
+      // The full compiler is loaded only for pipelines with a memory budget (memory_budget_exceeded).
+      const { compileFile } = await import('../../compiler/compile.js');
       res = compileFile(f, host, cfg.lint.rules, { optLevel: 1, ...(cfg.memory !== undefined ? { memoryBudget: cfg.memory } : {}) });
     }
     for (const d of res.diagnostics) all.push(d); // not push(...): 100 000s of arguments overflow the stack

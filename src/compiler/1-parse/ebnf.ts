@@ -23,7 +23,7 @@ import {
   Terminal,
   type IProduction,
   type TokenType,
-} from 'chevrotain';
+} from './chevrotain.js';
 import { parser as defaultParser } from './parser.js';
 import { allTokens as defaultTokens } from './tokens.js';
 

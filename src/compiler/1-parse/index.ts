@@ -2,7 +2,7 @@
  * Phase 1: source text -> AST with spans, plus syntax diagnostics. Never throws.
  */
 import { basename } from 'node:path';
-import { EOF, type IRecognitionException, type IToken } from 'chevrotain';
+import { EOF, type IRecognitionException, type IToken } from './chevrotain.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import { SourceFile } from '../source.js';
 import type * as A from './ast.js';

@@ -3,7 +3,7 @@
  * tokens glued together (`1lr`), a setting whose value is missing (it would swallow the next line's
  * name), and non-integer selector indices.
  */
-import type { IToken } from 'chevrotain';
+import type { IToken } from './chevrotain.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import type { SourceFile } from '../source.js';
 import type * as A from './ast.js';

@@ -3,7 +3,7 @@
  * recovery is on, so one run reports every independent syntax error; recovered CST nodes may miss children.
  * `grammar/mcp.ebnf` is generated from these rules (`npm run grammar`) and a test keeps the two identical.
  */
-import { CstParser, EOF, tokenMatcher, type IParserErrorMessageProvider, type IRecognitionException, type IToken, type TokenType } from 'chevrotain';
+import { CstParser, EOF, tokenMatcher, type IParserErrorMessageProvider, type IRecognitionException, type IToken, type TokenType } from './chevrotain.js';
 import * as T from './tokens.js';
 
 /** After this many syntax errors in one file the rest are noise: the parser stops there. */

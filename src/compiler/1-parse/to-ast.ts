@@ -2,7 +2,7 @@
  * CST -> AST. Tolerates the holes error recovery leaves: a missing token becomes an empty name or an absent
  * optional field, never an exception.
  */
-import type { CstElement, CstNode, IToken } from 'chevrotain';
+import type { CstElement, CstNode, IToken } from './chevrotain.js';
 import type { SourceFile, Span } from '../source.js';
 import type * as A from './ast.js';
 

@@ -3,7 +3,7 @@
  * `drop` + `out`. Keywords are also `Name`s, so they can still appear where only a name makes sense
  * (selector segments such as `norm`, argument names such as `weight:`).
  */
-import { createToken, Lexer, type TokenType } from 'chevrotain';
+import { createToken, Lexer, type TokenType } from './chevrotain.js';
 
 export const Name = createToken({ name: 'Name', pattern: Lexer.NA });
 export const Keyword = createToken({ name: 'Keyword', pattern: Lexer.NA });
