@@ -12,8 +12,8 @@ export type ParamState = 'trainable' | 'frozen' | 'folded' | 'merged' | 'dropped
 export type Dim = number | 'T';
 
 /**
- * The op of a forward step. Keep in step with the compiler IR's `Op` (src/compiler/ir/types.ts; the emitter
- * fails to type-check otherwise), then run `npm run schema` to regenerate schema.json.
+ * The op of a forward step; the compiler IR's `Op` is this type. After a change run `npm run schema` to
+ * regenerate schema.json.
  */
 export type PlanOp =
   | 'embedding'

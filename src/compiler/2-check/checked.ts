@@ -3,6 +3,7 @@
  * selector expanded to sites with shapes, every setting typed with its default filled in, and the state of
  * each adapter at the entry of each stage made explicit.
  */
+import type { PlanStageSettings } from '../../plan/types.js';
 import type { Span } from '../source.js';
 import type { ModelConfig } from './models.js';
 import type { CtorValue, Warmup } from './values.js';
@@ -67,27 +68,8 @@ export interface CheckedProbe {
   span: Span;
 }
 
-export interface StageSettings {
-  epochs: number;
-  steps?: number;
-  lr: number;
-  schedule: { kind: 'constant' | 'linear' | 'cosine'; warmup: Warmup; minLr: number };
-  batch: number;
-  microBatch: number;
-  maxLen: number;
-  weightDecay: number;
-  optimizer: { kind: 'adamw'; beta1: number; beta2: number; eps: number } | { kind: 'sgd'; momentum: number };
-  gradClip: number;
-  seed: number;
-  precision: 'f32' | 'bf16' | 'f16';
-  memoryBytes?: number;
-  checkpointEvery: number;
-  packing: boolean;
-  loss: 'response' | 'all';
-  recompute: boolean;
-  maxBadSteps: number;
-  shuffle: boolean;
-}
+/** Typed stage settings with defaults filled in: exactly what the plan carries per stage. */
+export type StageSettings = PlanStageSettings;
 
 export interface CheckedConstraint {
   kind: 'orthogonal';

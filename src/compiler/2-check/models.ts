@@ -2,22 +2,12 @@
  * Model configurations and the module tree selectors resolve against. Built-in configs ship with the
  * compiler; `hf("dir")` models are read from `dir/config.json` (Qwen2 and Llama layouts).
  */
+import { hfConfigJson } from '../../plan/hf-config.js';
+import type { PlanModelConfig } from '../../plan/types.js';
 
-export interface ModelConfig {
-  arch: 'qwen2' | 'llama';
-  vocab: number;
-  hidden: number;
-  layers: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  ffn: number;
-  tied: boolean;
-  qkvBias: boolean;
-  ropeTheta: number;
-  rmsEps: number;
-  maxPositions: number;
-}
+
+/** The model configuration, as the plan carries it. */
+export type ModelConfig = PlanModelConfig;
 
 const qwen2 = (c: Omit<ModelConfig, 'arch' | 'headDim' | 'qkvBias' | 'rmsEps'> & Partial<ModelConfig>): ModelConfig => ({
   arch: 'qwen2',
@@ -104,24 +94,7 @@ export function configFromHf(json: unknown): { config?: ModelConfig; problems: s
 
 /** The config.json a Hugging Face loader expects for a ModelConfig (the inverse of configFromHf). */
 export function configToHf(c: ModelConfig): Record<string, unknown> {
-  return {
-    architectures: [c.arch === 'llama' ? 'LlamaForCausalLM' : 'Qwen2ForCausalLM'],
-    model_type: c.arch,
-    vocab_size: c.vocab,
-    hidden_size: c.hidden,
-    intermediate_size: c.ffn,
-    num_hidden_layers: c.layers,
-    num_attention_heads: c.heads,
-    num_key_value_heads: c.kvHeads,
-    head_dim: c.headDim,
-    hidden_act: 'silu',
-    max_position_embeddings: c.maxPositions,
-    rms_norm_eps: c.rmsEps,
-    rope_theta: c.ropeTheta,
-    tie_word_embeddings: c.tied,
-    ...(c.arch === 'llama' ? { attention_bias: c.qkvBias } : {}),
-    torch_dtype: 'float32',
-  };
+  return hfConfigJson(c);
 }
 
 // --- module tree -------------------------------------------------------------------------------------------

@@ -6,32 +6,17 @@
  * Shapes use the symbol 'T' for the tokens of one micro-batch (micro_batch * max_len) so estimates can be
  * made for any batch; every other dimension is a number.
  */
-import type { PlanKernel } from '../../plan/types.js';
+import type { ParamState as PlanParamState, PlanKernel, PlanOp, PlanParam, PlanParamRole } from '../../plan/types.js';
 import type { CheckedPipeline, StageSettings } from '../2-check/checked.js';
 
 export type Dim = number | 'T';
 
-export type ParamRole =
-  | 'embedding'
-  | 'weight'
-  | 'bias'
-  | 'norm'
-  | 'lora_A'
-  | 'lora_B'
-  | 'expert_A'
-  | 'expert_B'
-  | 'router_W'
-  | 'router_b';
+export type ParamRole = PlanParamRole;
 
 /** A parameter's state in one stage. */
-export type ParamState = 'trainable' | 'frozen' | 'folded' | 'merged' | 'dropped' | 'absent';
+export type ParamState = PlanParamState;
 
-export type Init =
-  | { kind: 'pretrained' }
-  | { kind: 'kaiming_uniform'; a: number }
-  | { kind: 'normal'; std: number }
-  | { kind: 'zeros' }
-  | { kind: 'ones' };
+export type Init = PlanParam['init'];
 
 export interface Param {
   id: string;
@@ -56,36 +41,8 @@ export interface Value {
   kind: 'activation' | 'param' | 'input' | 'const';
 }
 
-export type Op =
-  // model structure
-  | 'embedding'
-  | 'rmsnorm'
-  | 'rope'
-  | 'attention'
-  | 'swiglu'
-  | 'add'
-  | 'lm_head_xent'
-  // a linear site before expansion: base weight plus the adapters placed on it
-  | 'adapted_linear'
-  // after site expansion
-  | 'linear'
-  | 'lora_down'
-  | 'lora_up'
-  | 'router'
-  | 'topk_gate'
-  | 'expert_down'
-  | 'expert_up'
-  | 'gate_combine'
-  | 'load_balance'
-  // after optimization
-  | 'moe_down_batched'
-  | 'moe_up_grouped'
-  | 'concat_linear'
-  | 'fused_elementwise'
-  // loss
-  | 'ortho_penalty'
-  | 'ortho_penalty_batched'
-  | 'loss_sum';
+/** The ops of the IR are exactly the ops a plan step can name. */
+export type Op = PlanOp;
 
 export interface Node {
   id: string;

@@ -23,6 +23,7 @@
  * atomically; shards or a single file left by an earlier save in another layout are removed, so transformers
  * never picks up a stale `model.safetensors`.
  */
+import { hfConfigJson } from '../../plan/hf-config.js';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Plan, PlanModelConfig, PlanParam } from '../../plan/types.js';
@@ -49,30 +50,9 @@ const SHARD_RE = /^model-\d{5}-of-\d{5}\.safetensors$/;
 /** Tensors a checkpoint may hold that are no weights (older transformers saved rotary buffers). */
 const IGNORABLE = /(^|\.)rotary_emb\.inv_freq$/;
 
-/**
- * The config.json transformers expects for a plan's model config: the same keys as the compiler's
- * `configToHf` (src/compiler/2-check/models.ts; the runtime may not import the compiler, so this is a copy
- * kept in step by a test), with `torch_dtype` naming the dtype the weights are saved in.
- */
+/** The config.json transformers expects for a plan's model config, naming the dtype the weights are saved in. */
 export function hfConfig(c: PlanModelConfig, dtype: SaveDtype = 'F32'): Record<string, unknown> {
-  return {
-    architectures: [c.arch === 'llama' ? 'LlamaForCausalLM' : 'Qwen2ForCausalLM'],
-    model_type: c.arch,
-    vocab_size: c.vocab,
-    hidden_size: c.hidden,
-    intermediate_size: c.ffn,
-    num_hidden_layers: c.layers,
-    num_attention_heads: c.heads,
-    num_key_value_heads: c.kvHeads,
-    head_dim: c.headDim,
-    hidden_act: 'silu',
-    max_position_embeddings: c.maxPositions,
-    rms_norm_eps: c.rmsEps,
-    rope_theta: c.ropeTheta,
-    tie_word_embeddings: c.tied,
-    ...(c.arch === 'llama' ? { attention_bias: c.qkvBias } : {}),
-    torch_dtype: TORCH_DTYPE[dtype],
-  };
+  return hfConfigJson(c, TORCH_DTYPE[dtype]);
 }
 
 /**
