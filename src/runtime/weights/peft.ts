@@ -62,6 +62,20 @@ export function adapterEndState(plan: Plan, name: string): { lowRank?: string; r
     if (p.role === 'lora_A' || p.role === 'lora_B') out.lowRank ??= st;
     else out.routed ??= st;
   }
+  // The last stage's own then-block runs after it trains: its transitions are the true end state.
+  const stage = plan.stages.find((s) => s.name === last);
+  for (const t of stage?.exit ?? []) {
+    if (t.adapter !== name) continue;
+    if (t.op === 'merge') {
+      if (out.lowRank !== undefined) out.lowRank = 'merged';
+    } else if (t.op === 'drop' && !t.condition) {
+      if (t.part !== 'experts' && out.lowRank !== undefined) out.lowRank = 'dropped';
+      if (out.routed !== undefined) out.routed = 'dropped';
+    } else if (t.op === 'freeze') {
+      if (out.lowRank === 'trainable') out.lowRank = 'frozen';
+      if (out.routed === 'trainable') out.routed = 'frozen';
+    }
+  }
   return out;
 }
 
