@@ -3,6 +3,7 @@
  * adapters are trainable, frozen, folded, merged and dropped (parameters and bytes), the constraints, the
  * kernels with their FLOPs, the estimated peak memory; and what each pass changed.
  */
+import { fmtBytes as bytes } from '../../compiler/util/units.js';
 import type { Plan, PlanStage } from '../../plan/types.js';
 import { parse } from '../args.js';
 import { compileInput, takeOptLevel } from '../compile-input.js';
@@ -101,15 +102,6 @@ const si = (n: number, unit: string) => {
     i++;
   }
   return `${n.toFixed(n >= 100 || i === 0 ? 0 : n >= 10 ? 1 : 2)} ${units[i]}${unit}`;
-};
-const bytes = (n: number) => {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 };
 
 export function renderExplanation(x: Explanation): string {

@@ -1,4 +1,3 @@
-import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -12,6 +11,7 @@ import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { verifyIR } from '../../../src/compiler/ir/verify.js';
 import type { Plan, PlanKernel, PlanStage } from '../../../src/plan/types.js';
 import { maxRelError, numericGrads, randomArray, rng } from '../fusion/gradcheck.js';
+import { validPipelines } from '../../support/pipelines.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const FUSIBLE = ['add', 'rmsnorm', 'swiglu'];
@@ -244,20 +244,7 @@ describe('every fused kernel of the MedCare plan matches the ops it replaces', (
 
 // --- the verifier after the pass, on every pipeline ---------------------------------------------------------
 
-function pipelineFiles(): string[] {
-  const out: string[] = [];
-  const walk = (rel: string) => {
-    for (const e of readdirSync(join(root, rel), { withFileTypes: true })) {
-      const r = `${rel}/${e.name}`;
-      if (e.isDirectory()) {
-        if (r !== 'examples/broken') walk(r);
-      } else if (e.name.endsWith('.mcp')) out.push(r);
-    }
-  };
-  walk('pipelines');
-  walk('examples');
-  return out.sort();
-}
+const pipelineFiles = (): string[] => validPipelines(root);
 
 describe('fuse-elementwise on every pipeline', () => {
   const files = pipelineFiles();

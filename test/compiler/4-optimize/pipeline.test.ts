@@ -1,27 +1,13 @@
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { passes } from '../../../src/compiler/4-optimize/index.js';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { verifyIR } from '../../../src/compiler/ir/verify.js';
 import { base, compile, P, root } from './helpers.js';
+import { validPipelines } from '../../support/pipelines.js';
 
 const mine = ['fold-frozen-lora', 'batch-experts', 'concat-base-adapter', 'batch-orthogonality'];
 
-function pipelines(): string[] {
-  const out: string[] = [];
-  const walk = (rel: string) => {
-    for (const e of readdirSync(join(root, rel), { withFileTypes: true })) {
-      const r = `${rel}/${e.name}`;
-      if (e.isDirectory()) {
-        if (r !== 'examples/broken') walk(r);
-      } else if (e.name.endsWith('.mcp')) out.push(r);
-    }
-  };
-  walk('pipelines');
-  walk('examples');
-  return out.sort();
-}
+const pipelines = (): string[] => validPipelines(root);
 
 describe('fold / batch / concat passes in the pass list', () => {
   it('come right after eliminate-dead-adapters, in this order', () => {

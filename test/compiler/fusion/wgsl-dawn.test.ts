@@ -5,8 +5,6 @@
  * kernels of the MedCare plan must compute, forward and backward, what the interpreter computes.
  * Skipped, saying why, when the package is not installed or Dawn finds no adapter.
  */
-import { readdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { passes } from '../../../src/compiler/4-optimize/index.js';
@@ -15,6 +13,7 @@ import type { Binding, EntryPoint } from '../../../src/compiler/fusion/wgsl.js';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { PlanKernel } from '../../../src/plan/types.js';
 import { maxRelError, randomArray, rng } from './gradcheck.js';
+import { validPipelines } from '../../support/pipelines.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
@@ -50,20 +49,7 @@ async function openDevice(): Promise<{ device: GPUDevice; instance: unknown; ada
 }
 
 
-function pipelineFiles(): string[] {
-  const out: string[] = [];
-  const walk = (rel: string) => {
-    for (const e of readdirSync(join(root, rel), { withFileTypes: true })) {
-      const r = `${rel}/${e.name}`;
-      if (e.isDirectory()) {
-        if (r !== 'examples/broken') walk(r);
-      } else if (e.name.endsWith('.mcp')) out.push(r);
-    }
-  };
-  walk('pipelines');
-  walk('examples');
-  return out.sort();
-}
+const pipelineFiles = (): string[] => validPipelines(root);
 
 function fusedKernels(file: string): PlanKernel[] {
   const res = compileFile(file, nodeHost(root, root), {}, { optLevel: 1, passes });

@@ -39,6 +39,7 @@
  * result identical (same gradient sum over the same batch).
  * changes = buffers saved by reuse, plus 1 per stage whose micro-batch or recompute setting changed.
  */
+import { fmtBytes } from '../../util/units.js';
 import { forwardFlops, gradValues } from '../../ir/cost.js';
 import { paramBytes } from '../../ir/memory.js';
 import type { Buffer, Graph, IR, MemoryPlan, Node, StageIR } from '../../ir/types.js';
@@ -295,15 +296,6 @@ export function maxLive(intervals: { bytes: number; live: [number, number] }[], 
   return best;
 }
 
-export const fmtBytes = (n: number): string => {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-};
 
 /** Parameter, gradient and optimizer-moment bytes, with folded constants and the fused layout's padding. */
 export function stateBytes(ir: IR, st: StageIR): { params: number; grads: number; optimizer: number } {
