@@ -115,6 +115,17 @@ export interface PlanBackwardStep {
   flops: number;
 }
 
+/** An orthogonality penalty of a stage: weight * sum over `sites` of |A_target A_other^T| (norm l1; l2/fro squared). */
+export interface PlanConstraint {
+  kind: 'orthogonal';
+  target: string;
+  others: string[];
+  matrix: 'A' | 'B';
+  weight: number;
+  norm: 'l1' | 'l2' | 'fro';
+  sites: string[];
+}
+
 export type PlanTransition =
   | { op: 'fold'; adapter: string; sites: string[]; note: string }
   | { op: 'merge'; adapter: string; part?: 'shared'; sites: string[] }
@@ -165,7 +176,7 @@ export interface PlanStage {
   adapters: { trainable: string[]; frozen: string[]; folded: string[]; merged: string[]; dropped: string[]; inactive: string[] };
   entry: PlanTransition[];
   exit: PlanTransition[];
-  constraints: { kind: 'orthogonal'; target: string; others: string[]; matrix: 'A' | 'B'; weight: number; norm: 'l1' | 'l2' | 'fro'; sites: string[] }[];
+  constraints: PlanConstraint[];
   evals: { probes: string[]; every?: number }[];
   values: PlanValue[];
   loss: string;

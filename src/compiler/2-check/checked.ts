@@ -3,7 +3,7 @@
  * selector expanded to sites with shapes, every setting typed with its default filled in, and the state of
  * each adapter at the entry of each stage made explicit.
  */
-import type { PlanStageSettings } from '../../plan/types.js';
+import type { PlanConstraint, PlanStageSettings } from '../../plan/types.js';
 import type { Span } from '../source.js';
 import type { ModelConfig } from './models.js';
 import type { CtorValue, Warmup } from './values.js';
@@ -71,16 +71,8 @@ export interface CheckedProbe {
 /** Typed stage settings with defaults filled in: exactly what the plan carries per stage. */
 export type StageSettings = PlanStageSettings;
 
-export interface CheckedConstraint {
-  kind: 'orthogonal';
-  /** The adapter being pushed away (trained in this stage). */
-  target: string;
-  others: string[];
-  matrix: 'A' | 'B';
-  weight: number;
-  norm: 'l1' | 'l2' | 'fro';
-  /** Sites shared by the target and at least one other adapter. */
-  sites: string[];
+/** An orthogonality constraint as the plan carries it, plus where it was written. */
+export interface CheckedConstraint extends PlanConstraint {
   span: Span;
 }
 

@@ -6,7 +6,7 @@
  * Shapes use the symbol 'T' for the tokens of one micro-batch (micro_batch * max_len) so estimates can be
  * made for any batch; every other dimension is a number.
  */
-import type { ParamState as PlanParamState, PlanKernel, PlanOp, PlanParam, PlanParamRole } from '../../plan/types.js';
+import type { ParamState as PlanParamState, PlanConstraint, PlanKernel, PlanOp, PlanParam, PlanParamRole, PlanTransition } from '../../plan/types.js';
 import type { CheckedPipeline, StageSettings } from '../2-check/checked.js';
 
 export type Dim = number | 'T';
@@ -66,31 +66,9 @@ export interface Graph {
 }
 
 /** What the runtime does between stages, explicit per parameter. */
-export type Transition =
-  | { op: 'fold'; adapter: string; sites: string[]; note: string }
-  | { op: 'merge'; adapter: string; part?: 'shared'; sites: string[] }
-  | { op: 'drop'; adapter: string; part?: 'experts'; condition?: { metric: 'load'; op: string; value: number } }
-  | { op: 'freeze' | 'unfreeze'; adapter: string };
+export type Transition = PlanTransition;
 
-export interface Constraint {
-  kind: 'orthogonal';
-  target: string;
-  others: string[];
-  matrix: 'A' | 'B';
-  weight: number;
-  norm: 'l1' | 'l2' | 'fro';
-  sites: string[];
-}
-
-export interface KernelCall {
-  /** Kernel table id. */
-  kernel: string;
-  node: string;
-  inputs: string[];
-  outputs: string[];
-  flops: number;
-  bytes: number;
-}
+export type Constraint = PlanConstraint;
 
 export interface Buffer {
   id: string;
