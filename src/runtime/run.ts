@@ -35,6 +35,7 @@ import type { Plan, PlanStage } from '../plan/types.js';
 import { DataLoader, concatDatasets, loadDataSource, type DataCursor, type Dataset } from './data/index.js';
 import type { MicroBatch } from './data/batch.js';
 import { createStageRunner, type OptimizerState, type StageRunner } from './executor.js';
+import type { BackendName } from './tfjs/index.js';
 import { findLatestCheckpoint, listCheckpoints, readCheckpointFile, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
 import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
 import { writeFileAtomicSync } from './io/atomic.js';
@@ -47,7 +48,7 @@ export interface RunOptions {
   root: string;
   /** The run folder. */
   runDir: string;
-  backend?: 'cpu';
+  backend?: BackendName;
   /** At most this many optimizer steps per stage (smoke runs). */
   maxSteps?: number;
   /** Continue from the newest complete checkpoint. */

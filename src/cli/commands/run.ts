@@ -28,7 +28,7 @@ a .mcp file is compiled first.
 
 options:
   --out DIR              run folder (default: <out>/<pipeline>/)
-  --backend cpu          tfjs backend (only cpu for now; GPU backends come with the GPU issue)
+  --backend NAME         tfjs backend: cpu (default), wasm, webgpu
   --max-steps N          at most N optimizer steps per stage (smoke runs)
   --resume               continue from the newest complete checkpoint in the run folder
   --skip-bad-records     skip and count bad data records instead of stopping at the first
@@ -52,9 +52,9 @@ export const runCommand: Command = async (argv, io) => {
     io.stdout(runHelp);
     return 0;
   }
-  if (values.backend !== 'cpu') {
-    if (['webgpu', 'wasm', 'tensorflow', 'auto', 'gpu'].includes(values.backend)) throw new UsageError(`--backend ${values.backend} is not available yet: only cpu runs today (the GPU backends come with the GPU issue)`);
-    throw new UsageError(`unknown backend '${values.backend}' (only cpu is available)`);
+  if (!['cpu', 'wasm', 'webgpu'].includes(values.backend)) {
+    if (['tensorflow', 'auto', 'gpu'].includes(values.backend)) throw new UsageError(`--backend ${values.backend} is not available yet (cpu, wasm and webgpu are)`);
+    throw new UsageError(`unknown backend '${values.backend}' (cpu, wasm or webgpu)`);
   }
   const maxSteps = intOption(values['max-steps'], '--max-steps');
   if (maxSteps === 0) throw new UsageError('--max-steps must be at least 1');
@@ -115,12 +115,12 @@ export const runCommand: Command = async (argv, io) => {
     return 2;
   }
   const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
-  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on cpu, run folder ${relative(io.cwd, runDir) || runDir}\n`);
+  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${values.backend}, run folder ${relative(io.cwd, runDir) || runDir}\n`);
   try {
     const r = await runPlan(plan, {
       root,
       runDir,
-      backend: 'cpu',
+      backend: values.backend,
       resume: values.resume,
       skipBadRecords: values['skip-bad-records'],
       allowOutsideRoot,

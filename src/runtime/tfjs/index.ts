@@ -27,6 +27,16 @@ export type BackendName = 'cpu' | (string & {});
 export async function initBackend(name: BackendName = 'cpu'): Promise<void> {
   tf.enableProdMode();
   if (tf.getBackend() === name) return;
+  if (name === 'webgpu') {
+    const { openDawn, registerWebGpuBackend } = await import('../webgpu/device.js');
+    const gpu = await openDawn();
+    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    await registerWebGpuBackend(gpu);
+  }
+  if (name === 'wasm') {
+    await import('@tensorflow/tfjs-backend-wasm');
+    (await import('./wasm-extra.js')).registerWasmExtras();
+  }
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`the tfjs backend '${name}' is not available (registered: ${Object.keys(tf.engine().registryFactory).join(', ')})`);
   await tf.ready();
