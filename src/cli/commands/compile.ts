@@ -2,7 +2,7 @@
  * `mcpc compile [file] [-o dir] [-O0] [--format json|yaml] [--emit ts]`: compile a pipeline to its execution
  * plan, `<out>/<pipeline>.plan.json` (or .yaml), and with `--emit ts` a typed TypeScript module beside it,
  * `<out>/<pipeline>.plan.ts` (type-checked before it is written). Written atomically; the same input gives
- * the same bytes.
+ * the same bytes. `--target torch` writes a PyTorch program instead (compiler/5-emit/torch).
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
@@ -23,6 +23,9 @@ options:
                          hyperparameter overrides), type-checked before it is written
   --plan-module SPEC     import specifier of the plan module in that file (default: the relative
                          path from the output folder to mcpc's src/plan/index.js)
+  --target plan|torch    plan (default): the execution plan; torch: a self-contained PyTorch program
+                         (train.py and its modules) in the -o folder (default <out>/<pipeline>-torch/),
+                         run with \`python train.py\`, \`--nproc N\` or torchrun
   --project FILE         project file
 environment:
   MCPC_DEBUG=ir          verify the IR after every pass and dump it to stderr
@@ -36,11 +39,18 @@ export const compileCommand: Command = async (argv0, io) => {
     emit: { type: 'string', multiple: true, default: [] },
     'plan-module': { type: 'string' },
     project: { type: 'string' },
+    target: { type: 'string', default: 'plan' },
     help: { type: 'boolean', short: 'h', default: false },
   });
   if (values.help) {
     io.stdout(compileHelp);
     return 0;
+  }
+  if (values.target !== 'plan' && values.target !== 'torch') throw new UsageError(`--target must be plan or torch, not '${values.target}'`);
+  if (values.target === 'torch') {
+    if (values.emit.length || values['plan-module'] !== undefined || values.format !== 'json') throw new UsageError('--target torch writes a PyTorch program: --emit, --plan-module and --format go with the plan target');
+    const { compileTorch } = await import('../torch.js');
+    return compileTorch(positionals, io, values.out, values.project);
   }
   if (values.format !== 'json' && values.format !== 'yaml') throw new UsageError(`--format must be json or yaml, not '${values.format}'`);
   const emit = values.emit.flatMap((e) => e.split(',')).filter(Boolean);

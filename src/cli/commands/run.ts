@@ -33,6 +33,8 @@ options:
   --resume               continue from the newest complete checkpoint in the run folder
   --skip-bad-records     skip and count bad data records instead of stopping at the first
   --seed N               override every stage's seed
+  --save-init FILE       first write the initial weights (safetensors by plan id), e.g. for
+                         \`python train.py --init-from FILE\` of \`mcpc compile --target torch\`
   --project FILE         project file
 `;
 
@@ -45,6 +47,7 @@ export const runCommand: Command = async (argv, io) => {
     'skip-bad-records': { type: 'boolean', default: false },
     seed: { type: 'string' },
     project: { type: 'string' },
+    'save-init': { type: 'string' },
     'stop-after': { type: 'string' }, // testing: stop as if killed after N steps
     help: { type: 'boolean', short: 'h', default: false },
   });
@@ -117,6 +120,11 @@ export const runCommand: Command = async (argv, io) => {
   const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
   io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${values.backend}, run folder ${relative(io.cwd, runDir) || runDir}\n`);
   try {
+    if (values['save-init'] !== undefined) {
+      const { saveInitialWeights } = await import('../save-init.js');
+      const n = saveInitialWeights(plan, root, resolve(io.cwd, values['save-init']), seed);
+      io.stdout(`initial weights: ${n} tensors -> ${values['save-init']}\n`);
+    }
     const r = await runPlan(plan, {
       root,
       runDir,
