@@ -1,0 +1,152 @@
+/**
+ * Tile sizes for the f32 GEMM (./gemm-wgsl.ts), chosen per device and shape class.
+ *
+ * `tileFor(device, m, n, k)` is what a kernel asks, synchronously: the cached choice for this device and
+ * shape class when there is one, else a heuristic default (and the class is remembered as untuned).
+ * `tune(...)` / `tunePending()` time the candidate tiles on the current device (each a few runs of the real
+ * shape, after a warm-up) and store the fastest in `$XDG_CACHE_HOME/mcpc/gemm-tiles.json` (or
+ * `~/.cache/mcpc/…`), keyed by the adapter's description and the shape class; later processes read it.
+ * Tuning is asynchronous (it waits for the GPU), so the runtime calls it where it may await: before the
+ * first step, and `bench/` before timing. `MCPC_GEMM_TUNE=0` turns tuning and the cache off (defaults only).
+ */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { checkTile, tileSharedBytes, type Tile } from './gemm-wgsl.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects. */
+
+export const CANDIDATES: Tile[] = [
+  { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 },
+  { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+  { bm: 64, bn: 64, bk: 16, tm: 8, tn: 4 },
+  { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8 },
+  { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
+  { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
+];
+
+export function tuningEnabled(): boolean {
+  return process.env.MCPC_GEMM_TUNE !== '0';
+}
+
+export function cachePath(): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), '.cache');
+  return join(base, 'mcpc', 'gemm-tiles.json');
+}
+
+/** Dimensions bucketed so that one tuned choice serves a neighbourhood of shapes. */
+export function shapeClass(m: number, n: number, k: number): string {
+  const b = (x: number) => (x < 48 ? 's' : x < 384 ? 'm' : x < 1536 ? 'l' : 'x');
+  return `${b(m)}${b(n)}${b(k)}`;
+}
+
+export function deviceKey(device: any): string {
+  const i = device?.adapterInfo ?? {};
+  return [i.vendor, i.architecture, i.device, i.description].map((s) => String(s ?? '')).join('|');
+}
+
+/** The candidates that fit the device's workgroup memory. */
+export function candidatesFor(device: any): Tile[] {
+  const limit = Number(device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);
+  const threads = Number(device?.limits?.maxComputeInvocationsPerWorkgroup ?? 256);
+  return CANDIDATES.filter((t) => !checkTile(t) && tileSharedBytes(t) <= limit && (t.bm / t.tm) * (t.bn / t.tn) <= threads);
+}
+
+/** The heuristic choice: big tiles only when the output has enough of them to fill a GPU. */
+export function defaultTile(m: number, n: number): Tile {
+  if (m * n >= 1024 * 1024) return { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
+  if (m * n >= 128 * 128) return { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+  return { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 };
+}
+
+type CacheFile = Record<string, Tile>;
+let cache: CacheFile | undefined;
+const pending = new Map<string, { m: number; n: number; k: number }>();
+
+function load(): CacheFile {
+  if (cache) return cache;
+  cache = {};
+  if (!tuningEnabled()) return cache;
+  try {
+    const parsed = JSON.parse(readFileSync(cachePath(), 'utf8')) as unknown;
+    if (parsed && typeof parsed === 'object') {
+      for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
+        const t = v as Tile;
+        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn };
+      }
+    }
+  } catch {
+    // No cache yet, or an unreadable one: tune again.
+  }
+  return cache;
+}
+
+function save(): void {
+  if (!tuningEnabled() || !cache) return;
+  const path = cachePath();
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(cache, null, 1)}\n`);
+    renameSync(tmp, path);
+  } catch {
+    // A read-only cache dir costs only re-tuning next time.
+  }
+}
+
+/** The tile to use now (synchronous). */
+export function tileFor(device: any, m: number, n: number, k: number): Tile {
+  const key = `${deviceKey(device)}#${shapeClass(m, n, k)}`;
+  const hit = load()[key];
+  const limit = Number(device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);
+  if (hit && tileSharedBytes(hit) <= limit) return hit;
+  if (tuningEnabled() && !pending.has(key)) pending.set(key, { m, n, k });
+  const d = defaultTile(m, n);
+  return tileSharedBytes(d) <= limit ? d : CANDIDATES[0];
+}
+
+/** Forget in-memory choices (tests). */
+export function resetTuning(): void {
+  cache = undefined;
+  pending.clear();
+}
+
+export interface TuneResult {
+  key: string;
+  best: Tile;
+  /** Median milliseconds per run of each candidate. */
+  timings: { tile: Tile; ms: number }[];
+}
+
+/**
+ * Time every candidate on a real GEMM of this shape with `run(tile)` (which must record the work and
+ * return when the GPU has finished it) and cache the fastest.
+ */
+export async function tune(device: any, m: number, n: number, k: number, run: (tile: Tile) => Promise<void>, reps = 3): Promise<TuneResult> {
+  const key = `${deviceKey(device)}#${shapeClass(m, n, k)}`;
+  const timings: { tile: Tile; ms: number }[] = [];
+  for (const tile of candidatesFor(device)) {
+    await run(tile); // compile and warm up
+    const ts: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      const t0 = performance.now();
+      await run(tile);
+      ts.push(performance.now() - t0);
+    }
+    ts.sort((a, b) => a - b);
+    timings.push({ tile, ms: ts[ts.length >> 1] });
+  }
+  const best = timings.reduce((a, b) => (b.ms < a.ms ? b : a)).tile;
+  if (tuningEnabled()) {
+    load()[key] = best;
+    save();
+  }
+  pending.delete(key);
+  return { key, best, timings };
+}
+
+/** Shapes seen by `tileFor` whose class has no cached choice yet. */
+export function pendingShapes(): { m: number; n: number; k: number }[] {
+  return [...pending.values()];
+}

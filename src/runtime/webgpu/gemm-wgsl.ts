@@ -1,0 +1,326 @@
+/**
+ * WGSL for register-tiled f32 GEMMs: C[M, N] = Σ_s scale_s · A_s[M, K_s] · B_s[K_s, N] (+ bias[N]), with
+ * every operand read in place whatever its storage order (no transpose pass), several K segments summed in
+ * one kernel (so [x | h]·[W ; B]ᵀ is one dispatch), operands stacked from several buffers, and hooks for
+ * fused prologues and epilogues (the mixture-of-LoRA kernels in ./moe-lora-wgsl.ts use them).
+ *
+ * Shapes are compile-time constants: a training run has a handful of shapes and the compiler gets to
+ * unroll and fold every index. Pipelines are cached by module text (./program.ts).
+ *
+ * The kernel. A workgroup of (BM/TM)·(BN/TN) threads computes a BM×BN tile of C; each thread a TM×TN
+ * block held in registers as vec4s. Per BK step the workgroup stages A and B tiles in workgroup memory,
+ * k-major (As[k][m], Bs[k][n]), loading global memory four consecutive elements at a time (one vec4 load
+ * when the contiguous dimension, the row stride and the offset are multiples of 4, else four guarded
+ * scalar loads); each thread then reads vec4s of As and Bs and does TM·TN/4 vec4 FMAs per k. A thread's
+ * rows and columns are interleaved with its neighbours' (row group i of thread ty is ty + i·(BM/TM)/…), so
+ * consecutive threads read consecutive vec4s of workgroup memory.
+ *
+ * Bindings: the spec's inputs in order (0 …), then its outputs (read_write), as ./program.ts runs them.
+ */
+
+/** A tile configuration. BM, BN multiples of TM, TN; TM, TN multiples of 4; BK a multiple of 4. */
+export interface Tile {
+  bm: number;
+  bn: number;
+  bk: number;
+  tm: number;
+  tn: number;
+}
+
+/** A part of an operand stored in one input binding. */
+export interface Part {
+  /** Index of the input binding. */
+  input: number;
+  /** Elements along the operand's M (for A) or N (for B) dimension that come from this part. */
+  count: number;
+  /** Row stride of the stored matrix. */
+  ld: number;
+  /** Element offset of the part's first element. */
+  off: number;
+}
+
+/**
+ * An operand as stored. For A (logical [M, K]) `kMajor: false` means element (m, k) is at off + m·ld + k
+ * (row-major A, contiguous along k); `kMajor: true` means off + k·ld + m (A stored transposed). For B
+ * (logical [K, N]) `kMajor: false` means (k, n) at off + n·ld + k (a PyTorch weight [N, K], so C = A·Wᵀ);
+ * `kMajor: true` means off + k·ld + n. Several parts stack along M (N) and need `kMajor: false`.
+ */
+export interface Operand {
+  kMajor: boolean;
+  parts: Part[];
+  /** Multiply every loaded element by this (A operands only). */
+  scale?: number;
+}
+
+export interface Segment {
+  k: number;
+  a: Operand;
+  b: Operand;
+}
+
+export interface InputDecl {
+  /** 'f32' scalar array, 'vec4' array<vec4<f32>>, 'u32' (index data), or decided by the operands that read it. */
+  type?: 'f32' | 'vec4' | 'u32';
+}
+
+export interface GemmSpec {
+  m: number;
+  n: number;
+  segments: Segment[];
+  tile: Tile;
+  inputs: InputDecl[];
+  /** Output 0 is C unless `store` says otherwise; extra outputs are for hooks. Types: 'f32' or 'vec4'. */
+  outputs: ('f32' | 'vec4' | 'u32')[];
+  /** Input index of a bias [N] added to C. */
+  bias?: number;
+  /**
+   * Scalar store of C(r, c) (body of `fn storeC(r: u32, c: u32, v: f32)`), replacing the plain row-major
+   * store into output 0.
+   */
+  store?: string;
+  /** Extra module-scope declarations (workgroup arrays, helper functions). */
+  decls?: string;
+  /** Code at the top of main (uniform control flow; may use workgroupBarrier). Sees tid, m0, n0, wid. */
+  prologue?: string;
+  /**
+   * Code run per row of a thread's block after accumulation, before the store, when `row < M`: sees `row`,
+   * `lr` (row − m0), and the row's accumulators `o0 … o{TN/4−1}` (vec4, mutable) for columns
+   * `col(j) = n0 + 4u·(tx + j·NTX)`.
+   */
+  rowEpilogue?: string;
+  /** WGSL `enable` directives. */
+  enables?: string[];
+}
+
+export function tileThreads(t: Tile): number {
+  return (t.bm / t.tm) * (t.bn / t.tn);
+}
+
+export function checkTile(t: Tile): string | undefined {
+  if (t.tm % 4 || t.tn % 4) return 'tm and tn must be multiples of 4';
+  if (t.bm % t.tm || t.bn % t.tn) return 'bm, bn must be multiples of tm, tn';
+  if (t.bk % 4) return 'bk must be a multiple of 4';
+  const threads = tileThreads(t);
+  if (threads > 256 || threads < 16) return `${threads} threads per workgroup (16 to 256)`;
+  return undefined;
+}
+
+/** Bytes of workgroup memory a tile needs. */
+export function tileSharedBytes(t: Tile): number {
+  return (t.bk * t.bm + t.bk * t.bn) * 4;
+}
+
+const u = (x: number): string => `${x >>> 0}u`;
+const rng = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** Can this part be read a vec4 at a time along its contiguous dimension of length `contig`? */
+function vec4able(p: Part, contig: number): boolean {
+  return p.ld % 4 === 0 && p.off % 4 === 0 && contig % 4 === 0;
+}
+
+/** The binding types: an input read by any operand part that cannot take vec4 loads is scalar. */
+export function bindingTypes(spec: GemmSpec): ('f32' | 'vec4' | 'u32')[] {
+  const want: ('f32' | 'vec4' | 'u32' | undefined)[] = spec.inputs.map((d) => d.type);
+  const vote = (i: number, v: boolean) => {
+    if (spec.inputs[i].type) return;
+    want[i] = want[i] === 'f32' ? 'f32' : v ? 'vec4' : 'f32';
+  };
+  for (const s of spec.segments) {
+    for (const [op, ext] of [
+      [s.a, spec.m],
+      [s.b, spec.n],
+    ] as const) {
+      for (const p of op.parts) vote(p.input, vec4able(p, op.kMajor ? ext : s.k) && (!op.kMajor || op.parts.length === 1));
+    }
+  }
+  if (spec.bias !== undefined && !spec.inputs[spec.bias].type) want[spec.bias] = spec.n % 4 === 0 ? (want[spec.bias] ?? 'vec4') : 'f32';
+  return want.map((w) => w ?? 'f32');
+}
+
+/**
+ * The loader of one operand of one segment: `fn <name>(r: u32, c: u32) -> vec4<f32>`, four consecutive
+ * elements along the contiguous dimension (c, c+1, c+2, c+3) of stored row r, zeros out of range.
+ */
+function loader(name: string, op: Operand, ext: number, k: number, types: ('f32' | 'vec4' | 'u32')[]): string {
+  let raw: string;
+  if (op.kMajor) {
+    if (op.parts.length !== 1) throw new Error('a k-major operand has one part');
+    // Stored rows are k (K of them), contiguous along m/n (ext).
+    raw = `fn ${name}raw(r: u32, c: u32) -> vec4<f32> {
+  if (r >= ${u(k)}) { return vec4<f32>(0.0); }
+${partRead(op.parts[0], 'r', 'c', ext, types)}
+}`;
+  } else {
+    // Stored rows are m/n (from the parts, stacked), contiguous along k.
+    let body = '';
+    let start = 0;
+    for (const p of op.parts) {
+      body += `  if (r < ${u(start + p.count)}) {
+    let rr = r - ${u(start)};
+${indent(partRead(p, 'rr', 'c', k, types), 2)}
+  }
+`;
+      start += p.count;
+    }
+    raw = `fn ${name}raw(r: u32, c: u32) -> vec4<f32> {
+${body}  return vec4<f32>(0.0);
+}`;
+  }
+  const scale = op.scale !== undefined && op.scale !== 1 ? ` * ${f32lit(op.scale)}` : '';
+  return `${raw}
+fn ${name}(r: u32, c: u32) -> vec4<f32> { return ${name}raw(r, c)${scale}; }`;
+}
+
+function partRead(p: Part, r: string, c: string, contig: number, types: ('f32' | 'vec4' | 'u32')[]): string {
+  const b = `in${p.input}`;
+  const base = `${u(p.off)} + ${r} * ${u(p.ld)} + ${c}`;
+  if (types[p.input] === 'vec4' && vec4able(p, contig)) {
+    return `  if (${c} >= ${u(contig)}) { return vec4<f32>(0.0); }
+  return ${b}[(${base}) / 4u];`;
+  }
+  if (types[p.input] === 'vec4') throw new Error(`input ${p.input} is bound as vec4 but a part cannot be read so`);
+  return `  var v = vec4<f32>(0.0);
+  let i = ${base};
+  if (${c} < ${u(contig)}) { v.x = ${b}[i]; }
+  if (${c} + 1u < ${u(contig)}) { v.y = ${b}[i + 1u]; }
+  if (${c} + 2u < ${u(contig)}) { v.z = ${b}[i + 2u]; }
+  if (${c} + 3u < ${u(contig)}) { v.w = ${b}[i + 3u]; }
+  return v;`;
+}
+
+function indent(s: string, n: number): string {
+  const pad = ' '.repeat(n);
+  return s
+    .split('\n')
+    .map((l) => (l ? pad + l : l))
+    .join('\n');
+}
+
+export function f32lit(x: number): string {
+  if (!Number.isFinite(x)) throw new Error(`not a finite f32: ${x}`);
+  const s = String(Math.fround(x));
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+}
+
+/** Code that stages one operand's BK-slice into workgroup memory `dst` (k-major, `ext4` vec4s per k). */
+function stage(dst: 'As' | 'Bs', fn: string, op: Operand, tileExt: number, bk: number, threads: number, origin: string): string {
+  const ext4 = tileExt / 4;
+  const units = op.kMajor ? bk * ext4 : tileExt * (bk / 4);
+  const body = op.kMajor
+    ? `let kk = q / ${u(ext4)}; let e4 = q % ${u(ext4)};
+      ${dst}[kk * ${u(ext4)} + e4] = ${fn}(k0 + kk, ${origin} + 4u * e4);`
+    : `let e = q / ${u(bk / 4)}; let kq = q % ${u(bk / 4)};
+      let v = ${fn}(${origin} + e, k0 + 4u * kq);
+      let d = (4u * kq) * ${u(ext4)} + e / 4u; let cc = e % 4u;
+      ${dst}[d][cc] = v.x; ${dst}[d + ${u(ext4)}][cc] = v.y; ${dst}[d + ${u(2 * ext4)}][cc] = v.z; ${dst}[d + ${u(3 * ext4)}][cc] = v.w;`;
+  if (units % threads === 0) {
+    return rng(units / threads)
+      .map((i) => `    { let q = tid + ${u(i * threads)};\n      ${body} }`)
+      .join('\n');
+  }
+  return `    for (var q = tid; q < ${u(units)}; q += ${u(threads)}) {\n      ${body}\n    }`;
+}
+
+/** The whole WGSL module of a GEMM spec. */
+export function gemmWgsl(spec: GemmSpec): string {
+  const t = spec.tile;
+  const bad = checkTile(t);
+  if (bad) throw new Error(`GEMM tile ${JSON.stringify(t)}: ${bad}`);
+  const NT = tileThreads(t);
+  const NTX = t.bn / t.tn;
+  const NTY = t.bm / t.tm;
+  const TM4 = t.tm / 4;
+  const TN4 = t.tn / 4;
+  const types = bindingTypes(spec);
+  const wgsl = (ty: string) => (ty === 'vec4' ? 'vec4<f32>' : ty);
+  const lines: string[] = [];
+  for (const e of spec.enables ?? []) lines.push(`enable ${e};`);
+  spec.inputs.forEach((_, i) => lines.push(`@group(0) @binding(${i}) var<storage, read> in${i}: array<${wgsl(types[i])}>;`));
+  spec.outputs.forEach((ty, j) => lines.push(`@group(0) @binding(${spec.inputs.length + j}) var<storage, read_write> out${j}: array<${wgsl(ty)}>;`));
+  lines.push(`const M = ${u(spec.m)};`, `const N = ${u(spec.n)};`, `const NTX = ${u(NTX)};`, `const NTY = ${u(NTY)};`);
+  lines.push(`var<workgroup> As: array<vec4<f32>, ${(t.bk * t.bm) / 4}>;`, `var<workgroup> Bs: array<vec4<f32>, ${(t.bk * t.bn) / 4}>;`);
+  spec.segments.forEach((s, i) => {
+    lines.push(loader(`loadA${i}`, s.a, spec.m, s.k, types));
+    lines.push(loader(`loadB${i}`, s.b, spec.n, s.k, types));
+  });
+  if (spec.store) lines.push(`fn storeC(r: u32, c: u32, v: f32) {\n${spec.store}\n}`);
+  if (spec.decls) lines.push(spec.decls);
+
+  const main: string[] = [];
+  main.push(`@compute @workgroup_size(${NT})
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let tx = tid % NTX;
+  let ty = tid / NTX;
+  let n0 = wid.x * ${u(t.bn)};
+  let m0 = wid.y * ${u(t.bm)};
+${rng(TM4 * 4 * TN4)
+  .map((i) => `  var acc${i} = vec4<f32>(0.0);`)
+  .join('\n')}`);
+  if (spec.prologue) main.push(spec.prologue);
+  spec.segments.forEach((s, si) => {
+    if (s.k === 0) return;
+    const fma: string[] = [];
+    fma.push(rng(TM4).map((i) => `      let a${i} = As[k * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`).join('\n'));
+    fma.push(rng(TN4).map((j) => `      let b${j} = Bs[k * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`).join('\n'));
+    for (let i = 0; i < TM4; i++) {
+      for (let c = 0; c < 4; c++) {
+        for (let j = 0; j < TN4; j++) {
+          const acc = (i * 4 + c) * TN4 + j;
+          fma.push(`      acc${acc} = fma(vec4<f32>(a${i}.${'xyzw'[c]}), b${j}, acc${acc});`);
+        }
+      }
+    }
+    main.push(`  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
+${stage('As', `loadA${si}`, s.a, t.bm, t.bk, NT, 'm0')}
+${stage('Bs', `loadB${si}`, s.b, t.bn, t.bk, NT, 'n0')}
+    workgroupBarrier();
+    for (var k = 0u; k < ${u(t.bk)}; k++) {
+${fma.join('\n')}
+    }
+    workgroupBarrier();
+  }`);
+  });
+  // Epilogue: per row of the thread's block.
+  const outVec4 = !spec.store && spec.outputs[0] === 'vec4';
+  if (!spec.store && outVec4 && spec.n % 4 !== 0) throw new Error('vec4 output needs N % 4 == 0');
+  const biasVec4 = spec.bias !== undefined && types[spec.bias] === 'vec4';
+  for (let i = 0; i < TM4; i++) {
+    for (let c = 0; c < 4; c++) {
+      const rowExpr = `m0 + 4u * (ty + ${u(i * NTY)}) + ${u(c)}`;
+      const body: string[] = [];
+      body.push(rng(TN4).map((j) => `    var o${j} = acc${(i * 4 + c) * TN4 + j};`).join('\n'));
+      if (spec.rowEpilogue) body.push(`    let lr = row - m0;\n${indent(spec.rowEpilogue, 4)}`);
+      for (let j = 0; j < TN4; j++) {
+        const col = `n0 + 4u * (tx + ${u(j * NTX)})`;
+        let bias = '';
+        if (spec.bias !== undefined) {
+          bias = biasVec4
+            ? ` + in${spec.bias}[col / 4u]`
+            : ` + vec4<f32>(in${spec.bias}[min(col, N - 1u)], in${spec.bias}[min(col + 1u, N - 1u)], in${spec.bias}[min(col + 2u, N - 1u)], in${spec.bias}[min(col + 3u, N - 1u)])`;
+        }
+        if (spec.store) {
+          body.push(`    { let col = ${col}; let v = o${j}${bias};
+      for (var cc = 0u; cc < 4u; cc++) { if (col + cc < N) { storeC(row, col + cc, v[cc]); } } }`);
+        } else if (outVec4) {
+          body.push(`    { let col = ${col}; if (col < N) { out0[(row * N + col) / 4u] = o${j}${bias}; } }`);
+        } else {
+          body.push(`    { let col = ${col}; let v = o${j}${bias};
+      for (var cc = 0u; cc < 4u; cc++) { if (col + cc < N) { out0[row * N + col + cc] = v[cc]; } } }`);
+        }
+      }
+      main.push(`  {
+    let row = ${rowExpr};
+    if (row < M) {
+${body.join('\n')}
+    }
+  }`);
+    }
+  }
+  main.push('}');
+  return `${lines.join('\n')}\n${main.join('\n')}\n`;
+}
+
+/** Workgroups to dispatch for a spec. */
+export function gemmDispatch(spec: Pick<GemmSpec, 'm' | 'n' | 'tile'>): [number, number, number] {
+  return [Math.ceil(spec.n / spec.tile.bn), Math.ceil(spec.m / spec.tile.bm), 1];
+}

@@ -1,0 +1,157 @@
+/**
+ * The f32 GEMM as a tfjs op on the webgpu backend, with its gradient.
+ *
+ *   gemm(a, b, transA, transB)   C = op(a)·op(b), like tf.matMul for 2-D tensors
+ *   linear(x, w, bias?)          x·Wᵀ (+ b): the plan's linear, W stored [out, in] and read in place
+ *
+ * Both run one WGSL kernel (./gemm-wgsl.ts, tiles from ./gemm-tune.ts) registered as the tfjs kernel
+ * `McpcGemm` with a gradient (`tf.registerGradient`), so autodiff gives dA and dB as GEMMs that read their
+ * operands transposed in place (the linear's dX = dY·W and dW = dYᵀ·X, no transpose pass), and computes
+ * only the gradients asked for (a frozen weight costs nothing). On another backend they fall back to
+ * tf.matMul (the reference).
+ */
+import type { TensorInfo } from '@tensorflow/tfjs-core';
+import { tf, type Tensor } from '../tfjs/index.js';
+import { gemmDispatch, gemmWgsl, type GemmSpec, type Tile } from './gemm-wgsl.js';
+import { pendingShapes, tileFor, tune, type TuneResult } from './gemm-tune.js';
+import { runWgsl, type WebGpuBackendLike } from './program.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
+
+export const GEMM_KERNEL = 'McpcGemm';
+
+interface GemmAttrs {
+  transA: boolean;
+  transB: boolean;
+  /** Forced tile (the tuner); otherwise tileFor(). */
+  tile?: Tile;
+}
+
+/** The spec of C = op(a)·op(b) (+ bias) for stored shapes a, b. */
+export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, transB: boolean, tile: Tile, bias: boolean): GemmSpec {
+  const [M, K] = transA ? [aShape[1], aShape[0]] : [aShape[0], aShape[1]];
+  const [K2, N] = transB ? [bShape[1], bShape[0]] : [bShape[0], bShape[1]];
+  if (K !== K2) throw new Error(`gemm: inner dimensions differ (${aShape} ${transA ? 'ᵀ' : ''} · ${bShape}${transB ? 'ᵀ' : ''})`);
+  return {
+    m: M,
+    n: N,
+    tile,
+    segments: [
+      {
+        k: K,
+        a: { kMajor: transA, parts: [{ input: 0, count: M, ld: aShape[1], off: 0 }] },
+        b: { kMajor: !transB, parts: [{ input: 1, count: N, ld: bShape[1], off: 0 }] },
+      },
+    ],
+    inputs: bias ? [{}, {}, {}] : [{}, {}],
+    outputs: [N % 4 === 0 ? 'vec4' : 'f32'],
+    ...(bias ? { bias: 2 } : {}),
+  };
+}
+
+function gemmKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+  const { transA, transB, tile: forced } = attrs as GemmAttrs;
+  const a = inputs[0] as TensorInfo;
+  const b = inputs[1] as TensorInfo;
+  const bias = inputs[2] as TensorInfo | undefined;
+  const M = transA ? a.shape[1] : a.shape[0];
+  const N = transB ? b.shape[0] : b.shape[1];
+  const K = transA ? a.shape[0] : a.shape[1];
+  const tile = forced ?? tileFor(backend.device, M, N, K);
+  const spec = gemmSpec(a.shape, b.shape, transA, transB, tile, !!bias);
+  return runWgsl(backend, {
+    code: gemmWgsl(spec),
+    inputs: bias ? [a, b, bias] : [a, b],
+    outputs: [{ shape: [M, N], dtype: 'float32' }],
+    dispatch: gemmDispatch(spec),
+    label: 'McpcGemm',
+  })[0];
+}
+
+let registered = false;
+
+/** Register the kernel (webgpu backend) and its gradient; idempotent. */
+export function registerGemm(): void {
+  if (registered) return;
+  registered = true;
+  tf.registerKernel({ kernelName: GEMM_KERNEL, backendName: 'webgpu', kernelFunc: gemmKernel as any });
+  tf.registerGradient({
+    kernelName: GEMM_KERNEL,
+    saveAllInputs: true,
+    gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
+      const dc = dy as Tensor;
+      const [a, b] = saved;
+      const { transA, transB } = attrs as GemmAttrs;
+      const g: Record<string, () => Tensor> = {};
+      if (!transA && !transB) {
+        g[0] = () => gemm(dc, b, false, true);
+        g[1] = () => gemm(a, dc, true, false);
+      } else if (!transA && transB) {
+        g[0] = () => gemm(dc, b, false, false);
+        g[1] = () => gemm(dc, a, true, false);
+      } else if (transA && !transB) {
+        g[0] = () => gemm(b, dc, false, true);
+        g[1] = () => gemm(a, dc, false, false);
+      } else {
+        g[0] = () => gemm(b, dc, true, true);
+        g[1] = () => gemm(dc, a, true, true);
+      }
+      if (saved.length > 2) g[2] = () => tf.sum(dc, 0);
+      return g;
+    },
+  } as any);
+}
+
+const onWebGpu = (): boolean => tf.getBackend() === 'webgpu';
+
+/** C = op(a)·op(b) for 2-D a, b. */
+export function gemm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+  if (!onWebGpu()) return tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, transA, transB);
+  registerGemm();
+  return tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, { transA, transB } as any) as Tensor;
+}
+
+/** x·Wᵀ (+ bias), W [out, in]. */
+export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
+  if (!onWebGpu()) {
+    const y = tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, false, true);
+    return bias ? tf.add(y, bias) : y;
+  }
+  registerGemm();
+  return tf.engine().runKernel(GEMM_KERNEL, (bias ? [x, w, bias] : [x, w]) as any, { transA: false, transB: true } as any) as Tensor;
+}
+
+/** Wait until the webgpu backend's recorded work has run on the GPU. */
+export async function gpuSync(): Promise<void> {
+  const backend = tf.backend() as WebGpuBackendLike;
+  if (backend.commandEncoder) {
+    backend.endComputePassEncoder();
+    backend.submitQueue();
+  }
+  await backend.device.queue.onSubmittedWorkDone();
+}
+
+/** Tune the tile of one GEMM shape on the current device (C = op(a)·op(b), a [m,k] b as W [n,k]). */
+export async function tuneGemm(m: number, n: number, k: number): Promise<TuneResult> {
+  registerGemm();
+  const backend = tf.backend() as WebGpuBackendLike;
+  const a = tf.randomUniform([m, k]);
+  const b = tf.randomUniform([n, k]);
+  try {
+    return await tune(backend.device, m, n, k, async (tile) => {
+      const c = tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, { transA: false, transB: true, tile } as any) as Tensor;
+      await gpuSync();
+      c.dispose();
+    });
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
+
+/** Tune every shape class that `tileFor` met without a cached choice. */
+export async function tunePending(): Promise<TuneResult[]> {
+  const out: TuneResult[] = [];
+  for (const s of pendingShapes()) out.push(await tuneGemm(s.m, s.n, s.k));
+  return out;
+}

@@ -1,0 +1,122 @@
+/**
+ * Run a hand-written WGSL compute module on tfjs-backend-webgpu's device, reading and writing tfjs tensors,
+ * in tfjs's own command stream (so it is ordered with every tfjs op before and after it).
+ *
+ * tfjs's `WebGPUProgram` wraps user code in its own preamble (one output, generated uniforms, `main()`),
+ * which rules out kernels with several outputs, `enable` directives (f16, subgroups, subgroup matrices)
+ * and entry points with their own builtins. Here the module is the caller's, whole:
+ *
+ *   - bindings in group 0: the inputs first (0 … n−1, `var<storage, read>`), then the outputs
+ *     (n … n+m−1, `var<storage, read_write>`), then, when `uniforms` is given, one `var<uniform>`;
+ *   - the entry point is `main`;
+ *   - the kernel must write every element of every output (tfjs recycles buffers: nothing is zeroed).
+ *
+ * Pipelines are cached per device by module text. Kernels are used inside tfjs kernel functions
+ * (`tf.registerKernel`), which receive the backend and return the `TensorInfo`s made here.
+ */
+import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
+import { tf } from '../tfjs/index.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- tfjs-backend-webgpu's internals and WebGPU objects are untyped here. */
+export type WebGpuBackendLike = any;
+
+export interface WgslRun {
+  /** The whole WGSL module (entry point `main`). */
+  code: string;
+  inputs: TensorInfo[];
+  outputs: { shape: number[]; dtype: DataType }[];
+  /** Raw bytes of the uniform block (a multiple of 16 bytes), bound after the outputs. */
+  uniforms?: ArrayBuffer;
+  /** Workgroups in x, y, z (each at most maxComputeWorkgroupsPerDimension). */
+  dispatch: [number, number, number];
+  /** A name for profiles and error messages. */
+  label?: string;
+}
+
+const pipelines = new WeakMap<object, Map<string, any>>();
+
+/** The compute pipeline for `code` on `device`, compiled once. Validation errors surface as Dawn's uncaptured errors. */
+export function pipelineFor(device: any, code: string, label = 'mcpc'): any {
+  let cache = pipelines.get(device);
+  if (!cache) pipelines.set(device, (cache = new Map()));
+  let p = cache.get(code);
+  if (!p) {
+    const module = device.createShaderModule({ code, label });
+    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label });
+    cache.set(code, p);
+  }
+  return p;
+}
+
+const USAGE_UNIFORM = 0x40;
+const USAGE_COPY_DST = 0x8;
+
+/** Record one dispatch of `run.code` in tfjs's command stream; returns the outputs (owned by the caller). */
+export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] {
+  const outputs = run.outputs.map((o) => backend.makeTensorInfo(o.shape, o.dtype) as TensorInfo);
+  const empty = outputs.some((o) => o.shape.some((d) => d === 0));
+  if (empty || run.dispatch.some((d) => d === 0)) {
+    // Nothing to compute: give empty outputs values so tfjs does not try to read a buffer.
+    for (const o of outputs) if (o.shape.some((d) => d === 0)) backend.tensorMap.get(o.dataId).values = new Float32Array(0);
+    if (empty) return outputs;
+  }
+  for (const t of run.inputs) backend.uploadToGPU(t.dataId);
+  for (const o of outputs) backend.uploadToGPU(o.dataId);
+  if (run.dispatch.some((d) => d === 0)) return outputs;
+  const device = backend.device;
+  const pipeline = pipelineFor(device, run.code, run.label);
+  const entries: { binding: number; resource: unknown }[] = [];
+  [...run.inputs, ...outputs].forEach((t, i) => entries.push({ binding: i, resource: backend.tensorToBinding(t) }));
+  if (run.uniforms) {
+    const size = run.uniforms.byteLength;
+    const buf = backend.bufferManager.acquireBuffer(size, USAGE_COPY_DST | USAGE_UNIFORM);
+    backend.queue.writeBuffer(buf, 0, run.uniforms, 0, size);
+    backend.uniformPendingDisposal.push(buf);
+    entries.push({ binding: entries.length, resource: { offset: 0, size, buffer: buf } });
+  }
+  for (const t of [...run.inputs, ...outputs]) backend.commandQueueOwnedIds.add(t.dataId);
+  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+
+  const timed = backend.activeTimers != null;
+  backend.ensureCommandEncoderReady();
+  if (timed && backend.supportTimestampQuery) {
+    backend.endComputePassEncoder();
+    backend.querySet ??= device.createQuerySet({ type: 'timestamp', count: backend.querySetCount });
+    backend.computePassEncoder = backend.commandEncoder.beginComputePass({
+      timestampWrites: { querySet: backend.querySet, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 },
+    });
+  } else if (!backend.computePassEncoder) {
+    backend.computePassEncoder = backend.commandEncoder.beginComputePass({});
+  }
+  const pass = backend.computePassEncoder;
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(run.dispatch[0], run.dispatch[1], run.dispatch[2]);
+  backend.dispatchCountInPass++;
+  const batch = tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE');
+  if (timed || backend.dispatchCountInPass >= batch) {
+    backend.endComputePassEncoder();
+    if (timed) backend.activeTimers.push({ name: run.label ?? 'mcpc', query: backend.getQueryTime() });
+    else backend.submitQueue();
+  }
+  return outputs;
+}
+
+/** Split a workgroup count over x and y when it exceeds the per-dimension limit; kernels linearise `wid.x + wid.y·nx`. */
+export function spread(groups: number, limit = 65535): [number, number, number] {
+  if (groups <= limit) return [groups, 1, 1];
+  const y = Math.ceil(groups / limit);
+  return [Math.ceil(groups / y), y, 1];
+}
+
+/** Free an intermediate made by `runWgsl` that is not returned to tfjs. */
+export function disposeInfo(backend: WebGpuBackendLike, t: TensorInfo): void {
+  backend.disposeData(t.dataId);
+}
+
+/** A WGSL float literal (always with a decimal point or exponent). */
+export function f32(x: number): string {
+  if (!Number.isFinite(x)) throw new Error(`not a finite f32: ${x}`);
+  const s = String(Math.fround(x));
+  return /[.eE]/.test(s) ? s : `${s}.0`;
+}
