@@ -11,7 +11,12 @@ import { attention, segmentTensor } from '../../../src/runtime/webgpu/kernels/at
 import { rmsnorm } from '../../../src/runtime/webgpu/kernels/rmsnorm.js';
 import { rope, ropeTables } from '../../../src/runtime/webgpu/kernels/rope.js';
 import { swiglu } from '../../../src/runtime/webgpu/kernels/swiglu.js';
-import { compare, describeGpu, randn } from './kernels-support.js';
+import { lmHeadXent } from '../../../src/runtime/webgpu/kernels/xent.js';
+import { adamwAll } from '../../../src/runtime/webgpu/kernels/adamw.js';
+import { orthoPenaltyBatched, type OrthoTermSpec } from '../../../src/runtime/webgpu/kernels/ortho.js';
+import { update, type SlotState } from '../../../src/runtime/optimizer.js';
+import { tf } from '../../../src/runtime/tfjs/index.js';
+import { compare, describeGpu, rand, randn, type Arg } from './kernels-support.js';
 
 const step = (op: KernelStep['op'], attrs: Record<string, unknown>, inputs: string[] = [], outputs: string[] = ['y']): KernelStep => ({ node: 'n', op, inputs, outputs, attrs });
 /**
@@ -105,5 +110,97 @@ describeGpu('WGSL kernels match the reference', () => {
       [randn(8, [T, H * d], 1.5), randn(9, [T, KV * d], 1.5), randn(10, [T, KV * d])],
     );
     expect(c.worst, c.what).toBeLessThan(1e-4);
+  });
+
+  it.each([
+    // T, Dm, V, masked share, labels as float
+    [1, 8, 5, 0, false],
+    [13, 24, 300, 0.3, true],
+    [70, 130, 129, 0.5, false],
+    [6, 16, 40, 1, false],
+  ])('lm_head_xent T=%i Dm=%i V=%i masked=%f float labels=%s', async (T, Dm, V, masked, floatLabels) => {
+    const r = rand(T * 31 + V);
+    const labels = Int32Array.from({ length: T }, () => Math.floor(((r() + 1) / 2) * V));
+    const mask = Float32Array.from({ length: T }, () => ((r() + 1) / 2 < masked ? 0 : 1));
+    const args: Arg[] = [randn(12, [T, Dm]), randn(13, [V, Dm], 0.5), { data: floatLabels ? Float32Array.from(labels) : labels, shape: [T] }, { data: mask, shape: [T] }];
+    const c = await compare(
+      (xs) => [lmHeadXent(xs[0]!, xs[1]!, xs[2]!, xs[3]!)],
+      (xs) => reference.lm_head_xent(xs, step('lm_head_xent', {}), noCtx),
+      args,
+    );
+    expect(c.worst, c.what).toBeLessThan(5e-5);
+  });
+
+  it.each([
+    ['A', 'l1', true],
+    ['A', 'fro', true],
+    ['B', 'l2', false],
+  ])('ortho_penalty_batched matrix=%s norm=%s weighted=%s', async (matrix, norm, weighted) => {
+    // Two sites of different widths; adapter a (plain LoRA, rank 3), b (routed experts 2 × rank 2, shared rank 1),
+    // c (rank 5): terms a⊥b, a⊥c at both sites and b⊥c at one, so rows appear in several terms.
+    const sites = [
+      { s: 's1', in: 7, out: 9 },
+      { s: 's2', in: 130, out: 5 },
+    ];
+    const ids: string[] = [];
+    const args: Arg[] = [];
+    let seed = 40;
+    const add = (id: string, shape: number[]) => {
+      ids.push(id);
+      args.push(randn(seed++, shape, 0.5));
+    };
+    for (const { s, in: i, out: o } of sites) {
+      add(`a.${s}.A`, matrix === 'A' ? [3, i] : [o, 3]);
+      add(`b.${s}.shared`, matrix === 'A' ? [1, i] : [o, 1]);
+      add(`b.${s}.expert`, matrix === 'A' ? [2, 2, i] : [2, o, 2]);
+      add(`c.${s}.A`, matrix === 'A' ? [5, i] : [o, 5]);
+    }
+    const terms: OrthoTermSpec[] = [];
+    sites.forEach(({ s }, k) => {
+      terms.push({ targetParams: [`a.${s}.A`], otherParams: [`b.${s}.shared`, `b.${s}.expert`], matrix, norm, weight: 0.5 + k });
+      terms.push({ targetParams: [`a.${s}.A`], otherParams: [`c.${s}.A`], matrix, norm, weight: 0.25 });
+    });
+    terms.push({ targetParams: [`b.s2.shared`, `b.s2.expert`], otherParams: [`c.s2.A`], matrix, norm, weight: 2 });
+    const st = step('ortho_penalty_batched', { terms, weighted }, ids);
+    const c = await compare(
+      (xs) => [orthoPenaltyBatched(terms, (id) => xs[ids.indexOf(id)]!, weighted)!],
+      (xs) => reference.ortho_penalty_batched(xs, st, noCtx),
+      args,
+    );
+    expect(c.worst, c.what).toBeLessThan(5e-5);
+  });
+
+  it('adamw_all updates every tensor as optimizer.ts does', async () => {
+    const shapes = [[3, 5], [1], [130], [2, 3, 4]];
+    const opt = { kind: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+    const mk = (seed: number, s: number[]) => randn(seed, s).data as Float32Array;
+    const data = shapes.map((s, i) => ({ p: mk(60 + i, s), g: mk(70 + i, s), m: mk(80 + i, s).map((x) => x * 0.1), v: mk(90 + i, s).map((x) => x * x * 0.01) }));
+    const results: Record<string, Float32Array[]> = {};
+    for (const backend of ['cpu', 'webgpu'] as const) {
+      await initBackend(backend);
+      const out: Float32Array[] = [];
+      for (const [t, lr, wd, clip] of [[1, 1e-3, 0.01, 1], [7, 3e-4, 0, 0.37]] as const) {
+        const ts = tf.tidy(() => {
+          const P = data.map((d, i) => tf.tensor(d.p, shapes[i]));
+          const G = data.map((d, i) => tf.tensor(d.g, shapes[i]));
+          const M = data.map((d, i) => tf.tensor(d.m, shapes[i]));
+          const V = data.map((d, i) => tf.tensor(d.v, shapes[i]));
+          if (backend === 'webgpu') {
+            const r = adamwAll(P, G, M, V, { lr, weightDecay: wd, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t, gradScale: clip });
+            return [...r.p, ...r.m, ...r.v];
+          }
+          const rs = P.map((p, i) => update(opt, p, clip === 1 ? G[i]! : tf.mul(G[i]!, clip), { m: M[i]!, v: V[i]! } as SlotState, lr, wd, t));
+          return [...rs.map((r) => r.p), ...rs.map((r) => r.s.m), ...rs.map((r) => r.s.v!)];
+        });
+        for (const x of ts) out.push(Float32Array.from(await x.data()));
+        tf.dispose(ts);
+      }
+      results[backend] = out;
+    }
+    results.cpu!.forEach((ref, i) => {
+      const ours = results.webgpu![i]!;
+      const diff = Math.max(...Array.from(ref, (x, k) => Math.abs(x - ours[k]!) / Math.max(1e-6, Math.abs(x))));
+      expect(diff, `tensor ${i}`).toBeLessThan(1e-6);
+    });
   });
 });

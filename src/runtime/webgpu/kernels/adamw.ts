@@ -1,0 +1,76 @@
+/**
+ * AdamW for every trainable tensor of a stage in one dispatch (optimizer.ts `update`, same arithmetic in
+ * the same order, so results agree with it to f32 rounding): parameters, gradients and both moments are
+ * concatenated into flat buffers, one kernel updates all of them (one invocation per element), and the
+ * new tensors are split back out. The global-norm clipping factor is folded into the kernel (g · clip).
+ *
+ *   p ← p · (1 − lr·wd);  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²
+ *   p ← p − (m / (√v / √(1 − β₂ᵗ) + ε)) · (lr / (1 − β₁ᵗ))
+ */
+import { tf, type Tensor } from '../../tfjs/index.js';
+import { dispatch } from './run.js';
+
+const WG = 256;
+
+export interface AdamWStep {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Steps taken including this one (1 on the first). */
+  t: number;
+  /** Clipping factor applied to every gradient (1: none). */
+  gradScale: number;
+}
+
+const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
+
+/**
+ * One AdamW step of all tensors: returns new parameters and moments (new tensors, shapes as given; the
+ * caller disposes the old ones). Runs inside its own tidy.
+ */
+export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], s: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
+  if (!ps.length) return { p: [], m: [], v: [] };
+  return tf.tidy(() => {
+    const sizes = ps.map((p) => p.size);
+    const n = sizes.reduce((a, b) => a + b, 0);
+    const bc1 = 1 - Math.pow(s.beta1, s.t);
+    const bc2 = 1 - Math.pow(s.beta2, s.t);
+    // Step-dependent constants are uniforms (one pipeline for the whole run), rounded to f32 as tfjs
+    // rounds the scalars of optimizer.ts; a factor of exactly 1 (no decay, no clipping) changes nothing.
+    const [P, M, V] = dispatch({
+      name: 'adamw_all',
+      inputs: { p_in: flat(ps), g_in: flat(gs), m_in: flat(ms), v_in: flat(vs) },
+      outputs: { p_out: [n], m_out: [n], v_out: [n] },
+      uniforms: {
+        n: ['u32', n],
+        decay: ['f32', s.weightDecay > 0 ? 1 - s.lr * s.weightDecay : 1],
+        gscale: ['f32', s.gradScale],
+        b1: ['f32', s.beta1],
+        omb1: ['f32', 1 - s.beta1],
+        b2: ['f32', s.beta2],
+        omb2: ['f32', 1 - s.beta2],
+        sqrtbc2: ['f32', Math.sqrt(bc2)],
+        eps: ['f32', s.eps],
+        stepsize: ['f32', s.lr / bc1],
+      },
+      workgroups: Math.ceil(n / WG),
+      body: `@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let i = flat_wg(wid, nwg) * ${WG}u + lid;
+  if (i >= u.n) { return; }
+  let g = g_in[i] * u.gscale;
+  let decayed = p_in[i] * u.decay;
+  let m = m_in[i] * u.b1 + g * u.omb1;
+  let v = v_in[i] * u.b2 + (g * g) * u.omb2;
+  let denom = sqrt(v) / u.sqrtbc2 + u.eps;
+  p_out[i] = decayed - (m / denom) * u.stepsize;
+  m_out[i] = m;
+  v_out[i] = v;
+}`,
+    });
+    const split = (flatT: Tensor) => (ps.length === 1 ? [tf.reshape(flatT, ps[0]!.shape)] : tf.split(flatT, sizes).map((t, i) => tf.reshape(t, ps[i]!.shape)));
+    return { p: split(P!), m: split(M!), v: split(V!) };
+  });
+}
