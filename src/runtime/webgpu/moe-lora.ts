@@ -1,0 +1,276 @@
+/**
+ * The mixture-of-LoRA linear on WebGPU, one tfjs op with its gradient:
+ *
+ *   y = x·Wᵀ + b + s·(x·A_shᵀ)·B_shᵀ + Σ_{e ∈ top-k(p)} g_e · s·(x·A_eᵀ)·B_eᵀ
+ *   p = softmax(x·W_rᵀ + b_r) (or sigmoid), g = p on the top-k, renormalised over them when asked
+ *
+ * which is, in the plan's ops, linear + moe_down_batched + router + topk_gate + moe_up_grouped + add (see
+ * ../kernels/reference.ts); `moeLoraLinear` returns y, p and the dense gates [T, E] (zeros off the top-k) so
+ * the load-balancing loss can read them, and takes gradients through all three. Plain LoRA is the case
+ * without routed experts (the shared pair is the LoRA pair); a linear without adapters is E = RS = 0.
+ *
+ * Kernels (./moe-lora-wgsl.ts): forward 2 dispatches (down GEMM; base + shared + top-k B side with routing
+ * fused), backward 4 (per-token routing backward and top-k B products; dx; dA; dB) plus a column sum for
+ * b_r, and dW / db of the base only when the base is trained. Weights keep the reference layout:
+ * W [dout, din], A [r, din], B [dout, r], A_e [E, r, din], B_e [E, dout, r], W_r [E, din].
+ * Registered as tfjs kernels `McpcMoeLora` (with gradient), `McpcMoeLoraBack`, `McpcMoeLoraDx`,
+ * `McpcMoeLoraDA`, `McpcMoeLoraDB` on the webgpu backend.
+ */
+import type { TensorInfo } from '@tensorflow/tfjs-core';
+import { tf, type Tensor } from '../tfjs/index.js';
+import { reference as ref, type KernelContext, type KernelStep } from '../kernels/reference.js';
+import { gemm } from './gemm.js';
+import { gemmDispatch, gemmWgsl, type GemmSpec, type Tile } from './gemm-wgsl.js';
+import { tileFor } from './gemm-tune.js';
+import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, upSpec, type MoeShape } from './moe-lora-wgsl.js';
+import { runWgsl, spread, type WebGpuBackendLike } from './program.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
+
+export interface MoeLoraWeights {
+  /** Base weight [dout, din] and bias [dout]. */
+  w: Tensor;
+  b?: Tensor;
+  /** Shared (or plain) LoRA pair: A [RS, din], B [dout, RS]. */
+  sharedA?: Tensor;
+  sharedB?: Tensor;
+  /** Router [E, din], bias [E]. */
+  routerW?: Tensor;
+  routerB?: Tensor;
+  /** Routed experts: A_e [E, r, din], B_e [E, dout, r]. */
+  expertA?: Tensor;
+  expertB?: Tensor;
+}
+
+export interface MoeLoraOptions {
+  scale: number;
+  topK?: number;
+  renormalize?: boolean;
+  activation?: 'softmax' | 'sigmoid';
+}
+
+export interface MoeLoraResult {
+  y: Tensor;
+  /** Router probabilities [T, E] (absent without routed experts). */
+  p?: Tensor;
+  /** Gates [T, E], zero off each token's top-k (absent without routed experts). */
+  gates?: Tensor;
+}
+
+export const MOE_KERNEL = 'McpcMoeLora';
+
+function shapeOf(x: TensorInfo, inputs: TensorInfo[], attrs: any): MoeShape {
+  const s = attrs as MoeShape;
+  void inputs;
+  return { ...s, T: x.shape[0] };
+}
+
+const tileOf = (backend: WebGpuBackendLike, spec: { m: number; n: number }, k: number): Tile => tileFor(backend.device, spec.m, spec.n, k);
+
+function runGemm(backend: WebGpuBackendLike, spec: GemmSpec, inputs: TensorInfo[], outShapes: number[][], label: string): TensorInfo[] {
+  return runWgsl(backend, { code: gemmWgsl(spec), inputs, outputs: outShapes.map((shape) => ({ shape, dtype: 'float32' as const })), dispatch: gemmDispatch(spec), label });
+}
+
+/** Forward: outputs [y, G] (plain) or [y, p, gates, G]. */
+function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const ins = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const s = shapeOf(ins[0], ins, attrs);
+  const ix = inputIndex(s);
+  const { R } = cols(s);
+  const down = downSpec(s, tileOf(backend, { m: s.T, n: R }, s.din));
+  const downIns = [ins[ix.x]];
+  if (s.RS) downIns.push(ins[ix.aSh]);
+  if (s.E) downIns.push(ins[ix.aE], ins[ix.wr]);
+  const G = R > 0 ? runGemm(backend, down, downIns, [[s.T, R]], 'McpcMoeLoraDown')[0] : backend.makeTensorInfo([s.T, 0], 'float32');
+  if (R === 0) backend.tensorMap.get(G.dataId).values = new Float32Array(0);
+  const { spec, inputs: names } = upSpec(s, tileOf(backend, { m: s.T, n: s.dout }, s.din + s.RS));
+  const byName: Record<string, TensorInfo> = { x: ins[ix.x], w: ins[ix.w], G, Gs: G };
+  if (s.bias) byName.b = ins[ix.b];
+  if (s.RS) byName.bSh = ins[ix.bSh];
+  if (s.E && s.routerBias) byName.br = ins[ix.br];
+  if (s.E) byName.bE = ins[ix.bE];
+  const outShapes = s.E ? [[s.T, s.dout], [s.T, s.E], [s.T, s.E]] : [[s.T, s.dout]];
+  const outs = runGemm(backend, spec, names.map((n) => byName[n]!), outShapes, 'McpcMoeLoraUp');
+  return [...outs, G];
+}
+
+/** Backward part 1: outputs [dG, Hs]. Inputs (array): dy, G, then br?, bSh?, bE?, dp?, dgates? as attrs say. */
+function backKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const ins = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const s = shapeOf(ins[0], ins, attrs);
+  const { R, H } = cols(s);
+  const { code } = backWgsl(s, { dp: !!attrs.hasDp, dgates: !!attrs.hasDgates });
+  return runWgsl(backend, {
+    code,
+    inputs: ins,
+    outputs: [
+      { shape: [s.T, R], dtype: 'float32' },
+      { shape: [s.T, H], dtype: 'float32' },
+    ],
+    dispatch: spread(s.T),
+    label: 'McpcMoeLoraBack',
+  });
+}
+
+function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+  const ins = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const s = shapeOf(ins[0], ins, attrs);
+  const { spec } = dxSpec(s, tileOf(backend, { m: s.T, n: s.din }, s.dout));
+  return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
+}
+
+function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const ins = [inputs[0], inputs[1]] as TensorInfo[];
+  const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
+  const { R } = cols(s);
+  const spec = dASpec(s, tileOf(backend, { m: R, n: s.din }, s.T));
+  const shapes: number[][] = [];
+  if (s.RS) shapes.push([s.RS, s.din]);
+  if (s.E) shapes.push([s.E, s.r, s.din], [s.E, s.din]);
+  return runGemm(backend, spec, ins, shapes, 'McpcMoeLoraDA');
+}
+
+function dBKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const ins = [inputs[0], inputs[1]] as TensorInfo[];
+  const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
+  const { H } = cols(s);
+  const spec = dBSpec(s, tileOf(backend, { m: s.dout, n: H }, s.T));
+  const shapes: number[][] = [];
+  if (s.RS) shapes.push([s.dout, s.RS]);
+  if (s.E) shapes.push([s.E, s.dout, s.r]);
+  return runGemm(backend, spec, ins, shapes, 'McpcMoeLoraDB');
+}
+
+const run = (name: string, inputs: Tensor[], attrs: object): Tensor[] => {
+  const r = tf.engine().runKernel(name, inputs as any, attrs as any);
+  return Array.isArray(r) ? (r as Tensor[]) : [r as Tensor];
+};
+
+function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<string, () => Tensor> {
+  const s = attrs as MoeShape;
+  const ix = inputIndex(s);
+  const ins = saved.slice(0, ix.count);
+  // Saved: the inputs, then G (plain) or p and G (routed): G is last.
+  const G = saved[saved.length - 1];
+  const d = Array.isArray(dys) ? dys : [dys];
+  const dy = d[0];
+  const T = dy.shape[0];
+  const { H } = cols(s);
+  const g: Record<string, () => Tensor> = {};
+  g[ix.w] = () => gemm(dy, ins[ix.x], true, false);
+  if (s.bias) g[ix.b] = () => tf.sum(dy, 0);
+  if (s.RS === 0 && s.E === 0) {
+    g[ix.x] = () => gemm(dy, ins[ix.w], false, false);
+    return g;
+  }
+  // The per-token backward feeds every other gradient: computed once, here (freed when backprop ends).
+  const backIns = [dy, G];
+  if (s.E && s.routerBias) backIns.push(ins[ix.br]);
+  if (s.RS) backIns.push(ins[ix.bSh]);
+  if (s.E) backIns.push(ins[ix.bE]);
+  const hasDp = s.E > 0 && !!d[1];
+  const hasDgates = s.E > 0 && !!d[2];
+  if (hasDp) backIns.push(d[1]);
+  if (hasDgates) backIns.push(d[2]);
+  const [dG, Hs] = run('McpcMoeLoraBack', backIns, { ...s, hasDp, hasDgates });
+  const dxIns = [dy, ins[ix.w], dG];
+  if (s.RS) dxIns.push(ins[ix.aSh]);
+  if (s.E) dxIns.push(ins[ix.aE], ins[ix.wr]);
+  g[ix.x] = () => run('McpcMoeLoraDx', dxIns, s)[0];
+  const dA = run('McpcMoeLoraDA', [dG, ins[ix.x]], s);
+  const dB = run('McpcMoeLoraDB', [dy, Hs], s);
+  const A = () => dA;
+  const B = () => dB;
+  if (s.RS) {
+    g[ix.aSh] = () => A()[0];
+    g[ix.bSh] = () => B()[0];
+  }
+  if (s.E) {
+    const o = s.RS ? 1 : 0;
+    g[ix.aE] = () => A()[o];
+    g[ix.wr] = () => A()[o + 1];
+    g[ix.bE] = () => B()[o];
+    if (s.routerBias) g[ix.br] = () => tf.sum(tf.slice(dG, [0, H], [T, s.E]), 0);
+  }
+  return g;
+}
+
+let registered = false;
+
+export function registerMoeLora(): void {
+  if (registered) return;
+  registered = true;
+  const k = (kernelName: string, kernelFunc: unknown) => tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as any });
+  k(MOE_KERNEL, forwardKernel);
+  k('McpcMoeLoraBack', backKernel);
+  k('McpcMoeLoraDx', dxKernel);
+  k('McpcMoeLoraDA', dAKernel);
+  k('McpcMoeLoraDB', dBKernel);
+  tf.registerGradient({ kernelName: MOE_KERNEL, saveAllInputs: true, outputsToSave: [false, true, false, true], gradFunc: gradient } as any);
+}
+
+/** How many outputs the forward kernel has (G is last). */
+const outputsOf = (E: number) => (E ? 4 : 2);
+
+/** The mixture-of-LoRA linear (see the top of the file). x [T, din]. */
+export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions): MoeLoraResult {
+  const E = wts.expertA ? wts.expertA.shape[0] : 0;
+  const RS = wts.sharedA ? wts.sharedA.shape[0] : 0;
+  const r = wts.expertA ? wts.expertA.shape[1]! : 0;
+  const shape: Omit<MoeShape, 'T'> = {
+    din: x.shape[1]!,
+    dout: wts.w.shape[0]!,
+    RS,
+    E,
+    r: r ?? 0,
+    topK: Math.max(1, Math.min(opts.topK ?? E, E || 1)),
+    renormalize: opts.renormalize ?? true,
+    activation: opts.activation ?? 'softmax',
+    scale: opts.scale,
+    bias: !!wts.b,
+    routerBias: !!wts.routerB,
+  };
+  if (E && (!wts.routerW || !wts.expertB)) throw new Error('moeLoraLinear: routed experts need routerW and expertB');
+  if (RS && !wts.sharedB) throw new Error('moeLoraLinear: sharedA without sharedB');
+  if (tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
+  registerMoeLora();
+  const inputs: Tensor[] = [x, wts.w];
+  if (wts.b) inputs.push(wts.b);
+  if (RS) inputs.push(wts.sharedA!, wts.sharedB!);
+  if (E) {
+    inputs.push(wts.routerW!);
+    if (wts.routerB) inputs.push(wts.routerB);
+    inputs.push(wts.expertA!, wts.expertB!);
+  }
+  const outs = tf.engine().runKernel(MOE_KERNEL, inputs as any, shape as any) as unknown as Tensor[];
+  if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
+  const G = outs[outs.length - 1];
+  // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
+  void G;
+  return E ? { y: outs[0], p: outs[1], gates: outs[2] } : { y: outs[0] };
+}
+
+/** The same function as the plan's reference kernels compute it (any backend). */
+function reference(x: Tensor, w: MoeLoraWeights, s: Omit<MoeShape, 'T'>): MoeLoraResult {
+  const step = (op: KernelStep['op'], attrs: Record<string, unknown>): KernelStep => ({ node: 'moe_lora', op, inputs: [], outputs: [], attrs });
+  const ctx = undefined as unknown as KernelContext;
+  const terms = [ref.linear(w.b ? [x, w.w, w.b] : [x, w.w], step('linear', {}), ctx)[0]];
+  if (s.RS) {
+    const h = ref.lora_down([x, w.sharedA!], step('lora_down', {}), ctx)[0];
+    terms.push(ref.lora_up([h, w.sharedB!], step('lora_up', { scale: s.scale }), ctx)[0]);
+  }
+  if (!s.E) return { y: terms.length === 1 ? terms[0] : tf.addN(terms) };
+  const p = ref.router(w.routerB ? [x, w.routerW!, w.routerB] : [x, w.routerW!], step('router', { activation: s.activation }), ctx)[0];
+  const gates = ref.topk_gate([p], step('topk_gate', { k: s.topK, renormalize: s.renormalize }), ctx)[0];
+  const h = ref.moe_down_batched([x, w.expertA!], step('moe_down_batched', {}), ctx)[0];
+  terms.push(ref.moe_up_grouped([h, gates, w.expertB!], step('moe_up_grouped', { sharedRank: 0, rank: s.r, experts: s.E, scale: s.scale }), ctx)[0]);
+  return { y: tf.addN(terms), p, gates };
+}
+
+export { BACK_THREADS };

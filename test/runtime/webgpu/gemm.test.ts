@@ -1,0 +1,105 @@
+/**
+ * The WGSL f32 GEMM (src/runtime/webgpu/gemm.ts) against tf.matMul on the cpu backend: every transpose
+ * combination, the fused bias, forward and gradients, on shapes that are not multiples of any tile (one
+ * row, one column, primes), every candidate tile of the tuner, and the tuner's cache (written under a
+ * temporary XDG_CACHE_HOME, read back, turned off by MCPC_GEMM_TUNE=0). Needs WebGPU: see
+ * kernels-support.ts for skip-or-fail.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { GEMM_KERNEL, gemm, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
+import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
+import { compare, describeGpu, randn, run } from './kernels-support.js';
+
+const TOL = 1e-4;
+
+describeGpu('WGSL GEMM on WebGPU', () => {
+  const shapes: [number, number, number][] = [
+    [1, 1, 1],
+    [1, 9, 8],
+    [5, 7, 3],
+    [33, 17, 19],
+    [64, 64, 64],
+    [70, 130, 45],
+  ];
+  for (const [M, N, K] of shapes) {
+    for (const tA of [false, true]) {
+      for (const tB of [false, true]) {
+        it(`C = ${tA ? 'Aᵀ' : 'A'}·${tB ? 'Bᵀ' : 'B'}, M=${M} N=${N} K=${K}: forward and gradients`, async () => {
+          const seed = M * 1000 + N * 10 + K + (tA ? 3 : 0) + (tB ? 5 : 0);
+          const args = [randn(seed, tA ? [K, M] : [M, K]), randn(seed + 1, tB ? [N, K] : [K, N])];
+          const { worst, what } = await compare(
+            ([a, b]) => [gemm(a!, b!, tA, tB)],
+            ([a, b]) => [tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, tA, tB)],
+            args,
+          );
+          expect(worst, what).toBeLessThan(TOL);
+        });
+      }
+    }
+  }
+
+  it('linear x·Wᵀ + b fuses the bias, and its gradients include db', async () => {
+    const args = [randn(1, [23, 13]), randn(2, [11, 13]), randn(3, [11])];
+    const { worst, what } = await compare(
+      ([x, w, b]) => [linear(x!, w!, b)],
+      ([x, w, b]) => [tf.add(tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, false, true), b!)],
+      args,
+    );
+    expect(worst, what).toBeLessThan(TOL);
+  });
+
+  it('every candidate tile computes the same product (awkward shape, both operand orders)', async () => {
+    const [M, N, K] = [37, 45, 29];
+    const a = randn(11, [M, K], 1, false);
+    const b = randn(12, [N, K], 1, false);
+    const ref = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, false, true)], [a, b]);
+    for (const tile of CANDIDATES) {
+      const got = await run(
+        'webgpu',
+        ([x, w]) => {
+          registerGemm();
+          return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: false, transB: true, tile } as never) as Tensor];
+        },
+        [a, b],
+      );
+      let err = 0;
+      for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
+      expect(err, JSON.stringify(tile)).toBeLessThan(1e-4);
+    }
+  });
+
+  const cacheDir = mkdtempSync(join(tmpdir(), 'mcpc-gemm-cache-'));
+  const saved = { xdg: process.env.XDG_CACHE_HOME, tune: process.env.MCPC_GEMM_TUNE };
+  afterAll(() => {
+    if (saved.xdg === undefined) delete process.env.XDG_CACHE_HOME;
+    else process.env.XDG_CACHE_HOME = saved.xdg;
+    if (saved.tune === undefined) delete process.env.MCPC_GEMM_TUNE;
+    else process.env.MCPC_GEMM_TUNE = saved.tune;
+    resetTuning();
+    rmSync(cacheDir, { recursive: true, force: true });
+  });
+
+  it('the tuner times the candidates, caches the fastest per device and shape class, and can be turned off', async () => {
+    process.env.XDG_CACHE_HOME = cacheDir;
+    delete process.env.MCPC_GEMM_TUNE;
+    resetTuning();
+    await initBackend('webgpu');
+    const device = (tf.backend() as unknown as { device: unknown }).device;
+    const res = await tuneGemm(40, 24, 16);
+    expect(res.timings.length).toBeGreaterThan(1);
+    expect(res.timings.every((t) => t.ms > 0)).toBe(true);
+    const file = JSON.parse(readFileSync(cachePath(), 'utf8')) as Record<string, unknown>;
+    const key = `${deviceKey(device)}#${shapeClass(40, 24, 16)}`;
+    expect(file[key]).toEqual(res.best);
+    // A fresh process (in-memory cache dropped) reads the choice back from the file.
+    resetTuning();
+    expect(tileFor(device, 40, 24, 16)).toEqual(res.best);
+    process.env.MCPC_GEMM_TUNE = '0';
+    resetTuning();
+    expect(tileFor(device, 40, 24, 16)).toEqual(defaultTile(40, 24));
+  });
+});

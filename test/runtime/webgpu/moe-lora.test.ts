@@ -1,0 +1,124 @@
+/**
+ * The fused mixture-of-LoRA linear (src/runtime/webgpu/moe-lora.ts) against the composition of the plan's
+ * reference kernels it replaces (linear + lora_down/lora_up for the shared pair + router + topk_gate +
+ * moe_down_batched + moe_up_grouped), on the cpu backend: outputs y, p, gates and the gradients of a random
+ * weighting of all three with respect to x and every weight, on awkward shapes (sizes off every tile, one
+ * token, top_k = experts, ranks that are not multiples of 4, sigmoid without renormalisation, plain LoRA,
+ * no adapter at all). Needs WebGPU: see kernels-support.ts for skip-or-fail.
+ */
+import { expect, it } from 'vitest';
+import { reference, type KernelContext, type KernelStep } from '../../../src/runtime/kernels/reference.js';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { moeLoraLinear } from '../../../src/runtime/webgpu/moe-lora.js';
+import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
+
+interface Case {
+  name: string;
+  T: number;
+  din: number;
+  dout: number;
+  RS: number;
+  E: number;
+  r: number;
+  topK: number;
+  renormalize: boolean;
+  activation: 'softmax' | 'sigmoid';
+  bias: boolean;
+  routerBias: boolean;
+  scale: number;
+}
+
+const base = { RS: 0, E: 0, r: 0, topK: 0, renormalize: true, activation: 'softmax' as const, bias: false, routerBias: false, scale: 2 };
+const cases: Case[] = [
+  { ...base, name: 'linear without adapters', T: 6, din: 5, dout: 7, bias: true },
+  { ...base, name: 'plain LoRA, rank 3, bias', T: 5, din: 7, dout: 9, RS: 3, bias: true },
+  { ...base, name: 'shared 4 + 4 experts rank 3 top-2, router bias', T: 13, din: 10, dout: 11, RS: 4, E: 4, r: 3, topK: 2, bias: true, routerBias: true },
+  { ...base, name: 'one token, top_k = experts = 3, rank 4', T: 1, din: 8, dout: 12, E: 3, r: 4, topK: 3, routerBias: true },
+  { ...base, name: 'sigmoid router, top-1, no renormalisation, rank 8', T: 9, din: 12, dout: 6, E: 5, r: 8, topK: 1, renormalize: false, activation: 'sigmoid', routerBias: true, scale: 0.5 },
+  { ...base, name: 'several tiles: T 70, dout 68, shared 8, 8 experts rank 4 top-2', T: 70, din: 36, dout: 68, RS: 8, E: 8, r: 4, topK: 2, bias: true, routerBias: true },
+];
+
+const step = (op: KernelStep['op'], attrs: Record<string, unknown>): KernelStep => ({ node: 'n', op, inputs: [], outputs: [], attrs });
+const ctx = {} as KernelContext;
+
+function args(c: Case, seed: number): Arg[] {
+  const a: Arg[] = [randn(seed, [c.T, c.din]), randn(seed + 1, [c.dout, c.din], 0.5)];
+  if (c.bias) a.push(randn(seed + 2, [c.dout], 0.5));
+  if (c.RS) a.push(randn(seed + 3, [c.RS, c.din], 0.5), randn(seed + 4, [c.dout, c.RS], 0.5));
+  if (c.E) {
+    a.push(randn(seed + 5, [c.E, c.din], 1));
+    if (c.routerBias) a.push(randn(seed + 6, [c.E], 0.5));
+    a.push(randn(seed + 7, [c.E, c.r, c.din], 0.5), randn(seed + 8, [c.E, c.dout, c.r], 0.5));
+  }
+  return a;
+}
+
+function unpack(c: Case, xs: Tensor[]) {
+  let i = 0;
+  const x = xs[i++]!;
+  const w = xs[i++]!;
+  const b = c.bias ? xs[i++] : undefined;
+  const sharedA = c.RS ? xs[i++] : undefined;
+  const sharedB = c.RS ? xs[i++] : undefined;
+  const routerW = c.E ? xs[i++] : undefined;
+  const routerB = c.E && c.routerBias ? xs[i++] : undefined;
+  const expertA = c.E ? xs[i++] : undefined;
+  const expertB = c.E ? xs[i++] : undefined;
+  return { x, w, b, sharedA, sharedB, routerW, routerB, expertA, expertB };
+}
+
+function ours(c: Case) {
+  return (xs: Tensor[]): Tensor[] => {
+    const { x, ...wts } = unpack(c, xs);
+    const res = moeLoraLinear(x, wts, { scale: c.scale, topK: c.topK, renormalize: c.renormalize, activation: c.activation });
+    return c.E ? [res.y, res.p!, res.gates!] : [res.y];
+  };
+}
+
+/** The plan's ops, one reference kernel each. */
+function planOps(c: Case) {
+  return (xs: Tensor[]): Tensor[] => {
+    const v = unpack(c, xs);
+    const terms = [reference.linear(v.b ? [v.x, v.w, v.b] : [v.x, v.w], step('linear', {}), ctx)[0]!];
+    if (c.RS) {
+      const h = reference.lora_down([v.x, v.sharedA!], step('lora_down', {}), ctx)[0]!;
+      terms.push(reference.lora_up([h, v.sharedB!], step('lora_up', { scale: c.scale }), ctx)[0]!);
+    }
+    if (!c.E) return [terms.length === 1 ? terms[0]! : tf.addN(terms)];
+    const p = reference.router(v.routerB ? [v.x, v.routerW!, v.routerB] : [v.x, v.routerW!], step('router', { activation: c.activation }), ctx)[0]!;
+    const gates = reference.topk_gate([p], step('topk_gate', { k: c.topK, renormalize: c.renormalize }), ctx)[0]!;
+    const h = reference.moe_down_batched([v.x, v.expertA!], step('moe_down_batched', {}), ctx)[0]!;
+    terms.push(reference.moe_up_grouped([h, gates, v.expertB!], step('moe_up_grouped', { sharedRank: 0, rank: c.r, experts: c.E, scale: c.scale }), ctx)[0]!);
+    return [tf.addN(terms), p, gates];
+  };
+}
+
+describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
+  cases.forEach((c, i) => {
+    it(`${c.name}: y, p, gates and every gradient equal the plan's reference ops`, async () => {
+      const { worst, what } = await compare(ours(c), planOps(c), args(c, 100 * (i + 1)), 11 + i);
+      expect(worst, what).toBeLessThan(2e-4);
+    });
+  });
+
+  it('a frozen base weight costs no gradient GEMM, and y alone still differentiates (p, gates unused)', async () => {
+    const c = cases[2]!;
+    const a = args(c, 900);
+    a[1] = { ...a[1]!, diff: false };
+    const { worst, what } = await compare((xs) => [ours(c)(xs)[0]!], (xs) => [planOps(c)(xs)[0]!], a, 5);
+    expect(worst, what).toBeLessThan(2e-4);
+    // Which kernels the backward ran: the per-token routing backward and the fused dx/dA/dB, no base dW.
+    await initBackend('webgpu');
+    const xs = a.map((t) => tf.tensor(t.data, t.shape));
+    const trained = xs.filter((_, i) => i !== 1);
+    const info = await tf.profile(() => {
+      const { grads } = tf.engine().gradients(() => tf.sum(ours(c)(xs)[0]!) as tf.Scalar, trained, undefined, true);
+      tf.dispose(grads);
+    });
+    const names = info.kernels.map((k) => k.name);
+    expect(names).toContain('McpcMoeLoraBack');
+    expect(names).toContain('McpcMoeLoraDx');
+    expect(names.filter((n) => n === 'McpcGemm')).toEqual([]);
+    tf.dispose(xs);
+  });
+});
