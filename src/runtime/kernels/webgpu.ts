@@ -1,0 +1,120 @@
+/**
+ * The kernel table of the WebGPU backend: the reference table (./reference.ts) with the ops that have a
+ * WGSL kernel (src/runtime/webgpu/kernels/) replaced. Same `Kernel` signature and the same conventions;
+ * every WGSL kernel has a custom gradient, so the executor's autodiff runs its backward kernels. A kernel
+ * falls back to the reference for the cases it does not take (given logits, a model width past
+ * XENT_MAX_WIDTH, terms that cannot be batched), and every op runs the reference when the current tfjs
+ * backend is not webgpu.
+ *
+ *   rmsnorm  swiglu  rope  attention  lm_head_xent  topk_gate  ortho_penalty_batched   WGSL
+ *   everything else (GEMMs, LoRA, routing, add, fused_elementwise, ...)                  reference (tfjs ops)
+ *
+ * `fusedAdamW` is the optimizer step the executor uses on webgpu: every trainable tensor in one dispatch.
+ */
+import type { PlanOp } from '../../plan/types.js';
+import { tf, type Tensor } from '../tfjs/index.js';
+import { adamwAll } from '../webgpu/kernels/adamw.js';
+import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
+import { orthoPenaltyBatched, type OrthoTermSpec } from '../webgpu/kernels/ortho.js';
+import { rmsnorm } from '../webgpu/kernels/rmsnorm.js';
+import { rope, ropeTables } from '../webgpu/kernels/rope.js';
+import { onWebGpu } from '../webgpu/kernels/run.js';
+import { swiglu } from '../webgpu/kernels/swiglu.js';
+import { topkMask } from '../webgpu/kernels/topk.js';
+import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
+import type { OptimizerSettings, SlotState } from '../optimizer.js';
+import { KernelError, reference, type Kernel, type KernelStep } from './reference.js';
+
+function num(step: KernelStep, key: string): number {
+  const v = step.attrs[key];
+  if (typeof v === 'number' && Number.isFinite(v)) return v;
+  throw new KernelError(step, `attrs.${key} must be a finite number (got ${JSON.stringify(v)})`);
+}
+const flag = (step: KernelStep, key: string, fallback: boolean): boolean => (typeof step.attrs[key] === 'boolean' ? (step.attrs[key] as boolean) : fallback);
+
+/** `k` on webgpu, else the reference kernel of the op. */
+function gpu(op: PlanOp, k: Kernel): Kernel {
+  return (inputs, step, ctx) => (onWebGpu() ? k(inputs, step, ctx) : reference[op](inputs, step, ctx));
+}
+
+const wgsl: Partial<Record<PlanOp, Kernel>> = {
+  rmsnorm: gpu('rmsnorm', (inputs, step) => [rmsnorm(inputs[0]!, inputs[1], num(step, 'eps'))]),
+
+  swiglu: gpu('swiglu', (inputs, step, ctx) => (inputs.length === 2 ? [swiglu(inputs[0]!, inputs[1]!)] : reference.swiglu(inputs, step, ctx))),
+
+  rope: gpu('rope', (inputs, step, ctx) => {
+    const d = num(step, 'headDim');
+    if (inputs.length !== 2 || d % 2 !== 0) return reference.rope(inputs, step, ctx);
+    const [cos, sin] = ropeTables(ctx.positions, d, num(step, 'theta'), ctx.cache);
+    return [rope(inputs[0]!, cos, sin, num(step, 'heads'), d), rope(inputs[1]!, cos, sin, num(step, 'kvHeads'), d)];
+  }),
+
+  attention: gpu('attention', (inputs, step, ctx) => {
+    const heads = num(step, 'heads');
+    const kvHeads = num(step, 'kvHeads');
+    const headDim = num(step, 'headDim');
+    if (inputs.length !== 3 || heads % kvHeads !== 0 || headDim > 1024 || inputs[0]!.shape[0] !== ctx.rows * ctx.seqLen) return reference.attention(inputs, step, ctx);
+    const shape = { rows: ctx.rows, seqLen: ctx.seqLen, heads, kvHeads, headDim, causal: flag(step, 'causal', true) };
+    return [attention(inputs[0]!, inputs[1]!, inputs[2]!, segmentTensor(ctx.segments, ctx.cache), shape)];
+  }),
+
+  lm_head_xent: gpu('lm_head_xent', (inputs, step, ctx) => {
+    const given = flag(step, 'logitsGiven', inputs.length === 3);
+    if (given || inputs.length !== 4 || (inputs[0]!.shape[1] as number) > XENT_MAX_WIDTH) return reference.lm_head_xent(inputs, step, ctx);
+    return [lmHeadXent(inputs[0]!, inputs[1]!, inputs[2]!, inputs[3]!)];
+  }),
+
+  topk_gate: gpu('topk_gate', (inputs, step, ctx) => {
+    if (inputs.length !== 1) return reference.topk_gate(inputs, step, ctx);
+    const p = inputs[0]!;
+    const kept = tf.mul(p, topkMask(p, num(step, 'k')));
+    return [flag(step, 'renormalize', true) ? tf.div(kept, tf.sum(kept, -1, true)) : kept];
+  }),
+
+  ortho_penalty_batched: gpu('ortho_penalty_batched', (inputs, step, ctx) => {
+    const terms = step.attrs.terms as OrthoTermSpec[] | undefined;
+    if (!Array.isArray(terms) || !terms.length) return reference.ortho_penalty_batched(inputs, step, ctx);
+    const byId = new Map(step.inputs.map((id, i) => [id, inputs[i]!]));
+    const get = (id: string): Tensor => {
+      const t = byId.get(id);
+      if (!t) throw new KernelError(step, `term reads ${id}, which is not an input`);
+      return t;
+    };
+    const v = orthoPenaltyBatched(terms, get, flag(step, 'weighted', true));
+    return v ? [v] : reference.ortho_penalty_batched(inputs, step, ctx);
+  }),
+};
+
+/** The WebGPU kernel table: every plan op, WGSL where there is a kernel, else the reference. */
+export const webgpuKernels: Record<PlanOp, Kernel> = { ...reference, ...wgsl };
+
+/** The ops that run a WGSL kernel on webgpu. */
+export const wgslOps: readonly PlanOp[] = Object.keys(wgsl) as PlanOp[];
+
+/**
+ * One AdamW step of every trainable tensor in one dispatch (webgpu/kernels/adamw.ts), for the executor:
+ * replaces the tensors in `params` and `slots` (by id) and disposes the old ones. Same semantics as
+ * optimizer.ts `update` per tensor; `gradScale` is the clipping factor.
+ */
+export function fusedAdamW(
+  ids: readonly string[],
+  params: Map<string, Tensor>,
+  slots: Map<string, SlotState>,
+  grads: readonly Tensor[],
+  opt: Extract<OptimizerSettings, { kind: 'adamw' }>,
+  s: { lr: number; weightDecay: number; t: number; gradScale: number },
+): void {
+  const old = ids.map((id) => ({ p: params.get(id)!, s: slots.get(id)! }));
+  const r = adamwAll(
+    old.map((o) => o.p),
+    grads,
+    old.map((o) => o.s.m),
+    old.map((o) => o.s.v!),
+    { lr: s.lr, weightDecay: s.weightDecay, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t: s.t, gradScale: s.gradScale },
+  );
+  ids.forEach((id, i) => {
+    params.set(id, tf.keep(r.p[i]!));
+    slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
+  });
+  tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
+}
