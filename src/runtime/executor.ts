@@ -68,6 +68,7 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { reference, type KernelContext } from './kernels/reference.js';
+import { fusedAdamW, webgpuKernels } from './kernels/webgpu.js';
 import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { loadBaseParameters } from './weights/hf.js';
@@ -200,6 +201,8 @@ class Runner implements StageRunner {
   private scheduleStep = 0;
   private exited = false;
   private disposed = false;
+  // WebGPU hook (issue 5): on the webgpu backend the steps run the WGSL kernel table and AdamW is one dispatch.
+  private readonly kernels = tf.getBackend() === 'webgpu' ? webgpuKernels : reference;
 
   constructor(
     readonly plan: Plan,
@@ -355,7 +358,7 @@ class Runner implements StageRunner {
     const ctx: KernelContext = { rows: mb.rows, seqLen: mb.seqLen, positions: mb.positions, segments: mb.segments, cache: new Map() };
     for (const step of this.stage.forward) {
       const ins = step.inputs.map((i) => values.get(i)!);
-      const outs = reference[step.op](ins, step, ctx);
+      const outs = this.kernels[step.op](ins, step, ctx);
       if (outs.length !== step.outputs.length) throw new RunnerError(`step ${step.node} (${step.op}) returned ${outs.length} outputs for ${step.outputs.length}`);
       step.outputs.forEach((o, i) => values.set(o, outs[i]));
       onStep?.(step, outs, ctx);
@@ -459,7 +462,9 @@ class Runner implements StageRunner {
     }
     const factor = clipFactor(gradNorm, s.gradClip);
     const t = this.t + 1;
-    this.trainable.forEach((id, i) => {
+    // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (kernels/webgpu.ts).
+    if (this.kernels === webgpuKernels && s.optimizer.kind === 'adamw') fusedAdamW(this.trainable, this.params, this.slots, grads, s.optimizer, { lr, weightDecay: s.weightDecay, t, gradScale: factor });
+    else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;
       const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);
