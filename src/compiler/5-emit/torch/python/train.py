@@ -193,6 +193,8 @@ class StageModel(nn.Module):
         self.graph = graph
         self.recompute = recompute
         self.blocks = nn.ModuleList([BlockModule(b, tensors, trainable, device) for b in graph.blocks])
+        # The blocks themselves, also after FSDP replaces the entries of self.blocks by its wrappers.
+        self.param_sets = [b.own for b in self.blocks]
         unused = [i for i in tensors if i not in graph.read]
         self.shared = ParamSet(list(graph.shared) + unused, tensors, trainable, device)
 
@@ -211,8 +213,7 @@ class StageModel(nn.Module):
         return env[self.graph.loss], {k: env[k] for k in self.graph.exposed if k in env}
 
     def named_plan_params(self):
-        for m in [*self.blocks, self.shared]:
-            ps = m.own if isinstance(m, BlockModule) else m
+        for ps in [*self.param_sets, self.shared]:
             yield from zip(ps.ids, ps.params)
 
 
@@ -384,8 +385,14 @@ class Trainer:
                         kept.append(line)
             with open(metrics, "w", encoding="utf-8") as f:
                 f.writelines(kept)
+        done_through = -1
+        if resume and resume[1]["stageDone"]:
+            # A stage-end checkpoint: its parameters (exit transitions applied) start the next stage.
+            self.params, _ = wt.read_safetensors(os.path.join(resume[0], "params.safetensors"))
+            done_through, resume = resume[1]["stageIndex"], None
+            self.log(f"resuming after stage {PLAN['stages'][done_through]['name']} from {os.path.dirname(metrics)}")
         for stage in PLAN["stages"]:
-            if resume and resume[1]["stageIndex"] > stage["index"]:
+            if stage["index"] <= done_through or (resume and resume[1]["stageIndex"] > stage["index"]):
                 continue
             code = self.train_stage(stage, metrics, ckpt_root, resume if resume and resume[1]["stageIndex"] == stage["index"] else None)
             resume = None
@@ -420,7 +427,7 @@ class Trainer:
         if resume:
             folder, st = resume
             self.params, _ = wt.read_safetensors(os.path.join(folder, "params.safetensors"))
-            cursor, steps_done, t_applied, bad = tuple(st["cursor"]), st["stepsDone"], st["t"], st["badSteps"]
+            cursor, steps_done, t_applied, bad = (st["cursor"]["epoch"], st["cursor"]["index"]), st["stepsDone"], st["t"], st["badSteps"]
             self.log(f"stage {stage['name']}: resuming at step {steps_done}/{total} from {folder}")
         tensors = self.held(stage, init_seed)
         self.log(f"stage {stage['name']}: {total} step{'s' if total != 1 else ''}, {n_examples} examples, batch {s['batch']} (micro {s['microBatch']}), max_len {s['maxLen']}{', packed' if s['packing'] else ''}{', recompute' if stage['recompute'] else ''}")

@@ -251,7 +251,7 @@ def load_hf_checkpoint(folder, params, config):
             tensors.update(read_safetensors(os.path.join(folder, s))[0])
         where = index
     else:
-        raise WeightsError(folder, "has neither model.safetensors nor model.safetensors.index.json (the model's weights are missing)")
+        raise WeightsError(folder, "has neither model.safetensors nor model.safetensors.index.json: the model's weights are missing; train the pipeline that makes them first (for models/tiny-med-base: pipelines/pretrain.mcp), or point --root at a project that has them")
     out = {}
     for p in params:
         if p["owner"] != "base" or "hfName" not in p:
