@@ -293,12 +293,13 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, a: 
   if (a.heads % a.kvHeads !== 0) throw new Error(`attention: heads ${a.heads} is not a multiple of kvHeads ${a.kvHeads}`);
   const f = tf.customGrad(((qq: Tensor, kk: Tensor, vv: Tensor, save: tf.GradSaveFunc) => {
     const [o, lse] = forward(qq, kk, vv, segments, a);
-    save([qq, kk, vv, o, lse]);
+    // Everything backward reads is saved: autodiff frees the forward pass's other tensors before backward.
+    save([qq, kk, vv, o, lse, segments]);
     return {
       value: o,
-      gradFunc: (dO: Tensor, [sq, sk, sv, so, sl]: Tensor[]) => {
-        const [dq, delta] = backwardQ(dO, sq!, sk!, sv!, so!, sl!, segments, a);
-        const [dk, dv] = backwardKV(dO, sq!, sk!, sv!, sl!, delta, segments, a);
+      gradFunc: (dO: Tensor, [sq, sk, sv, so, sl, sseg]: Tensor[]) => {
+        const [dq, delta] = backwardQ(dO, sq!, sk!, sv!, so!, sl!, sseg!, a);
+        const [dk, dv] = backwardKV(dO, sq!, sk!, sv!, sl!, delta, sseg!, a);
         delta.dispose();
         return [dq, dk, dv];
       },

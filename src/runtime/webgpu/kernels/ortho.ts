@@ -128,7 +128,8 @@ export function orthoPenaltyBatched(terms: readonly OrthoTermSpec[], get: (id: s
   const nR = p.rowOff.length;
   const NC = Math.ceil(p.maxWidth / WG);
   const f = tf.customGrad(((x: Tensor, save: tf.GradSaveFunc) => {
-    save([x]);
+    // The tables are saved too: autodiff frees the forward pass's other tensors before backward.
+    save([x, termInfo, rowInfo, rowList, weights]);
     const [vals] = dispatch({
       name: 'ortho_fwd',
       inputs: { X: x, termInfo, rowInfo, rowList, weights },
@@ -166,10 +167,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     });
     return {
       value: vals!,
-      gradFunc: (dy: Tensor, [sx]: Tensor[]) =>
+      gradFunc: (dy: Tensor, [sx, sTerm, sRow, sList, sW]: Tensor[]) =>
         dispatch({
           name: 'ortho_bwd',
-          inputs: { X: sx!, dy, termInfo, rowInfo, rowList, weights, appIndex: i32(p.appIndex), apps: i32(p.apps.length ? p.apps : [0]) },
+          inputs: { X: sx!, dy, termInfo: sTerm!, rowInfo: sRow!, rowList: sList!, weights: sW!, appIndex: i32(p.appIndex), apps: i32(p.apps.length ? p.apps : [0]) },
           outputs: { dX: [sx!.size] },
           uniforms: { n: ['u32', nR] },
           workgroups: nR,

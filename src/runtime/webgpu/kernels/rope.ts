@@ -65,9 +65,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** Rotary embedding of x [T, heads·headDim] with the tables of ropeTables, differentiable. */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headDim: number): Tensor {
-  const f = tf.customGrad(((xx: Tensor) => ({
-    value: rotate(xx, cos, sin, heads, headDim, 1),
-    gradFunc: (dy: Tensor) => rotate(dy, cos, sin, heads, headDim, -1),
-  })) as never) as (x: Tensor) => Tensor;
+  const f = tf.customGrad(((xx: Tensor, save: tf.GradSaveFunc) => {
+    // The tables are saved: autodiff frees the forward pass's other tensors before backward.
+    save([cos, sin]);
+    return {
+      value: rotate(xx, cos, sin, heads, headDim, 1),
+      gradFunc: (dy: Tensor, [c, s]: Tensor[]) => rotate(dy, c!, s!, heads, headDim, -1),
+    };
+  }) as never) as (x: Tensor) => Tensor;
   return f(x);
 }

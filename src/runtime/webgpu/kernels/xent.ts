@@ -182,12 +182,13 @@ export function lmHeadXent(x: Tensor, w: Tensor, labels: Tensor, mask: Tensor): 
     const [lse, picked] = forward(xx, ww, lab);
     const count = tf.maximum(tf.sum(mask), 1);
     const loss = tf.div(tf.sum(tf.mul(tf.sub(lse, picked), mask)), count);
-    save([xx, ww, lse, count]);
+    // Everything backward reads is saved: autodiff frees the forward pass's other tensors before backward.
+    save([xx, ww, lse, count, lab, mask]);
     return {
       value: loss,
-      gradFunc: (dy: Tensor, [sx, sw, sl, sc]: Tensor[]) => {
-        const coef = tf.mul(mask, tf.div(dy, sc!));
-        return [backwardX(sx!, sw!, lab, sl!, coef), backwardW(sx!, sw!, lab, sl!, coef)];
+      gradFunc: (dy: Tensor, [sx, sw, sl, sc, slab, smask]: Tensor[]) => {
+        const coef = tf.mul(smask!, tf.div(dy, sc!));
+        return [backwardX(sx!, sw!, slab!, sl!, coef), backwardW(sx!, sw!, slab!, sl!, coef)];
       },
     };
   }) as never) as (x: Tensor, w: Tensor) => Tensor;
