@@ -1,0 +1,288 @@
+/**
+ * The GPU benchmark: our WGSL kernels and PyTorch on the same GPU, in one run.
+ *
+ *   npm ci && bash ../shared/gpu/pack.sh bench/gpu.ts .gpu      # here
+ *   bash .gpu/run.sh                                            # on the GPU machine (see shared/gpu/README.md)
+ *   npx tsx bench/gpu.ts --quick                                # small shapes, any WebGPU adapter (llvmpipe too)
+ *
+ * Prints, ours then PyTorch's (python3 runs a script this program writes to a temp dir; its JSON comes
+ * back on stdout; without python3 + torch + CUDA it says so and goes on):
+ *   - f32 GEMM 4096³ (ours: register-tiled WGSL, tile tuned first; PyTorch: fp32 with TF32 off, and for
+ *     context TF32 and bf16)
+ *   - f16-input, f32-accumulate GEMM 4096³ on subgroup matrices (ours: checked against an f32 product first,
+ *     every tile candidate timed; PyTorch: fp16 matmul)
+ *   - the MoE-LoRA FFN layer of shared/gpu/README.md: T=2048, d=1024, ff=2816, SwiGLU; gate, up and down
+ *     each a frozen base + shared LoRA 2×16 + 8 routed rank-16 experts (softmax router, top-2,
+ *     renormalised), scale 2; forward and forward+backward (gradients of x and every adapter and router
+ *     weight). Ours: the fused kernels (src/runtime/webgpu/moe-lora.ts), f32. PyTorch: eager fp32 running
+ *     MedCare's naive formulation (every expert for every token, then gathered), and bf16 autocast.
+ * with TFLOP/s and ms (median of --reps runs after warm-up, GPU work synchronised), and a PASS/FAIL line per
+ * target of issue 5. `--quick` (the default on a software adapter) shrinks every shape.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
+import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
+import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
+import { F16_CANDIDATES, gemmF16, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' } } });
+process.env.EGL_PLATFORM ??= 'surfaceless';
+const gpu = await openDawn();
+if ('unavailable' in gpu) {
+  console.log(`bench/gpu: ${gpu.unavailable}`);
+  process.exit(1);
+}
+await initBackend('webgpu');
+const quick = values.full ? false : (values.quick ?? gpu.software);
+const reps = Number(values.reps ?? (quick ? 3 : 10));
+console.log(`device: ${describeDevice(gpu)}`);
+console.log(`date: ${new Date().toISOString()}; ${quick ? 'QUICK (small shapes: figures are not the benchmark)' : 'full shapes'}${gpu.software ? '; software adapter: timings mean nothing for a GPU' : ''}`);
+
+const G = quick ? 256 : 4096;
+const L = quick ? { T: 64, d: 64, ff: 96 } : { T: 2048, d: 1024, ff: 2816 };
+const MOE = { shared: 2, sharedRank: 16, E: 8, r: 16, k: 2, scale: 2 };
+
+// --- PyTorch ---------------------------------------------------------------------------------------------
+const PY = String.raw`
+import json, sys, time
+out = {}
+try:
+    import torch
+except Exception as e:
+    print(json.dumps({"error": "no torch: %s" % e})); sys.exit(0)
+if not torch.cuda.is_available():
+    print(json.dumps({"error": "torch %s without CUDA" % torch.__version__})); sys.exit(0)
+cfg = json.loads(sys.argv[1])
+dev = "cuda"
+reps = cfg["reps"]
+out["torch"] = torch.__version__
+out["gpu"] = torch.cuda.get_device_name(0)
+def timeit(f):
+    for _ in range(3): f()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
+        s.record(); f(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
+    ts.sort(); return ts[len(ts) // 2]
+n = cfg["G"]
+a = torch.randn(n, n, device=dev); b = torch.randn(n, n, device=dev)
+torch.backends.cuda.matmul.allow_tf32 = False
+out["f32"] = timeit(lambda: a @ b)
+torch.backends.cuda.matmul.allow_tf32 = True
+out["tf32"] = timeit(lambda: a @ b)
+torch.backends.cuda.matmul.allow_tf32 = False
+ah, bh = a.half(), b.half()
+out["f16"] = timeit(lambda: ah @ bh)
+ab, bb = a.bfloat16(), b.bfloat16()
+out["bf16"] = timeit(lambda: ab @ bb)
+T, d, ff = cfg["T"], cfg["d"], cfg["ff"]
+S, RS, E, r, k, sc = cfg["shared"], cfg["sharedRank"], cfg["E"], cfg["r"], cfg["k"], cfg["scale"]
+def site(i, o):
+    p = lambda *s: (torch.randn(*s, device=dev) * 0.02).requires_grad_()
+    return dict(W=torch.randn(o, i, device=dev) * 0.02, shA=[p(RS, i) for _ in range(S)], shB=[p(o, RS) for _ in range(S)],
+                Wr=p(E, i), br=p(E), Ae=p(E, r, i), Be=p(E, o, r))
+def moe_linear(x, s):
+    # MedCare's formulation: every expert for every token, then the top-k gathered.
+    y = x @ s["W"].T
+    for A, B in zip(s["shA"], s["shB"]):
+        y = y + sc * ((x @ A.T) @ B.T)
+    p = torch.softmax(x @ s["Wr"].T + s["br"], -1)
+    v, i = p.topk(k, -1)
+    g = v / v.sum(-1, keepdim=True)
+    outs = torch.stack([sc * ((x @ s["Ae"][e].T) @ s["Be"][e].T) for e in range(E)], 1)
+    sel = outs.gather(1, i.unsqueeze(-1).expand(-1, -1, outs.shape[-1]))
+    return y + (g.unsqueeze(-1) * sel).sum(1)
+gate, up, down = site(d, ff), site(d, ff), site(ff, d)
+x = torch.randn(T, d, device=dev, requires_grad=True)
+dy = torch.randn(T, d, device=dev)
+def layer():
+    h = torch.nn.functional.silu(moe_linear(x, gate)) * moe_linear(x, up)
+    return moe_linear(h, down)
+def fwd():
+    with torch.no_grad(): layer()
+def fwdbwd():
+    y = layer(); (y * dy).sum().backward()
+out["ffn_fwd"] = timeit(fwd)
+out["ffn_fwdbwd"] = timeit(fwdbwd)
+def fwdbwd16():
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer()
+    (y.float() * dy).sum().backward()
+out["ffn_fwdbwd_bf16"] = timeit(fwdbwd16)
+print(json.dumps(out))
+`;
+
+function torchFigures(): Record<string, number | string> {
+  if (values['no-torch']) return { error: 'skipped (--no-torch)' };
+  const dir = mkdtempSync(join(tmpdir(), 'mcpc-torch-'));
+  try {
+    const file = join(dir, 'bench.py');
+    writeFileSync(file, PY);
+    const cfg = JSON.stringify({ G, ...L, ...MOE, reps });
+    const res = spawnSync('python3', [file, cfg], { encoding: 'utf8', timeout: 600_000 });
+    if (res.error) return { error: `python3 could not run (${res.error.message})` };
+    const line = res.stdout.trim().split('\n').pop() ?? '';
+    try {
+      return JSON.parse(line) as Record<string, number | string>;
+    } catch {
+      return { error: `python3 exited ${res.status}: ${(res.stderr || res.stdout).trim().split('\n').slice(-3).join(' | ')}` };
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// --- ours ------------------------------------------------------------------------------------------------
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+async function time(f: () => Tensor | Tensor[], n = reps): Promise<number> {
+  for (let i = 0; i < 2; i++) {
+    tf.dispose(f());
+    await gpuSync();
+  }
+  const ts: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const r = f();
+    await gpuSync();
+    ts.push(performance.now() - t0);
+    tf.dispose(r);
+  }
+  return median(ts);
+}
+const tflops = (flop: number, ms: number) => flop / ms / 1e9;
+const fmt = (ms: number, flop?: number) => `${ms.toFixed(3)} ms${flop ? `, ${tflops(flop, ms).toPrecision(3)} TFLOP/s` : ''}`;
+const lines: string[] = [];
+const report = (s: string) => {
+  console.log(s);
+  lines.push(s);
+};
+const targets: { what: string; ok: boolean | undefined; detail: string }[] = [];
+
+const gemmFlop = 2 * G * G * G;
+const a = tf.randomNormal([G, G]);
+const b = tf.randomNormal([G, G]);
+
+// f32 GEMM
+const tuned = await tuneGemm(G, G, G);
+report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+const f32ms = await time(() => gemm(a, b));
+const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
+report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms, gemmFlop)}`);
+report(`tfjs  f32 matMul ${G}^3 (tfjs-backend-webgpu): ${fmt(tfjsMs, gemmFlop)}`);
+targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32ms) >= 30, detail: `${tflops(gemmFlop, f32ms).toFixed(1)} TFLOP/s` });
+
+// f16 subgroup-matrix GEMM
+const sup = await probeF16(gpu.device);
+let f16ms: number | undefined;
+if (!sup.ok) {
+  report(`ours  f16 subgroup-matrix GEMM: not available on this device (${sup.why})`);
+  targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: undefined, detail: `not run: ${sup.why}` });
+} else {
+  // Correctness first: an awkward shape against the f32 product on the CPU, then the benchmark shape against our f32 GEMM.
+  const [m, n, k] = [200, 136, 328];
+  const x = tf.randomNormal([m, k]);
+  const w = tf.randomNormal([n, k]);
+  const xd = await x.data();
+  const wd = await w.data();
+  let worstCheck = 0;
+  for (const t of F16_CANDIDATES) {
+    const got = await gemmF16(x, w, false, true, t).data();
+    let err = 0;
+    let scale = 0;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let q = 0; q < k; q++) s += xd[i * k + q]! * wd[j * k + q]!;
+        err = Math.max(err, Math.abs(s - got[i * n + j]!));
+        scale = Math.max(scale, Math.abs(s));
+      }
+    }
+    worstCheck = Math.max(worstCheck, err / scale);
+  }
+  tf.dispose([x, w]);
+  const ref = gemm(a, b);
+  const mine = gemmF16(a, b);
+  const big = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(ref, mine))), tf.max(tf.abs(ref))));
+  const bigErr = (await big.data())[0]!;
+  tf.dispose([ref, mine, big]);
+  const ok = worstCheck < 5e-3 && bigErr < 5e-3;
+  report(`check f16 GEMM: max rel error ${worstCheck.toExponential(2)} vs CPU f32 (${m}x${n}x${k}, every tile), ${bigErr.toExponential(2)} vs our f32 GEMM at ${G}^3: ${ok ? 'ok' : 'WRONG'}`);
+  if (ok) {
+    let best: { t: F16Tile; ms: number } | undefined;
+    const parts: string[] = [];
+    for (const t of F16_CANDIDATES) {
+      const ms = await time(() => gemmF16(a, b, false, false, t), Math.max(3, reps >> 1));
+      parts.push(`${t.variant} ${t.tm}x${t.tn} ${ms.toFixed(3)}`);
+      if (!best || ms < best.ms) best = { t, ms };
+    }
+    setF16Tile(best!.t);
+    f16ms = await time(() => gemmF16(a, b));
+    report(`f16 tiles: ${parts.join(', ')} ms`);
+    report(`ours  f16 subgroup-matrix GEMM ${G}^3 (cast passes included, ${best!.t.variant} ${best!.t.tm}x${best!.t.tn}): ${fmt(f16ms, gemmFlop)}`);
+  }
+  targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: quick || f16ms === undefined ? undefined : tflops(gemmFlop, f16ms) >= 300, detail: f16ms ? `${tflops(gemmFlop, f16ms).toFixed(1)} TFLOP/s` : 'not timed (check failed)' });
+}
+tf.dispose([a, b]);
+
+// MoE-LoRA FFN layer
+function site(din: number, dout: number): MoeLoraWeights {
+  const p = (...s: number[]) => tf.mul(tf.randomNormal(s), 0.02);
+  return {
+    w: p(dout, din),
+    sharedA: p(MOE.shared * MOE.sharedRank, din),
+    sharedB: p(dout, MOE.shared * MOE.sharedRank),
+    routerW: p(MOE.E, din),
+    routerB: p(MOE.E),
+    expertA: p(MOE.E, MOE.r, din),
+    expertB: p(MOE.E, dout, MOE.r),
+  };
+}
+const sites = [site(L.d, L.ff), site(L.d, L.ff), site(L.ff, L.d)];
+const x = tf.randomNormal([L.T, L.d]);
+const dy = tf.randomNormal([L.T, L.d]);
+const opts = { scale: MOE.scale, topK: MOE.k, renormalize: true };
+const layer = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+  const gy = moeLoraLinear(xx, g!, opts).y;
+  const uy = moeLoraLinear(xx, u!, opts).y;
+  const h = tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy);
+  return moeLoraLinear(h, dn!, opts).y;
+};
+const trained = sites.flatMap((s) => [s.sharedA!, s.sharedB!, s.routerW!, s.routerB!, s.expertA!, s.expertB!]);
+const fwd = () => tf.tidy(() => layer(x, sites));
+const fwdbwd = () =>
+  tf.tidy(() => {
+    const { grads } = tf.engine().gradients(() => tf.sum(tf.mul(layer(x, sites), dy)) as tf.Scalar, [x, ...trained], undefined, true);
+    return grads.map((g) => tf.keep(g));
+  });
+fwd().dispose();
+tf.dispose(fwdbwd());
+await tunePending();
+const ffnF = await time(fwd);
+const ffnFB = await time(fwdbwd);
+// Useful FLOPs of our formulation (base + shared + top-k experts + router), forward; backward about 2x (no base dW).
+const siteFlop = (din: number, dout: number) => 2 * L.T * (din * dout + MOE.shared * MOE.sharedRank * (din + dout) + MOE.E * MOE.r * din + MOE.k * MOE.r * dout + MOE.E * din);
+const ffnFlop = 2 * siteFlop(L.d, L.ff) + siteFlop(L.ff, L.d);
+report(`ours  MoE-LoRA FFN layer forward (f32, fused): ${fmt(ffnF, ffnFlop)}`);
+report(`ours  MoE-LoRA FFN layer forward+backward (f32, fused): ${fmt(ffnFB, 3 * ffnFlop)}`);
+targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB <= 13, detail: `${ffnFB.toFixed(2)} ms` });
+targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: 'not run: the fused MoE kernels have no subgroup-matrix variant yet' });
+tf.dispose([x, dy]);
+
+// PyTorch, same GPU
+const t = torchFigures();
+if ('error' in t) {
+  report(`torch: ${t.error}; continuing without PyTorch figures`);
+} else {
+  report(`torch ${t.torch} on ${t.gpu}`);
+  report(`torch f32 matmul ${G}^3 (TF32 off): ${fmt(Number(t.f32), gemmFlop)}; TF32 ${fmt(Number(t.tf32), gemmFlop)}; fp16 ${fmt(Number(t.f16), gemmFlop)}; bf16 ${fmt(Number(t.bf16), gemmFlop)}`);
+  report(`torch MoE-LoRA FFN forward (fp32 eager, naive): ${fmt(Number(t.ffn_fwd))}`);
+  report(`torch MoE-LoRA FFN forward+backward (fp32 eager, naive): ${fmt(Number(t.ffn_fwdbwd))}; bf16 autocast ${fmt(Number(t.ffn_fwdbwd_bf16))}`);
+  report(`ratio ours/torch: f32 GEMM ${(Number(t.f32) / f32ms).toFixed(2)}x${f16ms ? `, f16 GEMM ${(Number(t.f16) / f16ms).toFixed(2)}x` : ''}, FFN forward ${(Number(t.ffn_fwd) / ffnF).toFixed(2)}x, FFN forward+backward ${(Number(t.ffn_fwdbwd) / ffnFB).toFixed(2)}x (above 1: ours faster)`);
+}
+for (const g of targets) console.log(`target ${g.what}: ${g.ok === undefined ? 'NOT MEASURED' : g.ok ? 'PASS' : 'FAIL'} (${g.detail})`);
