@@ -117,6 +117,7 @@ describeGpu('WGSL kernels match the reference', () => {
     [1, 8, 5, 0, false],
     [13, 24, 300, 0.3, true],
     [70, 130, 129, 0.5, false],
+    [9, 20, 20000, 0.2, false],
     [6, 16, 40, 1, false],
   ])('lm_head_xent T=%i Dm=%i V=%i masked=%f float labels=%s', async (T, Dm, V, masked, floatLabels) => {
     const r = rand(T * 31 + V);

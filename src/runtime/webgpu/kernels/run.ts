@@ -118,14 +118,14 @@ export function dispatch(spec: DispatchSpec): Tensor[] {
   const code = source(spec);
   const pipeline = pipelineFor(device, spec.name, code);
   const ins = Object.values(spec.inputs);
+  if (Object.values(spec.outputs).some((s) => s.reduce((a, b) => a * b, 1) === 0) || ins.some((t) => t.size === 0)) {
+    throw new Error(`WGSL kernel ${spec.name}: empty tensors are not dispatched`);
+  }
   const outs = Object.values(spec.outputs).map((shape) => {
     const info = backend.makeTensorInfo([...shape], 'float32');
     backend.uploadToGPU(info.dataId);
     return info;
   });
-  if (outs.some((o: any) => o.shape.reduce((a: number, b: number) => a * b, 1) === 0) || ins.some((t) => t.size === 0)) {
-    throw new Error(`WGSL kernel ${spec.name}: empty tensors are not dispatched`);
-  }
   for (const t of ins) backend.uploadToGPU(t.dataId);
   const entries: any[] = [...ins.map((t) => backend.tensorToBinding(t)), ...outs.map((o: any) => backend.tensorToBinding(o))];
   const uni = Object.values(spec.uniforms ?? {});
