@@ -34,8 +34,9 @@ const { values } = parseArgs({ options: { quick: { type: 'boolean' }, full: { ty
 process.env.EGL_PLATFORM ??= 'surfaceless';
 const gpu = await openDawn();
 if ('unavailable' in gpu) {
-  console.log(`bench/gpu: ${gpu.unavailable}`);
-  process.exit(1);
+  // Under CI llvmpipe is installed, so no adapter is a failure; elsewhere it is a skip.
+  console.log(`bench/gpu: ${process.env.CI ? 'FAILED' : 'skipped'}: ${gpu.unavailable}`);
+  process.exit(process.env.CI ? 1 : 0);
 }
 await initBackend('webgpu');
 const quick = values.full ? false : (values.quick ?? gpu.software);

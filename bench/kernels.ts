@@ -17,8 +17,9 @@ const { values } = parseArgs({ options: { quick: { type: 'boolean', default: fal
 process.env.EGL_PLATFORM ??= 'surfaceless';
 const gpu = await openDawn();
 if ('unavailable' in gpu) {
-  console.log(`bench/kernels: ${gpu.unavailable}`);
-  process.exit(1);
+  // Under CI llvmpipe is installed, so no adapter is a failure; elsewhere it is a skip.
+  console.log(`bench/kernels: ${process.env.CI ? 'FAILED' : 'skipped'}: ${gpu.unavailable}`);
+  process.exit(process.env.CI ? 1 : 0);
 }
 await initBackend('webgpu');
 console.log(`device: ${describeDevice(gpu)}`);
