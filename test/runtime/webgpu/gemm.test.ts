@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { GEMM_KERNEL, gemm, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
+import { F16_CANDIDATES, gemmF16, probeF16 } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
 import { compare, describeGpu, randn, run } from './kernels-support.js';
 
@@ -69,6 +70,28 @@ describeGpu('WGSL GEMM on WebGPU', () => {
       let err = 0;
       for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
       expect(err, JSON.stringify(tile)).toBeLessThan(1e-4);
+    }
+  });
+
+  it('the f16 subgroup-matrix GEMM runs where the adapter offers it (checked against f32), and says why not elsewhere', async () => {
+    await initBackend('webgpu');
+    const device = (tf.backend() as unknown as { device: { features: Set<string> } }).device;
+    const sup = await probeF16(device);
+    const a = randn(21, [45, 70], 1, false);
+    const b = randn(22, [38, 70], 1, false);
+    if (!sup.ok) {
+      // llvmpipe: no shader-f16, no subgroup matrices. The kernel must refuse, naming what is missing.
+      expect(sup.why).toMatch(/shader-f16|subgroup/);
+      expect(() => gemmF16(tf.tensor(a.data, a.shape), tf.tensor(b.data, b.shape), false, true)).toThrow(/unavailable/);
+      return;
+    }
+    const ref = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, false, true)], [a, b]);
+    for (const tile of F16_CANDIDATES) {
+      const got = await run('webgpu', ([x, w]) => [gemmF16(x!, w!, false, true, tile)], [a, b]);
+      let err = 0;
+      let scale = 0;
+      ref.outs[0]!.forEach((v, i) => ((err = Math.max(err, Math.abs(v - got.outs[0]![i]!))), (scale = Math.max(scale, Math.abs(v)))));
+      expect(err / scale, JSON.stringify(tile)).toBeLessThan(5e-3);
     }
   });
 
