@@ -341,7 +341,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       if (merges.length && sample && probeId) reference = { value: probeId, out: runner.forward(sample, [probeId]).get(probeId)! };
       const report = runner.applyExit();
       params = runner.parameters();
-      if (reference && sample) mergeCheck = await checkMerge(plan, stage, before, params, merges, sample, reference, root, opts.seed, total);
+      if (reference && sample) mergeCheck = await checkMerge(plan, stage, before, params, merges, sample, reference, root, opts.seed, total, opts.backend);
       const ex: string[] = [];
       for (const m of report.merged) ex.push(`merged ${m.adapter}${m.part ? `.${m.part}` : ''} (${m.sites.length} sites)`);
       if (report.dropped.length) ex.push(`dropped ${report.dropped.length} tensors`);
@@ -505,6 +505,7 @@ async function checkMerge(
   root: string,
   seed: number | undefined,
   total: number,
+  backend: BackendName | undefined,
 ): Promise<StageSummary['mergeCheck']> {
   const p = new Map(before);
   for (const m of merges) {
@@ -519,7 +520,7 @@ async function checkMerge(
       p.set(bId, new Float32Array(bv.length));
     }
   }
-  const r: StageRunner = await createStageRunner(plan, stage.name, { root, parameters: p, totalSteps: total, ...(seed !== undefined ? { seed } : {}) });
+  const r: StageRunner = await createStageRunner(plan, stage.name, { root, parameters: p, totalSteps: total, ...(seed !== undefined ? { seed } : {}), ...(backend ? { backend } : {}) });
   try {
     const out = r.forward(sample, [ref.value]).get(ref.value)!;
     let d = 0;

@@ -148,8 +148,12 @@ describe('mcpc run', () => {
     const r = await run(dir, 'bad.plan.json');
     expect(r.code).toBe(1);
     expect(r.err).toMatch(/is not a valid plan/);
-    const g = await run(dir, '--backend', 'webgpu');
+    const g = await run(dir, '--backend', 'gpu');
     expect(g.code).toBe(2);
-    expect(g.err).toMatch(/only cpu/);
+    expect(g.err).toMatch(/unknown backend 'gpu' \(auto, webgpu, wasm, cpu, tensorflow\)/);
+    // tfjs-node-gpu is optional and not installed here: a clear error with the install hint, not a crash.
+    const t = await run(dir, 'p.mcp', '--backend', 'tensorflow');
+    expect(t.code).toBe(1);
+    expect(t.err).toMatch(/cannot start the tensorflow backend: .*npm install @tensorflow\/tfjs-node-gpu/);
   });
 });

@@ -9,6 +9,7 @@ import { Diagnostics } from '../../compiler/diagnostics/diagnostic.js';
 import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
 import { DataError } from '../../runtime/data/errors.js';
+import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
 import { RunError, runPlan } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
 import { CheckpointError } from '../../runtime/io/checkpoint.js';
@@ -28,7 +29,8 @@ a .mcp file is compiled first.
 
 options:
   --out DIR              run folder (default: <out>/<pipeline>/)
-  --backend NAME         tfjs backend: cpu (default), wasm, webgpu
+  --backend NAME         auto (default: a hardware WebGPU adapter, else the fastest CPU path, wasm),
+                         webgpu, wasm, cpu (the pure-JavaScript reference), tensorflow (tfjs-node-gpu, if installed)
   --max-steps N          at most N optimizer steps per stage (smoke runs)
   --resume               continue from the newest complete checkpoint in the run folder
   --skip-bad-records     skip and count bad data records instead of stopping at the first
@@ -41,7 +43,7 @@ options:
 export const runCommand: Command = async (argv, io) => {
   const { values, positionals } = parse(argv, {
     out: { type: 'string', short: 'o' },
-    backend: { type: 'string', default: 'cpu' },
+    backend: { type: 'string', default: 'auto' },
     'max-steps': { type: 'string' },
     resume: { type: 'boolean', default: false },
     'skip-bad-records': { type: 'boolean', default: false },
@@ -55,10 +57,7 @@ export const runCommand: Command = async (argv, io) => {
     io.stdout(runHelp);
     return 0;
   }
-  if (!['cpu', 'wasm', 'webgpu'].includes(values.backend)) {
-    if (['tensorflow', 'auto', 'gpu'].includes(values.backend)) throw new UsageError(`--backend ${values.backend} is not available yet (cpu, wasm and webgpu are)`);
-    throw new UsageError(`unknown backend '${values.backend}' (cpu, wasm or webgpu)`);
-  }
+  if (!(BACKENDS as readonly string[]).includes(values.backend)) throw new UsageError(`unknown backend '${values.backend}' (${BACKENDS.join(', ')})`);
   const maxSteps = intOption(values['max-steps'], '--max-steps');
   if (maxSteps === 0) throw new UsageError('--max-steps must be at least 1');
   const seed = intOption(values.seed, '--seed');
@@ -118,7 +117,14 @@ export const runCommand: Command = async (argv, io) => {
     return 2;
   }
   const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
-  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${values.backend}, run folder ${relative(io.cwd, runDir) || runDir}\n`);
+  let backend: ChosenBackend;
+  try {
+    backend = await startBackend(values.backend as BackendChoice);
+  } catch (e) {
+    io.stderr(`mcpc run: cannot start the ${values.backend} backend: ${(e as Error).message}\n`);
+    return 1;
+  }
+  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${backend.why}\nrun folder ${relative(io.cwd, runDir) || runDir}\n`);
   try {
     if (values['save-init'] !== undefined) {
       const { saveInitialWeights } = await import('../save-init.js');
@@ -128,7 +134,7 @@ export const runCommand: Command = async (argv, io) => {
     const r = await runPlan(plan, {
       root,
       runDir,
-      backend: values.backend,
+      backend: backend.name,
       resume: values.resume,
       skipBadRecords: values['skip-bad-records'],
       allowOutsideRoot,

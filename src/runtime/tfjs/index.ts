@@ -36,6 +36,23 @@ export async function initBackend(name: BackendName = 'cpu'): Promise<void> {
   if (name === 'wasm') {
     await import('@tensorflow/tfjs-backend-wasm');
     (await import('./wasm-extra.js')).registerWasmExtras();
+    (await import('./gemm.js')).registerWasmGemm();
+  }
+  if (name === 'tensorflow') {
+    // Optional: @tensorflow/tfjs-node-gpu (or -node) registers the `tensorflow` backend on import, on the
+    // same tfjs-core when npm dedupes it (same version). Never a dependency: its installer downloads
+    // libtensorflow, which offline machines cannot.
+    let loaded = false;
+    for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+      try {
+        await import(pkg);
+        loaded = true;
+        break;
+      } catch {
+        // try the next one
+      }
+    }
+    if (!loaded) throw new Error("the tensorflow backend needs @tensorflow/tfjs-node-gpu (or @tensorflow/tfjs-node), which is not installed: `npm install @tensorflow/tfjs-node-gpu@4.22` (its installer downloads libtensorflow), or use --backend auto");
   }
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`the tfjs backend '${name}' is not available (registered: ${Object.keys(tf.engine().registryFactory).join(', ')})`);

@@ -1,0 +1,137 @@
+/**
+ * The `wasm` backend's matrix product (tfjs kernel `BatchMatMul`), on our own WebAssembly SIMD GEMM
+ * (./gemm.wat). tfjs-backend-wasm 4.22 runs a plain 2-D product through XNNPACK (8-15 GFLOP/s here) but
+ * falls back to a scalar loop for a transposed operand or a batch (1-2 GFLOP/s), and training is made of
+ * exactly those: every backward product has a transposed operand, and attention is batched. This kernel
+ * packs both operands into row-major blocks (transposing and zero-padding on the way: O(n²) work for an
+ * O(n³) product), runs the SIMD micro-kernel and copies C out. Products it does not cover (other dtypes, a
+ * batch broadcast other than 1 against n) go to the package's kernel.
+ *
+ * `matmulInto` is the arithmetic alone, exported for tests and benchmarks.
+ */
+import { readFileSync } from 'node:fs';
+import { tf } from './index.js';
+
+interface GemmExports {
+  memory: WebAssembly.Memory;
+  gemm(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
+}
+
+let instance: GemmExports | undefined;
+
+function gemmModule(): GemmExports {
+  if (!instance) {
+    const bytes = readFileSync(new URL('./gemm.wasm', import.meta.url));
+    instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports as unknown as GemmExports;
+  }
+  return instance;
+}
+
+/** A product's operands: `a` is [batchA, M, K] ([batchA, K, M] when transposeA), `b` [batchB, K, N] (or [batchB, N, K]). */
+export interface MatmulShape {
+  batchA: number;
+  batchB: number;
+  M: number;
+  N: number;
+  K: number;
+  transposeA: boolean;
+  transposeB: boolean;
+}
+
+const up = (n: number, m: number) => Math.ceil(n / m) * m;
+
+/** out[t] = op(a[t]) · op(b[t]) for t < max(batchA, batchB) (a batch of 1 broadcasts). */
+export function matmulInto(a: ArrayLike<number> & { subarray?: unknown }, b: ArrayLike<number>, out: Float32Array, s: MatmulShape): void {
+  const batch = Math.max(s.batchA, s.batchB);
+  const { M, N, K } = s;
+  if (M === 0 || N === 0) return;
+  if (K === 0) {
+    out.fill(0);
+    return;
+  }
+  const Mp = up(M, 4);
+  const Np = up(N, 8);
+  const g = gemmModule();
+  const aBlock = Mp * K;
+  const bBlock = K * Np;
+  const cBlock = Mp * Np;
+  const bytes = 4 * batch * (aBlock + bBlock + cBlock);
+  const have = g.memory.buffer.byteLength;
+  if (bytes > have) g.memory.grow(Math.ceil((bytes - have) / 65536));
+  const mem = new Float32Array(g.memory.buffer);
+  const aBase = 0;
+  const bBase = batch * aBlock;
+  const cBase = bBase + batch * bBlock;
+  const A = a as Float32Array;
+  const B = b as Float32Array;
+  for (let t = 0; t < batch; t++) {
+    const ao = (s.batchA === 1 ? 0 : t) * M * K;
+    const da = aBase + t * aBlock;
+    if (!s.transposeA) mem.set(A.subarray(ao, ao + M * K), da);
+    else for (let i = 0; i < M; i++) for (let k = 0, d = da + i * K; k < K; k++) mem[d + k] = A[ao + k * M + i]!;
+    if (Mp > M) mem.fill(0, da + M * K, da + aBlock);
+    const bo = (s.batchB === 1 ? 0 : t) * K * N;
+    const db = bBase + t * bBlock;
+    if (!s.transposeB) {
+      if (Np === N) mem.set(B.subarray(bo, bo + K * N), db);
+      else
+        for (let k = 0; k < K; k++) {
+          mem.set(B.subarray(bo + k * N, bo + k * N + N), db + k * Np);
+          mem.fill(0, db + k * Np + N, db + (k + 1) * Np);
+        }
+    } else {
+      if (Np > N) mem.fill(0, db, db + bBlock);
+      for (let n = 0; n < N; n++) for (let k = 0, src = bo + n * K; k < K; k++) mem[db + k * Np + n] = B[src + k]!;
+    }
+  }
+  g.gemm(aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
+  const C = new Float32Array(g.memory.buffer);
+  for (let t = 0; t < batch; t++) {
+    const co = cBase + t * cBlock;
+    const oo = t * M * N;
+    if (Np === N) out.set(C.subarray(co, co + M * N), oo);
+    else for (let i = 0; i < M; i++) out.set(C.subarray(co + i * Np, co + i * Np + N), oo + i * N);
+  }
+}
+
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: string): tf.TensorInfo;
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+const prod = (xs: number[]) => xs.reduce((p, x) => p * x, 1);
+
+/** Replace the wasm backend's BatchMatMul (keeping the package's kernel for what ours does not cover). */
+export function registerWasmGemm(): void {
+  const orig = tf.getKernel('BatchMatMul', 'wasm');
+  if (!orig || (orig as { mcpc?: boolean }).mcpc) return;
+  tf.unregisterKernel('BatchMatMul', 'wasm');
+  const config: tf.KernelConfig & { mcpc: boolean } = {
+    kernelName: 'BatchMatMul',
+    backendName: 'wasm',
+    mcpc: true,
+    ...(orig.setupFunc ? { setupFunc: orig.setupFunc } : {}),
+    kernelFunc: (args) => {
+      const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+      const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+      const ra = a.shape.length;
+      const rb = b.shape.length;
+      const batchShapeA = a.shape.slice(0, -2);
+      const batchShapeB = b.shape.slice(0, -2);
+      const batchA = prod(batchShapeA);
+      const batchB = prod(batchShapeB);
+      const ok = a.dtype === 'float32' && b.dtype === 'float32' && ra >= 2 && rb >= 2 && (batchA === batchB || batchA === 1 || batchB === 1);
+      if (!ok) return orig.kernelFunc(args);
+      const M = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+      const K = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+      const N = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+      const batchShape = batchA >= batchB ? batchShapeA : batchShapeB;
+      const backend = args.backend as unknown as WasmBackendLike;
+      const out = backend.makeOutput([...batchShape, M, N], 'float32');
+      // Views after makeOutput: allocating may grow (and so move) the backend's heap.
+      matmulInto(backend.typedArrayFromHeap(a), backend.typedArrayFromHeap(b), backend.typedArrayFromHeap(out), { batchA, batchB, M, N, K, transposeA, transposeB });
+      return out;
+    },
+  };
+  tf.registerKernel(config);
+}

@@ -1,0 +1,102 @@
+/**
+ * The kernels mcpc gives the tfjs `wasm` backend (src/runtime/tfjs/gemm.ts, wasm-extra.ts) against plain
+ * definitions: the SIMD GEMM on random shapes (sizes off the 4 x 8 tile, transposes, batch broadcast,
+ * K = 1), the slice copier on random boxes, and the same ops through tfjs on `wasm` vs `cpu`.
+ */
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
+import { afterAll, describe, expect, it } from 'vitest';
+import { matmulInto } from '../../../src/runtime/tfjs/gemm.js';
+import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
+import { sliceInto } from '../../../src/runtime/tfjs/wasm-extra.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+
+function naive(a: Float32Array, b: Float32Array, s: { batchA: number; batchB: number; M: number; N: number; K: number; transposeA: boolean; transposeB: boolean }): Float64Array {
+  const batch = Math.max(s.batchA, s.batchB);
+  const out = new Float64Array(batch * s.M * s.N);
+  for (let t = 0; t < batch; t++) {
+    const ao = (s.batchA === 1 ? 0 : t) * s.M * s.K;
+    const bo = (s.batchB === 1 ? 0 : t) * s.K * s.N;
+    for (let i = 0; i < s.M; i++)
+      for (let j = 0; j < s.N; j++) {
+        let acc = 0;
+        for (let k = 0; k < s.K; k++) acc += a[ao + (s.transposeA ? k * s.M + i : i * s.K + k)]! * b[bo + (s.transposeB ? j * s.K + k : k * s.N + j)]!;
+        out[t * s.M * s.N + i * s.N + j] = acc;
+      }
+  }
+  return out;
+}
+
+describe('SIMD GEMM (gemm.wat)', () => {
+  it('equals the naive product on random shapes, transposes and batch broadcasts', () => {
+    fc.assert(
+      fc.property(
+        fc.record({ batch: fc.integer({ min: 1, max: 3 }), bcast: fc.constantFrom('none', 'a', 'b'), M: fc.integer({ min: 1, max: 19 }), N: fc.integer({ min: 1, max: 21 }), K: fc.integer({ min: 1, max: 17 }), transposeA: fc.boolean(), transposeB: fc.boolean(), seed: fc.integer() }),
+        (r) => {
+          const s = { batchA: r.bcast === 'a' ? 1 : r.batch, batchB: r.bcast === 'b' ? 1 : r.batch, M: r.M, N: r.N, K: r.K, transposeA: r.transposeA, transposeB: r.transposeB };
+          let x = r.seed | 0;
+          const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+          const a = Float32Array.from({ length: s.batchA * r.M * r.K }, rnd);
+          const b = Float32Array.from({ length: s.batchB * r.K * r.N }, rnd);
+          const out = new Float32Array(r.batch * r.M * r.N).fill(NaN);
+          matmulInto(a, b, out, s);
+          const want = naive(a, b, s);
+          for (let i = 0; i < out.length; i++) expect(Math.abs(out[i]! - want[i]!)).toBeLessThan(1e-5 * (1 + r.K));
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('the committed gemm.wasm is assembled from gemm.wat (npx tsx scripts/build-wasm.ts)', () => {
+    expect(() => execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build-wasm.ts', '--check'], { cwd: root, stdio: 'pipe' })).not.toThrow();
+  });
+});
+
+describe('slice copier', () => {
+  it('copies exactly the box of random shapes', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 4 }).chain((shape) => fc.tuple(fc.constant(shape), fc.tuple(...shape.map((d) => fc.integer({ min: 0, max: d - 1 }).chain((b) => fc.tuple(fc.constant(b), fc.integer({ min: 0, max: d - b })))))) ), ([shape, box]) => {
+        const n = shape.reduce((p, d) => p * d, 1);
+        const x = Float32Array.from({ length: n }, (_, i) => i);
+        const begin = box.map((b) => b[0]);
+        const size = box.map((b) => b[1]);
+        const out = new Float32Array(size.reduce((p, d) => p * d, 1));
+        sliceInto(x, shape, begin, size, out);
+        const want = tf.tidy(() => tf.slice(tf.tensor(x, shape), begin, size).dataSync());
+        expect(Array.from(out)).toEqual(Array.from(want));
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('through tfjs: wasm equals cpu', () => {
+  afterAll(() => initBackend('cpu'));
+  it('matMul (all transposes, batched, broadcast), slice, clone and oneHot', async () => {
+    const run = () =>
+      tf.tidy(() => {
+        const a = tf.tensor3d(Float32Array.from({ length: 2 * 5 * 7 }, (_, i) => Math.sin(i)), [2, 5, 7]);
+        const b = tf.tensor3d(Float32Array.from({ length: 2 * 7 * 3 }, (_, i) => Math.cos(i)), [2, 7, 3]);
+        const w = tf.tensor2d(Float32Array.from({ length: 9 * 7 }, (_, i) => Math.sin(3 * i)), [9, 7]);
+        const x = tf.reshape(a, [10, 7]);
+        return [
+          tf.matMul(a, b),
+          tf.matMul(x, w, false, true),
+          tf.matMul(w, x, false, true),
+          tf.matMul(x, x, true, false),
+          tf.matMul(a, tf.slice(b, [0, 0, 0], [1, 7, 3])),
+          tf.slice(a, [1, 1, 2], [1, 3, 4]),
+          tf.clone(a),
+          tf.oneHot(tf.tensor1d([2, 0, 1], 'int32'), 4, 1, 0, 'float32' as never),
+        ].map((t) => Array.from(t.dataSync()));
+      });
+    await initBackend('cpu');
+    const want = run();
+    await initBackend('wasm');
+    const got = run();
+    for (let i = 0; i < want.length; i++) for (let j = 0; j < want[i]!.length; j++) expect(Math.abs(got[i]![j]! - want[i]![j]!)).toBeLessThan(1e-5);
+  });
+});
