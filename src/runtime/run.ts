@@ -72,6 +72,10 @@ export interface StageSummary {
   reused: boolean;
   steps: number;
   finalLoss?: number;
+  /** Loss and cross-entropy of the first and last applied steps run in this process (not of reused or resumed-over steps). */
+  firstLoss?: number;
+  firstCe?: number;
+  finalCe?: number;
   /** Sum of |A_k A_o^T| (or |B_k^T B_o|) per constrained pair, measured on the stage's final parameters. */
   constraints: { target: string; other: string; matrix: 'A' | 'B'; value: number }[];
   /** Max |merged − unmerged| of the check after a merge, if one ran. */
@@ -275,6 +279,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       };
 
       let lastLoss: number | undefined;
+      let firstLoss: { loss: number; ce: number } | undefined;
+      let lastCe: number | undefined;
       let sample: MicroBatch | undefined;
       let tokens = 0;
       const tStart = performance.now();
@@ -298,6 +304,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         const tps = stepTokens / Math.max(secs, 1e-9);
         metric({ stage: stage.name, step: stepsDone - 1, loss: r.loss, constraint: r.constraint, lr: r.lr, gradNorm: r.gradNorm, tokensPerSec: Math.round(tps), skipped: !r.applied });
         if (r.applied) {
+          firstLoss ??= { loss: r.loss, ce: r.ce };
+          lastCe = r.ce;
           lastLoss = r.loss;
           badSteps = 0;
         } else {
@@ -317,7 +325,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         const elapsed = (performance.now() - tStart) / 1000;
         const rate = (stepsDone - stepsAtStart) / Math.max(elapsed, 1e-9);
         const eta = (total - stepsDone) / Math.max(rate, 1e-9);
-        const line = `${stage.name} ${stepsDone}/${total} loss ${r.loss.toFixed(4)} ${Math.round(tokens / Math.max(elapsed, 1e-9))} tok/s ETA ${fmtSecs(eta)}`;
+        const parts = r.constraint > 0 ? ` (ce ${r.ce.toFixed(4)} + constraint ${r.constraint.toFixed(4)})` : '';
+        const line = `${stage.name} ${stepsDone}/${total} loss ${r.loss.toFixed(4)}${parts} ${Math.round(tokens / Math.max(elapsed, 1e-9))} tok/s ETA ${fmtSecs(eta)}`;
         if (opts.tty) w(`\r${line}\x1b[K${stepsDone === total ? '\n' : ''}`);
         else if (stepsDone % (opts.progressEvery ?? 10) === 0 || stepsDone === total || stepsDone === stepsAtStart + 1 || performance.now() - lastLine > 30_000) {
           w(`${line}\n`);
@@ -363,6 +372,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         reused: false,
         steps: stepsDone,
         ...(lastLoss !== undefined ? { finalLoss: lastLoss } : {}),
+        ...(firstLoss !== undefined && lastCe !== undefined ? { firstLoss: firstLoss.loss, firstCe: firstLoss.ce, finalCe: lastCe } : {}),
         constraints,
         ...(mergeCheck ? { mergeCheck } : {}),
         secs,
@@ -370,7 +380,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       };
       summaries.push(summary);
       keptMetrics.length = 0;
-      w(`stage ${stage.name} done: ${stepsDone} step${stepsDone === 1 ? '' : 's'}${lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : ''}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
+      const fall = firstLoss !== undefined && lastLoss !== undefined ? `, loss ${firstLoss.loss.toFixed(4)} -> ${lastLoss.toFixed(4)}${Math.abs(lastLoss - (lastCe ?? lastLoss)) > 1e-9 ? ` (cross-entropy ${firstLoss.ce.toFixed(4)} -> ${lastCe!.toFixed(4)})` : ''}` : lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : '';
+      w(`stage ${stage.name} done: ${stepsDone} step${stepsDone === 1 ? '' : 's'}${fall}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
       for (const c of constraints) w(`  orthogonality ${c.target} vs ${c.other} (${c.matrix}): sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}\n`);
     } finally {
       runner.dispose();
