@@ -142,7 +142,7 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     const s = stage.settings;
     const loader = new DataLoader(concatDatasets(sets), { microBatch: s.microBatch, accumulation: Math.round(s.batch / s.microBatch), maxLen: s.maxLen, layout: s.packing ? 'pack' : 'pad-longest', seed: s.seed, shuffle: s.shuffle, padId: tok.pad });
     const mb = loader.steps().next().value!.microBatches[0]!;
-    const runner = await createStageRunner(o1, stage.name, { root: dir, parameters: params, totalSteps: 1 });
+    const runner = await createStageRunner(o1, stage.name, { backend: 'cpu', root: dir, parameters: params, totalSteps: 1 });
     try {
       return runner.forward(mb, ['x.final', 'loss']);
     } finally {
@@ -178,7 +178,7 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
 
     // The TypeScript runtime (the -O1 plan, as `mcpc run` trains it), from the initial weights it writes.
     saveInitialWeights(o1, dir, join(dir, 'init.safetensors'));
-    const r = await runPlan(o1, { root: dir, runDir: join(dir, 'ts'), maxSteps: STEPS, write: () => {} });
+    const r = await runPlan(o1, { root: dir, runDir: join(dir, 'ts'), backend: 'cpu', maxSteps: STEPS, write: () => {} });
     if (r.code !== 0) throw new Error(`TypeScript run failed: ${r.message}`);
     renameSync(join(dir, 'out'), join(dir, 'ts-out'));
 
