@@ -10,7 +10,7 @@ import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
 import { DataError } from '../../runtime/data/errors.js';
 import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
-import { RunError, runPlan } from '../../runtime/run.js';
+import { RunError, runPlan, type RunResult, type StageSummary } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
 import { CheckpointError } from '../../runtime/io/checkpoint.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
@@ -117,6 +117,7 @@ export const runCommand: Command = async (argv, io) => {
     return 2;
   }
   const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
+  const t0 = performance.now();
   let backend: ChosenBackend;
   try {
     backend = await startBackend(values.backend as BackendChoice);
@@ -148,6 +149,7 @@ export const runCommand: Command = async (argv, io) => {
       io.stderr(`mcpc run: ${r.message ?? 'stopped'}\n`);
       return r.code;
     }
+    io.stdout(formatSummary(r, backend.name, (performance.now() - t0) / 1000, (f) => relative(io.cwd, f) || f));
     return 0;
   } catch (e) {
     if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError) {
@@ -161,6 +163,29 @@ export const runCommand: Command = async (argv, io) => {
     throw e;
   }
 };
+
+const secs = (x: number): string => (x >= 60 ? `${Math.floor(x / 60)}m${String(Math.round(x % 60)).padStart(2, '0')}s` : `${x.toFixed(1)}s`);
+
+/** The per-stage summary printed at the end of a run: losses, evaluations, constraints, time, exports. */
+export function formatSummary(r: RunResult, backend: string, wallSecs: number, rel: (f: string) => string): string {
+  const rows = r.stages.map((s) => {
+    const loss = s.reused ? 'reused' : s.firstLoss !== undefined && s.finalLoss !== undefined ? `${s.firstLoss.toFixed(3)} -> ${s.finalLoss.toFixed(3)}` : s.finalLoss !== undefined ? s.finalLoss.toFixed(3) : '-';
+    const ce = s.firstCe !== undefined && s.finalCe !== undefined && s.finalLoss !== undefined && Math.abs(s.finalLoss - s.finalCe) > 1e-9 ? `${s.firstCe.toFixed(3)} -> ${s.finalCe.toFixed(3)}` : '';
+    return [s.stage, String(s.steps), loss, ce, s.reused ? '-' : secs(s.secs), s.tokensPerSec ? String(Math.round(s.tokensPerSec)) : '-'];
+  });
+  const head = ['stage', 'steps', 'loss (first -> last)', 'cross-entropy', 'time', 'tok/s'];
+  const width = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const fmt = (cells: string[]) => '  ' + cells.map((c, i) => c.padEnd(width[i]!)).join('  ').trimEnd();
+  const out = [`\nsummary (${backend}, ${secs(wallSecs)}):`, fmt(head), ...rows.map(fmt)];
+  for (const s of r.stages) {
+    const evals = (s as StageSummary & { evals?: { probe: string; metric: string; value: number; examples?: number }[] }).evals ?? [];
+    for (const e of evals) out.push(`  ${s.stage}: ${e.probe} ${e.metric} ${Number.isInteger(e.value) ? e.value : e.value.toFixed(4)}${e.examples !== undefined ? ` (${e.examples} examples)` : ''}`);
+    for (const c of s.constraints) out.push(`  ${s.stage}: orthogonality ${c.target} vs ${c.other}: sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}`);
+    if (s.mergeCheck) out.push(`  ${s.stage}: merge check max |merged - unmerged| = ${s.mergeCheck.maxAbsDiff.toExponential(2)} ${s.mergeCheck.ok ? 'ok' : 'FAILED'}`);
+  }
+  for (const e of r.exports) out.push(`  export ${e.format}: ${rel(e.path)}`);
+  return out.join('\n') + '\n';
+}
 
 /** The `pipeline NAME` a .mcp declares (else its file name). */
 function pipelineName(file: string): string {
