@@ -1,0 +1,200 @@
+/**
+ * Fused CPU operations as tfjs kernels with gradients, for the `wasm` and `cpu` backends: each reads its
+ * inputs and writes its outputs as Float32Array views (on wasm straight from the backend's heap:
+ * `typedArrayFromHeap` / `makeOutput`, as src/runtime/tfjs/wasm-extra.ts does; on cpu the backend's own
+ * arrays), so one fused step is one kernel call and one pass over memory instead of a chain of tfjs ops.
+ *
+ *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it to JavaScript);
+ *                                  the gradient runs the generated backward once per slot that is asked for
+ *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
+ *
+ * Kernels are registered on first use (`ensureCpuOps`) and called through `tf.engine().runKernel` with
+ * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
+ */
+import { tf, type Tensor } from '../tfjs/index.js';
+import type { CompiledFused } from './fused-js.js';
+
+type Info = tf.TensorInfo;
+type Attrs = Record<string, unknown>;
+
+interface WasmLike {
+  makeOutput(shape: number[], dtype: string): Info;
+  typedArrayFromHeap(t: Info): Float32Array | Int32Array;
+}
+interface CpuLike {
+  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
+  data: { get(id: object): { values: Float32Array | Int32Array } };
+}
+
+/** Output shapes, then the computation over views (inputs first, outputs after; outputs start zeroed). */
+interface CpuOp {
+  shapes(inputs: Info[], attrs: Attrs): number[][];
+  run(ins: (Float32Array | Int32Array)[], outs: Float32Array[], inputs: Info[], attrs: Attrs): void;
+}
+
+const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+function kernelFor(op: CpuOp, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
+    const shapes = op.shapes(ins, attrs as Attrs);
+    let outs: Info[];
+    let views: Float32Array[];
+    let read: (t: Info) => Float32Array | Int32Array;
+    if (backendName === 'wasm') {
+      const b = backend as unknown as WasmLike;
+      outs = shapes.map((s) => b.makeOutput(s, 'float32'));
+      // Views after every allocation: allocating may grow (and so move) the heap.
+      views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
+      views.forEach((v) => v.fill(0));
+      read = (t) => b.typedArrayFromHeap(t);
+    } else {
+      const b = backend as unknown as CpuLike;
+      views = shapes.map((s) => new Float32Array(size(s)));
+      outs = shapes.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
+      read = (t) => b.data.get(t.dataId).values;
+    }
+    op.run(ins.map(read), views, ins, attrs as Attrs);
+    return outs.length === 1 ? outs[0]! : outs;
+  };
+}
+
+const registered = new Set<string>();
+function register(name: string, op: CpuOp, grad?: Omit<tf.GradConfig, 'kernelName'>): void {
+  if (registered.has(name)) return;
+  registered.add(name);
+  for (const b of ['wasm', 'cpu'] as const) tf.registerKernel({ kernelName: name, backendName: b, kernelFunc: kernelFor(op, b) });
+  if (grad) tf.registerGradient({ kernelName: name, ...grad });
+}
+
+const run1 = (name: string, inputs: Tensor[], attrs: Attrs): Tensor => tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor;
+const runN = (name: string, inputs: Tensor[], attrs: Attrs): Tensor[] => {
+  const r = tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor | Tensor[];
+  return Array.isArray(r) ? r : [r];
+};
+const grads = (n: number, fn: (i: number) => Tensor): Record<string, () => Tensor> => Object.fromEntries(Array.from({ length: n }, (_, i) => [String(i), () => fn(i)]));
+/** Enough `true`s to save every output of any kernel here. */
+const ALL_OUTPUTS = new Array<boolean>(64).fill(true);
+
+// --- fused elementwise -----------------------------------------------------------------------------------------------
+
+const programs = new Map<number, CompiledFused>();
+let nextProgram = 1;
+const programIds = new WeakMap<CompiledFused, number>();
+function programId(p: CompiledFused): number {
+  let id = programIds.get(p);
+  if (id === undefined) {
+    id = nextProgram++;
+    programIds.set(p, id);
+    programs.set(id, p);
+  }
+  return id;
+}
+const program = (attrs: Attrs) => programs.get(attrs.program as number)!;
+
+/**
+ * Evaluate a compiled fused expression: `inputs` in the expression's order (elem [rows, cols], vec [cols]);
+ * one [rows, cols] output per root. Differentiable: the gradient of each input runs the expression's
+ * generated backward for that input's slot only (an input nobody differentiates costs nothing).
+ */
+export function fusedOp(p: CompiledFused, inputs: Tensor[], rows: number, cols: number): Tensor[] {
+  ensureCpuOps();
+  return runN('McpcFused', inputs, { program: programId(p), rows, cols });
+}
+
+// --- rope ------------------------------------------------------------------------------------------
+
+/** Rotary embedding of x [T, heads·d] with tables cos, sin [T, d/2] (rotate-half). */
+export function ropeOp(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headDim: number): Tensor {
+  ensureCpuOps();
+  return run1('McpcRope', [x, cos, sin], { heads, headDim, inverse: false });
+}
+
+// --- registration -------------------------------------------------------------------------------------------------------
+
+export function ensureCpuOps(): void {
+  if (registered.size) return;
+
+  register(
+    'McpcFused',
+    {
+      shapes: (ins, a) => program(a).outputs.map(() => [a.rows as number, a.cols as number]),
+      run: (ins, outs, _i, a) => program(a).forward(a.rows as number, a.cols as number, ins as Float32Array[], outs),
+    },
+    {
+      saveAllInputs: true,
+      outputsToSave: ALL_OUTPUTS,
+      gradFunc: (dy, saved, a) => {
+        const p = program(a);
+        const n = p.inputs.length;
+        const dys = Array.isArray(dy) ? dy : [dy];
+        const xs = saved.slice(0, n);
+        const ys = saved.slice(n);
+        // A slot shared by several inputs runs once: the first input that asks gets the result itself (tfjs
+        // moves a closure's result out of its tidy scope), the others a clone sharing its memory. The
+        // closures of one node run one after the other, before anything can dispose that result.
+        const done = new Map<number, Tensor>();
+        return grads(n, (i) => {
+          const slot = p.grads[i];
+          if (slot === null || slot === undefined) return tf.zerosLike(xs[i]!);
+          const id = p.slots[slot]!.identityOf;
+          if (id !== undefined && p.slots[slot]!.reduce === 'none') return tf.clone(dys[id]!);
+          const hit = done.get(slot);
+          if (hit && !hit.isDisposed) return tf.clone(hit);
+          const g = run1('McpcFusedGrad', [...xs, ...ys, ...dys], { program: a.program as number, slot, rows: a.rows as number, cols: a.cols as number });
+          done.set(slot, g);
+          return g;
+        });
+      },
+    },
+  );
+  register('McpcFusedGrad', {
+    shapes: (ins, a) => [program(a).slots[a.slot as number]!.reduce === 'cols' ? [a.cols as number] : [a.rows as number, a.cols as number]],
+    run: (ins, outs, _i, a) => {
+      const p = program(a);
+      const n = p.inputs.length;
+      const k = p.outputs.length;
+      const v = ins as Float32Array[];
+      p.backward(a.slot as number)(a.rows as number, a.cols as number, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs);
+    },
+  });
+
+  const rope: CpuOp = {
+    shapes: (ins) => [ins[0]!.shape as number[]],
+    run: (ins, [y], infos, a) => {
+      const x = ins[0] as Float32Array;
+      const cos = ins[1] as Float32Array;
+      const sin = ins[2] as Float32Array;
+      const T = infos[0]!.shape[0]!;
+      const H = a.heads as number;
+      const d = a.headDim as number;
+      const half = d / 2;
+      // inverse: the transpose of the rotation (the gradient).
+      const sg = a.inverse ? -1 : 1;
+      for (let t = 0; t < T; t++)
+        for (let h = 0; h < H; h++) {
+          const o = (t * H + h) * d;
+          const tb = t * half;
+          for (let i = 0; i < half; i++) {
+            const c = cos[tb + i]!;
+            const s = sg * sin[tb + i]!;
+            const x1 = x[o + i]!;
+            const x2 = x[o + half + i]!;
+            y![o + i] = x1 * c - x2 * s;
+            y![o + half + i] = x2 * c + x1 * s;
+          }
+        }
+    },
+  };
+  register('McpcRope', rope, {
+    inputsToSave: [],
+    saveAllInputs: true,
+    gradFunc: (dy, saved, a) => ({
+      0: () => run1('McpcRopeInverse', [dy as Tensor, saved[1]!, saved[2]!], { ...(a as Attrs), inverse: true }),
+      1: () => tf.zerosLike(saved[1]!),
+      2: () => tf.zerosLike(saved[2]!),
+    }),
+  });
+  register('McpcRopeInverse', rope);
+}
+

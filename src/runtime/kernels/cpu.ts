@@ -1,0 +1,157 @@
+/**
+ * The kernel table of the CPU backends (`wasm` by default; `cpu` on request): the reference table
+ * (./reference.ts) with some ops replaced by fused implementations (./cpu-ops.ts: tfjs kernels over
+ * Float32Array views, with gradients, or leaner tfjs compositions). Same `Kernel` signature and conventions
+ * as the reference; every kernel falls back to the reference for a case it does not take.
+ *
+ *   fused_elementwise   the expression compiled to JavaScript (./fused-js.ts): forward, and the compiler's
+ *                       generated backward (from the plan's kernel table) once per gradient slot
+ *   attention           grouped-query without repeating K/V (the G query heads of a KV head share its
+ *                       scores GEMM: no Tile and no Tile gradient), the 1/√d scale on q instead of on the
+ *                       scores, and the mask built once per micro-batch in that layout (no broadcast)
+ *   rope                one pass (its gradient is the inverse rotation), no slices or concat
+ *   everything else     reference (tfjs ops)
+ *
+ * Measured and left out (BENCHMARKS.md, "CPU kernel table"): moe_up_grouped on the top-k only (tokens
+ * gathered per expert, one GEMM each) and concat_linear writing each part straight to its output were both
+ * slower on wasm than the reference's dense SIMD GEMMs at MedCare's ranks, because their gathers and
+ * scatters are scalar JavaScript.
+ *
+ * `cpuKernelTable(plan, backend)` decides: the fused table on `wasm`, the reference on `cpu` (the ground truth
+ * the tests compare against); `MCPC_KERNELS=fused` or `=reference` forces either on both.
+ */
+import type { FusedExprAttrs } from '../../plan/fused.js';
+import type { Plan, PlanOp } from '../../plan/types.js';
+import { tf, type Tensor } from '../tfjs/index.js';
+import { fusedOp, ropeOp } from './cpu-ops.js';
+import { dims } from './autodiff.js';
+import { checkFusedExpr } from './fused.js';
+import { compileFused, type CompiledFused } from './fused-js.js';
+import { KernelError, reference, type Kernel, type KernelContext, type KernelStep } from './reference.js';
+
+function num(step: KernelStep, key: string, fallback?: number): number {
+  const v = step.attrs[key];
+  if (typeof v === 'number' && Number.isFinite(v)) return v;
+  if (v === undefined && fallback !== undefined) return fallback;
+  throw new KernelError(step, `attrs.${key} must be a finite number (got ${JSON.stringify(v)})`);
+}
+const flag = (step: KernelStep, key: string, fallback: boolean): boolean => (typeof step.attrs[key] === 'boolean' ? (step.attrs[key] as boolean) : fallback);
+const f32 = (ts: Tensor[]) => ts.every((t) => t.dtype === 'float32');
+
+/** The rotary tables for the batch, [T, d/2] each (the reference's, as 2-D tensors). */
+function ropeTables(ctx: KernelContext, headDim: number, theta: number): [Tensor, Tensor] {
+  const key = `cpu:rope:${headDim}:${theta}`;
+  let cos = ctx.cache.get(`${key}:cos`);
+  let sin = ctx.cache.get(`${key}:sin`);
+  if (!cos || !sin || cos.isDisposed || sin.isDisposed) {
+    const half = headDim / 2;
+    const T = ctx.positions.length;
+    const c = new Float32Array(T * half);
+    const s = new Float32Array(T * half);
+    for (let i = 0; i < half; i++) {
+      const invFreq = Math.fround(1 / Math.pow(theta, (2 * i) / headDim));
+      for (let t = 0; t < T; t++) {
+        const a = Math.fround(ctx.positions[t]! * invFreq);
+        c[t * half + i] = Math.cos(a);
+        s[t * half + i] = Math.sin(a);
+      }
+    }
+    cos = tf.tensor2d(c, [T, half]);
+    sin = tf.tensor2d(s, [T, half]);
+    ctx.cache.set(`${key}:cos`, cos);
+    ctx.cache.set(`${key}:sin`, sin);
+  }
+  return [cos, sin];
+}
+
+/**
+ * The additive attention mask in the GQA layout of `attention` below, [rows·KV, S·G, S]: 0 where query
+ * position ⌊m/G⌋ may see key j (same segment; j ≤ i when causal), else −1e9 (the reference's mask, repeated
+ * so the add needs no broadcast). Made once per micro-batch and shared by the layers.
+ */
+function gqaMask(ctx: KernelContext, KV: number, G: number, causal: boolean): Tensor {
+  const key = `cpu:mask:${KV}:${G}:${causal}`;
+  const hit = ctx.cache.get(key);
+  if (hit && !hit.isDisposed) return hit;
+  const { rows, seqLen: S, segments } = ctx;
+  const m = new Float32Array(rows * KV * S * G * S);
+  for (let r = 0; r < rows; r++)
+    for (let i = 0; i < S; i++) {
+      const si = segments[r * S + i];
+      const base = (r * KV * S * G + i * G) * S;
+      for (let j = 0; j < S; j++) m[base + j] = (!causal || j <= i) && segments[r * S + j] === si ? 0 : -1e9;
+      for (let g = 1; g < G; g++) m.copyWithin(base + g * S, base, base + S);
+      for (let h = 1; h < KV; h++) m.copyWithin(base + h * S * G * S, base, base + G * S);
+    }
+  const t = tf.tensor3d(m, [rows * KV, S * G, S]);
+  ctx.cache.set(key, t);
+  return t;
+}
+
+/** The fused table for `plan` (its kernel table holds each fused expression's generated backward). */
+export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> {
+  const compiled = new Map<string, CompiledFused | null>();
+  const program = (step: KernelStep): CompiledFused | null => {
+    const id = typeof step.attrs.kernel === 'string' ? step.attrs.kernel : ((step as { kernel?: string }).kernel ?? '');
+    let c = compiled.get(id);
+    if (c === undefined) {
+      const k = plan.kernels.find((x) => x.id === id);
+      const e = checkFusedExpr((k?.attrs as { expr?: unknown } | undefined)?.expr);
+      c = typeof e === 'string' || !e.backward ? null : compileFused(e as FusedExprAttrs);
+      compiled.set(id, c);
+    }
+    return c;
+  };
+
+  const fused: Partial<Record<PlanOp, Kernel>> = {
+    fused_elementwise(inputs, step, ctx) {
+      const p = program(step);
+      const elem = inputs.find((_, i) => p?.inputs[i] === 'elem');
+      if (!p || !elem || inputs.length !== p.inputs.length || step.outputs.length !== p.outputs.length || !f32(inputs)) return reference.fused_elementwise(inputs, step, ctx);
+      const [rows, cols] = dims(elem) as [number, number];
+      const fits = inputs.every((t, i) => (p.inputs[i] === 'vec' ? t.rank === 1 && dims(t)[0] === cols : t.rank === 2 && dims(t)[0] === rows && dims(t)[1] === cols));
+      if (!fits) return reference.fused_elementwise(inputs, step, ctx);
+      return fusedOp(p, inputs, rows, cols);
+    },
+
+    attention(inputs, step, ctx) {
+      const [q, k, v] = inputs;
+      const H = num(step, 'heads');
+      const KV = num(step, 'kvHeads');
+      const d = num(step, 'headDim');
+      const { rows, seqLen: S } = ctx;
+      if (!q || !k || !v || inputs.length !== 3 || H % KV !== 0 || dims(q)[0] !== rows * S || !f32(inputs)) return reference.attention(inputs, step, ctx);
+      const G = H / KV;
+      // Queries [rows·KV, S·G, d] (query row m is position ⌊m/G⌋, head kv·G + m mod G); keys, values [rows·KV, S, d].
+      const qh = tf.reshape(tf.transpose(tf.reshape(q, [rows, S, KV, G * d]), [0, 2, 1, 3]), [rows * KV, S * G, d]);
+      const heads = (x: Tensor) => tf.reshape(tf.transpose(tf.reshape(x, [rows, S, KV, d]), [0, 2, 1, 3]), [rows * KV, S, d]);
+      const scores = tf.matMul(tf.mul(qh, 1 / Math.sqrt(d)) as tf.Tensor3D, heads(k) as tf.Tensor3D, false, true);
+      const p = tf.softmax(tf.add(scores, gqaMask(ctx, KV, G, flag(step, 'causal', true))));
+      const o = tf.matMul(p as tf.Tensor3D, heads(v) as tf.Tensor3D);
+      return [tf.reshape(tf.transpose(tf.reshape(o, [rows, KV, S, G * d]), [0, 2, 1, 3]), [rows * S, H * d])];
+    },
+
+    rope(inputs, step, ctx) {
+      const d = num(step, 'headDim');
+      if (inputs.length !== 2 || d % 2 !== 0 || !f32(inputs) || inputs.some((t) => t.rank !== 2 || dims(t)[0] !== ctx.positions.length)) return reference.rope(inputs, step, ctx);
+      const [cos, sin] = ropeTables(ctx, d, num(step, 'theta'));
+      return [ropeOp(inputs[0]!, cos, sin, num(step, 'heads'), d), ropeOp(inputs[1]!, cos, sin, num(step, 'kvHeads'), d)];
+    },
+  };
+  return { ...reference, ...fused };
+}
+
+/** The ops the fused CPU table replaces. */
+export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope'];
+
+/**
+ * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any
+ * other backend); the environment variable MCPC_KERNELS=fused|reference overrides the choice on wasm and cpu.
+ */
+export function cpuKernelTable(plan: Pick<Plan, 'kernels'>, backend: string = tf.getBackend()): Record<PlanOp, Kernel> {
+  const want = process.env.MCPC_KERNELS;
+  if (want !== undefined && want !== '' && want !== 'fused' && want !== 'reference') throw new Error(`MCPC_KERNELS must be 'fused' or 'reference' (got '${want}')`);
+  const cpuLike = backend === 'wasm' || backend === 'cpu';
+  const useFused = cpuLike && (want === 'fused' || (want !== 'reference' && backend === 'wasm'));
+  return useFused ? cpuKernels(plan) : reference;
+}

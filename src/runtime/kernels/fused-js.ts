@@ -1,0 +1,209 @@
+/**
+ * A fused_elementwise expression (src/plan/fused.ts) compiled to JavaScript: the forward program and, per
+ * gradient slot, the compiler's generated backward program each become one function of plain loops, so a
+ * fused chain is one pass over memory per row reduction level instead of one tfjs op per node.
+ *
+ * Code shape (per row r; `o` = r·cols):
+ *
+ *     const k3 = 1e-6;                          // const-class nodes, once
+ *     for (r) {
+ *       let r7 = 0;                             // row sums accumulated by pass 0
+ *       for (c) { const v1 = I0[o + c]; ...; r7 += v5; }
+ *       const r8 = 1 / Math.sqrt(r7 / cols + k3);  // per-row values, between passes
+ *       for (c) { ...; O0[o + c] = v9; }        // the last pass writes the roots
+ *     }
+ *
+ * A node's stage is the number of row sums on its deepest path; pass p computes the row sums whose argument
+ * has stage p, and the last pass the roots. Per-element values a later pass needs again are recomputed
+ * there (cheaper than a buffer for the chains the compiler fuses). `vec` inputs are read at column c; a
+ * backward slot that is a `vec` input's gradient (`reduce: 'cols'`) accumulates over the rows into [cols].
+ * Arithmetic is in f64 and stored as f32.
+ */
+import type { FusedExprAttrs, FusedInputKind, FusedSerialNode } from '../../plan/fused.js';
+
+/** (rows, cols, inputs, saved outputs, upstream gradients, results) */
+export type FusedFn = (rows: number, cols: number, ins: Float32Array[], ys: Float32Array[], dys: Float32Array[], outs: Float32Array[]) => void;
+
+export interface CompiledFused {
+  inputs: FusedInputKind[];
+  /** One entry per forward root. */
+  outputs: number[];
+  forward: (rows: number, cols: number, ins: Float32Array[], outs: Float32Array[]) => void;
+  /** The function computing gradient slot s (compiled on first use). */
+  backward(slot: number): FusedFn;
+  slots: { inputs: number[]; reduce: 'none' | 'cols'; identityOf?: number }[];
+  grads: (number | null)[];
+}
+
+type Cls = 0 | 1 | 2 | 3; // const, vec, row, elem
+const CONST = 0;
+const VEC = 1;
+const ROW = 2;
+const ELEM = 3;
+const join = (a: Cls, b: Cls): Cls => (a === b ? a : a === CONST ? b : b === CONST ? a : ELEM);
+
+const unary: Record<string, (a: string) => string> = {
+  neg: (a) => `(-${a})`,
+  exp: (a) => `Math.exp(${a})`,
+  log: (a) => `Math.log(${a})`,
+  sqrt: (a) => `Math.sqrt(${a})`,
+  rsqrt: (a) => `(1 / Math.sqrt(${a}))`,
+  sigmoid: (a) => `(1 / (1 + Math.exp(-${a})))`,
+  silu: (a) => `(${a} / (1 + Math.exp(-${a})))`,
+  tanh: (a) => `Math.tanh(${a})`,
+};
+const binary: Record<string, (a: string, b: string) => string> = {
+  add: (a, b) => `(${a} + ${b})`,
+  sub: (a, b) => `(${a} - ${b})`,
+  mul: (a, b) => `(${a} * ${b})`,
+  div: (a, b) => `(${a} / ${b})`,
+  max: (a, b) => `(${a} >= ${b} ? ${a} : ${b})`,
+  min: (a, b) => `(${a} <= ${b} ? ${a} : ${b})`,
+  gt: (a, b) => `(${a} > ${b} ? 1 : 0)`,
+  ge: (a, b) => `(${a} >= ${b} ? 1 : 0)`,
+  lt: (a, b) => `(${a} < ${b} ? 1 : 0)`,
+  le: (a, b) => `(${a} <= ${b} ? 1 : 0)`,
+  eq: (a, b) => `(${a} === ${b} ? 1 : 0)`,
+};
+
+/** A root of a generated function: written per element, or (a `vec` gradient) summed over the rows. */
+interface Root {
+  node: number;
+  reduce: 'none' | 'cols';
+}
+
+/** JavaScript source of one function over `nodes` (a serial program) writing `roots` to O0, O1, ... */
+export function generate(nodes: readonly FusedSerialNode[], kinds: readonly FusedInputKind[], roots: readonly Root[]): string {
+  const cls: Cls[] = [];
+  const stage: number[] = [];
+  for (const [op, ...a] of nodes) {
+    if (op === 'in') cls.push(kinds[a[0]!] === 'vec' ? VEC : ELEM);
+    else if (op === 'out' || op === 'dy') cls.push(ELEM);
+    else if (op === 'const' || op === 'cols') cls.push(CONST);
+    else if (op === 'rowsum') cls.push(ROW);
+    else cls.push(a.reduce<Cls>((c, i) => join(c, cls[i]!), CONST));
+    const leaf = op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols';
+    stage.push(leaf ? 0 : op === 'rowsum' ? stage[a[0]!]! + 1 : Math.max(0, ...a.map((i) => stage[i]!)));
+  }
+  // What the roots need.
+  const needed = new Set<number>();
+  const visit = (i: number) => {
+    if (needed.has(i)) return;
+    needed.add(i);
+    const [op, ...a] = nodes[i]!;
+    if (!(op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols')) a.forEach(visit);
+  };
+  roots.forEach((r) => visit(r.node));
+  const last = Math.max(0, ...roots.map((r) => stage[r.node]!));
+
+  const leaf = (i: number): string => {
+    const [op, v] = nodes[i]! as [string, number];
+    if (op === 'in') return kinds[v] === 'vec' ? `I${v}[c]` : `I${v}[o + c]`;
+    if (op === 'out') return `Y${v}[o + c]`;
+    if (op === 'dy') return `D${v}[o + c]`;
+    if (op === 'const') return Number.isFinite(v) ? `(${String(v)})` : v > 0 ? 'Infinity' : v < 0 ? '(-Infinity)' : 'NaN';
+    return 'cols';
+  };
+  const exprOf = (i: number, ref: (j: number) => string): string => {
+    const [op, ...a] = nodes[i]!;
+    if (op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols') return leaf(i);
+    if (op === 'select') return `(${ref(a[0]!)} !== 0 ? ${ref(a[1]!)} : ${ref(a[2]!)})`;
+    if (op in unary) return unary[op]!(ref(a[0]!));
+    if (op in binary) return binary[op]!(ref(a[0]!), ref(a[1]!));
+    throw new Error(`fused expression: no code for '${op}'`);
+  };
+
+  const lines: string[] = [];
+  const hoisted = new Set<number>();
+  // Const-class nodes once, at the top.
+  for (let i = 0; i < nodes.length; i++) {
+    if (!needed.has(i) || cls[i] !== CONST) continue;
+    lines.push(`  const k${i} = ${exprOf(i, (j) => `k${j}`)};`);
+    hoisted.add(i);
+  }
+  const ins = [...new Set(nodes.filter((n) => n[0] === 'in').map((n) => n[1]))];
+  const outs = [...new Set(nodes.filter((n) => n[0] === 'out').map((n) => n[1]))];
+  const dys = [...new Set(nodes.filter((n) => n[0] === 'dy').map((n) => n[1]))];
+  const decl = [...ins.map((k) => `I${k} = I[${k}]`), ...outs.map((k) => `Y${k} = Y[${k}]`), ...dys.map((k) => `D${k} = D[${k}]`), ...roots.map((_, k) => `O${k} = O[${k}]`)];
+  if (decl.length) lines.unshift(`  const ${decl.join(', ')};`);
+  roots.forEach((r, k) => {
+    if (r.reduce === 'cols') lines.push(`  O${k}.fill(0);`);
+  });
+  lines.push('  for (let r = 0; r < rows; r++) {', '    const o = r * cols;');
+  const rowRef = (j: number) => (cls[j] === CONST ? `k${j}` : `r${j}`);
+  for (let p = 0; p <= last; p++) {
+    // Per-row values of this stage (rowsums finished in the passes before).
+    for (let i = 0; i < nodes.length; i++) {
+      if (!needed.has(i) || cls[i] !== ROW || nodes[i]![0] === 'rowsum' || stage[i] !== p) continue;
+      lines.push(`    const r${i} = ${exprOf(i, rowRef)};`);
+    }
+    const sums = [...needed].filter((i) => nodes[i]![0] === 'rowsum' && stage[nodes[i]![1]!] === p).sort((a, b) => a - b);
+    const writes = p === last ? roots : [];
+    if (!sums.length && !writes.length) continue;
+    for (const s of sums) lines.push(`    let r${s} = 0;`);
+    lines.push('    for (let c = 0; c < cols; c++) {');
+    const done = new Set<number>();
+    const ref = (j: number): string => {
+      if (cls[j] === CONST) return `k${j}`;
+      if (cls[j] === ROW) return `r${j}`;
+      const [op] = nodes[j]!;
+      if (op === 'in' || op === 'out' || op === 'dy') {
+        if (!done.has(j)) {
+          done.add(j);
+          lines.push(`      const v${j} = ${leaf(j)};`);
+        }
+        return `v${j}`;
+      }
+      if (!done.has(j)) {
+        const e = exprOf(j, ref);
+        done.add(j);
+        lines.push(`      const v${j} = ${e};`);
+      }
+      return `v${j}`;
+    };
+    for (const s of sums) lines.push(`      r${s} += ${ref(nodes[s]![1]!)};`);
+    writes.forEach((rt, k) => {
+      const v = ref(rt.node);
+      lines.push(rt.reduce === 'cols' ? `      O${k}[c] += ${v};` : `      O${k}[o + c] = ${v};`);
+    });
+    lines.push('    }');
+  }
+  lines.push('  }');
+  return `"use strict";\nreturn function fused(rows, cols, I, Y, D, O) {\n${lines.join('\n')}\n};`;
+}
+
+const cache = new Map<string, CompiledFused>();
+
+/**
+ * Compile a fused expression that carries its generated backward (the plan's kernel table copy:
+ * `plan.kernels[].attrs.expr`). Compiled programs are cached by the expression's text.
+ */
+export function compileFused(expr: FusedExprAttrs): CompiledFused {
+  if (!expr.backward) throw new Error('the fused expression has no generated backward');
+  const key = JSON.stringify(expr);
+  const hit = cache.get(key);
+  if (hit) return hit;
+  const bw = expr.backward;
+  const make = (src: string) => new Function(src)() as FusedFn;
+  const fwd = make(generate(expr.forward.nodes, expr.inputs, expr.forward.roots.map((node) => ({ node, reduce: 'none' }))));
+  const bwd = new Map<number, FusedFn>();
+  const compiled: CompiledFused = {
+    inputs: [...expr.inputs],
+    outputs: [...expr.forward.roots],
+    forward: (rows, cols, ins, outs) => fwd(rows, cols, ins, [], [], outs),
+    backward(slot) {
+      let f = bwd.get(slot);
+      if (!f) {
+        const s = bw.slots[slot];
+        if (!s) throw new Error(`fused backward: no slot ${slot}`);
+        f = make(generate(bw.program.nodes, expr.inputs, [{ node: bw.program.roots[slot]!, reduce: s.reduce }]));
+        bwd.set(slot, f);
+      }
+      return f;
+    },
+    slots: bw.slots.map((s) => ({ ...s })),
+    grads: [...bw.grads],
+  };
+  cache.set(key, compiled);
+  return compiled;
+}
