@@ -67,7 +67,8 @@
  */
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
-import { reference, type KernelContext } from './kernels/reference.js';
+import { cpuKernelTable } from './kernels/cpu.js';
+import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { fusedAdamW, webgpuKernels } from './kernels/webgpu.js';
 import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
@@ -202,13 +203,15 @@ class Runner implements StageRunner {
   private exited = false;
   private disposed = false;
   // WebGPU hook (issue 5): on the webgpu backend the steps run the WGSL kernel table and AdamW is one dispatch.
-  private readonly kernels = tf.getBackend() === 'webgpu' ? webgpuKernels : reference;
+  // CPU hook (issue 5): on wasm the fused CPU kernel table (kernels/cpu.ts; MCPC_KERNELS=reference|fused overrides).
+  private readonly kernels: Record<PlanStep['op'], Kernel>;
 
   constructor(
     readonly plan: Plan,
     stageName: string,
     opts: StageRunnerOptions,
   ) {
+    this.kernels = tf.getBackend() === 'webgpu' ? webgpuKernels : cpuKernelTable(plan);
     const stage = plan.stages.find((s) => s.name === stageName);
     if (!stage) throw new RunnerError(`no stage '${stageName}' in the plan of ${plan.pipeline} (stages: ${plan.stages.map((s) => s.name).join(', ')})`);
     this.stage = stage;
