@@ -460,40 +460,43 @@ function modelFilesHash(plan: Plan, root: string): string {
 function constraintSums(stage: PlanStage, plan: Plan, params: ReadonlyMap<string, Float32Array>): StageSummary['constraints'] {
   const out: StageSummary['constraints'] = [];
   const shape = new Map(plan.parameters.map((p) => [p.id, p.shape]));
+  /**
+   * The vectors an orthogonality term multiplies, as the ortho_penalty kernel stacks them: the rows of A
+   * ([r, in], shared experts [S·r, in], routed experts [E, r, in]) or the columns of B ([out, r], ...),
+   * of every part of the adapter at the site that the stage still holds.
+   */
+  const vectors = (adapter: string, site: string, m: 'A' | 'B'): Float32Array[] => {
+    const vs: Float32Array[] = [];
+    for (const t of [m, `shared_${m}`, `expert_${m}`]) {
+      const id = `${adapter}.${site}.${t}`;
+      const x = params.get(id);
+      const sh = shape.get(id);
+      if (!x || !sh || sh.length < 2) continue;
+      const [rows, cols] = [sh[sh.length - 2]!, sh[sh.length - 1]!];
+      const blocks = x.length / (rows * cols);
+      for (let b = 0; b < blocks; b++) {
+        const o = b * rows * cols;
+        if (m === 'A') for (let i = 0; i < rows; i++) vs.push(x.subarray(o + i * cols, o + (i + 1) * cols));
+        else for (let j = 0; j < cols; j++) vs.push(Float32Array.from({ length: rows }, (_, i) => x[o + i * cols + j]!));
+      }
+    }
+    return vs;
+  };
   for (const c of stage.constraints) {
     for (const other of c.others) {
       let sum = 0;
       let found = false;
       for (const site of c.sites) {
-        const a = `${c.target}.${site}.${c.matrix}`;
-        const b = `${other}.${site}.${c.matrix}`;
-        const x = params.get(a);
-        const y = params.get(b);
-        const sx = shape.get(a);
-        const sy = shape.get(b);
-        if (!x || !y || !sx || !sy || sx.length !== 2 || sy.length !== 2) continue;
+        const xs = vectors(c.target, site, c.matrix);
+        const ys = vectors(other, site, c.matrix);
+        if (!xs.length || !ys.length) continue;
         found = true;
-        if (c.matrix === 'A') {
-          // A: [r, in]; sum over i, j of |Σ_k x[i,k] y[j,k]|.
-          const [r1, n] = sx;
-          const r2 = sy[0];
-          for (let i = 0; i < r1; i++)
-            for (let j = 0; j < r2; j++) {
-              let d = 0;
-              for (let k = 0; k < n; k++) d += x[i * n + k] * y[j * n + k];
-              sum += Math.abs(d);
-            }
-        } else {
-          // B: [out, r]; sum over i, j of |Σ_k x[k,i] y[k,j]|.
-          const [n, r1] = sx;
-          const r2 = sy[1];
-          for (let i = 0; i < r1; i++)
-            for (let j = 0; j < r2; j++) {
-              let d = 0;
-              for (let k = 0; k < n; k++) d += x[k * r1 + i] * y[k * r2 + j];
-              sum += Math.abs(d);
-            }
-        }
+        for (const u of xs)
+          for (const v of ys) {
+            let d = 0;
+            for (let k = 0; k < u.length; k++) d += u[k]! * v[k]!;
+            sum += Math.abs(d);
+          }
       }
       if (found) out.push({ target: c.target, other, matrix: c.matrix, value: sum });
     }

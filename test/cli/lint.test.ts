@@ -99,7 +99,7 @@ describe('mcpc lint', () => {
     expect(r.code).toBe(0);
     expect(r.out).toContain('adapter attn (lora r16) at layers[*].attn.{q, k, v, o}: 16 sites');
     expect(r.out).toContain('adapter noise (moe_lora 8 experts top-2 r16) at layers[*].mlp.{gate, up, down}: 12 sites');
-    expect(r.out).toMatch(/layers\[3\]\.mlp\.down\s+\[352 -> 128\]\s+model\.layers\.3\.mlp\.down_proj/);
+    expect(r.out).toMatch(/layers\[3\]\.mlp\.down\s+\[176 -> 64\]\s+model\.layers\.3\.mlp\.down_proj/);
   });
 
   it('reports an unreadable file as a diagnostic, not a crash', async () => {

@@ -220,8 +220,8 @@ function lowerStage(p: CheckedPipeline, s: CheckedStage, index: number, params: 
   constraints.forEach((k, ci) => {
     for (const site of k.sites) {
       for (const other of k.others) {
-        const ta = matrixParams(p, k.target, site, k.matrix, params);
-        const oa = matrixParams(p, other, site, k.matrix, params);
+        const ta = matrixParams(p, k.target, site, k.matrix, params, s.name);
+        const oa = matrixParams(p, other, site, k.matrix, params, s.name);
         if (!ta.length || !oa.length) continue;
         const out = g.value(`ortho.${ci}.${site}.${other}`, []);
         const flops = orthoFlops(ta.map((id) => params.get(id)!.shape), oa.map((id) => params.get(id)!.shape), k.matrix);
@@ -299,12 +299,15 @@ function liveAdapters(p: CheckedPipeline, s: CheckedStage, params: Map<string, P
   return out;
 }
 
-/** The A (or B) tensors of an adapter at a site, as used by an orthogonality term. */
-function matrixParams(p: CheckedPipeline, adapter: string, site: string, m: 'A' | 'B', params: Map<string, Param>): string[] {
+/**
+ * The A (or B) tensors of an adapter at a site that exist in `stage`, as used by an orthogonality term:
+ * after `drop X.experts` a mixture's routed experts are gone and only its shared experts count.
+ */
+function matrixParams(p: CheckedPipeline, adapter: string, site: string, m: 'A' | 'B', params: Map<string, Param>, stage: string): string[] {
   const a = p.adapters.find((x) => x.name === adapter);
   if (!a) return [];
   const names = a.type === 'lora' ? [m] : [`shared_${m}`, `expert_${m}`];
-  return names.map((t) => paramId.adapter(adapter, site, t)).filter((id) => params.has(id));
+  return names.map((t) => paramId.adapter(adapter, site, t)).filter((id) => params.has(id) && params.get(id)!.states[stage] !== 'dropped');
 }
 
 /**

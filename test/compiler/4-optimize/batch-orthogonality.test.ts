@@ -13,8 +13,8 @@ describe('batch-orthogonality', () => {
     const terms = nodesOf(st, 'ortho_penalty');
     expect(terms).toHaveLength(12);
     for (const n of terms) {
-      const d = n.site!.endsWith('.down') ? 352 : 128; // A is [32, in]; in = ffn for down, hidden otherwise
-      expect(n.attrs.flops).toBe(2 * 32 * 32 * d + 32 * 32);
+      const d = n.site!.endsWith('.down') ? 176 : 64; // align A is [16, in], knowledge A [32, in]; in = ffn for down, hidden otherwise
+      expect(n.attrs.flops).toBe(2 * 16 * 32 * d + 16 * 32);
     }
   });
 
@@ -25,7 +25,7 @@ describe('batch-orthogonality', () => {
     expect(nodesOf(a.ir, 'ortho_penalty')).toHaveLength(12);
     expect(nodesOf(b.ir, 'ortho_penalty')).toHaveLength(0);
     expect(nodesOf(b.ir, 'ortho_penalty_batched')).toHaveLength(1);
-    const total = 4 * (2 * (2 * 32 * 32 * 128 + 32 * 32) + (2 * 32 * 32 * 352 + 32 * 32));
+    const total = 4 * (2 * (2 * 16 * 32 * 64 + 16 * 32) + (2 * 16 * 32 * 176 + 16 * 32));
     expect(forwardFlops(a.plan, isOrtho)).toBe(total);
     expect(forwardFlops(b.plan, isOrtho)).toBe(total);
     expect(nodesOf(b.ir, 'ortho_penalty_batched')[0].attrs.flops).toBe(total);

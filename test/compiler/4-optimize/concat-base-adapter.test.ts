@@ -37,12 +37,12 @@ describe('concat-base-adapter', () => {
     expect(mlp.outputs).toEqual(['layers[1].mlp.up.base', 'layers[1].mlp.up.knowledge.h', 'layers[1].mlp.up.noise.probs', 'layers[1].mlp.up.noise.hcat']);
     const parts = mlp.attrs.parts as { kind: string; out: number; params: string[]; bias?: string; activation?: string }[];
     expect(parts.map((p) => [p.kind, p.out])).toEqual([
-      ['linear', 352],
+      ['linear', 176],
       ['lora_down', 32],
       ['router', 8],
       ['moe_down_batched', 128],
     ]);
-    expect(mlp.attrs).toMatchObject({ in: 128, totalOut: 352 + 32 + 8 + 128 });
+    expect(mlp.attrs).toMatchObject({ in: 64, totalOut: 176 + 32 + 8 + 128 });
     expect(parts[2]).toMatchObject({ params: ['noise.layers[1].mlp.up.router_W'], bias: 'noise.layers[1].mlp.up.router_b', activation: 'softmax' });
     const q = nodesOf(st, 'concat_linear').find((n) => n.site === 'layers[0].attn.q')!;
     const qp = q.attrs.parts as { kind: string; bias?: string }[];

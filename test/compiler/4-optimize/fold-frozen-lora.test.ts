@@ -50,10 +50,10 @@ describe('fold-frozen-lora', () => {
     expect(saved).toBeGreaterThan(0);
     const adds = (st: typeof align0.plan) => forwardFlops(st, (f) => f.op === 'add');
     const total = (st: typeof align0.plan) => st.forward.reduce((s, f) => s + f.flops, 0);
-    // The 12 removed adds: T tokens x (gate 352 + up 352 + down 128) outputs in each of 4 layers.
+    // The 12 removed adds: T tokens x (gate 176 + up 176 + down 64) outputs in each of 4 layers.
     const T = align0.plan.estimates.tokensPerMicroBatch;
-    expect(adds(align0.plan) - adds(align1.plan)).toBe(T * 4 * (352 + 352 + 128));
-    expect(total(align0.plan) - total(align1.plan)).toBe(saved + T * 4 * (352 + 352 + 128));
+    expect(adds(align0.plan) - adds(align1.plan)).toBe(T * 4 * (176 + 176 + 64));
+    expect(total(align0.plan) - total(align1.plan)).toBe(saved + T * 4 * (176 + 176 + 64));
     expect(forwardFlops(align1.plan, isKnowledge)).toBe(0);
     expect(after.stage('aggregate').ir.graph.nodes.length).toBe(before.stage('aggregate').ir.graph.nodes.length);
   });

@@ -69,9 +69,9 @@ describe('fuse-optimizer', () => {
       expect(elems).toBe(st.estimates.trainableParams);
       expect(opt.size! - elems).toBeLessThan(OPTIMIZER_ALIGN * layout.length);
     }
-    // MedCare's stage 1: 998,496 trainable parameters, 672 elements of padding (the 1-D router biases).
-    expect(o1.plan.stages[0].optimizer.size).toBe(998_496 + 672);
-    expect(o1.plan.stages[1].optimizer.size).toBe(184_320);
+    // MedCare's stage 1: 499,296 trainable parameters, 672 elements of padding (the 1-D router biases); stage 2: align, 46,080.
+    expect(o1.plan.stages[0].optimizer.size).toBe(499_296 + 672);
+    expect(o1.plan.stages[1].optimizer.size).toBe(46_080);
   });
 
   it('-O0 runs neither fuse-optimizer nor plan-memory, and explain says so', () => {
