@@ -1,0 +1,61 @@
+/**
+ * `npx tsx bench/wasm-gemm.ts [--quick]`: the products of a training step on the `wasm` backend, tfjs-wasm's
+ * own BatchMatMul against mcpc's SIMD GEMM (src/runtime/tfjs/gemm.wat) side by side in one process, GFLOP/s
+ * each and the ratio. Shapes: the demo model's linear layers at 2 x 8 x 224 tokens (x·Wᵀ forward, dY·W and
+ * dYᵀ·X backward) and attention's batched products. Exits 1 if ours is slower on any shape.
+ */
+import { parseArgs } from 'node:util';
+import '@tensorflow/tfjs-backend-wasm';
+import { tf } from '../src/runtime/tfjs/index.js';
+import { registerWasmGemm } from '../src/runtime/tfjs/gemm.js';
+import { registerWasmExtras } from '../src/runtime/tfjs/wasm-extra.js';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const reps = values.quick ? 3 : 10;
+tf.enableProdMode();
+registerWasmExtras();
+await tf.setBackend('wasm');
+await tf.ready();
+
+interface Case { name: string; a: number[]; b: number[]; tA: boolean; tB: boolean; flops: number }
+const T = 3584;
+const cases: Case[] = [
+  { name: 'x·Wᵀ   [3584,64]·[176,64]ᵀ', a: [T, 64], b: [176, 64], tA: false, tB: true, flops: 2 * T * 64 * 176 },
+  { name: 'dY·W   [3584,176]·[176,64]', a: [T, 176], b: [176, 64], tA: false, tB: false, flops: 2 * T * 64 * 176 },
+  { name: 'dYᵀ·X  [3584,176]ᵀ·[3584,64]', a: [T, 176], b: [T, 64], tA: true, tB: false, flops: 2 * T * 64 * 176 },
+  { name: 'q·kᵀ   [64,224,16]·[64,224,16]ᵀ', a: [64, 224, 16], b: [64, 224, 16], tA: false, tB: true, flops: 2 * 64 * 224 * 224 * 16 },
+  { name: 'p·v    [64,224,224]·[64,224,16]', a: [64, 224, 224], b: [64, 224, 16], tA: false, tB: false, flops: 2 * 64 * 224 * 224 * 16 },
+];
+
+function time(c: Case): number {
+  const a = tf.randomNormal(c.a);
+  const b = tf.randomNormal(c.b);
+  // Not tf.tidy(() => ...dataSync()): tidy walks a returned typed array element by element looking for tensors.
+  const run = () => {
+    const y = tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, c.tA, c.tB);
+    y.dataSync();
+    y.dispose();
+  };
+  run();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t = performance.now();
+    run();
+    ts.push(performance.now() - t);
+  }
+  tf.dispose([a, b]);
+  return ts.sort((x, y) => x - y)[Math.floor(ts.length / 2)]!;
+}
+
+const theirs = cases.map(time);
+registerWasmGemm();
+const ours = cases.map(time);
+let slower = 0;
+console.log('wasm backend matrix products, median ms (GFLOP/s), tfjs-wasm BatchMatMul vs mcpc SIMD GEMM:');
+cases.forEach((c, i) => {
+  const g = (ms: number) => (c.flops / ms / 1e6).toFixed(1);
+  const ratio = theirs[i]! / ours[i]!;
+  if (ratio < 1) slower++;
+  console.log(`  ${c.name.padEnd(34)} ${theirs[i]!.toFixed(2).padStart(8)} ms (${g(theirs[i]!).padStart(5)})  ${ours[i]!.toFixed(2).padStart(8)} ms (${g(ours[i]!).padStart(5)})  ${ratio.toFixed(2)}x`);
+});
+process.exitCode = slower ? 1 : 0;
