@@ -52,8 +52,9 @@ function standalone(i: number, r: ReturnType<typeof rng>): string {
   const shared = r.pick([1, 2]);
   const experts = r.pick([4, 6, 8]);
   const topK = r.pick([1, 2]);
-  const rAlign = r.pick([8, 16, 32]);
   const three = r.chance(0.4);
+  // Orthogonal ranks must fit the smallest model's hidden 64: knowledge (up to 2 x 16) + align + safety (up to 16).
+  const rAlign = three ? r.pick([8, 16]) : r.pick([8, 16, 32]);
   const batch = r.pick([16, 32]);
   const micro = r.pick([4, 8]);
   const lines = [
@@ -127,7 +128,7 @@ function standalone(i: number, r: ReturnType<typeof rng>): string {
 /** A variant of pipelines/medcare.mcp, as medcare-3stage.mcp is: a new stage after `align`. */
 function variant(i: number, r: ReturnType<typeof rng>, dirFromRoot: string): string {
   const base = relative(join(ROOT, dirFromRoot), join(ROOT, 'pipelines/medcare.mcp')).split('\\').join('/');
-  const rank = r.pick([8, 16, 32]);
+  const rank = r.pick([8, 16]); // + knowledge 32 + align 16 must fit tiny-med-base's hidden 64
   return [
     `// Benchmark pipeline ${i}: medcare.mcp plus a specialty stage.`,
     `pipeline bench_${i} extends "${base}"`,
