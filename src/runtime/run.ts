@@ -3,13 +3,15 @@
  * and the plan's exports. `mcpc run` (src/cli/commands/run.ts) is a thin shell over {@link runPlan}.
  *
  * The run folder (`runDir`):
- *     metrics.jsonl              one JSON line per optimizer step {stage, step, loss, constraint, lr, gradNorm, tokensPerSec, skipped}
+ *     metrics.jsonl              one JSON line per optimizer step {stage, step, loss, constraint, lr, gradNorm, tokensPerSec, skipped},
+ *                                and one per probe measurement {stage, step, probe, metric, value, examples}
  *     checkpoints/step-NNNNNN/   io/checkpoint.ts folders (COMPLETE manifest written last):
  *         params.safetensors     every tensor by plan parameter id (F32)
  *         optimizer.safetensors  AdamW / SGD moments (`m.<id>`, `v.<id>`)
  *         state.json             stage index and name, steps done in the stage, AdamW t, schedule position,
  *                                data cursor, RNG state, whether the stage is complete, the stage's input hash
- *     stages/<stage>.json        written when a stage completes: its input hash and its stage-end checkpoint
+ *     stages/<stage>.json        written when a stage completes: its input hash, its stage-end checkpoint and
+ *                                its probe results (so a reused stage still reports them)
  *
  * Checkpoint numbers are a sequence over the run folder (not optimizer steps), so a stage-end checkpoint never
  * collides with a periodic one. Periodic checkpoints (`checkpoint_every`) beyond the newest two are pruned;
@@ -24,9 +26,13 @@
  * weights) and the step limit. A stage whose hash matches its stages/<stage>.json record is not retrained:
  * its stage-end checkpoint's parameters are used.
  *
- * Not here: evaluation probes (no probe runner exists yet: stages with probes say they are skipped), and the
- * router load of a stage interrupted and resumed restarts from zero (conditional expert drops count only the
- * steps after the resume).
+ * Evaluation (`eval` in a stage; eval/probes.ts says what each probe measures): every `every N` optimizer
+ * steps, and at the end of the stage, before its exit transitions: the model as the stage trained it (a
+ * dropped adapter still counts; the next stage's probes see the transitions). `step` of a probe line is the
+ * last optimizer step taken (0-based, like the loss lines).
+ *
+ * Not here: the router load of a stage interrupted and resumed restarts from zero (conditional expert drops
+ * count only the steps after the resume).
  */
 import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -40,6 +46,7 @@ import { findLatestCheckpoint, listCheckpoints, readCheckpointFile, verifyCheckp
 import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
 import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
+import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
 import { runExports, type ExportResult } from './weights/export.js';
 
 
@@ -80,6 +87,8 @@ export interface StageSummary {
   constraints: { target: string; other: string; matrix: 'A' | 'B'; value: number }[];
   /** Max |merged − unmerged| of the check after a merge, if one ran. */
   mergeCheck?: { value: string; maxAbsDiff: number; ok: boolean };
+  /** The probes measured at the end of the stage (before its exit transitions); a reused stage's recorded ones. */
+  evals?: ProbeResult[];
   secs: number;
   tokensPerSec?: number;
   stepsPerSec?: number;
@@ -140,6 +149,9 @@ interface StageRecord {
   stage: string;
   hash: string;
   checkpoint: number;
+  /** The stage-end probe results, and the hash of the probes' definitions and data they were measured with. */
+  evals?: ProbeResult[];
+  evalsHash?: string;
 }
 
 export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> {
@@ -152,6 +164,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
   mkdirSync(stagesDir, { recursive: true });
   const metricsFile = join(runDir, 'metrics.jsonl');
   const tokenizer = createTokenizer(plan.model.tokenizer, root);
+  const probes = new ProbeSuite(plan, { root, tokenizer, skipBadRecords: opts.skipBadRecords ?? false, allowOutsideRoot: opts.allowOutsideRoot ?? false });
 
   let seq = Math.max(0, ...listCheckpoints(ckptRoot).map((c) => c.step));
   const summaries: StageSummary[] = [];
@@ -177,6 +190,21 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       metricsOpen = true;
     }
     appendFileSync(metricsFile, JSON.stringify(line) + '\n');
+  };
+  /** Measures probes on the runner's model: metrics lines, one message line each. */
+  const evaluate = async (runner: StageRunner, names: readonly string[], step: number, newline: boolean): Promise<ProbeResult[]> => {
+    let results: ProbeResult[];
+    try {
+      results = await probes.run(runner, names, runner.stage.settings.microBatch);
+    } catch (e) {
+      if (e instanceof ProbeError) throw new RunError(`stage ${runner.stage.name}: ${e.message}`);
+      throw e;
+    }
+    results.forEach((r, i) => {
+      metric({ stage: runner.stage.name, step, probe: r.probe, metric: r.metric, value: r.value, examples: r.examples });
+      w(`${newline && i === 0 ? '\n' : ''}stage ${runner.stage.name} eval after step ${step + 1}: ${describeProbe(r)}\n`);
+    });
+    return results;
   };
 
   // --resume: the newest complete checkpoint decides where we are.
@@ -207,7 +235,9 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       params = unpackTensors(readCheckpointFile(reusable, 'params.safetensors'), 'params.safetensors');
       stageEnds.add(reusable.step);
       keptMetrics.push(...oldFor(stage.name, Infinity));
-      summaries.push({ stage: stage.name, reused: true, steps: 0, constraints: constraintSums(stage, plan, params), secs: 0 });
+      const evals = rec!.evals && rec!.evalsHash === evalsHash(plan, stage, root) ? rec!.evals : undefined;
+      if (stageProbes(stage).length && !evals) w(`stage ${stage.name}: no probe results recorded for its current probes (their definitions or data changed since it ran); remove ${join(stagesDir, `${stage.name}.json`)} to retrain and measure it\n`);
+      summaries.push({ stage: stage.name, reused: true, steps: 0, constraints: constraintSums(stage, plan, params), ...(evals ? { evals } : {}), secs: 0 });
       if (resumeFrom && resumeFrom.state.stageIndex <= stage.index) resumeFrom = undefined;
       continue;
     }
@@ -286,6 +316,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       const tStart = performance.now();
       const stepsAtStart = stepsDone;
       let lastLine = performance.now();
+      let evalSecs = 0;
       if (!metricsOpen) {
         writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
         metricsOpen = true;
@@ -333,13 +364,21 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
           lastLine = performance.now();
         }
 
+        const due = stage.evals.filter((e) => e.every !== undefined && stepsDone % e.every === 0).flatMap((e) => e.probes);
+        if (due.length && stepsDone < total) {
+          const te = performance.now();
+          await evaluate(runner, [...new Set(due)], stepsDone - 1, opts.tty === true);
+          evalSecs += (performance.now() - te) / 1000;
+        }
         if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, runner.parameters(), runner.optimizerState(), cursor);
         if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {
           return { code: 1, stages: summaries, exports: [], message: `stopped after ${stepsThisRun} steps (stopAfter)` };
         }
       }
+      const trainSecs = (performance.now() - tStart) / 1000 - evalSecs;
+      // The stage's probes, on the model as trained (before the exit transitions).
+      const evals = stageProbes(stage).length ? await evaluate(runner, stageProbes(stage), stepsDone - 1, false) : undefined;
       const secs = (performance.now() - t0) / 1000;
-      const trainSecs = (performance.now() - tStart) / 1000;
       const before = runner.parameters();
       const constraints = constraintSums(stage, plan, before);
       // Exit transitions, then the merge check.
@@ -362,10 +401,9 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         w(`stage ${stage.name} merge check: max |merged - unmerged| of ${mergeCheck.value} = ${mergeCheck.maxAbsDiff.toExponential(2)} ${mergeCheck.ok ? 'ok' : 'FAILED'}\n`);
         if (!mergeCheck.ok) throw new RunError(`stage ${stage.name}: the merged model's outputs differ from the unmerged model's by ${mergeCheck.maxAbsDiff} (tolerance 1e-4)`);
       }
-      if (stage.evals.some((e) => e.probes.length)) w(`stage ${stage.name}: eval probes ${stage.evals.flatMap((e) => e.probes).join(', ')} skipped (the runtime has no probe runner yet)\n`);
       const ck = save(true, params, runner.optimizerState(), cursor);
       stageEnds.add(ck.step);
-      writeFileAtomicSync(join(stagesDir, `${stage.name}.json`), JSON.stringify({ stage: stage.name, hash, checkpoint: ck.step } satisfies StageRecord, null, 1) + '\n');
+      writeFileAtomicSync(join(stagesDir, `${stage.name}.json`), JSON.stringify({ stage: stage.name, hash, checkpoint: ck.step, ...(evals ? { evals, evalsHash: evalsHash(plan, stage, root) } : {}) } satisfies StageRecord, null, 1) + '\n');
       const ran = stepsDone - stepsAtStart;
       const summary: StageSummary = {
         stage: stage.name,
@@ -375,6 +413,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         ...(firstLoss !== undefined && lastCe !== undefined ? { firstLoss: firstLoss.loss, firstCe: firstLoss.ce, finalCe: lastCe } : {}),
         constraints,
         ...(mergeCheck ? { mergeCheck } : {}),
+        ...(evals ? { evals } : {}),
         secs,
         ...(ran > 0 ? { tokensPerSec: tokens / trainSecs, stepsPerSec: ran / trainSecs } : {}),
       };
@@ -438,6 +477,27 @@ async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokeniz
     out.push({ set, hash: sha(JSON.stringify(spec) + sha(readFileSync(path))) });
   }
   return out;
+}
+
+/** The probes a stage measures at its end: every probe of its `eval` lines, once each. */
+function stageProbes(stage: PlanStage): string[] {
+  return [...new Set(stage.evals.flatMap((e) => e.probes))];
+}
+
+/** Hash of what a stage's probe results depend on besides its weights: the probes' definitions and data files. */
+function evalsHash(plan: Plan, stage: PlanStage, root: string): string {
+  const parts = stageProbes(stage).map((name) => {
+    const spec = plan.probes.find((p) => p.name === name);
+    const data = plan.data.find((d) => d.name === spec?.data);
+    let content = '';
+    try {
+      if (data) content = sha(readFileSync(isAbsolute(data.path) ? data.path : resolve(root, data.path)));
+    } catch {
+      /* unreadable: the probe itself reports it */
+    }
+    return { spec, data, content };
+  });
+  return sha(JSON.stringify({ parts, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
 }
 
 /** Content hash of the model folder when the plan loads pretrained weights (else ''). */
