@@ -107,7 +107,7 @@ export const constructors: Record<Family, CtorSpec[]> = {
   ],
   probe: [
     { name: 'multiple_choice', doc: 'accuracy on multiple-choice questions (answer letter)', params: [p('data', { t: 'ref', kind: 'data' }, 'questions', { required: true, positional: 0 }), p('max_examples', int(1), 'evaluate at most this many')] },
-    { name: 'json_format', doc: 'share of answers that are valid JSON with the expected fields and values', params: [p('data', { t: 'ref', kind: 'data' }, 'requests with expected fields', { required: true, positional: 0 }), p('max_examples', int(1), 'evaluate at most this many')] },
+    { name: 'json_format', doc: 'share of answers that are valid JSON with the expected fields and values', params: [p('data', { t: 'ref', kind: 'data' }, 'requests with expected fields', { required: true, positional: 0 }), p('max_examples', int(1), 'evaluate at most this many (default 32: it generates)')] },
     { name: 'perplexity', doc: 'perplexity on response tokens', params: [p('data', { t: 'ref', kind: 'data' }, 'records', { required: true, positional: 0 }), p('max_examples', int(1), 'evaluate at most this many')] },
   ],
   schedule: [
