@@ -1,5 +1,6 @@
 /**
- * Tokenizers: the interface, the byte tokenizer of built-in models and Hugging Face `tokenizer.json`.
+ * Tokenizers: the interface, the byte tokenizer of built-in models (and its Hugging Face files, for exports)
+ * and Hugging Face `tokenizer.json`.
  */
 
 import { isAbsolute, resolve } from 'node:path';
@@ -10,6 +11,7 @@ import type { Tokenizer } from './types.js';
 
 export type { Tokenizer } from './types.js';
 export { ByteTokenizer, BYTE_EOS, BYTE_PAD } from './bytes.js';
+export { BYTE_CHAT_TEMPLATE_JINJA, byteTokenizerFiles, byteTokenizerJson } from './bytes-hf.js';
 export { HfTokenizer, loadHfTokenizer, TokenizerError } from './hf.js';
 
 /**

@@ -18,10 +18,12 @@
  * would change the model), except rotary `inv_freq` buffers and a tied `lm_head.weight`.
  *
  * Saving (`saveHfCheckpoint`): `model.safetensors` (or shards and an index past `maxShardBytes`) with the
- * metadata `{"format": "pt"}` transformers expects, then the tokenizer files, `generation_config.json` and,
- * last, `config.json`: a folder without `config.json` is visibly incomplete. Every file is written
- * atomically; shards or a single file left by an earlier save in another layout are removed, so transformers
- * never picks up a stale `model.safetensors`.
+ * metadata `{"format": "pt"}` transformers expects, then the tokenizer files (an hf tokenizer's copied, the
+ * byte tokenizer's generated as tokenizer.json, tokenizer_config.json and special_tokens_map.json, see
+ * tokenizer/bytes-hf.ts), `generation_config.json` and, last, `config.json`: a folder without `config.json` is
+ * visibly incomplete. Every file is written atomically; shards or a single file left by an earlier save in
+ * another layout are removed, so transformers never picks up a stale `model.safetensors`, and so are
+ * tokenizer files of an earlier save that the plan's tokenizer does not have.
  */
 import { hfConfigJson } from '../../plan/hf-config.js';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, unlinkSync } from 'node:fs';
@@ -35,6 +37,7 @@ import {
   tensorFromFloat32,
   type TensorInput,
 } from '../io/safetensors.js';
+import { byteTokenizerFiles } from '../tokenizer/bytes-hf.js';
 import { createTokenizer } from '../tokenizer/index.js';
 import { WeightsError } from './errors.js';
 import { readJsonObject, writeJsonAtomic, type Plain } from './json.js';
@@ -267,13 +270,13 @@ export interface HfSaveResult {
   removed: string[];
 }
 
-/** Files copied from beside an hf tokenizer's tokenizer.json, when present. */
+/** Files copied from beside an hf tokenizer's tokenizer.json, when present (and removed when stale). */
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt', 'added_tokens.json', 'chat_template.jinja'];
 
 /**
  * Saves base parameters (`params`, by plan id; every base parameter with an hfName must be there) as a Hugging
- * Face checkpoint in `dir`: model weights, tokenizer files (hf tokenizers), generation_config.json (when the
- * tokenizer is known) and config.json last.
+ * Face checkpoint in `dir`: model weights, tokenizer files (copied for hf tokenizers, generated for the byte
+ * tokenizer), generation_config.json (when the tokenizer is known) and config.json last.
  */
 export function saveHfCheckpoint(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, options: HfSaveOptions = {}): HfSaveResult {
   const dtype = options.dtype ?? 'F32';
@@ -343,7 +346,20 @@ export function saveHfCheckpoint(plan: Plan, params: ReadonlyMap<string, Float32
     }
   }
 
-  files.push(...copyTokenizer(plan, dir, options.root ?? '.'));
+  const tokenizerFiles = writeTokenizer(plan, dir, options.root ?? '.');
+  files.push(...tokenizerFiles);
+  // Tokenizer files of an earlier save that this tokenizer does not have would contradict it (transformers
+  // reads vocab.json, merges.txt or chat_template.jinja when present).
+  if (tokenizerFiles.length) {
+    const kept = new Set(tokenizerFiles.map((f) => resolve(f)));
+    for (const name of TOKENIZER_FILES) {
+      const f = join(dir, name);
+      if (!kept.has(resolve(f)) && existsSync(f)) {
+        unlinkSync(f);
+        removed.push(f);
+      }
+    }
+  }
   const gen = generationConfig(plan, options.root ?? '.');
   if (gen) {
     const f = join(dir, 'generation_config.json');
@@ -367,8 +383,21 @@ function tokenizerDir(path: string, root: string): { dir: string; file: string }
   return { dir: dirname(file), file };
 }
 
-function copyTokenizer(plan: Plan, dir: string, root: string): string[] {
+/**
+ * The plan's tokenizer files in `dir`: an hf tokenizer's files copied from beside its tokenizer.json; the byte
+ * tokenizer written out as Hugging Face files (tokenizer/bytes-hf.ts); none for an unspecified one.
+ */
+function writeTokenizer(plan: Plan, dir: string, root: string): string[] {
   const tok = plan.model.tokenizer;
+  if (tok.kind === 'bytes') {
+    const out: string[] = [];
+    for (const [name, json] of Object.entries(byteTokenizerFiles(plan.model.config))) {
+      const f = join(dir, name);
+      writeJsonAtomic(f, json);
+      out.push(f);
+    }
+    return out;
+  }
   if (tok.kind !== 'hf') return [];
   const src = tokenizerDir(tok.path, root);
   if (!existsSync(src.file)) throw new WeightsError('IO', src.file, 'the plan\'s tokenizer file does not exist');

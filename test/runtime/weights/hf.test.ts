@@ -63,7 +63,7 @@ describe('saveHfCheckpoint -> loadHfCheckpoint', () => {
     const params = initParameters(built, 5);
     const out = join(root, 'ckpt');
     const res = saveHfCheckpoint(built, params, out);
-    expect(readdirSync(out).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors']);
+    expect(readdirSync(out).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']);
     expect(res.files[res.files.length - 1]).toBe(join(out, 'config.json')); // written last
     expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'))).toEqual(configToHf(built.model.config as never));
     expect(JSON.parse(readFileSync(join(out, 'generation_config.json'), 'utf8'))).toEqual({ eos_token_id: 3, pad_token_id: 0 });
@@ -150,7 +150,7 @@ describe('saveHfCheckpoint -> loadHfCheckpoint', () => {
 
     const single = saveHfCheckpoint(plan, values, dir);
     expect(single.removed.length).toBe(shards.length + 1);
-    expect(readdirSync(dir).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors']);
+    expect(readdirSync(dir).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']);
   });
 
   it('converts BF16 and F16 checkpoints to float32', () => {

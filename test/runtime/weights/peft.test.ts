@@ -170,7 +170,7 @@ describe('export peft: MedCare stage-2 adapters', () => {
     expect(results.map((r) => r.format)).toEqual(['peft', 'merged']);
     expect(existsSync(join(root, 'out/medcare/adapters/knowledge/adapter_config.json'))).toBe(true);
     expect(existsSync(join(root, 'out/medcare/adapters/align/adapter_model.safetensors'))).toBe(true);
-    expect(readdirSync(join(root, 'out/medcare/model')).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors']);
+    expect(readdirSync(join(root, 'out/medcare/model')).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']);
   });
 });
 
