@@ -98,20 +98,21 @@ describe('export peft: MedCare stage-2 adapters', () => {
     const knowledge = plan.adapters.find((a) => a.name === 'knowledge')!;
     expect(peftScale(k.lora_alpha, k.r, k.use_rslora)).toBe(knowledge.scale);
     const a = readJson(join(dir, 'align', PEFT_CONFIG_FILE));
-    expect(a).toMatchObject({ r: 32, lora_alpha: 32, use_rslora: false, target_modules: ['gate_proj', 'up_proj', 'down_proj'] });
-    expect(peftScale(a.lora_alpha, a.r, a.use_rslora)).toBe(1);
+    expect(a).toMatchObject({ r: 16, lora_alpha: 32, use_rslora: false, target_modules: ['gate_proj', 'up_proj', 'down_proj'] });
+    expect(peftScale(a.lora_alpha, a.r, a.use_rslora)).toBe(2);
     expect(readFileSync(join(dir, 'align', PEFT_CONFIG_FILE), 'utf8')).toMatch(/^\{\n {2}"alora_invocation_tokens": null,\n/);
   });
 
   it('adapter_model.safetensors: PEFT tensor names, [r, in] and [out, r], the parameters\' values', () => {
-    for (const name of ['knowledge', 'align']) {
+    // The demo base: hidden 64, FFN 176; knowledge is 2 experts of r 16 (r 32 for PEFT), align r 16.
+    for (const [name, r] of [['knowledge', 32], ['align', 16]] as const) {
       const f = SafetensorsReader.open(join(dir, name, PEFT_WEIGHTS_FILE));
       expect(f.metadata).toEqual(new Map([['format', 'pt']]));
       expect(f.names.length).toBe(4 * 3 * 2);
-      expect(f.info('base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight').shape).toEqual([32, 128]);
-      expect(f.info('base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight').shape).toEqual([352, 32]);
-      expect(f.info('base_model.model.model.layers.3.mlp.down_proj.lora_A.weight').shape).toEqual([32, 352]);
-      expect(f.info('base_model.model.model.layers.3.mlp.down_proj.lora_B.weight').shape).toEqual([128, 32]);
+      expect(f.info('base_model.model.model.layers.0.mlp.gate_proj.lora_A.weight').shape).toEqual([r, 64]);
+      expect(f.info('base_model.model.model.layers.0.mlp.gate_proj.lora_B.weight').shape).toEqual([176, r]);
+      expect(f.info('base_model.model.model.layers.3.mlp.down_proj.lora_A.weight').shape).toEqual([r, 176]);
+      expect(f.info('base_model.model.model.layers.3.mlp.down_proj.lora_B.weight').shape).toEqual([64, r]);
       // The compiler's hfName of each LoRA parameter is the key it is written under.
       for (const p of plan.parameters.filter((q) => q.owner === name)) {
         expect(f.has(p.hfName!)).toBe(true);
@@ -144,17 +145,17 @@ describe('export peft: MedCare stage-2 adapters', () => {
     const v = (id: string) => params.get(id)!;
     // Attention weights: as in the map (the pipeline merged attn into them already).
     expect(loaded.weights.get('base.layers[2].attn.q.weight')).toEqual(v('base.layers[2].attn.q.weight'));
-    // MLP weights: W + 2 Bk Ak + 1 Ba Aa.
+    // MLP weights: W + 2 Bk Ak + 2 Ba Aa (knowledge 2 x r16 alpha 32; align r 16 alpha 32).
     for (const site of ['layers[0].mlp.gate', 'layers[3].mlp.down']) {
       const W = v(`base.${site}.weight`);
       const [out_, in_] = plan.parameters.find((p) => p.id === `base.${site}.weight`)!.shape as [number, number];
       const want = new Float64Array(W.length);
       for (let o = 0; o < out_; o++) for (let i = 0; i < in_; i++) {
         let acc = W[o * in_ + i]!;
-        for (const [ad, s] of [['knowledge', 2], ['align', 1]] as const) {
+        for (const [ad, s, r] of [['knowledge', 2, 32], ['align', 2, 16]] as const) {
           const A = v(`${ad}.${site}.A`);
           const B = v(`${ad}.${site}.B`);
-          for (let k = 0; k < 32; k++) acc += s * B[o * 32 + k]! * A[k * in_ + i]!;
+          for (let k = 0; k < r; k++) acc += s * B[o * r + k]! * A[k * in_ + i]!;
         }
         want[o * in_ + i] = acc;
       }
