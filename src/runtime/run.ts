@@ -237,7 +237,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       keptMetrics.push(...oldFor(stage.name, Infinity));
       const evals = rec!.evals && rec!.evalsHash === evalsHash(plan, stage, root) ? rec!.evals : undefined;
       if (stageProbes(stage).length && !evals) w(`stage ${stage.name}: no probe results recorded for its current probes (their definitions or data changed since it ran); remove ${join(stagesDir, `${stage.name}.json`)} to retrain and measure it\n`);
-      summaries.push({ stage: stage.name, reused: true, steps: 0, constraints: constraintSums(stage, plan, params), ...(evals ? { evals } : {}), secs: 0 });
+      const doneSteps = (JSON.parse(readCheckpointFile(reusable, 'state.json').toString('utf8')) as RunState).stepsDone;
+      summaries.push({ stage: stage.name, reused: true, steps: doneSteps, constraints: constraintSums(stage, plan, params), ...(evals ? { evals } : {}), secs: 0 });
       if (resumeFrom && resumeFrom.state.stageIndex <= stage.index) resumeFrom = undefined;
       continue;
     }
