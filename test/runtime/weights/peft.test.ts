@@ -1,4 +1,5 @@
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Plan } from '../../../src/plan/types.js';
@@ -12,6 +13,8 @@ import { loraViews, maxAbsDiff } from '../../../src/runtime/weights/merge.js';
 import { exportPeftAdapter, importPeftAdapter, peftScale, peftTargets, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE } from '../../../src/runtime/weights/peft.js';
 import { compilePlan } from '../../plan/pipelines.js';
 import { compileInline, microConfig, pipeline, randomParameters, tempDir } from './helpers.js';
+
+const repoRoot = fileURLToPath(new URL('../../../', import.meta.url));
 
 /** The keys of a LoraConfig as PEFT 0.18.0 saves it (adapter_config.json of a PEFT 0.18.0 LoRA), sorted. */
 const PEFT_0_18_KEYS = [
@@ -167,6 +170,9 @@ describe('export peft: MedCare stage-2 adapters', () => {
 
   it('runExports writes every export of the plan under the project root', () => {
     const root = tempDir();
+    // The plan's tokenizer is the base model's tokenizer.json, resolved against the project root.
+    mkdirSync(join(root, 'models/tiny-med-base'), { recursive: true });
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(repoRoot, 'models/tiny-med-base', f), join(root, 'models/tiny-med-base', f));
     const results = runExports(plan, params, root);
     expect(results.map((r) => r.format)).toEqual(['peft', 'merged']);
     expect(existsSync(join(root, 'out/medcare/adapters/knowledge/adapter_config.json'))).toBe(true);
