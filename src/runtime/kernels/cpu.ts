@@ -27,7 +27,7 @@ import { fusedOp, ropeOp } from './cpu-ops.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
-import { KernelError, reference, type Kernel, type KernelContext, type KernelStep } from './reference.js';
+import { KernelError, reference, ropeTables, type Kernel, type KernelContext, type KernelStep } from './reference.js';
 
 function num(step: KernelStep, key: string, fallback?: number): number {
   const v = step.attrs[key];
@@ -38,31 +38,6 @@ function num(step: KernelStep, key: string, fallback?: number): number {
 const flag = (step: KernelStep, key: string, fallback: boolean): boolean => (typeof step.attrs[key] === 'boolean' ? (step.attrs[key] as boolean) : fallback);
 const f32 = (ts: Tensor[]) => ts.every((t) => t.dtype === 'float32');
 
-/** The rotary tables for the batch, [T, d/2] each (the reference's, as 2-D tensors). */
-function ropeTables(ctx: KernelContext, headDim: number, theta: number): [Tensor, Tensor] {
-  const key = `cpu:rope:${headDim}:${theta}`;
-  let cos = ctx.cache.get(`${key}:cos`);
-  let sin = ctx.cache.get(`${key}:sin`);
-  if (!cos || !sin || cos.isDisposed || sin.isDisposed) {
-    const half = headDim / 2;
-    const T = ctx.positions.length;
-    const c = new Float32Array(T * half);
-    const s = new Float32Array(T * half);
-    for (let i = 0; i < half; i++) {
-      const invFreq = Math.fround(1 / Math.pow(theta, (2 * i) / headDim));
-      for (let t = 0; t < T; t++) {
-        const a = Math.fround(ctx.positions[t]! * invFreq);
-        c[t * half + i] = Math.cos(a);
-        s[t * half + i] = Math.sin(a);
-      }
-    }
-    cos = tf.tensor2d(c, [T, half]);
-    sin = tf.tensor2d(s, [T, half]);
-    ctx.cache.set(`${key}:cos`, cos);
-    ctx.cache.set(`${key}:sin`, sin);
-  }
-  return [cos, sin];
-}
 
 /**
  * The additive attention mask in the GQA layout of `attention` below, [rows·KV, S·G, S]: 0 where query
@@ -134,7 +109,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
     rope(inputs, step, ctx) {
       const d = num(step, 'headDim');
       if (inputs.length !== 2 || d % 2 !== 0 || !f32(inputs) || inputs.some((t) => t.rank !== 2 || dims(t)[0] !== ctx.positions.length)) return reference.rope(inputs, step, ctx);
-      const [cos, sin] = ropeTables(ctx, d, num(step, 'theta'));
+      const [cos, sin] = ropeTables(ctx, d, num(step, 'theta'), 2);
       return [ropeOp(inputs[0]!, cos, sin, num(step, 'heads'), d), ropeOp(inputs[1]!, cos, sin, num(step, 'kvHeads'), d)];
     },
   };

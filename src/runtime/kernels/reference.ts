@@ -141,9 +141,12 @@ export function topkMask(p: Tensor, k: number): Tensor {
   });
 }
 
-/** The rotary cos/sin tables for the batch: [T, 1, d/2] each. */
-function ropeTables(ctx: KernelContext, headDim: number, theta: number): [Tensor, Tensor] {
-  const key = `rope:${headDim}:${theta}`;
+/**
+ * The rotary tables of the batch (cos and sin of position · θ^(−2i/d)), cached in `ctx` for the forward pass:
+ * [T, 1, d/2] each (broadcast over heads), or [T, d/2] with `rank` 2.
+ */
+export function ropeTables(ctx: KernelContext, headDim: number, theta: number, rank: 2 | 3 = 3): [Tensor, Tensor] {
+  const key = `rope:${rank}:${headDim}:${theta}`;
   let cos = ctx.cache.get(`${key}:cos`);
   let sin = ctx.cache.get(`${key}:sin`);
   if (!cos || !sin || cos.isDisposed || sin.isDisposed) {
@@ -159,8 +162,9 @@ function ropeTables(ctx: KernelContext, headDim: number, theta: number): [Tensor
         s[t * half + i] = Math.sin(a);
       }
     }
-    cos = tf.tensor3d(c, [T, 1, half]);
-    sin = tf.tensor3d(s, [T, 1, half]);
+    const shape = rank === 3 ? [T, 1, half] : [T, half];
+    cos = tf.tensor(c, shape);
+    sin = tf.tensor(s, shape);
     ctx.cache.set(`${key}:cos`, cos);
     ctx.cache.set(`${key}:sin`, sin);
   }

@@ -15,7 +15,7 @@
  *      dv = Σ_i p_ij dO_i;  dk = scale · Σ_i p_ij (dO_i·v_j − Δ_i) q_i                   (no atomics needed)
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
-import { dispatch, i32, lit } from './run.js';
+import { dispatch, i32, lit, wgslReduceSum } from './run.js';
 
 const WG = 64;
 
@@ -29,18 +29,7 @@ export interface AttentionShape {
 }
 
 const reductions = `
-var<workgroup> red: array<f32, ${WG}>;
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k = k >> 1u) {
-    if (lid < k) { red[lid] = red[lid] + red[lid + k]; }
-    workgroupBarrier();
-  }
-  let s = red[0];
-  workgroupBarrier();
-  return s;
-}`;
+${wgslReduceSum(WG)}`;
 
 function consts(a: AttentionShape): string {
   const D = a.headDim;

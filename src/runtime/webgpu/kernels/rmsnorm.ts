@@ -7,7 +7,7 @@
  *                                                            chunk partials summed by one tfjs reduction)
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
-import { dispatch } from './run.js';
+import { dispatch, wgslReduceSum } from './run.js';
 
 const WG = 128;
 /** Rows per chunk of the dw column reduction. */
@@ -15,18 +15,7 @@ const CHUNK = 256;
 
 const rowReduce = `
 const WG = ${WG}u;
-var<workgroup> red: array<f32, ${WG}>;
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-    if (lid < k) { red[lid] = red[lid] + red[lid + k]; }
-    workgroupBarrier();
-  }
-  let s = red[0];
-  workgroupBarrier();
-  return s;
-}`;
+${wgslReduceSum(WG)}`;
 
 const header = `@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -157,3 +157,22 @@ export function lit(x: number): string {
   const s = String(Math.fround(x));
   return /[.eE]/.test(s) ? s : `${s}.0`;
 }
+
+/**
+ * WGSL: a workgroup array `red` of `wg` floats and `reduce_sum(lid, v)`, the sum of `v` over the workgroup
+ * (shared-memory tree; every invocation must call it; `wg` a power of two).
+ */
+export function wgslReduceSum(wg: number): string {
+  return `var<workgroup> red: array<f32, ${wg}>;
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var k = ${wg / 2}u; k > 0u; k = k >> 1u) {
+    if (lid < k) { red[lid] = red[lid] + red[lid + k]; }
+    workgroupBarrier();
+  }
+  let s = red[0];
+  workgroupBarrier();
+  return s;
+}`;
+}

@@ -14,7 +14,7 @@
  * Memory is O(T·C) instead of O(T·V); the price is one more logits GEMM per chunk in backward.
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
-import { dispatch } from './run.js';
+import { dispatch, wgslReduceSum } from './run.js';
 
 const WG = 128;
 /** Vocabulary columns per chunk (fewer when T·C would pass XENT_CHUNK_ELEMENTS). */
@@ -24,18 +24,7 @@ const XENT_CHUNK_ELEMENTS = 1 << 23;
 export const XENT_MAX_WIDTH = Number.POSITIVE_INFINITY;
 
 const rowReduce = `
-var<workgroup> red: array<f32, ${WG}>;
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var k = ${WG / 2}u; k > 0u; k = k >> 1u) {
-    if (lid < k) { red[lid] = red[lid] + red[lid + k]; }
-    workgroupBarrier();
-  }
-  let s = red[0];
-  workgroupBarrier();
-  return s;
-}
+${wgslReduceSum(WG)}
 fn reduce_max(lid: u32, v: f32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
