@@ -138,7 +138,7 @@ for (const stage of ['aggregate', 'align']) {
     const order = r % 2 ? [1, 0] : [0, 1];
     for (const i of order) {
       const t = performance.now();
-      const res = runners[i]!.step(mbs);
+      const res = await runners[i]!.step(mbs);
       const ms = performance.now() - t;
       if (!Number.isFinite(res.loss)) throw new Error(`${stage} -O${i}: loss ${res.loss}`);
       if (r >= warmup) times[i]!.push(ms);
@@ -148,8 +148,8 @@ for (const stage of ['aggregate', 'align']) {
   ratios.push(m0 / m1);
   console.log(`  ${stage.padEnd(9)} -O0 ${m0.toFixed(0).padStart(6)} ms/step   -O1 ${m1.toFixed(0).padStart(6)} ms/step   ${(m0 / m1).toFixed(2)}x   (-O0 min ${Math.min(...times[0]!).toFixed(0)}, -O1 min ${Math.min(...times[1]!).toFixed(0)})`);
   if (stage === 'aggregate') {
-    runners.forEach((r) => r.applyExit());
-    carried = [runners[0]!.parameters(), runners[1]!.parameters()];
+    for (const r of runners) await r.applyExit();
+    carried = [await runners[0]!.parameters(), await runners[1]!.parameters()];
   }
   runners.forEach((r) => r.dispose());
 }

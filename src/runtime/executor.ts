@@ -1,28 +1,34 @@
 /**
- * The plan executor (reference path): runs one stage of a compiled plan with the reference kernels
- * (./kernels/reference.ts) on a tfjs backend (`cpu` by default).
+ * The plan executor: runs one stage of a compiled plan on a tfjs backend (`cpu` by default) with that
+ * backend's kernel table (the reference kernels of ./kernels/reference.ts on `cpu`; see the hooks below).
  *
  *     const runner = await createStageRunner(plan, 'aggregate', { root, totalSteps });
  *     for (const step of loader.steps()) {
- *       const r = runner.step(step.microBatches);     // forward, backward, AdamW (or a skipped NaN step)
+ *       const r = await runner.step(step.microBatches);   // forward, backward, AdamW (or a skipped NaN step)
  *       log(r.loss, r.lr, r.gradNorm, r.applied);
  *     }
- *     const report = runner.applyExit();                // merge / drop / freeze of the stage's then-block
- *     const next = await createStageRunner(plan, 'align', { root, parameters: runner.parameters() });
+ *     const report = await runner.applyExit();             // merge / drop / freeze of the stage's then-block
+ *     const next = await createStageRunner(plan, 'align', { root, parameters: await runner.parameters() });
  *     runner.dispose();
  *
- * The API:
+ * The API (every method that reads tensor values is asynchronous: see "Reads" below):
  *   createStageRunner(plan, stage, {backend?, root?, totalSteps?, parameters?})   a runner for one stage
- *   runner.step(microBatches, {step?})   one optimizer step over the micro-batches (gradient accumulation)
- *   runner.gradients(microBatches)       the loss and every trainable gradient, without updating anything
- *   runner.evalLoss(microBatches)        the loss (and its parts) without gradients
- *   runner.forward(microBatch, ids)      any values of the step graph (activations, parameters) as arrays
- *   runner.applyExit()                   the stage's exit transitions, applied to the parameters
- *   runner.parameters()                  every tensor by plan parameter id, as Float32Arrays (copies)
- *   runner.loadParameters(map)           replace tensors by plan id (rebuilds the folded stage weights)
- *   runner.optimizerState() / loadOptimizerState(s)   AdamW moments, step count, schedule position
- *   runner.routerLoad()                  the share of routed tokens each expert received so far
- *   runner.dispose()                     free every tensor the runner holds
+ *   await runner.step(microBatches, {step?})   one optimizer step over the micro-batches (gradient accumulation)
+ *   await runner.gradients(microBatches)       the loss and every trainable gradient, without updating anything
+ *   await runner.evalLoss(microBatches)        the loss (and its parts) without gradients
+ *   await runner.forward(microBatch, ids)      any values of the step graph (activations, parameters) as arrays
+ *   await runner.applyExit()                   the stage's exit transitions, applied to the parameters
+ *   await runner.parameters()                  every tensor by plan parameter id, as Float32Arrays (copies)
+ *   await runner.loadParameters(map)           replace tensors by plan id (rebuilds the folded stage weights)
+ *   await runner.optimizerState() / loadOptimizerState(s)   AdamW moments, step count, schedule position
+ *   runner.routerLoad()                        the share of routed tokens each expert received so far
+ *   runner.dispose()                           free every tensor the runner holds
+ *
+ * Reads: values leave the backend only through `await tensor.data()`. tfjs-backend-webgpu's synchronous read
+ * (`dataSync`) needs an OffscreenCanvas, which Node lacks (Dawn's Node binding maps buffers only
+ * asynchronously), so with asynchronous reads the same runner trains on `cpu`, `wasm` and `webgpu`. `step`,
+ * `applyExit` and `loadParameters` change the runner: await each before any other call (reads such as
+ * `forward` may overlap one another).
  *
  * What it does, in order:
  *  1. Parameters. The runner holds every plan parameter whose state in the stage is trainable, frozen or
@@ -62,8 +68,11 @@
  * neither), mixed precision (`precision` is ignored: all f32), the training loop, checkpoints, evaluation
  * probes and exports (their own modules drive a runner through this API).
  *
- * Memory: every forward and backward runs inside tf.tidy; the runner keeps only parameters, folded
- * constants and optimizer state, so tf.memory().numTensors is the same after every step.
+ * Memory: every forward and backward runs inside tf.tidy, which cannot span an await: what must be read
+ * after it (the loss and its parts, a topk_gate's gates, the values `forward` returns) leaves the scope as
+ * kept clones, is read, then disposed (also when a read fails); gradients are kept until the optimizer
+ * update. The runner keeps only parameters, folded constants and optimizer state, so
+ * tf.memory().numTensors is the same after every step.
  */
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
@@ -163,14 +172,14 @@ export interface StageRunner {
   readonly stage: PlanStage;
   /** Trainable parameter ids, in the plan's optimizer order. */
   readonly trainable: readonly string[];
-  step(microBatches: readonly MicroBatch[], opts?: { step?: number }): StepResult;
-  gradients(microBatches: readonly MicroBatch[]): GradientResult;
-  evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): LossParts;
-  forward(microBatch: MicroBatch, ids: readonly string[]): Map<string, Float32Array>;
-  applyExit(): ExitReport;
-  parameters(): Map<string, Float32Array>;
-  loadParameters(map: ParameterMap): void;
-  optimizerState(): OptimizerState;
+  step(microBatches: readonly MicroBatch[], opts?: { step?: number }): Promise<StepResult>;
+  gradients(microBatches: readonly MicroBatch[]): Promise<GradientResult>;
+  evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): Promise<LossParts>;
+  forward(microBatch: MicroBatch, ids: readonly string[]): Promise<Map<string, Float32Array>>;
+  applyExit(): Promise<ExitReport>;
+  parameters(): Promise<Map<string, Float32Array>>;
+  loadParameters(map: ParameterMap): Promise<void>;
+  optimizerState(): Promise<OptimizerState>;
   loadOptimizerState(s: OptimizerState): void;
   routerLoad(): RouterLoad[];
   dispose(): void;
@@ -179,7 +188,14 @@ export interface StageRunner {
 /** Creates the runner of `stageName` (see the file head). Selects and initialises the backend first. */
 export async function createStageRunner(plan: Plan, stageName: string, opts: StageRunnerOptions = {}): Promise<StageRunner> {
   await initBackend(opts.backend ?? 'cpu');
-  return new Runner(plan, stageName, opts);
+  const runner = new Runner(plan, stageName, opts);
+  try {
+    await runner.buildFolded();
+  } catch (e) {
+    runner.dispose();
+    throw e;
+  }
+  return runner;
 }
 
 const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));
@@ -227,7 +243,7 @@ class Runner implements StageRunner {
     this.totalSteps = total ?? 1;
 
     this.materialise(opts);
-    this.buildFolded();
+    // The folded constants are built by createStageRunner (buildFolded reads tensors, which is asynchronous).
     for (const id of this.trainable) {
       const st = zeroState(s.optimizer, this.info.get(id)!.shape);
       tf.keep(st.m);
@@ -295,7 +311,7 @@ class Runner implements StageRunner {
   }
 
   /** Entry `fold` transitions: the stage copies `<site>.weight.folded` = W + Σ s·B·A. */
-  private buildFolded(): void {
+  async buildFolded(): Promise<void> {
     for (const t of this.consts.values()) t.dispose();
     this.consts.clear();
     const st = this.stage;
@@ -304,7 +320,7 @@ class Runner implements StageRunner {
       for (const site of tr.sites) {
         const id = `${site}.weight.folded`;
         const W = this.consts.get(id) ?? this.heldTensor(`base.${site}.weight`, `fold ${tr.adapter}`);
-        const next = tf.keep(this.merged(W, tr.adapter, site, 'A', 'B', `fold ${tr.adapter}`));
+        const next = tf.keep(await this.merged(W, tr.adapter, site, 'A', 'B', `fold ${tr.adapter}`));
         this.consts.get(id)?.dispose();
         this.consts.set(id, next);
       }
@@ -313,12 +329,13 @@ class Runner implements StageRunner {
   }
 
   /** W + s·B·A for the adapter's tensors `a`, `b` at `site` (weights/merge.ts: f64 sums, one f32 rounding). */
-  private merged(W: Tensor, adapter: string, site: string, a: string, b: string, why: string): Tensor {
+  private async merged(W: Tensor, adapter: string, site: string, a: string, b: string, why: string): Promise<Tensor> {
     const A = this.heldTensor(`${adapter}.${site}.${a}`, why);
     const B = this.heldTensor(`${adapter}.${site}.${b}`, why);
     const [out, inF] = W.shape as number[];
-    const w = Float32Array.from(W.dataSync());
-    mergeLora(w, A.dataSync() as Float32Array, B.dataSync() as Float32Array, this.adapterScale(adapter), out, inF);
+    const [wd, ad, bd] = await Promise.all([W.data(), A.data(), B.data()]);
+    const w = Float32Array.from(wd as Float32Array);
+    mergeLora(w, ad as Float32Array, bd as Float32Array, this.adapterScale(adapter), out, inF);
     return tf.tensor2d(w, [out, inF]);
   }
 
@@ -369,14 +386,26 @@ class Runner implements StageRunner {
     return values;
   }
 
-  /** The weighted parts of the loss, from the values of a forward pass. */
-  private parts(values: Map<string, Tensor>): LossParts {
+  /**
+   * The scalars the loss parts are read from (the loss, then each input of a `loss_sum`), as kept clones of the
+   * forward's values: they outlive the tf.tidy scope of the forward, for {@link readParts} to read
+   * asynchronously (and dispose).
+   */
+  private partTensors(values: Map<string, Tensor>): Tensor[] {
     const s = this.lossStep;
-    const out: LossParts = { loss: values.get(this.stage.loss)!.dataSync()[0], ce: 0, constraint: 0, balance: 0 };
+    const ids = [this.stage.loss, ...(s.op === 'loss_sum' ? s.inputs : [])];
+    return ids.map((id) => tf.keep(tf.clone(values.get(id)!)));
+  }
+
+  /** The weighted parts of the loss from {@link partTensors}' scalars, which it disposes. */
+  private async readParts(ts: Tensor[]): Promise<LossParts> {
+    const data = await readAll(ts);
+    const s = this.lossStep;
+    const out: LossParts = { loss: data[0][0], ce: 0, constraint: 0, balance: 0 };
     if (s.op !== 'loss_sum') return { ...out, ce: out.loss };
     const w = s.attrs.weights as number[];
     s.inputs.forEach((id, i) => {
-      const v = values.get(id)!.dataSync()[0] * w[i];
+      const v = data[i + 1][0] * w[i];
       const op = this.producer.get(id)?.op;
       if (op === 'ortho_penalty' || op === 'ortho_penalty_batched') out.constraint += v;
       else if (op === 'load_balance') out.balance += v;
@@ -385,26 +414,44 @@ class Runner implements StageRunner {
     return out;
   }
 
-  /** Loss parts and gradients (kept tensors, in `trainable` order) of one micro-batch. */
-  private lossAndGrads(mb: MicroBatch, routed?: Map<string, RouterLoad>): { parts: LossParts; grads: Tensor[] } {
-    let parts: LossParts | undefined;
-    const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => step.op === 'topk_gate' && countRouting(routed, step, outs[0], ctx) : undefined;
-    const grads = tf.tidy(() => {
-      const xs = this.trainable.map((id) => this.params.get(id)!);
-      if (!xs.length) {
-        parts = this.parts(this.run(mb, undefined, onStep));
-        return [];
-      }
-      const f = (...args: Tensor[]) => {
-        const values = this.run(mb, new Map(this.trainable.map((id, i) => [id, args[i]])), onStep);
-        parts = this.parts(values);
-        return values.get(this.stage.loss)!;
-      };
-      // allowNoGradients: a trainable tensor the loss does not reach gets a zero gradient, not an error.
-      const { grads } = tf.engine().gradients(() => f(...xs) as tf.Scalar, xs, undefined, true);
-      return xs.map((x, i) => grads[i] ?? tf.zerosLike(x));
-    });
-    return { parts: parts!, grads };
+  /**
+   * Loss parts and gradients (kept tensors, in `trainable` order) of one micro-batch. The forward and backward
+   * run inside tf.tidy; the scalars of the loss parts and the gates of every topk_gate (for `routed`) leave it
+   * as kept clones, are read after it (asynchronously: the only reads webgpu has in Node) and disposed.
+   */
+  private async lossAndGrads(mb: MicroBatch, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[] }> {
+    let partTs: Tensor[] = [];
+    const gates: { step: PlanStep; gates: Tensor; segments: KernelContext['segments'] }[] = [];
+    const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void (step.op === 'topk_gate' && gates.push({ step, gates: tf.keep(tf.clone(outs[0])), segments: ctx.segments })) : undefined;
+    let grads: Tensor[];
+    try {
+      grads = tf.tidy(() => {
+        const xs = this.trainable.map((id) => this.params.get(id)!);
+        if (!xs.length) {
+          partTs = this.partTensors(this.run(mb, undefined, onStep));
+          return [];
+        }
+        const f = (...args: Tensor[]) => {
+          const values = this.run(mb, new Map(this.trainable.map((id, i) => [id, args[i]])), onStep);
+          partTs = this.partTensors(values);
+          return values.get(this.stage.loss)!;
+        };
+        // allowNoGradients: a trainable tensor the loss does not reach gets a zero gradient, not an error.
+        const { grads } = tf.engine().gradients(() => f(...xs) as tf.Scalar, xs, undefined, true);
+        return xs.map((x, i) => grads[i] ?? tf.zerosLike(x));
+      });
+    } catch (e) {
+      tf.dispose([...partTs, ...gates.map((g) => g.gates)]);
+      throw e;
+    }
+    try {
+      const gateData = await readAll(gates.map((g) => g.gates));
+      if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, gateData[i], g.segments));
+      return { parts: await this.readParts(partTs), grads };
+    } catch (e) {
+      tf.dispose([...partTs, ...grads]);
+      throw e;
+    }
   }
 
   // --- the API --------------------------------------------------------------------------------------------------
@@ -413,23 +460,30 @@ class Runner implements StageRunner {
     if (this.disposed) throw new RunnerError('the runner was disposed');
   }
 
-  gradients(microBatches: readonly MicroBatch[]): GradientResult {
+  async gradients(microBatches: readonly MicroBatch[]): Promise<GradientResult> {
     this.live();
-    const { parts, grads } = this.accumulate(microBatches);
-    const out = new Map(this.trainable.map((id, i) => [id, grads[i].dataSync() as Float32Array]));
-    tf.dispose(grads);
+    const { parts, grads } = await this.accumulate(microBatches);
+    const data = await readAll(grads);
+    const out = new Map(this.trainable.map((id, i) => [id, data[i]]));
     return { ...parts, grads: out };
   }
 
   /** Mean loss parts and mean gradients over micro-batches (kept tensors). */
-  private accumulate(microBatches: readonly MicroBatch[], routed?: Map<string, RouterLoad>): { parts: LossParts; grads: Tensor[]; lossTokens: number } {
+  private async accumulate(microBatches: readonly MicroBatch[], routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[]; lossTokens: number }> {
     if (!microBatches.length) throw new RunnerError('a step needs at least one micro-batch');
     const n = microBatches.length;
     const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
     let acc: Tensor[] = [];
     let lossTokens = 0;
     for (const mb of microBatches) {
-      const { parts, grads } = this.lossAndGrads(mb, routed);
+      let step: { parts: LossParts; grads: Tensor[] };
+      try {
+        step = await this.lossAndGrads(mb, routed);
+      } catch (e) {
+        tf.dispose(acc);
+        throw e;
+      }
+      const { parts, grads } = step;
       for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] += parts[k];
       lossTokens += mb.lossTokens;
       if (!acc.length) acc = grads;
@@ -448,15 +502,21 @@ class Runner implements StageRunner {
     return { parts: sum, grads: acc, lossTokens };
   }
 
-  step(microBatches: readonly MicroBatch[], opts: { step?: number } = {}): StepResult {
+  async step(microBatches: readonly MicroBatch[], opts: { step?: number } = {}): Promise<StepResult> {
     this.live();
     if (this.exited) throw new RunnerError(`${this.stage.name}: the stage's exit transitions were applied; it cannot train any more`);
     const index = opts.step ?? this.scheduleStep;
     const s = this.stage.settings;
     const lr = learningRate(s, index, this.totalSteps);
     const routed = new Map<string, RouterLoad>();
-    const { parts, grads, lossTokens } = this.accumulate(microBatches, routed);
-    const gradNorm = globalNorm(grads);
+    const { parts, grads, lossTokens } = await this.accumulate(microBatches, routed);
+    let gradNorm: number;
+    try {
+      gradNorm = await globalNorm(grads);
+    } catch (e) {
+      tf.dispose(grads);
+      throw e;
+    }
     const base = { ...parts, step: index, lr, gradNorm, microBatches: microBatches.length, lossTokens };
     this.scheduleStep = index + 1;
     if (!Number.isFinite(parts.loss) || !Number.isFinite(gradNorm)) {
@@ -493,33 +553,34 @@ class Runner implements StageRunner {
     return { ...base, applied: true };
   }
 
-  evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): LossParts {
+  async evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): Promise<LossParts> {
     this.live();
     const list = Array.isArray(microBatches) ? (microBatches as readonly MicroBatch[]) : [microBatches as MicroBatch];
     if (!list.length) throw new RunnerError('evalLoss needs at least one micro-batch');
     const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
     for (const mb of list) {
-      const p = scoped(() => this.parts(this.run(mb)));
+      const p = await this.readParts(tf.tidy(() => this.partTensors(this.run(mb))));
       for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] += p[k] / list.length;
     }
     return sum;
   }
 
-  forward(microBatch: MicroBatch, ids: readonly string[]): Map<string, Float32Array> {
+  async forward(microBatch: MicroBatch, ids: readonly string[]): Promise<Map<string, Float32Array>> {
     this.live();
-    return scoped(() => {
+    // Clones leave the tidy scope (a value may be a parameter, which must not be disposed); read, then disposed.
+    const kept = tf.tidy(() => {
       const values = this.run(microBatch);
-      const out = new Map<string, Float32Array>();
-      for (const id of ids) {
+      return ids.map((id) => {
         const v = values.get(id);
         if (!v) throw new RunnerError(`${this.stage.name}: no value '${id}' in the stage graph`);
-        out.set(id, Float32Array.from(v.dataSync()));
-      }
-      return out;
+        return tf.clone(v);
+      });
     });
+    const data = await readAll(kept);
+    return new Map(ids.map((id, i) => [id, data[i]]));
   }
 
-  applyExit(): ExitReport {
+  async applyExit(): Promise<ExitReport> {
     this.live();
     if (this.exited) throw new RunnerError(`${this.stage.name}: the exit transitions were already applied`);
     const report: ExitReport = { merged: [], dropped: [], droppedExperts: [], frozen: [], unfrozen: [] };
@@ -529,7 +590,7 @@ class Runner implements StageRunner {
         for (const site of tr.sites) {
           const wid = `base.${site}.weight`;
           const W = this.heldTensor(wid, `merge ${tr.adapter}`);
-          const next = tf.keep(this.merged(W, tr.adapter, site, a, b, `merge ${tr.adapter}`));
+          const next = tf.keep(await this.merged(W, tr.adapter, site, a, b, `merge ${tr.adapter}`));
           W.dispose();
           this.params.set(wid, next);
         }
@@ -556,7 +617,7 @@ class Runner implements StageRunner {
       else if (tr.op === 'unfreeze') report.unfrozen.push(tr.adapter);
     }
     this.exited = true;
-    this.buildFolded();
+    await this.buildFolded();
     return report;
   }
 
@@ -599,15 +660,17 @@ class Runner implements StageRunner {
     return out;
   }
 
-  parameters(): Map<string, Float32Array> {
+  async parameters(): Promise<Map<string, Float32Array>> {
     this.live();
     const out = new Map<string, Float32Array>();
-    for (const [id, t] of this.params) out.set(id, Float32Array.from(t.dataSync()));
+    const held = [...this.params];
+    const data = await Promise.all(held.map(([, t]) => t.data()));
+    held.forEach(([id], i) => out.set(id, Float32Array.from(data[i] as Float32Array)));
     for (const [id, a] of this.carried) out.set(id, a);
     return out;
   }
 
-  loadParameters(map: ParameterMap): void {
+  async loadParameters(map: ParameterMap): Promise<void> {
     this.live();
     for (const [id, data] of entries(map)) {
       const t = this.params.get(id);
@@ -619,13 +682,18 @@ class Runner implements StageRunner {
       this.params.set(id, tf.keep(tf.tensor(data, t.shape, 'float32')));
       t.dispose();
     }
-    this.buildFolded();
+    await this.buildFolded();
   }
 
-  optimizerState(): OptimizerState {
+  async optimizerState(): Promise<OptimizerState> {
     this.live();
     const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
-    for (const [id, s] of this.slots) slots.set(id, { m: Float32Array.from(s.m.dataSync()), ...(s.v ? { v: Float32Array.from(s.v.dataSync()) } : {}) });
+    const held = [...this.slots];
+    const data = await Promise.all(held.map(([, s]) => Promise.all([s.m.data(), s.v?.data()])));
+    held.forEach(([id], i) => {
+      const [m, v] = data[i];
+      slots.set(id, { m: Float32Array.from(m as Float32Array), ...(v ? { v: Float32Array.from(v as Float32Array) } : {}) });
+    });
     return { t: this.t, scheduleStep: this.scheduleStep, slots };
   }
 
@@ -658,27 +726,29 @@ class Runner implements StageRunner {
   }
 }
 
-/** `fn()` inside a tf.tidy scope, for results that are not tensors (every tensor made inside is freed). */
-function scoped<T>(fn: () => T): T {
-  let out: T | undefined;
-  tf.tidy(() => {
-    out = fn();
-  });
-  return out as T;
+/**
+ * The values of tensors the caller owns, read asynchronously (`await t.data()`: webgpu in Node has no
+ * synchronous read) as copies, then disposed (also when a read fails).
+ */
+async function readAll(ts: readonly Tensor[]): Promise<Float32Array[]> {
+  try {
+    const data = await Promise.all(ts.map((t) => t.data()));
+    return data.map((d) => Float32Array.from(d as Float32Array));
+  } finally {
+    tf.dispose(ts as Tensor[]);
+  }
 }
 
-/** Adds one topk_gate's routing (real tokens, gate > 0) to the per-site counts. */
-function countRouting(into: Map<string, RouterLoad>, step: PlanStep, gates: Tensor, ctx: KernelContext): void {
+/** Adds one topk_gate's routing (real tokens, gate > 0; `g` is its [tokens, E] gates) to the per-site counts. */
+function countRouting(into: Map<string, RouterLoad>, step: PlanStep, E: number, g: Float32Array, segments: KernelContext['segments']): void {
   const key = `${step.adapter ?? step.node}@${step.site ?? ''}`;
-  const E = gates.shape[1] as number;
-  const g = gates.dataSync();
   let r = into.get(key);
   if (!r) {
     r = { adapter: step.adapter ?? step.node, site: step.site ?? '', share: [], counts: new Array<number>(E).fill(0) };
     into.set(key, r);
   }
-  for (let t = 0; t < ctx.segments.length; t++) {
-    if (ctx.segments[t] <= 0) continue;
+  for (let t = 0; t < segments.length; t++) {
+    if (segments[t] <= 0) continue;
     for (let e = 0; e < E; e++) if (g[t * E + e] > 0) r.counts[e]++;
   }
   r.share = shares(r.counts);

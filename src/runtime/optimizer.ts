@@ -42,10 +42,26 @@ export function learningRate(settings: Pick<PlanStageSettings, 'lr' | 'schedule'
   return min + (lr - min) * 0.5 * (1 + Math.cos(Math.PI * q));
 }
 
-/** ‖g‖₂ over all tensors, as a number (NaN or Infinity when any gradient is). */
-export function globalNorm(grads: readonly Tensor[]): number {
+/** Most terms of one AddN in {@link globalNorm} (inputs plus output within 8 storage buffers). */
+const ADD_N = 6;
+
+/** ‖g‖₂ over all tensors, as a number (NaN or Infinity when any gradient is); read asynchronously (webgpu has no synchronous read in Node). */
+export async function globalNorm(grads: readonly Tensor[]): Promise<number> {
   if (!grads.length) return 0;
-  return tf.tidy(() => Math.sqrt(tf.addN(grads.map((g) => tf.sum(tf.square(g)))).dataSync()[0]));
+  // The squares are summed in order, at most ADD_N terms per AddN (the running sum first), which on cpu and wasm
+  // is bit-identical to one AddN over all of them; tfjs-webgpu's AddN binds one storage buffer per term and
+  // fails validation past the device's per-stage limit (8 by default).
+  const sq = tf.tidy(() => {
+    const terms = grads.map((g) => tf.sum(tf.square(g)));
+    let acc = terms.length === 1 ? terms[0]! : tf.addN(terms.slice(0, ADD_N));
+    for (let i = ADD_N; i < terms.length; i += ADD_N - 1) acc = tf.addN([acc, ...terms.slice(i, i + ADD_N - 1)]);
+    return acc;
+  });
+  try {
+    return Math.sqrt((await sq.data())[0]);
+  } finally {
+    sq.dispose();
+  }
 }
 
 /** The factor clip_grad_norm_ scales every gradient by (1 when no clipping applies). */

@@ -325,7 +325,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       for (const ts of loader.steps(cursor, epochs)) {
         if (stepsDone >= total) break;
         const t1 = performance.now();
-        const r = runner.step(ts.microBatches);
+        const r = await runner.step(ts.microBatches);
         const secs = (performance.now() - t1) / 1000;
         const stepTokens = ts.microBatches.reduce((a, mb) => a + mb.rows * mb.seqLen, 0);
         tokens += stepTokens;
@@ -371,7 +371,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
           await evaluate(runner, [...new Set(due)], stepsDone - 1, opts.tty === true);
           evalSecs += (performance.now() - te) / 1000;
         }
-        if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, runner.parameters(), runner.optimizerState(), cursor);
+        if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, await runner.parameters(), await runner.optimizerState(), cursor);
         if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {
           return { code: 1, stages: summaries, exports: [], message: `stopped after ${stepsThisRun} steps (stopAfter)` };
         }
@@ -380,16 +380,16 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       // The stage's probes, on the model as trained (before the exit transitions).
       const evals = stageProbes(stage).length ? await evaluate(runner, stageProbes(stage), stepsDone - 1, false) : undefined;
       const secs = (performance.now() - t0) / 1000;
-      const before = runner.parameters();
+      const before = await runner.parameters();
       const constraints = constraintSums(stage, plan, before);
       // Exit transitions, then the merge check.
       let mergeCheck: StageSummary['mergeCheck'];
       const merges = stage.exit.filter((x) => x.op === 'merge');
       let reference: { value: string; out: Float32Array } | undefined;
       const probeId = stage.values.some((v) => v.id === 'x.final') ? 'x.final' : undefined;
-      if (merges.length && sample && probeId) reference = { value: probeId, out: runner.forward(sample, [probeId]).get(probeId)! };
-      const report = runner.applyExit();
-      params = runner.parameters();
+      if (merges.length && sample && probeId) reference = { value: probeId, out: (await runner.forward(sample, [probeId])).get(probeId)! };
+      const report = await runner.applyExit();
+      params = await runner.parameters();
       if (reference && sample) mergeCheck = await checkMerge(plan, stage, before, params, merges, sample, reference, root, opts.seed, total, opts.backend);
       const ex: string[] = [];
       for (const m of report.merged) ex.push(`merged ${m.adapter}${m.part ? `.${m.part}` : ''} (${m.sites.length} sites)`);
@@ -402,7 +402,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         w(`stage ${stage.name} merge check: max |merged - unmerged| of ${mergeCheck.value} = ${mergeCheck.maxAbsDiff.toExponential(2)} ${mergeCheck.ok ? 'ok' : 'FAILED'}\n`);
         if (!mergeCheck.ok) throw new RunError(`stage ${stage.name}: the merged model's outputs differ from the unmerged model's by ${mergeCheck.maxAbsDiff} (tolerance 1e-4)`);
       }
-      const ck = save(true, params, runner.optimizerState(), cursor);
+      const ck = save(true, params, await runner.optimizerState(), cursor);
       stageEnds.add(ck.step);
       writeFileAtomicSync(join(stagesDir, `${stage.name}.json`), JSON.stringify({ stage: stage.name, hash, checkpoint: ck.step, ...(evals ? { evals, evalsHash: evalsHash(plan, stage, root) } : {}) } satisfies StageRecord, null, 1) + '\n');
       const ran = stepsDone - stepsAtStart;
@@ -597,7 +597,7 @@ async function checkMerge(
   }
   const r: StageRunner = await createStageRunner(plan, stage.name, { root, parameters: p, totalSteps: total, ...(seed !== undefined ? { seed } : {}), ...(backend ? { backend } : {}) });
   try {
-    const out = r.forward(sample, [ref.value]).get(ref.value)!;
+    const out = (await r.forward(sample, [ref.value])).get(ref.value)!;
     let d = 0;
     let scale = 1e-12;
     for (let i = 0; i < out.length; i++) {

@@ -46,7 +46,7 @@ export interface GenerateStats {
 }
 
 /** Greedy outputs of every prompt (see the file head). */
-export function generateGreedy(model: LogitsModel, prompts: readonly (readonly number[])[], opts: GenerateOptions, stats?: GenerateStats): Generation[] {
+export async function generateGreedy(model: LogitsModel, prompts: readonly (readonly number[])[], opts: GenerateOptions, stats?: GenerateStats): Promise<Generation[]> {
   const cap = (i: number) => (typeof opts.maxNew === 'number' ? opts.maxNew : opts.maxNew[i]!);
   const out: (Generation | undefined)[] = new Array(prompts.length);
   interface Row {
@@ -79,7 +79,7 @@ export function generateGreedy(model: LogitsModel, prompts: readonly (readonly n
       const from = p.length + row.output.length - 1;
       at.push(Array.from({ length: row.draft.length + 1 }, (_, k) => from + k));
     }
-    const logits = model.logits(seqs, at);
+    const logits = await model.logits(seqs, at);
     if (stats) stats.forwards++;
     for (let r = active.length - 1; r >= 0; r--) {
       const row = active[r]!;

@@ -30,7 +30,7 @@ export class ProbeSuite {
   async run(runner: StageRunner, names: readonly string[], rows: number): Promise<ProbeResult[]> {
     const model = runnerLogits(runner, rows, this.opts.tokenizer.pad);
     const out: ProbeResult[] = [];
-    for (const name of names) out.push(runProbe(model, await this.prepared(name, runner.stage.settings.maxLen)));
+    for (const name of names) out.push(await runProbe(model, await this.prepared(name, runner.stage.settings.maxLen)));
     return out;
   }
 

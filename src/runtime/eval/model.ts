@@ -14,8 +14,8 @@ export interface LogitsModel {
   readonly vocab: number;
   /** Most sequences per call. */
   readonly rows: number;
-  /** `out[r][k]`: the logits (length `vocab`) after reading `seqs[r][0..at[r][k]]`, i.e. predicting position `at[r][k] + 1`. */
-  logits(seqs: readonly (readonly number[])[], at: readonly (readonly number[])[]): Float32Array[][];
+  /** `out[r][k]`: the logits (length `vocab`) after reading `seqs[r][0..at[r][k]]`, i.e. predicting position `at[r][k] + 1` (asynchronous: the runner's reads are). */
+  logits(seqs: readonly (readonly number[])[], at: readonly (readonly number[])[]): Promise<Float32Array[][]>;
 }
 
 /** Thrown when the stage's graph has no LM head the probes can read (a plan the runtime does not know). */
@@ -36,11 +36,11 @@ export function runnerLogits(runner: StageRunner, rows: number, padId: number): 
   return {
     vocab,
     rows,
-    logits(seqs, at) {
+    async logits(seqs, at) {
       if (seqs.length > rows) throw new RangeError(`logits: ${seqs.length} sequences for ${rows} rows`);
       const seqLen = Math.max(1, ...seqs.map((s) => s.length));
       const mb = layout(seqs, seqLen, padId);
-      const vals = runner.forward(mb, given ? [xId] : [xId, wId]);
+      const vals = await runner.forward(mb, given ? [xId] : [xId, wId]);
       const x = vals.get(xId)!;
       const w = given ? undefined : vals.get(wId)!;
       const hidden = given ? vocab : x.length / (seqs.length * seqLen);

@@ -153,16 +153,16 @@ export function parseOptions(question: string): { letter: string; line: string }
 }
 
 /** Measures a prepared probe on a model. */
-export function runProbe(model: LogitsModel, probe: PreparedProbe): ProbeResult {
+export async function runProbe(model: LogitsModel, probe: PreparedProbe): Promise<ProbeResult> {
   const t0 = performance.now();
   const base = { probe: probe.spec.name, kind: probe.kind };
   const done = (r: Omit<ProbeResult, 'probe' | 'kind' | 'secs'>): ProbeResult => ({ ...base, ...r, secs: (performance.now() - t0) / 1000 });
   if (probe.kind === 'multiple_choice') {
-    const { correct, forwards } = scoreChoices(model, probe.items);
+    const { correct, forwards } = await scoreChoices(model, probe.items);
     return done({ metric: 'accuracy', value: correct / probe.items.length, examples: probe.items.length, forwards });
   }
   if (probe.kind === 'json_format') {
-    const { matched, stats } = scoreJson(model, probe.items, probe.eos, probe.tokenizer);
+    const { matched, stats } = await scoreJson(model, probe.items, probe.eos, probe.tokenizer);
     return done({ metric: 'json_match', value: matched / probe.items.length, examples: probe.items.length, forwards: stats.forwards });
   }
   let nll = 0;
@@ -171,7 +171,7 @@ export function runProbe(model: LogitsModel, probe: PreparedProbe): ProbeResult 
   for (let i = 0; i < probe.items.length; i += model.rows) {
     const chunk = probe.items.slice(i, i + model.rows);
     const at = chunk.map((e) => [...e.mask.keys()].filter((t) => e.mask[t] === 1));
-    const logits = model.logits(chunk.map((e) => [...e.tokens]), at);
+    const logits = await model.logits(chunk.map((e) => [...e.tokens]), at);
     forwards++;
     chunk.forEach((e, r) =>
       at[r]!.forEach((t, k) => {
@@ -185,12 +185,12 @@ export function runProbe(model: LogitsModel, probe: PreparedProbe): ProbeResult 
 }
 
 /** Questions whose highest-logit option is the answer, one forward per `model.rows` questions. */
-export function scoreChoices(model: LogitsModel, items: readonly ChoiceItem[]): { correct: number; picked: number[]; forwards: number } {
+export async function scoreChoices(model: LogitsModel, items: readonly ChoiceItem[]): Promise<{ correct: number; picked: number[]; forwards: number }> {
   const picked: number[] = [];
   let forwards = 0;
   for (let i = 0; i < items.length; i += model.rows) {
     const chunk = items.slice(i, i + model.rows);
-    const logits = model.logits(chunk.map((q) => q.prompt), chunk.map((q) => [q.prompt.length - 1]));
+    const logits = await model.logits(chunk.map((q) => q.prompt), chunk.map((q) => [q.prompt.length - 1]));
     forwards++;
     chunk.forEach((q, r) => picked.push(argmax(q.tokens.map((t) => logits[r]![0]![t]!))));
   }
@@ -198,9 +198,9 @@ export function scoreChoices(model: LogitsModel, items: readonly ChoiceItem[]): 
 }
 
 /** Answers that match their expected record, and the generation's cost. */
-export function scoreJson(model: LogitsModel, items: readonly JsonItem[], eos: number, tok: Tokenizer): { matched: number; answers: string[]; stats: GenerateStats } {
+export async function scoreJson(model: LogitsModel, items: readonly JsonItem[], eos: number, tok: Tokenizer): Promise<{ matched: number; answers: string[]; stats: GenerateStats }> {
   const stats: GenerateStats = { forwards: 0, tokens: 0 };
-  const gens = generateGreedy(
+  const gens = await generateGreedy(
     model,
     items.map((q) => q.prompt),
     { eos, maxNew: items.map((q) => q.draft.length - 1 + JSON_SLACK), drafts: items.map((q) => q.draft), stop: (i, out) => judgeJson(tok.decode(out), items[i]!.expected, false) === 'fail' },

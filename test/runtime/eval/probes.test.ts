@@ -72,11 +72,11 @@ beforeAll(() => {
 });
 
 /** Greedy decoding one token per forward, the whole sequence each time: the definition. */
-function stepByStep(model: LogitsModel, prompt: readonly number[], eos: number, maxNew: number): number[] {
+async function stepByStep(model: LogitsModel, prompt: readonly number[], eos: number, maxNew: number): Promise<number[]> {
   const out: number[] = [];
   while (out.length < maxNew) {
     const seq = [...prompt, ...out];
-    const g = argmax(model.logits([seq], [[seq.length - 1]])[0]![0]!);
+    const g = argmax((await model.logits([seq], [[seq.length - 1]]))[0]![0]!);
     if (g === eos) break;
     out.push(g);
   }
@@ -89,7 +89,7 @@ describe('logits from the stage graph', () => {
     try {
       const seq = tok.encode('<|user|>\nWhat is 2+2?\n<|assistant|>\n4');
       const t = seq.length - 2;
-      const [[logits]] = runnerLogits(runner, 2, tok.pad).logits([seq], [[t]]).map((r) => r);
+      const [[logits]] = await runnerLogits(runner, 2, tok.pad).logits([seq], [[t]]);
       const max = Math.max(...logits!);
       const lse = max + Math.log(logits!.reduce((a, v) => a + Math.exp(v - max), 0));
       const n = seq.length;
@@ -97,7 +97,7 @@ describe('logits from the stage graph', () => {
       mask[t] = 1;
       const labels = new Int32Array(n);
       labels[t] = seq[t + 1]!;
-      const ce = runner.forward({ rows: 1, seqLen: n, tokens: Int32Array.from(seq), labels, mask, positions: Int32Array.from(seq.keys()), segments: new Int32Array(n).fill(1), packed: false, examples: [], lossTokens: 1 }, ['loss.ce']).get('loss.ce')![0]!;
+      const ce = (await runner.forward({ rows: 1, seqLen: n, tokens: Int32Array.from(seq), labels, mask, positions: Int32Array.from(seq.keys()), segments: new Int32Array(n).fill(1), packed: false, examples: [], lossTokens: 1 }, ['loss.ce'])).get('loss.ce')![0]!;
       expect(lse - logits![seq[t + 1]!]!).toBeCloseTo(ce, 4);
     } finally {
       runner.dispose();
@@ -121,7 +121,7 @@ describe('multiple_choice', () => {
    */
   async function runnerPreferring(letter: string): Promise<StageRunner> {
     const runner = await createStageRunner(plan, 's', { root: dir });
-    const p = runner.parameters();
+    const p = await runner.parameters();
     const hidden = plan.model.config.hidden;
     const E = p.get('base.embed.weight')!;
     for (let v = 0; v < plan.model.config.vocab; v++) E[v * hidden] = v === letter.charCodeAt(0) ? 2 : 1;
@@ -135,7 +135,7 @@ describe('multiple_choice', () => {
         set.set(id, W);
       }
     }
-    runner.loadParameters(set);
+    await runner.loadParameters(set);
     return runner;
   }
 
@@ -144,7 +144,7 @@ describe('multiple_choice', () => {
     for (const [letter, accuracy] of [['C', 2 / 3], ['A', 1 / 3], ['B', 0]] as const) {
       const runner = await runnerPreferring(letter);
       try {
-        const r = runProbe(runnerLogits(runner, 2, tok.pad), probe);
+        const r = await runProbe(runnerLogits(runner, 2, tok.pad), probe);
         expect(r).toMatchObject({ probe: 'mc', kind: 'multiple_choice', metric: 'accuracy', examples: 3, forwards: 2 });
         expect(r.value).toBeCloseTo(accuracy, 12);
       } finally {
@@ -168,38 +168,38 @@ describe('greedy generation', () => {
   beforeAll(async () => {
     runner = await createStageRunner(plan, 's', { root: dir });
     // Random weights everywhere (the adapters' B too), so the outputs are not one repeated byte.
-    const p = runner.parameters();
+    const p = await runner.parameters();
     for (const [id, a] of p) if (!id.includes('norm')) for (let i = 0; i < a.length; i++) a[i] = (rnd() - 0.5) * (id.startsWith('base.embed') ? 2 : 0.6);
-    runner.loadParameters(p);
+    await runner.loadParameters(p);
     model = runnerLogits(runner, 2, tok.pad);
     return () => runner.dispose();
   });
 
-  it('equals step-by-step decoding, whatever the drafts', () => {
-    const free = prompts.map((p) => stepByStep(model, p, -1, 12));
+  it('equals step-by-step decoding, whatever the drafts', async () => {
+    const free = await Promise.all(prompts.map((p) => stepByStep(model, p, -1, 12)));
     // An end-of-turn id that some outputs reach: the 4th token of the first output.
     const eos = free[0]![3]!;
-    const want = prompts.map((p) => stepByStep(model, p, eos, 12));
+    const want = await Promise.all(prompts.map((p) => stepByStep(model, p, eos, 12)));
     expect(want[0]!.length).toBeLessThan(4);
     const draftSets = [undefined, want.map((w) => [...w, eos]), prompts.map(() => Array.from({ length: 20 }, () => Math.floor(rnd() * 256))), want.map((w) => [...w.slice(0, 2), 0, ...w.slice(3)])];
     for (const drafts of draftSets) {
-      const got = generateGreedy(model, prompts, { eos, maxNew: 12, ...(drafts ? { drafts } : {}) });
+      const got = await generateGreedy(model, prompts, { eos, maxNew: 12, ...(drafts ? { drafts } : {}) });
       expect(got.map((g) => g.tokens)).toEqual(want);
       expect(got.map((g) => g.end)).toEqual(want.map((w) => (w.length < 12 ? 'eos' : 'length')));
     }
   });
 
-  it('takes one forward per batch of rows when the draft is the output', () => {
-    const want = prompts.slice(0, 2).map((p) => stepByStep(model, p, -1, 10));
+  it('takes one forward per batch of rows when the draft is the output', async () => {
+    const want = await Promise.all(prompts.slice(0, 2).map((p) => stepByStep(model, p, -1, 10)));
     const stats: GenerateStats = { forwards: 0, tokens: 0 };
-    const got = generateGreedy(model, prompts.slice(0, 2), { eos: -1, maxNew: 10, drafts: want }, stats);
+    const got = await generateGreedy(model, prompts.slice(0, 2), { eos: -1, maxNew: 10, drafts: want }, stats);
     expect(got.map((g) => g.tokens)).toEqual(want);
     expect(stats.forwards).toBe(1);
   });
 
-  it('stops a row when asked, with a prefix of its greedy output', () => {
-    const want = prompts.map((p) => stepByStep(model, p, -1, 8));
-    const got = generateGreedy(model, prompts, { eos: -1, maxNew: [8, 8, 8, 8, 3], stop: (i, out) => i === 1 && out.length >= 1 });
+  it('stops a row when asked, with a prefix of its greedy output', async () => {
+    const want = await Promise.all(prompts.map((p) => stepByStep(model, p, -1, 8)));
+    const got = await generateGreedy(model, prompts, { eos: -1, maxNew: [8, 8, 8, 8, 3], stop: (i, out) => i === 1 && out.length >= 1 });
     expect(got[1]).toEqual({ tokens: want[1]!.slice(0, 1), end: 'stopped' }); // no draft: the first forward accepts one token
     expect(want[1]!.slice(0, got[1]!.tokens.length)).toEqual(got[1]!.tokens);
     expect(got[4]).toEqual({ tokens: want[4]!.slice(0, 3), end: 'length' });

@@ -33,9 +33,9 @@ async function trainOn(backend: string) {
   const [plan] = compileInline(PIPELINE, [1]).plans;
   const mbs = [syntheticBatch(2, 32, 21), syntheticBatch(2, 32, 22)];
   const r = await createStageRunner(plan!, 'one', { backend });
-  const g = r.gradients(mbs);
-  const losses = [0, 1].map(() => r.step(mbs).loss);
-  const params = r.parameters();
+  const g = await r.gradients(mbs);
+  const losses = [(await r.step(mbs)).loss, (await r.step(mbs)).loss];
+  const params = await r.parameters();
   r.dispose();
   return { g, losses, params };
 }

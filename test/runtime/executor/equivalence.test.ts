@@ -94,12 +94,12 @@ describe('-O0 and -O1 plans train to the same result', () => {
     runners.push(a, b);
     expect([...a.trainable].sort()).toEqual([...b.trainable].sort());
     // Same initial tensors: initialisation depends on (seed, id) only. -O0 also holds the inactive `later`.
-    const [ia, ib] = [a.parameters(), b.parameters()];
+    const [ia, ib] = [await a.parameters(), await b.parameters()];
     expect([...ia.keys()].filter((k) => !ib.has(k)).every((k) => k.startsWith('later.'))).toBe(true);
     expect(worst(ib, ia).err).toBe(0);
 
-    const ga = a.gradients(mbs);
-    const gb = b.gradients(mbs);
+    const ga = await a.gradients(mbs);
+    const gb = await b.gradients(mbs);
     expect(ga.balance).toBeGreaterThan(0);
     expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
     expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
@@ -108,24 +108,24 @@ describe('-O0 and -O1 plans train to the same result', () => {
     expect(Math.max(...[...ga.grads.entries()].filter(([k]) => k.endsWith('.B')).map(([, g]) => Math.max(...g.map(Math.abs))))).toBeGreaterThan(1e-4);
 
     for (let i = 0; i < 3; i++) {
-      const sa = a.step(mbs);
-      const sb = b.step(mbs);
+      const sa = await a.step(mbs);
+      const sb = await b.step(mbs);
       expect(sa.applied && sb.applied).toBe(true);
       expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
     }
-    expect(worst(b.parameters(), a.parameters()).err).toBeLessThan(TOL);
+    expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
     // After 3 steps A gets gradients too.
-    const g2a = a.gradients(mbs);
-    const g2b = b.gradients(mbs);
+    const g2a = await a.gradients(mbs);
+    const g2b = await b.gradients(mbs);
     expect(worst(g2a.grads, g2b.grads).err).toBeLessThan(TOL);
 
-    const ea = a.applyExit();
-    const eb = b.applyExit();
+    const ea = await a.applyExit();
+    const eb = await b.applyExit();
     expect(ea).toEqual(eb);
     expect(ea.merged[0]).toMatchObject({ adapter: 'attn' });
     expect(ea.dropped.some((id) => id.startsWith('noise.'))).toBe(true);
-    const pa = a.parameters();
-    const pb = b.parameters();
+    const pa = await a.parameters();
+    const pb = await b.parameters();
     expect([...pa.keys()].some((k) => k.startsWith('noise.'))).toBe(false);
     expect(worst(pb, pa).err).toBeLessThan(TOL);
 
@@ -133,8 +133,8 @@ describe('-O0 and -O1 plans train to the same result', () => {
     const a2 = await createStageRunner(p0, 'two', { parameters: pa });
     const b2 = await createStageRunner(p1, 'two', { parameters: pb });
     runners.push(a2, b2);
-    const h0 = a2.gradients(mbs);
-    const h1 = b2.gradients(mbs);
+    const h0 = await a2.gradients(mbs);
+    const h1 = await b2.gradients(mbs);
     expect(h0.constraint).toBeGreaterThan(0);
     expect(relErr([h0.loss], [h1.loss])).toBeLessThan(TOL);
     expect(relErr([h0.constraint], [h1.constraint])).toBeLessThan(TOL);
@@ -142,11 +142,11 @@ describe('-O0 and -O1 plans train to the same result', () => {
     expect([...h0.grads.keys()].some((k) => k.startsWith('later.'))).toBe(true);
     expect(worst(h0.grads, h1.grads).err).toBeLessThan(TOL);
     for (let i = 0; i < 3; i++) {
-      const sa = a2.step(mbs);
-      const sb = b2.step(mbs);
+      const sa = await a2.step(mbs);
+      const sb = await b2.step(mbs);
       expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
     }
-    expect(worst(a2.parameters(), b2.parameters()).err).toBeLessThan(TOL);
+    expect(worst(await a2.parameters(), await b2.parameters()).err).toBeLessThan(TOL);
     expect(tf.memory().numTensors).toBeGreaterThan(0);
   });
 });

@@ -98,9 +98,10 @@ describe('training with the reference executor', () => {
     const steps = [...loader.steps({ epoch: 0, index: 0 }, 10)].slice(0, 20);
     expect(steps).toHaveLength(20);
     const probe = steps.slice(0, 2).flatMap((s) => s.microBatches);
-    const before = runner.evalLoss(probe).loss;
-    const results = steps.map((s) => runner.step(s.microBatches));
-    const after = runner.evalLoss(probe).loss;
+    const before = (await runner.evalLoss(probe)).loss;
+    const results = [];
+    for (const s of steps) results.push(await runner.step(s.microBatches));
+    const after = (await runner.evalLoss(probe)).loss;
     expect(results.every((r) => r.applied)).toBe(true);
     expect(results[0].lr).toBeCloseTo(5e-3, 12); // warmup: (0 + 1) / 2 of the peak
     expect(results[19].lr).toBeLessThan(1e-4); // cosine to 0
@@ -113,21 +114,21 @@ describe('training with the reference executor', () => {
     const { plan } = lora;
     const one = await createStageRunner(plan, 'one');
     const mbs = [syntheticBatch(2, 32, 5)];
-    for (let i = 0; i < 3; i++) one.step(mbs); // B != 0
+    for (let i = 0; i < 3; i++) await one.step(mbs); // B != 0
     const ids = ['x.final', 'L0.resid_attn'];
-    const unmerged = one.forward(mbs[0], ids);
-    const lossBefore = one.evalLoss(mbs).ce;
-    const report = one.applyExit();
+    const unmerged = await one.forward(mbs[0], ids);
+    const lossBefore = (await one.evalLoss(mbs)).ce;
+    const report = await one.applyExit();
     expect(report.merged.map((m) => m.adapter)).toEqual(['attn']);
     expect(report.frozen).toEqual(['mlp']);
-    const two = await createStageRunner(plan, 'two', { parameters: one.parameters() });
+    const two = await createStageRunner(plan, 'two', { parameters: await one.parameters() });
     // The merge changed the base weight, so the stage-two graph (no attn LoRA) must reproduce it.
-    expect(relErr(two.parameters().get('base.layers[0].attn.q.weight')!, one.parameters().get('base.layers[0].attn.q.weight')!)).toBe(0);
-    const merged = two.forward(mbs[0], ids);
+    expect(relErr((await two.parameters()).get('base.layers[0].attn.q.weight')!, (await one.parameters()).get('base.layers[0].attn.q.weight')!)).toBe(0);
+    const merged = await two.forward(mbs[0], ids);
     for (const id of ids) expect(relErr(merged.get(id)!, unmerged.get(id)!), id).toBeLessThan(1e-5);
-    expect(relErr([two.evalLoss(mbs).ce], [lossBefore])).toBeLessThan(1e-5);
+    expect(relErr([(await two.evalLoss(mbs)).ce], [lossBefore])).toBeLessThan(1e-5);
     // Stage one may not train after its exit.
-    expect(() => one.step(mbs)).toThrow(RunnerError);
+    await expect(one.step(mbs)).rejects.toThrow(RunnerError);
     one.dispose();
     two.dispose();
   });
@@ -135,16 +136,16 @@ describe('training with the reference executor', () => {
   it('a NaN in a micro-batch skips the step: weights and optimizer state stay bit-identical', async () => {
     const runner = await createStageRunner(lora.plan, 'one');
     const good = [syntheticBatch(2, 32, 7), syntheticBatch(2, 32, 8)];
-    runner.step(good);
-    const weights = runner.parameters();
-    const state = runner.optimizerState();
+    await runner.step(good);
+    const weights = await runner.parameters();
+    const state = await runner.optimizerState();
     const bad = syntheticBatch(2, 32, 9);
     bad.mask[3] = NaN;
-    const r = runner.step([good[0], bad]);
+    const r = await runner.step([good[0], bad]);
     expect(r.applied).toBe(false);
     expect(r.skipped).toMatch(/loss is NaN/);
-    const w2 = runner.parameters();
-    const s2 = runner.optimizerState();
+    const w2 = await runner.parameters();
+    const s2 = await runner.optimizerState();
     for (const [id, w] of weights) expect(Buffer.from(w2.get(id)!.buffer).equals(Buffer.from(w.buffer)), id).toBe(true);
     expect(s2.t).toBe(state.t);
     for (const [id, s] of state.slots) {
@@ -153,8 +154,8 @@ describe('training with the reference executor', () => {
     }
     // The schedule moved on (the step's data was consumed); the next good step applies.
     expect(s2.scheduleStep).toBe(state.scheduleStep + 1);
-    expect(runner.step(good).applied).toBe(true);
-    expect(runner.optimizerState().t).toBe(state.t + 1);
+    expect((await runner.step(good)).applied).toBe(true);
+    expect((await runner.optimizerState()).t).toBe(state.t + 1);
     runner.dispose();
   });
 
@@ -163,22 +164,22 @@ describe('training with the reference executor', () => {
     const runner = await createStageRunner(lora.plan, 'one');
     const held = tf.memory().numTensors;
     const [a, b] = [syntheticBatch(2, 32, 21), syntheticBatch(2, 32, 22)];
-    const both = runner.gradients([a, b]);
-    const ga = runner.gradients([a]);
-    const gb = runner.gradients([b]);
+    const both = await runner.gradients([a, b]);
+    const ga = await runner.gradients([a]);
+    const gb = await runner.gradients([b]);
     expect(relErr([both.loss], [(ga.loss + gb.loss) / 2])).toBeLessThan(1e-6);
     const mean = new Map([...ga.grads].map(([id, g]) => [id, g.map((x, i) => (x + gb.grads.get(id)![i]) / 2)]));
     expect(worst(both.grads, mean).err).toBeLessThan(1e-5);
     expect(tf.memory().numTensors).toBe(held);
-    runner.step([a, b]);
-    runner.evalLoss([a]);
-    runner.forward(a, ['x.final']);
+    await runner.step([a, b]);
+    await runner.evalLoss([a]);
+    await runner.forward(a, ['x.final']);
     expect(tf.memory().numTensors).toBe(held);
-    runner.step([a]);
-    runner.step([b]);
+    await runner.step([a]);
+    await runner.step([b]);
     expect(tf.memory().numTensors).toBe(held);
-    runner.loadParameters(runner.parameters());
-    runner.loadOptimizerState(runner.optimizerState());
+    await runner.loadParameters(await runner.parameters());
+    runner.loadOptimizerState(await runner.optimizerState());
     expect(tf.memory().numTensors).toBe(held);
     runner.dispose();
     expect(tf.memory().numTensors).toBe(start);
@@ -188,8 +189,8 @@ describe('training with the reference executor', () => {
     const [plan] = compileInline(MOE, [1]).plans;
     const one = await createStageRunner(plan, 'one');
     const mbs = [syntheticBatch(2, 32, 31), syntheticBatch(2, 32, 32)];
-    one.step(mbs);
-    one.step(mbs);
+    await one.step(mbs);
+    await one.step(mbs);
     const load = one.routerLoad();
     expect(load.map((l) => l.site).sort()).toEqual(['layers[0].mlp.gate', 'layers[0].mlp.up']);
     for (const l of load) {
@@ -197,19 +198,19 @@ describe('training with the reference executor', () => {
       // top-1 over the real tokens of 2 steps x 2 micro-batches (2 rows x 29 real tokens each)
       expect(l.counts.reduce((x, y) => x + y, 0)).toBe(2 * 2 * 58);
     }
-    const report = one.applyExit();
+    const report = await one.applyExit();
     expect(report.droppedExperts).toHaveLength(2);
     for (const d of report.droppedExperts) {
       const l = load.find((x) => x.site === d.site)!;
       expect(d.load).toEqual(l.share);
       expect(d.experts).toEqual(l.share.map((s, e) => (s < 0.2 ? e : -1)).filter((e) => e >= 0));
     }
-    const params = one.parameters();
+    const params = await one.parameters();
     // Deterministic (seeded init, fixed batches): one expert of the up projection got under 20% of the tokens.
     const dropped = report.droppedExperts.find((d) => d.experts.length > 0)!;
     expect(dropped).toMatchObject({ site: 'layers[0].mlp.up', experts: [2] });
     const two = await createStageRunner(plan, 'two', { parameters: params });
-    two.step(mbs);
+    await two.step(mbs);
     const e = dropped.experts[0];
     expect(params.get(`m.${dropped.site}.router_b`)![e]).toBe(Math.fround(-1e9));
     const B = params.get(`m.${dropped.site}.expert_B`)!;

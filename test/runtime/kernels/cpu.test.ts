@@ -265,22 +265,22 @@ stage one {
     process.env.MCPC_KERNELS = 'fused';
     const runners = [await createStageRunner(p0, 'one'), await createStageRunner(p1, 'one')];
     try {
-      const g = ref.gradients(mbs);
+      const g = await ref.gradients(mbs);
       for (const r of runners) {
-        const h = r.gradients(mbs);
+        const h = await r.gradients(mbs);
         expect(relErr([h.loss], [g.loss])).toBeLessThan(1e-5);
         expect(worst(h.grads, g.grads).err).toBeLessThan(1e-4);
       }
       for (let i = 0; i < 3; i++) {
-        const want = ref.step(mbs).loss;
-        for (const r of runners) expect(relErr([r.step(mbs).loss], [want])).toBeLessThan(1e-4);
+        const want = (await ref.step(mbs)).loss;
+        for (const r of runners) expect(relErr([(await r.step(mbs)).loss], [want])).toBeLessThan(1e-4);
       }
       // Adam divides by sqrt(v): an entry whose gradient is near Adam's eps (1e-8) turns f32 summation-order
       // noise into a step difference of a sizeable part of lr, so weights agree to a small fraction of lr
       // absolutely (observed: 1.1e-5 with lr 1e-2), not to 1e-4 relatively.
-      const w = ref.parameters();
+      const w = await ref.parameters();
       for (const r of runners) {
-        const p = r.parameters();
+        const p = await r.parameters();
         let diff = 0;
         for (const [k, v] of w) {
           const u = p.get(k);

@@ -144,7 +144,7 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     const mb = loader.steps().next().value!.microBatches[0]!;
     const runner = await createStageRunner(o1, stage.name, { backend: 'cpu', root: dir, parameters: params, totalSteps: 1 });
     try {
-      return runner.forward(mb, ['x.final', 'loss']);
+      return await runner.forward(mb, ['x.final', 'loss']);
     } finally {
       runner.dispose();
     }
