@@ -12,44 +12,19 @@
  * so it trains on `webgpu`; ../shared/CPU.md measured tfjs-webgpu on llvmpipe at about the speed of tfjs-wasm
  * before mcpc's GEMM (7.7 s vs 7.2 s for a 3.3M-parameter step).
  */
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { compileFile, nodeHost } from '../src/compiler/index.js';
-import type { MicroBatch } from '../src/runtime/data/batch.js';
 import { createStageRunner } from '../src/runtime/executor.js';
 import { openDawn } from '../src/runtime/webgpu/device.js';
+import { medcarePlan, syntheticBatch } from './support/medcare.js';
 
-const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const { values } = parseArgs({ options: { steps: { type: 'string', default: '5' }, quick: { type: 'boolean', default: false }, 'no-webgpu': { type: 'boolean', default: false } } });
 const steps = values.quick ? 2 : Number(values.steps);
 
-// The MedCare pipeline on the demo model's shape with random weights, in a scratch project that sees the data.
-const dir = mkdtempSync(join(tmpdir(), 'mcpc-bench-'));
-mkdirSync(join(dir, 'pipelines'));
-symlinkSync(join(ROOT, 'data'), join(dir, 'data'));
-const model = /model base = (builtin\([^)]*\))/.exec(readFileSync(join(ROOT, 'pipelines/pretrain.mcp'), 'utf8'))![1]!;
-writeFileSync(join(dir, 'pipelines/medcare.mcp'), readFileSync(join(ROOT, 'pipelines/medcare.mcp'), 'utf8').replace(/model base = hf\("[^"]*"\)/, `model base = ${model}`));
-const res = compileFile('pipelines/medcare.mcp', nodeHost(dir, dir), {}, { optLevel: 1 });
-if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('; '));
-const plan = res.plan;
+const { plan, dir } = medcarePlan(1);
 const stage = plan.stages[0]!;
 const rows = stage.settings.microBatch;
 const seqLen = 224; // about the longest example of a micro-batch of data/medcare/stage1.jsonl
-
-function batch(seed: number): MicroBatch {
-  let x = seed;
-  const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 2 ** 32);
-  const T = rows * seqLen;
-  const tokens = Int32Array.from({ length: T }, () => 32 + Math.floor(rnd() * 90));
-  const labels = Int32Array.from({ length: T }, () => 32 + Math.floor(rnd() * 90));
-  const mask = Float32Array.from({ length: T }, (_, i) => (i % seqLen > seqLen / 2 ? 1 : 0));
-  const positions = Int32Array.from({ length: T }, (_, i) => i % seqLen);
-  const segments = new Int32Array(T).fill(1);
-  return { rows, seqLen, tokens, labels, mask, positions, segments, packed: false, examples: [], lossTokens: mask.reduce((a, b) => a + b, 0) };
-}
+const batch = (seed: number) => syntheticBatch(rows, seqLen, seed);
 const mbs = [batch(1), batch(2)];
 const tokensPerStep = mbs.length * rows * seqLen;
 

@@ -29,6 +29,8 @@ import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { F16_CANDIDATES, gemmF16, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
+import { createStageRunner } from '../src/runtime/executor.js';
+import { medcarePlan, syntheticBatch } from './support/medcare.js';
 
 const { values } = parseArgs({ options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' } } });
 process.env.EGL_PLATFORM ??= 'surfaceless';
@@ -274,6 +276,29 @@ report(`ours  MoE-LoRA FFN layer forward+backward (f32, fused): ${fmt(ffnFB, 3 *
 targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB <= 13, detail: `${ffnFB.toFixed(2)} ms` });
 targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: 'not run: the fused MoE kernels have no subgroup-matrix variant yet' });
 tf.dispose([x, dy]);
+
+// A training step of the tiny pipeline (MedCare stage 1 on the demo base's shape, random weights), through
+// the stage runner on this device: the WGSL kernel table, one-dispatch AdamW.
+{
+  const { plan, dir } = medcarePlan(1);
+  const stage = plan.stages[0]!;
+  const rows = stage.settings.microBatch;
+  const seqLen = quick ? 64 : 224;
+  const mbs = [syntheticBatch(rows, seqLen, 1), syntheticBatch(rows, seqLen, 2)];
+  const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: 1000 });
+  await runner.step(mbs);
+  await tunePending();
+  const steps: number[] = [];
+  for (let i = 0; i < (quick ? 2 : 5); i++) {
+    const t0 = performance.now();
+    await runner.step(mbs);
+    steps.push(performance.now() - t0);
+  }
+  runner.dispose();
+  const ms = median(steps);
+  const tokens = mbs.length * rows * seqLen;
+  report(`ours  training step, MedCare stage ${stage.name} on the demo base (${tokens} tokens: ${mbs.length} x ${rows} x ${seqLen}): ${ms.toFixed(1)} ms, ${Math.round(tokens / (ms / 1000))} tok/s (PyTorch's figure for this step: run the --target torch program; not timed here)`);
+}
 
 // PyTorch, same GPU
 const t = torchFigures();
