@@ -359,7 +359,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         const eta = (total - stepsDone) / Math.max(rate, 1e-9);
         const parts = r.constraint > 0 ? ` (ce ${r.ce.toFixed(4)} + constraint ${r.constraint.toFixed(4)})` : '';
         const line = `${stage.name} ${stepsDone}/${total} loss ${r.loss.toFixed(4)}${parts} ${Math.round(tokens / Math.max(elapsed, 1e-9))} tok/s ETA ${fmtSecs(eta)}`;
-        if (opts.tty) w(`\r${line}\x1b[K${stepsDone === total ? '\n' : ''}`);
+        if (opts.tty) w(`\r${progressBar(stepsDone, total)} ${line}\x1b[K${stepsDone === total ? '\n' : ''}`);
         else if (stepsDone % (opts.progressEvery ?? 10) === 0 || stepsDone === total || stepsDone === stepsAtStart + 1 || performance.now() - lastLine > 30_000) {
           w(`${line}\n`);
           lastLine = performance.now();
@@ -431,6 +431,12 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
   const exports = runExports(plan, params!, root);
   for (const e of exports) w(`exported ${e.format} -> ${e.path}\n`);
   return { code: 0, stages: summaries, exports };
+}
+
+/** A 20-cell bar for the terminal progress line: `[#######.............]`. */
+export function progressBar(done: number, total: number, width = 20): string {
+  const filled = total > 0 ? Math.min(width, Math.round((done / total) * width)) : width;
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
 }
 
 function fmtSecs(s: number): string {

@@ -64,7 +64,9 @@ describe('runPlan', () => {
   it('a run stopped in the second stage and resumed ends bit-identical to an uninterrupted one', async () => {
     const full = opts('full', { tty: true });
     expect((await runPlan(plan, full)).code).toBe(0);
-    expect(full.text()).toMatch(/\rtwo 3\/3 loss \d+\.\d+ \d+ tok\/s ETA/);
+    // On a terminal: one line rewritten with \r, a bar, stage, step/total, loss, tokens/s, ETA.
+    expect(full.text()).toMatch(/\r\[#{6,7}\.{13,14}\] two 1\/3 loss \d+\.\d+ \d+ tok\/s ETA/);
+    expect(full.text()).toMatch(/\r\[#{20}\] two 3\/3 loss \d+\.\d+ \d+ tok\/s ETA/);
     const stopped = await runPlan(plan, opts('cut', { stopAfter: 3 }));
     expect(stopped.code).toBe(1);
     const resumed = opts('cut', { resume: true });
