@@ -12,10 +12,10 @@
  * or look like padding.
  */
 
+import { BYTE_EOS, BYTE_PAD } from '../../plan/byte-tokenizer.js';
 import type { Tokenizer } from './types.js';
 
-export const BYTE_EOS = 0x03;
-export const BYTE_PAD = 0x00;
+export { BYTE_EOS, BYTE_PAD };
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });

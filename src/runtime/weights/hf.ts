@@ -37,7 +37,7 @@ import {
   tensorFromFloat32,
   type TensorInput,
 } from '../io/safetensors.js';
-import { byteTokenizerFiles } from '../tokenizer/bytes-hf.js';
+import { byteTokenizerFileTexts } from '../tokenizer/bytes-hf.js';
 import { createTokenizer } from '../tokenizer/index.js';
 import { WeightsError } from './errors.js';
 import { readJsonObject, writeJsonAtomic, type Plain } from './json.js';
@@ -391,9 +391,10 @@ function writeTokenizer(plan: Plan, dir: string, root: string): string[] {
   const tok = plan.model.tokenizer;
   if (tok.kind === 'bytes') {
     const out: string[] = [];
-    for (const [name, json] of Object.entries(byteTokenizerFiles(plan.model.config))) {
+    // The same text writeJsonAtomic would write; the PyTorch program (--target torch) writes these bytes too.
+    for (const [name, text] of Object.entries(byteTokenizerFileTexts(plan.model.config))) {
       const f = join(dir, name);
-      writeJsonAtomic(f, json);
+      writeFileAtomicSync(f, text);
       out.push(f);
     }
     return out;

@@ -9,7 +9,9 @@
  *                split into one function per block (the steps before the first layer, each layer, the head),
  *                so FSDP can shard per layer and gradient checkpointing can recompute per layer
  *   pipeline.py  generated: the plan's data as Python literals (model config, parameters with their state
- *                per stage, adapters, data, stages with settings, transitions and constraints, exports)
+ *                per stage, adapters, data, stages with settings, transitions and constraints, exports) and,
+ *                for a byte-tokenizer model, the text of the Hugging Face tokenizer files a merged export
+ *                writes (src/plan/byte-tokenizer.ts, the bytes the TypeScript runtime writes)
  *   ops.py, data.py, weights.py   static: one function per plan op (src/runtime/kernels/reference.ts in
  *                PyTorch), data loading (src/runtime/data), file formats (src/runtime/weights, io)
  *   plan.json    the plan the program was generated from, for reference (not read at run time)
@@ -20,6 +22,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { byteTokenizerFileTexts } from '../../../plan/byte-tokenizer.js';
 import type { Plan, PlanStage, PlanStep } from '../../../plan/types.js';
 
 /** The static Python files copied verbatim into the output folder. */
@@ -324,10 +327,36 @@ function emitPipeline(plan: Plan, opts: TorchEmitOptions, recompute: (s: PlanSta
     '',
     `EXPORTS = ${py(plan.exports, 0)}`,
     '',
-    `PLAN = {"pipeline": ${py(plan.pipeline)}, "model": MODEL, "data": DATA, "adapters": ADAPTERS, "parameters": PARAMETERS, "stages": STAGES, "exports": EXPORTS}`,
+    '# The tokenizer files a merged export writes for a byte-tokenizer model, by name: their exact text (UTF-8),',
+    '# as the TypeScript runtime writes them (src/plan/byte-tokenizer.ts). Empty for other tokenizers.',
+    `TOKENIZER_FILES = ${pyTextMap(plan.model.tokenizer.kind === 'bytes' ? byteTokenizerFileTexts(plan.model.config) : {})}`,
+    '',
+    `PLAN = {"pipeline": ${py(plan.pipeline)}, "model": MODEL, "data": DATA, "adapters": ADAPTERS, "parameters": PARAMETERS, "stages": STAGES, "exports": EXPORTS, "tokenizerFiles": TOKENIZER_FILES}`,
     '',
   ];
   return lines.join('\n');
+}
+
+/** Texts by name as a Python dict of string literals, each text one source line per line of it. */
+function pyTextMap(texts: Record<string, string>): string {
+  const entries = Object.entries(texts);
+  if (!entries.length) return '{}';
+  return `{\n${entries.map(([name, text]) => `    ${pyString(name)}: (\n${text.split(/(?<=\n)/).map((l) => `        ${pyString(l)}`).join('\n')}\n    ),`).join('\n')}\n}`;
+}
+
+/** A Python string literal in printable ASCII: anything else escaped (\xNN, \uNNNN, \UNNNNNNNN). */
+export function pyString(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '"' || ch === '\\') out += `\\${ch}`;
+    else if (ch === '\n') out += '\\n';
+    else if (c >= 0x20 && c < 0x7f) out += ch;
+    else if (c < 0x100) out += `\\x${c.toString(16).padStart(2, '0')}`;
+    else if (c < 0x10000) out += `\\u${c.toString(16).padStart(4, '0')}`;
+    else out += `\\U${c.toString(16).padStart(8, '0')}`;
+  }
+  return `${out}"`;
 }
 
 /**

@@ -6,7 +6,8 @@
  * `train.py --init-from`) and read the same data in the same order:
  *   - per-step losses agree within 1e-4 relative;
  *   - the adapters each engine exports load into the other and give the same outputs;
- *   - the JSON files of the exports are byte-identical, the merged checkpoints equal within 1e-4;
+ *   - the JSON files of the exports are byte-identical (the byte tokenizer's Hugging Face files of the merged
+ *     export too, and both merged folders hold the same files), the merged checkpoints equal within 1e-4;
  *   - `train.py --nproc 2` (two processes, gloo, DDP on this torch) gives the losses of one process.
  *
  * Needs a Python with torch: $MCPC_TORCH_PYTHON, else /usr/bin/python3 (Debian's python3-torch), else
@@ -20,6 +21,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { compileFile, nodeHost } from '../../../../src/compiler/index.js';
 import { emitTorch } from '../../../../src/compiler/5-emit/torch/index.js';
 import { saveInitialWeights } from '../../../../src/cli/save-init.js';
+import { byteTokenizerFileTexts } from '../../../../src/plan/byte-tokenizer.js';
 import type { Plan } from '../../../../src/plan/types.js';
 import { concatDatasets, DataLoader, loadDataSource } from '../../../../src/runtime/data/index.js';
 import { createStageRunner } from '../../../../src/runtime/executor.js';
@@ -211,6 +213,14 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     expect(lastAdapters.length).toBeGreaterThan(0);
     for (const f of ['adapters/mcpc_export.json', ...lastAdapters.map((a) => `adapters/${a}/adapter_config.json`), 'model/config.json', 'model/generation_config.json']) {
       expect(readFileSync(join(dir, 'py-exports/out', f), 'utf8'), f).toBe(readFileSync(join(dir, 'ts-out', f), 'utf8'));
+    }
+    // The merged export folders hold the same files, and the byte tokenizer's Hugging Face files are byte-identical.
+    expect(o0.model.tokenizer.kind).toBe('bytes');
+    expect(readdirSync(join(dir, 'py-exports/out/model')).sort()).toEqual(readdirSync(join(dir, 'ts-out/model')).sort());
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'] as const) {
+      const want = readFileSync(join(dir, 'ts-out/model', f));
+      expect(want.equals(Buffer.from(byteTokenizerFileTexts(o1.model.config)[f], 'utf8')), f).toBe(true);
+      expect(readFileSync(join(dir, 'py-exports/out/model', f)).equals(want), `model/${f}`).toBe(true);
     }
     const ts = loadHfCheckpoint(o1, join(dir, 'ts-out/model')).weights;
     const pt = loadHfCheckpoint(o1, join(dir, 'py-exports/out/model')).weights;

@@ -265,6 +265,10 @@ def load_hf_checkpoint(folder, params, config):
     return out
 
 
+# Files copied from beside an hf tokenizer's tokenizer.json, when present (and removed when stale).
+HF_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"]
+
+
 def save_hf_checkpoint(folder, plan, weights, tokenizer, root, dtype="F32"):
     """The base weights as a Hugging Face checkpoint; config.json is written last."""
     os.makedirs(folder, exist_ok=True)
@@ -276,15 +280,36 @@ def save_hf_checkpoint(folder, plan, weights, tokenizer, root, dtype="F32"):
     for f in os.listdir(folder):
         if f == "model.safetensors.index.json" or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", f):
             os.unlink(os.path.join(folder, f))
+    # The tokenizer files (src/runtime/weights/hf.ts writeTokenizer): an hf tokenizer's copied from beside its
+    # tokenizer.json, the byte tokenizer's written from the texts pipeline.py carries (the TypeScript runtime's
+    # bytes); then those of an earlier save that this tokenizer does not have are removed.
     spec = plan["model"]["tokenizer"]
-    if spec["kind"] == "hf":
+    written = []
+    if spec["kind"] == "bytes":
+        texts = plan.get("tokenizerFiles")
+        if not texts:
+            raise WeightsError("(plan)", "a byte-tokenizer model's merged export needs the tokenizer files pipeline.py carries (TOKENIZER_FILES); regenerate the program with mcpc compile --target torch")
+        for name, text in texts.items():
+            write_atomic(os.path.join(folder, name), text.encode("utf-8"))
+            written.append(name)
+    elif spec["kind"] == "hf":
         src = spec["path"] if os.path.isabs(spec["path"]) else os.path.join(root, spec["path"])
-        src_dir = os.path.dirname(src) if src.endswith(".json") else src
-        for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"]:
-            s = src if name == "tokenizer.json" and src.endswith(".json") else os.path.join(src_dir, name)
-            if os.path.exists(s) and os.path.abspath(s) != os.path.abspath(os.path.join(folder, name)):
+        src_file = src if src.endswith(".json") else os.path.join(src, "tokenizer.json")
+        src_dir = os.path.dirname(src_file)
+        if not os.path.exists(src_file):
+            raise WeightsError(src_file, "the plan's tokenizer file does not exist")
+        for name in HF_TOKENIZER_FILES:
+            s = src_file if name == "tokenizer.json" else os.path.join(src_dir, name)
+            if not os.path.exists(s):
+                continue
+            if os.path.abspath(s) != os.path.abspath(os.path.join(folder, name)):
                 with open(s, "rb") as f:
                     write_atomic(os.path.join(folder, name), f.read())
+            written.append(name)
+    if written:
+        for name in HF_TOKENIZER_FILES:
+            if name not in written and os.path.exists(os.path.join(folder, name)):
+                os.unlink(os.path.join(folder, name))
     if tokenizer is not None:
         gen = {}
         if tokenizer.bos is not None:
