@@ -14,7 +14,9 @@
  * The API (every method that reads tensor values is asynchronous: see "Reads" below):
  *   createStageRunner(plan, stage, {backend?, root?, totalSteps?, parameters?})   a runner for one stage
  *   await runner.step(microBatches, {step?})   one optimizer step over the micro-batches (gradient accumulation)
- *   await runner.gradients(microBatches)       the loss and every trainable gradient, without updating anything
+ *   await runner.gradients(microBatches, {step?})  the loss and every trainable gradient of a training step
+ *                                              (LoRA dropout drawn at `step`, default the schedule position),
+ *                                              without updating anything
  *   await runner.evalLoss(microBatches)        the loss (and its parts) without gradients
  *   await runner.forward(microBatch, ids)      any values of the step graph (activations, parameters) as arrays
  *   await runner.applyExit()                   the stage's exit transitions, applied to the parameters
@@ -64,8 +66,15 @@
  * expert counts the real tokens (segment > 0) whose top-k includes it with a gate > 0; its load is that
  * count over all such assignments at the site (so the loads of a site sum to 1).
  *
- * Not here: LoRA dropout and router noise (the plan's adapters carry them, the reference path runs with
- * neither), mixed precision (`precision` is ignored: all f32), the training loop, checkpoints, evaluation
+ * LoRA dropout (./dropout.ts): in training steps only (`step`, `gradients`), the input of each adapter's
+ * A projection (`lora_down`, `expert_down`, `moe_down_batched` of an adapter with dropout p > 0) is
+ * multiplied by an inverted-dropout mask (0 with probability p, else 1/(1−p)) drawn from (stage seed, step,
+ * micro-batch, adapter, site, element); the base path and the router read x. The executor applies the
+ * mask before calling the kernel table, so the reference, wasm and webgpu tables share the semantics.
+ * `forward`, `evalLoss` (probes, the merge check) apply none. A `concat_linear` holding such an adapter's A
+ * (the compiler no longer writes one: concat-base-adapter) is refused in training.
+ *
+ * Not here: router noise (the plan's adapters carry it, the runner applies none), mixed precision (`precision` is ignored: all f32), the training loop, checkpoints, evaluation
  * probes and exports (their own modules drive a runner through this API).
  *
  * Memory: every forward and backward runs inside tf.tidy, which cannot span an await: what must be read
@@ -77,6 +86,7 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
+import { dropoutMask, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { fusedAdamW, webgpuKernels } from './kernels/webgpu.js';
 import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
@@ -173,7 +183,7 @@ export interface StageRunner {
   /** Trainable parameter ids, in the plan's optimizer order. */
   readonly trainable: readonly string[];
   step(microBatches: readonly MicroBatch[], opts?: { step?: number }): Promise<StepResult>;
-  gradients(microBatches: readonly MicroBatch[]): Promise<GradientResult>;
+  gradients(microBatches: readonly MicroBatch[], opts?: { step?: number }): Promise<GradientResult>;
   evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): Promise<LossParts>;
   forward(microBatch: MicroBatch, ids: readonly string[]): Promise<Map<string, Float32Array>>;
   applyExit(): Promise<ExitReport>;
@@ -201,6 +211,8 @@ export async function createStageRunner(plan: Plan, stageName: string, opts: Sta
 const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 const HELD = new Set(['trainable', 'frozen', 'folded']);
+/** Ops whose first input is the adapter branch's x (dropped in training). */
+const DROPPED_INPUT = new Set<PlanStep['op']>(['lora_down', 'expert_down', 'moe_down_batched']);
 
 class Runner implements StageRunner {
   readonly stage: PlanStage;
@@ -221,6 +233,8 @@ class Runner implements StageRunner {
   // WebGPU hook (issue 5): on the webgpu backend the steps run the WGSL kernel table and AdamW is one dispatch.
   // CPU hook (issue 5): on wasm the fused CPU kernel table (kernels/cpu.ts; MCPC_KERNELS=reference|fused overrides).
   private readonly kernels: Record<PlanStep['op'], Kernel>;
+  /** Adapters with dropout > 0, by name. */
+  private readonly dropout: Map<string, number>;
 
   constructor(
     readonly plan: Plan,
@@ -228,6 +242,7 @@ class Runner implements StageRunner {
     opts: StageRunnerOptions,
   ) {
     this.kernels = tf.getBackend() === 'webgpu' ? webgpuKernels : cpuKernelTable(plan);
+    this.dropout = new Map(plan.adapters.filter((a) => a.dropout > 0).map((a) => [a.name, a.dropout]));
     const stage = plan.stages.find((s) => s.name === stageName);
     if (!stage) throw new RunnerError(`no stage '${stageName}' in the plan of ${plan.pipeline} (stages: ${plan.stages.map((s) => s.name).join(', ')})`);
     this.stage = stage;
@@ -369,21 +384,49 @@ class Runner implements StageRunner {
 
   /**
    * Runs the stage's steps on one micro-batch (call inside tf.tidy). `override` replaces parameter tensors
-   * (the differentiated copies); `onStep` sees each step's outputs.
+   * (the differentiated copies); `onStep` sees each step's outputs; `train` (training steps only) draws the
+   * LoRA dropout masks.
    */
-  private run(mb: MicroBatch, override?: Map<string, Tensor>, onStep?: (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void): Map<string, Tensor> {
+  private run(mb: MicroBatch, override?: Map<string, Tensor>, onStep?: (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void, train?: DropoutDraw): Map<string, Tensor> {
     const values = this.batchTensors(mb);
     for (const [id, t] of this.params) values.set(id, override?.get(id) ?? t);
     for (const [id, t] of this.consts) values.set(id, t);
     const ctx: KernelContext = { rows: mb.rows, seqLen: mb.seqLen, positions: mb.positions, segments: mb.segments, cache: new Map() };
+    const dropped = new Map<string, Tensor>();
     for (const step of this.stage.forward) {
       const ins = step.inputs.map((i) => values.get(i)!);
+      if (train && this.dropout.size) this.applyDropout(step, ins, train, dropped);
       const outs = this.kernels[step.op](ins, step, ctx);
       if (outs.length !== step.outputs.length) throw new RunnerError(`step ${step.node} (${step.op}) returned ${outs.length} outputs for ${step.outputs.length}`);
       step.outputs.forEach((o, i) => values.set(o, outs[i]));
       onStep?.(step, outs, ctx);
     }
     return values;
+  }
+
+  /**
+   * LoRA dropout of a training step: replaces `ins[0]` of an adapter's A projection by x·mask (one mask per
+   * adapter and site, shared by its projections there; see ./dropout.ts).
+   */
+  private applyDropout(step: PlanStep, ins: Tensor[], train: DropoutDraw, dropped: Map<string, Tensor>): void {
+    if (step.op === 'concat_linear') {
+      const parts = (step.attrs.parts ?? []) as { kind: string; adapter?: string }[];
+      const bad = parts.find((p) => (p.kind === 'lora_down' || p.kind === 'moe_down_batched') && p.adapter && this.dropout.has(p.adapter));
+      if (bad) throw new RunnerError(`${this.stage.name}: step ${step.node} concatenates the A of ${bad.adapter}, which has dropout ${this.dropout.get(bad.adapter!)}, into the base GEMM; its A must read dropout(x) in training (recompile the plan)`);
+      return;
+    }
+    if (!DROPPED_INPUT.has(step.op) || !step.adapter) return;
+    const p = this.dropout.get(step.adapter);
+    if (!p) return;
+    const site = step.site ?? step.node;
+    const key = `${step.adapter}@${site}@${step.inputs[0]}`;
+    let x = dropped.get(key);
+    if (!x) {
+      const shape = ins[0].shape as number[];
+      x = tf.mul(ins[0], tf.tensor(dropoutMask(train, step.adapter, site, numel(shape), p), shape, 'float32'));
+      dropped.set(key, x);
+    }
+    ins[0] = x;
   }
 
   /**
@@ -419,7 +462,7 @@ class Runner implements StageRunner {
    * run inside tf.tidy; the scalars of the loss parts and the gates of every topk_gate (for `routed`) leave it
    * as kept clones, are read after it (asynchronously: the only reads webgpu has in Node) and disposed.
    */
-  private async lossAndGrads(mb: MicroBatch, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[] }> {
+  private async lossAndGrads(mb: MicroBatch, train: DropoutDraw, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[] }> {
     let partTs: Tensor[] = [];
     const gates: { step: PlanStep; gates: Tensor; segments: KernelContext['segments'] }[] = [];
     const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void (step.op === 'topk_gate' && gates.push({ step, gates: tf.keep(tf.clone(outs[0])), segments: ctx.segments })) : undefined;
@@ -428,11 +471,11 @@ class Runner implements StageRunner {
       grads = tf.tidy(() => {
         const xs = this.trainable.map((id) => this.params.get(id)!);
         if (!xs.length) {
-          partTs = this.partTensors(this.run(mb, undefined, onStep));
+          partTs = this.partTensors(this.run(mb, undefined, onStep, train));
           return [];
         }
         const f = (...args: Tensor[]) => {
-          const values = this.run(mb, new Map(this.trainable.map((id, i) => [id, args[i]])), onStep);
+          const values = this.run(mb, new Map(this.trainable.map((id, i) => [id, args[i]])), onStep, train);
           partTs = this.partTensors(values);
           return values.get(this.stage.loss)!;
         };
@@ -460,25 +503,25 @@ class Runner implements StageRunner {
     if (this.disposed) throw new RunnerError('the runner was disposed');
   }
 
-  async gradients(microBatches: readonly MicroBatch[]): Promise<GradientResult> {
+  async gradients(microBatches: readonly MicroBatch[], opts: { step?: number } = {}): Promise<GradientResult> {
     this.live();
-    const { parts, grads } = await this.accumulate(microBatches);
+    const { parts, grads } = await this.accumulate(microBatches, opts.step ?? this.scheduleStep);
     const data = await readAll(grads);
     const out = new Map(this.trainable.map((id, i) => [id, data[i]]));
     return { ...parts, grads: out };
   }
 
   /** Mean loss parts and mean gradients over micro-batches (kept tensors). */
-  private async accumulate(microBatches: readonly MicroBatch[], routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[]; lossTokens: number }> {
+  private async accumulate(microBatches: readonly MicroBatch[], stepIndex: number, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[]; lossTokens: number }> {
     if (!microBatches.length) throw new RunnerError('a step needs at least one micro-batch');
     const n = microBatches.length;
     const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
     let acc: Tensor[] = [];
     let lossTokens = 0;
-    for (const mb of microBatches) {
+    for (const [i, mb] of microBatches.entries()) {
       let step: { parts: LossParts; grads: Tensor[] };
       try {
-        step = await this.lossAndGrads(mb, routed);
+        step = await this.lossAndGrads(mb, { seed: this.stage.settings.seed, stage: this.stage.name, step: stepIndex, microBatch: i }, routed);
       } catch (e) {
         tf.dispose(acc);
         throw e;
@@ -509,7 +552,7 @@ class Runner implements StageRunner {
     const s = this.stage.settings;
     const lr = learningRate(s, index, this.totalSteps);
     const routed = new Map<string, RouterLoad>();
-    const { parts, grads, lossTokens } = await this.accumulate(microBatches, routed);
+    const { parts, grads, lossTokens } = await this.accumulate(microBatches, index, routed);
     let gradNorm: number;
     try {
       gradNorm = await globalNorm(grads);

@@ -43,6 +43,7 @@ const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', conten
 describe('runPlan', () => {
   let dir: string;
   let plan: Plan;
+  let dropoutPlan: Plan;
   const opts = (runDir: string, extra: Partial<RunOptions> = {}): RunOptions & { text: () => string } => {
     let text = '';
     return { root: dir, runDir: join(dir, runDir), write: (t) => void (text += t), text: () => text, ...extra };
@@ -59,6 +60,11 @@ describe('runPlan', () => {
     const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
     if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
     plan = res.plan;
+    // The same pipeline with LoRA dropout on both adapters (masks drawn from seed, step, micro-batch, site).
+    writeFileSync(join(dir, 'pd.mcp'), PIPELINE.replace('lora(r: 4, alpha: 8)', 'lora(r: 4, alpha: 8, dropout: 0.2)').replace('lora(r: 2, alpha: 4)', 'lora(r: 2, alpha: 4, dropout: 0.3)'));
+    const resD = compileFile(join(dir, 'pd.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
+    if (!resD.plan) throw new Error(resD.diagnostics.map((d) => d.message).join('\n'));
+    dropoutPlan = resD.plan;
   });
 
   it('a run stopped in the second stage and resumed ends bit-identical to an uninterrupted one', async () => {
@@ -75,6 +81,19 @@ describe('runPlan', () => {
     expect(resumed.text()).toMatch(/stage one unchanged, reusing/);
     expect(resumed.text()).toMatch(/stage two: resuming at step 1\/3/);
     expect(finalParams('cut').equals(finalParams('full'))).toBe(true);
+  });
+
+  it('with LoRA dropout, a resumed run is still bit-identical (the masks are a pure function of the step)', async () => {
+    expect(dropoutPlan.adapters.map((a) => a.dropout)).toEqual([0.2, 0.3]);
+    expect((await runPlan(dropoutPlan, opts('dfull'))).code).toBe(0);
+    expect((await runPlan(dropoutPlan, opts('dcut', { stopAfter: 3 }))).code).toBe(1);
+    const resumed = opts('dcut', { resume: true });
+    expect((await runPlan(dropoutPlan, resumed)).code).toBe(0);
+    expect(resumed.text()).toMatch(/stage two: resuming at step 1\/3/);
+    expect(finalParams('dcut').equals(finalParams('dfull'))).toBe(true);
+    // Dropout changed the training: the weights differ from the run without it.
+    if (!existsSync(join(dir, 'full/stages/two.json'))) expect((await runPlan(plan, opts('full'))).code).toBe(0);
+    expect(finalParams('dfull').equals(finalParams('full'))).toBe(false);
   });
 
   it('changed data retrains the stages that read it', async () => {

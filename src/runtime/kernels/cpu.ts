@@ -17,6 +17,9 @@
  * slower on wasm than the reference's dense SIMD GEMMs at MedCare's ranks, because their gathers and
  * scatters are scalar JavaScript.
  *
+ * LoRA dropout is not a kernel's concern: the executor masks the A input of a dropout adapter before calling
+ * lora_down / expert_down / moe_down_batched (../dropout.ts), so every table has the same semantics.
+ *
  * `cpuKernelTable(plan, backend)` decides: the fused table on `wasm`, the reference on `cpu` (the ground truth
  * the tests compare against); `MCPC_KERNELS=fused` or `=reference` forces either on both.
  */

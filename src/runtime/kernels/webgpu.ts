@@ -9,6 +9,9 @@
  *   rmsnorm  swiglu  rope  attention  lm_head_xent  topk_gate  ortho_penalty_batched   WGSL
  *   everything else (GEMMs, LoRA, routing, add, fused_elementwise, ...)                  reference (tfjs ops)
  *
+ * LoRA dropout: the executor masks a dropout adapter's A input before the (reference) lora_down /
+ * expert_down / moe_down_batched run (../dropout.ts), the same semantics as the CPU tables.
+ *
  * `fusedAdamW` is the optimizer step the executor uses on webgpu: every trainable tensor in one dispatch.
  */
 import type { PlanOp } from '../../plan/types.js';

@@ -87,4 +87,26 @@ stage one {
     expect(q.kernel).toBe('gemm_concat.backward');
     expect(q.gradInputs).toEqual(expect.arrayContaining(['base.layers[0].attn.q.weight', 'base.layers[0].attn.q.bias', 'a.layers[0].attn.q.A']));
   });
+
+  it('an adapter with dropout keeps its own lora_down on the site input (it reads dropout(x) in training)', () => {
+    const { path, dir } = inline(`pipeline p
+model base = builtin("qwen2-micro")
+data d = jsonl("d.jsonl")
+adapter a = lora(r: 4, alpha: 8, dropout: 0.1) at layers[*].attn.q
+adapter b = lora(r: 4, alpha: 8) at layers[*].attn.v
+stage one {
+  train a, b on d
+  batch 8
+  max_len 64
+}
+`);
+    const c = compile(path, [...base, P.concatBaseAdapter], { dir });
+    const st = c.stage('one').ir;
+    expect(c.changes['concat-base-adapter']).toBe(2);
+    const downs = nodesOf(st, 'lora_down');
+    expect(downs.map((n) => n.adapter)).toEqual(['a', 'a']);
+    for (const d of downs) expect(st.graph.nodes.find((n) => n.op === 'linear' && n.site === d.site)!.inputs[0]).toBe(d.inputs[0]);
+    const cat = nodesOf(st, 'concat_linear');
+    expect(cat.map((n) => n.site)).toEqual(['layers[0].attn.v', 'layers[1].attn.v']);
+  });
 });

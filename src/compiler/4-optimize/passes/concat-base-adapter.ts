@@ -12,6 +12,10 @@
  * applies its activation (softmax or sigmoid), so its output is the router's probabilities as before.
  * Each output is x times its own weight slice, exactly the product the replaced node computed: the rewrite
  * does not change the result (the backward splits dY by part the same way).
+ * Not concatenated: the `lora_down` / `moe_down_batched` of an adapter with dropout > 0. During training
+ * its A reads dropout(x), not x (PEFT: the base path sees x, the adapter branch a dropped copy), so it keeps
+ * its own node on the site's input and the runtime masks that input (src/runtime/dropout.ts); a router
+ * still reads x and may join the base GEMM.
  * Sites with a single GEMM on x are left alone. changes = sites concatenated.
  */
 import { GraphEditor } from '../../ir/edit.js';
@@ -54,6 +58,9 @@ export const concatBaseAdapter: Pass = {
   run(ir) {
     let changes = 0;
     const notes: string[] = [];
+    // An adapter projection that reads dropout(x) during training cannot share the base GEMM on x.
+    const dropout = new Map(ir.pipeline.adapters.map((a) => [a.name, a.lora.dropout]));
+    const dropped = (n: Node) => n.op !== 'router' && n.adapter !== undefined && (dropout.get(n.adapter) ?? 0) > 0;
     for (const st of ir.stages) {
       const g = st.graph;
       const ed = new GraphEditor(g);
@@ -64,7 +71,7 @@ export const concatBaseAdapter: Pass = {
         const x = linear.inputs[0];
         const site = linear.site!;
         const weightsOnly = (n: Node) => n.inputs.slice(1).every((i) => g.values.get(i)?.kind === 'param' || g.values.get(i)?.kind === 'const');
-        const others = ix.site(site).filter((n) => n !== linear && partOps.has(n.op) && n.inputs[0] === x && weightsOnly(n));
+        const others = ix.site(site).filter((n) => n !== linear && partOps.has(n.op) && n.inputs[0] === x && weightsOnly(n) && !dropped(n));
         if (!others.length || !weightsOnly(linear)) continue;
         const members = [linear, ...others];
         const inputs: string[] = [x];
