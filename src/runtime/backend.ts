@@ -46,17 +46,16 @@ export async function startBackend(choice: BackendChoice): Promise<ChosenBackend
     await initBackend(choice);
     return { name: choice, why: `${choice} (asked for)` };
   }
-  if (gpuDeviceNodes().length === 0) {
-    await initBackend('wasm');
-    return { name: 'wasm', why: 'wasm: no GPU here (no /dev/nvidia0, /dev/dri/renderD*, /dev/kfd); wasm is the fastest CPU path (see BENCHMARKS.md; --backend cpu|webgpu to override)' };
+  let reason = 'no GPU here (no /dev/nvidia0, /dev/dri/renderD*, /dev/kfd)';
+  if (gpuDeviceNodes().length > 0) {
+    const { openDawn, describeDevice } = await import('./webgpu/device.js');
+    const gpu = await openDawn();
+    if (!('unavailable' in gpu) && !gpu.software) {
+      await initBackend('webgpu');
+      return { name: 'webgpu', why: `webgpu: ${describeDevice(gpu)}` };
+    }
+    reason = 'unavailable' in gpu ? 'no WebGPU adapter' : `only a software WebGPU adapter (${gpu.info.description || gpu.info.device || 'llvmpipe'})`;
   }
-  const { openDawn, describeDevice } = await import('./webgpu/device.js');
-  const gpu = await openDawn();
-  if (!('unavailable' in gpu) && !gpu.software) {
-    await initBackend('webgpu');
-    return { name: 'webgpu', why: `webgpu: ${describeDevice(gpu)}` };
-  }
-  const reason = 'unavailable' in gpu ? 'no WebGPU adapter' : `only a software WebGPU adapter (${gpu.info.description || gpu.info.device || 'llvmpipe'})`;
   await initBackend('wasm');
   return { name: 'wasm', why: `wasm: ${reason}; wasm is the fastest CPU path (see BENCHMARKS.md; --backend cpu|webgpu to override)` };
 }

@@ -422,7 +422,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       keptMetrics.length = 0;
       const fall = firstLoss !== undefined && lastLoss !== undefined ? `, loss ${firstLoss.loss.toFixed(4)} -> ${lastLoss.toFixed(4)}${Math.abs(lastLoss - (lastCe ?? lastLoss)) > 1e-9 ? ` (cross-entropy ${firstLoss.ce.toFixed(4)} -> ${lastCe!.toFixed(4)})` : ''}` : lastLoss !== undefined ? `, final loss ${lastLoss.toFixed(4)}` : '';
       w(`stage ${stage.name} done: ${stepsDone} step${stepsDone === 1 ? '' : 's'}${fall}${summary.stepsPerSec ? `, ${summary.stepsPerSec.toFixed(2)} steps/s, ${Math.round(summary.tokensPerSec!)} tok/s` : ''}, checkpoint ${ck.dir}\n`);
-      for (const c of constraints) w(`  orthogonality ${c.target} vs ${c.other} (${c.matrix}): sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}\n`);
+      for (const c of constraints) w(`  orthogonality ${c.target} vs ${c.other} (${c.matrix}): ${constraintValue(c)}\n`);
     } finally {
       runner.dispose();
     }
@@ -431,6 +431,11 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
   const exports = runExports(plan, params!, root);
   for (const e of exports) w(`exported ${e.format} -> ${e.path}\n`);
   return { code: 0, stages: summaries, exports };
+}
+
+/** A measured constraint as printed: `sum |A_t A_o^T| = 1.541e+2` (or `|B_t^T B_o|`). */
+export function constraintValue(c: StageSummary['constraints'][number]): string {
+  return `sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}`;
 }
 
 /** A 20-cell bar for the terminal progress line: `[#######.............]`. */

@@ -10,7 +10,7 @@ import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
 import { DataError } from '../../runtime/data/errors.js';
 import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
-import { RunError, runPlan, type RunResult, type StageSummary } from '../../runtime/run.js';
+import { constraintValue, RunError, runPlan, type RunResult } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
 import { CheckpointError } from '../../runtime/io/checkpoint.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
@@ -178,9 +178,8 @@ export function formatSummary(r: RunResult, backend: string, wallSecs: number, r
   const fmt = (cells: string[]) => '  ' + cells.map((c, i) => c.padEnd(width[i]!)).join('  ').trimEnd();
   const out = [`\nsummary (${backend}, ${secs(wallSecs)}):`, fmt(head), ...rows.map(fmt)];
   for (const s of r.stages) {
-    const evals = (s as StageSummary & { evals?: { probe: string; metric: string; value: number; examples?: number }[] }).evals ?? [];
-    for (const e of evals) out.push(`  ${s.stage}: ${e.probe} ${e.metric} ${Number.isInteger(e.value) ? e.value : e.value.toFixed(4)}${e.examples !== undefined ? ` (${e.examples} examples)` : ''}`);
-    for (const c of s.constraints) out.push(`  ${s.stage}: orthogonality ${c.target} vs ${c.other}: sum |${c.matrix === 'A' ? `A_${c.target} A_${c.other}^T` : `B_${c.target}^T B_${c.other}`}| = ${c.value.toExponential(3)}`);
+    for (const e of s.evals ?? []) out.push(`  ${s.stage}: ${e.probe} ${e.metric} ${Number.isInteger(e.value) ? e.value : e.value.toFixed(4)} (${e.examples} examples)`);
+    for (const c of s.constraints) out.push(`  ${s.stage}: orthogonality ${c.target} vs ${c.other}: ${constraintValue(c)}`);
     if (s.mergeCheck) out.push(`  ${s.stage}: merge check max |merged - unmerged| = ${s.mergeCheck.maxAbsDiff.toExponential(2)} ${s.mergeCheck.ok ? 'ok' : 'FAILED'}`);
   }
   for (const e of r.exports) out.push(`  export ${e.format}: ${rel(e.path)}`);

@@ -12,15 +12,12 @@
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
 import { tf, type Tensor } from '../tfjs/index.js';
+import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import type { CompiledFused } from './fused-js.js';
 
 type Info = tf.TensorInfo;
 type Attrs = Record<string, unknown>;
 
-interface WasmLike {
-  makeOutput(shape: number[], dtype: string): Info;
-  typedArrayFromHeap(t: Info): Float32Array | Int32Array;
-}
 interface CpuLike {
   makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
   data: { get(id: object): { values: Float32Array | Int32Array } };
@@ -42,12 +39,12 @@ function kernelFor(op: CpuOp, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
     let views: Float32Array[];
     let read: (t: Info) => Float32Array | Int32Array;
     if (backendName === 'wasm') {
-      const b = backend as unknown as WasmLike;
+      const b = backend as unknown as WasmBackendLike;
       outs = shapes.map((s) => b.makeOutput(s, 'float32'));
       // Views after every allocation: allocating may grow (and so move) the heap.
       views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
       views.forEach((v) => v.fill(0));
-      read = (t) => b.typedArrayFromHeap(t);
+      read = (t) => b.typedArrayFromHeap(t) as Float32Array | Int32Array;
     } else {
       const b = backend as unknown as CpuLike;
       views = shapes.map((s) => new Float32Array(size(s)));

@@ -11,6 +11,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
+import type { WasmBackendLike } from './wasm-extra.js';
 
 interface GemmExports {
   memory: WebAssembly.Memory;
@@ -41,7 +42,7 @@ export interface MatmulShape {
 const up = (n: number, m: number) => Math.ceil(n / m) * m;
 
 /** out[t] = op(a[t]) · op(b[t]) for t < max(batchA, batchB) (a batch of 1 broadcasts). */
-export function matmulInto(a: ArrayLike<number> & { subarray?: unknown }, b: ArrayLike<number>, out: Float32Array, s: MatmulShape): void {
+export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): void {
   const batch = Math.max(s.batchA, s.batchB);
   const { M, N, K } = s;
   if (M === 0 || N === 0) return;
@@ -62,8 +63,6 @@ export function matmulInto(a: ArrayLike<number> & { subarray?: unknown }, b: Arr
   const aBase = 0;
   const bBase = batch * aBlock;
   const cBase = bBase + batch * bBlock;
-  const A = a as Float32Array;
-  const B = b as Float32Array;
   for (let t = 0; t < batch; t++) {
     const ao = (s.batchA === 1 ? 0 : t) * M * K;
     const da = aBase + t * aBlock;
@@ -92,11 +91,6 @@ export function matmulInto(a: ArrayLike<number> & { subarray?: unknown }, b: Arr
     if (Np === N) out.set(C.subarray(co, co + M * N), oo);
     else for (let i = 0; i < M; i++) out.set(C.subarray(co + i * Np, co + i * Np + N), oo + i * N);
   }
-}
-
-interface WasmBackendLike {
-  makeOutput(shape: number[], dtype: string): tf.TensorInfo;
-  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
 }
 
 const prod = (xs: number[]) => xs.reduce((p, x) => p * x, 1);
@@ -129,7 +123,9 @@ export function registerWasmGemm(): void {
       const backend = args.backend as unknown as WasmBackendLike;
       const out = backend.makeOutput([...batchShape, M, N], 'float32');
       // Views after makeOutput: allocating may grow (and so move) the backend's heap.
-      matmulInto(backend.typedArrayFromHeap(a), backend.typedArrayFromHeap(b), backend.typedArrayFromHeap(out), { batchA, batchB, M, N, K, transposeA, transposeB });
+      // float32 operands (checked above): the views are Float32Arrays.
+      const view = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+      matmulInto(view(a), view(b), view(out), { batchA, batchB, M, N, K, transposeA, transposeB });
       return out;
     },
   };

@@ -12,9 +12,11 @@
  */
 import { tf } from './index.js';
 
-interface WasmBackendLike {
+/** What mcpc's kernels use of tfjs-backend-wasm's BackendWasm: outputs in its heap and views of them. */
+export interface WasmBackendLike {
   incRef(dataId: object): void;
   makeOutput(shape: number[], dtype: string): tf.TensorInfo;
+  /** A view of the tensor's bytes in the heap, typed by its dtype; invalid once the heap grows (any makeOutput). */
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
 
