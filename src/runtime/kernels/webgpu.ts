@@ -20,13 +20,13 @@ import { adamwAll } from '../webgpu/kernels/adamw.js';
 import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
 import { orthoPenaltyBatched, type OrthoTermSpec } from '../webgpu/kernels/ortho.js';
 import { rmsnorm } from '../webgpu/kernels/rmsnorm.js';
-import { rope, ropeTables } from '../webgpu/kernels/rope.js';
+import { rope } from '../webgpu/kernels/rope.js';
 import { onWebGpu } from '../webgpu/kernels/run.js';
 import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
 import type { OptimizerSettings, SlotState } from '../optimizer.js';
-import { KernelError, reference, type Kernel, type KernelStep } from './reference.js';
+import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
 
 function num(step: KernelStep, key: string): number {
   const v = step.attrs[key];
@@ -48,7 +48,7 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
   rope: gpu('rope', (inputs, step, ctx) => {
     const d = num(step, 'headDim');
     if (inputs.length !== 2 || d % 2 !== 0) return reference.rope(inputs, step, ctx);
-    const [cos, sin] = ropeTables(ctx.positions, d, num(step, 'theta'), ctx.cache);
+    const [cos, sin] = ropeTables(ctx, d, num(step, 'theta'), 2);
     return [rope(inputs[0]!, cos, sin, num(step, 'heads'), d), rope(inputs[1]!, cos, sin, num(step, 'kvHeads'), d)];
   }),
 

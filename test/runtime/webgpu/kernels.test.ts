@@ -5,11 +5,11 @@
  * the tfjs cpu backend. Needs a WebGPU adapter: see kernels-support.ts for skip-or-fail.
  */
 import { afterAll, expect, it } from 'vitest';
-import { reference, type KernelContext, type KernelStep } from '../../../src/runtime/kernels/reference.js';
+import { reference, ropeTables, type KernelContext, type KernelStep } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { attention, segmentTensor } from '../../../src/runtime/webgpu/kernels/attention.js';
 import { rmsnorm } from '../../../src/runtime/webgpu/kernels/rmsnorm.js';
-import { rope, ropeTables } from '../../../src/runtime/webgpu/kernels/rope.js';
+import { rope } from '../../../src/runtime/webgpu/kernels/rope.js';
 import { swiglu } from '../../../src/runtime/webgpu/kernels/swiglu.js';
 import { lmHeadXent } from '../../../src/runtime/webgpu/kernels/xent.js';
 import { adamwAll } from '../../../src/runtime/webgpu/kernels/adamw.js';
@@ -81,7 +81,7 @@ describeGpu('WGSL kernels match the reference', () => {
     const attrs = { theta: 10000, headDim: d, heads: H, kvHeads: KV };
     const c = await compare(
       (xs) => {
-        const [cos, sin] = ropeTables(ctx.positions, d, 10000);
+        const [cos, sin] = ropeTables({ ...ctx, cache: new Map() }, d, 10000, 2);
         return [rope(xs[0]!, cos, sin, H, d), rope(xs[1]!, cos, sin, KV, d)];
       },
       (xs) => reference.rope(xs, step('rope', attrs, [], ['q', 'k']), { ...ctx, cache: new Map() }),

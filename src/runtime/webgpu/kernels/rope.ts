@@ -1,7 +1,7 @@
 /**
  * Rotary embedding on WebGPU (reference.ts `rope`): rotate-half of each head of x [T, heads·d] at each
- * token's position within its own example. The cos/sin tables [T, d/2] are computed on the host exactly as
- * the reference computes them (f32 inverse frequencies and angles, cos/sin in f64 then rounded), so the
+ * token's position within its own example. The cos/sin tables [T, d/2] are the reference's own (host-computed:
+ * f32 inverse frequencies and angles, cos/sin in f64 then rounded), so the
  * kernel agrees with it for long sequences too (a GPU's f32 cos of a large angle does not).
  * One invocation per (token, head, i < d/2) pair:
  *   y1 = x1·cos − x2·sin,  y2 = x2·cos + x1·sin
@@ -11,29 +11,6 @@ import { tf, type Tensor } from '../../tfjs/index.js';
 import { dispatch } from './run.js';
 
 const WG = 256;
-
-/** The batch's cos/sin tables [T, d/2], cached in `cache` (a forward pass's KernelContext cache). */
-export function ropeTables(positions: Int32Array, headDim: number, theta: number, cache?: Map<string, Tensor>): [Tensor, Tensor] {
-  const key = `wgsl:rope:${headDim}:${theta}`;
-  const hit = [cache?.get(`${key}:cos`), cache?.get(`${key}:sin`)];
-  if (hit[0] && hit[1] && !hit[0].isDisposed && !hit[1].isDisposed) return [hit[0], hit[1]];
-  const half = headDim / 2;
-  const T = positions.length;
-  const c = new Float32Array(T * half);
-  const s = new Float32Array(T * half);
-  for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.pow(theta, (2 * i) / headDim));
-    for (let t = 0; t < T; t++) {
-      const a = Math.fround(positions[t]! * invFreq);
-      c[t * half + i] = Math.cos(a);
-      s[t * half + i] = Math.sin(a);
-    }
-  }
-  const out: [Tensor, Tensor] = [tf.tensor2d(c, [T, half]), tf.tensor2d(s, [T, half])];
-  cache?.set(`${key}:cos`, out[0]);
-  cache?.set(`${key}:sin`, out[1]);
-  return out;
-}
 
 function rotate(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headDim: number, sign: 1 | -1): Tensor {
   const T = x.shape[0] as number;
@@ -63,7 +40,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   })[0]!;
 }
 
-/** Rotary embedding of x [T, heads·headDim] with the tables of ropeTables, differentiable. */
+/** Rotary embedding of x [T, heads·headDim] with the [T, d/2] tables of ropeTables (kernels/reference.ts, rank 2), differentiable. */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headDim: number): Tensor {
   const f = tf.customGrad(((xx: Tensor, save: tf.GradSaveFunc) => {
     // The tables are saved: autodiff frees the forward pass's other tensors before backward.
