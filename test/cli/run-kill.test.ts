@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { memoryIO } from '../support/memory-io.js';
+import { stageParams } from '../support/run-folder.js';
 
 const bin = fileURLToPath(new URL('../../bin/mcpc.js', import.meta.url));
 
@@ -101,10 +102,6 @@ async function run(dir: string, ...args: string[]) {
   return { code, out: io.out, err: io.err };
 }
 
-const stageParams = (runDir: string, stage: string): Buffer => {
-  const rec = JSON.parse(readFileSync(join(runDir, 'stages', `${stage}.json`), 'utf8')) as { checkpoint: number };
-  return readFileSync(join(runDir, 'checkpoints', `step-${String(rec.checkpoint).padStart(6, '0')}`, 'params.safetensors'));
-};
 
 describe('SIGKILL mid-stage, then --resume', () => {
   let dir: string;

@@ -13,6 +13,7 @@ import { SafetensorsReader } from '../../src/runtime/io/safetensors.js';
 import { importPeftAdapter } from '../../src/runtime/weights/peft.js';
 import { loadHfCheckpoint } from '../../src/runtime/weights/hf.js';
 import { memoryIO } from '../support/memory-io.js';
+import { stageParams } from '../support/run-folder.js';
 
 const PIPELINE = `pipeline tiny
 model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
@@ -65,11 +66,6 @@ async function run(dir: string, ...args: string[]) {
   return { code, out: io.out, err: io.err };
 }
 
-/** The parameters file of a stage's stage-end checkpoint. */
-function stageParams(runDir: string, stage: string): Buffer {
-  const rec = JSON.parse(readFileSync(join(runDir, 'stages', `${stage}.json`), 'utf8')) as { checkpoint: number };
-  return readFileSync(join(runDir, 'checkpoints', `step-${String(rec.checkpoint).padStart(6, '0')}`, 'params.safetensors'));
-}
 
 describe('mcpc run', () => {
   let dir: string;
