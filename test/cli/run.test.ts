@@ -151,5 +151,10 @@ describe('mcpc run', () => {
     const t = await run(dir, 'p.mcp', '--backend', 'tensorflow');
     expect(t.code).toBe(1);
     expect(t.err).toMatch(/cannot start the tensorflow backend: .*npm install @tensorflow\/tfjs-node-gpu/);
+    // A path the user gave that cannot be written: exit 1 naming the file, not an internal error.
+    const w = await run(dir, 'p.mcp', '--save-init', join(dir, 'no-such-folder', 'init.safetensors'));
+    expect(w.code).toBe(1);
+    expect(w.err).toMatch(/no-such-folder\/init\.safetensors: atomic write failed: ENOENT.*\(check that the folder exists and is writable; nothing was replaced\)/);
+    expect(w.err).not.toMatch(/internal error/);
   });
 });

@@ -12,6 +12,7 @@ import { DataError } from '../../runtime/data/errors.js';
 import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
 import { constraintValue, RunError, runPlan, type RunResult } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
+import { AtomicWriteError } from '../../runtime/io/atomic.js';
 import { CheckpointError } from '../../runtime/io/checkpoint.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
 import { WeightsError } from '../../runtime/weights/errors.js';
@@ -152,9 +153,10 @@ export const runCommand: Command = async (argv, io) => {
     io.stdout(formatSummary(r, backend.name, (performance.now() - t0) / 1000, (f) => relative(io.cwd, f) || f));
     return 0;
   } catch (e) {
-    if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError) {
+    if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError || e instanceof AtomicWriteError) {
       const hint =
         e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)'
+        : e instanceof AtomicWriteError ? ' (check that the folder exists and is writable; nothing was replaced)'
         : e instanceof WeightsError && /has neither model\.safetensors/.test(e.message) ? '\nThe model has no weights yet: produce them first (for models/tiny-med-base: `mcpc run pipelines/pretrain.mcp`).'
         : '';
       io.stderr(`mcpc run: ${e.message}${hint}\n`);
