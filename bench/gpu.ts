@@ -166,71 +166,110 @@ const report = (s: string) => {
   lines.push(s);
 };
 const targets: { what: string; ok: boolean | undefined; detail: string }[] = [];
+/** One part of the run: a failure is reported and the next part still runs (GPU time is scarce). */
+async function section(name: string, body: () => Promise<void>): Promise<void> {
+  const t0 = performance.now();
+  try {
+    await body();
+  } catch (e) {
+    report(`FAILED ${name}: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 4).join(' | ') : String(e)}`);
+  }
+  console.log(`(${name}: ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+}
+
+// PyTorch first: it needs nothing of ours, so its figures come back whatever happens below.
+const t = torchFigures();
+if ('error' in t) report(`torch: ${t.error}; continuing without PyTorch figures`);
+else {
+  report(`torch ${t.torch} on ${t.gpu}`);
+  report(`torch f32 matmul ${G}^3 (TF32 off): ${fmt(Number(t.f32), 2 * G ** 3)}; TF32 ${fmt(Number(t.tf32), 2 * G ** 3)}; fp16 ${fmt(Number(t.f16), 2 * G ** 3)}; bf16 ${fmt(Number(t.bf16), 2 * G ** 3)}`);
+  report(`torch MoE-LoRA FFN forward (fp32 eager, naive): ${fmt(Number(t.ffn_fwd))}`);
+  report(`torch MoE-LoRA FFN forward+backward (fp32 eager, naive): ${fmt(Number(t.ffn_fwdbwd))}; bf16 autocast ${fmt(Number(t.ffn_fwdbwd_bf16))}`);
+}
+let f32ms: number | undefined;
+let f16ms: number | undefined;
+let ffnF: number | undefined;
+let ffnFB: number | undefined;
 
 const gemmFlop = 2 * G * G * G;
 const a = tf.randomNormal([G, G]);
 const b = tf.randomNormal([G, G]);
 
 // f32 GEMM
-const tuned = await tuneGemm(G, G, G);
-report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn} ${t.ms.toFixed(2)}`).join(', ')} ms`);
-const f32ms = await time(() => gemm(a, b));
-const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
-report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms, gemmFlop)}`);
-report(`tfjs  f32 matMul ${G}^3 (tfjs-backend-webgpu): ${fmt(tfjsMs, gemmFlop)}`);
-targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32ms) >= 30, detail: `${tflops(gemmFlop, f32ms).toFixed(1)} TFLOP/s` });
+await section('f32 GEMM', async () => {
+  const tuned = await tuneGemm(G, G, G);
+  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+  f32ms = await time(() => gemm(a, b));
+  const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
+  report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms!, gemmFlop)}`);
+  report(`tfjs  f32 matMul ${G}^3 (tfjs-backend-webgpu): ${fmt(tfjsMs, gemmFlop)}`);
+  targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32ms!) >= 30, detail: `${tflops(gemmFlop, f32ms!).toFixed(1)} TFLOP/s` });
+});
 
 // f16 subgroup-matrix GEMM
-const sup = await probeF16(gpu.device);
-let f16ms: number | undefined;
-if (!sup.ok) {
-  report(`ours  f16 subgroup-matrix GEMM: not available on this device (${sup.why})`);
-  targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: undefined, detail: `not run: ${sup.why}` });
-} else {
-  // Correctness first: an awkward shape against the f32 product on the CPU, then the benchmark shape against our f32 GEMM.
-  const [m, n, k] = [200, 136, 328];
-  const x = tf.randomNormal([m, k]);
-  const w = tf.randomNormal([n, k]);
-  const xd = await x.data();
-  const wd = await w.data();
-  let worstCheck = 0;
-  for (const t of F16_CANDIDATES) {
-    const got = await gemmF16(x, w, false, true, t).data();
-    let err = 0;
-    let scale = 0;
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let q = 0; q < k; q++) s += xd[i * k + q]! * wd[j * k + q]!;
-        err = Math.max(err, Math.abs(s - got[i * n + j]!));
-        scale = Math.max(scale, Math.abs(s));
+await section('f16 subgroup-matrix GEMM', async () => {
+  const sup = await probeF16(gpu.device);
+
+  if (!sup.ok) {
+    report(`ours  f16 subgroup-matrix GEMM: not available on this device (${sup.why})`);
+    targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: undefined, detail: `not run: ${sup.why}` });
+  } else {
+    // Correctness first: an awkward shape against the f32 product on the CPU, then the benchmark shape against our f32 GEMM.
+    const [m, n, k] = [200, 136, 328];
+    const x = tf.randomNormal([m, k]);
+    const w = tf.randomNormal([n, k]);
+    const xd = await x.data();
+    const wd = await w.data();
+    // Each tile variant checked on its own: one that fails to compile or computes wrong is reported and left out.
+    const good: F16Tile[] = [];
+    const checks: string[] = [];
+    for (const t of F16_CANDIDATES) {
+      try {
+        const got = await gemmF16(x, w, false, true, t).data();
+        let err = 0;
+        let scale = 0;
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < n; j++) {
+            let s = 0;
+            for (let q = 0; q < k; q++) s += xd[i * k + q]! * wd[j * k + q]!;
+            err = Math.max(err, Math.abs(s - got[i * n + j]!));
+            scale = Math.max(scale, Math.abs(s));
+          }
+        }
+        const rel = err / scale;
+        checks.push(`${t.variant} ${t.tm}x${t.tn} ${rel.toExponential(2)}`);
+        if (rel < 5e-3) good.push(t);
+      } catch (e) {
+        checks.push(`${t.variant} ${t.tm}x${t.tn} failed (${e instanceof Error ? e.message.slice(0, 200) : String(e)})`);
       }
     }
-    worstCheck = Math.max(worstCheck, err / scale);
-  }
-  tf.dispose([x, w]);
-  const ref = gemm(a, b);
-  const mine = gemmF16(a, b);
-  const big = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(ref, mine))), tf.max(tf.abs(ref))));
-  const bigErr = (await big.data())[0]!;
-  tf.dispose([ref, mine, big]);
-  const ok = worstCheck < 5e-3 && bigErr < 5e-3;
-  report(`check f16 GEMM: max rel error ${worstCheck.toExponential(2)} vs CPU f32 (${m}x${n}x${k}, every tile), ${bigErr.toExponential(2)} vs our f32 GEMM at ${G}^3: ${ok ? 'ok' : 'WRONG'}`);
-  if (ok) {
-    let best: { t: F16Tile; ms: number } | undefined;
-    const parts: string[] = [];
-    for (const t of F16_CANDIDATES) {
-      const ms = await time(() => gemmF16(a, b, false, false, t), Math.max(3, reps >> 1));
-      parts.push(`${t.variant} ${t.tm}x${t.tn} ${ms.toFixed(3)}`);
-      if (!best || ms < best.ms) best = { t, ms };
+    tf.dispose([x, w]);
+    report(`check f16 GEMM vs CPU f32 (${m}x${n}x${k}), max rel error per tile: ${checks.join(', ')}`);
+    if (good.length === 0) throw new Error('no f16 tile computed the product correctly');
+    setF16Tile(good[0]!);
+    const ref = gemm(a, b);
+    const mine = gemmF16(a, b);
+    const big = tf.tidy(() => tf.div(tf.max(tf.abs(tf.sub(ref, mine))), tf.max(tf.abs(ref))));
+    const bigErr = (await big.data())[0]!;
+    tf.dispose([ref, mine, big]);
+    const ok = bigErr < 5e-3;
+    report(`check f16 GEMM at ${G}^3 vs our f32 GEMM: max rel error ${bigErr.toExponential(2)}: ${ok ? 'ok' : 'WRONG'}`);
+    if (ok) {
+      let best: { t: F16Tile; ms: number } | undefined;
+      const parts: string[] = [];
+      for (const t of good) {
+        const ms = await time(() => gemmF16(a, b, false, false, t), Math.max(3, reps >> 1));
+        parts.push(`${t.variant} ${t.tm}x${t.tn} ${ms.toFixed(3)}`);
+        if (!best || ms < best.ms) best = { t, ms };
+      }
+      setF16Tile(best!.t);
+      f16ms = await time(() => gemmF16(a, b));
+      report(`f16 tiles: ${parts.join(', ')} ms`);
+      report(`ours  f16 subgroup-matrix GEMM ${G}^3 (cast passes included, ${best!.t.variant} ${best!.t.tm}x${best!.t.tn}): ${fmt(f16ms, gemmFlop)}`);
     }
-    setF16Tile(best!.t);
-    f16ms = await time(() => gemmF16(a, b));
-    report(`f16 tiles: ${parts.join(', ')} ms`);
-    report(`ours  f16 subgroup-matrix GEMM ${G}^3 (cast passes included, ${best!.t.variant} ${best!.t.tm}x${best!.t.tn}): ${fmt(f16ms, gemmFlop)}`);
+    targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: quick || f16ms === undefined ? undefined : tflops(gemmFlop, f16ms) >= 300, detail: f16ms ? `${tflops(gemmFlop, f16ms).toFixed(1)} TFLOP/s` : 'not timed (check failed)' });
   }
-  targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: quick || f16ms === undefined ? undefined : tflops(gemmFlop, f16ms) >= 300, detail: f16ms ? `${tflops(gemmFlop, f16ms).toFixed(1)} TFLOP/s` : 'not timed (check failed)' });
-}
+});
 tf.dispose([a, b]);
 
 // MoE-LoRA FFN layer
@@ -246,40 +285,42 @@ function site(din: number, dout: number): MoeLoraWeights {
     expertB: p(MOE.E, dout, MOE.r),
   };
 }
-const sites = [site(L.d, L.ff), site(L.d, L.ff), site(L.ff, L.d)];
-const x = tf.randomNormal([L.T, L.d]);
-const dy = tf.randomNormal([L.T, L.d]);
-const opts = { scale: MOE.scale, topK: MOE.k, renormalize: true };
-const layer = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
-  const gy = moeLoraLinear(xx, g!, opts).y;
-  const uy = moeLoraLinear(xx, u!, opts).y;
-  const h = tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy);
-  return moeLoraLinear(h, dn!, opts).y;
-};
-const trained = sites.flatMap((s) => [s.sharedA!, s.sharedB!, s.routerW!, s.routerB!, s.expertA!, s.expertB!]);
-const fwd = () => tf.tidy(() => layer(x, sites));
-const fwdbwd = () =>
-  tf.tidy(() => {
-    const { grads } = tf.engine().gradients(() => tf.sum(tf.mul(layer(x, sites), dy)) as tf.Scalar, [x, ...trained], undefined, true);
-    return grads.map((g) => tf.keep(g));
-  });
-fwd().dispose();
-tf.dispose(fwdbwd());
-await tunePending();
-const ffnF = await time(fwd);
-const ffnFB = await time(fwdbwd);
-// Useful FLOPs of our formulation (base + shared + top-k experts + router), forward; backward about 2x (no base dW).
-const siteFlop = (din: number, dout: number) => 2 * L.T * (din * dout + MOE.shared * MOE.sharedRank * (din + dout) + MOE.E * MOE.r * din + MOE.k * MOE.r * dout + MOE.E * din);
-const ffnFlop = 2 * siteFlop(L.d, L.ff) + siteFlop(L.ff, L.d);
-report(`ours  MoE-LoRA FFN layer forward (f32, fused): ${fmt(ffnF, ffnFlop)}`);
-report(`ours  MoE-LoRA FFN layer forward+backward (f32, fused): ${fmt(ffnFB, 3 * ffnFlop)}`);
-targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB <= 13, detail: `${ffnFB.toFixed(2)} ms` });
-targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: 'not run: the fused MoE kernels have no subgroup-matrix variant yet' });
-tf.dispose([x, dy]);
+await section('MoE-LoRA FFN layer', async () => {
+  const sites = [site(L.d, L.ff), site(L.d, L.ff), site(L.ff, L.d)];
+  const x = tf.randomNormal([L.T, L.d]);
+  const dy = tf.randomNormal([L.T, L.d]);
+  const opts = { scale: MOE.scale, topK: MOE.k, renormalize: true };
+  const layer = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+    const gy = moeLoraLinear(xx, g!, opts).y;
+    const uy = moeLoraLinear(xx, u!, opts).y;
+    const h = tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy);
+    return moeLoraLinear(h, dn!, opts).y;
+  };
+  const trained = sites.flatMap((s) => [s.sharedA!, s.sharedB!, s.routerW!, s.routerB!, s.expertA!, s.expertB!]);
+  const fwd = () => tf.tidy(() => layer(x, sites));
+  const fwdbwd = () =>
+    tf.tidy(() => {
+      const { grads } = tf.engine().gradients(() => tf.sum(tf.mul(layer(x, sites), dy)) as tf.Scalar, [x, ...trained], undefined, true);
+      return grads.map((g) => tf.keep(g));
+    });
+  fwd().dispose();
+  tf.dispose(fwdbwd());
+  await tunePending();
+  ffnF = await time(fwd);
+  ffnFB = await time(fwdbwd);
+  // Useful FLOPs of our formulation (base + shared + top-k experts + router), forward; backward about 2x (no base dW).
+  const siteFlop = (din: number, dout: number) => 2 * L.T * (din * dout + MOE.shared * MOE.sharedRank * (din + dout) + MOE.E * MOE.r * din + MOE.k * MOE.r * dout + MOE.E * din);
+  const ffnFlop = 2 * siteFlop(L.d, L.ff) + siteFlop(L.ff, L.d);
+  report(`ours  MoE-LoRA FFN layer forward (f32, fused): ${fmt(ffnF!, ffnFlop)}`);
+  report(`ours  MoE-LoRA FFN layer forward+backward (f32, fused): ${fmt(ffnFB!, 3 * ffnFlop)}`);
+  targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB! <= 13, detail: `${ffnFB!.toFixed(2)} ms` });
+  targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: 'not run: the fused MoE kernels have no subgroup-matrix variant yet' });
+  tf.dispose([x, dy, ...sites.flatMap((s) => Object.values(s) as Tensor[])]);
+});
 
 // A training step of the tiny pipeline (MedCare stage 1 on the demo base's shape, random weights), through
 // the stage runner on this device: the WGSL kernel table, one-dispatch AdamW.
-{
+await section('training step', async () => {
   const { plan, dir } = medcarePlan(1);
   const stage = plan.stages[0]!;
   const rows = stage.settings.microBatch;
@@ -297,18 +338,11 @@ tf.dispose([x, dy]);
   runner.dispose();
   const ms = median(steps);
   const tokens = mbs.length * rows * seqLen;
-  report(`ours  training step, MedCare stage ${stage.name} on the demo base (${tokens} tokens: ${mbs.length} x ${rows} x ${seqLen}): ${ms.toFixed(1)} ms, ${Math.round(tokens / (ms / 1000))} tok/s (PyTorch's figure for this step: run the --target torch program; not timed here)`);
-}
+  report(`ours  training step, MedCare stage ${stage.name} on the demo base (${tokens} tokens: ${mbs.length} x ${rows} x ${seqLen}): ${ms.toFixed(1)} ms, ${Math.round(tokens / (ms / 1000))} tok/s (PyTorch's figure for this step: the --target torch program's tok/s)`);
+});
 
-// PyTorch, same GPU
-const t = torchFigures();
-if ('error' in t) {
-  report(`torch: ${t.error}; continuing without PyTorch figures`);
-} else {
-  report(`torch ${t.torch} on ${t.gpu}`);
-  report(`torch f32 matmul ${G}^3 (TF32 off): ${fmt(Number(t.f32), gemmFlop)}; TF32 ${fmt(Number(t.tf32), gemmFlop)}; fp16 ${fmt(Number(t.f16), gemmFlop)}; bf16 ${fmt(Number(t.bf16), gemmFlop)}`);
-  report(`torch MoE-LoRA FFN forward (fp32 eager, naive): ${fmt(Number(t.ffn_fwd))}`);
-  report(`torch MoE-LoRA FFN forward+backward (fp32 eager, naive): ${fmt(Number(t.ffn_fwdbwd))}; bf16 autocast ${fmt(Number(t.ffn_fwdbwd_bf16))}`);
-  report(`ratio ours/torch: f32 GEMM ${(Number(t.f32) / f32ms).toFixed(2)}x${f16ms ? `, f16 GEMM ${(Number(t.f16) / f16ms).toFixed(2)}x` : ''}, FFN forward ${(Number(t.ffn_fwd) / ffnF).toFixed(2)}x, FFN forward+backward ${(Number(t.ffn_fwdbwd) / ffnFB).toFixed(2)}x (above 1: ours faster)`);
+if (!('error' in t)) {
+  const r = (theirs: unknown, ours: number | undefined) => (ours ? `${(Number(theirs) / ours).toFixed(2)}x` : 'n/a');
+  report(`ratio torch/ours (above 1: ours faster): f32 GEMM ${r(t.f32, f32ms)}, f16 GEMM ${r(t.f16, f16ms)}, FFN forward ${r(t.ffn_fwd, ffnF)}, FFN forward+backward ${r(t.ffn_fwdbwd, ffnFB)}`);
 }
 for (const g of targets) console.log(`target ${g.what}: ${g.ok === undefined ? 'NOT MEASURED' : g.ok ? 'PASS' : 'FAIL'} (${g.detail})`);
