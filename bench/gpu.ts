@@ -32,7 +32,11 @@ import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lo
 import { createStageRunner } from '../src/runtime/executor.js';
 import { medcarePlan, syntheticBatch } from './support/medcare.js';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' } } });
+const { values } = parseArgs({
+  options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' } },
+});
+/** `--only gemm,f16,moe,step,torch`: the parts to run (default all). */
+const parts = new Set((values.only ?? 'torch,gemm,f16,moe,step').split(','));
 process.env.EGL_PLATFORM ??= 'surfaceless';
 const gpu = await openDawn();
 if ('unavailable' in gpu) {
@@ -143,7 +147,11 @@ function torchFigures(): Record<string, number | string> {
 
 // --- ours ------------------------------------------------------------------------------------------------
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-async function time(f: () => Tensor | Tensor[], n = reps): Promise<number> {
+/**
+ * Median milliseconds per call: each of `n` samples records `inner` calls back to back and waits for the GPU
+ * once, so the host's submit-and-read-back latency (about a millisecond through Dawn) is spread over them.
+ */
+async function time(f: () => Tensor | Tensor[], n = reps, inner = 5): Promise<number> {
   for (let i = 0; i < 2; i++) {
     tf.dispose(f());
     await gpuSync();
@@ -151,12 +159,31 @@ async function time(f: () => Tensor | Tensor[], n = reps): Promise<number> {
   const ts: number[] = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
-    const r = f();
+    const rs: (Tensor | Tensor[])[] = [];
+    for (let j = 0; j < inner; j++) rs.push(f());
     await gpuSync();
-    ts.push(performance.now() - t0);
-    tf.dispose(r);
+    ts.push((performance.now() - t0) / inner);
+    tf.dispose(rs.flat());
   }
   return median(ts);
+}
+/** GPU time per kernel (timestamp queries through tfjs's profiler): the largest first, with the wall time. */
+async function profile(name: string, f: () => Tensor | Tensor[] | Promise<Tensor[]>): Promise<void> {
+  if (!values.profile) return;
+  const t0 = performance.now();
+  const info = await tf.profile(f as () => Promise<Tensor[]>);
+  const wall = performance.now() - t0;
+  const by = new Map<string, { ms: number; n: number }>();
+  for (const k of info.kernels) {
+    const e = by.get(k.name) ?? { ms: 0, n: 0 };
+    e.ms += Number(k.kernelTimeMs) || 0;
+    e.n++;
+    by.set(k.name, e);
+  }
+  const total = [...by.values()].reduce((a, b) => a + b.ms, 0);
+  const top = [...by.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 14);
+  report(`profile ${name}: GPU ${total.toFixed(2)} ms in ${info.kernels.length} kernels, wall ${wall.toFixed(1)} ms (profiling ends a pass per kernel); ${top.map(([k, e]) => `${k} ${e.ms.toFixed(2)}/${e.n}`).join(', ')}`);
+  tf.dispose(info.result as Tensor | Tensor[]);
 }
 const tflops = (flop: number, ms: number) => flop / ms / 1e9;
 const fmt = (ms: number, flop?: number) => `${ms.toFixed(3)} ms${flop ? `, ${tflops(flop, ms).toPrecision(3)} TFLOP/s` : ''}`;
@@ -178,7 +205,7 @@ async function section(name: string, body: () => Promise<void>): Promise<void> {
 }
 
 // PyTorch first: it needs nothing of ours, so its figures come back whatever happens below.
-const t = torchFigures();
+const t: Record<string, number | string> = parts.has('torch') ? torchFigures() : { error: 'skipped (--only)' };
 if ('error' in t) report(`torch: ${t.error}; continuing without PyTorch figures`);
 else {
   report(`torch ${t.torch} on ${t.gpu}`);
@@ -196,9 +223,9 @@ const a = tf.randomNormal([G, G]);
 const b = tf.randomNormal([G, G]);
 
 // f32 GEMM
-await section('f32 GEMM', async () => {
+if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const tuned = await tuneGemm(G, G, G);
-  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn}${t.tile.pf ? "pf" : ""} ${t.ms.toFixed(2)}`).join(', ')} ms`);
   f32ms = await time(() => gemm(a, b));
   const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
   report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms!, gemmFlop)}`);
@@ -207,7 +234,7 @@ await section('f32 GEMM', async () => {
 });
 
 // f16 subgroup-matrix GEMM
-await section('f16 subgroup-matrix GEMM', async () => {
+if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
   const sup = await probeF16(gpu.device);
 
   if (!sup.ok) {
@@ -285,7 +312,7 @@ function site(din: number, dout: number): MoeLoraWeights {
     expertB: p(MOE.E, dout, MOE.r),
   };
 }
-await section('MoE-LoRA FFN layer', async () => {
+if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   const sites = [site(L.d, L.ff), site(L.d, L.ff), site(L.ff, L.d)];
   const x = tf.randomNormal([L.T, L.d]);
   const dy = tf.randomNormal([L.T, L.d]);
@@ -308,6 +335,8 @@ await section('MoE-LoRA FFN layer', async () => {
   await tunePending();
   ffnF = await time(fwd);
   ffnFB = await time(fwdbwd);
+  await profile('MoE-LoRA FFN forward', fwd);
+  await profile('MoE-LoRA FFN forward+backward', fwdbwd);
   // Useful FLOPs of our formulation (base + shared + top-k experts + router), forward; backward about 2x (no base dW).
   const siteFlop = (din: number, dout: number) => 2 * L.T * (din * dout + MOE.shared * MOE.sharedRank * (din + dout) + MOE.E * MOE.r * din + MOE.k * MOE.r * dout + MOE.E * din);
   const ffnFlop = 2 * siteFlop(L.d, L.ff) + siteFlop(L.ff, L.d);
@@ -320,7 +349,7 @@ await section('MoE-LoRA FFN layer', async () => {
 
 // A training step of the tiny pipeline (MedCare stage 1 on the demo base's shape, random weights), through
 // the stage runner on this device: the WGSL kernel table, one-dispatch AdamW.
-await section('training step', async () => {
+if (parts.has('step')) await section('training step', async () => {
   const { plan, dir } = medcarePlan(1);
   const stage = plan.stages[0]!;
   const rows = stage.settings.microBatch;
@@ -335,6 +364,10 @@ await section('training step', async () => {
     await runner.step(mbs);
     steps.push(performance.now() - t0);
   }
+  await profile('training step', async () => {
+    await runner.step(mbs);
+    return [];
+  });
   runner.dispose();
   const ms = median(steps);
   const tokens = mbs.length * rows * seqLen;

@@ -71,7 +71,8 @@ async function open(): Promise<OpenResult> {
   }
   Object.assign(globalThis, mod.globals);
   const tries: { backend: DawnDevice['backend']; flags: string[]; options: Record<string, unknown> }[] = [
-    { backend: 'default', flags: ['enable-dawn-features=allow_unsafe_apis,vulkan_enable_f16_on_nvidia'], options: { powerPreference: 'high-performance' } },
+    // MCPC_DAWN_FEATURES adds Dawn toggles (comma-separated, e.g. disable_robustness) for experiments.
+    { backend: 'default', flags: [`enable-dawn-features=${['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia', ...(process.env.MCPC_DAWN_FEATURES ?? '').split(',').filter(Boolean)].join(',')}`], options: { powerPreference: 'high-performance' } },
     { backend: 'opengles', flags: ['backend=opengles'], options: { featureLevel: 'compatibility' } },
   ];
   const why: string[] = [];

@@ -96,7 +96,7 @@ export function castWgsl(R: number, K: number, Rp: number, Kp: number, trans: bo
   return `enable f16;
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec2<f16>>;
-fn get(r: u32, c: u32) -> f32 {
+fn load_src(r: u32, c: u32) -> f32 {
   if (r >= ${u(R)} || c >= ${u(K)}) { return 0.0; }
   return src[${at('r', 'c')}];
 }
@@ -106,7 +106,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= ${u((Rp * Kp) / 2)}) { return; }
   let r = (2u * i) / ${u(Kp)};
   let c = (2u * i) % ${u(Kp)};
-  dst[i] = vec2<f16>(f16(get(r, c)), f16(get(r, c + 1u)));
+  dst[i] = vec2<f16>(f16(load_src(r, c)), f16(load_src(r, c + 1u)));
 }
 `;
 }

@@ -24,6 +24,13 @@ export const CANDIDATES: Tile[] = [
   { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8 },
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
   { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
+  // With prefetch (the next slice's loads in flight during this slice's FMAs).
+  { bm: 64, bn: 64, bk: 16, tm: 8, tn: 4, pf: true },
+  { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8, pf: true },
+  { bm: 128, bn: 64, bk: 16, tm: 8, tn: 8, pf: true },
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true },
+  { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, pf: true },
+  { bm: 128, bn: 128, bk: 32, tm: 8, tn: 8, pf: true },
 ];
 
 export function tuningEnabled(): boolean {
@@ -73,7 +80,7 @@ function load(): CacheFile {
     if (parsed && typeof parsed === 'object') {
       for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
         const t = v as Tile;
-        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn };
+        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn, ...(t.pf === true ? { pf: true } : {}) };
       }
     }
   } catch {

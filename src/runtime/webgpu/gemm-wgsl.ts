@@ -25,6 +25,11 @@ export interface Tile {
   bk: number;
   tm: number;
   tn: number;
+  /**
+   * Prefetch: the next BK-slice's global loads are issued into registers before this slice's FMAs, so their
+   * latency hides behind arithmetic (needs each thread's share of a slice to be whole vec4s).
+   */
+  pf?: boolean;
 }
 
 /** A part of an operand stored in one input binding. */
@@ -204,21 +209,38 @@ export function f32lit(x: number): string {
 
 /** Code that stages one operand's BK-slice into workgroup memory `dst` (k-major, `ext4` vec4s per k). */
 function stage(dst: 'As' | 'Bs', fn: string, op: Operand, tileExt: number, bk: number, threads: number, origin: string): string {
-  const ext4 = tileExt / 4;
-  const units = op.kMajor ? bk * ext4 : tileExt * (bk / 4);
-  const body = op.kMajor
-    ? `let kk = q / ${u(ext4)}; let e4 = q % ${u(ext4)};
-      ${dst}[kk * ${u(ext4)} + e4] = ${fn}(k0 + kk, ${origin} + 4u * e4);`
-    : `let e = q / ${u(bk / 4)}; let kq = q % ${u(bk / 4)};
-      let v = ${fn}(${origin} + e, k0 + 4u * kq);
-      let d = (4u * kq) * ${u(ext4)} + e / 4u; let cc = e % 4u;
-      ${dst}[d][cc] = v.x; ${dst}[d + ${u(ext4)}][cc] = v.y; ${dst}[d + ${u(2 * ext4)}][cc] = v.z; ${dst}[d + ${u(3 * ext4)}][cc] = v.w;`;
+  const units = stageUnits(op, tileExt, bk);
   if (units % threads === 0) {
     return rng(units / threads)
-      .map((i) => `    { let q = tid + ${u(i * threads)};\n      ${body} }`)
+      .map((i) => `    { let q = tid + ${u(i * threads)};\n      let v = ${stageLoad(fn, op, tileExt, bk, origin, 'k0')};\n      ${stageStore(dst, op, tileExt, bk)} }`)
       .join('\n');
   }
-  return `    for (var q = tid; q < ${u(units)}; q += ${u(threads)}) {\n      ${body}\n    }`;
+  return `    for (var q = tid; q < ${u(units)}; q += ${u(threads)}) {\n      let v = ${stageLoad(fn, op, tileExt, bk, origin, 'k0')};\n      ${stageStore(dst, op, tileExt, bk)}\n    }`;
+}
+
+/** vec4 loads of one operand's BK-slice. */
+function stageUnits(op: Operand, tileExt: number, bk: number): number {
+  return op.kMajor ? bk * (tileExt / 4) : tileExt * (bk / 4);
+}
+
+/** The global load of unit `q` of a slice starting at `kBase`. */
+function stageLoad(fn: string, op: Operand, tileExt: number, bk: number, origin: string, kBase: string): string {
+  const ext4 = tileExt / 4;
+  return op.kMajor ? `${fn}(${kBase} + q / ${u(ext4)}, ${origin} + 4u * (q % ${u(ext4)}))` : `${fn}(${origin} + q / ${u(bk / 4)}, ${kBase} + 4u * (q % ${u(bk / 4)}))`;
+}
+
+/** The store of unit `q`'s vec4 `v` into workgroup memory. */
+function stageStore(dst: 'As' | 'Bs', op: Operand, tileExt: number, bk: number): string {
+  const ext4 = tileExt / 4;
+  if (op.kMajor) return `${dst}[q] = v;`;
+  return `let e = q / ${u(bk / 4)}; let d = (4u * (q % ${u(bk / 4)})) * ${u(ext4)} + e / 4u; let cc = e % 4u;
+      ${dst}[d][cc] = v.x; ${dst}[d + ${u(ext4)}][cc] = v.y; ${dst}[d + ${u(2 * ext4)}][cc] = v.z; ${dst}[d + ${u(3 * ext4)}][cc] = v.w;`;
+}
+
+/** Can this tile prefetch every operand of the spec (each thread's share of a slice whole vec4s)? */
+export function canPrefetch(segments: Segment[], t: Tile): boolean {
+  const threads = tileThreads(t);
+  return segments.every((s) => stageUnits(s.a, t.bm, t.bk) % threads === 0 && stageUnits(s.b, t.bn, t.bk) % threads === 0);
 }
 
 /** The whole WGSL module of a GEMM spec. */
@@ -269,6 +291,36 @@ ${rng(TM4 * 4 * TN4)
           fma.push(`      acc${acc} = fma(vec4<f32>(a${i}.${'xyzw'[c]}), b${j}, acc${acc});`);
         }
       }
+    }
+    if (t.pf && canPrefetch([s], t)) {
+      // Registers pa*/pb* hold the next slice: loaded before this slice's FMAs, stored after the barrier.
+      const ua = stageUnits(s.a, t.bm, t.bk) / NT;
+      const ub = stageUnits(s.b, t.bn, t.bk) / NT;
+      const loads = (kBase: string) =>
+        [
+          ...rng(ua).map((i) => `      { let q = tid + ${u(i * NT)}; pa${si}_${i} = ${stageLoad(`loadA${si}`, s.a, t.bm, t.bk, 'm0', kBase)}; }`),
+          ...rng(ub).map((i) => `      { let q = tid + ${u(i * NT)}; pb${si}_${i} = ${stageLoad(`loadB${si}`, s.b, t.bn, t.bk, 'n0', kBase)}; }`),
+        ].join('\n');
+      const stores = [
+        ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk)} }`),
+        ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk)} }`),
+      ].join('\n');
+      main.push(`${[...rng(ua).map((i) => `  var pa${si}_${i}: vec4<f32>;`), ...rng(ub).map((i) => `  var pb${si}_${i}: vec4<f32>;`)].join('\n')}
+  {
+${loads('0u')}
+  }
+  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
+${stores}
+    workgroupBarrier();
+    if (k0 + ${u(t.bk)} < ${u(s.k)}) {
+${loads(`k0 + ${u(t.bk)}`)}
+    }
+    for (var k = 0u; k < ${u(t.bk)}; k++) {
+${fma.join('\n')}
+    }
+    workgroupBarrier();
+  }`);
+      return;
     }
     main.push(`  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
 ${stage('As', `loadA${si}`, s.a, t.bm, t.bk, NT, 'm0')}

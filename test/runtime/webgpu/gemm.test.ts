@@ -71,6 +71,23 @@ describeGpu('WGSL GEMM on WebGPU', () => {
       for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
       expect(err, JSON.stringify(tile)).toBeLessThan(1e-4);
     }
+    // Both operands stored k-major (A as [K, M], B as [K, N]): the other loader and staging path.
+    const at = randn(13, [K, M], 1, false);
+    const bt = randn(14, [K, 48], 1, false);
+    const refT = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, true, false)], [at, bt]);
+    for (const tile of CANDIDATES) {
+      const got = await run(
+        'webgpu',
+        ([x, w]) => {
+          registerGemm();
+          return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: true, transB: false, tile } as never) as Tensor];
+        },
+        [at, bt],
+      );
+      let err = 0;
+      for (let i = 0; i < refT.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - refT.outs[0]![i]!));
+      expect(err, `k-major ${JSON.stringify(tile)}`).toBeLessThan(1e-4);
+    }
   });
 
   it('the f16 subgroup-matrix GEMM runs where the adapter offers it (checked against f32), and says why not elsewhere', async () => {

@@ -343,7 +343,7 @@ class Trainer:
             import functools
 
             policy = functools.partial(lambda_auto_wrap_policy, lambda_fn=lambda m: isinstance(m, BlockModule) and m.block.layer is not None)
-            wrapped = self.fsdp_cls(model, auto_wrap_policy=policy, use_orig_params=True, device_id=self.d.device if self.d.device.type == "cuda" else None)
+            wrapped = self.fsdp_cls(model, auto_wrap_policy=policy, use_orig_params=True, device_id=self.d.device)
         return model, wrapped
 
     def read_back(self, model, wrapped):
@@ -403,7 +403,7 @@ class Trainer:
                 return code
         if self.d.main:
             root = os.path.abspath(self.args.export_root) if self.args.export_root else self.args.root
-            wt.run_exports(PLAN, self.params, root, self.tokenizer, self.log)
+            wt.run_exports(PLAN, self.params, root, self.tokenizer, self.log, self.args.root)
         return 0
 
     def stage_loader(self, stage, seed):

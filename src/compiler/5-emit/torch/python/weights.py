@@ -554,8 +554,9 @@ def export_adapter_file(plan, params, name, folder):
 # --- the plan's exports ---------------------------------------------------------------------------
 
 
-def run_exports(plan, params, root, tokenizer, log):
-    """Every `export` of the plan, paths relative to `root`, from the final parameters."""
+def run_exports(plan, params, root, tokenizer, log, project_root=None):
+    """Every `export` of the plan, paths relative to `root`, from the final parameters; inputs (the tokenizer's
+    files) are read relative to `project_root` (default `root`)."""
     for e in plan["exports"]:
         path = e["path"] if os.path.isabs(e["path"]) else os.path.join(root, e["path"])
         if e["format"] == "peft":
@@ -599,7 +600,7 @@ def run_exports(plan, params, root, tokenizer, log):
                 a = next(x for x in plan["adapters"] if x["name"] == name)
                 for site, w, A, B in lora_views(plan, name):
                     weights[w["id"]] = merge_lora(weights[w["id"]], params[A["id"]], params[B["id"]], a["scale"])
-            save_hf_checkpoint(path, plan, weights, tokenizer, root)
+            save_hf_checkpoint(path, plan, weights, tokenizer, project_root or root)
         log(f"exported {e['format']} -> {path}")
 
 
