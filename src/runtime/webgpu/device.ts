@@ -57,6 +57,18 @@ export function openDawn(): Promise<OpenResult> {
   return opened;
 }
 
+/**
+ * Dawn toggles for a hardware adapter: unsafe APIs (subgroup matrices), f16 on NVIDIA, and no robustness
+ * transform nor workgroup-memory zeroing: every kernel of ours bounds-checks its own reads and writes, and
+ * on an H100 Dawn's clamping cost the memory-bound mixture-of-LoRA forward 22% (4.15 → 3.22 ms, BENCHMARKS.md).
+ * `MCPC_DAWN_ROBUSTNESS=1` keeps Dawn's checks (to tell a kernel bug from a driver one);
+ * `MCPC_DAWN_FEATURES` adds toggles (comma-separated) for experiments.
+ */
+export function hardwareToggles(env: NodeJS.ProcessEnv = process.env): string[] {
+  const fast = env.MCPC_DAWN_ROBUSTNESS === '1' ? [] : ['disable_robustness', 'disable_workgroup_init'];
+  return ['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia', ...fast, ...(env.MCPC_DAWN_FEATURES ?? '').split(',').filter(Boolean)];
+}
+
 function isSoftware(info: DawnDevice['info']): boolean {
   return /llvmpipe|swiftshader|softpipe|lavapipe/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`);
 }
@@ -71,8 +83,7 @@ async function open(): Promise<OpenResult> {
   }
   Object.assign(globalThis, mod.globals);
   const tries: { backend: DawnDevice['backend']; flags: string[]; options: Record<string, unknown> }[] = [
-    // MCPC_DAWN_FEATURES adds Dawn toggles (comma-separated, e.g. disable_robustness) for experiments.
-    { backend: 'default', flags: [`enable-dawn-features=${['allow_unsafe_apis', 'vulkan_enable_f16_on_nvidia', ...(process.env.MCPC_DAWN_FEATURES ?? '').split(',').filter(Boolean)].join(',')}`], options: { powerPreference: 'high-performance' } },
+    { backend: 'default', flags: [`enable-dawn-features=${hardwareToggles().join(',')}`], options: { powerPreference: 'high-performance' } },
     { backend: 'opengles', flags: ['backend=opengles'], options: { featureLevel: 'compatibility' } },
   ];
   const why: string[] = [];

@@ -32,6 +32,16 @@ export interface F16Tile {
   /** 16×16 result tiles per subgroup along M and N. */
   tm: number;
   tn: number;
+  /** Subgroups of the workgroup along M and N (default 2×2). */
+  sg?: [number, number];
+  /** staged only: the next K-slice's global loads are issued into registers before this slice's products. */
+  pf?: boolean;
+}
+
+/** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
+export function f16TileName(t: F16Tile): string {
+  const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -41,6 +51,14 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 2, tn: 2 },
   { variant: 'direct', tm: 4, tn: 2 },
   { variant: 'direct', tm: 2, tn: 4 },
+  // Prefetching and 8-subgroup workgroups (more reuse of each staged slice).
+  { variant: 'staged', tm: 4, tn: 4, pf: true },
+  { variant: 'staged', tm: 2, tn: 4, pf: true },
+  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2] },
+  { variant: 'staged', tm: 4, tn: 4, sg: [2, 4] },
+  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true },
+  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true },
+  { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true },
 ];
 
 export interface F16Support {
@@ -80,8 +98,9 @@ const header = (subgroups: boolean) => `enable f16;\n${subgroups ? 'enable subgr
 
 /** Padded extents: rows of A to BM, rows of B to BN, K to 32. */
 export function f16Dims(m: number, n: number, k: number, t: F16Tile): { mp: number; np: number; kp: number; bm: number; bn: number } {
-  const bm = 2 * t.tm * 16;
-  const bn = 2 * t.tn * 16;
+  const [sgm, sgn] = t.sg ?? [2, 2];
+  const bm = sgm * t.tm * 16;
+  const bn = sgn * t.tn * 16;
   const up = (x: number, q: number) => Math.max(q, Math.ceil(x / q) * q);
   return { mp: up(m, bm), np: up(n, bn), kp: up(k, BK), bm, bn };
 }
@@ -114,7 +133,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 /** matmul: C[M, N] (f32, real extents) = A16[Mp, Kp] · B16[Np, Kp]ᵀ. Bindings: a16, b16, c. */
 export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: MatrixSyntax, sgSize: number, enableSubgroups = true): string {
   const { kp, bm, bn } = f16Dims(m, n, k, t);
-  const WG = 4 * sgSize;
+  const [sgm, sgn] = t.sg ?? [2, 2];
+  const WG = sgm * sgn * sgSize;
   const acc = (i: number, j: number) => `acc_${i}_${j}`;
   const decl = rng(t.tm)
     .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: subgroup_matrix_result<f32, 16, 16>;`))
@@ -143,11 +163,40 @@ var<workgroup> Bs: array<f16, ${bn * LDA}>;`;
       ${dst}[d] = v.x; ${dst}[d + 1u] = v.y; ${dst}[d + 2u] = v.z; ${dst}[d + 3u] = v.w;${units % WG ? ' }' : ''} }`,
         )
         .join('\n');
-    loop = `  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
-${copy('As', 'a4', unitsA, 'm0')}
-${copy('Bs', 'b4', unitsB, 'n0')}
+    // Prefetch (whole units per thread only): registers p<A|B><i> carry the next slice across the products.
+    const pf = !!t.pf && unitsA % WG === 0 && unitsB % WG === 0;
+    const pfLoad = (reg: string, src: string, units: number, row0: string, kBase: string) =>
+      rng(units / WG)
+        .map((i) => `      { let q = tid + ${u(i * WG)}; ${reg}${i} = ${src}[((${row0} + q / ${u(BK / 4)}) * ${u(kp)} + ${kBase}) / 4u + q % ${u(BK / 4)}]; }`)
+        .join('\n');
+    const pfStore = (reg: string, dst: string, units: number) =>
+      rng(units / WG)
+        .map(
+          (i) => `    { let q = tid + ${u(i * WG)}; let v = ${reg}${i};
+      let d = (q / ${u(BK / 4)}) * ${u(LDA)} + 4u * (q % ${u(BK / 4)});
+      ${dst}[d] = v.x; ${dst}[d + 1u] = v.y; ${dst}[d + 2u] = v.z; ${dst}[d + 3u] = v.w; }`,
+        )
+        .join('\n');
+    const fill = pf ? `${pfStore('pA', 'As', unitsA)}\n${pfStore('pB', 'Bs', unitsB)}` : `${copy('As', 'a4', unitsA, 'm0')}\n${copy('Bs', 'b4', unitsB, 'n0')}`;
+    const pre = pf
+      ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: vec4<f16>;`), ...rng(unitsB / WG).map((i) => `  var pB${i}: vec4<f16>;`)].join('\n')}
+  {
+${pfLoad('pA', 'a4', unitsA, 'm0', '0u')}
+${pfLoad('pB', 'b4', unitsB, 'n0', '0u')}
+  }
+`
+      : '';
+    const next = pf
+      ? `    if (k0 + ${u(BK)} < ${u(kp)}) {
+${pfLoad('pA', 'a4', unitsA, 'm0', `k0 + ${u(BK)}`)}
+${pfLoad('pB', 'b4', unitsB, 'n0', `k0 + ${u(BK)}`)}
+    }
+`
+      : '';
+    loop = `${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
+${fill}
     workgroupBarrier();
-${rng(BK / 16)
+${next}${rng(BK / 16)
   .map((s) =>
     step(
       '&As',
@@ -200,14 +249,14 @@ ${step(
 @group(0) @binding(1) var<storage, read> ${t.variant === 'staged' ? 'b4: array<vec4<f16>>' : 'b: array<f16>'};
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 ${shared}
-var<workgroup> Cs: array<f32, 1024>;
+var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
   let m0 = wid.y * ${u(bm)};
   let n0 = wid.x * ${u(bn)};
-  let sm = sg / 2u;
-  let sn = sg % 2u;
+  let sm = sg / ${u(sgn)};
+  let sn = sg % ${u(sgn)};
 ${decl}
 ${loop}
 ${stores}
@@ -288,7 +337,7 @@ function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: numbe
   })[0];
 }
 
-function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+export function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
   const { transA, transB, tile: forced } = attrs as F16Attrs;
   const sup = known.get(backend.device);
   if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);

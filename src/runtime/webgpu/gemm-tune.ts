@@ -127,19 +127,21 @@ export interface TuneResult {
 }
 
 /**
- * Time every candidate on a real GEMM of this shape with `run(tile)` (which must record the work and
- * return when the GPU has finished it) and cache the fastest.
+ * Time every candidate on a real GEMM of this shape with `run(tile, times)` (which must record the work
+ * `times` times and return when the GPU has finished all of it) and cache the fastest. Each sample records
+ * several runs before waiting once: one wait costs about as much as a 4096³ product on an H100 (waiting
+ * after every run made the choice noise).
  */
-export async function tune(device: any, m: number, n: number, k: number, run: (tile: Tile) => Promise<void>, reps = 3): Promise<TuneResult> {
+export async function tune(device: any, m: number, n: number, k: number, run: (tile: Tile, times: number) => Promise<void>, reps = 3, batch = 4): Promise<TuneResult> {
   const key = `${deviceKey(device)}#${shapeClass(m, n, k)}`;
   const timings: { tile: Tile; ms: number }[] = [];
   for (const tile of candidatesFor(device)) {
-    await run(tile); // compile and warm up
+    await run(tile, 1); // compile and warm up
     const ts: number[] = [];
     for (let i = 0; i < reps; i++) {
       const t0 = performance.now();
-      await run(tile);
-      ts.push(performance.now() - t0);
+      await run(tile, batch);
+      ts.push((performance.now() - t0) / batch);
     }
     ts.sort((a, b) => a - b);
     timings.push({ tile, ms: ts[ts.length >> 1] });

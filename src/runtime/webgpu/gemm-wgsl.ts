@@ -243,8 +243,25 @@ export function canPrefetch(segments: Segment[], t: Tile): boolean {
   return segments.every((s) => stageUnits(s.a, t.bm, t.bk) % threads === 0 && stageUnits(s.b, t.bn, t.bk) % threads === 0);
 }
 
-/** The whole WGSL module of a GEMM spec. */
+const generated = new Map<string, string>();
+
+/**
+ * The whole WGSL module of a GEMM spec, generated once per spec: kernels ask for it on every call, and
+ * building the module text (and hashing a new string of tens of kilobytes in the pipeline cache) cost more
+ * host time than recording the dispatch.
+ */
 export function gemmWgsl(spec: GemmSpec): string {
+  const key = JSON.stringify(spec);
+  let code = generated.get(key);
+  if (code === undefined) {
+    code = generateGemm(spec);
+    if (generated.size > 4096) generated.clear();
+    generated.set(key, code);
+  }
+  return code;
+}
+
+function generateGemm(spec: GemmSpec): string {
   const t = spec.tile;
   const bad = checkTile(t);
   if (bad) throw new Error(`GEMM tile ${JSON.stringify(t)}: ${bad}`);

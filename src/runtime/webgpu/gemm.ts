@@ -49,7 +49,7 @@ export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, tr
   };
 }
 
-function gemmKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+export function gemmKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
   const { transA, transB, tile: forced } = attrs as GemmAttrs;
   const a = inputs[0] as TensorInfo;
   const b = inputs[1] as TensorInfo;
@@ -138,10 +138,11 @@ export async function tuneGemm(m: number, n: number, k: number): Promise<TuneRes
   const a = tf.randomUniform([m, k]);
   const b = tf.randomUniform([n, k]);
   try {
-    return await tune(backend.device, m, n, k, async (tile) => {
-      const c = tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, { transA: false, transB: true, tile } as any) as Tensor;
+    return await tune(backend.device, m, n, k, async (tile, times) => {
+      const cs: Tensor[] = [];
+      for (let i = 0; i < times; i++) cs.push(tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, { transA: false, transB: true, tile } as any) as Tensor);
       await gpuSync();
-      c.dispose();
+      tf.dispose(cs);
     });
   } finally {
     a.dispose();

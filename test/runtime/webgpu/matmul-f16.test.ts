@@ -1,0 +1,88 @@
+/**
+ * The f16 training path's BatchMatMul replacement (src/runtime/webgpu/matmul-f16.ts): which products it takes,
+ * how it flattens a batch of A against a shared B, transposes, shapes and gradients. llvmpipe has no
+ * subgroup matrices, so here the replacement routes through the f32 WGSL GEMM (the same plumbing; the f16
+ * kernel itself is checked against an f32 product on a GPU by bench/gpu.ts and in gemm.test.ts where offered).
+ */
+import { afterEach, beforeAll, expect, it } from 'vitest';
+import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
+import { gemmKernel } from '../../../src/runtime/webgpu/gemm.js';
+import { f16MatmulCount, useF16Matmul } from '../../../src/runtime/webgpu/matmul-f16.js';
+import { createStageRunner } from '../../../src/runtime/executor.js';
+import { compileInline, syntheticBatch, TINY } from '../executor/helpers.js';
+import { compare, describeGpu, randn } from './kernels-support.js';
+
+describeGpu('f16 matmul path (BatchMatMul replacement)', () => {
+  beforeAll(async () => {
+    await initBackend('webgpu');
+  });
+  afterEach(() => useF16Matmul(false));
+  const cases: { name: string; a: number[]; b: number[]; tA: boolean; tB: boolean; taken: boolean }[] = [
+    { name: 'A·B', a: [40, 70], b: [70, 33], tA: false, tB: false, taken: true },
+    { name: 'A·Bᵀ', a: [40, 70], b: [33, 70], tA: false, tB: true, taken: true },
+    { name: 'Aᵀ·B', a: [70, 40], b: [70, 33], tA: true, tB: false, taken: true },
+    { name: 'Aᵀ·Bᵀ', a: [70, 40], b: [33, 70], tA: true, tB: true, taken: true },
+    { name: 'batch of A, shared B (a linear layer)', a: [3, 20, 70], b: [70, 33], tA: false, tB: false, taken: true },
+    { name: 'batch of A, shared Bᵀ', a: [3, 20, 70], b: [33, 70], tA: false, tB: true, taken: true },
+    { name: 'batched B (attention-like) keeps tfjs', a: [3, 20, 40], b: [3, 40, 33], tA: false, tB: false, taken: false },
+    { name: 'tiny product keeps tfjs', a: [4, 5], b: [5, 6], tA: false, tB: false, taken: false },
+  ];
+  for (const c of cases) {
+    it(`${c.name}: forward and gradients equal tfjs's, ${c.taken ? 'through the replacement' : 'left to tfjs'}`, async () => {
+      useF16Matmul(true, gemmKernel);
+      const { worst, what, gpu } = await compare(([a, b]) => [tf.matMul(a!, b!, c.tA, c.tB)], ([a, b]) => [tf.matMul(a!, b!, c.tA, c.tB)], [randn(1, c.a), randn(2, c.b, 1, c.b.length === c.a.length)]);
+      expect(worst, what).toBeLessThan(1e-4);
+      expect(gpu.outs[0]!.length).toBe(c.a.slice(0, -2).reduce((x, y) => x * y, 1) * (c.tA ? c.a.at(-1)! : c.a.at(-2)!) * (c.tB ? c.b.at(-2)! : c.b.at(-1)!));
+      // Forward and the gradient products (each a matMul) go through the replacement when it takes them (tfjs
+      // cannot differentiate a broadcast B, so there B is held constant).
+      if (c.taken) expect(f16MatmulCount()).toBeGreaterThanOrEqual(c.b.length === c.a.length ? 3 : 2);
+      else expect(f16MatmulCount()).toBe(0);
+    });
+  }
+
+  it('switching off puts tfjs\'s kernel back', async () => {
+    useF16Matmul(true, gemmKernel);
+    useF16Matmul(false);
+    const before = f16MatmulCount();
+    const y = tf.matMul(tf.ones([40, 70]), tf.ones([70, 33]));
+    expect((await y.data())[0]).toBe(70);
+    expect(f16MatmulCount()).toBe(before);
+    tf.dispose(y);
+  });
+
+  it('a training stage on webgpu takes its linear products through the replacement and trains to the same losses', async () => {
+    const plan = compileInline(
+      `pipeline f16
+model base = ${TINY.replace('hidden: 32, ffn: 64', 'hidden: 64, ffn: 96')}
+data d = jsonl("d.jsonl")
+adapter know = lora(r: 8, alpha: 16) at layers[*].mlp.{gate, up, down}
+stage one {
+  train know on d
+  steps 3
+  lr 1e-2
+  batch 2
+  micro_batch 2
+  max_len 40
+}
+`,
+      [1],
+    ).plans[0]!;
+    const mb = syntheticBatch(2, 40, 5);
+    const losses = async (replace: boolean) => {
+      if (replace) useF16Matmul(true, gemmKernel);
+      const runner = await createStageRunner(plan, 'one', { backend: 'webgpu', seed: 3 });
+      const out: number[] = [];
+      for (let i = 0; i < 3; i++) out.push((await runner.step([mb])).loss);
+      runner.dispose();
+      const taken = f16MatmulCount();
+      useF16Matmul(false);
+      return { out, taken };
+    };
+    const plain = await losses(false);
+    const replaced = await losses(true);
+    expect(replaced.taken).toBeGreaterThan(0);
+    for (let i = 0; i < 3; i++) expect(Math.abs(replaced.out[i]! - plain.out[i]!) / plain.out[i]!).toBeLessThan(1e-4);
+    expect(plain.out[2]).toBeLessThan(plain.out[0]!);
+  });
+});
+
