@@ -426,7 +426,7 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
   const stage = plan.stages[0]!;
   const rows = stage.settings.microBatch;
   const seqLen = quick ? 64 : 224;
-  const steps = quick ? 4 : 30;
+  const steps = quick ? 4 : 20;
   const batches = [1, 2, 3, 4].map((k) => syntheticBatch(rows, seqLen, 10 + k));
   const curve = async (f16: boolean) => {
     useF16Matmul(f16);
