@@ -34,7 +34,7 @@ import { createStageRunner } from '../src/runtime/executor.js';
 import { medcarePlan, syntheticBatch } from './support/medcare.js';
 
 const { values } = parseArgs({
-  options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' } },
+  options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' }, 'submit-batch': { type: 'string' } },
 });
 /** `--only torch,gemm,f16,moe,step,curve`: the parts to run (default all). */
 const parts = new Set((values.only ?? 'torch,gemm,f16,moe,step,curve').split(','));
@@ -46,9 +46,11 @@ if ('unavailable' in gpu) {
   process.exit(process.env.CI ? 1 : 0);
 }
 await initBackend('webgpu');
+// Dispatches tfjs records before it submits the command buffer (tfjs's default 15): a host-cost experiment.
+if (values['submit-batch']) tf.env().set('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE', Number(values['submit-batch']));
 const quick = values.full ? false : (values.quick ?? gpu.software);
 const reps = Number(values.reps ?? (quick ? 3 : 10));
-console.log(`device: ${describeDevice(gpu)}`);
+console.log(`device: ${describeDevice(gpu)}; submit batch ${tf.env().getNumber('WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE')}`);
 console.log(`date: ${new Date().toISOString()}; ${quick ? 'QUICK (small shapes: figures are not the benchmark)' : 'full shapes'}${gpu.software ? '; software adapter: timings mean nothing for a GPU' : ''}`);
 
 const G = quick ? 256 : 4096;

@@ -244,6 +244,7 @@ export function canPrefetch(segments: Segment[], t: Tile): boolean {
 }
 
 const generated = new Map<string, string>();
+const bySpec = new WeakMap<GemmSpec, string>();
 
 /**
  * The whole WGSL module of a GEMM spec, generated once per spec: kernels ask for it on every call, and
@@ -251,6 +252,8 @@ const generated = new Map<string, string>();
  * host time than recording the dispatch.
  */
 export function gemmWgsl(spec: GemmSpec): string {
+  const same = bySpec.get(spec);
+  if (same !== undefined) return same;
   const key = JSON.stringify(spec);
   let code = generated.get(key);
   if (code === undefined) {
@@ -258,6 +261,7 @@ export function gemmWgsl(spec: GemmSpec): string {
     if (generated.size > 4096) generated.clear();
     generated.set(key, code);
   }
+  bySpec.set(spec, code);
   return code;
 }
 

@@ -67,6 +67,21 @@ function shapeOf(x: TensorInfo, inputs: TensorInfo[], attrs: any): MoeShape {
 
 const tileOf = (backend: WebGpuBackendLike, spec: { m: number; n: number }, k: number): Tile => tileFor(backend.device, spec.m, spec.n, k);
 
+/**
+ * Specs and modules by (builder, shape, tile): a kernel call rebuilds neither (host time per call mattered
+ * more than the GPU's on an H200: 17 ms to record a layer's forward and backward against 7.7 ms of GPU work).
+ */
+const memo = new Map<string, unknown>();
+function once<T>(key: string, make: () => T): T {
+  let v = memo.get(key) as T | undefined;
+  if (v === undefined) {
+    v = make();
+    if (memo.size > 4096) memo.clear();
+    memo.set(key, v);
+  }
+  return v;
+}
+
 function runGemm(backend: WebGpuBackendLike, spec: GemmSpec, inputs: TensorInfo[], outShapes: number[][], label: string): TensorInfo[] {
   return runWgsl(backend, { code: gemmWgsl(spec), inputs, outputs: outShapes.map((shape) => ({ shape, dtype: 'float32' as const })), dispatch: gemmDispatch(spec), label });
 }
@@ -79,13 +94,15 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   const s = shapeOf(ins[0], ins, attrs);
   const ix = inputIndex(s);
   const { R } = cols(s);
-  const down = downSpec(s, tileOf(backend, { m: s.T, n: R }, s.din));
+  const downTile = tileOf(backend, { m: s.T, n: R }, s.din);
+  const down = once(`down${JSON.stringify([s, downTile])}`, () => downSpec(s, downTile));
   const downIns = [ins[ix.x]];
   if (s.RS) downIns.push(ins[ix.aSh]);
   if (s.E) downIns.push(ins[ix.aE], ins[ix.wr]);
   const G = R > 0 ? runGemm(backend, down, downIns, [[s.T, R]], 'McpcMoeLoraDown')[0] : backend.makeTensorInfo([s.T, 0], 'float32');
   if (R === 0) backend.tensorMap.get(G.dataId).values = new Float32Array(0);
-  const { spec, inputs: names } = upSpec(s, tileOf(backend, { m: s.T, n: s.dout }, s.din + s.RS));
+  const upTile = tileOf(backend, { m: s.T, n: s.dout }, s.din + s.RS);
+  const { spec, inputs: names } = once(`up${JSON.stringify([s, upTile])}`, () => upSpec(s, upTile));
   const byName: Record<string, TensorInfo> = { x: ins[ix.x], w: ins[ix.w], G, Gs: G };
   if (s.bias) byName.b = ins[ix.b];
   if (s.RS) byName.bSh = ins[ix.bSh];
@@ -103,7 +120,8 @@ function backKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
     .map((k) => inputs[k] as TensorInfo);
   const s = shapeOf(ins[0], ins, attrs);
   const { R, H } = cols(s);
-  const { code } = backWgsl(s, { dp: !!attrs.hasDp, dgates: !!attrs.hasDgates });
+  const upstream = { dp: !!attrs.hasDp, dgates: !!attrs.hasDgates };
+  const { code } = once(`back${JSON.stringify([s, upstream])}`, () => backWgsl(s, upstream));
   return runWgsl(backend, {
     code,
     inputs: ins,
@@ -121,7 +139,8 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
     .sort((a, b) => Number(a) - Number(b))
     .map((k) => inputs[k] as TensorInfo);
   const s = shapeOf(ins[0], ins, attrs);
-  const { spec } = dxSpec(s, tileOf(backend, { m: s.T, n: s.din }, s.dout));
+  const dxTile = tileOf(backend, { m: s.T, n: s.din }, s.dout);
+  const { spec } = once(`dx${JSON.stringify([s, dxTile])}`, () => dxSpec(s, dxTile));
   return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
 }
 
@@ -129,7 +148,8 @@ function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const ins = [inputs[0], inputs[1]] as TensorInfo[];
   const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
   const { R } = cols(s);
-  const spec = dASpec(s, tileOf(backend, { m: R, n: s.din }, s.T));
+  const daTile = tileOf(backend, { m: R, n: s.din }, s.T);
+  const spec = once(`dA${JSON.stringify([s, daTile])}`, () => dASpec(s, daTile));
   const shapes: number[][] = [];
   if (s.RS) shapes.push([s.RS, s.din]);
   if (s.E) shapes.push([s.E, s.r, s.din], [s.E, s.din]);
@@ -140,7 +160,8 @@ function dBKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const ins = [inputs[0], inputs[1]] as TensorInfo[];
   const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
   const { H } = cols(s);
-  const spec = dBSpec(s, tileOf(backend, { m: s.dout, n: H }, s.T));
+  const dbTile = tileOf(backend, { m: s.dout, n: H }, s.T);
+  const spec = once(`dB${JSON.stringify([s, dbTile])}`, () => dBSpec(s, dbTile));
   const shapes: number[][] = [];
   if (s.RS) shapes.push([s.dout, s.RS]);
   if (s.E) shapes.push([s.E, s.dout, s.r]);
