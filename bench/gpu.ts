@@ -431,8 +431,7 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
   const steps = quick ? 4 : 20;
   const batches = [1, 2, 3, 4].map((k) => syntheticBatch(rows, seqLen, 10 + k));
   const curve = async (f16: boolean) => {
-    useF16Matmul(f16);
-    const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: steps });
+    const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: steps, matmul: f16 ? 'f16' : 'f32' });
     const losses: number[] = [];
     const t0 = performance.now();
     for (let i = 0; i < steps; i++) losses.push((await runner.step([batches[(2 * i) % 4]!, batches[(2 * i + 1) % 4]!])).loss);

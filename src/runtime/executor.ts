@@ -74,7 +74,7 @@
  * `forward`, `evalLoss` (probes, the merge check) apply none. A `concat_linear` holding such an adapter's A
  * (the compiler no longer writes one: concat-base-adapter) is refused in training.
  *
- * Not here: router noise (the plan's adapters carry it, the runner applies none), mixed precision (`precision` is ignored: all f32), the training loop, checkpoints, evaluation
+ * Not here: router noise (the plan's adapters carry it, the runner applies none), mixed precision (`precision` bf16/f16 means f16 tensor-core products on a webgpu adapter with subgroup matrices, else all f32), the training loop, checkpoints, evaluation
  * probes and exports (their own modules drive a runner through this API).
  *
  * Memory: every forward and backward runs inside tf.tidy, which cannot span an await: what must be read
@@ -89,6 +89,8 @@ import { cpuKernelTable } from './kernels/cpu.js';
 import { dropoutMask, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { fusedAdamW, webgpuKernels } from './kernels/webgpu.js';
+import { probeF16 } from './webgpu/gemm-f16.js';
+import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
 import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { loadBaseParameters } from './weights/hf.js';
@@ -106,6 +108,13 @@ export interface StageRunnerOptions {
   parameters?: ParameterMap;
   /** Seed of the initialisers (weights/init.ts). Default: the first stage's `seed`, the same for every stage. */
   seed?: number;
+  /**
+   * webgpu only: the linear products' input precision. `auto` (default): f16 on tensor cores (f32
+   * accumulation, f32 master weights; webgpu/matmul-f16.ts) when the stage's `precision` is bf16 or f16 and
+   * the adapter has subgroup matrices (WGSL has no bf16), else f32. `MCPC_F16_MATMUL=0` forces f32. `keep`:
+   * leave the switch as the caller set it (webgpu/matmul-f16.ts `useF16Matmul`).
+   */
+  matmul?: 'auto' | 'f32' | 'f16' | 'keep';
 }
 
 export type ParameterMap = ReadonlyMap<string, Float32Array> | Readonly<Record<string, Float32Array>>;
@@ -198,6 +207,7 @@ export interface StageRunner {
 /** Creates the runner of `stageName` (see the file head). Selects and initialises the backend first. */
 export async function createStageRunner(plan: Plan, stageName: string, opts: StageRunnerOptions = {}): Promise<StageRunner> {
   await initBackend(opts.backend ?? 'cpu');
+  if (tf.getBackend() === 'webgpu' && opts.matmul !== 'keep') await chooseMatmul(plan.stages.find((s) => s.name === stageName)?.settings.precision ?? 'f32', opts.matmul ?? 'auto');
   const runner = new Runner(plan, stageName, opts);
   try {
     await runner.buildFolded();
@@ -206,6 +216,23 @@ export async function createStageRunner(plan: Plan, stageName: string, opts: Sta
     throw e;
   }
   return runner;
+}
+
+/** Switches the webgpu products to f16 tensor cores or f32 (StageRunnerOptions.matmul); returns which. */
+export async function chooseMatmul(precision: 'f32' | 'bf16' | 'f16', want: 'auto' | 'f32' | 'f16'): Promise<'f32' | 'f16'> {
+  let on = want === 'f16' || (want === 'auto' && precision !== 'f32' && process.env.MCPC_F16_MATMUL !== '0');
+  if (on) {
+    const sup = await probeF16((tf.backend() as unknown as { device: unknown }).device);
+    if (!sup.ok && want === 'f16') throw new RunnerError(`f16 products requested, but this adapter cannot run them: ${sup.why}`);
+    on = sup.ok;
+  }
+  useF16Matmul(on);
+  return on ? 'f16' : 'f32';
+}
+
+/** The input precision of the webgpu backend's linear products now ('f32' off webgpu). */
+export function matmulPrecision(): 'f32' | 'f16' {
+  return tf.getBackend() === 'webgpu' && f16MatmulOn() ? 'f16' : 'f32';
 }
 
 const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));

@@ -40,7 +40,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import type { Plan, PlanStage } from '../plan/types.js';
 import { DataLoader, concatDatasets, loadDataSource, type DataCursor, type Dataset } from './data/index.js';
 import type { MicroBatch } from './data/batch.js';
-import { createStageRunner, type OptimizerState, type StageRunner } from './executor.js';
+import { createStageRunner, matmulPrecision, type OptimizerState, type StageRunner } from './executor.js';
 import type { BackendName } from './tfjs/index.js';
 import { findLatestCheckpoint, listCheckpoints, readCheckpointFile, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
 import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
@@ -292,6 +292,13 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
 
     w(`stage ${stage.name}: ${total} step${total === 1 ? '' : 's'}, ${examples.length} examples, batch ${s.batch} (micro ${s.microBatch}), max_len ${s.maxLen}${s.packing ? ', packed' : ''}\n`);
     const runner = await createStageRunner(plan, stage.name, { root, totalSteps: total, ...(opts.seed !== undefined ? { seed: opts.seed } : {}), ...(params ? { parameters: params } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
+    if (s.precision !== 'f32') {
+      w(
+        matmulPrecision() === 'f16'
+          ? `stage ${stage.name}: precision ${s.precision}: linear products in f16 on tensor cores (f32 accumulation and master weights)\n`
+          : `stage ${stage.name}: precision ${s.precision} computed in f32 (the f16 path needs a WebGPU adapter with f16 subgroup matrices)\n`,
+      );
+    }
     try {
       if (opt) runner.loadOptimizerState(opt);
       const every = s.checkpointEvery;

@@ -96,6 +96,17 @@ describe('runPlan', () => {
     expect(finalParams('dfull').equals(finalParams('full'))).toBe(false);
   });
 
+  it('precision bf16 off WebGPU says it is computed in f32, and trains as f32 does', async () => {
+    writeFileSync(join(dir, 'pb.mcp'), PIPELINE.replace('  max_bad_steps 2\n', '  max_bad_steps 2\n  precision bf16\n'));
+    const res = compileFile(join(dir, 'pb.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
+    const bf16 = res.plan!;
+    expect(bf16.stages[0]!.settings.precision).toBe('bf16');
+    const o = opts('bf16');
+    expect((await runPlan(bf16, o)).code).toBe(0);
+    expect(o.text()).toMatch(/stage one: precision bf16 computed in f32 \(the f16 path needs a WebGPU adapter with f16 subgroup matrices\)/);
+    expect(o.text()).not.toMatch(/stage two: precision/);
+  });
+
   it('changed data retrains the stages that read it', async () => {
     const o = opts('changed');
     expect((await runPlan(plan, o)).code).toBe(0);

@@ -19,6 +19,11 @@ let saved: any | undefined;
 let product: GemmKernelFunc = gemmF16Kernel;
 let count = 0;
 
+/** Whether the replacement is in place. */
+export function f16MatmulOn(): boolean {
+  return saved !== undefined;
+}
+
 /** How many products the f16 path has run since it was switched on (tests and reports). */
 export function f16MatmulCount(): number {
   return count;

@@ -70,7 +70,7 @@ stage one {
     const mb = syntheticBatch(2, 40, 5);
     const losses = async (replace: boolean) => {
       if (replace) useF16Matmul(true, gemmKernel);
-      const runner = await createStageRunner(plan, 'one', { backend: 'webgpu', seed: 3 });
+      const runner = await createStageRunner(plan, 'one', { backend: 'webgpu', seed: 3, matmul: 'keep' });
       const out: number[] = [];
       for (let i = 0; i < 3; i++) out.push((await runner.step([mb])).loss);
       runner.dispose();
