@@ -368,7 +368,9 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   const fwd = () => tf.tidy(() => layer(x, sites));
   const fwdbwd = () =>
     tf.tidy(() => {
-      const { grads } = tf.engine().gradients(() => tf.sum(tf.mul(layer(x, sites), dy)) as tf.Scalar, [x, ...trained], undefined, true);
+      // dy seeds the backward directly (PyTorch's (y·dy).sum().backward() expands it on the GPU); through
+      // tf.sum(y·dy), tfjs's Sum gradient builds an [T, d] array of ones on the CPU and uploads it every call.
+      const { grads } = tf.engine().gradients(() => layer(x, sites), [x, ...trained], dy, true);
       return grads.map((g) => tf.keep(g));
     });
   fwd().dispose();
