@@ -259,7 +259,7 @@ const b = tf.randomNormal([G, G]);
 // f32 GEMM
 if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const tuned = await tuneGemm(G, G, G);
-  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn}${t.tile.pf ? "pf" : ""} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn}${t.tile.pf ? "pf" : ""}${t.tile.db ? "db" : ""} ${t.ms.toFixed(2)}`).join(', ')} ms`);
   f32ms = await time(() => gemm(a, b));
   const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
   const f32gpu = await gpuTime(() => gemm(a, b));

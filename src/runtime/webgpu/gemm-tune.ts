@@ -31,6 +31,12 @@ export const CANDIDATES: Tile[] = [
   { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true },
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, pf: true },
   { bm: 128, bn: 128, bk: 32, tm: 8, tn: 8, pf: true },
+  // Double buffered (one barrier per K-slice), and 8x16 / 16x8 thread blocks.
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true, db: true },
+  { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, pf: true, db: true },
+  { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8, pf: true, db: true },
+  { bm: 128, bn: 256, bk: 8, tm: 8, tn: 16, pf: true, db: true },
+  { bm: 256, bn: 128, bk: 8, tm: 16, tn: 8, pf: true, db: true },
 ];
 
 export function tuningEnabled(): boolean {
@@ -80,7 +86,7 @@ function load(): CacheFile {
     if (parsed && typeof parsed === 'object') {
       for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
         const t = v as Tile;
-        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn, ...(t.pf === true ? { pf: true } : {}) };
+        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn, ...(t.pf === true ? { pf: true } : {}), ...(t.db === true ? { db: true } : {}) };
       }
     }
   } catch {
@@ -102,8 +108,15 @@ function save(): void {
   }
 }
 
+let forced: Tile | undefined;
+/** Tests: every `tileFor` answers `t` (where it fits the device) until called with undefined. */
+export function forceTile(t: Tile | undefined): void {
+  forced = t;
+}
+
 /** The tile to use now (synchronous). */
 export function tileFor(device: any, m: number, n: number, k: number): Tile {
+  if (forced && tileSharedBytes(forced) <= Number(device?.limits?.maxComputeWorkgroupStorageSize ?? 16384)) return forced;
   const key = `${deviceKey(device)}#${shapeClass(m, n, k)}`;
   const hit = load()[key];
   const limit = Number(device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);

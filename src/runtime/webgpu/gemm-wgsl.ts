@@ -30,6 +30,11 @@ export interface Tile {
    * latency hides behind arithmetic (needs each thread's share of a slice to be whole vec4s).
    */
   pf?: boolean;
+  /**
+   * Double buffering (with `pf`): two copies of the workgroup tiles, slice i in copy i mod 2, so one barrier
+   * per slice instead of two.
+   */
+  db?: boolean;
 }
 
 /** A part of an operand stored in one input binding. */
@@ -110,9 +115,23 @@ export function checkTile(t: Tile): string | undefined {
   return undefined;
 }
 
+/** Bytes of workgroup memory a whole module declares (`var<workgroup> x: array<T, N>` and scalars of 4 bytes). */
+export function workgroupBytes(code: string): number {
+  let total = 0;
+  for (const m of code.matchAll(/var<workgroup>\s+\w+\s*:\s*([^;]+);/g)) {
+    const ty = m[1]!.trim();
+    const arr = /^array<\s*(.+?)\s*,\s*(\d+)\s*>$/.exec(ty);
+    const elem = arr ? arr[1]! : ty;
+    const n = arr ? Number(arr[2]) : 1;
+    const size = /^vec4<f32>|^vec4<u32>|^vec4<i32>/.test(elem) ? 16 : /^vec2<f32>/.test(elem) ? 8 : /f16/.test(elem) ? (elem.startsWith('vec4') ? 8 : elem.startsWith('vec2') ? 4 : 2) : 4;
+    total += size * n;
+  }
+  return total;
+}
+
 /** Bytes of workgroup memory a tile needs. */
 export function tileSharedBytes(t: Tile): number {
-  return (t.bk * t.bm + t.bk * t.bn) * 4;
+  return (t.bk * t.bm + t.bk * t.bn) * 4 * (t.pf && t.db ? 2 : 1);
 }
 
 const u = (x: number): string => `${x >>> 0}u`;
@@ -230,10 +249,10 @@ function stageLoad(fn: string, op: Operand, tileExt: number, bk: number, origin:
 }
 
 /** The store of unit `q`'s vec4 `v` into workgroup memory. */
-function stageStore(dst: 'As' | 'Bs', op: Operand, tileExt: number, bk: number): string {
+function stageStore(dst: 'As' | 'Bs', op: Operand, tileExt: number, bk: number, base = ''): string {
   const ext4 = tileExt / 4;
-  if (op.kMajor) return `${dst}[q] = v;`;
-  return `let e = q / ${u(bk / 4)}; let d = (4u * (q % ${u(bk / 4)})) * ${u(ext4)} + e / 4u; let cc = e % 4u;
+  if (op.kMajor) return `${dst}[${base}q] = v;`;
+  return `let e = q / ${u(bk / 4)}; let d = ${base}(4u * (q % ${u(bk / 4)})) * ${u(ext4)} + e / 4u; let cc = e % 4u;
       ${dst}[d][cc] = v.x; ${dst}[d + ${u(ext4)}][cc] = v.y; ${dst}[d + ${u(2 * ext4)}][cc] = v.z; ${dst}[d + ${u(3 * ext4)}][cc] = v.w;`;
 }
 
@@ -281,7 +300,8 @@ function generateGemm(spec: GemmSpec): string {
   spec.inputs.forEach((_, i) => lines.push(`@group(0) @binding(${i}) var<storage, read> in${i}: array<${wgsl(types[i])}>;`));
   spec.outputs.forEach((ty, j) => lines.push(`@group(0) @binding(${spec.inputs.length + j}) var<storage, read_write> out${j}: array<${wgsl(ty)}>;`));
   lines.push(`const M = ${u(spec.m)};`, `const N = ${u(spec.n)};`, `const NTX = ${u(NTX)};`, `const NTY = ${u(NTY)};`);
-  lines.push(`var<workgroup> As: array<vec4<f32>, ${(t.bk * t.bm) / 4}>;`, `var<workgroup> Bs: array<vec4<f32>, ${(t.bk * t.bn) / 4}>;`);
+  const copies = t.pf && t.db ? 2 : 1;
+  lines.push(`var<workgroup> As: array<vec4<f32>, ${(copies * t.bk * t.bm) / 4}>;`, `var<workgroup> Bs: array<vec4<f32>, ${(copies * t.bk * t.bn) / 4}>;`);
   spec.segments.forEach((s, i) => {
     lines.push(loader(`loadA${i}`, s.a, spec.m, s.k, types));
     lines.push(loader(`loadB${i}`, s.b, spec.n, s.k, types));
@@ -303,8 +323,9 @@ ${rng(TM4 * 4 * TN4)
   spec.segments.forEach((s, si) => {
     if (s.k === 0) return;
     const fma: string[] = [];
-    fma.push(rng(TM4).map((i) => `      let a${i} = As[k * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`).join('\n'));
-    fma.push(rng(TN4).map((j) => `      let b${j} = Bs[k * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`).join('\n'));
+    const dbl = !!(t.pf && t.db && canPrefetch([s], t));
+    fma.push(rng(TM4).map((i) => `      let a${i} = As[${dbl ? 'ao + ' : ''}k * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`).join('\n'));
+    fma.push(rng(TN4).map((j) => `      let b${j} = Bs[${dbl ? 'bo + ' : ''}k * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`).join('\n'));
     for (let i = 0; i < TM4; i++) {
       for (let c = 0; c < 4; c++) {
         for (let j = 0; j < TN4; j++) {
@@ -323,15 +344,18 @@ ${rng(TM4 * 4 * TN4)
           ...rng(ub).map((i) => `      { let q = tid + ${u(i * NT)}; pb${si}_${i} = ${stageLoad(`loadB${si}`, s.b, t.bn, t.bk, 'n0', kBase)}; }`),
         ].join('\n');
       const stores = [
-        ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk)} }`),
-        ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk)} }`),
+        ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk, dbl ? 'ao + ' : '')} }`),
+        ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk, dbl ? 'bo + ' : '')} }`),
       ].join('\n');
+      // Double buffered: slice i lives in copy i mod 2; the barrier after the stores also orders this slice's
+      // writes after every thread's reads of the other copy two slices ago, so one barrier per slice suffices
+      // (and one after the loop, before anything else touches the tiles).
       main.push(`${[...rng(ua).map((i) => `  var pa${si}_${i}: vec4<f32>;`), ...rng(ub).map((i) => `  var pb${si}_${i}: vec4<f32>;`)].join('\n')}
   {
 ${loads('0u')}
   }
   for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
-${stores}
+${dbl ? `    let par = (k0 / ${u(t.bk)}) & 1u;\n    let ao = par * ${u((t.bk * t.bm) / 4)};\n    let bo = par * ${u((t.bk * t.bn) / 4)};\n` : ''}${stores}
     workgroupBarrier();
     if (k0 + ${u(t.bk)} < ${u(s.k)}) {
 ${loads(`k0 + ${u(t.bk)}`)}
@@ -339,8 +363,7 @@ ${loads(`k0 + ${u(t.bk)}`)}
     for (var k = 0u; k < ${u(t.bk)}; k++) {
 ${fma.join('\n')}
     }
-    workgroupBarrier();
-  }`);
+${dbl ? '' : '    workgroupBarrier();\n'}  }${dbl ? '\n  workgroupBarrier();' : ''}`);
       return;
     }
     main.push(`  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {

@@ -20,7 +20,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { reference as ref, type KernelContext, type KernelStep } from '../kernels/reference.js';
 import { gemm } from './gemm.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec, type Tile } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, upSpec, type MoeShape } from './moe-lora-wgsl.js';
 import { runWgsl, spread, type WebGpuBackendLike } from './program.js';
@@ -82,6 +82,28 @@ function once<T>(key: string, make: () => T): T {
   return v;
 }
 
+/** Smaller tiles to fall back to when a tile and a kernel's own workgroup arrays exceed the device's limit. */
+const FALLBACK: Tile[] = [
+  { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 },
+  { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 },
+];
+
+/**
+ * The spec a builder makes with `tile`, memoised, unless the module's workgroup memory (the tile's plus the
+ * kernel's own arrays) exceeds the device's limit: then with the first fallback tile that fits. (The tuner
+ * times plain GEMMs, whose tiles alone fit; a tile of 32 KB and a kernel's 2 KB do not fit llvmpipe's 32 KB.)
+ */
+function fit<R>(backend: WebGpuBackendLike, name: string, s: MoeShape, tile: Tile, build: (t: Tile) => R, specOf: (r: R) => GemmSpec = (r) => r as unknown as GemmSpec): R {
+  const limit = Number(backend.device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);
+  return once(`${name}${JSON.stringify([s, tile, limit])}`, () => {
+    for (const t of [tile, ...FALLBACK]) {
+      const r = build(t);
+      if (workgroupBytes(gemmWgsl(specOf(r))) <= limit) return r;
+    }
+    throw new Error(`${name}: no GEMM tile fits ${limit} bytes of workgroup memory`);
+  });
+}
+
 function runGemm(backend: WebGpuBackendLike, spec: GemmSpec, inputs: TensorInfo[], outShapes: number[][], label: string): TensorInfo[] {
   return runWgsl(backend, { code: gemmWgsl(spec), inputs, outputs: outShapes.map((shape) => ({ shape, dtype: 'float32' as const })), dispatch: gemmDispatch(spec), label });
 }
@@ -95,14 +117,14 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   const ix = inputIndex(s);
   const { R } = cols(s);
   const downTile = tileOf(backend, { m: s.T, n: R }, s.din);
-  const down = once(`down${JSON.stringify([s, downTile])}`, () => downSpec(s, downTile));
+  const down = fit(backend, 'down', s, downTile, (t) => downSpec(s, t));
   const downIns = [ins[ix.x]];
   if (s.RS) downIns.push(ins[ix.aSh]);
   if (s.E) downIns.push(ins[ix.aE], ins[ix.wr]);
   const G = R > 0 ? runGemm(backend, down, downIns, [[s.T, R]], 'McpcMoeLoraDown')[0] : backend.makeTensorInfo([s.T, 0], 'float32');
   if (R === 0) backend.tensorMap.get(G.dataId).values = new Float32Array(0);
   const upTile = tileOf(backend, { m: s.T, n: s.dout }, s.din + s.RS);
-  const { spec, inputs: names } = once(`up${JSON.stringify([s, upTile])}`, () => upSpec(s, upTile));
+  const { spec, inputs: names } = fit(backend, 'up', s, upTile, (t) => upSpec(s, t), (r) => r.spec);
   const byName: Record<string, TensorInfo> = { x: ins[ix.x], w: ins[ix.w], G, Gs: G };
   if (s.bias) byName.b = ins[ix.b];
   if (s.RS) byName.bSh = ins[ix.bSh];
@@ -140,7 +162,7 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
     .map((k) => inputs[k] as TensorInfo);
   const s = shapeOf(ins[0], ins, attrs);
   const dxTile = tileOf(backend, { m: s.T, n: s.din }, s.dout);
-  const { spec } = once(`dx${JSON.stringify([s, dxTile])}`, () => dxSpec(s, dxTile));
+  const { spec } = fit(backend, 'dx', s, dxTile, (t) => dxSpec(s, t), (r) => r.spec);
   return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
 }
 
@@ -149,7 +171,7 @@ function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
   const { R } = cols(s);
   const daTile = tileOf(backend, { m: R, n: s.din }, s.T);
-  const spec = once(`dA${JSON.stringify([s, daTile])}`, () => dASpec(s, daTile));
+  const spec = fit(backend, 'dA', s, daTile, (t) => dASpec(s, t));
   const shapes: number[][] = [];
   if (s.RS) shapes.push([s.RS, s.din]);
   if (s.E) shapes.push([s.E, s.r, s.din], [s.E, s.din]);
@@ -161,7 +183,7 @@ function dBKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
   const { H } = cols(s);
   const dbTile = tileOf(backend, { m: s.dout, n: H }, s.T);
-  const spec = once(`dB${JSON.stringify([s, dbTile])}`, () => dBSpec(s, dbTile));
+  const spec = fit(backend, 'dB', s, dbTile, (t) => dBSpec(s, t));
   const shapes: number[][] = [];
   if (s.RS) shapes.push([s.dout, s.RS]);
   if (s.E) shapes.push([s.E, s.dout, s.r]);

@@ -10,6 +10,8 @@ import { expect, it } from 'vitest';
 import { reference, type KernelContext, type KernelStep } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { moeLoraLinear } from '../../../src/runtime/webgpu/moe-lora.js';
+import { CANDIDATES, forceTile } from '../../../src/runtime/webgpu/gemm-tune.js';
+import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
 
 interface Case {
@@ -99,6 +101,30 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
       const { worst, what } = await compare(ours(c), planOps(c), args(c, 100 * (i + 1)), 11 + i);
       expect(worst, what).toBeLessThan(2e-4);
     });
+  });
+
+  it('tiles of every kind (prefetch, double buffering, 8x16 blocks, one too big beside the kernel arrays) compute the fused kernels alike', async () => {
+    const c = cases.find((x) => x.E && x.RS) ?? cases[0]!;
+    try {
+      const bad: string[] = [];
+      // One of each kind (a 58 s loop over all on llvmpipe): prefetch, a 32 KB tile that with the kernel's own
+      // arrays exceeds llvmpipe's 32 KB (the kernels fall back to a smaller tile), double buffering, 8x16 blocks.
+      const kinds = [
+        CANDIDATES.find((t) => t.pf && !t.db),
+        CANDIDATES.find((t) => t.pf && t.bk === 32),
+        CANDIDATES.find((t) => t.db && t.bk === 16),
+        CANDIDATES.find((t) => t.db && t.tn === 16),
+      ];
+      expect(kinds.every(Boolean)).toBe(true);
+      for (const tile of kinds as Tile[]) {
+        forceTile(tile);
+        const { worst, what } = await compare(ours(c), planOps(c), args(c, 7), 3);
+        if (!(worst < 2e-4)) bad.push(`${JSON.stringify(tile)} ${what} ${worst}`);
+      }
+      expect(bad).toEqual([]);
+    } finally {
+      forceTile(undefined);
+    }
   });
 
   it('a frozen base weight costs no gradient GEMM, and y alone still differentiates (p, gates unused)', async () => {

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { castWgsl, F16_CANDIDATES, matmulWgsl } from '../../../src/runtime/webgpu/gemm-f16.js';
-import { gemmWgsl, type GemmSpec } from '../../../src/runtime/webgpu/gemm-wgsl.js';
+import { gemmWgsl, tileSharedBytes, workgroupBytes, type GemmSpec } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 
 /** The WGSL specification's reserved words (section 15.3, "Reserved Words"). */
 const RESERVED = new Set(
@@ -53,6 +53,24 @@ describe('WGSL identifiers are not reserved words', () => {
         outputs: ['vec4'],
       };
       expect(offenders(gemmWgsl(spec))).toEqual([]);
+    }
+  });
+});
+
+describe('workgroupBytes', () => {
+  it('sums a module\'s workgroup arrays (what a device limit is checked against)', () => {
+    expect(workgroupBytes('var<workgroup> As: array<vec4<f32>, 256>;\nvar<workgroup> red: array<f32, 64>;\nvar<workgroup> n: u32;')).toBe(256 * 16 + 64 * 4 + 4);
+    expect(workgroupBytes('var<workgroup> As: array<f16, 10240>;\nvar<workgroup> Cs: array<f32, 1024>;')).toBe(10240 * 2 + 4096);
+    for (const tile of [{ bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 }, { bm: 128, bn: 256, bk: 8, tm: 8, tn: 16, pf: true, db: true }]) {
+      const spec: GemmSpec = {
+        m: 512,
+        n: 512,
+        segments: [{ k: 512, a: { kMajor: false, parts: [{ input: 0, count: 512, ld: 512, off: 0 }] }, b: { kMajor: false, parts: [{ input: 1, count: 512, ld: 512, off: 0 }] } }],
+        tile,
+        inputs: [{}, {}],
+        outputs: ['vec4'],
+      };
+      expect(workgroupBytes(gemmWgsl(spec))).toBe(tileSharedBytes(tile));
     }
   });
 });
