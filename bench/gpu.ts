@@ -375,6 +375,23 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
     });
   fwd().dispose();
   tf.dispose(fwdbwd());
+  {
+    // Correct before fast: the fused layer against the same layer in the plan's reference ops, on this device.
+    const refLayer = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+      const gy = moeLoraLinear(xx, g!, opts, true).y;
+      const uy = moeLoraLinear(xx, u!, opts, true).y;
+      return moeLoraLinear(tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy), dn!, opts, true).y;
+    };
+    const err = tf.tidy(() => {
+      const a = layer(x, sites);
+      const b = refLayer(x, sites);
+      return tf.div(tf.max(tf.abs(tf.sub(a, b))), tf.max(tf.abs(b)));
+    });
+    const e = (await err.data())[0]!;
+    err.dispose();
+    report(`check MoE-LoRA FFN layer forward vs the reference ops: max rel error ${e.toExponential(2)}: ${e < 1e-3 ? 'ok' : 'WRONG'}`);
+    if (!(e < 1e-3)) throw new Error('the fused MoE layer disagrees with the reference: timings withheld');
+  }
   await tunePending();
   ffnF = await time(fwd);
   ffnFB = await time(fwdbwd);

@@ -262,7 +262,7 @@ export function registerMoeLora(): void {
 const outputsOf = (E: number) => (E ? 4 : 2);
 
 /** The mixture-of-LoRA linear (see the top of the file). x [T, din]. */
-export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions): MoeLoraResult {
+export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions, useReference = false): MoeLoraResult {
   const E = wts.expertA ? wts.expertA.shape[0] : 0;
   const RS = wts.sharedA ? wts.sharedA.shape[0] : 0;
   const r = wts.expertA ? wts.expertA.shape[1]! : 0;
@@ -281,7 +281,7 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   };
   if (E && (!wts.routerW || !wts.expertB)) throw new Error('moeLoraLinear: routed experts need routerW and expertB');
   if (RS && !wts.sharedB) throw new Error('moeLoraLinear: sharedA without sharedB');
-  if (tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
+  if (useReference || tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
   registerMoeLora();
   const inputs: Tensor[] = [x, wts.w];
   if (wts.b) inputs.push(wts.b);
