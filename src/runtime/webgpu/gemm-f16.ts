@@ -36,12 +36,14 @@ export interface F16Tile {
   sg?: [number, number];
   /** staged only: the next K-slice's global loads are issued into registers before this slice's products. */
   pf?: boolean;
+  /** staged only: K per staged slice (default 32; 64 halves the barriers). */
+  bk?: number;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -59,6 +61,8 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true },
   { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true },
   { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 64 },
+  { variant: 'staged', tm: 2, tn: 4, pf: true, bk: 64 },
 ];
 
 export interface F16Support {
@@ -74,7 +78,7 @@ export interface F16Support {
 const probed = new WeakMap<object, Promise<F16Support>>();
 const known = new WeakMap<object, F16Support>();
 
-const BK = 32;
+const BK_DEFAULT = 32;
 const PAD = 8;
 const u = (x: number) => `${x >>> 0}u`;
 const rng = (n: number) => Array.from({ length: n }, (_, i) => i);
@@ -102,7 +106,7 @@ export function f16Dims(m: number, n: number, k: number, t: F16Tile): { mp: numb
   const bm = sgm * t.tm * 16;
   const bn = sgn * t.tn * 16;
   const up = (x: number, q: number) => Math.max(q, Math.ceil(x / q) * q);
-  return { mp: up(m, bm), np: up(n, bn), kp: up(k, BK), bm, bn };
+  return { mp: up(m, bm), np: up(n, bn), kp: up(k, t.bk ?? BK_DEFAULT), bm, bn };
 }
 
 /**
@@ -135,6 +139,7 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   const { kp, bm, bn } = f16Dims(m, n, k, t);
   const [sgm, sgn] = t.sg ?? [2, 2];
   const WG = sgm * sgn * sgSize;
+  const BK = t.bk ?? BK_DEFAULT;
   const acc = (i: number, j: number) => `acc_${i}_${j}`;
   const decl = rng(t.tm)
     .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: subgroup_matrix_result<f32, 16, 16>;`))
