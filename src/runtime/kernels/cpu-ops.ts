@@ -7,12 +7,16 @@
  *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it to JavaScript);
  *                                  the gradient runs the generated backward once per slot that is asked for
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
+ *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM) with a gradient per weight: dW_i =
+ *                                  dY_iᵀ·x only for the weights autodiff asks for, where differentiating through
+ *                                  tf.concat computed dYᵀ·x for the whole stack, frozen base weights included
  *
  * Kernels are registered on first use (`ensureCpuOps`) and called through `tf.engine().runKernel` with
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { matmulInto } from '../tfjs/gemm.js';
 import type { CompiledFused } from './fused-js.js';
 
 type Info = tf.TensorInfo;
@@ -107,6 +111,18 @@ export function ropeOp(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headD
   return run1('McpcRope', [x, cos, sin], { heads, headDim, inverse: false });
 }
 
+// --- concat_linear ------------------------------------------------------------------------------------------------
+
+/**
+ * x [T, in] times the row stack of `weights` (each [out_i, in]), transposed: one [T, Σ out_i] product. The
+ * gradient of x is dY·[W_1 ; … ; W_n]; that of W_i is dY[:, part i]ᵀ·x, computed only if autodiff asks for it
+ * (a frozen weight is not on the gradient's path, so its product is never run).
+ */
+export function concatLinearOp(x: Tensor, weights: Tensor[]): Tensor {
+  ensureCpuOps();
+  return run1('McpcConcatLinear', [x, ...weights], { widths: weights.map((w) => w.shape[0]!) });
+}
+
 // --- registration -------------------------------------------------------------------------------------------------------
 
 export function ensureCpuOps(): void {
@@ -193,5 +209,35 @@ export function ensureCpuOps(): void {
     }),
   });
   register('McpcRopeInverse', rope);
+
+  register(
+    'McpcConcatLinear',
+    {
+      shapes: (ins, a) => [[ins[0]!.shape[0]!, (a.widths as number[]).reduce((p, w) => p + w, 0)]],
+      run: (ins, [y], infos) => {
+        const [T, K] = infos[0]!.shape as [number, number];
+        const ws = ins.slice(1) as Float32Array[];
+        const N = ws.reduce((p, w) => p + w.length / K, 0);
+        const w = ws.length === 1 ? ws[0]! : new Float32Array(N * K);
+        if (ws.length > 1) ws.reduce((at, v) => (w.set(v, at), at + v.length), 0);
+        matmulInto(ins[0] as Float32Array, w, y!, { batchA: 1, batchB: 1, M: T, N, K, transposeA: false, transposeB: true });
+      },
+    },
+    {
+      saveAllInputs: true,
+      gradFunc: (dy, saved, a) => {
+        const d = dy as Tensor;
+        const [x, ...ws] = saved as Tensor[];
+        const widths = a.widths as number[];
+        const T = x!.shape[0]!;
+        const starts = widths.map((_, i) => widths.slice(0, i).reduce((p, w) => p + w, 0));
+        return grads(ws.length + 1, (i) =>
+          i === 0
+            ? tf.matMul(d as tf.Tensor2D, (ws.length === 1 ? ws[0]! : tf.concat(ws, 0)) as tf.Tensor2D)
+            : tf.matMul((ws.length === 1 ? d : tf.slice(d, [0, starts[i - 1]!], [T, widths[i - 1]!])) as tf.Tensor2D, x as tf.Tensor2D, true, false),
+        );
+      },
+    },
+  );
 }
 

@@ -10,6 +10,8 @@
  *                       scores GEMM: no Tile and no Tile gradient), the 1/√d scale on q instead of on the
  *                       scores, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
+ *   concat_linear       the one GEMM as McpcConcatLinear (dW per part, only for the weights autodiff asks for:
+ *                       a frozen base weight in the stack costs no dYᵀ·x), split with SplitV (gradient: one Concat)
  *   everything else     reference (tfjs ops)
  *
  * Measured and left out (BENCHMARKS.md, "CPU kernel table"): moe_up_grouped on the top-k only (tokens
@@ -26,7 +28,7 @@
 import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { fusedOp, ropeOp } from './cpu-ops.js';
+import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -109,6 +111,36 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       return [tf.reshape(tf.transpose(tf.reshape(o, [rows, KV, S, G * d]), [0, 2, 1, 3]), [rows * S, H * d])];
     },
 
+    concat_linear(inputs, step, ctx) {
+      // The reference's one GEMM (./cpu-ops.ts McpcConcatLinear: its gradient computes dW only for the weights
+      // autodiff asks for, not dYᵀ·x over the whole stack, frozen base included), split with SplitV instead of
+      // one Slice per part: the split's gradient is one Concat, the Slices' a PadV2 per part and an Add each.
+      const parts = step.attrs.parts as { kind: string; out: number; params: string[]; bias?: string; activation?: string }[] | undefined;
+      if (!Array.isArray(parts) || parts.length < 2 || !f32(inputs) || inputs[0]!.rank !== 2) return reference.concat_linear(inputs, step, ctx);
+      const x = inputs[0]!;
+      let at = 1;
+      const weights: Tensor[] = [];
+      const biases: (Tensor | undefined)[] = [];
+      for (const p of parts) {
+        if (!Array.isArray(p.params) || at + p.params.length > inputs.length) return reference.concat_linear(inputs, step, ctx);
+        for (const w of inputs.slice(at, at + p.params.length)) weights.push(w.rank === 3 ? tf.reshape(w, [dims(w)[0] * dims(w)[1], dims(w)[2]]) : w);
+        at += p.params.length;
+        biases.push(p.bias ? inputs[at++] : undefined);
+      }
+      const widths = parts.map((p) => p.out);
+      const total = widths.reduce((a, b) => a + b, 0);
+      const K = dims(x)[1];
+      if (at !== inputs.length || weights.some((w) => w.rank !== 2 || dims(w)[1] !== K) || weights.reduce((s, w) => s + dims(w)[0], 0) !== total || parts.some((p) => p.kind === 'router' && (p.activation ?? 'softmax') !== 'softmax' && p.activation !== 'sigmoid'))
+        return reference.concat_linear(inputs, step, ctx);
+      const ys = tf.split(concatLinearOp(x, weights), widths, 1);
+      return parts.map((p, i) => {
+        let o = ys[i]!;
+        if (biases[i]) o = tf.add(o, biases[i]!);
+        if (p.kind === 'router') o = p.activation === 'sigmoid' ? tf.sigmoid(o) : tf.softmax(o);
+        return o;
+      });
+    },
+
     rope(inputs, step, ctx) {
       const d = num(step, 'headDim');
       if (inputs.length !== 2 || d % 2 !== 0 || !f32(inputs) || inputs.some((t) => t.rank !== 2 || dims(t)[0] !== ctx.positions.length)) return reference.rope(inputs, step, ctx);
@@ -120,7 +152,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope'];
+export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any

@@ -8,7 +8,8 @@
  *   so training copied every saved activation (16% of a step). Tensors are immutable, so the output shares
  *   the input's memory (reference counted, as the package's own Reshape does and the cpu backend's Identity).
  * - `Slice`: the package reads the whole input into a new JavaScript array (`readSync`) before taking the
- *   slice; this one copies only the slice, from a view of the heap.
+ *   slice; this one copies only the slice, from a view of the heap. `SplitV` likewise (the package's calls
+ *   its own Slice, not the registered kernel).
  */
 import { tf } from './index.js';
 
@@ -78,6 +79,73 @@ export function registerWasmExtras(): void {
       return out;
     },
   });
+  // The package's SplitV calls its own Slice (the one above replaces only the registered kernel), so every
+  // part read the whole input into JavaScript first: 7 ms per split of a [2048, 344] product.
+  const splitV = tf.getKernel('SplitV', 'wasm');
+  if (splitV) {
+    tf.unregisterKernel('SplitV', 'wasm');
+    tf.registerKernel({
+      kernelName: 'SplitV',
+      backendName: 'wasm',
+      kernelFunc: (args) => {
+        const { x } = args.inputs as { x: tf.TensorInfo };
+        if (x.dtype === 'string') return splitV.kernelFunc(args);
+        const { numOrSizeSplits, axis } = args.attrs as unknown as { numOrSizeSplits: number | number[]; axis: number };
+        const $axis = tf.util.parseAxisParam(axis, x.shape)[0]!;
+        const sizes = tf.backend_util.prepareSplitSize(x as tf.TensorInfo as tf.Tensor, numOrSizeSplits, $axis);
+        const b = args.backend as unknown as WasmBackendLike;
+        const begin = x.shape.map(() => 0);
+        const outs = sizes.map((s) => {
+          const size = [...x.shape];
+          size[$axis] = s;
+          const out = b.makeOutput(size, x.dtype);
+          // Views after the allocation: it may grow (and so move) the heap.
+          sliceInto(b.typedArrayFromHeap(x), x.shape, begin, size, b.typedArrayFromHeap(out));
+          begin[$axis]! += s;
+          return out;
+        });
+        return outs;
+      },
+    });
+  }
+  // The package's Concat copies each input's run of each outer row with subarray + set: an allocation per run,
+  // 0.9 ms to join the [2048, 176 | 32 | 128 | 8] gradients of a concat_linear. Short runs by a loop here.
+  const concat = tf.getKernel('Concat', 'wasm');
+  if (concat) {
+    tf.unregisterKernel('Concat', 'wasm');
+    tf.registerKernel({
+      kernelName: 'Concat',
+      backendName: 'wasm',
+      kernelFunc: (args) => {
+        const inputs = args.inputs as unknown as tf.TensorInfo[];
+        if (!inputs.length || inputs[0]!.dtype === 'string') return concat.kernelFunc(args);
+        const axis = tf.util.parseAxisParam((args.attrs as unknown as { axis: number }).axis, inputs[0]!.shape)[0]!;
+        const parts = inputs.filter((t) => tf.util.sizeFromShape(t.shape) > 0);
+        if (parts.length < 2) return concat.kernelFunc(args);
+        tf.backend_util.assertParamsConsistent(inputs.map((t) => t.shape), axis);
+        const shape = tf.backend_util.computeOutShape(inputs.map((t) => t.shape), axis);
+        const b = args.backend as unknown as WasmBackendLike;
+        const out = b.makeOutput(shape, inputs[0]!.dtype);
+        const o = b.typedArrayFromHeap(out);
+        const outer = tf.util.sizeFromShape(parts[0]!.shape.slice(0, axis));
+        const runs = parts.map((t) => tf.util.sizeFromShape(t.shape.slice(axis)));
+        const width = runs.reduce((a, r) => a + r, 0);
+        let col = 0;
+        parts.forEach((t, i) => {
+          const v = b.typedArrayFromHeap(t);
+          const run = runs[i]!;
+          for (let r = 0; r < outer; r++) {
+            const src = r * run;
+            const dst = r * width + col;
+            if (run < 64) for (let j = 0; j < run; j++) o[dst + j] = v[src + j]!;
+            else o.set(v.subarray(src, src + run), dst);
+          }
+          col += run;
+        });
+        return out;
+      },
+    });
+  }
   tf.unregisterKernel('OneHot', 'wasm');
   tf.registerKernel({
     kernelName: 'OneHot',
@@ -100,7 +168,7 @@ export function registerWasmExtras(): void {
 }
 
 /** Copy the box `begin`..`begin + size` of a row-major tensor of `shape` into `out` (row-major). */
-export function sliceInto(x: ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> }, shape: number[], begin: number[], size: number[], out: { set(a: ArrayLike<number>, o: number): void }): void {
+export function sliceInto(x: ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> }, shape: number[], begin: number[], size: number[], out: { set(a: ArrayLike<number>, o: number): void; [i: number]: number }): void {
   const rank = shape.length;
   if (size.some((d) => d === 0)) return;
   if (rank === 0) {
@@ -110,7 +178,8 @@ export function sliceInto(x: ArrayLike<number> & { subarray(a: number, b: number
   const strides = new Array<number>(rank);
   strides[rank - 1] = 1;
   for (let d = rank - 2; d >= 0; d--) strides[d] = strides[d + 1]! * shape[d + 1]!;
-  // Merge the trailing dimensions the slice takes whole into one contiguous run.
+  // Merge the trailing dimensions the slice takes whole into one contiguous run (a short run is copied by a
+  // loop: subarray + set costs an allocation per run, most of the time of a narrow column slice).
   let inner = rank - 1;
   let run = size[rank - 1]!;
   while (inner > 0 && begin[inner] === 0 && size[inner] === shape[inner]) {
@@ -124,7 +193,8 @@ export function sliceInto(x: ArrayLike<number> & { subarray(a: number, b: number
   for (let n = 0; n < count; n++) {
     let off = begin[inner]! * strides[inner]!;
     for (let d = 0; d < inner; d++) off += (begin[d]! + idx[d]!) * strides[d]!;
-    out.set(x.subarray(off, off + run), o);
+    if (run < 64) for (let j = 0; j < run; j++) out[o + j] = x[off + j]!;
+    else out.set(x.subarray(off, off + run), o);
     o += run;
     for (let d = inner - 1; d >= 0; d--) {
       if (++idx[d]! < outer[d]!) break;

@@ -221,6 +221,50 @@ describe('attention and rope', () => {
   });
 });
 
+describe('concat_linear', () => {
+  const T2 = (r: number, c: number) => tf.tensor2d(randn(r * c), [r, c]);
+  const parts: { kind: string; out: number; params: string[]; bias?: string; [k: string]: unknown }[] = [
+    { kind: 'linear', out: 5, params: ['W'], node: 'a', bias: 'b', attrs: { out: 5 } },
+    { kind: 'lora_down', out: 2, params: ['A'], node: 'c', adapter: 'l', attrs: { rank: 2 } },
+    { kind: 'moe_down_batched', out: 8, params: ['Ash', 'Ae'], node: 'd', adapter: 'm', attrs: { rows: 8, sharedRank: 2, rank: 2, experts: 3 } },
+    { kind: 'router', out: 3, params: ['Wr'], node: 'e', adapter: 'm', bias: 'br', activation: 'softmax', attrs: { experts: 3, activation: 'softmax' } },
+  ];
+  const inputs = (T: number, inF: number) => [T2(T, inF), T2(5, inF), tf.tensor1d(randn(5)), T2(2, inF), T2(2, inF), tf.tensor3d(randn(3 * 2 * inF), [3, 2, inF]), T2(3, inF), tf.tensor1d(randn(3))];
+  const step = (p = parts) => stepOf('concat_linear', { parts: p }, 1 + p.reduce((n, q) => n + q.params.length + (q.bias ? 1 : 0), 0), p.length);
+
+  it('one GEMM split into parts (bias, stacked experts, softmax and sigmoid routers): forward and every gradient', () => {
+    for (const [T, inF] of [[7, 5], [1, 9], [12, 3]] as const) sameAsReference(step(), inputs(T, inF), context(1, T));
+    const sig = parts.map((p) => (p.kind === 'router' ? { ...p, activation: 'sigmoid' } : p));
+    sameAsReference(step(sig), inputs(6, 4), context(1, 6));
+    // Two parts without biases.
+    sameAsReference(step(parts.slice(1, 3)), [T2(5, 4), T2(2, 4), T2(2, 4), tf.tensor3d(randn(24), [3, 2, 4])], context(1, 5));
+  });
+
+  it('differentiates only what is asked (a frozen weight): the same gradients of x and the adapter', () => {
+    const ctx = context(1, 6);
+    const xs = inputs(6, 4);
+    const st = step();
+    const R = tf.tensor2d(randn(6 * 18), [6, 18]);
+    const g = (table: Record<PlanOp, Kernel>) =>
+      tf.tidy(() => {
+        const f = (x: Tensor, A: Tensor) => tf.sum(tf.mul(tf.concat(table.concat_linear([x, xs[1]!, xs[2]!, A, ...xs.slice(4)], st, ctx), 1), R)) as tf.Scalar;
+        return tf.grads(f)([xs[0]!, xs[3]!]).map((t) => Float32Array.from(t.dataSync()));
+      });
+    const want = g(reference);
+    const got = g(cpuKernels({ kernels: [] }));
+    want.forEach((w, i) => expect(relErr(got[i]!, w)).toBeLessThan(1e-5));
+  });
+
+  it('on the wasm backend', async () => {
+    await initBackend('wasm');
+    try {
+      sameAsReference(step(), inputs(9, 6), context(1, 9), 1e-4);
+    } finally {
+      await initBackend('cpu');
+    }
+  });
+});
+
 describe('the table on the executor', () => {
   const saved = process.env.MCPC_KERNELS;
   afterAll(() => {

@@ -75,7 +75,7 @@ describe('slice copier', () => {
 
 describe('through tfjs: wasm equals cpu', () => {
   afterAll(() => initBackend('cpu'));
-  it('matMul (all transposes, batched, broadcast), slice, clone and oneHot', async () => {
+  it('matMul (all transposes, batched, broadcast), slice, clone, oneHot, split and concat', async () => {
     const run = () =>
       tf.tidy(() => {
         const a = tf.tensor3d(Float32Array.from({ length: 2 * 5 * 7 }, (_, i) => Math.sin(i)), [2, 5, 7]);
@@ -91,12 +91,19 @@ describe('through tfjs: wasm equals cpu', () => {
           tf.slice(a, [1, 1, 2], [1, 3, 4]),
           tf.clone(a),
           tf.oneHot(tf.tensor1d([2, 0, 1], 'int32'), 4, 1, 0, 'float32' as never),
+          // SplitV and Concat (replaced in wasm-extra.ts): narrow and wide (>= 64) runs, inner and outer axes.
+          ...tf.split(x, [2, 4, 1], 1),
+          ...tf.split(a, [1, 4], 1),
+          tf.concat([x, tf.reshape(tf.tile(x, [1, 10]), [10, 70]), tf.slice(x, [0, 0], [10, 1])], 1),
+          tf.concat([w, x], 0),
+          tf.concat([a, tf.slice(a, [0, 0, 0], [2, 2, 7])], 1),
         ].map((t) => Array.from(t.dataSync()));
       });
     await initBackend('cpu');
     const want = run();
     await initBackend('wasm');
     const got = run();
+    expect(got.map((g) => g.length)).toEqual(want.map((g) => g.length));
     for (let i = 0; i < want.length; i++) for (let j = 0; j < want[i]!.length; j++) expect(Math.abs(got[i]![j]! - want[i]![j]!)).toBeLessThan(1e-5);
   });
 });
