@@ -88,7 +88,7 @@ import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
 import { dropoutMask, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
-import { fusedAdamW, webgpuKernels } from './kernels/webgpu.js';
+import { fusedAdamW, webgpuKernelTable } from './kernels/webgpu.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
 import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
@@ -257,9 +257,12 @@ class Runner implements StageRunner {
   private scheduleStep = 0;
   private exited = false;
   private disposed = false;
-  // WebGPU hook (issue 5): on the webgpu backend the steps run the WGSL kernel table and AdamW is one dispatch.
+  // WebGPU hook (issue 5): on the webgpu backend the steps run the WGSL kernel table (fused_elementwise: the plan's
+  // own WGSL; MCPC_FUSED_WGSL=0 runs the reference) and AdamW is one dispatch.
   // CPU hook (issue 5): on wasm the fused CPU kernel table (kernels/cpu.ts; MCPC_KERNELS=reference|fused overrides).
   private readonly kernels: Record<PlanStep['op'], Kernel>;
+  /** Whether the steps run the WebGPU table (and AdamW is one dispatch). */
+  private readonly webgpu: boolean;
   /** Adapters with dropout > 0, by name. */
   private readonly dropout: Map<string, number>;
 
@@ -268,7 +271,8 @@ class Runner implements StageRunner {
     stageName: string,
     opts: StageRunnerOptions,
   ) {
-    this.kernels = tf.getBackend() === 'webgpu' ? webgpuKernels : cpuKernelTable(plan);
+    this.webgpu = tf.getBackend() === 'webgpu';
+    this.kernels = this.webgpu ? webgpuKernelTable(plan) : cpuKernelTable(plan);
     this.dropout = new Map(plan.adapters.filter((a) => a.dropout > 0).map((a) => [a.name, a.dropout]));
     const stage = plan.stages.find((s) => s.name === stageName);
     if (!stage) throw new RunnerError(`no stage '${stageName}' in the plan of ${plan.pipeline} (stages: ${plan.stages.map((s) => s.name).join(', ')})`);
@@ -596,7 +600,7 @@ class Runner implements StageRunner {
     const factor = clipFactor(gradNorm, s.gradClip);
     const t = this.t + 1;
     // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (kernels/webgpu.ts).
-    if (this.kernels === webgpuKernels && s.optimizer.kind === 'adamw') fusedAdamW(this.trainable, this.params, this.slots, grads, s.optimizer, { lr, weightDecay: s.weightDecay, t, gradScale: factor });
+    if (this.webgpu && s.optimizer.kind === 'adamw') fusedAdamW(this.trainable, this.params, this.slots, grads, s.optimizer, { lr, weightDecay: s.weightDecay, t, gradScale: factor });
     else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;

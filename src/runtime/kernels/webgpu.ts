@@ -7,15 +7,24 @@
  * backend is not webgpu.
  *
  *   rmsnorm  swiglu  rope  attention  lm_head_xent  topk_gate  ortho_penalty_batched   WGSL
- *   everything else (GEMMs, LoRA, routing, add, fused_elementwise, ...)                  reference (tfjs ops)
+ *   fused_elementwise   the plan's own WGSL (the compiler's modules in the plan's kernel table, ../webgpu/fused.ts):
+ *                       forward in one dispatch, the generated backward in one (+ one column sum for a vec
+ *                       input's gradient); needs the plan, so only in `webgpuKernelTable(plan)`
+ *   everything else (GEMMs, LoRA, routing, add, ...)                                     reference (tfjs ops)
+ *
+ * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
+ * WGSL or no generated backward, its attrs do not describe the modules (../webgpu/fused.ts `fusedWgslOf`
+ * says why), an input is not float32 or not [rows, cols] / [cols] as declared, or the grid is past 2^31
+ * elements (u32 indices); and everywhere when MCPC_FUSED_WGSL=0 (tests compare the two).
  *
  * LoRA dropout: the executor masks a dropout adapter's A input before the (reference) lora_down /
  * expert_down / moe_down_batched run (../dropout.ts), the same semantics as the CPU tables.
  *
  * `fusedAdamW` is the optimizer step the executor uses on webgpu: every trainable tensor in one dispatch.
  */
-import type { PlanOp } from '../../plan/types.js';
+import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
+import { fusedWgsl, fusedWgslFits, fusedWgslOf, type FusedWgslProgram } from '../webgpu/fused.js';
 import { adamwAll } from '../webgpu/kernels/adamw.js';
 import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
 import { orthoPenaltyBatched, type OrthoTermSpec } from '../webgpu/kernels/ortho.js';
@@ -88,11 +97,45 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
   }),
 };
 
-/** The WebGPU kernel table: every plan op, WGSL where there is a kernel, else the reference. */
+/** The WebGPU kernel table without a plan: every plan op, WGSL where there is a kernel, else the reference (fused_elementwise too). */
 export const webgpuKernels: Record<PlanOp, Kernel> = { ...reference, ...wgsl };
 
-/** The ops that run a WGSL kernel on webgpu. */
-export const wgslOps: readonly PlanOp[] = Object.keys(wgsl) as PlanOp[];
+/** The ops that run a WGSL kernel on webgpu (fused_elementwise: through {@link webgpuKernelTable}). */
+export const wgslOps: readonly PlanOp[] = [...(Object.keys(wgsl) as PlanOp[]), 'fused_elementwise'];
+
+/** Whether fused_elementwise runs the plan's WGSL: MCPC_FUSED_WGSL=0 forces the reference. */
+export function fusedWgslEnabled(): boolean {
+  const v = process.env.MCPC_FUSED_WGSL;
+  if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new Error(`MCPC_FUSED_WGSL must be 0 or 1 (got '${v}')`);
+  return v !== '0';
+}
+
+/**
+ * The WebGPU kernel table for `plan`: {@link webgpuKernels} with fused_elementwise running the WGSL the
+ * compiler generated for each fused kernel (the plan's kernel table), unless `fused` is false.
+ */
+export function webgpuKernelTable(plan: Pick<Plan, 'kernels'>, fused = fusedWgslEnabled()): Record<PlanOp, Kernel> {
+  if (!fused) return { ...webgpuKernels };
+  const programs = new Map<string, FusedWgslProgram | string>();
+  const program = (step: KernelStep): FusedWgslProgram | string => {
+    const id = typeof step.attrs.kernel === 'string' ? step.attrs.kernel : ((step as { kernel?: string }).kernel ?? '');
+    let p = programs.get(id);
+    if (p === undefined) {
+      p = fusedWgslOf(plan.kernels.find((k) => k.id === id));
+      programs.set(id, p);
+    }
+    return p;
+  };
+  return {
+    ...webgpuKernels,
+    fused_elementwise: gpu('fused_elementwise', (inputs, step, ctx) => {
+      const p = program(step);
+      const grid = typeof p === 'string' || step.outputs.length !== p.outputs ? undefined : fusedWgslFits(p, inputs);
+      if (typeof p === 'string' || !grid) return reference.fused_elementwise(inputs, step, ctx);
+      return fusedWgsl(p, inputs, grid.rows, grid.cols);
+    }),
+  };
+}
 
 /**
  * One AdamW step of every trainable tensor in one dispatch (webgpu/kernels/adamw.ts), for the executor:

@@ -8,7 +8,9 @@
  *
  *   - bindings in group 0: the inputs first (0 … n−1, `var<storage, read>`), then the outputs
  *     (n … n+m−1, `var<storage, read_write>`), then, when `uniforms` is given, one `var<uniform>`;
- *   - the entry point is `main`;
+ *     or, for modules with a layout of their own (the compiler's fused kernels: params at 0), the binding
+ *     numbers given in `bindings` / `uniformBinding`;
+ *   - the entry point is `main`, or `entryPoint` (a module with several: one pipeline each);
  *   - the kernel must write every element of every output (tfjs recycles buffers: nothing is zeroed).
  *
  * Pipelines are cached per device by module text. Kernels are used inside tfjs kernel functions
@@ -31,19 +33,29 @@ export interface WgslRun {
   dispatch: [number, number, number];
   /** A name for profiles and error messages. */
   label?: string;
+  /** The entry point (default `main`). */
+  entryPoint?: string;
+  /** Binding numbers of the inputs, then the outputs (default 0, 1, … in that order). */
+  bindings?: number[];
+  /** Binding number of the uniform block (default: after the inputs and outputs). */
+  uniformBinding?: number;
 }
 
 const pipelines = new WeakMap<object, Map<string, any>>();
 
-/** The compute pipeline for `code` on `device`, compiled once. Validation errors surface as Dawn's uncaptured errors. */
-export function pipelineFor(device: any, code: string, label = 'mcpc'): any {
+/**
+ * The compute pipeline of `entryPoint` in `code` on `device`, compiled once (cached by module text and entry
+ * point). Validation errors surface as Dawn's uncaptured errors.
+ */
+export function pipelineFor(device: any, code: string, label = 'mcpc', entryPoint = 'main'): any {
   let cache = pipelines.get(device);
   if (!cache) pipelines.set(device, (cache = new Map()));
-  let p = cache.get(code);
+  const key = entryPoint === 'main' ? code : `${entryPoint}\u0000${code}`;
+  let p = cache.get(key);
   if (!p) {
     const module = device.createShaderModule({ code, label });
-    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' }, label });
-    cache.set(code, p);
+    p = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint }, label });
+    cache.set(key, p);
   }
   return p;
 }
@@ -64,15 +76,15 @@ export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] 
   for (const o of outputs) backend.uploadToGPU(o.dataId);
   if (run.dispatch.some((d) => d === 0)) return outputs;
   const device = backend.device;
-  const pipeline = pipelineFor(device, run.code, run.label);
+  const pipeline = pipelineFor(device, run.code, run.label, run.entryPoint);
   const entries: { binding: number; resource: unknown }[] = [];
-  [...run.inputs, ...outputs].forEach((t, i) => entries.push({ binding: i, resource: backend.tensorToBinding(t) }));
+  [...run.inputs, ...outputs].forEach((t, i) => entries.push({ binding: run.bindings?.[i] ?? i, resource: backend.tensorToBinding(t) }));
   if (run.uniforms) {
     const size = run.uniforms.byteLength;
     const buf = backend.bufferManager.acquireBuffer(size, USAGE_COPY_DST | USAGE_UNIFORM);
     backend.queue.writeBuffer(buf, 0, run.uniforms, 0, size);
     backend.uniformPendingDisposal.push(buf);
-    entries.push({ binding: entries.length, resource: { offset: 0, size, buffer: buf } });
+    entries.push({ binding: run.uniformBinding ?? entries.length, resource: { offset: 0, size, buffer: buf } });
   }
   for (const t of [...run.inputs, ...outputs]) backend.commandQueueOwnedIds.add(t.dataId);
   const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });

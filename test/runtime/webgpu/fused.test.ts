@@ -1,0 +1,187 @@
+/**
+ * The plan's fused elementwise WGSL on webgpu (src/runtime/webgpu/fused.ts, through the kernel table of
+ * src/runtime/kernels/webgpu.ts) against the reference kernel (the expression as tfjs ops, autodiff) on the
+ * cpu backend: every fused kernel of MedCare's -O1 plan, forward and the gradient of every input, at one row
+ * and at several, at the plan's width and at one past the workgroup that is not a multiple of it; gradients
+ * of some inputs only (a frozen norm weight: no column sum; a shared slot; the last input alone); how many
+ * kernels a forward and backward record; no tensor left behind; the fallbacks (no WGSL in the plan,
+ * MCPC_FUSED_WGSL=0).
+ */
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { compileFile, nodeHost } from '../../../src/compiler/index.js';
+import type { FusedExprAttrs } from '../../../src/plan/fused.js';
+import type { Plan, PlanStep } from '../../../src/plan/types.js';
+import { reference, type KernelContext } from '../../../src/runtime/kernels/reference.js';
+import { fusedWgslEnabled, webgpuKernelTable } from '../../../src/runtime/kernels/webgpu.js';
+import { FUSED_GRAD_KERNEL, FUSED_KERNEL, fusedWgslOf, savedForBackward } from '../../../src/runtime/webgpu/fused.js';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
+
+const root = fileURLToPath(new URL('../../../', import.meta.url));
+
+const ctx = (): KernelContext => ({ rows: 1, seqLen: 1, positions: new Int32Array(1), segments: new Int32Array(1), cache: new Map() });
+
+describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference computes it', () => {
+  let plan: Plan;
+  let steps: PlanStep[];
+  beforeAll(() => {
+    plan = compileFile('pipelines/medcare.mcp', nodeHost(root, root), {}, { optLevel: 1 }).plan!;
+    const seen = new Map<string, PlanStep>();
+    for (const st of plan.stages) for (const f of st.forward) if (f.op === 'fused_elementwise' && !seen.has(f.kernel)) seen.set(f.kernel, f);
+    steps = [...seen.values()];
+  });
+  afterAll(() => initBackend('cpu'));
+
+  /** The kernel table's copy of the expression (the step's has no backward). */
+  const exprOf = (step: PlanStep) => (plan.kernels.find((k) => k.id === step.kernel)!.attrs as { expr: FusedExprAttrs }).expr;
+  const argsOf = (step: PlanStep, rows: number, cols: number, seed: number, diff: (i: number) => boolean = () => true): Arg[] =>
+    exprOf(step).inputs.map((k, i) => randn(seed + i, k === 'vec' ? [cols] : [rows, cols], 1, diff(i)));
+
+  it('every MedCare -O1 kernel has WGSL the runtime takes; the forward saves only what its backward reads', () => {
+    expect(steps.length).toBeGreaterThanOrEqual(5);
+    for (const s of steps) {
+      const p = fusedWgslOf(plan.kernels.find((k) => k.id === s.kernel));
+      if (typeof p === 'string') throw new Error(`${s.kernel}: ${p}`);
+      // tfjs clones (one Identity kernel) every tensor a gradient saves: a pure sum saves nothing, the others less than all.
+      const saved = savedForBackward(p);
+      const count = saved.inputs.length + saved.outputs.filter(Boolean).length;
+      if (p.backward.slots.every((x) => x.identityOf !== undefined)) expect(count, s.kernel).toBe(0);
+      else expect(count, s.kernel).toBeLessThan(p.inputs.length + p.outputs);
+    }
+  });
+
+  it('every MedCare -O1 kernel: outputs and every gradient (one row, several; the plan width and 300 columns)', async () => {
+    const table = webgpuKernelTable(plan, true);
+    const cols0 = (steps[0]!.attrs as { cols: number }).cols;
+    expect(cols0 % 256).not.toBe(0);
+    for (const step of steps)
+      for (const [rows, cols] of [
+        [1, cols0],
+        [7, cols0],
+        [1, 300],
+        [5, 300],
+        [300, 3],
+      ] as const) {
+        const r = await compare(
+          (xs) => table.fused_elementwise(xs, step, ctx()),
+          (xs) => reference.fused_elementwise(xs, step, ctx()),
+          argsOf(step, rows, cols, 11),
+        );
+        expect(r.worst, `${step.kernel} at ${rows}x${cols}: ${r.what}`).toBeLessThan(1e-4);
+        // Every gradient checks something (none is zero for these kernels).
+        r.ref.grads.forEach((g, i) => expect(Math.max(...g.map(Math.abs)), `${step.kernel} gradient ${i}`).toBeGreaterThan(0));
+      }
+  });
+
+  it('gradients of some inputs only: each as the reference gives it', async () => {
+    const table = webgpuKernelTable(plan, true);
+    for (const step of steps) {
+      const n = exprOf(step).inputs.length;
+      const subsets: ((i: number) => boolean)[] = [(i) => exprOf(step).inputs[i] === 'elem', (i) => i === n - 1, (i) => i === 0, (i) => i % 2 === 1];
+      for (const pick of subsets) {
+        const r = await compare(
+          (xs) => table.fused_elementwise(xs, step, ctx()),
+          (xs) => reference.fused_elementwise(xs, step, ctx()),
+          argsOf(step, 3, 40, 5, pick),
+        );
+        expect(r.worst, `${step.kernel}: ${r.what}`).toBeLessThan(1e-4);
+      }
+    }
+  });
+
+  /** The kernels a forward and the gradients of `wrt` record, by name; and the tensors left afterwards. */
+  async function recorded(step: PlanStep, wrt: number[], fused = true): Promise<{ counts: Map<string, number>; leaked: number }> {
+    await initBackend('webgpu');
+    const table = webgpuKernelTable(plan, fused);
+    const inputs = argsOf(step, 4, 64, 3).map((a) => tf.tensor(a.data as Float32Array, a.shape));
+    const before = tf.memory().numTensors;
+    const info = await tf.profile(async () => {
+      const gs = tf.tidy(() => {
+        const f = (...xs: Tensor[]) => {
+          const all = inputs.slice();
+          wrt.forEach((k, j) => (all[k] = xs[j]!));
+          return tf.addN(table.fused_elementwise(all, step, ctx()).map((y) => tf.sum(y))) as tf.Scalar;
+        };
+        return tf.grads(f)(wrt.map((k) => inputs[k]!));
+      });
+      await Promise.all(gs.map((g) => g.data()));
+      tf.dispose(gs);
+      return [];
+    });
+    await Promise.resolve();
+    const counts = new Map<string, number>();
+    // The forward kernels are named per plan kernel (McpcFusedWgsl:<id>): counted together.
+    for (const k of info.kernels) {
+      const name = k.name.startsWith(`${FUSED_KERNEL}:`) ? FUSED_KERNEL : k.name;
+      counts.set(name, (counts.get(name) ?? 0) + 1);
+    }
+    const leaked = tf.memory().numTensors - before;
+    tf.dispose(inputs);
+    return { counts, leaked };
+  }
+
+  it('one forward and one backward kernel for a residual add + RMSNorm, frozen weight or not; nothing left behind', async () => {
+    const step = steps.find((s) => s.kernel.startsWith('fused.add_rmsnorm.'))!;
+    expect(step).toBeDefined();
+    const frozen = await recorded(step, [0, 1]);
+    expect(frozen.counts.get(FUSED_KERNEL)).toBe(1);
+    expect(frozen.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
+    expect(frozen.leaked).toBe(0);
+    const all = await recorded(step, [0, 1, 2]);
+    expect(all.counts.get(FUSED_KERNEL)).toBe(1);
+    // The elem slot is computed with the first input; the weight's slot (and its column sum) when asked for.
+    expect(all.counts.get(FUSED_GRAD_KERNEL)).toBe(2);
+    expect(all.leaked).toBe(0);
+    const ref = await recorded(step, [0, 1, 2], false);
+    expect(ref.counts.get(FUSED_KERNEL)).toBeUndefined();
+    const total = (c: Map<string, number>) => [...c.values()].reduce((a, b) => a + b, 0);
+    expect(total(all.counts)).toBeLessThan(total(ref.counts) / 2);
+  });
+
+  it('SwiGLU after two adds: both gradient slots in one backward dispatch; speculative results freed', async () => {
+    const step = steps.find((s) => s.kernel.startsWith('fused.add2_swiglu.') && exprOf(s).backward!.slots.length === 2 && exprOf(s).backward!.grads[0] === 0)!;
+    const r = await recorded(step, exprOf(step).inputs.map((_, i) => i));
+    expect(r.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
+    expect(r.leaked).toBe(0);
+    // Only the later input asked for: its slot alone.
+    const last = await recorded(step, [exprOf(step).inputs.length - 1]);
+    expect(last.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
+    expect(last.leaked).toBe(0);
+  });
+
+  it('a pure add: forward one kernel, backward the upstream gradient itself (no dispatch)', async () => {
+    const step = steps.find((s) => s.kernel.startsWith('fused.add2.'))!;
+    const r = await recorded(step, [0, 1, 2]);
+    expect(r.counts.get(FUSED_KERNEL)).toBe(1);
+    expect(r.counts.get(FUSED_GRAD_KERNEL)).toBeUndefined();
+    expect(r.leaked).toBe(0);
+  });
+
+  it('falls back to the reference without WGSL in the plan, and under MCPC_FUSED_WGSL=0', async () => {
+    const step = steps.find((s) => s.kernel.startsWith('fused.add_rmsnorm.'))!;
+    const bare = { kernels: plan.kernels.map((k) => (k.id === step.kernel ? { ...k, wgsl: undefined } : k)) } as Plan;
+    expect(fusedWgslOf(bare.kernels.find((k) => k.id === step.kernel))).toMatch(/no WGSL/);
+    const saved = plan;
+    plan = bare;
+    try {
+      const r = await recorded(step, [0, 1, 2]);
+      expect(r.counts.get(FUSED_KERNEL)).toBeUndefined();
+    } finally {
+      plan = saved;
+    }
+    const before = process.env.MCPC_FUSED_WGSL;
+    try {
+      process.env.MCPC_FUSED_WGSL = '0';
+      expect(fusedWgslEnabled()).toBe(false);
+      expect(webgpuKernelTable(plan).fused_elementwise).toBe(reference.fused_elementwise);
+      process.env.MCPC_FUSED_WGSL = 'yes';
+      expect(() => fusedWgslEnabled()).toThrow(/MCPC_FUSED_WGSL/);
+      process.env.MCPC_FUSED_WGSL = '1';
+      expect(webgpuKernelTable(plan).fused_elementwise).not.toBe(reference.fused_elementwise);
+    } finally {
+      if (before === undefined) delete process.env.MCPC_FUSED_WGSL;
+      else process.env.MCPC_FUSED_WGSL = before;
+    }
+  });
+});
