@@ -35,6 +35,11 @@ export interface MoeShape {
   scale: number;
   bias: boolean;
   routerBias: boolean;
+  /**
+   * false: the kernels leave out the base product x·Wᵀ (and dy·W in dx): the caller computes it apart, e.g.
+   * on tensor cores (moeLoraLinear's `base: 'f16'`). Default true.
+   */
+  base?: boolean;
 }
 
 const u = (x: number): string => `${x >>> 0}u`;
@@ -119,7 +124,9 @@ export function downSpec(s: MoeShape, tile: Tile): GemmSpec {
 export function upSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: string[] } {
   const { R } = cols(s);
   // Only bindings the module reads: a pipeline with layout 'auto' has no slot for an unused one.
-  const names = ['x', 'w'];
+  const withBase = s.base !== false;
+  if (!withBase && !s.RS && !s.E) throw new Error('upSpec: without the base product there is nothing to compute');
+  const names = withBase ? ['x', 'w'] : [];
   if (s.RS) names.push('G');
   if (s.E) names.push('Gs');
   const idx = (n: string) => names.indexOf(n);
@@ -129,9 +136,9 @@ export function upSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
   if (s.E) names.push('bE');
   const vecB = s.r % 4 === 0;
   const inputs: GemmSpec['inputs'] = names.map((n) => (n === 'Gs' || n === 'br' ? { type: 'f32' as const } : n === 'bE' ? { type: vecB ? ('vec4' as const) : ('f32' as const) } : {}));
-  const segments: GemmSpec['segments'] = [
-    { k: s.din, a: { kMajor: false, parts: [{ input: idx('x'), count: s.T, ld: s.din, off: 0 }] }, b: { kMajor: false, parts: [{ input: idx('w'), count: s.dout, ld: s.din, off: 0 }] } },
-  ];
+  const segments: GemmSpec['segments'] = withBase
+    ? [{ k: s.din, a: { kMajor: false, parts: [{ input: idx('x'), count: s.T, ld: s.din, off: 0 }] }, b: { kMajor: false, parts: [{ input: idx('w'), count: s.dout, ld: s.din, off: 0 }] } }]
+    : [];
   if (s.RS) {
     segments.push({
       k: s.RS,
@@ -333,7 +340,8 @@ ${s.E ? '  routeBack(row);' : ''}
  */
 export function dxSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: string[] } {
   const { R, H } = cols(s);
-  const names = ['dy', 'w', 'dG'];
+  const withBase = s.base !== false;
+  const names = withBase ? ['dy', 'w', 'dG'] : ['dG'];
   if (s.RS) names.push('aSh');
   if (s.E) names.push('aE', 'wr');
   const at = (n: string) => names.indexOf(n);
@@ -342,9 +350,9 @@ export function dxSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
     a: { kMajor: false, parts: [{ input: at('dG'), count: s.T, ld: R, off }] },
     b: { kMajor: true, parts: [{ input: at(b), count: s.din, ld: s.din, off: 0 }] },
   });
-  const segments: GemmSpec['segments'] = [
-    { k: s.dout, a: { kMajor: false, parts: [{ input: at('dy'), count: s.T, ld: s.dout, off: 0 }] }, b: { kMajor: true, parts: [{ input: at('w'), count: s.din, ld: s.din, off: 0 }] } },
-  ];
+  const segments: GemmSpec['segments'] = withBase
+    ? [{ k: s.dout, a: { kMajor: false, parts: [{ input: at('dy'), count: s.T, ld: s.dout, off: 0 }] }, b: { kMajor: true, parts: [{ input: at('w'), count: s.din, ld: s.din, off: 0 }] } }]
+    : [];
   if (s.RS) segments.push(seg(s.RS, 0, 'aSh'));
   if (s.E) segments.push(seg(s.E * s.r, s.RS, 'aE'), seg(s.E, H, 'wr'));
   return { spec: { m: s.T, n: s.din, tile, segments, inputs: names.map(() => ({})), outputs: [s.din % 4 === 0 ? 'vec4' : 'f32'] }, inputs: names };

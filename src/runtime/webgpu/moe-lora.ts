@@ -23,6 +23,7 @@ import { gemm } from './gemm.js';
 import { gemmDispatch, gemmWgsl, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, upSpec, type MoeShape } from './moe-lora-wgsl.js';
+import { gemmF16 } from './gemm-f16.js';
 import { runWgsl, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -43,6 +44,12 @@ export interface MoeLoraWeights {
 }
 
 export interface MoeLoraOptions {
+  /**
+   * Where the frozen base product x·Wᵀ is computed: `fused` (default) in the kernels' first GEMM segment;
+   * `f16` apart on tensor cores (f16 inputs, f32 accumulation: ./gemm-f16.ts, after probeF16 said ok), the
+   * adapters staying f32; `f32` apart through the f32 GEMM (the same plumbing, for adapters without f16).
+   */
+  base?: 'fused' | 'f16' | 'f32';
   scale: number;
   topK?: number;
   renormalize?: boolean;
@@ -206,7 +213,8 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   const T = dy.shape[0];
   const { H } = cols(s);
   const g: Record<string, () => Tensor> = {};
-  g[ix.w] = () => gemm(dy, ins[ix.x], true, false);
+  // Without the base product (s.base false) W does not reach y through this kernel: no gradient from it.
+  g[ix.w] = s.base === false ? () => tf.zerosLike(ins[ix.w]) : () => gemm(dy, ins[ix.x], true, false);
   if (s.bias) g[ix.b] = () => tf.sum(dy, 0);
   if (s.RS === 0 && s.E === 0) {
     g[ix.x] = () => gemm(dy, ins[ix.w], false, false);
@@ -222,7 +230,7 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   if (hasDp) backIns.push(d[1]);
   if (hasDgates) backIns.push(d[2]);
   const [dG, Hs] = run('McpcMoeLoraBack', backIns, { ...s, hasDp, hasDgates });
-  const dxIns = [dy, ins[ix.w], dG];
+  const dxIns = s.base === false ? [dG] : [dy, ins[ix.w], dG];
   if (s.RS) dxIns.push(ins[ix.aSh]);
   if (s.E) dxIns.push(ins[ix.aE], ins[ix.wr]);
   g[ix.x] = () => run('McpcMoeLoraDx', dxIns, s)[0];
@@ -283,6 +291,25 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   if (RS && !wts.sharedB) throw new Error('moeLoraLinear: sharedA without sharedB');
   if (useReference || tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
   registerMoeLora();
+  const apart = opts.base === 'f16' || opts.base === 'f32';
+  if (apart && (RS || E)) {
+    // y = x·Wᵀ (apart) + the adapters' kernels without the base segment. The base product's gradient
+    // (dx = dy·W, and dW if W is trained) comes from that GEMM's own gradient.
+    const baseY = opts.base === 'f16' ? gemmF16(x, wts.w, false, true) : gemm(x, wts.w, false, true);
+    const rest = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, { ...shape, base: false } as any) as unknown as Tensor[];
+    const y = tf.add(baseY, rest[0]);
+    return E ? { y, p: rest[1], gates: rest[2] } : { y };
+  }
+  const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, shape as any) as unknown as Tensor[];
+  if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
+  const G = outs[outs.length - 1];
+  // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
+  void G;
+  return E ? { y: outs[0], p: outs[1], gates: outs[2] } : { y: outs[0] };
+}
+
+/** The kernel's inputs in inputIndex order. */
+function moeInputs(x: Tensor, wts: MoeLoraWeights, RS: number, E: number): Tensor[] {
   const inputs: Tensor[] = [x, wts.w];
   if (wts.b) inputs.push(wts.b);
   if (RS) inputs.push(wts.sharedA!, wts.sharedB!);
@@ -291,12 +318,7 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
     if (wts.routerB) inputs.push(wts.routerB);
     inputs.push(wts.expertA!, wts.expertB!);
   }
-  const outs = tf.engine().runKernel(MOE_KERNEL, inputs as any, shape as any) as unknown as Tensor[];
-  if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
-  const G = outs[outs.length - 1];
-  // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
-  void G;
-  return E ? { y: outs[0], p: outs[1], gates: outs[2] } : { y: outs[0] };
+  return inputs;
 }
 
 /** The same function as the plan's reference kernels compute it (any backend). */

@@ -69,10 +69,10 @@ function unpack(c: Case, xs: Tensor[]) {
   return { x, w, b, sharedA, sharedB, routerW, routerB, expertA, expertB };
 }
 
-function ours(c: Case) {
+function ours(c: Case, base: 'fused' | 'f32' = 'fused') {
   return (xs: Tensor[]): Tensor[] => {
     const { x, ...wts } = unpack(c, xs);
-    const res = moeLoraLinear(x, wts, { scale: c.scale, topK: c.topK, renormalize: c.renormalize, activation: c.activation });
+    const res = moeLoraLinear(x, wts, { scale: c.scale, topK: c.topK, renormalize: c.renormalize, activation: c.activation, base });
     return c.E ? [res.y, res.p!, res.gates!] : [res.y];
   };
 }
@@ -124,6 +124,13 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
       expect(bad).toEqual([]);
     } finally {
       forceTile(undefined);
+    }
+  });
+
+  it('the base product apart (the tensor-core path\'s plumbing, here through the f32 GEMM): y, p, gates and every gradient, W\'s too', async () => {
+    for (const c of cases.filter((x) => x.E || x.RS)) {
+      const { worst, what } = await compare(ours(c, 'f32'), planOps(c), args(c, 31), 9);
+      expect(worst, `${c.name}: ${what}`).toBeLessThan(2e-4);
     }
   });
 
