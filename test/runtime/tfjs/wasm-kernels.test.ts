@@ -50,6 +50,30 @@ describe('SIMD GEMM (gemm.wat)', () => {
     );
   });
 
+  it('equals the naive product where the transposed packing spans several 32x32 blocks', () => {
+    let x = 7;
+    const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+    for (const [M, N, K] of [
+      [70, 45, 100],
+      [33, 97, 64],
+      [1, 130, 65],
+    ] as const) {
+      for (const transposeA of [false, true]) {
+        for (const transposeB of [false, true]) {
+          const s = { batchA: 2, batchB: 1, M, N, K, transposeA, transposeB };
+          const a = Float32Array.from({ length: 2 * M * K }, rnd);
+          const b = Float32Array.from({ length: K * N }, rnd);
+          const out = new Float32Array(2 * M * N).fill(NaN);
+          matmulInto(a, b, out, s);
+          const want = naive(a, b, s);
+          let worst = 0;
+          for (let i = 0; i < out.length; i++) worst = Math.max(worst, Math.abs(out[i]! - want[i]!));
+          expect(worst, `${M}x${N}x${K} tA=${transposeA} tB=${transposeB}`).toBeLessThan(1e-4 * K);
+        }
+      }
+    }
+  });
+
   it('the committed gemm.wasm is assembled from gemm.wat (npx tsx scripts/build-wasm.ts)', () => {
     expect(() => execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build-wasm.ts', '--check'], { cwd: root, stdio: 'pipe' })).not.toThrow();
   });
