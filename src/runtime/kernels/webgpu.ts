@@ -10,12 +10,19 @@
  *   fused_elementwise   the plan's own WGSL (the compiler's modules in the plan's kernel table, ../webgpu/fused.ts):
  *                       forward in one dispatch, the generated backward in one (+ one column sum for a vec
  *                       input's gradient); needs the plan, so only in `webgpuKernelTable(plan)`
- *   everything else (GEMMs, LoRA, routing, add, ...)                                     reference (tfjs ops)
+ *   concat_linear       ONE WGSL GEMM over the weights stacked in place (../webgpu/concat-linear.ts), each part's
+ *                       columns stored to its output with its bias; a router part's softmax/sigmoid one more
+ *                       dispatch in the same tfjs kernel; gradient: dx one GEMM (a K segment per weight), dW
+ *                       only for the weights autodiff asks for (a frozen base costs nothing), db a column sum
+ *   everything else (linear, LoRA, moe_*, router, add, ...)                              reference (tfjs ops)
  *
  * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
  * WGSL or no generated backward, its attrs do not describe the modules (../webgpu/fused.ts `fusedWgslOf`
  * says why), an input is not float32 or not [rows, cols] / [cols] as declared, or the grid is past 2^31
- * elements (u32 indices); and everywhere when MCPC_FUSED_WGSL=0 (tests compare the two).
+ * elements (u32 indices); and everywhere when MCPC_FUSED_WGSL=0 (tests compare the two). concat_linear falls
+ * back to the reference when its attrs do not describe the inputs, an input is not float32, a weight is not
+ * [r, in] / [E, r, in] of x's width or a part is empty (a WGSL binding nobody reads breaks the pipeline layout),
+ * or x has more than 65535·64 rows; and everywhere when MCPC_GEMM_WGSL=0.
  *
  * LoRA dropout: the executor masks a dropout adapter's A input before the (reference) lora_down /
  * expert_down / moe_down_batched run (../dropout.ts), the same semantics as the CPU tables.
@@ -24,6 +31,7 @@
  */
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
+import { concatLinear, concatLinearFits, type ConcatLayout } from '../webgpu/concat-linear.js';
 import { fusedWgsl, fusedWgslFits, fusedWgslOf, type FusedWgslProgram } from '../webgpu/fused.js';
 import { adamwAll } from '../webgpu/kernels/adamw.js';
 import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
@@ -49,7 +57,47 @@ function gpu(op: PlanOp, k: Kernel): Kernel {
   return (inputs, step, ctx) => (onWebGpu() ? k(inputs, step, ctx) : reference[op](inputs, step, ctx));
 }
 
+/** Whether the plan's GEMM ops (concat_linear, ...) run our WGSL GEMMs: MCPC_GEMM_WGSL=0 forces the reference. */
+export function gemmWgslEnabled(): boolean {
+  const v = process.env.MCPC_GEMM_WGSL;
+  if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new Error(`MCPC_GEMM_WGSL must be 0 or 1 (got '${v}')`);
+  return v !== '0';
+}
+
+/** concat_linear's parts as the WGSL kernel reads its inputs, or undefined when the attrs do not describe them (reference). */
+const concatLayouts = new WeakMap<object, ConcatLayout | null>();
+function concatLayoutOf(step: KernelStep, nInputs: number): ConcatLayout | undefined {
+  const parts = step.attrs.parts as { kind?: string; out?: number; params?: unknown[]; bias?: string; activation?: string }[] | undefined;
+  if (!Array.isArray(parts) || !parts.length) return undefined;
+  const hit = concatLayouts.get(parts);
+  if (hit !== undefined) return hit ?? undefined;
+  let at = 1;
+  const out: ConcatLayout = { parts: [] };
+  let ok = true;
+  for (const p of parts) {
+    const act = p.kind === 'router' ? (p.activation ?? 'softmax') : 'none';
+    if (!Array.isArray(p.params) || !p.params.length || typeof p.out !== 'number' || (act !== 'none' && act !== 'softmax' && act !== 'sigmoid')) {
+      ok = false;
+      break;
+    }
+    const weights = p.params.map((_, k) => at + k);
+    at += p.params.length;
+    out.parts.push({ out: p.out, weights, ...(p.bias ? { bias: at++ } : {}), act: act as 'none' | 'softmax' | 'sigmoid' });
+  }
+  const layout = ok && at === nInputs ? out : null;
+  concatLayouts.set(parts, layout);
+  return layout ?? undefined;
+}
+
 const wgsl: Partial<Record<PlanOp, Kernel>> = {
+  concat_linear: gpu('concat_linear', (inputs, step, ctx) => {
+    // The reference (and its errors) when switched off, when the attrs do not describe the inputs, or when an
+    // input does not fit the kernel (not float32, a weight of another width, an empty part: concatLinearFits).
+    const layout = gemmWgslEnabled() ? concatLayoutOf(step, inputs.length) : undefined;
+    if (!layout || !concatLinearFits(inputs, layout)) return reference.concat_linear(inputs, step, ctx);
+    return concatLinear(inputs, layout);
+  }),
+
   rmsnorm: gpu('rmsnorm', (inputs, step) => [rmsnorm(inputs[0]!, inputs[1], num(step, 'eps'))]),
 
   swiglu: gpu('swiglu', (inputs, step, ctx) => (inputs.length === 2 ? [swiglu(inputs[0]!, inputs[1]!)] : reference.swiglu(inputs, step, ctx))),

@@ -1,0 +1,118 @@
+/**
+ * The plan's GEMM ops that run our WGSL GEMMs on webgpu (src/runtime/kernels/webgpu.ts: concat_linear through
+ * src/runtime/webgpu/concat-linear.ts) against the reference kernels on the cpu backend: forward outputs and
+ * every gradient (frozen inputs included: their gradient is simply not asked for), on awkward shapes (one
+ * token, sizes that are not multiples of any tile or of 4), router parts with softmax and sigmoid, expert
+ * stacks [E, r, in]; and MCPC_GEMM_WGSL=0 running the reference. Needs WebGPU: see kernels-support.ts.
+ */
+import { afterAll, expect, it } from 'vitest';
+import { reference, type KernelStep } from '../../../src/runtime/kernels/reference.js';
+import { webgpuKernels } from '../../../src/runtime/kernels/webgpu.js';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
+
+const noCtx = { rows: 1, seqLen: 1, positions: new Int32Array(1), segments: new Int32Array(1), cache: new Map<string, Tensor>() };
+const step = (op: KernelStep['op'], attrs: Record<string, unknown>, outputs: string[] = ['y']): KernelStep => ({ node: 'n', op, inputs: [], outputs, attrs });
+
+interface PartCase {
+  kind: 'linear' | 'lora_down' | 'moe_down_batched' | 'router';
+  /** Shapes of the weights (without the in dimension). */
+  weights: number[][];
+  bias?: boolean;
+  activation?: 'softmax' | 'sigmoid';
+  /** Frozen weights (no gradient asked). */
+  frozen?: boolean;
+}
+
+function concatCase(T: number, K: number, parts: PartCase[], seed: number): { st: KernelStep; args: Arg[] } {
+  const args: Arg[] = [randn(seed, [T, K])];
+  let s = seed + 1;
+  const attrsParts = parts.map((p, i) => {
+    const params = p.weights.map((shape, k) => {
+      args.push(randn(s++, [...shape, K], 0.5, !p.frozen));
+      return `w${i}_${k}`;
+    });
+    const out = p.weights.reduce((a, w) => a + w.reduce((x, y) => x * y, 1), 0);
+    if (p.bias) args.push(randn(s++, [out], 0.5, !p.frozen));
+    return { kind: p.kind, out, params, ...(p.bias ? { bias: `b${i}` } : {}), ...(p.activation ? { activation: p.activation } : {}) };
+  });
+  return { st: step('concat_linear', { parts: attrsParts }, parts.map((_, i) => `y${i}`)), args };
+}
+
+describeGpu('plan GEMM ops on WGSL match the reference', () => {
+  afterAll(() => initBackend('cpu'));
+
+  const cases: [string, number, number, PartCase[]][] = [
+    [
+      'base+bias (frozen), lora_down, moe_down_batched (shared + expert stack), softmax router with bias; one token',
+      1,
+      13,
+      [
+        { kind: 'linear', weights: [[11]], bias: true, frozen: true },
+        { kind: 'lora_down', weights: [[3]] },
+        { kind: 'moe_down_batched', weights: [[2], [3, 2]] },
+        { kind: 'router', weights: [[3]], bias: true, activation: 'softmax' },
+      ],
+    ],
+    [
+      'trainable base, sigmoid router without bias, T=37 K=29',
+      37,
+      29,
+      [
+        { kind: 'linear', weights: [[17]] },
+        { kind: 'router', weights: [[5]], activation: 'sigmoid' },
+        { kind: 'lora_down', weights: [[7]] },
+      ],
+    ],
+    [
+      'multiples of 4 (vec4 loads and stores), two routers, T=70 K=64',
+      70,
+      64,
+      [
+        { kind: 'linear', weights: [[64]], bias: true, frozen: true },
+        { kind: 'moe_down_batched', weights: [[4], [4, 4]] },
+        { kind: 'router', weights: [[4]], bias: true, activation: 'softmax' },
+        { kind: 'router', weights: [[8]], activation: 'sigmoid' },
+      ],
+    ],
+    ['one part, one column', 5, 3, [{ kind: 'lora_down', weights: [[1]] }]],
+    ['a router alone (one expert)', 9, 6, [{ kind: 'router', weights: [[1]], bias: true, activation: 'softmax' }]],
+  ];
+  for (const [name, T, K, parts] of cases) {
+    it(`concat_linear: ${name}`, async () => {
+      const { st, args } = concatCase(T, K, parts, T * 31 + K);
+      const c = await compare(
+        (xs) => webgpuKernels.concat_linear(xs, st, noCtx),
+        (xs) => reference.concat_linear(xs, st, noCtx),
+        args,
+      );
+      expect(c.worst, c.what).toBeLessThan(1e-4);
+    });
+  }
+
+  it('concat_linear runs one tfjs kernel forward (none of the reference ops), and the reference under MCPC_GEMM_WGSL=0', async () => {
+    const { st, args } = concatCase(6, 10, cases[0]![3], 3);
+    await initBackend('webgpu');
+    const names = async (): Promise<string[]> => {
+      const xs = args.map((a) => tf.tensor(a.data, a.shape));
+      let n = 0;
+      const info = await tf.profile(() => {
+        const ys = webgpuKernels.concat_linear(xs, st, noCtx);
+        n = ys.length;
+        return ys;
+      });
+      tf.dispose(xs);
+      expect(n).toBe(4);
+      return info.kernelNames;
+    };
+    const ours = await names();
+    expect(ours.filter((n) => !n.startsWith('McpcConcatLinearWgsl'))).toEqual([]);
+    expect(ours.length).toBe(1);
+    process.env.MCPC_GEMM_WGSL = '0';
+    try {
+      expect((await names()).some((n) => n.startsWith('McpcConcatLinearWgsl'))).toBe(false);
+    } finally {
+      delete process.env.MCPC_GEMM_WGSL;
+    }
+  });
+});
