@@ -14,7 +14,9 @@
  *                       columns stored to its output with its bias; a router part's softmax/sigmoid one more
  *                       dispatch in the same tfjs kernel; gradient: dx one GEMM (a K segment per weight), dW
  *                       only for the weights autodiff asks for (a frozen base costs nothing), db a column sum
- *   everything else (linear, LoRA, moe_*, router, add, ...)                              reference (tfjs ops)
+ *   topk_gate           one kernel forward, one backward (../webgpu/topk-gate.ts; MCPC_GEMM_WGSL=0: mask kernel + tfjs ops)
+ *   linear  lora_down  lora_up   one McpcGemm (../webgpu/gemm.ts; scale and bias fused), gradient GEMMs per input asked
+ *   everything else (moe_*, router, expert_*, add, ...)                                  reference (tfjs ops)
  *
  * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
  * WGSL or no generated backward, its attrs do not describe the modules (../webgpu/fused.ts `fusedWgslOf`
@@ -32,6 +34,7 @@
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinear, concatLinearFits, type ConcatLayout } from '../webgpu/concat-linear.js';
+import { gemm, linear } from '../webgpu/gemm.js';
 import { fusedWgsl, fusedWgslFits, fusedWgslOf, type FusedWgslProgram } from '../webgpu/fused.js';
 import { adamwAll } from '../webgpu/kernels/adamw.js';
 import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
@@ -41,6 +44,7 @@ import { rope } from '../webgpu/kernels/rope.js';
 import { onWebGpu } from '../webgpu/kernels/run.js';
 import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
+import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
 import type { OptimizerSettings, SlotState } from '../optimizer.js';
 import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
@@ -89,7 +93,36 @@ function concatLayoutOf(step: KernelStep, nInputs: number): ConcatLayout | undef
   return layout ?? undefined;
 }
 
+/**
+ * x [T, in] and W [out, in] that McpcGemm takes: float32, 2-D, matching widths, no empty dimension (a GEMM
+ * with K = 0 would not read its operands, and a binding nobody reads breaks the pipeline layout), a bias [out].
+ */
+function gemmFits(x: Tensor | undefined, w: Tensor | undefined, b?: Tensor): boolean {
+  if (!x || !w || x.dtype !== 'float32' || w.dtype !== 'float32' || x.rank !== 2 || w.rank !== 2 || x.shape[1] !== w.shape[1] || x.size === 0 || w.size === 0) return false;
+  return !b || (b.dtype === 'float32' && b.rank === 1 && b.shape[0] === w.shape[0]);
+}
+
 const wgsl: Partial<Record<PlanOp, Kernel>> = {
+  // linear / lora_down / lora_up: one McpcGemm (../webgpu/gemm.ts) reading W [out, in] in place, the scale and
+  // bias fused, its gradient GEMMs only for the inputs autodiff asks for; the reference when gemmFits says no.
+  linear: gpu('linear', (inputs, step, ctx) => {
+    const [x, w, b] = inputs;
+    if (!gemmWgslEnabled() || inputs.length > 3 || !gemmFits(x, w, b)) return reference.linear(inputs, step, ctx);
+    return [linear(x!, w!, b)];
+  }),
+
+  lora_down: gpu('lora_down', (inputs, step, ctx) => {
+    const [x, a] = inputs;
+    if (!gemmWgslEnabled() || inputs.length !== 2 || !gemmFits(x, a)) return reference.lora_down(inputs, step, ctx);
+    return [linear(x!, a!)];
+  }),
+
+  lora_up: gpu('lora_up', (inputs, step, ctx) => {
+    const [h, b] = inputs;
+    if (!gemmWgslEnabled() || inputs.length !== 2 || !gemmFits(h, b)) return reference.lora_up(inputs, step, ctx);
+    return [gemm(h!, b!, false, true, num(step, 'scale'))];
+  }),
+
   concat_linear: gpu('concat_linear', (inputs, step, ctx) => {
     // The reference (and its errors) when switched off, when the attrs do not describe the inputs, or when an
     // input does not fit the kernel (not float32, a weight of another width, an empty part: concatLinearFits).
@@ -127,6 +160,10 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
   topk_gate: gpu('topk_gate', (inputs, step, ctx) => {
     if (inputs.length !== 1) return reference.topk_gate(inputs, step, ctx);
     const p = inputs[0]!;
+    // One fused kernel forward and backward (../webgpu/topk-gate.ts); k < 1, more than 256 experts or not
+    // float32 [T, E] (topkGateFits), or MCPC_GEMM_WGSL=0: the mask kernel and tfjs ops below.
+    const k = num(step, 'k');
+    if (gemmWgslEnabled() && topkGateFits(p, k)) return [topkGate(p, k, flag(step, 'renormalize', true))];
     const kept = tf.mul(p, topkMask(p, num(step, 'k')));
     return [flag(step, 'renormalize', true) ? tf.div(kept, tf.sum(kept, -1, true)) : kept];
   }),

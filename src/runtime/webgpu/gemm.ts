@@ -25,10 +25,12 @@ interface GemmAttrs {
   transB: boolean;
   /** Forced tile (the tuner); otherwise tileFor(). */
   tile?: Tile;
+  /** C = scale·op(a)·op(b) (the bias, if any, unscaled); default 1. */
+  scale?: number;
 }
 
 /** The spec of C = op(a)·op(b) (+ bias) for stored shapes a, b. */
-export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, transB: boolean, tile: Tile, bias: boolean): GemmSpec {
+export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, transB: boolean, tile: Tile, bias: boolean, scale = 1): GemmSpec {
   const [M, K] = transA ? [aShape[1], aShape[0]] : [aShape[0], aShape[1]];
   const [K2, N] = transB ? [bShape[1], bShape[0]] : [bShape[0], bShape[1]];
   if (K !== K2) throw new Error(`gemm: inner dimensions differ (${aShape} ${transA ? 'ᵀ' : ''} · ${bShape}${transB ? 'ᵀ' : ''})`);
@@ -39,7 +41,7 @@ export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, tr
     segments: [
       {
         k: K,
-        a: { kMajor: transA, parts: [{ input: 0, count: M, ld: aShape[1], off: 0 }] },
+        a: { kMajor: transA, parts: [{ input: 0, count: M, ld: aShape[1], off: 0 }], ...(scale !== 1 ? { scale } : {}) },
         b: { kMajor: !transB, parts: [{ input: 1, count: N, ld: bShape[1], off: 0 }] },
       },
     ],
@@ -49,8 +51,20 @@ export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, tr
   };
 }
 
+/** Specs by shape, tile and flags: gemmWgsl caches the module per spec object, so a call with a known shape builds nothing. */
+const specs = new Map<string, GemmSpec>();
+function specOf(aShape: number[], bShape: number[], transA: boolean, transB: boolean, tile: Tile, bias: boolean, scale: number): GemmSpec {
+  const key = `${aShape}|${bShape}|${+transA}${+transB}${+bias}|${scale}|${tile.bm},${tile.bn},${tile.bk},${tile.tm},${tile.tn},${+!!tile.pf},${+!!tile.db}`;
+  let s = specs.get(key);
+  if (!s) {
+    if (specs.size > 4096) specs.clear();
+    specs.set(key, (s = gemmSpec(aShape, bShape, transA, transB, tile, bias, scale)));
+  }
+  return s;
+}
+
 export function gemmKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
-  const { transA, transB, tile: forced } = attrs as GemmAttrs;
+  const { transA, transB, tile: forced, scale } = attrs as GemmAttrs;
   const a = inputs[0] as TensorInfo;
   const b = inputs[1] as TensorInfo;
   const bias = inputs[2] as TensorInfo | undefined;
@@ -58,7 +72,7 @@ export function gemmKernel({ inputs, backend, attrs }: { inputs: any; backend: W
   const N = transB ? b.shape[0] : b.shape[1];
   const K = transA ? a.shape[0] : a.shape[1];
   const tile = forced ?? tileFor(backend.device, M, N, K);
-  const spec = gemmSpec(a.shape, b.shape, transA, transB, tile, !!bias);
+  const spec = specOf(a.shape, b.shape, transA, transB, tile, !!bias, scale ?? 1);
   return runWgsl(backend, {
     code: gemmWgsl(spec),
     inputs: bias ? [a, b, bias] : [a, b],
@@ -81,20 +95,21 @@ export function registerGemm(): void {
     gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
       const dc = dy as Tensor;
       const [a, b] = saved;
-      const { transA, transB } = attrs as GemmAttrs;
+      const { transA, transB, scale } = attrs as GemmAttrs;
+      const s = scale ?? 1;
       const g: Record<string, () => Tensor> = {};
       if (!transA && !transB) {
-        g[0] = () => gemm(dc, b, false, true);
-        g[1] = () => gemm(a, dc, true, false);
+        g[0] = () => gemm(dc, b, false, true, s);
+        g[1] = () => gemm(a, dc, true, false, s);
       } else if (!transA && transB) {
-        g[0] = () => gemm(dc, b, false, false);
-        g[1] = () => gemm(dc, a, true, false);
+        g[0] = () => gemm(dc, b, false, false, s);
+        g[1] = () => gemm(dc, a, true, false, s);
       } else if (transA && !transB) {
-        g[0] = () => gemm(b, dc, false, true);
-        g[1] = () => gemm(a, dc, false, false);
+        g[0] = () => gemm(b, dc, false, true, s);
+        g[1] = () => gemm(a, dc, false, false, s);
       } else {
-        g[0] = () => gemm(b, dc, true, true);
-        g[1] = () => gemm(dc, a, true, true);
+        g[0] = () => gemm(b, dc, true, true, s);
+        g[1] = () => gemm(dc, a, true, true, s);
       }
       if (saved.length > 2) g[2] = () => tf.sum(dc, 0);
       return g;
@@ -104,11 +119,14 @@ export function registerGemm(): void {
 
 const onWebGpu = (): boolean => tf.getBackend() === 'webgpu';
 
-/** C = op(a)·op(b) for 2-D a, b. */
-export function gemm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
-  if (!onWebGpu()) return tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, transA, transB);
+/** C = scale·op(a)·op(b) for 2-D a, b. */
+export function gemm(a: Tensor, b: Tensor, transA = false, transB = false, scale = 1): Tensor {
+  if (!onWebGpu()) {
+    const c = tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D, transA, transB);
+    return scale === 1 ? c : tf.mul(c, scale);
+  }
   registerGemm();
-  return tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, { transA, transB } as any) as Tensor;
+  return tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, (scale === 1 ? { transA, transB } : { transA, transB, scale }) as any) as Tensor;
 }
 
 /** x·Wᵀ (+ bias), W [out, in]. */

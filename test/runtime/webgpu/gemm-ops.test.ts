@@ -1,6 +1,6 @@
 /**
  * The plan's GEMM ops that run our WGSL GEMMs on webgpu (src/runtime/kernels/webgpu.ts: concat_linear through
- * src/runtime/webgpu/concat-linear.ts) against the reference kernels on the cpu backend: forward outputs and
+ * src/runtime/webgpu/concat-linear.ts; linear, lora_down, lora_up through McpcGemm; topk_gate through src/runtime/webgpu/topk-gate.ts) against the reference kernels on the cpu backend: forward outputs and
  * every gradient (frozen inputs included: their gradient is simply not asked for), on awkward shapes (one
  * token, sizes that are not multiples of any tile or of 4), router parts with softmax and sigmoid, expert
  * stacks [E, r, in]; and MCPC_GEMM_WGSL=0 running the reference. Needs WebGPU: see kernels-support.ts.
@@ -89,6 +89,53 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
       expect(c.worst, c.what).toBeLessThan(1e-4);
     });
   }
+
+  const lin: [string, number, number, number][] = [
+    ['one token', 1, 7, 5],
+    ['odd sizes', 37, 29, 3],
+    ['multiples of 4', 64, 32, 16],
+  ];
+  for (const [name, T, K, N] of lin) {
+    it(`linear (with and without bias), lora_down, lora_up (scale 0.75): ${name} T=${T} in=${K} out=${N}`, async () => {
+      const seed = T * 7 + K;
+      const cases: [KernelStep, ReturnType<typeof randn>[]][] = [
+        [step('linear', {}), [randn(seed, [T, K]), randn(seed + 1, [N, K])]],
+        [step('linear', {}), [randn(seed, [T, K]), randn(seed + 1, [N, K]), randn(seed + 2, [N])]],
+        [step('lora_down', { rank: N }), [randn(seed, [T, K]), randn(seed + 1, [N, K])]],
+        [step('lora_up', { scale: 0.75 }), [randn(seed, [T, K]), randn(seed + 1, [N, K])]],
+        // a frozen B: only dh is asked for
+        [step('lora_up', { scale: 2 }), [randn(seed, [T, K]), randn(seed + 1, [N, K], 1, false)]],
+      ];
+      for (const [st, args] of cases) {
+        const c = await compare(
+          (xs) => webgpuKernels[st.op](xs, st, noCtx),
+          (xs) => reference[st.op](xs, st, noCtx),
+          args,
+        );
+        expect(c.worst, `${st.op} ${args.length} inputs: ${c.what}`).toBeLessThan(1e-4);
+      }
+    });
+  }
+
+  it.each([
+    [1, 4, 2, true],
+    [37, 7, 3, true],
+    [37, 7, 3, false],
+    [70, 8, 8, true],
+    [5, 6, 9, true],
+    [9, 2, 2, false],
+  ])('topk_gate T=%i E=%i k=%i renormalize=%s (k = E and k > E keep every expert)', async (T, E, k, renorm) => {
+    const st = step('topk_gate', { k, renormalize: renorm });
+    // Positive probabilities with ties (a repeated value) so that the tie order matters.
+    const p = randn(T * 13 + E, [T, E]);
+    p.data = Float32Array.from(p.data, (v, i) => (i % 5 === 3 ? 0.25 : Math.abs(v) + 0.01));
+    const c = await compare(
+      (xs) => webgpuKernels.topk_gate(xs, st, noCtx),
+      (xs) => reference.topk_gate(xs, st, noCtx),
+      [p],
+    );
+    expect(c.worst, c.what).toBeLessThan(1e-4);
+  });
 
   it('concat_linear runs one tfjs kernel forward (none of the reference ops), and the reference under MCPC_GEMM_WGSL=0', async () => {
     const { st, args } = concatCase(6, 10, cases[0]![3], 3);
