@@ -46,6 +46,7 @@ import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
 import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
+import { f16MatmulOn } from '../webgpu/matmul-f16.js';
 import type { OptimizerSettings, SlotState } from '../optimizer.js';
 import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
 
@@ -66,6 +67,15 @@ export function gemmWgslEnabled(): boolean {
   const v = process.env.MCPC_GEMM_WGSL;
   if (v !== undefined && v !== '' && v !== '0' && v !== '1') throw new Error(`MCPC_GEMM_WGSL must be 0 or 1 (got '${v}')`);
   return v !== '0';
+}
+
+/**
+ * Whether the plan's products (linear, lora_down, lora_up, concat_linear) run our f32 WGSL GEMMs: not when the
+ * f16 training path is on (precision bf16/f16 on an adapter with subgroup matrices): then the reference ops'
+ * tf.matMul reach the f16 tensor-core BatchMatMul (../webgpu/matmul-f16.ts).
+ */
+function productsWgsl(): boolean {
+  return gemmWgslEnabled() && !f16MatmulOn();
 }
 
 /** concat_linear's parts as the WGSL kernel reads its inputs, or undefined when the attrs do not describe them (reference). */
@@ -107,26 +117,26 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
   // bias fused, its gradient GEMMs only for the inputs autodiff asks for; the reference when gemmFits says no.
   linear: gpu('linear', (inputs, step, ctx) => {
     const [x, w, b] = inputs;
-    if (!gemmWgslEnabled() || inputs.length > 3 || !gemmFits(x, w, b)) return reference.linear(inputs, step, ctx);
+    if (!productsWgsl() || inputs.length > 3 || !gemmFits(x, w, b)) return reference.linear(inputs, step, ctx);
     return [linear(x!, w!, b)];
   }),
 
   lora_down: gpu('lora_down', (inputs, step, ctx) => {
     const [x, a] = inputs;
-    if (!gemmWgslEnabled() || inputs.length !== 2 || !gemmFits(x, a)) return reference.lora_down(inputs, step, ctx);
+    if (!productsWgsl() || inputs.length !== 2 || !gemmFits(x, a)) return reference.lora_down(inputs, step, ctx);
     return [linear(x!, a!)];
   }),
 
   lora_up: gpu('lora_up', (inputs, step, ctx) => {
     const [h, b] = inputs;
-    if (!gemmWgslEnabled() || inputs.length !== 2 || !gemmFits(h, b)) return reference.lora_up(inputs, step, ctx);
+    if (!productsWgsl() || inputs.length !== 2 || !gemmFits(h, b)) return reference.lora_up(inputs, step, ctx);
     return [gemm(h!, b!, false, true, num(step, 'scale'))];
   }),
 
   concat_linear: gpu('concat_linear', (inputs, step, ctx) => {
     // The reference (and its errors) when switched off, when the attrs do not describe the inputs, or when an
     // input does not fit the kernel (not float32, a weight of another width, an empty part: concatLinearFits).
-    const layout = gemmWgslEnabled() ? concatLayoutOf(step, inputs.length) : undefined;
+    const layout = productsWgsl() ? concatLayoutOf(step, inputs.length) : undefined;
     if (!layout || !concatLinearFits(inputs, layout)) return reference.concat_linear(inputs, step, ctx);
     return concatLinear(inputs, layout);
   }),
