@@ -16,7 +16,10 @@
  *                       only for the weights autodiff asks for (a frozen base costs nothing), db a column sum
  *   topk_gate           one kernel forward, one backward (../webgpu/topk-gate.ts; MCPC_GEMM_WGSL=0: mask kernel + tfjs ops)
  *   linear  lora_down  lora_up   one McpcGemm (../webgpu/gemm.ts; scale and bias fused), gradient GEMMs per input asked
- *   everything else (moe_*, router, expert_*, add, ...)                                  reference (tfjs ops)
+ *   moe_up_grouped      one WGSL GEMM forward (gates applied in A's loader, B_e [E, out, r] read in place); gradient:
+ *                       un-gated U = s·dy·[B_sh | B_e] once, then dh and dgates one small kernel each, dB_e one GEMM
+ *                       storing [E, out, r] in place, dB_sh one GEMM (../webgpu/moe-up.ts); reference as concat_linear
+ *   everything else (moe_down_batched, router, expert_*, add, ...)                                  reference (tfjs ops)
  *
  * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
  * WGSL or no generated backward, its attrs do not describe the modules (../webgpu/fused.ts `fusedWgslOf`
@@ -45,6 +48,7 @@ import { onWebGpu } from '../webgpu/kernels/run.js';
 import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
 import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
+import { moeUpGrouped, moeUpFits } from '../webgpu/moe-up.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
 import { f16MatmulOn } from '../webgpu/matmul-f16.js';
 import type { OptimizerSettings, SlotState } from '../optimizer.js';
@@ -139,6 +143,15 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
     const layout = productsWgsl() ? concatLayoutOf(step, inputs.length) : undefined;
     if (!layout || !concatLinearFits(inputs, layout)) return reference.concat_linear(inputs, step, ctx);
     return concatLinear(inputs, layout);
+  }),
+
+  moe_up_grouped: gpu('moe_up_grouped', (inputs, step, ctx) => {
+    // One GEMM forward, 4 kernels backward (../webgpu/moe-up.ts). The reference (and its errors) when switched
+    // off, with the f16 path on (its tf.matMul must reach the f16 BatchMatMul), or when the inputs do not fit
+    // (moeUpFits: not float32, shapes that disagree with the attrs, a shared B with sharedRank 0, an empty side).
+    const s = { sharedRank: (step.attrs.sharedRank as number | undefined) ?? 0, rank: step.attrs.rank as number, experts: step.attrs.experts as number, scale: step.attrs.scale as number };
+    if (!productsWgsl() || !moeUpFits(inputs, s)) return reference.moe_up_grouped(inputs, step, ctx);
+    return [moeUpGrouped(inputs, s)];
   }),
 
   rmsnorm: gpu('rmsnorm', (inputs, step) => [rmsnorm(inputs[0]!, inputs[1], num(step, 'eps'))]),

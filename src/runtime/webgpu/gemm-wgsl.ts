@@ -60,6 +60,14 @@ export interface Operand {
   parts: Part[];
   /** Multiply every loaded element by this (A operands only). */
   scale?: number;
+  /**
+   * Instead of `parts`: a WGSL expression (f32) for the logical element at (i, k), i the index along M (for A)
+   * or N (for B), k along K, both u32 and in range (the loader zero-fills outside). It may read any input as
+   * `in<j>[…]` scalars (declare those inputs `type: 'f32'`, and give the operand `parts: []`) and call
+   * functions from the spec's `decls`; `kMajor` then only says which way the tile is staged (false: rows i,
+   * four consecutive k per load; true: rows k, four consecutive i), so pick the one the reads are contiguous along.
+   */
+  expr?: string;
 }
 
 export interface Segment {
@@ -167,7 +175,19 @@ export function bindingTypes(spec: GemmSpec): ('f32' | 'vec4' | 'u32')[] {
  */
 function loader(name: string, op: Operand, ext: number, k: number, types: ('f32' | 'vec4' | 'u32')[]): string {
   let raw: string;
-  if (op.kMajor) {
+  if (op.expr !== undefined) {
+    // Element by element: r, c are (i, k) for kMajor false, (k, i) for kMajor true; zero outside [ext, k].
+    const [rows, cols, el] = op.kMajor ? [k, ext, (q: string) => `${name}el(${q}, r)`] : [ext, k, (q: string) => `${name}el(r, ${q})`];
+    raw = `fn ${name}el(i: u32, k: u32) -> f32 { return ${op.expr}; }
+fn ${name}raw(r: u32, c: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (r >= ${u(rows)}) { return v; }
+${rng(4)
+  .map((q) => `  if (c + ${u(q)} < ${u(cols)}) { v.${'xyzw'[q]} = ${el(`c + ${u(q)}`)}; }`)
+  .join('\n')}
+  return v;
+}`;
+  } else if (op.kMajor) {
     if (op.parts.length !== 1) throw new Error('a k-major operand has one part');
     // Stored rows are k (K of them), contiguous along m/n (ext).
     raw = `fn ${name}raw(r: u32, c: u32) -> vec4<f32> {

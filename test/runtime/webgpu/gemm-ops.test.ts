@@ -1,6 +1,6 @@
 /**
  * The plan's GEMM ops that run our WGSL GEMMs on webgpu (src/runtime/kernels/webgpu.ts: concat_linear through
- * src/runtime/webgpu/concat-linear.ts; linear, lora_down, lora_up through McpcGemm; topk_gate through src/runtime/webgpu/topk-gate.ts) against the reference kernels on the cpu backend: forward outputs and
+ * src/runtime/webgpu/concat-linear.ts; linear, lora_down, lora_up through McpcGemm; topk_gate through src/runtime/webgpu/topk-gate.ts; moe_up_grouped through src/runtime/webgpu/moe-up.ts) against the reference kernels on the cpu backend: forward outputs and
  * every gradient (frozen inputs included: their gradient is simply not asked for), on awkward shapes (one
  * token, sizes that are not multiples of any tile or of 4), router parts with softmax and sigmoid, expert
  * stacks [E, r, in]; and MCPC_GEMM_WGSL=0 running the reference. Needs WebGPU: see kernels-support.ts.
@@ -135,6 +135,47 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
       [p],
     );
     expect(c.worst, c.what).toBeLessThan(1e-4);
+  });
+
+  // moe_up_grouped: [T, out, experts, rank, sharedRank, topK (gates zero outside it), scale, frozen B's]
+  const moeUp: [number, number, number, number, number, number, number, boolean][] = [
+    [1, 5, 3, 2, 0, 2, 0.5, false],
+    [37, 13, 4, 3, 2, 4, 1, false],
+    [70, 64, 4, 4, 4, 2, 2, false],
+    [9, 7, 2, 5, 3, 1, 0.75, true],
+    [5, 3, 1, 1, 0, 1, 1.5, false],
+    [11, 6, 5, 7, 1, 5, 1, false],
+  ];
+  for (const [T, out, E, r, R, k, scale, frozen] of moeUp) {
+    it(`moe_up_grouped T=${T} out=${out} experts=${E} rank=${r} sharedRank=${R} topK=${k} scale=${scale}${frozen ? ' (frozen B)' : ''}`, async () => {
+      const seed = T * 101 + out * 7 + E;
+      const gates = randn(seed, [T, E]);
+      // Gates as topk_gate leaves them: zero outside each token's top-k (here the k experts from t mod E on).
+      gates.data = Float32Array.from(gates.data, (v, i) => (((i % E) - Math.floor(i / E) + 2 * E) % E < k ? Math.abs(v) + 0.05 : 0));
+      const args = [randn(seed + 1, [T, R + E * r]), gates, ...(R ? [randn(seed + 2, [out, R], 0.5, !frozen)] : []), randn(seed + 3, [E, out, r], 0.5, true)];
+      const st = step('moe_up_grouped', { sharedRank: R, rank: r, experts: E, scale, k });
+      const c = await compare(
+        (xs) => webgpuKernels.moe_up_grouped(xs, st, noCtx),
+        (xs) => reference.moe_up_grouped(xs, st, noCtx),
+        args,
+      );
+      expect(c.worst, c.what).toBeLessThan(1e-4);
+    });
+  }
+
+  it('moe_up_grouped runs one tfjs kernel forward, and the reference under MCPC_GEMM_WGSL=0', async () => {
+    const st = step('moe_up_grouped', { sharedRank: 2, rank: 3, experts: 4, scale: 0.5 });
+    await initBackend('webgpu');
+    const xs = [randn(1, [6, 14]), randn(2, [6, 4]), randn(3, [5, 2]), randn(4, [4, 5, 3])].map((a) => tf.tensor(a.data, a.shape));
+    const names = async (): Promise<string[]> => (await tf.profile(() => webgpuKernels.moe_up_grouped(xs, st, noCtx))).kernelNames;
+    try {
+      expect(await names()).toEqual(['McpcMoeUp']);
+      process.env.MCPC_GEMM_WGSL = '0';
+      expect((await names()).includes('McpcMoeUp')).toBe(false);
+    } finally {
+      delete process.env.MCPC_GEMM_WGSL;
+      tf.dispose(xs);
+    }
   });
 
   it('concat_linear runs one tfjs kernel forward (none of the reference ops), and the reference under MCPC_GEMM_WGSL=0', async () => {
