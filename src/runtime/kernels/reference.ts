@@ -136,6 +136,7 @@ export function topkMask(p: Tensor, k: number): Tensor {
     const E = dims(q)[q.rank - 1];
     const kk = Math.max(0, Math.min(k, E));
     if (kk === 0) return tf.zerosLike(q);
+    if (kk >= E) return tf.onesLike(q); // every expert kept (also E = 1, where oneHot needs depth >= 2)
     const { indices } = tf.topk(q, kk);
     return tf.sum(tf.oneHot(indices as tf.Tensor2D, E, 1, 0, 'float32'), 1);
   });

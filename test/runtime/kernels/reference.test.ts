@@ -211,6 +211,15 @@ describe('reference kernels match direct formulas', () => {
     }
   });
 
+  it('topk_gate keeps every expert when k >= E, one expert included (oneHot needs depth >= 2)', () => {
+    const one = tf.tensor2d([0.3, 0.9, 0.5], [3, 1]);
+    close(arr(run('topk_gate', [one], { k: 1, renormalize: true })[0]), [1, 1, 1]);
+    close(arr(run('topk_gate', [one], { k: 1, renormalize: false })[0]), [0.3, 0.9, 0.5]);
+    const p = tf.tensor2d([0.2, 0.5, 0.3, 0.6, 0.1, 0.3], [2, 3]);
+    close(arr(run('topk_gate', [p], { k: 3, renormalize: false })[0]), [0.2, 0.5, 0.3, 0.6, 0.1, 0.3]);
+    close(arr(run('topk_gate', [p], { k: 5, renormalize: true })[0]), [0.2, 0.5, 0.3, 0.6, 0.1, 0.3]);
+  });
+
   it('load_balance: E · Σ f_e P_e over the real tokens', () => {
     const ctx = context(1, 6, 2); // 4 real tokens, 2 padding
     const p = tf.softmax(T2(6, 3));
