@@ -74,7 +74,14 @@
  * `forward`, `evalLoss` (probes, the merge check) apply none. A `concat_linear` holding such an adapter's A
  * (the compiler no longer writes one: concat-base-adapter) is refused in training.
  *
- * Not here: router noise (the plan's adapters carry it, the runner applies none), mixed precision (`precision` bf16/f16 means f16 tensor-core products on a webgpu adapter with subgroup matrices, else all f32), the training loop, checkpoints, evaluation
+ * Router noise (./dropout.ts): in training steps only, each `router` of a mixture with router_noise σ > 0
+ * gets ε ~ N(0, σ²) [T, E], drawn from (stage seed, step, micro-batch, adapter, site, element) under its own
+ * stream tag, as one more input (step attrs.noise), which the kernel adds to the logits before the
+ * activation; the reference kernel does it and the CPU and WebGPU tables run the reference router.
+ * `forward`, `evalLoss` apply none. A `concat_linear` holding such a router (the compiler no longer writes
+ * one: concat-base-adapter) is refused in training.
+ *
+ * Not here: mixed precision (`precision` bf16/f16 means f16 tensor-core products on a webgpu adapter with subgroup matrices, else all f32), the training loop, checkpoints, evaluation
  * probes and exports (their own modules drive a runner through this API).
  *
  * Memory: every forward and backward runs inside tf.tidy, which cannot span an await: what must be read
@@ -86,7 +93,7 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
-import { dropoutMask, type DropoutDraw } from './dropout.js';
+import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { fusedAdamW, webgpuKernelTable } from './kernels/webgpu.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
@@ -265,6 +272,8 @@ class Runner implements StageRunner {
   private readonly webgpu: boolean;
   /** Adapters with dropout > 0, by name. */
   private readonly dropout: Map<string, number>;
+  /** Mixtures with router_noise > 0 (the std), by name. */
+  private readonly routerNoise: Map<string, number>;
 
   constructor(
     readonly plan: Plan,
@@ -274,6 +283,7 @@ class Runner implements StageRunner {
     this.webgpu = tf.getBackend() === 'webgpu';
     this.kernels = this.webgpu ? webgpuKernelTable(plan) : cpuKernelTable(plan);
     this.dropout = new Map(plan.adapters.filter((a) => a.dropout > 0).map((a) => [a.name, a.dropout]));
+    this.routerNoise = new Map(plan.adapters.filter((a) => a.type === 'moe_lora' && a.routerNoise > 0).map((a) => [a.name, a.routerNoise]));
     const stage = plan.stages.find((s) => s.name === stageName);
     if (!stage) throw new RunnerError(`no stage '${stageName}' in the plan of ${plan.pipeline} (stages: ${plan.stages.map((s) => s.name).join(', ')})`);
     this.stage = stage;
@@ -416,7 +426,7 @@ class Runner implements StageRunner {
   /**
    * Runs the stage's steps on one micro-batch (call inside tf.tidy). `override` replaces parameter tensors
    * (the differentiated copies); `onStep` sees each step's outputs; `train` (training steps only) draws the
-   * LoRA dropout masks.
+   * LoRA dropout masks and the router noise.
    */
   private run(mb: MicroBatch, override?: Map<string, Tensor>, onStep?: (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void, train?: DropoutDraw): Map<string, Tensor> {
     const values = this.batchTensors(mb);
@@ -427,7 +437,8 @@ class Runner implements StageRunner {
     for (const step of this.stage.forward) {
       const ins = step.inputs.map((i) => values.get(i)!);
       if (train && this.dropout.size) this.applyDropout(step, ins, train, dropped);
-      const outs = this.kernels[step.op](ins, step, ctx);
+      const kstep = train && this.routerNoise.size ? this.applyRouterNoise(step, ins, train) : step;
+      const outs = this.kernels[step.op](ins, kstep, ctx);
       if (outs.length !== step.outputs.length) throw new RunnerError(`step ${step.node} (${step.op}) returned ${outs.length} outputs for ${step.outputs.length}`);
       step.outputs.forEach((o, i) => values.set(o, outs[i]));
       onStep?.(step, outs, ctx);
@@ -458,6 +469,25 @@ class Runner implements StageRunner {
       dropped.set(key, x);
     }
     ins[0] = x;
+  }
+
+  /**
+   * Router noise of a training step: for a `router` of a mixture with router_noise σ > 0, appends ε [T, E]
+   * (N(0, σ²), see ./dropout.ts) to `ins` and returns the step with attrs.noise set; else the step itself.
+   */
+  private applyRouterNoise(step: PlanStep, ins: Tensor[], train: DropoutDraw): PlanStep {
+    if (step.op === 'concat_linear') {
+      const parts = (step.attrs.parts ?? []) as { kind: string; adapter?: string }[];
+      const bad = parts.find((p) => p.kind === 'router' && p.adapter && this.routerNoise.has(p.adapter));
+      if (bad) throw new RunnerError(`${this.stage.name}: step ${step.node} concatenates the router of ${bad.adapter}, which has router_noise ${this.routerNoise.get(bad.adapter!)}, into the base GEMM; its logits must get the noise in training (recompile the plan)`);
+      return step;
+    }
+    if (step.op !== 'router' || !step.adapter) return step;
+    const std = this.routerNoise.get(step.adapter);
+    if (!std) return step;
+    const shape = [ins[0].shape[0]!, ins[1].shape[0]!];
+    ins.push(tf.tensor(routerNoise(train, step.adapter, step.site ?? step.node, shape[0] * shape[1], std), shape, 'float32'));
+    return { ...step, attrs: { ...step.attrs, noise: true } };
   }
 
   /**

@@ -44,6 +44,7 @@ describe('runPlan', () => {
   let dir: string;
   let plan: Plan;
   let dropoutPlan: Plan;
+  let noisePlans: Plan[];
   const opts = (runDir: string, extra: Partial<RunOptions> = {}): RunOptions & { text: () => string } => {
     let text = '';
     return { root: dir, runDir: join(dir, runDir), write: (t) => void (text += t), text: () => text, ...extra };
@@ -65,6 +66,13 @@ describe('runPlan', () => {
     const resD = compileFile(join(dir, 'pd.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
     if (!resD.plan) throw new Error(resD.diagnostics.map((d) => d.message).join('\n'));
     dropoutPlan = resD.plan;
+    // Stage two trains a mixture instead, with and without router noise (drawn from seed, step, micro-batch, site).
+    noisePlans = [0.5, 0].map((sigma, i) => {
+      writeFileSync(join(dir, `pn${i}.mcp`), PIPELINE.replace('lora(r: 2, alpha: 4)', `moe_lora(experts: 3, top_k: 2, r: 2, alpha: 4, router_noise: ${sigma})`));
+      const resN = compileFile(join(dir, `pn${i}.mcp`), nodeHost(dir, dir), {}, { optLevel: 1 });
+      if (!resN.plan) throw new Error(resN.diagnostics.map((d) => d.message).join('\n'));
+      return resN.plan;
+    });
   });
 
   it('a run stopped in the second stage and resumed ends bit-identical to an uninterrupted one', async () => {
@@ -94,6 +102,20 @@ describe('runPlan', () => {
     // Dropout changed the training: the weights differ from the run without it.
     if (!existsSync(join(dir, 'full/stages/two.json'))) expect((await runPlan(plan, opts('full'))).code).toBe(0);
     expect(finalParams('dfull').equals(finalParams('full'))).toBe(false);
+  });
+
+  it('with router noise, a resumed run is still bit-identical (the noise is a pure function of the step)', async () => {
+    const [noisy, quiet] = noisePlans;
+    expect(noisy.adapters.map((a) => a.routerNoise)).toEqual([0, 0.5]);
+    expect((await runPlan(noisy, opts('nfull'))).code).toBe(0);
+    expect((await runPlan(noisy, opts('ncut', { stopAfter: 3 }))).code).toBe(1);
+    const resumed = opts('ncut', { resume: true });
+    expect((await runPlan(noisy, resumed)).code).toBe(0);
+    expect(resumed.text()).toMatch(/stage two: resuming at step 1\/3/);
+    expect(finalParams('ncut').equals(finalParams('nfull'))).toBe(true);
+    // The noise changed the training: the weights differ from the run without it.
+    expect((await runPlan(quiet, opts('nquiet'))).code).toBe(0);
+    expect(finalParams('nfull').equals(finalParams('nquiet'))).toBe(false);
   });
 
   it('precision bf16 off WebGPU says it is computed in f32, and trains as f32 does', async () => {

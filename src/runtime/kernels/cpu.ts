@@ -12,7 +12,7 @@
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
  *   concat_linear       the one GEMM as McpcConcatLinear (dW per part, only for the weights autodiff asks for:
  *                       a frozen base weight in the stack costs no dYᵀ·x), split with SplitV (gradient: one Concat)
- *   everything else     reference (tfjs ops)
+ *   everything else     reference (tfjs ops; router also with the training-step noise input, attrs.noise)
  *
  * Measured and left out (BENCHMARKS.md, "CPU kernel table"): moe_up_grouped on the top-k only (tokens
  * gathered per expert, one GEMM each) and concat_linear writing each part straight to its output were both

@@ -23,7 +23,7 @@
  *                  logits); labels are already shifted; `loss: all` vs `response` is already in the mask
  *   linear         x·Wᵀ (+ b)
  *   lora_down      x·Aᵀ                        lora_up   s·h·Bᵀ                          attrs {scale}
- *   router         softmax or sigmoid of x·W_rᵀ + b_r                                   attrs {activation}
+ *   router         softmax or sigmoid of x·W_rᵀ + b_r (+ ε, the last input, when attrs.noise) attrs {activation, noise?}
  *   topk_gate      p masked to each token's top-k experts, renormalised over them when asked
  *                  attrs {k, renormalize}; the mask has no gradient, the kept p do
  *   expert_down    x·A_e[e]ᵀ                   expert_up s·h·B_e[e]ᵀ                     attrs {expert, scale}
@@ -354,9 +354,19 @@ export const reference: Record<PlanOp, Kernel> = {
   },
 
   router(inputs, step) {
-    arity(step, inputs, 2, 3);
-    const logits = xwT(inputs[0], inputs[1]);
-    return [activation(step, inputs[2] ? tf.add(logits, inputs[2]) : logits, str(step, 'activation', 'softmax'))];
+    // attrs.noise (set by the executor in training steps, router_noise > 0): the last input is ε [T, E],
+    // added to the logits before the activation.
+    const noisy = step.attrs.noise === true;
+    arity(step, inputs, noisy ? 3 : 2, noisy ? 4 : 3);
+    const n = noisy ? inputs.length - 1 : inputs.length;
+    let logits = xwT(inputs[0], inputs[1]);
+    if (n === 3) logits = tf.add(logits, inputs[2]);
+    if (noisy) {
+      const eps = inputs[inputs.length - 1];
+      if (eps.rank !== 2 || dims(eps)[0] !== dims(logits)[0] || dims(eps)[1] !== dims(logits)[1]) throw new KernelError(step, `router noise has shape [${dims(eps)}], the logits [${dims(logits)}]`);
+      logits = tf.add(logits, eps);
+    }
+    return [activation(step, logits, str(step, 'activation', 'softmax'))];
   },
 
   topk_gate(inputs, step) {

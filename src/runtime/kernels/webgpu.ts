@@ -20,6 +20,7 @@
  *                       un-gated U = s·dy·[B_sh | B_e] once, then dh and dgates one small kernel each, dB_e one GEMM
  *                       storing [E, out, r] in place, dB_sh one GEMM (../webgpu/moe-up.ts); reference as concat_linear
  *   everything else (moe_down_batched, router, expert_*, add, ...)                                  reference (tfjs ops)
+ *                       (router: also with the training-step noise input the executor appends, attrs.noise)
  *
  * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
  * WGSL or no generated backward, its attrs do not describe the modules (../webgpu/fused.ts `fusedWgslOf`

@@ -109,4 +109,30 @@ stage one {
     const cat = nodesOf(st, 'concat_linear');
     expect(cat.map((n) => n.site)).toEqual(['layers[0].attn.v', 'layers[1].attn.v']);
   });
+  it('a mixture with router_noise keeps its own router on the site input (its logits get noise in training)', () => {
+    const src = (noise: number) => inline(`pipeline p
+model base = builtin("qwen2-micro")
+data d = jsonl("d.jsonl")
+adapter m = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, dropout: 0.1, router_noise: ${noise}) at layers[*].mlp.up
+stage one {
+  train m on d
+  batch 8
+  max_len 64
+}
+`);
+    const noisy = src(0.2);
+    const c = compile(noisy.path, [...base, P.concatBaseAdapter], { dir: noisy.dir });
+    const st = c.stage('one').ir;
+    expect(nodesOf(st, 'concat_linear')).toEqual([]);
+    const routers = nodesOf(st, 'router');
+    expect(routers.map((n) => n.adapter)).toEqual(['m', 'm']);
+    for (const r of routers) expect(st.graph.nodes.find((n) => n.op === 'linear' && n.site === r.site)!.inputs[0]).toBe(r.inputs[0]);
+    // Without noise the router joins the base GEMM (the dropped A still does not).
+    const quiet = src(0);
+    const q = compile(quiet.path, [...base, P.concatBaseAdapter], { dir: quiet.dir }).stage('one').ir;
+    const cat = nodesOf(q, 'concat_linear');
+    expect(cat.length).toBe(2);
+    for (const n of cat) expect((n.attrs.parts as { kind: string }[]).map((p) => p.kind)).toEqual(['linear', 'router']);
+    expect(nodesOf(q, 'router')).toEqual([]);
+  });
 });

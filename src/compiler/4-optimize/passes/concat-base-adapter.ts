@@ -15,7 +15,9 @@
  * Not concatenated: the `lora_down` / `moe_down_batched` of an adapter with dropout > 0. During training
  * its A reads dropout(x), not x (PEFT: the base path sees x, the adapter branch a dropped copy), so it keeps
  * its own node on the site's input and the runtime masks that input (src/runtime/dropout.ts); a router
- * still reads x and may join the base GEMM.
+ * still reads x and may join the base GEMM, unless its mixture has router_noise > 0: during training its
+ * logits get noise added before the activation (src/runtime/dropout.ts), so it stays a plain `router`
+ * node to which the runtime passes the noise.
  * Sites with a single GEMM on x are left alone. changes = sites concatenated.
  */
 import { GraphEditor } from '../../ir/edit.js';
@@ -60,7 +62,9 @@ export const concatBaseAdapter: Pass = {
     const notes: string[] = [];
     // An adapter projection that reads dropout(x) during training cannot share the base GEMM on x.
     const dropout = new Map(ir.pipeline.adapters.map((a) => [a.name, a.lora.dropout]));
-    const dropped = (n: Node) => n.op !== 'router' && n.adapter !== undefined && (dropout.get(n.adapter) ?? 0) > 0;
+    // A router whose logits get noise during training keeps its own node (the runtime adds the noise there).
+    const noise = new Map(ir.pipeline.adapters.map((a) => [a.name, a.routerNoise]));
+    const dropped = (n: Node) => n.adapter !== undefined && (n.op === 'router' ? (noise.get(n.adapter) ?? 0) > 0 : (dropout.get(n.adapter) ?? 0) > 0);
     for (const st of ir.stages) {
       const g = st.graph;
       const ed = new GraphEditor(g);
