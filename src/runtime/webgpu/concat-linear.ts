@@ -24,7 +24,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, type GemmSpec, type Segment } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { disposeInfo, runWgsl, type WebGpuBackendLike } from './program.js';
+import { disposeInfo, keepUntilBackwardEnds, runKernel1, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -117,19 +117,9 @@ function cachedSpec(key: string, make: () => GemmSpec): GemmSpec {
 
 const u = (x: number): string => `${x >>> 0}u`;
 
-/** Row-wise activation of z [T, E] into p, one thread per row. */
-function actCode(act: 'softmax' | 'sigmoid', T: number, E: number): string {
-  const body =
-    act === 'softmax'
-      ? `  var m = z[o];
-  for (var e = 1u; e < E; e++) { m = max(m, z[o + e]); }
-  var s = 0.0;
-  for (var e = 0u; e < E; e++) { s += exp(z[o + e] - m); }
-  let inv = 1.0 / s;
-  for (var e = 0u; e < E; e++) { p[o + e] = exp(z[o + e] - m) * inv; }`
-      : `  for (var e = 0u; e < E; e++) { p[o + e] = 1.0 / (1.0 + exp(-z[o + e])); }`;
-  return `@group(0) @binding(0) var<storage, read> z: array<f32>;
-@group(0) @binding(1) var<storage, read_write> p: array<f32>;
+/** A module with one thread per row t of [T, E] matrices (`o` = t·E); `bindings` are `name: access` in order. */
+function perRowModule(bindings: [string, 'read' | 'read_write'][], T: number, E: number, body: string): string {
+  return `${bindings.map(([name, access], i) => `@group(0) @binding(${i}) var<storage, ${access}> ${name}: array<f32>;`).join('\n')}
 const T = ${u(T)};
 const E = ${u(E)};
 @compute @workgroup_size(64)
@@ -142,6 +132,20 @@ ${body}
 `;
 }
 
+/** Row-wise activation of z [T, E] into p, one thread per row. */
+function actCode(act: 'softmax' | 'sigmoid', T: number, E: number): string {
+  const body =
+    act === 'softmax'
+      ? `  var m = z[o];
+  for (var e = 1u; e < E; e++) { m = max(m, z[o + e]); }
+  var s = 0.0;
+  for (var e = 0u; e < E; e++) { s += exp(z[o + e] - m); }
+  let inv = 1.0 / s;
+  for (var e = 0u; e < E; e++) { p[o + e] = exp(z[o + e] - m) * inv; }`
+      : `  for (var e = 0u; e < E; e++) { p[o + e] = 1.0 / (1.0 + exp(-z[o + e])); }`;
+  return perRowModule([['z', 'read'], ['p', 'read_write']], T, E, body);
+}
+
 /** The activation's backward: dz from the probabilities p and their upstream gradient dp, one thread per row. */
 function actGradCode(act: 'softmax' | 'sigmoid', T: number, E: number): string {
   const body =
@@ -150,19 +154,7 @@ function actGradCode(act: 'softmax' | 'sigmoid', T: number, E: number): string {
   for (var e = 0u; e < E; e++) { s += p[o + e] * dp[o + e]; }
   for (var e = 0u; e < E; e++) { dz[o + e] = p[o + e] * (dp[o + e] - s); }`
       : `  for (var e = 0u; e < E; e++) { let q = p[o + e]; dz[o + e] = dp[o + e] * q * (1.0 - q); }`;
-  return `@group(0) @binding(0) var<storage, read> p: array<f32>;
-@group(0) @binding(1) var<storage, read> dp: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dz: array<f32>;
-const T = ${u(T)};
-const E = ${u(E)};
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let t = g.x;
-  if (t >= T) { return; }
-  let o = t * E;
-${body}
-}
-`;
+  return perRowModule([['p', 'read'], ['dp', 'read'], ['dz', 'read_write']], T, E, body);
 }
 
 /** Column sums of a [T, C] matrix: one workgroup of 64 per column (x and y over columns), a tree reduction. */
@@ -309,21 +301,6 @@ function colSumKernel({ inputs, backend }: { inputs: any; backend: WebGpuBackend
 
 // --- gradient ------------------------------------------------------------------------------------------------------------
 
-/** Router dZ computed for one input and kept for the others, freed once the synchronous backward pass is over. */
-const pending = new Set<Tensor>();
-let sweepQueued = false;
-function sweepLater(): void {
-  if (sweepQueued) return;
-  sweepQueued = true;
-  queueMicrotask(() => {
-    sweepQueued = false;
-    for (const t of pending) t.dispose();
-    pending.clear();
-  });
-}
-
-const run1 = (name: string, inputs: Tensor[], attrs: Record<string, unknown>): Tensor => tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as Tensor;
-
 function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, weightIdx: number[], routerParts: number[]): Record<string, () => Tensor> {
   const l = layouts[attrs.layout as number]!;
   const dys = Array.isArray(dy) ? dy : [dy];
@@ -336,16 +313,14 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, weightIdx:
     if (p.act === 'none') return dys[i]!;
     let t = dz.get(i);
     if (!t || t.isDisposed) {
-      t = tf.keep(run1(ACT_GRAD_KERNEL, [probs.get(i)!, dys[i]!], { act: p.act }));
+      t = keepUntilBackwardEnds(runKernel1(ACT_GRAD_KERNEL, [probs.get(i)!, dys[i]!], { act: p.act }));
       dz.set(i, t);
-      pending.add(t);
-      sweepLater();
     }
     return t;
   };
   const out: Record<string, () => Tensor> = {};
   out['0'] = () =>
-    run1(
+    runKernel1(
       DX_KERNEL,
       [...l.parts.map((_, i) => dZ(i)), ...l.parts.flatMap((p) => p.weights.map((j) => w.get(j)!))],
       { layout: attrs.layout },
@@ -355,10 +330,10 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, weightIdx:
     for (const j of p.weights) {
       const wj = w.get(j)!;
       const c = col;
-      out[String(j)] = () => run1(DW_KERNEL, [dZ(i), x], { col: c, shape: wj.shape });
+      out[String(j)] = () => runKernel1(DW_KERNEL, [dZ(i), x], { col: c, shape: wj.shape });
       col += rows(wj);
     }
-    if (p.bias !== undefined) out[String(p.bias)] = () => run1(COLSUM_KERNEL, [dZ(i)], {});
+    if (p.bias !== undefined) out[String(p.bias)] = () => runKernel1(COLSUM_KERNEL, [dZ(i)], {});
   });
   return out;
 }

@@ -28,7 +28,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import type { FusedExprAttrs, FusedInputKind } from '../../plan/fused.js';
 import type { PlanKernel } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { disposeInfo, runWgsl, spread, type WebGpuBackendLike } from './program.js';
+import { disposeInfo, keepUntilBackwardEnds, runWgsl, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -250,19 +250,6 @@ function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
   return out;
 }
 
-/** Results computed ahead of their request, freed once the backward pass that made them is over. */
-const pending = new Set<Tensor>();
-let sweepQueued = false;
-function sweepLater(): void {
-  if (sweepQueued) return;
-  sweepQueued = true;
-  queueMicrotask(() => {
-    sweepQueued = false;
-    for (const t of pending) t.dispose();
-    pending.clear();
-  });
-}
-
 function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSaved: number[], outputsSaved: boolean[]): Record<string, () => Tensor> {
   const p = programOf(attrs);
   const { rows, cols } = attrs as { rows: number; cols: number };
@@ -277,7 +264,7 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
   });
   const bw = p.backward;
   const shapeOf = (i: number) => (p.inputs[i] === 'vec' ? [cols] : [rows, cols]);
-  /** Slots computed so far: ahead of their request (kept, in `pending`) or returned to an earlier input. */
+  /** Slots computed so far: ahead of their request (kept until the backward pass ends) or returned to an earlier input. */
   const ahead = new Map<number, Tensor>();
   const run = (mask: number): Tensor[] => {
     const reads = bw.reads.map((r) => (r.role === 'input' ? xs[r.index]! : r.role === 'saved_output' ? ys[r.index]! : dys[r.index]!));
@@ -305,12 +292,9 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
       order.forEach((s, k) => {
         if (s === slot) mine = res[k];
         else {
-          const t = tf.keep(res[k]!);
-          ahead.set(s, t);
-          pending.add(t);
+          ahead.set(s, keepUntilBackwardEnds(res[k]!));
         }
       });
-      if (want.size > 1) sweepLater();
       // Later inputs sharing this slot get a clone of this result: tfjs moves it out of this closure's scope,
       // and nothing disposes it before the other closures of this node have run (as in kernels/cpu-ops.ts).
       ahead.set(slot, mine!);

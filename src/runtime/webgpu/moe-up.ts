@@ -22,7 +22,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { runWgsl, type WebGpuBackendLike } from './program.js';
+import { keepUntilBackwardEnds, runKernel1, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -244,21 +244,6 @@ function dbKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
 
 // --- gradient ------------------------------------------------------------------------------------------------------------
 
-/** U computed for dh or dg and kept for the other, freed once the synchronous backward pass is over. */
-const pending = new Set<Tensor>();
-let sweepQueued = false;
-function sweepLater(): void {
-  if (sweepQueued) return;
-  sweepQueued = true;
-  queueMicrotask(() => {
-    sweepQueued = false;
-    for (const t of pending) t.dispose();
-    pending.clear();
-  });
-}
-
-const run1 = (name: string, inputs: Tensor[], attrs: object): Tensor => tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as Tensor;
-
 function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<string, () => Tensor> {
   const s: MoeUpShape = { sharedRank: attrs.sharedRank, rank: attrs.rank, experts: attrs.experts, scale: attrs.scale };
   const d = (Array.isArray(dy) ? dy[0] : dy)!;
@@ -267,18 +252,16 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<st
   let U: Tensor | undefined;
   const un = (): Tensor => {
     if (!U || U.isDisposed) {
-      U = tf.keep(run1(U_KERNEL, [d, ...bs], s));
-      pending.add(U);
-      sweepLater();
+      U = keepUntilBackwardEnds(runKernel1(U_KERNEL, [d, ...bs], s));
     }
     return U;
   };
   const out: Record<string, () => Tensor> = {
-    '0': () => run1(DH_KERNEL, [un(), g], s),
-    '1': () => run1(DG_KERNEL, [un(), h], s),
-    [String(saved.length - 1)]: () => run1(DB_KERNEL, [d, h, g], { ...s, part: 'experts' }),
+    '0': () => runKernel1(DH_KERNEL, [un(), g], s),
+    '1': () => runKernel1(DG_KERNEL, [un(), h], s),
+    [String(saved.length - 1)]: () => runKernel1(DB_KERNEL, [d, h, g], { ...s, part: 'experts' }),
   };
-  if (s.sharedRank > 0) out['2'] = () => run1(DB_KERNEL, [d, h], { ...s, part: 'shared' });
+  if (s.sharedRank > 0) out['2'] = () => runKernel1(DB_KERNEL, [d, h], { ...s, part: 'shared' });
   return out;
 }
 
@@ -297,5 +280,5 @@ function register(): void {
 /** moe_up_grouped on the webgpu backend; inputs h, gates, [B_sh], B_e checked by {@link moeUpFits}. */
 export function moeUpGrouped(inputs: Tensor[], s: MoeUpShape): Tensor {
   register();
-  return run1(FWD, inputs, { sharedRank: s.sharedRank, rank: s.rank, experts: s.experts, scale: s.scale });
+  return runKernel1(FWD, inputs, { sharedRank: s.sharedRank, rank: s.rank, experts: s.experts, scale: s.scale });
 }

@@ -17,7 +17,7 @@
  * (`tf.registerKernel`), which receive the backend and return the `TensorInfo`s made here.
  */
 import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
-import { tf } from '../tfjs/index.js';
+import { tf, type Tensor } from '../tfjs/index.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs-backend-webgpu's internals and WebGPU objects are untyped here. */
 export type WebGpuBackendLike = any;
@@ -131,4 +131,28 @@ export function f32(x: number): string {
   if (!Number.isFinite(x)) throw new Error(`not a finite f32: ${x}`);
   const s = String(Math.fround(x));
   return /[.eE]/.test(s) ? s : `${s}.0`;
+}
+
+/** A tfjs kernel by name with one output (the gradient closures of our kernels call their backward kernels so). */
+export const runKernel1 = (name: string, inputs: Tensor[], attrs: object): Tensor =>
+  tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as Tensor;
+
+const afterBackward = new Set<Tensor>();
+let sweepQueued = false;
+
+/**
+ * Keep `t` (a result one gradient closure computed for the others of the same node) and dispose it once the
+ * synchronous backward pass that made it is over. Returns `t`.
+ */
+export function keepUntilBackwardEnds(t: Tensor): Tensor {
+  afterBackward.add(tf.keep(t));
+  if (!sweepQueued) {
+    sweepQueued = true;
+    queueMicrotask(() => {
+      sweepQueued = false;
+      for (const x of afterBackward) x.dispose();
+      afterBackward.clear();
+    });
+  }
+  return t;
 }
