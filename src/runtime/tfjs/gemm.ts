@@ -3,8 +3,10 @@
  * (./gemm.wat). tfjs-backend-wasm 4.22 runs a plain 2-D product through XNNPACK (8-15 GFLOP/s here) but
  * falls back to a scalar loop for a transposed operand or a batch (1-2 GFLOP/s), and training is made of
  * exactly those: every backward product has a transposed operand, and attention is batched. This kernel
- * packs both operands into row-major blocks (transposing and zero-padding on the way: O(n²) work for an
- * O(n³) product), runs the SIMD micro-kernel and copies C out. Products it does not cover (other dtypes, a
+ * packs both operands into row-major blocks (zero-padding on the way; a transposed B is transposed while
+ * packed, a transposed A is copied as stored and read by the `gemm_tn` micro-kernel: dW = dYᵀ·x has
+ * K = tokens, and transposing its [T, out] operand cost as much as the product), runs the SIMD micro-kernel
+ * and copies C out. Products it does not cover (other dtypes, a
  * batch broadcast other than 1 against n) go to the package's kernel.
  *
  * `matmulInto` is the arithmetic alone, exported for tests and benchmarks.
@@ -16,6 +18,8 @@ import type { WasmBackendLike } from './wasm-extra.js';
 interface GemmExports {
   memory: WebAssembly.Memory;
   gemm(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
+  /** The same with A stored transposed, [K, M]. */
+  gemm_tn(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
 }
 
 let instance: GemmExports | undefined;
@@ -66,9 +70,16 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
   for (let t = 0; t < batch; t++) {
     const ao = (s.batchA === 1 ? 0 : t) * M * K;
     const da = aBase + t * aBlock;
-    if (!s.transposeA) mem.set(A.subarray(ao, ao + M * K), da);
-    else for (let i = 0; i < M; i++) for (let k = 0, d = da + i * K; k < K; k++) mem[d + k] = A[ao + k * M + i]!;
-    if (Mp > M) mem.fill(0, da + M * K, da + aBlock);
+    if (!s.transposeA) {
+      mem.set(A.subarray(ao, ao + M * K), da);
+      if (Mp > M) mem.fill(0, da + M * K, da + aBlock);
+    } else if (Mp === M) mem.set(A.subarray(ao, ao + M * K), da);
+    else
+      // Kept as stored, [K, M], rows padded to Mp: gemm_tn reads it that way (no transpose here).
+      for (let k = 0; k < K; k++) {
+        mem.set(A.subarray(ao + k * M, ao + k * M + M), da + k * Mp);
+        mem.fill(0, da + k * Mp + M, da + (k + 1) * Mp);
+      }
     const bo = (s.batchB === 1 ? 0 : t) * K * N;
     const db = bBase + t * bBlock;
     if (!s.transposeB) {
@@ -83,7 +94,7 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
       for (let n = 0; n < N; n++) for (let k = 0, src = bo + n * K; k < K; k++) mem[db + k * Np + n] = B[src + k]!;
     }
   }
-  g.gemm(aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
+  (s.transposeA ? g.gemm_tn : g.gemm)(aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
   const C = new Float32Array(g.memory.buffer);
   for (let t = 0; t < batch; t++) {
     const co = cBase + t * cBlock;

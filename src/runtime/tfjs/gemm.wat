@@ -7,6 +7,12 @@
 ;; keeps a 4 x 8 block of C in eight f32x4 accumulators; each step over k loads two vectors of a row of B
 ;; and broadcasts one element of each of the four rows of A. `npm run wasm` assembles this file (wabt) into
 ;; gemm.wasm beside it; a test keeps the two in step.
+;;
+;;   gemm_tn(a, b, c, batch, M, N, K):  C[t] = A[t]ᵀ · B[t]
+;;
+;; The same product with A stored transposed, [K, M] (M a multiple of 4): the layout a backward product
+;; dYᵀ·x already has, so packing it is a row copy instead of a strided transpose. Each step over k loads
+;; the four A values of the block with one vector load and broadcasts its lanes with shuffles.
 (module
   (memory (export "memory") 1)
   (func (export "gemm")
@@ -80,6 +86,77 @@
           (local.set $i (i32.add (local.get $i) (i32.const 4)))
           (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))
         (local.set $pa (i32.add (local.get $pa) (i32.mul (local.get $M) (local.get $rowA))))
+        (local.set $pb (i32.add (local.get $pb) (i32.mul (local.get $K) (local.get $rowB))))
+        (local.set $pc (i32.add (local.get $pc) (i32.mul (local.get $M) (local.get $rowB))))
+        (local.set $t (i32.add (local.get $t) (i32.const 1)))
+        (br_if $batches (i32.lt_s (local.get $t) (local.get $batch))))))
+  ;; C[t] = A[t]ᵀ · B[t], A [K, M] row-major (see the header).
+  (func (export "gemm_tn")
+    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32)
+    (local $t i32) (local $i i32) (local $j i32)
+    (local $pa i32) (local $pb i32) (local $pc i32)
+    (local $ap i32) (local $kend i32)
+    (local $bp i32) (local $cp i32) (local $rowA i32) (local $rowB i32)
+    (local $c00 v128) (local $c01 v128) (local $c10 v128) (local $c11 v128)
+    (local $c20 v128) (local $c21 v128) (local $c30 v128) (local $c31 v128)
+    (local $b0 v128) (local $b1 v128) (local $va v128) (local $av v128)
+    (local.set $rowA (i32.shl (local.get $M) (i32.const 2)))
+    (local.set $rowB (i32.shl (local.get $N) (i32.const 2)))
+    (local.set $pa (local.get $a))
+    (local.set $pb (local.get $b))
+    (local.set $pc (local.get $c))
+    (local.set $t (i32.const 0))
+    (block $done
+      (br_if $done (i32.le_s (local.get $batch) (i32.const 0)))
+      (loop $batches
+        (local.set $i (i32.const 0))
+        (loop $rows
+          (local.set $j (i32.const 0))
+          (loop $cols
+            (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
+            (local.set $c10 (v128.const i32x4 0 0 0 0)) (local.set $c11 (v128.const i32x4 0 0 0 0))
+            (local.set $c20 (v128.const i32x4 0 0 0 0)) (local.set $c21 (v128.const i32x4 0 0 0 0))
+            (local.set $c30 (v128.const i32x4 0 0 0 0)) (local.set $c31 (v128.const i32x4 0 0 0 0))
+            (local.set $ap (i32.add (local.get $pa) (i32.shl (local.get $i) (i32.const 2))))
+            (local.set $kend (i32.add (local.get $ap) (i32.mul (local.get $K) (local.get $rowA))))
+            (local.set $bp (i32.add (local.get $pb) (i32.shl (local.get $j) (i32.const 2))))
+            (loop $ks
+              (local.set $b0 (v128.load (local.get $bp)))
+              (local.set $b1 (v128.load offset=16 (local.get $bp)))
+              (local.set $va (v128.load (local.get $ap)))
+              (local.set $av (i8x16.shuffle 0 1 2 3 0 1 2 3 0 1 2 3 0 1 2 3 (local.get $va) (local.get $va)))
+              (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
+              (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
+              (local.set $av (i8x16.shuffle 4 5 6 7 4 5 6 7 4 5 6 7 4 5 6 7 (local.get $va) (local.get $va)))
+              (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
+              (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
+              (local.set $av (i8x16.shuffle 8 9 10 11 8 9 10 11 8 9 10 11 8 9 10 11 (local.get $va) (local.get $va)))
+              (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
+              (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
+              (local.set $av (i8x16.shuffle 12 13 14 15 12 13 14 15 12 13 14 15 12 13 14 15 (local.get $va) (local.get $va)))
+              (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
+              (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
+              (local.set $ap (i32.add (local.get $ap) (local.get $rowA)))
+              (local.set $bp (i32.add (local.get $bp) (local.get $rowB)))
+              (br_if $ks (i32.lt_u (local.get $ap) (local.get $kend))))
+            (local.set $cp (i32.add (local.get $pc)
+              (i32.shl (i32.add (i32.mul (local.get $i) (local.get $N)) (local.get $j)) (i32.const 2))))
+            (v128.store (local.get $cp) (local.get $c00))
+            (v128.store offset=16 (local.get $cp) (local.get $c01))
+            (local.set $cp (i32.add (local.get $cp) (local.get $rowB)))
+            (v128.store (local.get $cp) (local.get $c10))
+            (v128.store offset=16 (local.get $cp) (local.get $c11))
+            (local.set $cp (i32.add (local.get $cp) (local.get $rowB)))
+            (v128.store (local.get $cp) (local.get $c20))
+            (v128.store offset=16 (local.get $cp) (local.get $c21))
+            (local.set $cp (i32.add (local.get $cp) (local.get $rowB)))
+            (v128.store (local.get $cp) (local.get $c30))
+            (v128.store offset=16 (local.get $cp) (local.get $c31))
+            (local.set $j (i32.add (local.get $j) (i32.const 8)))
+            (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
+          (local.set $i (i32.add (local.get $i) (i32.const 4)))
+          (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))
+        (local.set $pa (i32.add (local.get $pa) (i32.mul (local.get $K) (local.get $rowA))))
         (local.set $pb (i32.add (local.get $pb) (i32.mul (local.get $K) (local.get $rowB))))
         (local.set $pc (i32.add (local.get $pc) (i32.mul (local.get $M) (local.get $rowB))))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
