@@ -7,16 +7,17 @@
  *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it to JavaScript);
  *                                  the gradient runs the generated backward once per slot that is asked for
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
- *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM) with a gradient per weight: dW_i =
- *                                  dY_iᵀ·x only for the weights autodiff asks for, where differentiating through
- *                                  tf.concat computed dYᵀ·x for the whole stack, frozen base weights included
+ *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM), one output per part, with a
+ *                                  gradient per weight: dW_i = dY_iᵀ·x only for the weights autodiff asks for
+ *                                  (differentiating through tf.concat computed dYᵀ·x for the whole stack, frozen
+ *                                  base weights included); dX by McpcConcatLinearDx, one GEMM over the parts
  *
  * Kernels are registered on first use (`ensureCpuOps`) and called through `tf.engine().runKernel` with
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
-import { matmulInto } from '../tfjs/gemm.js';
+import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
 import type { CompiledFused } from './fused-js.js';
 
 type Info = tf.TensorInfo;
@@ -114,13 +115,26 @@ export function ropeOp(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headD
 // --- concat_linear ------------------------------------------------------------------------------------------------
 
 /**
- * x [T, in] times the row stack of `weights` (each [out_i, in]), transposed: one [T, Σ out_i] product. The
- * gradient of x is dY·[W_1 ; … ; W_n]; that of W_i is dY[:, part i]ᵀ·x, computed only if autodiff asks for it
- * (a frozen weight is not on the gradient's path, so its product is never run).
+ * x [T, in] times the row stack of `weights` (each [out_i, in]) transposed, as one GEMM whose result is
+ * written straight into one output per part: part j is the next `parts[j]` weights, [T, Σ their rows]. The
+ * gradient of x is one GEMM [dY_1 | … ]·[W_1 ; …] reading the parts' gradients where they are; that of W_i is
+ * dY_iᵀ·x, computed only if autodiff asks for it (a frozen weight is not on the gradient's path, so its
+ * product never runs). No stacked copy of the weights, no split of the product, no concat of the gradients.
  */
-export function concatLinearOp(x: Tensor, weights: Tensor[]): Tensor {
+export function concatLinearOp(x: Tensor, weights: Tensor[], parts: number[]): Tensor[] {
   ensureCpuOps();
-  return run1('McpcConcatLinear', [x, ...weights], { widths: weights.map((w) => w.shape[0]!) });
+  return runN('McpcConcatLinear', [x, ...weights], { widths: weights.map((w) => w.shape[0]!), parts });
+}
+
+/** Output widths of McpcConcatLinear's parts (the rows of each part's weights). */
+function partWidths(a: Attrs): number[] {
+  const widths = a.widths as number[];
+  let at = 0;
+  return (a.parts as number[]).map((n) => {
+    const w = widths.slice(at, at + n).reduce((p, x) => p + x, 0);
+    at += n;
+    return w;
+  });
 }
 
 // --- registration -------------------------------------------------------------------------------------------------------
@@ -213,31 +227,46 @@ export function ensureCpuOps(): void {
   register(
     'McpcConcatLinear',
     {
-      shapes: (ins, a) => [[ins[0]!.shape[0]!, (a.widths as number[]).reduce((p, w) => p + w, 0)]],
-      run: (ins, [y], infos) => {
+      shapes: (ins, a) => partWidths(a).map((w) => [ins[0]!.shape[0]!, w]),
+      run: (ins, outs, infos, a) => {
         const [T, K] = infos[0]!.shape as [number, number];
-        const ws = ins.slice(1) as Float32Array[];
-        const N = ws.reduce((p, w) => p + w.length / K, 0);
-        const w = ws.length === 1 ? ws[0]! : new Float32Array(N * K);
-        if (ws.length > 1) ws.reduce((at, v) => (w.set(v, at), at + v.length), 0);
-        matmulInto(ins[0] as Float32Array, w, y!, { batchA: 1, batchB: 1, M: T, N, K, transposeA: false, transposeB: true });
+        linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1) as Float32Array[], outs, partWidths(a));
       },
     },
     {
       saveAllInputs: true,
       gradFunc: (dy, saved, a) => {
-        const d = dy as Tensor;
+        const dys = Array.isArray(dy) ? dy : [dy];
         const [x, ...ws] = saved as Tensor[];
         const widths = a.widths as number[];
+        const parts = a.parts as number[];
         const T = x!.shape[0]!;
-        const starts = widths.map((_, i) => widths.slice(0, i).reduce((p, w) => p + w, 0));
-        return grads(ws.length + 1, (i) =>
-          i === 0
-            ? tf.matMul(d as tf.Tensor2D, (ws.length === 1 ? ws[0]! : tf.concat(ws, 0)) as tf.Tensor2D)
-            : tf.matMul((ws.length === 1 ? d : tf.slice(d, [0, starts[i - 1]!], [T, widths[i - 1]!])) as tf.Tensor2D, x as tf.Tensor2D, true, false),
-        );
+        // Weight i: its part, and its first column within that part.
+        const where: [number, number][] = [];
+        parts.forEach((n, j) => {
+          let c = 0;
+          for (let q = 0; q < n; q++) {
+            where.push([j, c]);
+            c += widths[where.length - 1]!;
+          }
+        });
+        return grads(ws.length + 1, (i) => {
+          if (i === 0) return run1('McpcConcatLinearDx', [...dys, ...ws], { widths, parts });
+          const [j, c] = where[i - 1]!;
+          const d = parts[j] === 1 ? dys[j]! : tf.slice(dys[j]!, [0, c], [T, widths[i - 1]!]);
+          return tf.matMul(d as tf.Tensor2D, x as tf.Tensor2D, true, false);
+        });
       },
     },
   );
+  register('McpcConcatLinearDx', {
+    shapes: (ins, a) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
+    run: (ins, [dx], infos, a) => {
+      const n = (a.parts as number[]).length;
+      const T = infos[0]!.shape[0]!;
+      const K = infos[infos.length - 1]!.shape[1]!;
+      partsTimesInto(ins.slice(0, n) as Float32Array[], partWidths(a), T, ins.slice(n) as Float32Array[], K, dx!);
+    },
+  });
 }
 

@@ -10,8 +10,9 @@
  *                       scores GEMM: no Tile and no Tile gradient), the 1/√d scale on q instead of on the
  *                       scores, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
- *   concat_linear       the one GEMM as McpcConcatLinear (dW per part, only for the weights autodiff asks for:
- *                       a frozen base weight in the stack costs no dYᵀ·x), split with SplitV (gradient: one Concat)
+ *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
+ *                       autodiff asks for: a frozen base weight in the stack costs no dYᵀ·x; dX one GEMM over
+ *                       the parts' gradients where they lie)
  *   everything else     reference (tfjs ops; router also with the training-step noise input, attrs.noise)
  *
  * Measured and left out (BENCHMARKS.md, "CPU kernel table"): moe_up_grouped on the top-k only (tokens
@@ -113,8 +114,8 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
 
     concat_linear(inputs, step, ctx) {
       // The reference's one GEMM (./cpu-ops.ts McpcConcatLinear: its gradient computes dW only for the weights
-      // autodiff asks for, not dYᵀ·x over the whole stack, frozen base included), split with SplitV instead of
-      // one Slice per part: the split's gradient is one Concat, the Slices' a PadV2 per part and an Add each.
+      // autodiff asks for, not dYᵀ·x over the whole stack, frozen base included), written straight into one
+      // output per part: no Slice per part (whose gradients were a PadV2 each and an Add), no SplitV / Concat.
       const parts = step.attrs.parts as { kind: string; out: number; params: string[]; bias?: string; activation?: string }[] | undefined;
       if (!Array.isArray(parts) || parts.length < 2 || !f32(inputs) || inputs[0]!.rank !== 2) return reference.concat_linear(inputs, step, ctx);
       const x = inputs[0]!;
@@ -132,7 +133,11 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const K = dims(x)[1];
       if (at !== inputs.length || weights.some((w) => w.rank !== 2 || dims(w)[1] !== K) || weights.reduce((s, w) => s + dims(w)[0], 0) !== total || parts.some((p) => p.kind === 'router' && (p.activation ?? 'softmax') !== 'softmax' && p.activation !== 'sigmoid'))
         return reference.concat_linear(inputs, step, ctx);
-      const ys = tf.split(concatLinearOp(x, weights), widths, 1);
+      const counts = parts.map((p) => p.params.length);
+      let w0 = 0;
+      const rowsOf = counts.map((n) => weights.slice(w0, (w0 += n)).reduce((s, w) => s + dims(w)[0], 0));
+      if (rowsOf.some((r, i) => r !== widths[i])) return reference.concat_linear(inputs, step, ctx);
+      const ys = concatLinearOp(x, weights, counts);
       return parts.map((p, i) => {
         let o = ys[i]!;
         if (biases[i]) o = tf.add(o, biases[i]!);

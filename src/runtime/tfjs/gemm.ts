@@ -104,6 +104,101 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
   }
 }
 
+/**
+ * Copy `rows` runs of `width` floats (strides in floats). Short runs by a loop: `subarray` + `set` allocates
+ * a view per run, which costs more than copying 16 or 32 floats.
+ */
+function copyRuns(src: Float32Array, so: number, sStride: number, dst: Float32Array, d0: number, dStride: number, rows: number, width: number): void {
+  if (sStride === width && dStride === width) dst.set(src.subarray(so, so + rows * width), d0);
+  else if (width >= 64)
+    for (let r = 0; r < rows; r++) dst.set(src.subarray(so + r * sStride, so + r * sStride + width), d0 + r * dStride);
+  else
+    for (let r = 0, s = so, d = d0; r < rows; r++, s += sStride, d += dStride) for (let j = 0; j < width; j++) dst[d + j] = src[s + j]!;
+}
+
+/** One product C [M, N] = op(A)·B on the module's memory, operands packed by the callbacks (batch 1). */
+function gemmWith(M: number, N: number, K: number, transposeA: boolean, packA: (mem: Float32Array, at: number, Mp: number) => void, packB: (mem: Float32Array, at: number, Np: number) => void, readC: (C: Float32Array, at: number, Np: number) => void): void {
+  const Mp = up(M, 4);
+  const Np = up(N, 8);
+  const g = gemmModule();
+  const bBase = Mp * K;
+  const cBase = bBase + K * Np;
+  const bytes = 4 * (cBase + Mp * Np);
+  const have = g.memory.buffer.byteLength;
+  if (bytes > have) g.memory.grow(Math.ceil((bytes - have) / 65536));
+  const mem = new Float32Array(g.memory.buffer);
+  if (Mp > M) mem.fill(0, 0, bBase);
+  if (Np > N) mem.fill(0, bBase, cBase);
+  packA(mem, 0, Mp);
+  packB(mem, bBase, Np);
+  (transposeA ? g.gemm_tn : g.gemm)(0, bBase * 4, cBase * 4, 1, Mp, Np, K);
+  readC(new Float32Array(g.memory.buffer), cBase, Np);
+}
+
+/**
+ * concat_linear's forward: x [T, K] times the row stack of `weights` (each [n_i, K]) transposed, written as
+ * column blocks to `outs` (out j is [T, outWidths[j]], the next Σ outWidths columns): no stacked copy of the
+ * weights, no split of the product.
+ */
+export function linearPartsInto(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[]): void {
+  const N = outWidths.reduce((a, b) => a + b, 0);
+  if (T === 0 || N === 0) return;
+  if (K === 0) return outs.forEach((o) => o.fill(0));
+  gemmWith(
+    T,
+    N,
+    K,
+    false,
+    (mem, at) => mem.set(x.subarray(0, T * K), at),
+    (mem, at, Np) => {
+      // B = [W_1 ; …]ᵀ, [K, Np]: weight row n becomes column n.
+      let n = 0;
+      for (const w of weights)
+        for (let i = 0, rows = w.length / K; i < rows; i++, n++) for (let k = 0, src = i * K; k < K; k++) mem[at + k * Np + n] = w[src + k]!;
+    },
+    (C, at, Np) => {
+      let c = 0;
+      outs.forEach((o, j) => {
+        copyRuns(C, at + c, Np, o, 0, outWidths[j]!, T, outWidths[j]!);
+        c += outWidths[j]!;
+      });
+    },
+  );
+}
+
+/**
+ * concat_linear's gradient of x: dX [T, K] = [dY_1 | … | dY_n] · [W_1 ; …] (dY_j [T, widths[j]], the weights
+ * stacked by rows, Σ rows = Σ widths), the parts' gradients packed where they are. (Its dW_i = dY_iᵀ·x are
+ * plain transposed-A products: matmulInto's gemm_tn.)
+ */
+export function partsTimesInto(dys: Float32Array[], widths: number[], T: number, weights: Float32Array[], K: number, out: Float32Array): void {
+  const N = widths.reduce((a, b) => a + b, 0);
+  if (T === 0 || K === 0) return;
+  if (N === 0) return void out.fill(0);
+  gemmWith(
+    T,
+    K,
+    N,
+    false,
+    (mem, at) => {
+      let c = 0;
+      dys.forEach((d, j) => {
+        copyRuns(d, 0, widths[j]!, mem, at + c, N, T, widths[j]!);
+        c += widths[j]!;
+      });
+    },
+    (mem, at, Np) => {
+      let n = 0;
+      for (const w of weights)
+        for (let i = 0, rows = w.length / K; i < rows; i++, n++) {
+          if (Np === K) mem.set(w.subarray(i * K, i * K + K), at + n * Np);
+          else copyRuns(w, i * K, K, mem, at + n * Np, Np, 1, K);
+        }
+    },
+    (C, at, Np) => copyRuns(C, at, Np, out, 0, K, T, K),
+  );
+}
+
 const prod = (xs: number[]) => xs.reduce((p, x) => p * x, 1);
 
 /** Replace the wasm backend's BatchMatMul (keeping the package's kernel for what ours does not cover). */

@@ -15,8 +15,8 @@
 ;; the four A values of the block with one vector load and broadcasts its lanes with shuffles.
 (module
   (memory (export "memory") 1)
-  (func (export "gemm")
-    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32)
+  (func $gemm_rows (export "gemm_rows")
+    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32) (param $i0 i32) (param $i1 i32)
     (local $t i32) (local $i i32) (local $j i32)
     (local $pa i32) (local $pb i32) (local $pc i32)
     (local $a0 i32) (local $a1 i32) (local $a2 i32) (local $a3 i32) (local $kend i32)
@@ -32,8 +32,9 @@
     (local.set $t (i32.const 0))
     (block $done
       (br_if $done (i32.le_s (local.get $batch) (i32.const 0)))
+      (br_if $done (i32.ge_s (local.get $i0) (local.get $i1)))
       (loop $batches
-        (local.set $i (i32.const 0))
+        (local.set $i (local.get $i0))
         (loop $rows
           (local.set $j (i32.const 0))
           (loop $cols
@@ -84,15 +85,15 @@
             (local.set $j (i32.add (local.get $j) (i32.const 8)))
             (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
           (local.set $i (i32.add (local.get $i) (i32.const 4)))
-          (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))
+          (br_if $rows (i32.lt_s (local.get $i) (local.get $i1))))
         (local.set $pa (i32.add (local.get $pa) (i32.mul (local.get $M) (local.get $rowA))))
         (local.set $pb (i32.add (local.get $pb) (i32.mul (local.get $K) (local.get $rowB))))
         (local.set $pc (i32.add (local.get $pc) (i32.mul (local.get $M) (local.get $rowB))))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
         (br_if $batches (i32.lt_s (local.get $t) (local.get $batch))))))
   ;; C[t] = A[t]ᵀ · B[t], A [K, M] row-major (see the header).
-  (func (export "gemm_tn")
-    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32)
+  (func $gemm_tn_rows (export "gemm_tn_rows")
+    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32) (param $i0 i32) (param $i1 i32)
     (local $t i32) (local $i i32) (local $j i32)
     (local $pa i32) (local $pb i32) (local $pc i32)
     (local $ap i32) (local $kend i32)
@@ -108,8 +109,9 @@
     (local.set $t (i32.const 0))
     (block $done
       (br_if $done (i32.le_s (local.get $batch) (i32.const 0)))
+      (br_if $done (i32.ge_s (local.get $i0) (local.get $i1)))
       (loop $batches
-        (local.set $i (i32.const 0))
+        (local.set $i (local.get $i0))
         (loop $rows
           (local.set $j (i32.const 0))
           (loop $cols
@@ -155,9 +157,15 @@
             (local.set $j (i32.add (local.get $j) (i32.const 8)))
             (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
           (local.set $i (i32.add (local.get $i) (i32.const 4)))
-          (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))
+          (br_if $rows (i32.lt_s (local.get $i) (local.get $i1))))
         (local.set $pa (i32.add (local.get $pa) (i32.mul (local.get $K) (local.get $rowA))))
         (local.set $pb (i32.add (local.get $pb) (i32.mul (local.get $K) (local.get $rowB))))
         (local.set $pc (i32.add (local.get $pc) (i32.mul (local.get $M) (local.get $rowB))))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
-        (br_if $batches (i32.lt_s (local.get $t) (local.get $batch)))))))
+        (br_if $batches (i32.lt_s (local.get $t) (local.get $batch))))))
+  ;; The whole product; the _rows forms compute only the row blocks i0 <= i < i1 (multiples of 4) of every
+  ;; batch entry, so threads sharing the memory can split a product between them.
+  (func (export "gemm") (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32)
+    (call $gemm_rows (local.get $a) (local.get $b) (local.get $c) (local.get $batch) (local.get $M) (local.get $N) (local.get $K) (i32.const 0) (local.get $M)))
+  (func (export "gemm_tn") (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32)
+    (call $gemm_tn_rows (local.get $a) (local.get $b) (local.get $c) (local.get $batch) (local.get $M) (local.get $N) (local.get $K) (i32.const 0) (local.get $M))))

@@ -255,6 +255,24 @@ describe('concat_linear', () => {
     want.forEach((w, i) => expect(relErr(got[i]!, w)).toBeLessThan(1e-5));
   });
 
+  it('parts nobody reads get no gradient and cost nothing wrong: gradients when only some outputs feed the loss', () => {
+    const ctx = context(1, 7);
+    const xs = inputs(7, 5);
+    const st = step();
+    const R = [tf.tensor2d(randn(7 * 5), [7, 5]), tf.tensor2d(randn(7 * 8), [7, 8])];
+    const g = (table: Record<PlanOp, Kernel>) =>
+      tf.tidy(() => {
+        const f = (x: Tensor, W: Tensor, Ae: Tensor) => {
+          const ys = table.concat_linear([x, W, xs[2]!, xs[3]!, xs[4]!, Ae, ...xs.slice(6)], st, ctx);
+          return tf.add(tf.sum(tf.mul(ys[0]!, R[0]!)), tf.sum(tf.mul(ys[2]!, R[1]!))) as tf.Scalar;
+        };
+        return tf.grads(f)([xs[0]!, xs[1]!, xs[5]!]).map((t) => Float32Array.from(t.dataSync()));
+      });
+    const want = g(reference);
+    const got = g(cpuKernels({ kernels: [] }));
+    want.forEach((w, i) => expect(relErr(got[i]!, w)).toBeLessThan(1e-5));
+  });
+
   it('on the wasm backend', async () => {
     await initBackend('wasm');
     try {
