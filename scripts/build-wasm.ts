@@ -29,7 +29,7 @@ export async function assemble(file: string, edit: (src: string) => string = (s)
   const wabt = await wabtInit();
   const features = { simd: true, threads: true };
   const mod = wabt.parseWat(file, edit(readFileSync(file, 'utf8')), features);
-  mod.validate(features);
+  (mod.validate as (f?: typeof features) => void)(features); // the typings omit validate's feature argument
   const { buffer } = mod.toBinary({ log: false, write_debug_names: false });
   mod.destroy();
   return buffer;

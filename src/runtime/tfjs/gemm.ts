@@ -14,6 +14,7 @@
 import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
 import type { WasmBackendLike } from './wasm-extra.js';
+import { threadedGemm, type GemmEngine } from './gemm-threads.js';
 
 interface GemmExports {
   memory: WebAssembly.Memory;
@@ -22,15 +23,23 @@ interface GemmExports {
   gemm_tn(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
 }
 
-let instance: GemmExports | undefined;
+let engine: GemmEngine | undefined;
 
-function gemmModule(): GemmExports {
-  if (!instance) {
-    const bytes = readFileSync(new URL('./gemm.wasm', import.meta.url));
-    instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports as unknown as GemmExports;
+/** The engine products run on: threads over a shared memory (./gemm-threads.ts) where they can, else one. */
+function gemmModule(): GemmEngine {
+  if (!engine) {
+    engine = threadedGemm() ?? undefined;
+    if (!engine) {
+      const bytes = readFileSync(new URL('./gemm.wasm', import.meta.url));
+      const g = new WebAssembly.Instance(new WebAssembly.Module(bytes), {}).exports as unknown as GemmExports;
+      engine = { memory: g.memory, threads: 1, workerShares: 0, run: (tn, ...args) => (tn ? g.gemm_tn : g.gemm)(...args) };
+    }
   }
-  return instance;
+  return engine;
 }
+
+/** How many threads the wasm GEMM runs on (1 where shared memory or worker threads are missing). */
+export const wasmGemmThreads = (): number => gemmModule().threads;
 
 /** A product's operands: `a` is [batchA, M, K] ([batchA, K, M] when transposeA), `b` [batchB, K, N] (or [batchB, N, K]). */
 export interface MatmulShape {
@@ -94,7 +103,7 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
       for (let n = 0; n < N; n++) for (let k = 0, src = bo + n * K; k < K; k++) mem[db + k * Np + n] = B[src + k]!;
     }
   }
-  (s.transposeA ? g.gemm_tn : g.gemm)(aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
+  g.run(s.transposeA, aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
   const C = new Float32Array(g.memory.buffer);
   for (let t = 0; t < batch; t++) {
     const co = cBase + t * cBlock;
@@ -131,7 +140,7 @@ function gemmWith(M: number, N: number, K: number, transposeA: boolean, packA: (
   if (Np > N) mem.fill(0, bBase, cBase);
   packA(mem, 0, Mp);
   packB(mem, bBase, Np);
-  (transposeA ? g.gemm_tn : g.gemm)(0, bBase * 4, cBase * 4, 1, Mp, Np, K);
+  g.run(transposeA, 0, bBase * 4, cBase * 4, 1, Mp, Np, K);
   readC(new Float32Array(g.memory.buffer), cBase, Np);
 }
 
