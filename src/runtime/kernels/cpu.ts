@@ -13,12 +13,14 @@
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
  *                       autodiff asks for: a frozen base weight in the stack costs no dYᵀ·x; dX one GEMM over
  *                       the parts' gradients where they lie)
+ *   moe_up_grouped      each token's top-k experts only (./cpu-moe.ts, ../tfjs/moe.wat): per expert, the routed
+ *                       tokens' gate-scaled h_e rows gathered (WebAssembly SIMD), one GEMM, the rows added into
+ *                       y; the backward likewise (dgates zero off the top-k, where it never reaches the router)
  *   everything else     reference (tfjs ops; router also with the training-step noise input, attrs.noise)
  *
- * Measured and left out (BENCHMARKS.md, "CPU kernel table"): moe_up_grouped on the top-k only (tokens
- * gathered per expert, one GEMM each) and concat_linear writing each part straight to its output were both
- * slower on wasm than the reference's dense SIMD GEMMs at MedCare's ranks, because their gathers and
- * scatters are scalar JavaScript.
+ * Measured and left out (BENCHMARKS.md, "CPU kernel table"): concat_linear writing each part straight to its
+ * output was slower on wasm than the reference's dense SIMD GEMM at MedCare's ranks, its gathers and scatters
+ * being scalar JavaScript (moe_up_grouped on the top-k failed the same way until they moved to WebAssembly).
  *
  * LoRA dropout is not a kernel's concern: the executor masks the A input of a dropout adapter before calling
  * lora_down / expert_down / moe_down_batched (../dropout.ts), so every table has the same semantics.
@@ -30,6 +32,7 @@ import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
+import { moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -152,12 +155,17 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const [cos, sin] = ropeTables(ctx, d, num(step, 'theta'), 2);
       return [ropeOp(inputs[0]!, cos, sin, num(step, 'heads'), d), ropeOp(inputs[1]!, cos, sin, num(step, 'kvHeads'), d)];
     },
+
+    moe_up_grouped(inputs, step, ctx) {
+      const a = { sharedRank: num(step, 'sharedRank', 0), rank: num(step, 'rank'), experts: num(step, 'experts'), scale: num(step, 'scale') };
+      return moeUpFits(inputs, a) ? [moeUpGroupedOp(inputs, a)] : reference.moe_up_grouped(inputs, step, ctx);
+    },
   };
   return { ...reference, ...fused };
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear'];
+export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any

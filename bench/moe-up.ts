@@ -1,0 +1,68 @@
+/**
+ * `npx tsx bench/moe-up.ts [--reps N]`: moe_up_grouped forward+backward (the gradient of every input: h,
+ * gates, B_sh, B_e, for a given dY) on the `wasm` backend at MedCare's shape (T 2048 tokens, 8 experts r16, top-2 renormalised
+ * gates, out 176 and 64, without and with a shared part), the reference kernel (one dense GEMM over all
+ * experts) against the CPU table's top-k-only kernel (src/runtime/kernels/cpu-moe.ts, src/runtime/tfjs/moe.wat),
+ * alternating in one process. Median wall ms and process CPU ms per fwd+bwd (no read-back: the wasm backend's
+ * kernels run synchronously, and a dataSync there costs ~5 ms per MB, which would swamp the ops).
+ */
+import { parseArgs } from 'node:util';
+import { moeUpGroupedOp } from '../src/runtime/kernels/cpu-moe.js';
+import { reference, type KernelContext } from '../src/runtime/kernels/reference.js';
+import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
+
+const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' } } });
+const reps = Number(values.reps);
+await initBackend('wasm');
+
+const T = 2048;
+const E = 8;
+const r = 16;
+const k = 2;
+const ctx: KernelContext = { rows: 1, seqLen: T, positions: new Int32Array(T), segments: new Int32Array(T).fill(1), cache: new Map() };
+
+function gates(): Tensor {
+  const g = new Float32Array(T * E);
+  for (let t = 0; t < T; t++) {
+    const p = Array.from({ length: E }, () => Math.random());
+    const top = p.map((v, e) => [v, e] as const).sort((a, b) => b[0] - a[0]).slice(0, k);
+    const s = top.reduce((a, [v]) => a + v, 0);
+    for (const [v, e] of top) g[t * E + e] = v / s;
+  }
+  return tf.tensor2d(g, [T, E]);
+}
+
+const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+for (const [out, R] of [[176, 0], [176, 32], [64, 0], [64, 32]] as const) {
+  const attrs = { sharedRank: R, rank: r, experts: E, scale: 2 };
+  const step = { node: 'n', op: 'moe_up_grouped', kernel: '', inputs: [], outputs: ['y'], attrs, flops: 0 } as never;
+  const ins = [tf.randomNormal([T, R + E * r]), gates(), ...(R > 0 ? [tf.randomNormal([out, R])] : []), tf.randomNormal([E, out, r])];
+  const dy = tf.randomNormal([T, out]);
+  const fns = {
+    reference: (xs: Tensor[]) => reference.moe_up_grouped(xs, step, ctx)[0]!,
+    'top-k': (xs: Tensor[]) => moeUpGroupedOp(xs, attrs),
+  };
+  const once = (f: (xs: Tensor[]) => Tensor): [number, number] => {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    const gs = tf.tidy(() => tf.grads((...xs: Tensor[]) => f(xs))(ins, dy));
+    const wall = performance.now() - t0;
+    const c = process.cpuUsage(c0);
+    tf.dispose(gs);
+    return [wall, (c.user + c.system) / 1000];
+  };
+  const res: Record<string, [number[], number[]]> = { reference: [[], []], 'top-k': [[], []] };
+  for (let i = 0; i < reps + 2; i++)
+    for (const [name, f] of Object.entries(fns)) {
+      const [w, c] = once(f);
+      if (i >= 2) {
+        res[name]![0].push(w);
+        res[name]![1].push(c);
+      }
+    }
+  const [rw, rc] = res.reference!.map(med) as [number, number];
+  const [ow, oc] = res['top-k']!.map(med) as [number, number];
+  console.log(`T ${T}, ${E} experts r${r} top-${k}, out ${out}, sharedRank ${R}: reference ${rw.toFixed(1)} ms wall (${rc.toFixed(1)} CPU), top-k ${ow.toFixed(1)} ms wall (${oc.toFixed(1)} CPU): ${(rw / ow).toFixed(2)}x`);
+  tf.dispose([...ins, dy]);
+}

@@ -1,0 +1,157 @@
+/**
+ * moe_up_grouped of the CPU kernel table (./cpu.ts) as tfjs kernels on the `wasm` and `cpu` backends, over
+ * the top-k experts only (the arithmetic: ../tfjs/moe.ts and moe.wat):
+ *
+ *   McpcMoeUp       inputs h, gates, [B_sh], B_e → y
+ *   McpcMoeUpDh     dY, h, gates, [B_sh], B_e → dh, dgates (one pass: dh_e and dgates share U = s·dY_rows·B_e)
+ *   McpcMoeUpDbe    dY, h, gates → dB_e
+ *
+ * The gradient computes only what autodiff asks for (tfjs calls the closure of an input only when that input
+ * leads to the loss): dh and dgates come from one McpcMoeUpDh (the second of the two asked gets the first
+ * call's other output), dB_e from McpcMoeUpDbe, dB_sh = s·dYᵀ·h_sh as one tfjs product.
+ *
+ * dgates is zero outside the routed (t, e) (gate = 0), where the reference's dense gradient gives
+ * s·dY[t]·(h_e[t]·B_eᵀ). Those entries never reach a parameter: the gates come from topk_gate, whose gradient
+ * multiplies by the top-k mask (renormalised or not: kept_i = 0 off the mask, so the renormalisation's sum
+ * term gets nothing from them either); and a kept gate that is exactly 0 is a router probability of 0, whose
+ * softmax or sigmoid gradient carries the factor p = 0. So the router's gradient, and every weight's, are the
+ * reference's; only the intermediate dgates differs, there.
+ */
+import { tf, type Tensor } from '../tfjs/index.js';
+import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../tfjs/moe.js';
+import { keepUntilBackwardEnds } from '../webgpu/program.js';
+
+type Info = tf.TensorInfo;
+type Attrs = { sharedRank: number; rank: number; experts: number; scale: number };
+
+interface CpuLike {
+  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
+  data: { get(id: object): { values: Float32Array } };
+}
+
+const FWD = 'McpcMoeUp';
+const DH = 'McpcMoeUpDh';
+const DB = 'McpcMoeUpDbe';
+
+/** A tfjs kernel: output shapes, then the computation over Float32Array views (inputs, outputs). */
+function kernelFor(shapes: (ins: Info[], a: Attrs) => number[][], run: (ins: Float32Array[], outs: Float32Array[], infos: Info[], a: Attrs) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
+    const a = attrs as unknown as Attrs;
+    const ss = shapes(ins, a);
+    let outs: Info[];
+    let views: Float32Array[];
+    let read: (t: Info) => Float32Array;
+    if (backendName === 'wasm') {
+      const b = backend as unknown as WasmBackendLike;
+      outs = ss.map((s) => b.makeOutput(s, 'float32'));
+      // Views after every allocation: allocating may grow (and so move) the heap.
+      views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
+      read = (t) => b.typedArrayFromHeap(t) as Float32Array;
+    } else {
+      const b = backend as unknown as CpuLike;
+      views = ss.map((s) => new Float32Array(s.reduce((p, d) => p * d, 1)));
+      outs = ss.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
+      read = (t) => b.data.get(t.dataId).values;
+    }
+    run(ins.map(read), views, ins, a);
+    return outs.length === 1 ? outs[0]! : outs;
+  };
+}
+
+const shapeOf = (h: Info, out: number, a: Attrs): MoeUpShape => ({ T: h.shape[0]!, out, sharedRank: a.sharedRank, rank: a.rank, experts: a.experts, scale: a.scale });
+
+let registered = false;
+function register(): void {
+  if (registered) return;
+  registered = true;
+  for (const b of ['wasm', 'cpu'] as const) {
+    // inputs: h, gates, [B_sh], B_e
+    tf.registerKernel({
+      kernelName: FWD,
+      backendName: b,
+      kernelFunc: kernelFor(
+        (ins) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
+        (ins, [y], infos, a) => moeUpForward(ins[0]!, ins[1]!, ins[ins.length - 1]!, ins.length === 4 ? ins[2] : undefined, y!, shapeOf(infos[0]!, infos[infos.length - 1]!.shape[1]!, a)),
+        b,
+      ),
+    });
+    // inputs: dY, h, gates, [B_sh], B_e
+    tf.registerKernel({
+      kernelName: DH,
+      backendName: b,
+      kernelFunc: kernelFor(
+        (ins) => [ins[1]!.shape, ins[2]!.shape],
+        (ins, [dh, dg], infos, a) => moeUpDh(ins[0]!, ins[1]!, ins[2]!, ins[ins.length - 1]!, ins.length === 5 ? ins[3] : undefined, dh!, dg!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+        b,
+      ),
+    });
+    // inputs: dY, h, gates
+    tf.registerKernel({
+      kernelName: DB,
+      backendName: b,
+      kernelFunc: kernelFor(
+        (ins, a) => [[a.experts, ins[0]!.shape[1]!, a.rank]],
+        (ins, [db], infos, a) => moeUpDbe(ins[0]!, ins[1]!, ins[2]!, db!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+        b,
+      ),
+    });
+  }
+  tf.registerGradient({
+    kernelName: FWD,
+    saveAllInputs: true,
+    gradFunc: (dy, saved, attrs) => {
+      const a = attrs as unknown as Attrs;
+      const d = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
+      const [h, g] = saved as Tensor[];
+      const bs = (saved as Tensor[]).slice(2);
+      // dh ('0') and dgates ('1') from one kernel: the first closure called keeps the other output until the
+      // backward pass is over, the second returns a clone of it (shares its memory).
+      let pair: Tensor[] | undefined;
+      const part = (k: 0 | 1) => (): Tensor => {
+        if (pair && !pair[k]!.isDisposed) return tf.clone(pair[k]!);
+        pair = tf.engine().runKernel(DH, [d, ...(saved as Tensor[])] as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor[];
+        keepUntilBackwardEnds(pair[1 - k]!);
+        return pair[k]!;
+      };
+      const grads: Record<string, () => Tensor> = {
+        '0': part(0),
+        '1': part(1),
+        [String(saved.length - 1)]: () => tf.engine().runKernel(DB, [d, h!, g!] as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor,
+      };
+      if (bs.length === 2) {
+        const T = h!.shape[0]!;
+        grads['2'] = () => tf.mul(tf.matMul(d as tf.Tensor2D, tf.slice(h!, [0, 0], [T, a.sharedRank]) as tf.Tensor2D, true, false), a.scale);
+      }
+      return grads;
+    },
+  });
+}
+
+/**
+ * Whether {@link moeUpGroupedOp} takes these inputs: float32 h [T, R + E·r], gates [T, E], B_sh [out, R] when
+ * R > 0 (and only then), B_e [E, out, r].
+ */
+export function moeUpFits(inputs: Tensor[], a: Attrs): boolean {
+  const { sharedRank: R, rank: r, experts: E } = a;
+  if (![R, r, E].every((n) => Number.isInteger(n) && n >= 0) || !Number.isFinite(a.scale) || E < 1 || r < 1) return false;
+  if (inputs.length !== (R > 0 ? 4 : 3) || inputs.some((t) => t.dtype !== 'float32')) return false;
+  const [h, g] = inputs as [Tensor, Tensor];
+  const be = inputs[inputs.length - 1]!;
+  if (h.rank !== 2 || g.rank !== 2 || be.rank !== 3) return false;
+  const T = h.shape[0]!;
+  const out = be.shape[1]!;
+  if (h.shape[1] !== R + E * r || g.shape[0] !== T || g.shape[1] !== E || be.shape[0] !== E || be.shape[2] !== r) return false;
+  if (R > 0) {
+    const bsh = inputs[2]!;
+    if (bsh.rank !== 2 || bsh.shape[0] !== out || bsh.shape[1] !== R) return false;
+  }
+  return true;
+}
+
+/** moe_up_grouped over the top-k only (inputs checked by {@link moeUpFits}), with its gradient. */
+export function moeUpGroupedOp(inputs: Tensor[], a: Attrs): Tensor {
+  register();
+  return tf.engine().runKernel(FWD, inputs as unknown as tf.NamedTensorMap, { sharedRank: a.sharedRank, rank: a.rank, experts: a.experts, scale: a.scale } as unknown as tf.NamedAttrMap) as Tensor;
+}
