@@ -131,9 +131,11 @@ function register(): void {
 
 /**
  * Whether {@link moeUpGroupedOp} takes these inputs: float32 h [T, R + E·r], gates [T, E], B_sh [out, R] when
- * R > 0 (and only then), B_e [E, out, r].
+ * R > 0 (and only then), B_e [E, out, r]. `MCPC_MOE_TOPK=0` sends every call to the reference (for A/B
+ * timing: `npx tsx bench/train-step.ts --ab MCPC_MOE_TOPK`).
  */
 export function moeUpFits(inputs: Tensor[], a: Attrs): boolean {
+  if (process.env.MCPC_MOE_TOPK === '0') return false;
   const { sharedRank: R, rank: r, experts: E } = a;
   if (![R, r, E].every((n) => Number.isInteger(n) && n >= 0) || !Number.isFinite(a.scale) || E < 1 || r < 1) return false;
   if (inputs.length !== (R > 0 ? 4 : 3) || inputs.some((t) => t.dtype !== 'float32')) return false;

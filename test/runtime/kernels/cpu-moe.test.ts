@@ -121,6 +121,25 @@ describe('moe_up_grouped on the top-k only (CPU table)', () => {
     expect(cpuKernels({ kernels: [] }).moe_up_grouped).not.toBe(reference.moe_up_grouped);
   });
 
+  it('MCPC_MOE_TOPK=0 sends it to the reference', async () => {
+    const c = cases[1]!;
+    const { logits, h, bs } = inputs(c);
+    const gates = tf.tidy(() => reference.topk_gate([tf.softmax(logits)], stepOf('topk_gate', { k: 2, renormalize: true }), ctxOf(c.T))[0]!);
+    const run = async () => {
+      const info = await tf.profile(() => cpuKernels({ kernels: [] }).moe_up_grouped([h, gates, ...bs], stepOf('moe_up_grouped', attrsOf(c)), ctxOf(c.T))[0]!);
+      tf.dispose(info.result as Tensor);
+      return info.kernels.map((k) => k.name);
+    };
+    expect(await run()).toContain('McpcMoeUp');
+    process.env.MCPC_MOE_TOPK = '0';
+    try {
+      expect(await run()).not.toContain('McpcMoeUp');
+    } finally {
+      delete process.env.MCPC_MOE_TOPK;
+    }
+    tf.dispose([logits, h, ...bs, gates]);
+  });
+
   for (const c of cases) it(`${c.name}: forward, every gradient, and through topk_gate (cpu)`, () => compare(c, 1e-5));
 
   it('runs one forward kernel and, backward, only what autodiff asks for (B_e alone: no dh/dgates kernel)', async () => {
