@@ -8,7 +8,8 @@
  *   n = ceil(rows·cols / 256) workgroups as (min(n, 65535), ceil(n / 65535), 1); extra invocations return.
  * - `rows` (when the module has row reductions): one workgroup per row, row = wid.x + wid.y · num_workgroups.x,
  *   dispatched the same way with n = rows. Each reduction level is one strided pass over the row's columns
- *   followed by a tree reduction in workgroup memory; the outputs are written in a last pass.
+ *   followed by a tree reduction in workgroup memory, whose sum every invocation reads from a slot of its own
+ *   (`wg_total`, see REDUCE); the outputs are written in a last pass.
  * - the backward's `reduce_cols` entry point (only when a `vec` input has a gradient): one workgroup per
  *   column (n = cols), summing that column's per-row partial gradients over the rows.
  *
@@ -94,22 +95,41 @@ const PRELUDE = [
 
 const HELPERS = ['fn sigmoid_f(x: f32) -> f32 {', '  return 1.0 / (1.0 + exp(-x));', '}', '', 'fn silu_f(x: f32) -> f32 {', '  return x / (1.0 + exp(-x));', '}', ''];
 
-const REDUCE = [
+/**
+ * The workgroup reduction. Each call site passes its own `slot`: invocation 0 writes the sum into
+ * `wg_total[slot]`, which nothing writes again in that dispatch, and every invocation reads it from there,
+ * never from `wg_scratch` (which the next reduction overwrites).
+ *
+ * Why: WGSL's workgroupBarrier() orders workgroup memory, but Dawn's GLES backend (Tint) writes it as a bare
+ * GLSL `barrier()`, and Mesa 22.3's llvmpipe lets a shared-memory load move below a bare `barrier()`. When
+ * every invocation read the sum from `wg_scratch[0]` and the caller combined it with a uniform (e.g.
+ * `/ f32(params.cols)`, a mean), the load landed after the next reduction's `wg_scratch[lid] = v`: only the
+ * first 8-wide chunk of invocations (lanes 0-7, llvmpipe's 256-bit SIMD width) got the sum, the others got
+ * invocation 0's next input instead, so a row sum that reads another row sum (LayerNorm's variance) was wrong
+ * at any width (up to 35% off; with a row sum of that, far more). Plain GLES reproduces it without Dawn (two tree reductions on one `shared` array, the first
+ * result times a uniform: 248 of 256 invocations wrong; `memoryBarrierShared()` next to `barrier()`, or the
+ * single-writer slot used here, makes it right): see test/compiler/fusion/wgsl-dawn.test.ts.
+ */
+const REDUCE = (slots: number) => [
   `var<workgroup> wg_scratch: array<f32, ${WORKGROUP_SIZE}>;`,
+  `var<workgroup> wg_total: array<f32, ${Math.max(1, slots)}>;`,
   '',
-  '// Sum of v over the workgroup (every invocation gets it). Call from workgroup-uniform control flow.',
-  'fn wg_reduce(v: f32, lid: u32) -> f32 {',
+  '// Sum of v over the workgroup (every invocation gets it). Call from workgroup-uniform control flow, each',
+  '// call site with its own slot: wg_total[slot] is written once, so a late read of it still sees the sum.',
+  'fn wg_reduce(v: f32, lid: u32, slot: u32) -> f32 {',
   '  wg_scratch[lid] = v;',
   '  workgroupBarrier();',
-  '  for (var s: u32 = WG / 2u; s > 0u; s = s >> 1u) {',
+  '  for (var s: u32 = WG / 2u; s > 1u; s = s >> 1u) {',
   '    if (lid < s) {',
   '      wg_scratch[lid] = wg_scratch[lid] + wg_scratch[lid + s];',
   '    }',
   '    workgroupBarrier();',
   '  }',
-  '  let total = wg_scratch[0];',
+  '  if (lid == 0u) {',
+  '    wg_total[slot] = wg_scratch[0] + wg_scratch[1];',
+  '  }',
   '  workgroupBarrier();',
-  '  return total;',
+  '  return wg_total[slot];',
   '}',
   '',
 ];
@@ -128,6 +148,8 @@ class BodyWriter {
   private loopScope = new Set<Expr>();
   private indent = '  ';
   usesCols = false;
+  /** Reductions written so far: the next one's `wg_total` slot. */
+  reductions = 0;
 
   constructor(
     private readonly order: Expr[],
@@ -251,7 +273,7 @@ class BodyWriter {
       }
       this.close();
       for (const s of here) {
-        this.line(`let ${this.name.get(s)} = wg_reduce(acc_${this.name.get(s)}, lid);`);
+        this.line(`let ${this.name.get(s)} = wg_reduce(acc_${this.name.get(s)}, lid, ${this.reductions++}u);`);
         this.rowScope.add(s);
       }
     }
@@ -304,7 +326,7 @@ function bindingDecl(b: Binding): string {
 }
 
 /** Assemble a module: header, prelude, bindings, helpers, the main entry point's body (and any extra entry points). */
-function assemble(title: string, doc: string[], bindings: Binding[], body: BodyWriter, layout: 'rows' | 'elements', mainName: string, extra: string[], needReduce: boolean): string {
+function assemble(title: string, doc: string[], bindings: Binding[], body: BodyWriter, layout: 'rows' | 'elements', mainName: string, extra: string[], reduceSlots: number): string {
   const main = layout === 'rows' ? ROW_MAIN(mainName) : ELEMENT_MAIN(mainName);
   const pre = body.usesCols ? ['  let ncols = f32(params.cols);'] : [];
   return [
@@ -313,7 +335,7 @@ function assemble(title: string, doc: string[], bindings: Binding[], body: BodyW
     ...bindings.map(bindingDecl),
     '',
     ...HELPERS,
-    ...(needReduce ? REDUCE : []),
+    ...(reduceSlots > 0 ? REDUCE(reduceSlots) : []),
     ...main,
     ...pre,
     ...body.lines,
@@ -344,7 +366,7 @@ function generateForward(f: FusedExpr, label: string): GeneratedModule {
     `Layout: ${layout === 'rows' ? 'one workgroup per row' : 'one invocation per element'}. Bindings:`,
     ...bindings.map((b) => `  ${b.binding}: ${b.name} (${b.role}, ${b.size})`),
   ];
-  const code = assemble(`mcpc fused kernel: forward`, doc, bindings, w, layout, 'main', [], layout === 'rows');
+  const code = assemble(`mcpc fused kernel: forward`, doc, bindings, w, layout, 'main', [], w.reductions);
   return { code, bindings, entryPoints: [{ name: 'main', layout, workgroups: layout === 'rows' ? 'rows' : 'ceil(rows*cols/256)', bindings: bindings.map((b) => b.binding) }] };
 }
 
@@ -410,14 +432,14 @@ function generateBackward(f: FusedExpr, b: Backward, label: string): GeneratedMo
       '    return;',
       '  }',
     );
-    for (const s of reduced.keys()) {
+    [...reduced.keys()].forEach((s, slot) =>
       extra.push(
         `  if ((params.grad_mask & ${bit(s)}) != 0u) {`,
         `    var acc_g${s}: f32 = 0.0;`,
         `    for (var row: u32 = lid; row < params.rows; row = row + WG) {`,
         `      acc_g${s} = acc_g${s} + g${s}[row * params.cols + col];`,
         '    }',
-        `    let sum_g${s} = wg_reduce(acc_g${s}, lid);`,
+        `    let sum_g${s} = wg_reduce(acc_g${s}, lid, ${slot}u);`,
         '    if (lid == 0u) {',
         `      if ((params.accum_mask & ${bit(s)}) != 0u) {`,
         `        gr${s}[col] = gr${s}[col] + sum_g${s};`,
@@ -426,8 +448,8 @@ function generateBackward(f: FusedExpr, b: Backward, label: string): GeneratedMo
         '      }',
         '    }',
         '  }',
-      );
-    }
+      ),
+    );
     extra.push('}');
     entryPoints.push({ name: 'reduce_cols', layout: 'cols', workgroups: 'cols', bindings: [0, ...[...reduced.entries()].flatMap(([s, r]) => [slotBinding[s], r])] });
   }
@@ -436,6 +458,6 @@ function generateBackward(f: FusedExpr, b: Backward, label: string): GeneratedMo
     `main: ${layout === 'rows' ? 'one workgroup per row' : 'one invocation per element'}${reduced.size ? '; reduce_cols: one workgroup per column' : ''}. Bindings:`,
     ...bindings.map((x) => `  ${x.binding}: ${x.name} (${x.role}, ${x.size})${x.role === 'grad' ? ` <- inputs ${b.slots[x.index].inputs.join(', ')}${b.slots[x.index].reduce === 'cols' ? ', per-row partials' : ''}` : ''}`),
   ];
-  const code = assemble(`mcpc fused kernel: backward`, doc, bindings, w, layout, 'main', extra, layout === 'rows' || reduced.size > 0);
+  const code = assemble(`mcpc fused kernel: backward`, doc, bindings, w, layout, 'main', extra, Math.max(w.reductions, reduced.size));
   return { code, bindings, entryPoints };
 }

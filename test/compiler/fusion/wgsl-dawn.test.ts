@@ -8,8 +8,8 @@
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { passes } from '../../../src/compiler/4-optimize/index.js';
-import { deserialise, evaluateBackward, evaluateForward, ExprBuilder, type Backward, type InputKind, type SerialProgram } from '../../../src/compiler/fusion/expr.js';
-import type { Binding, EntryPoint } from '../../../src/compiler/fusion/wgsl.js';
+import { deriveBackward, deserialise, evaluateBackward, evaluateForward, ExprBuilder, serialise, type Backward, type FusedExpr, type InputKind, type SerialProgram } from '../../../src/compiler/fusion/expr.js';
+import { generateWgsl, type Binding, type EntryPoint } from '../../../src/compiler/fusion/wgsl.js';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { PlanKernel } from '../../../src/plan/types.js';
 import { maxRelError, randomArray, rng } from './gradcheck.js';
@@ -167,6 +167,22 @@ async function runKernel(k: PlanKernel, rows: number, cols: number, seed: number
   return { ys, wantY, slotOut, wantG, backward, prior };
 }
 
+/** A plan kernel for an expression built here, with the attributes runKernel reads. */
+function kernelOf(f: FusedExpr, bw: Backward): PlanKernel {
+  const gen = generateWgsl(f, bw);
+  return {
+    id: 'fused.test',
+    op: 'fused_elementwise',
+    reference: 'ref.fused:test',
+    wgsl: { forward: gen.forward.code, backward: gen.backward.code },
+    attrs: {
+      expr: { inputs: f.inputs, forward: serialise(f.outputs), backward: { program: serialise(bw.slots.map((x) => x.expr)), slots: bw.slots.map((x) => ({ inputs: x.inputs, reduce: x.reduce })), grads: bw.grads } },
+      bindings: { forward: gen.forward.bindings, backward: gen.backward.bindings },
+      entryPoints: { forward: gen.forward.entryPoints, backward: gen.backward.entryPoints },
+    },
+  } as unknown as PlanKernel;
+}
+
 const opened = await openDevice();
 const device: GPUDevice = 'device' in opened ? opened.device : undefined;
 const skip = 'skip' in opened ? opened.skip : undefined;
@@ -218,6 +234,54 @@ describe.skipIf(!!skip)('generated WGSL on Dawn (llvmpipe)', () => {
       expect(slotOut[elem]).toEqual(prior[elem]); // masked off: untouched
       const want = wantG[backward.slots[vec].inputs[0]].map((g, c) => g + prior[vec][c]);
       expect(maxRelError([slotOut[vec]], [want])).toBeLessThan(1e-4);
+    });
+  });
+
+  /*
+   * Row sums that read row sums. wg_reduce used to end `let total = wg_scratch[0]; workgroupBarrier(); return total;`
+   * and the next reduction began `wg_scratch[lid] = v;`: correct WGSL, yet on llvmpipe (Mesa 22.3.6, LLVM 15,
+   * Dawn's GLES backend) LayerNorm's mean and variance were wrong for every invocation past the first 8 (one
+   * 256-bit SIMD chunk), which read invocation 0's input to the next reduction instead of the sum: outputs and
+   * gradients off by up to 35% with one nested level and 2000% with two in these tests, at any width (17 columns too). The smallest WGSL that shows it, one workgroup of 256:
+   *   fn wg_reduce(v: f32, lid: u32) -> f32 { s[lid] = v; workgroupBarrier();
+   *     for (var k = 128u; k > 0u; k = k >> 1u) { if (lid < k) { s[lid] = s[lid] + s[lid + k]; } workgroupBarrier(); }
+   *     let total = s[0]; workgroupBarrier(); return total; }
+   *   let t = wg_reduce(select(0.0, 153.0, lid == 0u), lid) / f32(params.cols);  // params.cols = 17: t = 9
+   *   let u = wg_reduce(f32(lid), lid);
+   *   out[lid] = t + 0.0 * u;   // invocations 8..255 get 0 (= invocation 0's second input / 17)
+   * Without the `/ f32(params.cols)` (a uniform) it is right. Tint writes workgroupBarrier() as a bare GLSL
+   * `barrier()`, and the same shader in plain GLSL ES 3.2 on Mesa's llvmpipe, without Dawn, fails the same way
+   * (248 of 256 invocations); `memoryBarrierShared()` (or `memoryBarrierBuffer()`) beside the `barrier()` makes
+   * it right, so Mesa moves the shared load below a bare `barrier()`. The generator now has invocation 0 write
+   * each sum into a slot of its own (`wg_total[slot]`) that nothing overwrites, so a late read is still right.
+   */
+  describe('row sums that read row sums compute what the interpreter computes', () => {
+    const E = new ExprBuilder();
+    const x = E.input(0, 'elem');
+    const w = E.input(1, 'vec');
+    const b = E.input(2, 'vec');
+    const d = E.sub(x, E.rowmean(x));
+    const ln = E.add(E.mul(E.mul(d, E.rsqrt(E.add(E.rowmean(E.mul(d, d)), E.const(1e-5)))), w), b);
+    const lnRms = E.mul(ln, E.rsqrt(E.add(E.rowmean(E.mul(ln, ln)), E.const(1e-6))));
+    const cases: [string, FusedExpr][] = [
+      ['one nested level (LayerNorm)', { inputs: ['elem', 'vec', 'vec'], outputs: [ln] }],
+      ['two nested levels (LayerNorm then RMSNorm)', { inputs: ['elem', 'vec', 'vec'], outputs: [lnRms, ln] }],
+    ];
+    it.each(cases)('%s, forward and backward at 64, 65, 128, 176 and 1000 columns', async (_, f) => {
+      const bw = deriveBackward(f, E);
+      expect(bw.slots.filter((s) => s.reduce === 'cols')).toHaveLength(2); // two column sums in reduce_cols too
+      const k = kernelOf(f, bw);
+      for (const [rows, cols, seed] of [
+        [3, 64, 1],
+        [3, 65, 2],
+        [2, 128, 3],
+        [2, 176, 4],
+        [2, 1000, 5],
+      ]) {
+        const { ys, wantY, slotOut, wantG, backward } = await runKernel(k, rows, cols, seed);
+        expect(maxRelError(ys, wantY), `forward at ${rows}x${cols}`).toBeLessThan(1e-4);
+        backward.slots.forEach((s, i) => expect(maxRelError([slotOut[i]], [wantG[s.inputs[0]]]), `slot ${i} at ${rows}x${cols}`).toBeLessThan(1e-4));
+      }
     });
   });
 });

@@ -98,6 +98,8 @@ describe('generated WGSL', () => {
     const f = k.forward.code;
     expect(f).toContain('var<workgroup> wg_scratch: array<f32, 256>;');
     expect(f).toContain('workgroupBarrier();');
+    expect(f).toContain('var<workgroup> wg_total: array<f32, 1>;');
+    expect(f).toMatch(/= wg_reduce\(acc_t\d+, lid, 0u\);/);
     expect(f).toContain('if (row >= params.rows) {\n    return;\n  }');
     expect(f).toContain('for (var col: u32 = lid; col < params.cols; col = col + WG) {');
     expect(f).toContain('inverseSqrt(');
@@ -119,6 +121,25 @@ describe('generated WGSL', () => {
     expect(c).toContain('gr1[col] = gr1[col] + sum_g1;');
     expect(requiredLimits(k)).toEqual({ maxComputeInvocationsPerWorkgroup: 256, maxComputeWorkgroupSizeX: 256, maxStorageBuffersPerShaderStage: 7 });
     // 7: every storage binding of the module (an explicit layout); `layout: 'auto'` per entry point needs 6 and 2.
+  });
+
+  it('every reduction of an entry point reads its sum from a slot of its own (wg_total), never from wg_scratch', () => {
+    // llvmpipe moved a read of wg_scratch[0] below the next reduction's writes (see wgsl-dawn.test.ts).
+    const { k } = build(['elem', 'vec', 'vec'], (E, [x, w, b]) => {
+      const d = E.sub(x, E.rowmean(x));
+      return [E.add(E.mul(E.mul(d, E.rsqrt(E.add(E.rowmean(E.mul(d, d)), E.const(1e-5)))), w), b)];
+    });
+    for (const m of [k.forward, k.backward]) {
+      checkModule(m);
+      const main = m.code.slice(m.code.indexOf('fn main('), m.code.indexOf('fn reduce_cols(') >>> 0);
+      const slots = [...main.matchAll(/wg_reduce\(\w+, lid, (\d+)u\)/g)].map((x) => Number(x[1]));
+      expect(slots).toEqual(slots.map((_, i) => i));
+      expect(slots.length).toBeGreaterThanOrEqual(2);
+      expect(m.code).toContain(`var<workgroup> wg_total: array<f32, ${Math.max(slots.length, (m.code.match(/sum_g\d+ = wg_reduce/g) ?? []).length)}>;`);
+      expect(m.code).toContain('  if (lid == 0u) {\n    wg_total[slot] = wg_scratch[0] + wg_scratch[1];\n  }\n  workgroupBarrier();\n  return wg_total[slot];');
+    }
+    const reduceCols = k.backward.code.slice(k.backward.code.indexOf('fn reduce_cols('));
+    expect([...reduceCols.matchAll(/wg_reduce\(\w+, lid, (\d+)u\)/g)].map((x) => x[1])).toEqual(['0', '1']);
   });
 
   it('swiglu: one invocation per element with a bounds check, no workgroup memory', () => {

@@ -11,7 +11,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { deriveBackward, ExprBuilder, serialise, type FusedExpr } from '../../../src/compiler/fusion/expr.js';
+import { deriveBackward, ExprBuilder, serialise, type Backward, type FusedExpr } from '../../../src/compiler/fusion/expr.js';
 import { generateWgsl, WORKGROUP_SIZE } from '../../../src/compiler/fusion/wgsl.js';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { FusedExprAttrs } from '../../../src/plan/fused.js';
@@ -25,6 +25,34 @@ import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 const ctx = (): KernelContext => ({ rows: 1, seqLen: 1, positions: new Int32Array(1), segments: new Int32Array(1), cache: new Map() });
+
+/** The plan kernel and step of an expression, as the fuse-elementwise pass writes them. */
+function planKernel(f: FusedExpr, bw: Backward): { kernel: PlanKernel; step: PlanStep } {
+  const gen = generateWgsl(f, bw);
+  const forward = serialise(f.outputs) as FusedExprAttrs['forward'];
+  const kernel: PlanKernel = {
+    id: 'fused.test',
+    op: 'fused_elementwise',
+    reference: 'ref.fused:test',
+    wgsl: { forward: gen.forward.code, backward: gen.backward.code },
+    attrs: {
+      expr: {
+        inputs: f.inputs,
+        forward,
+        backward: {
+          program: serialise(bw.slots.map((x) => x.expr)),
+          slots: bw.slots.map((x) => ({ inputs: x.inputs, reduce: x.reduce, ...(x.expr.op === 'dy' ? { identityOf: x.expr.value } : {}) })),
+          grads: bw.grads,
+        },
+      },
+      workgroupSize: WORKGROUP_SIZE,
+      bindings: { forward: gen.forward.bindings, backward: gen.backward.bindings },
+      entryPoints: { forward: gen.forward.entryPoints, backward: gen.backward.entryPoints },
+    },
+  };
+  const step: PlanStep = { node: 'n', op: 'fused_elementwise', kernel: kernel.id, inputs: f.inputs.map((_, i) => `x${i}`), outputs: f.outputs.map((_, k) => `y${k}`), attrs: { expr: { inputs: f.inputs, forward } }, flops: 0, bytes: 0 };
+  return { kernel, step };
+}
 
 describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference computes it', () => {
   let plan: Plan;
@@ -101,40 +129,14 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
     const c = E.input(1, 'elem');
     const w = E.input(2, 'vec');
     const b = E.input(3, 'vec');
-    // One level of row reduction: on llvmpipe (Mesa 22.3.6, Dawn's GLES backend) the generated forward of a
-    // row sum that reads another row sum (rowmean((x - rowmean(x))^2), a LayerNorm's variance) is off by
-    // 0.05-8% from 64 columns up, in the compiler's own Dawn harness too (test/compiler/fusion/wgsl-dawn.test.ts
-    // runs MedCare's kernels, which have one level); not a question for this runtime, which dispatches the module as it is.
     const sel = E.select(E.cmp('gt', c, E.const(0)), E.silu(E.mul(x, w)), E.add(E.tanh(x), b));
     const normed = E.mul(sel, E.rsqrt(E.add(E.rowmean(E.mul(sel, sel)), E.const(1e-5))));
     const f: FusedExpr = { inputs: ['elem', 'elem', 'vec', 'vec'], outputs: [normed, E.add(E.mul(E.sigmoid(x), b), E.mul(normed, w))] };
     const bw = deriveBackward(f, E);
-    const gen = generateWgsl(f, bw);
-    const forward = serialise(f.outputs) as FusedExprAttrs['forward'];
-    const kernel: PlanKernel = {
-      id: 'fused.test',
-      op: 'fused_elementwise',
-      reference: 'ref.fused:test',
-      wgsl: { forward: gen.forward.code, backward: gen.backward.code },
-      attrs: {
-        expr: {
-          inputs: f.inputs,
-          forward,
-          backward: {
-            program: serialise(bw.slots.map((x) => x.expr)),
-            slots: bw.slots.map((x) => ({ inputs: x.inputs, reduce: x.reduce, ...(x.expr.op === 'dy' ? { identityOf: x.expr.value } : {}) })),
-            grads: bw.grads,
-          },
-        },
-        workgroupSize: WORKGROUP_SIZE,
-        bindings: { forward: gen.forward.bindings, backward: gen.backward.bindings },
-        entryPoints: { forward: gen.forward.entryPoints, backward: gen.backward.entryPoints },
-      },
-    };
+    const { kernel, step } = planKernel(f, bw);
     expect(typeof fusedWgslOf(kernel)).toBe('object'); // the WGSL path takes it (the forward reads every input)
     expect(bw.grads[1]).toBeNull();
     expect(bw.slots.filter((x) => x.reduce === 'cols').length).toBe(2);
-    const step: PlanStep = { node: 'n', op: 'fused_elementwise', kernel: kernel.id, inputs: ['x', 'c', 'w', 'b'], outputs: ['y0', 'y1'], attrs: { expr: { inputs: f.inputs, forward } }, flops: 0, bytes: 0 };
     const table = webgpuKernelTable({ kernels: [kernel] }, true);
     const all = () => true;
     for (const [rows, cols, pick] of [
@@ -154,6 +156,44 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
         args,
       );
       expect(r.worst, `${rows}x${cols}: ${r.what}`).toBeLessThan(1e-4);
+    }
+  });
+
+  it('row sums that read row sums, one nested level (LayerNorm) and two (LayerNorm then RMSNorm): outputs and every gradient, 17 to 1000 columns', async () => {
+    // The generated wg_reduce once handed every invocation the sum by a read of wg_scratch[0] after a barrier;
+    // on llvmpipe (Mesa 22.3) that read moved below the next reduction's writes for all but the first 8
+    // invocations, so a row sum reading a row sum was wrong by percents (see src/compiler/fusion/wgsl.ts, REDUCE, and the
+    // minimal reproduction in test/compiler/fusion/wgsl-dawn.test.ts).
+    const E = new ExprBuilder();
+    const x = E.input(0, 'elem');
+    const w = E.input(1, 'vec');
+    const b = E.input(2, 'vec');
+    const d = E.sub(x, E.rowmean(x));
+    const ln = E.add(E.mul(E.mul(d, E.rsqrt(E.add(E.rowmean(E.mul(d, d)), E.const(1e-5)))), w), b); // a row sum of a row sum: one nested level
+    const lnRms = E.mul(ln, E.rsqrt(E.add(E.rowmean(E.mul(ln, ln)), E.const(1e-6)))); // and a row sum of that: two nested levels
+    for (const [name, f] of [
+      ['layernorm', { inputs: ['elem', 'vec', 'vec'], outputs: [ln] }],
+      ['layernorm then rmsnorm', { inputs: ['elem', 'vec', 'vec'], outputs: [lnRms, ln] }],
+    ] as [string, FusedExpr][]) {
+      const { kernel, step } = planKernel(f, deriveBackward(f, E));
+      expect(kernel.wgsl!.forward, name).toContain(`wg_total: array<f32, ${name === 'layernorm' ? 2 : 3}>`);
+      const table = webgpuKernelTable({ kernels: [kernel] }, true);
+      for (const [rows, cols] of [
+        [3, 64],
+        [3, 65],
+        [2, 128],
+        [2, 176],
+        [2, 1000],
+        [1, 17],
+      ] as const) {
+        const args = f.inputs.map((k, i) => randn(60 + i, k === 'vec' ? [cols] : [rows, cols], 1));
+        const r = await compare(
+          (xs) => table.fused_elementwise(xs, step, ctx()),
+          (xs) => reference.fused_elementwise(xs, step, ctx()),
+          args,
+        );
+        expect(r.worst, `${name} at ${rows}x${cols}: ${r.what}`).toBeLessThan(1e-4);
+      }
     }
   });
 
