@@ -14,6 +14,10 @@
  * `--quick` (what `npm run bench -- --quick` passes) shrinks the micro-batch and the repetitions to fit the
  * whole quick bench run in 40 s. MCPC_KERNELS=reference runs the plain reference kernels instead of the
  * backend's kernel table (kernels/cpu.ts on wasm), to see what the fused CPU kernels buy.
+ *
+ * `--ab VAR` (e.g. `--ab MCPC_FUSED_WASM`) compares instead the -O1 plan with the environment variable VAR=0
+ * against the same plan with VAR unset, alternating their steps in this one process the same way (for switches
+ * read per call); the last line is then `speedup VAR on/off: <ratio>x`, with no target.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -34,6 +38,7 @@ const { values } = parseArgs({
     rows: { type: 'string' },
     seq: { type: 'string' },
     target: { type: 'string', default: '2' },
+    ab: { type: 'string' },
   },
 });
 const quick = values.quick!;
@@ -43,6 +48,7 @@ const warmup = Number(values.warmup ?? (quick ? 1 : 2));
 const rows = Number(values.rows ?? (quick ? 2 : 8));
 const seq = Number(values.seq ?? (quick ? 128 : 256));
 const target = Number(values.target);
+const ab = values.ab;
 
 const PIPELINE = `pipeline bench
 model base = builtin("qwen2-tiny", hidden: 64, ffn: 176, heads: 4, kv_heads: 2)
@@ -123,7 +129,15 @@ const median = (xs: number[]) => {
 };
 
 const t0 = performance.now();
-const [p0, p1] = compileBoth() as [Plan, Plan];
+const both = compileBoth() as [Plan, Plan];
+// With --ab: plan 0 is -O1 with the variable at 0, plan 1 -O1 with it unset.
+const [p0, p1] = ab ? [both[1], both[1]] : both;
+const label = ab ? [`${ab}=0`, 'default'] : ['-O0', '-O1'];
+const setEnv = (i: number) => {
+  if (!ab) return;
+  if (i === 0) process.env[ab] = '0';
+  else delete process.env[ab];
+};
 const mbs = [microBatch(1)];
 console.log(`train step: ${backend}, kernels ${process.env.MCPC_KERNELS ?? 'default'}, micro-batch ${rows}x${seq} = ${rows * seq} tokens, ${warmup} warm-up + ${reps} timed steps per plan, load avg ${loadavg()[0]!.toFixed(2)}${quick ? ' (quick)' : ''}`);
 
@@ -137,6 +151,7 @@ for (const stage of ['aggregate', 'align']) {
     // Alternate which plan goes first, so neither always runs on a cache or heap the other just warmed.
     const order = r % 2 ? [1, 0] : [0, 1];
     for (const i of order) {
+      setEnv(i);
       const t = performance.now();
       const res = await runners[i]!.step(mbs);
       const ms = performance.now() - t;
@@ -146,7 +161,7 @@ for (const stage of ['aggregate', 'align']) {
   }
   const [m0, m1] = [median(times[0]!), median(times[1]!)];
   ratios.push(m0 / m1);
-  console.log(`  ${stage.padEnd(9)} -O0 ${m0.toFixed(0).padStart(6)} ms/step   -O1 ${m1.toFixed(0).padStart(6)} ms/step   ${(m0 / m1).toFixed(2)}x   (-O0 min ${Math.min(...times[0]!).toFixed(0)}, -O1 min ${Math.min(...times[1]!).toFixed(0)})`);
+  console.log(`  ${stage.padEnd(9)} ${label[0]} ${m0.toFixed(0).padStart(6)} ms/step   ${label[1]} ${m1.toFixed(0).padStart(6)} ms/step   ${(m0 / m1).toFixed(2)}x   (${label[0]} min ${Math.min(...times[0]!).toFixed(0)}, ${label[1]} min ${Math.min(...times[1]!).toFixed(0)})`);
   if (stage === 'aggregate') {
     for (const r of runners) await r.applyExit();
     carried = [await runners[0]!.parameters(), await runners[1]!.parameters()];
@@ -154,6 +169,10 @@ for (const stage of ['aggregate', 'align']) {
   runners.forEach((r) => r.dispose());
 }
 const speedup = Math.exp(ratios.reduce((a, r) => a + Math.log(r), 0) / ratios.length);
+if (ab) {
+  console.log(`speedup ${ab} on/off: ${speedup.toFixed(2)}x (${((performance.now() - t0) / 1000).toFixed(1)} s, tensors ${tf.memory().numTensors})`);
+  process.exit(0);
+}
 const pass = speedup >= target;
 console.log(`speedup optimized/-O0: ${speedup.toFixed(2)}x (target >= ${target}x: ${pass ? 'PASS' : 'FAIL'}; ${((performance.now() - t0) / 1000).toFixed(1)} s, tensors ${tf.memory().numTensors})`);
 process.exitCode = pass ? 0 : 1;
