@@ -338,7 +338,8 @@ type Raw = (rows: number, cols: number, ...ptrs: number[]) => void;
 function heapLookup(): WebAssembly.Memory | null {
   const b = (tf.engine() as unknown as { registry: Record<string, { wasm?: { asm?: { memory?: unknown } } } | undefined> }).registry.wasm;
   const m = b?.wasm?.asm?.memory;
-  return m instanceof WebAssembly.Memory ? m : null;
+  // A shared memory (the threaded build) would need a shared import: such arrays take the copy.
+  return m instanceof WebAssembly.Memory && !(typeof SharedArrayBuffer !== 'undefined' && m.buffer instanceof SharedArrayBuffer) ? m : null;
 }
 
 let own: WebAssembly.Memory | undefined;
@@ -350,6 +351,9 @@ function ownMemory(bytes: number): WebAssembly.Memory {
 }
 
 const up16 = (n: number) => (n + 15) & ~15;
+
+/** Calls that ran in place on tfjs-wasm's heap and calls that went through the copy (for tests). */
+export const fusedWasmCalls = { inPlace: 0, copied: 0 };
 
 /**
  * A FusedFn running the module: in place where every array is a view of the imported heap, through a copy
@@ -371,9 +375,11 @@ export function instantiateFused(m: FusedWasmModule): FusedFn {
     const heap = heapLookup();
     if (heap && arrays.every((a) => a.buffer === heap.buffer)) {
       raw(heap)(rows, cols, ...arrays.map((a) => a.byteOffset));
+      fusedWasmCalls.inPlace++;
       return;
     }
     // Copy in, run, copy the results out.
+    fusedWasmCalls.copied++;
     let total = 0;
     const offs = arrays.map((a) => {
       const o = total;

@@ -14,7 +14,7 @@ import type { FusedExprAttrs, FusedInputKind, FusedSerialNode, FusedUnaryOp } fr
 import type { Plan } from '../../../src/plan/types.js';
 import { fusedOp } from '../../../src/runtime/kernels/cpu-ops.js';
 import { compileFused, compileFusedJs } from '../../../src/runtime/kernels/fused-js.js';
-import { emitFused, fusedWasmEnabled, instantiateFused, type WasmRoot } from '../../../src/runtime/kernels/fused-wasm.js';
+import { emitFused, fusedWasmCalls, fusedWasmEnabled, instantiateFused, type WasmRoot } from '../../../src/runtime/kernels/fused-wasm.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import type { WasmBackendLike } from '../../../src/runtime/tfjs/wasm-extra.js';
 import { lcg } from '../executor/helpers.js';
@@ -268,7 +268,10 @@ describe('the fused kernels of a compiled plan', () => {
           const n = ins.length;
           const k = ys.length;
           const before = v.map((a) => Float32Array.from(a));
+          const calls = { ...fusedWasmCalls };
           fn(rows, cols, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs.map(view));
+          expect(fusedWasmCalls.inPlace, 'ran in place').toBe(calls.inPlace + 1);
+          expect(fusedWasmCalls.copied).toBe(calls.copied);
           outs.forEach((o, i) => expect(mismatch(o.dataSync() as Float32Array, viaCopy[i]!, 0, 0), `${name} in place`).toBeNull());
           v.forEach((a, i) => expect(mismatch(view(tensors[i]!), before[i]!, 0, 0), `${name}: inputs untouched`).toBeNull());
           tf.dispose([...tensors, ...outs]);
@@ -298,7 +301,10 @@ describe('the fused kernels of a compiled plan', () => {
           process.env.MCPC_FUSED_WASM = '0';
           const js = run();
           delete process.env.MCPC_FUSED_WASM;
+          const calls = { ...fusedWasmCalls };
           const wasm = run();
+          expect(fusedWasmCalls.inPlace, `${name}: the tfjs kernels ran in place`).toBeGreaterThan(calls.inPlace);
+          expect(fusedWasmCalls.copied).toBe(calls.copied);
           wasm.forEach((a, i) => expect(mismatch(a, js[i]!, 1e-4, 1e-5), `${name} result ${i}`).toBeNull());
         }
       } finally {
