@@ -6,9 +6,12 @@
  *
  *   fused_elementwise   the expression compiled to JavaScript (./fused-js.ts): forward, and the compiler's
  *                       generated backward (from the plan's kernel table) once per gradient slot
- *   attention           grouped-query without repeating K/V (the G query heads of a KV head share its
- *                       scores GEMM: no Tile and no Tile gradient), the 1/√d scale on q instead of on the
- *                       scores, and the mask built once per micro-batch in that layout (no broadcast)
+ *   attention           each query against only the keys it can see (./cpu-attention.ts, ../tfjs/attention.wat:
+ *                       flash-attention style in WebAssembly SIMD along the keys, forward saving the logsumexp,
+ *                       backward recomputing P; packed rows skip their masked blocks, ~3/4 of S×S with two
+ *                       examples per row); where a row's segment ids are not contiguous runs, or with
+ *                       MCPC_ATTENTION_WASM=0, grouped-query GEMMs without repeating K/V (no Tile), the 1/√d
+ *                       scale on q, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
  *                       autodiff asks for: a frozen base weight in the stack costs no dYᵀ·x; dX one GEMM over
@@ -33,6 +36,7 @@ import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
 import { moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
+import { attentionOp, attentionRanges } from './cpu-attention.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -105,12 +109,16 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const d = num(step, 'headDim');
       const { rows, seqLen: S } = ctx;
       if (!q || !k || !v || inputs.length !== 3 || H % KV !== 0 || dims(q)[0] !== rows * S || !f32(inputs)) return reference.attention(inputs, step, ctx);
+      const causal = flag(step, 'causal', true);
+      // Each query over its visible keys only (./cpu-attention.ts, WebAssembly SIMD); MCPC_ATTENTION_WASM=0 forces the composition below.
+      const ranges = process.env.MCPC_ATTENTION_WASM !== '0' && q.rank === 2 && dims(q)[1] === H * d && dims(k)[1] === KV * d && dims(v)[1] === KV * d ? attentionRanges(ctx, causal) : null;
+      if (ranges) return [attentionOp(q, k, v, ranges, { rows, S, H, KV, d })];
       const G = H / KV;
       // Queries [rows·KV, S·G, d] (query row m is position ⌊m/G⌋, head kv·G + m mod G); keys, values [rows·KV, S, d].
       const qh = tf.reshape(tf.transpose(tf.reshape(q, [rows, S, KV, G * d]), [0, 2, 1, 3]), [rows * KV, S * G, d]);
       const heads = (x: Tensor) => tf.reshape(tf.transpose(tf.reshape(x, [rows, S, KV, d]), [0, 2, 1, 3]), [rows * KV, S, d]);
       const scores = tf.matMul(tf.mul(qh, 1 / Math.sqrt(d)) as tf.Tensor3D, heads(k) as tf.Tensor3D, false, true);
-      const p = tf.softmax(tf.add(scores, gqaMask(ctx, KV, G, flag(step, 'causal', true))));
+      const p = tf.softmax(tf.add(scores, gqaMask(ctx, KV, G, causal)));
       const o = tf.matMul(p as tf.Tensor3D, heads(v) as tf.Tensor3D);
       return [tf.reshape(tf.transpose(tf.reshape(o, [rows, KV, S, G * d]), [0, 2, 1, 3]), [rows * S, H * d])];
     },

@@ -1,0 +1,140 @@
+/**
+ * The CPU table's attention (./cpu.ts): tfjs kernels McpcAttention (forward) and McpcAttentionGrad (its
+ * gradient), for both CPU backends, on ../tfjs/attention.wat: per (row, query head), each query against only
+ * the keys it can see, flash-attention style. The reference (./reference.ts) adds a −1e9 mask to the full S×S
+ * scores; a masked key's exp underflows to exactly 0 there, so softmax over the visible keys alone is the same
+ * function, and in packed rows most keys are masked (two examples per row, causal: a query sees ~1/4 of S).
+ *
+ * Visible keys: query i sees key j iff both are in the same segment of the row (padding, segment 0, is a
+ * segment like the others) and j <= i when causal. That is one range [lo_i, hi_i) per query when every
+ * segment id of a row occupies one contiguous run; `attentionRanges` returns null otherwise (the caller falls
+ * back). The query always sees itself, so no range is empty.
+ *
+ * Forward saves o and per (token, head) the logsumexp of the scaled scores; the backward recomputes
+ * P = exp(s − logsumexp) from q and k and forms dV = Pᵀ·dO, dP = dO·Vᵀ,
+ * dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = dS·K/√d, dK = dSᵀ·Q/√d in one call (all three gradients at once; the
+ * gradient function runs it when autodiff reaches the node and hands each input its part).
+ */
+import { tf, type Tensor } from '../tfjs/index.js';
+import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { attentionBackward, attentionForward, type AttentionShape } from '../tfjs/attention.js';
+import type { KernelContext } from './reference.js';
+
+type Info = tf.TensorInfo;
+type Attrs = Record<string, unknown>;
+
+interface CpuLike {
+  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
+  data: { get(id: object): { values: Float32Array | Int32Array } };
+}
+
+/**
+ * Each query's visible keys [lo, hi) within its row, [T, 2] int32, made once per micro-batch (ctx.cache);
+ * null when some row has a segment id in two separate runs (the ranges would not describe the mask).
+ */
+export function attentionRanges(ctx: KernelContext, causal: boolean): Tensor | null {
+  const key = `cpu:attn-ranges:${causal}`;
+  const hit = ctx.cache.get(key);
+  if (hit && !hit.isDisposed) return hit;
+  const { rows, seqLen: S, segments } = ctx;
+  const rng = new Int32Array(rows * S * 2);
+  for (let r = 0; r < rows; r++) {
+    const seen = new Set<number>();
+    let a = 0;
+    while (a < S) {
+      const id = segments[r * S + a]!;
+      if (seen.has(id)) return null;
+      seen.add(id);
+      let b = a + 1;
+      while (b < S && segments[r * S + b] === id) b++;
+      for (let i = a; i < b; i++) {
+        rng[(r * S + i) * 2] = a;
+        rng[(r * S + i) * 2 + 1] = causal ? i + 1 : b;
+      }
+      a = b;
+    }
+  }
+  const t = tf.tensor2d(rng, [rows * S, 2], 'int32');
+  ctx.cache.set(key, t);
+  return t;
+}
+
+const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S as number, H: a.H as number, KV: a.KV as number, d: a.d as number });
+
+/** A kernel over typed-array views: output shapes, then the computation (inputs first, outputs after). */
+function kernelFor(shapes: (a: Attrs) => number[][], run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
+    const ss = shapes(attrs as Attrs);
+    let outs: Info[];
+    let views: Float32Array[];
+    let read: (t: Info) => Float32Array | Int32Array;
+    if (backendName === 'wasm') {
+      const b = backend as unknown as WasmBackendLike;
+      outs = ss.map((s) => b.makeOutput(s, 'float32'));
+      // Views after every allocation: allocating may grow (and so move) the heap.
+      views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
+      read = (t) => b.typedArrayFromHeap(t) as Float32Array | Int32Array;
+    } else {
+      const b = backend as unknown as CpuLike;
+      views = ss.map((s) => new Float32Array(s.reduce((x, y) => x * y, 1)));
+      outs = ss.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
+      read = (t) => b.data.get(t.dataId).values;
+    }
+    run(ins.map(read), views, attrs as Attrs);
+    return outs.length === 1 ? outs[0]! : outs;
+  };
+}
+
+let registered = false;
+function ensureRegistered(): void {
+  if (registered) return;
+  registered = true;
+  const fwdShapes = (a: Attrs) => {
+    const T = (a.rows as number) * (a.S as number);
+    return [
+      [T, (a.H as number) * (a.d as number)],
+      [T, a.H as number],
+    ];
+  };
+  const fwd = (ins: (Float32Array | Int32Array)[], [o, st]: Float32Array[], a: Attrs) =>
+    attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!);
+  const bwdShapes = (a: Attrs) => {
+    const T = (a.rows as number) * (a.S as number);
+    return [
+      [T, (a.H as number) * (a.d as number)],
+      [T, (a.KV as number) * (a.d as number)],
+      [T, (a.KV as number) * (a.d as number)],
+    ];
+  };
+  // inputs q, k, v, o, stats, ranges, dO
+  const bwd = (ins: (Float32Array | Int32Array)[], [dq, dk, dv]: Float32Array[], a: Attrs) =>
+    attentionBackward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Float32Array, ins[4] as Float32Array, ins[5] as Int32Array, ins[6] as Float32Array, shapeOf(a), dq!, dk!, dv!);
+  for (const b of ['wasm', 'cpu'] as const) {
+    tf.registerKernel({ kernelName: 'McpcAttention', backendName: b, kernelFunc: kernelFor(fwdShapes, fwd, b) });
+    tf.registerKernel({ kernelName: 'McpcAttentionGrad', backendName: b, kernelFunc: kernelFor(bwdShapes, bwd, b) });
+  }
+  tf.registerGradient({
+    kernelName: 'McpcAttention',
+    saveAllInputs: true,
+    outputsToSave: [true, true],
+    gradFunc: (dy, saved, a) => {
+      const [q, k, v, ranges, o, stats] = saved as Tensor[];
+      const dO = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
+      // One call for the three gradients, made here (inside autodiff's backward scope, which frees whatever
+      // no input takes) rather than in a per-input closure, whose own scope would free the other two.
+      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
+      return { 0: () => dq!, 1: () => dk!, 2: () => dv!, 3: () => tf.zeros(ranges!.shape, 'float32') };
+    },
+  });
+}
+
+/**
+ * Attention of q [T, H·d] over k, v [T, KV·d] (T = rows·S) within `ranges` (attentionRanges), [T, H·d];
+ * differentiable in q, k and v.
+ */
+export function attentionOp(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, s: AttentionShape): Tensor {
+  ensureRegistered();
+  const [o] = tf.engine().runKernel('McpcAttention', [q, k, v, ranges] as unknown as tf.NamedTensorMap, { ...s } as unknown as tf.NamedAttrMap) as Tensor[];
+  return o!;
+}
