@@ -113,6 +113,25 @@ describe('fused attention (cpu-attention.ts)', () => {
         expect(names).not.toContain('Softmax');
       });
 
+      it('a gradient of q alone (k, v constants) matches and leaves no tensor behind', () => {
+        const ctx = packed(2, 12, 2, 1);
+        const T = 24;
+        const [q, k, v] = [tf.tensor2d(randn(T * 8), [T, 8]), tf.tensor2d(randn(T * 4), [T, 4]), tf.tensor2d(randn(T * 4), [T, 4])];
+        const st = step(2, 1, 4, true);
+        const grad = (kernel: Kernel) => {
+          const before = tf.memory().numTensors;
+          const g = tf.grad((x: Tensor) => tf.sum(tf.square(kernel([x, k, v], st, ctx)[0]!)) as tf.Scalar)(q);
+          ctx.cache.forEach((t) => t.dispose());
+          ctx.cache.clear();
+          expect(tf.memory().numTensors).toBe(before + 1);
+          const out = Float32Array.from(g.dataSync());
+          g.dispose();
+          return out;
+        };
+        expect(relErr(grad(cpuKernels({ kernels: [] }).attention), grad(reference.attention))).toBeLessThan(2e-5);
+        tf.dispose([q, k, v]);
+      });
+
       it('falls back to the composition when a segment id is split into two runs (padding at both ends)', async () => {
         const ctx = packed(2, 9, 2, 0);
         ctx.segments.set([0, 0, 1, 1, 1, 2, 2, 0, 0], 0);
