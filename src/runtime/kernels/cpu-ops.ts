@@ -4,7 +4,8 @@
  * `typedArrayFromHeap` / `makeOutput`, as src/runtime/tfjs/wasm-extra.ts does; on cpu the backend's own
  * arrays), so one fused step is one kernel call and one pass over memory instead of a chain of tfjs ops.
  *
- *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it to JavaScript);
+ *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it: to WebAssembly SIMD
+ *                                  by ./fused-wasm.ts, or to JavaScript);
  *                                  the gradient runs the generated backward once per slot that is asked for
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
  *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM), one output per part, with a
@@ -28,9 +29,11 @@ interface CpuLike {
   data: { get(id: object): { values: Float32Array | Int32Array } };
 }
 
-/** Output shapes, then the computation over views (inputs first, outputs after; outputs start zeroed). */
+/** Output shapes, then the computation over views (inputs first, outputs after; outputs start zeroed unless `writesAll`). */
 interface CpuOp {
   shapes(inputs: Info[], attrs: Attrs): number[][];
+  /** Writes every element of every output: the outputs are not zeroed first. */
+  writesAll?: boolean;
   run(ins: (Float32Array | Int32Array)[], outs: Float32Array[], inputs: Info[], attrs: Attrs): void;
 }
 
@@ -48,7 +51,7 @@ function kernelFor(op: CpuOp, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
       outs = shapes.map((s) => b.makeOutput(s, 'float32'));
       // Views after every allocation: allocating may grow (and so move) the heap.
       views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
-      views.forEach((v) => v.fill(0));
+      if (!op.writesAll) views.forEach((v) => v.fill(0));
       read = (t) => b.typedArrayFromHeap(t) as Float32Array | Int32Array;
     } else {
       const b = backend as unknown as CpuLike;
@@ -188,6 +191,7 @@ export function ensureCpuOps(): void {
 
   const rope: CpuOp = {
     shapes: (ins) => [ins[0]!.shape as number[]],
+    writesAll: true,
     run: (ins, [y], infos, a) => {
       const x = ins[0] as Float32Array;
       const cos = ins[1] as Float32Array;
@@ -228,6 +232,7 @@ export function ensureCpuOps(): void {
     'McpcConcatLinear',
     {
       shapes: (ins, a) => partWidths(a).map((w) => [ins[0]!.shape[0]!, w]),
+      writesAll: true,
       run: (ins, outs, infos, a) => {
         const [T, K] = infos[0]!.shape as [number, number];
         linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1) as Float32Array[], outs, partWidths(a));
@@ -261,6 +266,7 @@ export function ensureCpuOps(): void {
   );
   register('McpcConcatLinearDx', {
     shapes: (ins, a) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
+    writesAll: true,
     run: (ins, [dx], infos, a) => {
       const n = (a.parts as number[]).length;
       const T = infos[0]!.shape[0]!;
