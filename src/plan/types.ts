@@ -34,6 +34,7 @@ export type PlanOp =
   | 'gate_combine'
   | 'load_balance'
   | 'moe_down_batched'
+  | 'moe_down_routed'
   | 'moe_up_grouped'
   | 'concat_linear'
   | 'fused_elementwise'

@@ -67,7 +67,7 @@
  * count over all such assignments at the site (so the loads of a site sum to 1).
  *
  * LoRA dropout (./dropout.ts): in training steps only (`step`, `gradients`), the input of each adapter's
- * A projection (`lora_down`, `expert_down`, `moe_down_batched` of an adapter with dropout p > 0) is
+ * A projection (`lora_down`, `expert_down`, `moe_down_batched`, `moe_down_routed` of an adapter with dropout p > 0) is
  * multiplied by an inverted-dropout mask (0 with probability p, else 1/(1−p)) drawn from (stage seed, step,
  * micro-batch, adapter, site, element); the base path and the router read x. The executor applies the
  * mask before calling the kernel table, so the reference, wasm and webgpu tables share the semantics.
@@ -246,7 +246,7 @@ const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 const HELD = new Set(['trainable', 'frozen', 'folded']);
 /** Ops whose first input is the adapter branch's x (dropped in training). */
-const DROPPED_INPUT = new Set<PlanStep['op']>(['lora_down', 'expert_down', 'moe_down_batched']);
+const DROPPED_INPUT = new Set<PlanStep['op']>(['lora_down', 'expert_down', 'moe_down_batched', 'moe_down_routed']);
 
 class Runner implements StageRunner {
   readonly stage: PlanStage;

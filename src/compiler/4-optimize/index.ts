@@ -14,12 +14,14 @@ import { foldFrozenLora } from './passes/fold-frozen-lora.js';
 import { fuseElementwise } from './passes/fuse-elementwise.js';
 import { fuseOptimizer } from './passes/fuse-optimizer.js';
 import { planMemory } from './passes/plan-memory.js';
+import { routeExpertDown } from './passes/route-expert-down.js';
 
 export const passes: Pass[] = [
   expandSites, //            adapted linears -> base GEMM + LoRA + mixture ops (required)
   eliminateDeadAdapters, //  adapters with zero output in a stage leave its graph
   foldFrozenLora, //         frozen plain LoRA -> stage copy of the base weight (W + s·B·A at entry)
   batchExperts, //           per mixture site: one A GEMM, one top-k grouped B GEMM
+  routeExpertDown, //        routed-only mixture sites: the experts' A for each token's top-k only
   concatBaseAdapter, //      base GEMM + adapter down-projections on the same x -> one concat GEMM
   batchOrthogonality, //     every orthogonality term of a stage in one weighted penalty node
   fuseElementwise, //        adds, RMSNorm, SwiGLU chains -> generated WGSL kernels with generated backward

@@ -30,6 +30,7 @@ const libraryKernel: Record<Exclude<Op, 'fused_elementwise'>, string> = {
   gate_combine: 'gate_combine',
   load_balance: 'load_balance',
   moe_down_batched: 'gemm_stacked_experts',
+  moe_down_routed: 'gemm_routed_experts',
   moe_up_grouped: 'grouped_gemm_topk',
   concat_linear: 'gemm_concat',
   ortho_penalty: 'ortho_penalty',

@@ -35,6 +35,9 @@ export function forwardFlops(n: Node, g: Graph, T: number): number {
       return 2 * T * num(a.experts) * num(a.out);
     case 'moe_down_batched':
       return 2 * T * num(a.in) * num(a.rows);
+    case 'moe_down_routed':
+      // Each token's top-k experts only: k/E of moe_down_batched's dense x·[A_0 ; … ; A_{E−1}]ᵀ.
+      return 2 * T * num(a.in) * Math.min(num(a.k), num(a.experts)) * num(a.rank);
     case 'moe_up_grouped':
       // Only the top-k experts of each token (plus the shared experts) run: scales with k, not experts.
       // Per token: shared GEMM + its scale-and-add, k expert GEMMs + their gate-scale-and-add.
@@ -86,7 +89,7 @@ export function gradValues(ir: IR, st: StageIR): Set<string> {
 }
 
 /** Matmul-like ops: backward costs one forward per input that needs a gradient. */
-const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
+const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
 
 interface ConcatPartAttrs {
   kind: string;
@@ -125,6 +128,10 @@ export function backwardFlops(n: Node, g: Graph, T: number, need: Set<string>): 
   // A fused kernel's backward is generated: its own count (all gradient slots, and the column sums).
   if (n.op === 'fused_elementwise' && typeof n.attrs.backwardFlopsPerRow === 'number') return n.attrs.backwardFlopsPerRow * dimValue(n.attrs.rows as Dim, T);
   const f = forwardFlops(n, g, T);
+  if (n.op === 'moe_down_routed') {
+    // dx and dA_e over the routed rows, one product each; the gates are a mask and get no gradient.
+    return f * [n.inputs[0], n.inputs[2]].filter((i) => i !== undefined && need.has(i)).length;
+  }
   if (n.op === 'moe_down_batched' || n.op === 'moe_up_grouped') {
     // The concatenated shared and routed tensors are one operand of the GEMM.
     const acts = gradInputs.filter((i) => g.values.get(i)?.kind !== 'param').length;

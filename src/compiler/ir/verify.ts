@@ -66,4 +66,12 @@ function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: bo
   // Every activation except the loss is consumed: a dead value means a pass forgot to rewire a consumer.
   const used = new Set(g.nodes.flatMap((n) => n.inputs));
   for (const n of g.nodes) for (const o of n.outputs) if (o !== g.loss && !used.has(o) && !n.attrs.sideOutput) fail(n, `output ${o} is never used`);
+  // moe_down_routed zeroes h off each token's top-k: exact only where every reader of h multiplies it by the
+  // same gates (moe_up_grouped on those gates, routed part only).
+  for (const n of g.nodes) {
+    if (n.op !== 'moe_down_routed') continue;
+    if (n.inputs.length !== 3) fail(n, 'moe_down_routed takes (x, gates, A_e)');
+    const bad = g.nodes.find((m) => m.inputs.includes(n.outputs[0]) && !(m.op === 'moe_up_grouped' && m.inputs[0] === n.outputs[0] && m.inputs[1] === n.inputs[1] && !m.attrs.sharedRank));
+    if (bad) fail(bad, `reads ${n.outputs[0]}, the top-k-only output of moe_down_routed ${n.id}, other than as moe_up_grouped on the same gates`);
+  }
 }

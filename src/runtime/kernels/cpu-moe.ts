@@ -1,6 +1,6 @@
 /**
- * moe_up_grouped of the CPU kernel table (./cpu.ts) as tfjs kernels on the `wasm` and `cpu` backends, over
- * the top-k experts only (the arithmetic: ../tfjs/moe.ts and moe.wat):
+ * moe_up_grouped and moe_down_routed of the CPU kernel table (./cpu.ts) as tfjs kernels on the `wasm` and `cpu`
+ * backends, over the top-k experts only (the arithmetic: ../tfjs/moe.ts, moe-down.ts and moe.wat):
  *
  *   McpcMoeUp       inputs h, gates, [B_sh], B_e → y
  *   McpcMoeUpDh     dY, h, gates, [B_sh], B_e → dh, dgates (one pass: dh_e and dgates share U = s·dY_rows·B_e)
@@ -9,6 +9,14 @@
  * The gradient computes only what autodiff asks for (tfjs calls the closure of an input only when that input
  * leads to the loss): dh and dgates come from one McpcMoeUpDh (the second of the two asked gets the first
  * call's other output), dB_e from McpcMoeUpDbe, dB_sh = s·dYᵀ·h_sh as one tfjs product.
+ *
+ * moe_down_routed (the A side, ../tfjs/moe-down.ts), same pattern:
+ *
+ *   McpcMoeDown     x, gates, A_e → h (x_t·A_eᵀ on the routed (t, e), 0 elsewhere)
+ *   McpcMoeDownDx   dh, gates, A_e → dx
+ *   McpcMoeDownDa   dh, x, gates → dA_e
+ *
+ * each only when autodiff asks for it; the gates are a mask and get a zero gradient (the reference's noGrad).
  *
  * dgates is zero outside the routed (t, e) (gate = 0), where the reference's dense gradient gives
  * s·dY[t]·(h_e[t]·B_eᵀ). Those entries never reach a parameter: the gates come from topk_gate, whose gradient
@@ -20,6 +28,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../tfjs/moe.js';
+import { moeDownDa, moeDownDx, moeDownForward } from '../tfjs/moe-down.js';
 import { keepUntilBackwardEnds } from '../webgpu/program.js';
 
 type Info = tf.TensorInfo;
@@ -35,10 +44,10 @@ const DH = 'McpcMoeUpDh';
 const DB = 'McpcMoeUpDbe';
 
 /** A tfjs kernel: output shapes, then the computation over Float32Array views (inputs, outputs). */
-function kernelFor(shapes: (ins: Info[], a: Attrs) => number[][], run: (ins: Float32Array[], outs: Float32Array[], infos: Info[], a: Attrs) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
+function kernelFor<A = Attrs>(shapes: (ins: Info[], a: A) => number[][], run: (ins: Float32Array[], outs: Float32Array[], infos: Info[], a: A) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
   return ({ inputs, backend, attrs }) => {
     const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const a = attrs as unknown as Attrs;
+    const a = attrs as unknown as A;
     const ss = shapes(ins, a);
     let outs: Info[];
     let views: Float32Array[];
@@ -156,4 +165,83 @@ export function moeUpFits(inputs: Tensor[], a: Attrs): boolean {
 export function moeUpGroupedOp(inputs: Tensor[], a: Attrs): Tensor {
   register();
   return tf.engine().runKernel(FWD, inputs as unknown as tf.NamedTensorMap, { sharedRank: a.sharedRank, rank: a.rank, experts: a.experts, scale: a.scale } as unknown as tf.NamedAttrMap) as Tensor;
+}
+
+const DOWN = 'McpcMoeDown';
+const DOWN_DX = 'McpcMoeDownDx';
+const DOWN_DA = 'McpcMoeDownDa';
+type DownAttrs = { rank: number; experts: number };
+
+let downRegistered = false;
+function registerDown(): void {
+  if (downRegistered) return;
+  downRegistered = true;
+  // x [T, in], gates [T, E], A_e [E, r, in], dh [T, E·r]
+  const shape = (T: number, inF: number, a: DownAttrs) => ({ T, inF, rank: a.rank, experts: a.experts });
+  for (const b of ['wasm', 'cpu'] as const) {
+    // inputs: x, gates, A_e
+    tf.registerKernel({
+      kernelName: DOWN,
+      backendName: b,
+      kernelFunc: kernelFor<DownAttrs>(
+        (ins, a) => [[ins[0]!.shape[0]!, a.experts * a.rank]],
+        (ins, [h], infos, a) => moeDownForward(ins[0]!, ins[1]!, ins[2]!, h!, shape(infos[0]!.shape[0]!, infos[0]!.shape[1]!, a)),
+        b,
+      ),
+    });
+    // inputs: dh, gates, A_e
+    tf.registerKernel({
+      kernelName: DOWN_DX,
+      backendName: b,
+      kernelFunc: kernelFor<DownAttrs>(
+        (ins) => [[ins[0]!.shape[0]!, ins[2]!.shape[2]!]],
+        (ins, [dx], infos, a) => moeDownDx(ins[0]!, ins[1]!, ins[2]!, dx!, shape(infos[0]!.shape[0]!, infos[2]!.shape[2]!, a)),
+        b,
+      ),
+    });
+    // inputs: dh, x, gates
+    tf.registerKernel({
+      kernelName: DOWN_DA,
+      backendName: b,
+      kernelFunc: kernelFor<DownAttrs>(
+        (ins, a) => [[a.experts, a.rank, ins[1]!.shape[1]!]],
+        (ins, [da], infos, a) => moeDownDa(ins[0]!, ins[1]!, ins[2]!, da!, shape(infos[1]!.shape[0]!, infos[1]!.shape[1]!, a)),
+        b,
+      ),
+    });
+  }
+  tf.registerGradient({
+    kernelName: DOWN,
+    saveAllInputs: true,
+    gradFunc: (dy, saved, attrs) => {
+      const d = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
+      const [x, g, ae] = saved as Tensor[];
+      return {
+        '0': () => tf.engine().runKernel(DOWN_DX, [d, g!, ae!] as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor,
+        '1': () => tf.zerosLike(g!),
+        '2': () => tf.engine().runKernel(DOWN_DA, [d, x!, g!] as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor,
+      };
+    },
+  });
+}
+
+/**
+ * Whether {@link moeDownRoutedOp} takes these inputs: float32 x [T, in], gates [T, E], A_e [E, r, in].
+ * `MCPC_MOE_DOWN_TOPK=0` (or `MCPC_MOE_TOPK=0`, which covers both sides) sends every call to the reference.
+ */
+export function moeDownFits(inputs: Tensor[], a: DownAttrs): boolean {
+  if (process.env.MCPC_MOE_TOPK === '0' || process.env.MCPC_MOE_DOWN_TOPK === '0') return false;
+  const { rank: r, experts: E } = a;
+  if (![r, E].every((n) => Number.isInteger(n) && n >= 1)) return false;
+  if (inputs.length !== 3 || inputs.some((t) => t.dtype !== 'float32')) return false;
+  const [x, g, ae] = inputs as [Tensor, Tensor, Tensor];
+  if (x.rank !== 2 || g.rank !== 2 || ae.rank !== 3) return false;
+  const [T, inF] = x.shape as [number, number];
+  return g.shape[0] === T && g.shape[1] === E && ae.shape[0] === E && ae.shape[1] === r && ae.shape[2] === inF;
+}
+
+/** moe_down_routed over the top-k only (inputs checked by {@link moeDownFits}), with its gradient. */
+export function moeDownRoutedOp(inputs: Tensor[], a: DownAttrs): Tensor {
+  registerDown();
+  return tf.engine().runKernel(DOWN, inputs as unknown as tf.NamedTensorMap, { rank: a.rank, experts: a.experts } as unknown as tf.NamedAttrMap) as Tensor;
 }

@@ -19,6 +19,9 @@
  *   moe_up_grouped      each token's top-k experts only (./cpu-moe.ts, ../tfjs/moe.wat): per expert, the routed
  *                       tokens' gate-scaled h_e rows gathered (WebAssembly SIMD), one GEMM, the rows added into
  *                       y; the backward likewise (dgates zero off the top-k, where it never reaches the router)
+ *   moe_down_routed     each token's top-k experts only (./cpu-moe.ts, ../tfjs/moe-down.ts, moe.wat's gathers): per
+ *                       expert, the routed tokens' x rows gathered, one GEMM [n_e, in]·[in, r], scattered into h;
+ *                       dx and dA_e over the same rows, each only when autodiff asks; no gradient to the gates
  *   everything else     reference (tfjs ops; router also with the training-step noise input, attrs.noise)
  *
  * Measured and left out (BENCHMARKS.md, "CPU kernel table"): concat_linear writing each part straight to its
@@ -26,7 +29,7 @@
  * being scalar JavaScript (moe_up_grouped on the top-k failed the same way until they moved to WebAssembly).
  *
  * LoRA dropout is not a kernel's concern: the executor masks the A input of a dropout adapter before calling
- * lora_down / expert_down / moe_down_batched (../dropout.ts), so every table has the same semantics.
+ * lora_down / expert_down / moe_down_batched / moe_down_routed (../dropout.ts), so every table has the same semantics.
  *
  * `cpuKernelTable(plan, backend)` decides: the fused table on `wasm`, the reference on `cpu` (the ground truth
  * the tests compare against); `MCPC_KERNELS=fused` or `=reference` forces either on both.
@@ -35,7 +38,7 @@ import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
-import { moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
+import { moeDownFits, moeDownRoutedOp, moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
 import { attentionOp, attentionRanges } from './cpu-attention.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
@@ -168,12 +171,17 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const a = { sharedRank: num(step, 'sharedRank', 0), rank: num(step, 'rank'), experts: num(step, 'experts'), scale: num(step, 'scale') };
       return moeUpFits(inputs, a) ? [moeUpGroupedOp(inputs, a)] : reference.moe_up_grouped(inputs, step, ctx);
     },
+
+    moe_down_routed(inputs, step, ctx) {
+      const a = { rank: num(step, 'rank'), experts: num(step, 'experts') };
+      return moeDownFits(inputs, a) ? [moeDownRoutedOp(inputs, a)] : reference.moe_down_routed(inputs, step, ctx);
+    },
   };
   return { ...reference, ...fused };
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped'];
+export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any

@@ -32,6 +32,10 @@
  *                  f_e = share of the top-k assignments that went to expert e (no gradient),
  *                  P_e = mean router probability of e
  *   moe_down_batched  x·[A_sh ; A_0 ; … ; A_{E−1}]ᵀ                                     attrs {sharedRank}
+ *   moe_down_routed   inputs x, gates, A_e: x·[A_0 ; … ; A_{E−1}]ᵀ with expert e's block [t, e·r:(e+1)·r]
+ *                  zeroed where gates[t, e] = 0 (the dense product times the (gates ≠ 0) mask per expert block;
+ *                  the mask has no gradient: dx, dA_e flow through the routed entries only, none to the gates)
+ *                  attrs {rank, experts}
  *   moe_up_grouped    s·h_sh·B_shᵀ + Σ_e gates_e · s·h_e·B_eᵀ  (gates are zero outside the top-k, so
  *                  only those experts contribute: the same math as expert_up + gate_combine)
  *                  attrs {sharedRank, rank, experts, scale}
@@ -420,6 +424,18 @@ export const reference: Record<PlanOp, Kernel> = {
     const [x, ...As] = inputs;
     const w = As.length === 1 ? stackRows(As[0]) : tf.concat(As.map(stackRows), 0);
     return [xwT(x, w)];
+  },
+
+  moe_down_routed(inputs, step) {
+    arity(step, inputs, 3, 3);
+    const [x, gates, Ae] = inputs;
+    const rank = num(step, 'rank');
+    const E = num(step, 'experts');
+    const T = dims(x)[0];
+    if (dims(Ae)[0] !== E || dims(Ae)[1] !== rank || dims(gates)[1] !== E) throw new KernelError(step, `A_e is [${dims(Ae)}] and gates [${dims(gates)}], expected [${E}, ${rank}, in] and [T, ${E}]`);
+    const mask = noGrad(gates, (g) => tf.cast(tf.notEqual(g, 0), 'float32'));
+    const h = tf.reshape(xwT(x, stackRows(Ae)), [T, E, rank]);
+    return [tf.reshape(tf.mul(h, tf.reshape(mask, [T, E, 1])), [T, E * rank])];
   },
 
   moe_up_grouped(inputs, step) {

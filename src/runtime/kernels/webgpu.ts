@@ -19,7 +19,8 @@
  *   moe_up_grouped      one WGSL GEMM forward (gates applied in A's loader, B_e [E, out, r] read in place); gradient:
  *                       un-gated U = s·dy·[B_sh | B_e] once, then dh and dgates one small kernel each, dB_e one GEMM
  *                       storing [E, out, r] in place, dB_sh one GEMM (../webgpu/moe-up.ts); reference as concat_linear
- *   everything else (moe_down_batched, router, expert_*, add, ...)                                  reference (tfjs ops)
+ *   everything else (moe_down_batched, moe_down_routed, router, expert_*, add, ...)                 reference (tfjs ops;
+ *                       moe_down_routed: the dense product times the top-k mask)
  *                       (router: also with the training-step noise input the executor appends, attrs.noise)
  *
  * fused_elementwise falls back to the reference (the expression as tfjs ops) when the plan's kernel has no
@@ -31,7 +32,7 @@
  * or x has more than 65535·64 rows; and everywhere when MCPC_GEMM_WGSL=0.
  *
  * LoRA dropout: the executor masks a dropout adapter's A input before the (reference) lora_down /
- * expert_down / moe_down_batched run (../dropout.ts), the same semantics as the CPU tables.
+ * expert_down / moe_down_batched / moe_down_routed run (../dropout.ts), the same semantics as the CPU tables.
  *
  * `fusedAdamW` is the optimizer step the executor uses on webgpu: every trainable tensor in one dispatch.
  */

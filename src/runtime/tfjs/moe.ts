@@ -12,6 +12,8 @@
  * Backward, for the routed (t, e) only (zero elsewhere): U = s·dY_rows·B_e, dh_e = gate·U,
  * dgates[t, e] = U[t]·h_e[t]; dB_e = s·(gate·h_e rows)ᵀ·dY_rows.
  *
+ * ./moe-down.ts (moe_down_routed, the A side) reuses this module's instance, routing tables and arena.
+ *
  * The module runs in its own instance of gemm.wasm (moe.wasm imports that instance's `memory` and `gemm`),
  * not the one ./gemm.ts multiplies in: every call copies its operands into that memory (grown as needed)
  * and the results out, so nothing is shared with matmulInto's scratch.
@@ -21,6 +23,7 @@ import { readFileSync } from 'node:fs';
 interface GemmExports {
   memory: WebAssembly.Memory;
   gemm(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
+  gemm_tn(a: number, b: number, c: number, batch: number, M: number, N: number, K: number): void;
 }
 
 interface MoeExports {
@@ -32,20 +35,23 @@ interface MoeExports {
   db_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, h: number, ldh: number, at: number, g: number, c: number, db: number, s: number): void;
 }
 
-interface Module {
+/** The module's memory, its GEMMs (./gemm.wat: `gemm` C = A·B, `gemm_tn` C = Aᵀ·B) and moe.wat's exports. */
+export interface Module {
   memory: WebAssembly.Memory;
   gemm: GemmExports['gemm'];
+  gemmTn: GemmExports['gemm_tn'];
   moe: MoeExports;
 }
 
 let mod: Module | undefined;
 
-function moeModule(): Module {
+/** The one instance of gemm.wasm + moe.wasm (also used by ./moe-down.ts). */
+export function moeModule(): Module {
   if (!mod) {
     const load = (name: string) => new WebAssembly.Module(readFileSync(new URL(name, import.meta.url)));
     const g = new WebAssembly.Instance(load('./gemm.wasm'), {}).exports as unknown as GemmExports;
     const moe = new WebAssembly.Instance(load('./moe.wasm'), { gemm: { memory: g.memory, gemm: g.gemm } }).exports as unknown as MoeExports;
-    mod = { memory: g.memory, gemm: g.gemm, moe };
+    mod = { memory: g.memory, gemm: g.gemm, gemmTn: g.gemm_tn, moe };
   }
   return mod;
 }
@@ -60,10 +66,10 @@ export interface MoeUpShape {
   scale: number;
 }
 
-const up = (n: number, m: number) => Math.ceil(n / m) * m;
+export const up = (n: number, m: number) => Math.ceil(n / m) * m;
 
 /** Byte offsets in the module's memory, 16-byte aligned; `views` after `grow`. */
-class Arena {
+export class Arena {
   private at = 64; // 0 stays free: a pointer of 0 means "none" to gather's scales
   take(floats: number): number {
     const p = this.at;
@@ -78,7 +84,7 @@ class Arena {
 }
 
 /** Experts' token lists: count per expert (gate != 0), then tab/idx/gts (see moe.wat) once memory is laid out. */
-class Routing {
+export class Routing {
   readonly counts: Int32Array;
   readonly total: number;
   readonly maxN: number;
@@ -123,7 +129,7 @@ class Routing {
   }
 }
 
-function iota(i: Int32Array, at: number, n: number): void {
+export function iota(i: Int32Array, at: number, n: number): void {
   const o = at / 4;
   for (let k = 0; k < n; k++) i[o + k] = k;
 }

@@ -10,6 +10,7 @@ import { concatBaseAdapter } from '../../../src/compiler/4-optimize/passes/conca
 import { eliminateDeadAdapters } from '../../../src/compiler/4-optimize/passes/eliminate-dead-adapters.js';
 import { expandSites } from '../../../src/compiler/4-optimize/passes/expand-sites.js';
 import { foldFrozenLora } from '../../../src/compiler/4-optimize/passes/fold-frozen-lora.js';
+import { routeExpertDown } from '../../../src/compiler/4-optimize/passes/route-expert-down.js';
 import type { Pass } from '../../../src/compiler/4-optimize/pass.js';
 import type { IR, Node, StageIR } from '../../../src/compiler/ir/types.js';
 import type { Plan, PlanStage } from '../../../src/plan/types.js';
@@ -17,7 +18,7 @@ import type { Plan, PlanStage } from '../../../src/plan/types.js';
 export const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 export const base: Pass[] = [expandSites, eliminateDeadAdapters];
-export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, batchExperts, concatBaseAdapter, batchOrthogonality };
+export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, batchExperts, routeExpertDown, concatBaseAdapter, batchOrthogonality };
 
 export interface Compiled {
   ir: IR;

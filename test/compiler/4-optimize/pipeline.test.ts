@@ -5,7 +5,7 @@ import { verifyIR } from '../../../src/compiler/ir/verify.js';
 import { base, compile, P, root } from './helpers.js';
 import { validPipelines } from '../../support/pipelines.js';
 
-const mine = ['fold-frozen-lora', 'batch-experts', 'concat-base-adapter', 'batch-orthogonality'];
+const mine = ['fold-frozen-lora', 'batch-experts', 'route-expert-down', 'concat-base-adapter', 'batch-orthogonality'];
 
 const pipelines = (): string[] => validPipelines(root);
 
@@ -22,7 +22,7 @@ describe('fold / batch / concat passes in the pass list', () => {
     const reports = c.plan.compiler.passes.filter((p) => mine.includes(p.name));
     expect(reports.map((p) => [p.name, p.ran, p.changes])).toEqual(mine.map((n) => [n, false, 0]));
     const ops = new Set(c.ir.stages.flatMap((s) => s.graph.nodes.map((n) => n.op)));
-    for (const op of ['moe_down_batched', 'moe_up_grouped', 'concat_linear', 'ortho_penalty_batched'] as const) expect(ops.has(op)).toBe(false);
+    for (const op of ['moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'ortho_penalty_batched'] as const) expect(ops.has(op)).toBe(false);
     expect(c.ir.stages.flatMap((s) => s.entry)).toEqual([]);
     expect(c.stage('align').plan.adapters.folded).toEqual([]);
   });

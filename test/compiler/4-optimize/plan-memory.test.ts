@@ -106,7 +106,7 @@ function checkLiveness(plan: Plan, st: PlanStage): void {
     const { f } = fwd.get(b.node)!;
     const step = N + k;
     const nonlinear = ['rmsnorm', 'swiglu', 'attention', 'router', 'lm_head_xent'].includes(f.op);
-    const gemmWithTrainableWeight = ['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'moe_down_batched', 'concat_linear'].includes(f.op) && f.inputs.some((i) => trainable.has(i));
+    const gemmWithTrainableWeight = ['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'moe_down_batched', 'moe_down_routed', 'concat_linear'].includes(f.op) && f.inputs.some((i) => trainable.has(i));
     if (nonlinear || gemmWithTrainableWeight) {
       for (const v of f.inputs) if (tracked(v)) expect(live(v, step), `${v} saved for the backward of ${f.node} (${f.op})`).toBe(true);
     }

@@ -9,11 +9,11 @@ import { createStageRunner, type StageRunner } from '../../../src/runtime/execut
 import type { Plan } from '../../../src/plan/types.js';
 import { compileInline, lcg, relErr, syntheticBatch, TINY, worst } from './helpers.js';
 
-const pipeline = (p: number, q: number) => `pipeline dropping
+const pipeline = (p: number, q: number, shared = 1) => `pipeline dropping
 model base = ${TINY}
 data d = jsonl("d.jsonl")
 adapter attn  = lora(r: 4, alpha: 8, dropout: ${p}) at layers[*].attn.{q, v}
-adapter noise = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, shared: 1, dropout: ${q}) at layers[*].mlp.{gate, up}
+adapter noise = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, shared: ${shared}, dropout: ${q}) at layers[*].mlp.{gate, up}
 stage one {
   train attn, noise on d
   steps 3
@@ -89,6 +89,42 @@ describe('LoRA dropout', () => {
       expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
     }
     expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
+  });
+
+  it('routed experts only (-O1: moe_down_routed reads the dropped x): -O0 and -O1 the same, reference and fused CPU table', async () => {
+    const [q0, q1] = compileInline(pipeline(0.25, 0.1, 0)).plans as [Plan, Plan];
+    const routed = q1.stages[0].forward.filter((f) => f.op === 'moe_down_routed');
+    expect(routed).toHaveLength(2);
+    const parts = q1.stages[0].forward.filter((f) => f.op === 'concat_linear').flatMap((f) => (f.attrs.parts as { kind: string }[]).map((x) => x.kind));
+    expect(parts).not.toContain('moe_down_batched');
+    const saved = process.env.MCPC_KERNELS;
+    const make = async (plan: Plan, kernels: string) => {
+      process.env.MCPC_KERNELS = kernels;
+      try {
+        return await createStageRunner(plan, 'one');
+      } finally {
+        if (saved === undefined) delete process.env.MCPC_KERNELS;
+        else process.env.MCPC_KERNELS = saved;
+      }
+    };
+    const a = await make(q0, 'reference');
+    const bs = [await make(q1, 'reference'), await make(q1, 'fused')];
+    runners.push(a, ...bs);
+    const init = await withB(a);
+    await a.loadParameters(init);
+    for (const b of bs) await b.loadParameters(init);
+    const ga = await a.gradients(mbs);
+    expect(Math.abs(ga.loss - (await a.evalLoss(mbs)).loss)).toBeGreaterThan(1e-5);
+    for (const b of bs) {
+      const gb = await b.gradients(mbs);
+      expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
+      expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
+    }
+    for (let i = 0; i < 2; i++) {
+      const sa = await a.step(mbs);
+      for (const b of bs) expect(relErr([(await b.step(mbs)).loss], [sa.loss])).toBeLessThan(TOL);
+    }
+    for (const b of bs) expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
   });
 
   it('evaluation paths see no dropout; dropout 0 is the plain path', async () => {

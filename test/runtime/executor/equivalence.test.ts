@@ -4,7 +4,8 @@
  * tensor on the same micro-batches, and the same weights after optimizer steps and stage transitions.
  *
  * The pipeline exercises every pass: a mixture with shared experts, routed experts and a load-balancing
- * term (batch-experts, concat-base-adapter), an attention LoRA merged at the end of stage one, a mixture
+ * term (batch-experts, concat-base-adapter; run again with routed experts only, whose A projections -O1
+ * computes for each token's top-k only: route-expert-down), an attention LoRA merged at the end of stage one, a mixture
  * dropped, a LoRA frozen then folded into its base weights in stage two (fold-frozen-lora), an adapter that
  * is declared but only trained in stage two (eliminate-dead-adapters removes it from stage one), an
  * orthogonality constraint over three sites (batch-orthogonality), and the elementwise chains of the
@@ -57,14 +58,14 @@ stage two {
 const TOL = 1e-4;
 const ops = (plan: Plan, stage: string) => new Set(plan.stages.find((s) => s.name === stage)!.forward.map((f) => f.op));
 
-describe('-O0 and -O1 plans train to the same result', () => {
+describe.each([1, 0])('-O0 and -O1 plans train to the same result (noise shared: %i)', (shared) => {
   let p0: Plan;
   let p1: Plan;
   const runners: StageRunner[] = [];
   const mbs = [syntheticBatch(2, 32, 11), syntheticBatch(2, 32, 12)];
 
   beforeAll(() => {
-    [p0, p1] = compileInline(PIPELINE).plans;
+    [p0, p1] = compileInline(PIPELINE.replace('shared: 1,', `shared: ${shared},`)).plans;
   });
   afterAll(() => runners.forEach((r) => r.dispose()));
 
@@ -74,12 +75,14 @@ describe('-O0 and -O1 plans train to the same result', () => {
     for (const op of ['moe_up_grouped', 'concat_linear']) expect(one1.has(op as never)).toBe(true);
     // The batched A GEMM of each mixture is a part of its site's concatenated GEMM.
     const parts = p1.stages[0].forward.filter((f) => f.op === 'concat_linear').flatMap((f) => (f.attrs.parts as { kind: string }[]).map((x) => x.kind));
-    expect(parts.filter((k) => k === 'moe_down_batched')).toHaveLength(3);
+    expect(parts.filter((k) => k === 'moe_down_batched')).toHaveLength(shared ? 3 : 0);
+    // Routed experts only: their A on each token's top-k (moe_down_routed), not in the concatenated GEMM.
+    expect(p1.stages[0].forward.filter((f) => f.op === 'moe_down_routed')).toHaveLength(shared ? 0 : 3);
     expect(parts.filter((k) => k === 'router')).toHaveLength(3);
     expect(two1.has('ortho_penalty_batched')).toBe(true);
     expect(p1.stages[1].entry.map((t) => t.op)).toEqual(['fold']);
     const one0 = ops(p0, 'one');
-    for (const op of ['moe_down_batched', 'moe_up_grouped', 'concat_linear', 'fused_elementwise']) expect(one0.has(op as never)).toBe(false);
+    for (const op of ['moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'fused_elementwise']) expect(one0.has(op as never)).toBe(false);
     expect(one0.has('expert_down')).toBe(true);
     expect(ops(p0, 'two').has('ortho_penalty')).toBe(true);
     expect(p0.stages[1].entry).toEqual([]);

@@ -193,3 +193,133 @@ describe('moe_up_grouped on the top-k only (CPU table)', () => {
     for (const c of cases) it(`${c.name} (wasm)`, () => compare(c, 1e-4));
   });
 });
+
+/**
+ * moe_down_routed (cpu-moe.ts McpcMoeDown*, ../tfjs/moe-down.ts) against the reference (the dense product
+ * times the gates ≠ 0 mask): h, dx, dA_e, and the gates' gradient (zero: a mask), through topk_gate too.
+ */
+interface DownCase {
+  name: string;
+  T: number;
+  inF: number;
+  r: number;
+  E: number;
+  k: number;
+  skip?: number;
+}
+
+const downCases: DownCase[] = [
+  { name: 'MedCare-like: 8 experts r16 top-2, in 64', T: 41, inF: 64, r: 16, E: 8, k: 2 },
+  { name: 'one token', T: 1, inF: 12, r: 4, E: 3, k: 2 },
+  { name: 'top_k = experts, odd rank, in 13', T: 7, inF: 13, r: 5, E: 4, k: 4 },
+  { name: 'an expert nobody is routed to, in 10 (not a multiple of 4)', T: 23, inF: 10, r: 3, E: 5, k: 1, skip: 2 },
+  { name: 'one expert, rank 1, in 1', T: 9, inF: 1, r: 1, E: 1, k: 1 },
+];
+
+function downInputs(c: DownCase): { logits: Tensor; x: Tensor; ae: Tensor; D: Tensor } {
+  const l = randn(c.T * c.E, 2);
+  if (c.skip !== undefined) for (let t = 0; t < c.T; t++) l[t * c.E + c.skip] = -30;
+  return {
+    logits: tf.tensor2d(l, [c.T, c.E]),
+    x: tf.tensor2d(randn(c.T * c.inF), [c.T, c.inF]),
+    ae: tf.tensor3d(randn(c.E * c.r * c.inF), [c.E, c.r, c.inF]),
+    D: tf.tensor2d(randn(c.T * c.E * c.r), [c.T, c.E * c.r]),
+  };
+}
+
+/** h and the gradients of Σ <D, h> w.r.t. x, gates, A_e; then, through softmax → topk_gate, w.r.t. the logits. */
+function downRun(table: Record<string, Kernel>, c: DownCase, t: ReturnType<typeof downInputs>): Float32Array[] {
+  const st = stepOf('moe_down_routed', { in: c.inF, rank: c.r, experts: c.E, k: c.k });
+  const gate = stepOf('topk_gate', { k: c.k, renormalize: true });
+  const ctx = ctxOf(c.T);
+  return tf.tidy(() => {
+    const gates = table.topk_gate!([tf.softmax(t.logits)], gate, ctx)[0]!;
+    const h = table.moe_down_routed!([t.x, gates, t.ae], st, ctx)[0]!;
+    const gs = tf.grads((x: Tensor, g: Tensor, a: Tensor) => tf.sum(tf.mul(table.moe_down_routed!([x, g, a], st, ctx)[0]!, t.D)) as tf.Scalar)([t.x, gates, t.ae]);
+    // Through the gates' producer: d logits must be exactly zero (the gates are only a mask here).
+    const dl = tf.grads((l: Tensor) => tf.sum(tf.mul(table.moe_down_routed!([t.x, table.topk_gate!([tf.softmax(l)], gate, ctx)[0]!, t.ae], st, ctx)[0]!, t.D)) as tf.Scalar)([t.logits])[0]!;
+    return [h, ...gs, dl, gates].map((x) => Float32Array.from(x.dataSync()));
+  });
+}
+
+function downCompare(c: DownCase, tol: number): void {
+  const fused = cpuKernels({ kernels: [] }) as Record<string, Kernel>;
+  const t = downInputs(c);
+  const want = downRun(reference as Record<string, Kernel>, c, t);
+  const got = downRun(fused, c, t);
+  const g = want[5]!;
+  ['h', 'dx', 'dgates', 'dA_e', 'dlogits'].forEach((n, i) => {
+    if (n === 'dgates' || n === 'dlogits') {
+      expect(got[i]!.every((v) => v === 0), `${c.name}: ${n} is zero`).toBe(true);
+      expect(want[i]!.every((v) => v === 0), `${c.name}: reference ${n} is zero`).toBe(true);
+      return;
+    }
+    expect(relErr(got[i]!, want[i]!), `${c.name}: ${n}`).toBeLessThan(tol);
+    expect(Math.max(...want[i]!.map(Math.abs)), `${c.name}: ${n} checks something`).toBeGreaterThan(0);
+  });
+  // h is exactly 0 off the routed (t, e), and the reference's h is the dense product there.
+  const h = got[0]!;
+  for (let tk = 0; tk < c.T; tk++) for (let e = 0; e < c.E; e++) if (g[tk * c.E + e] === 0) for (let j = 0; j < c.r; j++) expect(h[(tk * c.E + e) * c.r + j]).toBe(0);
+  if (c.skip !== undefined) {
+    const da = got[3]!;
+    expect(da.subarray(c.skip * c.r * c.inF, (c.skip + 1) * c.r * c.inF).every((v) => v === 0)).toBe(true);
+  }
+  tf.dispose([t.logits, t.x, t.ae, t.D]);
+}
+
+describe('moe_down_routed on the top-k only (CPU table)', () => {
+  beforeAll(() => initBackend('cpu'));
+
+  it('is in the table and in cpuFusedOps; the reference is the dense product times the mask', () => {
+    expect(cpuFusedOps).toContain('moe_down_routed');
+    expect(cpuKernels({ kernels: [] }).moe_down_routed).not.toBe(reference.moe_down_routed);
+    const x = tf.tensor2d([1, 2, 3, 4], [2, 2]);
+    const gates = tf.tensor2d([0.5, 0, 0, 1], [2, 2]);
+    const ae = tf.tensor3d([1, 0, 0, 1], [2, 1, 2]); // A_0 = [1, 0], A_1 = [0, 1]
+    const h = reference.moe_down_routed([x, gates, ae], stepOf('moe_down_routed', { rank: 1, experts: 2 }), ctxOf(2))[0]!;
+    expect(Array.from(h.dataSync())).toEqual([1, 0, 0, 4]);
+    tf.dispose([x, gates, ae, h]);
+  });
+
+  it('MCPC_MOE_DOWN_TOPK=0 sends it to the reference; only the asked gradients run', async () => {
+    const c = downCases[0]!;
+    const t = downInputs(c);
+    const st = stepOf('moe_down_routed', { rank: c.r, experts: c.E });
+    const gates = tf.tidy(() => reference.topk_gate([tf.softmax(t.logits)], stepOf('topk_gate', { k: c.k, renormalize: true }), ctxOf(c.T))[0]!);
+    const table = cpuKernels({ kernels: [] });
+    const before = tf.memory().numTensors;
+    const kernelsOf = async (wrt: 'x' | 'A') => {
+      const prof = await tf.profile(() =>
+        wrt === 'x'
+          ? tf.grads((x: Tensor) => tf.sum(table.moe_down_routed([x, gates, t.ae], st, ctxOf(c.T))[0]!) as tf.Scalar)([t.x])
+          : tf.grads((a: Tensor) => tf.sum(table.moe_down_routed([t.x, gates, a], st, ctxOf(c.T))[0]!) as tf.Scalar)([t.ae]),
+      );
+      tf.dispose(prof.result as Tensor[]);
+      return prof.kernels.map((k) => k.name);
+    };
+    const dx = await kernelsOf('x');
+    expect(dx).toContain('McpcMoeDown');
+    expect(dx).toContain('McpcMoeDownDx');
+    expect(dx).not.toContain('McpcMoeDownDa');
+    const da = await kernelsOf('A');
+    expect(da).toContain('McpcMoeDownDa');
+    expect(da).not.toContain('McpcMoeDownDx');
+    expect(da).not.toContain('BatchMatMul');
+    expect(tf.memory().numTensors).toBe(before);
+    process.env.MCPC_MOE_DOWN_TOPK = '0';
+    try {
+      expect(await kernelsOf('x')).not.toContain('McpcMoeDown');
+    } finally {
+      delete process.env.MCPC_MOE_DOWN_TOPK;
+    }
+    tf.dispose([t.logits, t.x, t.ae, t.D, gates]);
+  });
+
+  for (const c of downCases) it(`${c.name}: h, dx, dA_e, none to the gates (cpu)`, () => downCompare(c, 1e-5));
+
+  describe('on the wasm backend', () => {
+    beforeAll(() => initBackend('wasm'));
+    afterAll(() => initBackend('cpu'));
+    for (const c of downCases) it(`${c.name} (wasm)`, () => downCompare(c, 1e-4));
+  });
+});

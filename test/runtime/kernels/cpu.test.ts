@@ -303,13 +303,14 @@ describe('the table on the executor', () => {
     expect(() => cpuKernelTable({ kernels: [] }, 'cpu')).toThrow(/MCPC_KERNELS/);
   });
 
-  it('-O0 and -O1 through the fused table: the reference -O0 loss and gradients; weights after AdamW steps', async () => {
+  // shared: 0 — routed experts only: -O1 has moe_down_routed (the A side on the top-k only) in the fused table.
+  it.each([1, 0])('-O0 and -O1 through the fused table (mixture shared: %i): the reference -O0 loss and gradients; weights after AdamW steps', async (shared) => {
     const src = `pipeline equiv
 model base = ${TINY}
 data d = jsonl("d.jsonl")
 adapter attn  = lora(r: 4, alpha: 8)                                                                   at layers[*].attn.{q, k, v, o}
 adapter knowledge = lora(r: 4, alpha: 8, experts: 2)                                                   at layers[*].mlp.{gate, up, down}
-adapter noise = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, shared: 1, load_balance: 0.01)          at layers[*].mlp.{gate, up, down}
+adapter noise = moe_lora(experts: 4, top_k: 2, r: 4, alpha: 8, shared: ${shared}, load_balance: 0.01)          at layers[*].mlp.{gate, up, down}
 stage one {
   train attn, knowledge, noise on d
   steps 3
@@ -321,6 +322,7 @@ stage one {
 }
 `;
     const [p0, p1] = compileInline(src).plans as [Plan, Plan];
+    expect(p1.stages[0].forward.filter((f) => f.op === 'moe_down_routed')).toHaveLength(shared ? 0 : 3);
     const mbs = [syntheticBatch(2, 32, 11), syntheticBatch(2, 32, 12)];
     process.env.MCPC_KERNELS = 'reference';
     const ref = await createStageRunner(p0, 'one');

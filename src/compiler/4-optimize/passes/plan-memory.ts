@@ -78,6 +78,11 @@ const inputsOnly = new Set(['rmsnorm', 'swiglu', 'embedding', 'lm_head_xent', 'o
 export function savedForBackward(n: Node, need: Set<string>, kernels?: IR['kernels']): string[] {
   if (!n.inputs.some((i) => need.has(i)) || readsNothing.has(n.op)) return [];
   if (bilinear.has(n.op)) return n.inputs.filter((_, i) => n.inputs.some((w, j) => j !== i && need.has(w)));
+  // moe_down_routed(x, gates, A_e): the gates (the routing mask) always; x for dA, A_e for dx.
+  if (n.op === 'moe_down_routed') {
+    const [x, gates, a] = n.inputs;
+    return [gates, ...(need.has(a) ? [x] : []), ...(need.has(x) ? [a] : [])];
+  }
   if (inputsOnly.has(n.op)) return [...n.inputs];
   if (n.op === 'fused_elementwise') {
     const leaves = fusedBackwardLeaves(kernels?.get(String(n.attrs.kernel))?.attrs);

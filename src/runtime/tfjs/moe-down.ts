@@ -1,0 +1,152 @@
+/**
+ * moe_down_routed on each token's top-k experts only, for the CPU kernel table (../kernels/cpu-moe.ts): the
+ * arithmetic over Float32Arrays, in the WebAssembly module of ./moe.ts (its gemm.wasm instance, moe.wat's SIMD
+ * gathers and scatters, its routing tables and arena), with the per-expert loop here.
+ *
+ *   h[t, e·r:(e+1)·r] = x_t·A_eᵀ where gates[t, e] ≠ 0, else 0      x [T, in], gates [T, E], A_e [E, r, in]
+ *
+ * The reference (../kernels/reference.ts) multiplies every token by all E experts' A and masks the product, so
+ * with top-2 of 8 three quarters of it is thrown away. Here expert e sees only the tokens routed to it: their
+ * x rows gathered into a packed block, one GEMM [n_e, in]·[in, r], the rows scattered into h. Backward, over
+ * the same rows: dx[t] = Σ_e dh_e[t]·A_e (gather dh_e rows, one GEMM [n_e, r]·[r, in], scatter-add into dx);
+ * dA_e = dh_e[rows]ᵀ·x[rows] (one gemm_tn over the gathered blocks; zero for an expert nobody is routed to).
+ */
+import { Arena, moeModule, Routing, up } from './moe.js';
+
+/** moe_down_routed's sizes: x [T, in], gates [T, E], A_e [E, r, in]. */
+export interface MoeDownShape {
+  T: number;
+  inF: number;
+  rank: number;
+  experts: number;
+}
+
+/** Start of each expert's rows in the routing tables (expert order, as Routing.write lays them out). */
+function offsets(route: Routing): number[] {
+  const off: number[] = [];
+  let at = 0;
+  for (const n of route.counts) {
+    off.push(at);
+    at += n;
+  }
+  return off;
+}
+
+/** h [T, E·r] = the forward (every element written; zero off the routed (t, e)). */
+export function moeDownForward(x: Float32Array, gates: Float32Array, ae: Float32Array, h: Float32Array, s: MoeDownShape): void {
+  const { T, inF, rank: r, experts: E } = s;
+  const W = E * r;
+  h.fill(0, 0, T * W);
+  if (T === 0 || r === 0 || inF === 0) return;
+  const m = moeModule();
+  const route = new Routing(gates, T, E);
+  if (route.total === 0) return;
+  const rP = up(r, 8);
+  const np = up(route.maxN, 4);
+  const a = new Arena();
+  route.place(a);
+  const X = a.take(T * inF);
+  const AT = a.take(E * inF * rP);
+  const XG = a.take(np * inF);
+  const C = a.take(np * rP);
+  const H = a.take(T * W);
+  const AS = a.take(r * inF);
+  const { f, i } = a.views(m);
+  route.write(f, i);
+  f.set(x.subarray(0, T * inF), X / 4);
+  f.fill(0, AT / 4, AT / 4 + E * inF * rP);
+  f.fill(0, H / 4, H / 4 + T * W);
+  // A_eᵀ [in, rP] per routed expert (columns r..rP zero): the GEMM's B operand.
+  const off = offsets(route);
+  for (let e = 0; e < E; e++) {
+    if (!route.counts[e]) continue;
+    f.set(ae.subarray(e * r * inF, (e + 1) * r * inF), AS / 4);
+    m.moe.transpose(AS, inF, r, inF, AT + 4 * e * inF * rP, rP);
+  }
+  for (let e = 0; e < E; e++) {
+    const n = route.counts[e]!;
+    if (!n) continue;
+    const idx = route.idx + 4 * off[e]!;
+    const n4 = up(n, 4);
+    m.moe.gather(X, inF, idx, 0, 1, n, inF, XG, inF);
+    f.fill(0, XG / 4 + n * inF, XG / 4 + n4 * inF);
+    m.gemm(XG, AT + 4 * e * inF * rP, C, 1, n4, rP, inF);
+    m.moe.scatter_add(C, rP, idx, n, r, H + 4 * e * r, W);
+  }
+  h.set(new Float32Array(m.memory.buffer, H, T * W));
+}
+
+/** dx [T, in] from dh [T, E·r] (every element written): Σ over the routed (t, e) of dh_e[t]·A_e. */
+export function moeDownDx(dh: Float32Array, gates: Float32Array, ae: Float32Array, dx: Float32Array, s: MoeDownShape): void {
+  const { T, inF, rank: r, experts: E } = s;
+  const W = E * r;
+  dx.fill(0, 0, T * inF);
+  if (T === 0 || r === 0 || inF === 0) return;
+  const m = moeModule();
+  const route = new Routing(gates, T, E);
+  if (route.total === 0) return;
+  const inP = up(inF, 8);
+  const np = up(route.maxN, 4);
+  const a = new Arena();
+  route.place(a);
+  const DH = a.take(T * W);
+  const AP = a.take(r * inP);
+  const G = a.take(np * r);
+  const C = a.take(np * inP);
+  const DX = a.take(T * inF);
+  const { f, i } = a.views(m);
+  route.write(f, i);
+  f.set(dh.subarray(0, T * W), DH / 4);
+  f.fill(0, DX / 4, DX / 4 + T * inF);
+  f.fill(0, AP / 4, AP / 4 + r * inP);
+  const off = offsets(route);
+  for (let e = 0; e < E; e++) {
+    const n = route.counts[e]!;
+    if (!n) continue;
+    const idx = route.idx + 4 * off[e]!;
+    const n4 = up(n, 4);
+    // A_e [r, inP] (columns in..inP zero): the GEMM's B operand.
+    for (let j = 0; j < r; j++) f.set(ae.subarray((e * r + j) * inF, (e * r + j + 1) * inF), AP / 4 + j * inP);
+    m.moe.gather(DH + 4 * e * r, W, idx, 0, 1, n, r, G, r);
+    f.fill(0, G / 4 + n * r, G / 4 + n4 * r);
+    m.gemm(G, AP, C, 1, n4, inP, r);
+    m.moe.scatter_add(C, inP, idx, n, inF, DX, inF);
+  }
+  dx.set(new Float32Array(m.memory.buffer, DX, T * inF));
+}
+
+/** dA_e [E, r, in] from dh [T, E·r] (every element written; zero for an expert nobody is routed to). */
+export function moeDownDa(dh: Float32Array, x: Float32Array, gates: Float32Array, da: Float32Array, s: MoeDownShape): void {
+  const { T, inF, rank: r, experts: E } = s;
+  const W = E * r;
+  da.fill(0, 0, E * r * inF);
+  if (T === 0 || r === 0 || inF === 0) return;
+  const m = moeModule();
+  const route = new Routing(gates, T, E);
+  if (route.total === 0) return;
+  const inP = up(inF, 8);
+  const rP = up(r, 8);
+  const a = new Arena();
+  route.place(a);
+  const DH = a.take(T * W);
+  const X = a.take(T * inF);
+  const G = a.take(route.maxN * rP);
+  const XG = a.take(route.maxN * inP);
+  const C = a.take(rP * inP);
+  const { f, i } = a.views(m);
+  route.write(f, i);
+  f.set(dh.subarray(0, T * W), DH / 4);
+  f.set(x.subarray(0, T * inF), X / 4);
+  const off = offsets(route);
+  for (let e = 0; e < E; e++) {
+    const n = route.counts[e]!;
+    if (!n) continue;
+    const idx = route.idx + 4 * off[e]!;
+    // dh_e rows [n, rP] and x rows [n, inP] (padding columns zeroed by gather); C = dh_rowsᵀ·x_rows [rP, inP].
+    m.moe.gather(DH + 4 * e * r, W, idx, 0, 1, n, r, G, rP);
+    m.moe.gather(X, inF, idx, 0, 1, n, inF, XG, inP);
+    m.gemmTn(G, XG, C, 1, rP, inP, n);
+    const c = new Float32Array(m.memory.buffer, C, rP * inP);
+    for (let j = 0; j < r; j++) da.set(c.subarray(j * inP, j * inP + inF), (e * r + j) * inF);
+  }
+}
