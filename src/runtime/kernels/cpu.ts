@@ -4,7 +4,8 @@
  * Float32Array views, with gradients, or leaner tfjs compositions). Same `Kernel` signature and conventions
  * as the reference; every kernel falls back to the reference for a case it does not take.
  *
- *   fused_elementwise   the expression compiled to JavaScript (./fused-js.ts): forward, and the compiler's
+ *   fused_elementwise   the expression compiled at run time (./fused-js.ts): to WebAssembly SIMD (./fused-wasm.ts),
+ *                       or to JavaScript where that is missing or MCPC_FUSED_WASM=0; forward, and the compiler's
  *                       generated backward (from the plan's kernel table) once per gradient slot
  *   attention           each query against only the keys it can see (./cpu-attention.ts, ../tfjs/attention.wat:
  *                       flash-attention style in WebAssembly SIMD along the keys, forward saving the logsumexp,
@@ -24,9 +25,10 @@
  *                       dx and dA_e over the same rows, each only when autodiff asks; no gradient to the gates
  *   everything else     reference (tfjs ops; router also with the training-step noise input, attrs.noise)
  *
- * Measured and left out (BENCHMARKS.md, "CPU kernel table"): concat_linear writing each part straight to its
- * output was slower on wasm than the reference's dense SIMD GEMM at MedCare's ranks, its gathers and scatters
- * being scalar JavaScript (moe_up_grouped on the top-k failed the same way until they moved to WebAssembly).
+ * Matrix products inside these kernels and tfjs's BatchMatMul run on mcpc's WebAssembly SIMD GEMM
+ * (../tfjs/gemm.ts; MCPC_THREADS=N splits large products over N threads). Lesson recorded in BENCHMARKS.md
+ * ("CPU kernel table"): gathers, scatters and elementwise passes in scalar JavaScript lost to tfjs-wasm's SIMD
+ * ops; each of the kernels above paid off only once its inner loops were WebAssembly SIMD.
  *
  * LoRA dropout is not a kernel's concern: the executor masks the A input of a dropout adapter before calling
  * lora_down / expert_down / moe_down_batched / moe_down_routed (../dropout.ts), so every table has the same semantics.
