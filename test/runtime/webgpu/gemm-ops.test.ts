@@ -163,6 +163,44 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
     });
   }
 
+  // moe_down_routed: [T, in, experts, rank, topK (gates zero outside it), frozen A]
+  const moeDown: [number, number, number, number, number, boolean][] = [
+    [1, 5, 3, 2, 2, false],
+    [37, 13, 4, 3, 1, false],
+    [70, 64, 8, 16, 2, false],
+    [9, 7, 2, 5, 2, true],
+  ];
+  for (const [T, K, E, r, k, frozen] of moeDown) {
+    it(`moe_down_routed T=${T} in=${K} experts=${E} rank=${r} topK=${k}${frozen ? ' (frozen A)' : ''}`, async () => {
+      const seed = T * 31 + K * 5 + E;
+      const gates = randn(seed, [T, E], 1, true);
+      gates.data = Float32Array.from(gates.data, (v, i) => (((i % E) - Math.floor(i / E) + 2 * E) % E < k ? Math.abs(v) + 0.05 : 0));
+      const args = [randn(seed + 1, [T, K], 1, true), gates, randn(seed + 2, [E, r, K], 0.5, !frozen)];
+      const st = step('moe_down_routed', { rank: r, experts: E });
+      const c = await compare(
+        (xs) => webgpuKernels.moe_down_routed(xs, st, noCtx),
+        (xs) => reference.moe_down_routed(xs, st, noCtx),
+        args,
+      );
+      expect(c.worst, c.what).toBeLessThan(1e-4);
+    });
+  }
+
+  it('moe_down_routed runs one McpcGemm and one McpcRoutedMask forward, and the reference under MCPC_GEMM_WGSL=0', async () => {
+    const st = step('moe_down_routed', { rank: 3, experts: 4 });
+    await initBackend('webgpu');
+    const xs = [randn(1, [6, 10]), randn(2, [6, 4]), randn(3, [4, 3, 10])].map((a) => tf.tensor(a.data, a.shape));
+    const names = async (): Promise<string[]> => (await tf.profile(() => webgpuKernels.moe_down_routed(xs, st, noCtx))).kernelNames;
+    try {
+      expect((await names()).filter((n) => n !== 'Reshape')).toEqual(['McpcGemm', 'McpcRoutedMask']);
+      process.env.MCPC_GEMM_WGSL = '0';
+      expect(await names()).not.toContain('McpcGemm');
+    } finally {
+      delete process.env.MCPC_GEMM_WGSL;
+      tf.dispose(xs);
+    }
+  });
+
   it('moe_up_grouped runs one tfjs kernel forward, and the reference under MCPC_GEMM_WGSL=0', async () => {
     const st = step('moe_up_grouped', { sharedRank: 2, rank: 3, experts: 4, scale: 0.5 });
     await initBackend('webgpu');
