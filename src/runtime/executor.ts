@@ -93,6 +93,7 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
+import { adamwAllCpu } from './kernels/cpu-ops.js';
 import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { fusedAdamW, webgpuKernelTable } from './kernels/webgpu.js';
@@ -629,9 +630,25 @@ class Runner implements StageRunner {
     }
     const factor = clipFactor(gradNorm, s.gradClip);
     const t = this.t + 1;
-    // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (kernels/webgpu.ts).
+    // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (kernels/webgpu.ts). The CPU table does
+    // the same where the plan fused the optimizer (-O1's fuse-optimizer): one kernel call (kernels/cpu-ops.ts
+    // McpcAdamW), equal to the per-tensor update bit for bit; -O0's plan updates tensor by tensor.
     if (this.webgpu && s.optimizer.kind === 'adamw') fusedAdamW(this.trainable, this.params, this.slots, grads, s.optimizer, { lr, weightDecay: s.weightDecay, t, gradScale: factor });
-    else this.trainable.forEach((id, i) => {
+    else if (this.kernels !== reference && this.stage.optimizer.fused && s.optimizer.kind === 'adamw') {
+      const old = this.trainable.map((id) => ({ p: this.params.get(id)!, s: this.slots.get(id)! }));
+      const r = adamwAllCpu(
+        old.map((o) => o.p),
+        grads,
+        old.map((o) => o.s.m),
+        old.map((o) => o.s.v!),
+        { lr, weightDecay: s.weightDecay, beta1: s.optimizer.beta1, beta2: s.optimizer.beta2, eps: s.optimizer.eps, t, gradScale: factor },
+      );
+      this.trainable.forEach((id, i) => {
+        this.params.set(id, tf.keep(r.p[i]!));
+        this.slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
+      });
+      tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
+    } else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;
       const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);

@@ -8,6 +8,7 @@
  *                                  by ./fused-wasm.ts, or to JavaScript);
  *                                  the gradient runs the generated backward once per slot that is asked for
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
+ *   McpcAdamW                      one AdamW step of every trainable tensor (the plan's fused optimizer)
  *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM), one output per part, with a
  *                                  gradient per weight: dW_i = dY_iᵀ·x only for the weights autodiff asks for
  *                                  (differentiating through tf.concat computed dYᵀ·x for the whole stack, frozen
@@ -140,6 +141,37 @@ function partWidths(a: Attrs): number[] {
   });
 }
 
+// --- AdamW over every trainable tensor --------------------------------------------------------------------------------
+
+/** Hyperparameters of one fused AdamW step (optimizer.ts `update` per tensor, with the clipping factor). */
+export interface AdamWStep {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** The step count, from 1 (bias correction). */
+  t: number;
+  /** The gradient-clipping factor (1: none). */
+  gradScale: number;
+}
+
+/**
+ * One AdamW step of every tensor in ONE kernel call (McpcAdamW): the plan's fused optimizer (pass
+ * fuse-optimizer) on the CPU backends, where the per-tensor update is ~12 tfjs ops a tensor. Each operation is
+ * rounded to f32 in the order optimizer.ts `update` applies tfjs's f32 ops (and the clipping multiply before
+ * it), so the results equal the per-tensor path's bit for bit: products, quotients and square roots of f32
+ * values are correctly rounded through f64; sums of two f32 values are exact in f64 but for exponent gaps
+ * beyond 29 bits, where double rounding could in principle differ in the last place.
+ */
+export function adamwAllCpu(ps: Tensor[], gs: Tensor[], ms: Tensor[], vs: Tensor[], h: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
+  ensureCpuOps();
+  const n = ps.length;
+  if (!n) return { p: [], m: [], v: [] };
+  const out = runN('McpcAdamW', [...ps, ...gs, ...ms, ...vs], { ...h, n });
+  return { p: out.slice(0, n), m: out.slice(n, 2 * n), v: out.slice(2 * n) };
+}
+
 // --- registration -------------------------------------------------------------------------------------------------------
 
 export function ensureCpuOps(): void {
@@ -227,6 +259,51 @@ export function ensureCpuOps(): void {
     }),
   });
   register('McpcRopeInverse', rope);
+
+  register('McpcAdamW', {
+    shapes: (ins, a) => {
+      const n = a.n as number;
+      const sh = ins.slice(0, n).map((t) => t.shape as number[]);
+      return [...sh, ...sh, ...sh];
+    },
+    writesAll: true,
+    run: (ins, outs, _i, a) => {
+      const n = a.n as number;
+      const h = a as unknown as AdamWStep;
+      const f = Math.fround;
+      // The scalars as tfjs makes them: f32 tensors of the JavaScript values.
+      const B1 = f(h.beta1);
+      const OB1 = f(1 - h.beta1);
+      const B2 = f(h.beta2);
+      const OB2 = f(1 - h.beta2);
+      const EPS = f(h.eps);
+      const SB2 = f(Math.sqrt(1 - Math.pow(h.beta2, h.t)));
+      const LRB = f(h.lr / (1 - Math.pow(h.beta1, h.t)));
+      const DEC = f(1 - h.lr * h.weightDecay);
+      const GS = f(h.gradScale);
+      const decay = h.weightDecay > 0;
+      const clip = h.gradScale !== 1;
+      for (let i = 0; i < n; i++) {
+        const p = ins[i] as Float32Array;
+        const g = ins[n + i] as Float32Array;
+        const m = ins[2 * n + i] as Float32Array;
+        const v = ins[3 * n + i] as Float32Array;
+        const P = outs[i]!;
+        const M = outs[n + i]!;
+        const V = outs[2 * n + i]!;
+        for (let j = 0; j < p.length; j++) {
+          const gj = clip ? f(g[j]! * GS) : g[j]!;
+          const mj = f(f(m[j]! * B1) + f(gj * OB1));
+          const vj = f(f(v[j]! * B2) + f(f(gj * gj) * OB2));
+          const denom = f(f(f(Math.sqrt(vj)) / SB2) + EPS);
+          const pj = decay ? f(p[j]! * DEC) : p[j]!;
+          P[j] = f(pj - f(f(mj / denom) * LRB));
+          M[j] = mj;
+          V[j] = vj;
+        }
+      }
+    },
+  });
 
   register(
     'McpcConcatLinear',

@@ -1,0 +1,47 @@
+/**
+ * The CPU table's fused optimizer step (src/runtime/kernels/cpu-ops.ts McpcAdamW, what the executor runs when
+ * the plan fused the optimizer): every tensor's new weights and moments equal optimizer.ts `update` per tensor
+ * (after the clipping multiply) bit for bit, on the cpu and wasm backends, with and without weight decay and
+ * clipping, at the first step and a later one.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { adamwAllCpu } from '../../../src/runtime/kernels/cpu-ops.js';
+import { update } from '../../../src/runtime/optimizer.js';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+
+function rnd(seed: number) {
+  let x = seed;
+  return () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+}
+
+afterAll(() => initBackend('cpu'));
+
+describe('McpcAdamW', () => {
+  for (const backend of ['cpu', 'wasm'] as const)
+    it(`equals the per-tensor AdamW update bit for bit (${backend})`, async () => {
+      await initBackend(backend);
+      const r = rnd(11);
+      const shapes = [[7, 5], [16], [3, 4, 2], [1, 1], [64, 33]];
+      const opt = { kind: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
+      for (const [t, lr, wd, clip] of [
+        [1, 2e-4, 0, 1],
+        [7, 1e-3, 0.01, 0.37],
+        [250, 3e-5, 0.1, 1],
+      ] as const) {
+        const mk = (scale: number, pos = false) => shapes.map((s) => tf.tensor(Float32Array.from({ length: s.reduce((a, b) => a * b, 1) }, () => (pos ? Math.abs(r()) : r()) * scale), s));
+        const ps = mk(1);
+        const gs = mk(0.01);
+        const ms = mk(0.001);
+        const vs = mk(1e-5, true);
+        const got = adamwAllCpu(ps, gs, ms, vs, { lr, weightDecay: wd, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t, gradScale: clip });
+        ps.forEach((p, i) => {
+          const g = clip === 1 ? gs[i]! : tf.mul(gs[i]!, clip);
+          const want = update(opt, p, g, { m: ms[i]!, v: vs[i]! }, lr, wd, t);
+          const same = (a: Tensor, b: Tensor, what: string) => expect(Buffer.from((a.dataSync() as Float32Array).buffer).equals(Buffer.from((b.dataSync() as Float32Array).buffer)), `${what} ${i} t=${t}`).toBe(true);
+          same(got.p[i]!, want.p, 'p');
+          same(got.m[i]!, want.s.m, 'm');
+          same(got.v[i]!, want.s.v!, 'v');
+        });
+      }
+    });
+});
