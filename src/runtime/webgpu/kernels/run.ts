@@ -159,11 +159,16 @@ export function lit(x: number): string {
 }
 
 /**
- * WGSL: a workgroup array `red` of `wg` floats and `reduce_sum(lid, v)`, the sum of `v` over the workgroup
- * (shared-memory tree; every invocation must call it; `wg` a power of two).
+ * WGSL: a workgroup array `red` of `wg` floats, a slot `red_sum`, and `reduce_sum(lid, v)`, the sum of `v`
+ * over the workgroup (shared-memory tree; every invocation must call it; `wg` a power of two).
  */
 export function wgslReduceSum(wg: number): string {
+  // The total is handed out through a slot of its own (red_sum), not red[0]: Mesa's llvmpipe moves a
+  // workgroup load below the bare barrier() Tint emits for workgroupBarrier(), so a read of red[0] could see
+  // the next reduction's first write there (src/compiler/fusion/wgsl.ts REDUCE has the evidence). red_sum is
+  // written again only after the next call's tree and its barriers.
   return `var<workgroup> red: array<f32, ${wg}>;
+var<workgroup> red_sum: f32;
 fn reduce_sum(lid: u32, v: f32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
@@ -171,8 +176,8 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     if (lid < k) { red[lid] = red[lid] + red[lid + k]; }
     workgroupBarrier();
   }
-  let s = red[0];
+  if (lid == 0u) { red_sum = red[0]; }
   workgroupBarrier();
-  return s;
+  return red_sum;
 }`;
 }

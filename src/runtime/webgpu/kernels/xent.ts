@@ -25,6 +25,7 @@ export const XENT_MAX_WIDTH = Number.POSITIVE_INFINITY;
 
 const rowReduce = `
 ${wgslReduceSum(WG)}
+var<workgroup> red_max: f32;
 fn reduce_max(lid: u32, v: f32) -> f32 {
   red[lid] = v;
   workgroupBarrier();
@@ -32,9 +33,10 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
     workgroupBarrier();
   }
-  let s = red[0];
+  // A slot of its own, as reduce_sum's (run.ts): reduce_sum's first write to red[0] may not clobber it.
+  if (lid == 0u) { red_max = red[0]; }
   workgroupBarrier();
-  return s;
+  return red_max;
 }`;
 
 /** Folds a logits chunk [T, C] (columns offset … offset+C−1) into the running (m, l, picked) per token. */
