@@ -82,6 +82,19 @@ export function zeroState(opt: OptimizerSettings, shape: number[]): SlotState {
   return opt.kind === 'adamw' ? { m: tf.zeros(shape), v: tf.zeros(shape) } : { m: tf.zeros(shape) };
 }
 
+/** One AdamW step over every trainable tensor at once (the fused optimizer's kernels: CPU and WebGPU). */
+export interface AdamWStep {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Steps taken including this one (1 on the first). */
+  t: number;
+  /** Clipping factor applied to every gradient (1: none). */
+  gradScale: number;
+}
+
 /**
  * One update of one tensor: returns the new parameter and state (new tensors; the caller disposes the old).
  * `t` is the step count including this step (1 on the first). `g` is already clipped.

@@ -20,6 +20,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
+import type { AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
 
 type Info = tf.TensorInfo;
@@ -143,18 +144,6 @@ function partWidths(a: Attrs): number[] {
 
 // --- AdamW over every trainable tensor --------------------------------------------------------------------------------
 
-/** Hyperparameters of one fused AdamW step (optimizer.ts `update` per tensor, with the clipping factor). */
-export interface AdamWStep {
-  lr: number;
-  weightDecay: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** The step count, from 1 (bias correction). */
-  t: number;
-  /** The gradient-clipping factor (1: none). */
-  gradScale: number;
-}
 
 /**
  * One AdamW step of every tensor in ONE kernel call (McpcAdamW): the plan's fused optimizer (pass

@@ -24,6 +24,7 @@
  * SIMD is available, and this JavaScript otherwise or with MCPC_FUSED_WASM=0.
  */
 import type { FusedExprAttrs, FusedInputKind, FusedSerialNode } from '../../plan/fused.js';
+import { CONST, ROW, programShape, type FusedRoot } from './fused-program.js';
 import { emitFused, fusedWasmEnabled, instantiateFused } from './fused-wasm.js';
 
 /** (rows, cols, inputs, saved outputs, upstream gradients, results) */
@@ -40,12 +41,6 @@ export interface CompiledFused {
   grads: (number | null)[];
 }
 
-type Cls = 0 | 1 | 2 | 3; // const, vec, row, elem
-const CONST = 0;
-const VEC = 1;
-const ROW = 2;
-const ELEM = 3;
-const join = (a: Cls, b: Cls): Cls => (a === b ? a : a === CONST ? b : b === CONST ? a : ELEM);
 
 const unary: Record<string, (a: string) => string> = {
   neg: (a) => `(-${a})`,
@@ -71,35 +66,11 @@ const binary: Record<string, (a: string, b: string) => string> = {
   eq: (a, b) => `(${a} === ${b} ? 1 : 0)`,
 };
 
-/** A root of a generated function: written per element, or (a `vec` gradient) summed over the rows. */
-interface Root {
-  node: number;
-  reduce: 'none' | 'cols';
-}
+type Root = FusedRoot;
 
 /** JavaScript source of one function over `nodes` (a serial program) writing `roots` to O0, O1, ... */
 export function generate(nodes: readonly FusedSerialNode[], kinds: readonly FusedInputKind[], roots: readonly Root[]): string {
-  const cls: Cls[] = [];
-  const stage: number[] = [];
-  for (const [op, ...a] of nodes) {
-    if (op === 'in') cls.push(kinds[a[0]!] === 'vec' ? VEC : ELEM);
-    else if (op === 'out' || op === 'dy') cls.push(ELEM);
-    else if (op === 'const' || op === 'cols') cls.push(CONST);
-    else if (op === 'rowsum') cls.push(ROW);
-    else cls.push(a.reduce<Cls>((c, i) => join(c, cls[i]!), CONST));
-    const leaf = op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols';
-    stage.push(leaf ? 0 : op === 'rowsum' ? stage[a[0]!]! + 1 : Math.max(0, ...a.map((i) => stage[i]!)));
-  }
-  // What the roots need.
-  const needed = new Set<number>();
-  const visit = (i: number) => {
-    if (needed.has(i)) return;
-    needed.add(i);
-    const [op, ...a] = nodes[i]!;
-    if (!(op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols')) a.forEach(visit);
-  };
-  roots.forEach((r) => visit(r.node));
-  const last = Math.max(0, ...roots.map((r) => stage[r.node]!));
+  const { cls, stage, needed, last } = programShape(nodes, kinds, roots);
 
   const leaf = (i: number): string => {
     const [op, v] = nodes[i]! as [string, number];

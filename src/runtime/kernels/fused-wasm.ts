@@ -25,23 +25,14 @@
  */
 import type { FusedInputKind, FusedSerialNode } from '../../plan/fused.js';
 import { tf } from '../tfjs/index.js';
+import { CONST, ROW, isLeaf, programShape, type FusedRoot } from './fused-program.js';
 import { Code, encodeModule, I32, Op, Simd, V128, type ValType, wasmSimdSupported } from '../tfjs/wasm-emit.js';
 
 /** (rows, cols, inputs, saved outputs, upstream gradients, results): as ./fused-js.ts FusedFn. */
 type FusedFn = (rows: number, cols: number, ins: Float32Array[], ys: Float32Array[], dys: Float32Array[], outs: Float32Array[]) => void;
 
-export interface WasmRoot {
-  node: number;
-  reduce: 'none' | 'cols';
-}
+export type WasmRoot = FusedRoot;
 
-type Cls = 0 | 1 | 2 | 3; // const, vec, row, elem
-const CONST = 0;
-const VEC = 1;
-const ROW = 2;
-const ELEM = 3;
-const join = (a: Cls, b: Cls): Cls => (a === b ? a : a === CONST ? b : b === CONST ? a : ELEM);
-const isLeaf = (op: string) => op === 'in' || op === 'out' || op === 'dy' || op === 'const' || op === 'cols';
 
 /** A pointer parameter of the generated function. */
 interface Ptr {
@@ -62,25 +53,7 @@ const NUM_TEMPS = 6;
 
 /** The module (one export `f(rows, cols, ...byte offsets)`) computing `roots` of the serial program `nodes`. */
 export function emitFused(nodes: readonly FusedSerialNode[], kinds: readonly FusedInputKind[], roots: readonly WasmRoot[]): FusedWasmModule {
-  const cls: Cls[] = [];
-  const stage: number[] = [];
-  for (const [op, ...a] of nodes) {
-    if (op === 'in') cls.push(kinds[a[0]!] === 'vec' ? VEC : ELEM);
-    else if (op === 'out' || op === 'dy') cls.push(ELEM);
-    else if (op === 'const' || op === 'cols') cls.push(CONST);
-    else if (op === 'rowsum') cls.push(ROW);
-    else cls.push(a.reduce<Cls>((c, i) => join(c, cls[i]!), CONST));
-    stage.push(isLeaf(op) ? 0 : op === 'rowsum' ? stage[a[0]!]! + 1 : Math.max(0, ...a.map((i) => stage[i]!)));
-  }
-  const needed = new Set<number>();
-  const visit = (i: number) => {
-    if (needed.has(i)) return;
-    needed.add(i);
-    const [op, ...a] = nodes[i]!;
-    if (!isLeaf(op)) a.forEach(visit);
-  };
-  roots.forEach((r) => visit(r.node));
-  const last = Math.max(0, ...roots.map((r) => stage[r.node]!));
+  const { cls, stage, needed, last } = programShape(nodes, kinds, roots);
 
   // Parameters: rows, cols, then one byte offset per array used.
   const ptrs: Ptr[] = [];

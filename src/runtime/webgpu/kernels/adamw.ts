@@ -9,20 +9,9 @@
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
 import { dispatch } from './run.js';
+import type { AdamWStep } from '../../optimizer.js';
 
 const WG = 256;
-
-export interface AdamWStep {
-  lr: number;
-  weightDecay: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** Steps taken including this one (1 on the first). */
-  t: number;
-  /** Clipping factor applied to every gradient (1: none). */
-  gradScale: number;
-}
 
 const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
 
