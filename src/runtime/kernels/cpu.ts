@@ -14,6 +14,8 @@
  *                       MCPC_ATTENTION_WASM=0, grouped-query GEMMs without repeating K/V (no Tile), the 1/√d
  *                       scale on q, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
+ *   lm_head_xent        the head GEMM and the softmax cross-entropy over chunks of rows (./cpu-xent.ts): no [T, V]
+ *                       logits tensor, the gradient from the saved logsumexp (dx, dW each only when asked)
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
  *                       autodiff asks for: a frozen base weight in the stack costs no dYᵀ·x; dX one GEMM over
  *                       the parts' gradients where they lie)
@@ -42,6 +44,7 @@ import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
 import { moeDownFits, moeDownRoutedOp, moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
 import { attentionOp, attentionRanges } from './cpu-attention.js';
+import { lmHeadXentCpu, lmHeadXentFits } from './cpu-xent.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -162,6 +165,15 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       });
     },
 
+    lm_head_xent(inputs, step, ctx) {
+      // The LM head and the cross-entropy in one kernel over chunks of rows (./cpu-xent.ts): no [T, V] logits
+      // tensor, no one-hot, the gradient from the saved logsumexp; the reference for given logits.
+      const given = flag(step, 'logitsGiven', inputs.length === 3);
+      const [x, W, labels, mask] = inputs;
+      if (given || inputs.length !== 4 || !lmHeadXentFits(x!, W!, labels!, mask!)) return reference.lm_head_xent(inputs, step, ctx);
+      return [lmHeadXentCpu(x!, W!, labels!, mask!)];
+    },
+
     rope(inputs, step, ctx) {
       const d = num(step, 'headDim');
       if (inputs.length !== 2 || d % 2 !== 0 || !f32(inputs) || inputs.some((t) => t.rank !== 2 || dims(t)[0] !== ctx.positions.length)) return reference.rope(inputs, step, ctx);
@@ -183,7 +195,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
+export const cpuFusedOps: readonly PlanOp[] = ['lm_head_xent', 'fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any

@@ -1,0 +1,78 @@
+/**
+ * The CPU table's lm_head_xent (src/runtime/kernels/cpu-xent.ts: head GEMM and softmax cross-entropy over
+ * chunks of rows) against the reference kernel: the loss and the gradients of x and W, on the cpu and wasm
+ * backends, for one token, several chunks (V large), labels outside [0, V), zero masks, an all-zero mask;
+ * and only the gradients autodiff asks for run.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
+import { reference, type KernelStep } from '../../../src/runtime/kernels/reference.js';
+import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+
+function rnd(seed: number) {
+  let x = seed;
+  return () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+}
+const step: KernelStep = { node: 'loss', op: 'lm_head_xent', inputs: ['x', 'W', 'labels', 'mask'], outputs: ['loss'], attrs: {} };
+const ctx = { rows: 1, seqLen: 1, positions: new Int32Array(1), segments: new Int32Array(1), cache: new Map<string, Tensor>() };
+const table = cpuKernels({ kernels: [] });
+
+function lossAndGrads(kernel: typeof reference.lm_head_xent, x: Tensor, W: Tensor, labels: Tensor, mask: Tensor): Float32Array[] {
+  return tf.tidy(() => {
+    const f = (a: Tensor, b: Tensor) => kernel([a, b, labels, mask], step, ctx)[0]! as tf.Scalar;
+    const { value, grads } = tf.valueAndGrads(f)([x, W]);
+    return [value, ...grads].map((t) => Float32Array.from(t.dataSync()));
+  });
+}
+
+const relErr = (a: Float32Array, b: Float32Array) => {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return num / Math.max(den, 1e-6);
+};
+
+afterAll(() => initBackend('cpu'));
+
+describe('lm_head_xent on the CPU table', () => {
+  for (const backend of ['cpu', 'wasm'] as const)
+    it(`equals the reference: loss, dx, dW (${backend})`, async () => {
+      await initBackend(backend);
+      const r = rnd(5);
+      for (const [T, d, V, pattern] of [
+        [1, 3, 5, 'all'],
+        [7, 4, 9, 'some'],
+        [300, 6, 4000, 'some'],
+        [33, 5, 11, 'invalid'],
+        [9, 3, 6, 'none'],
+      ] as const) {
+        const x = tf.tensor2d(Float32Array.from({ length: T * d }, r), [T, d]);
+        const W = tf.tensor2d(Float32Array.from({ length: V * d }, () => r() * 2), [V, d]);
+        const lab = Int32Array.from({ length: T }, (_, t) => (pattern === 'invalid' && t % 4 === 1 ? (t % 8 === 1 ? -1 : V) : Math.floor(Math.abs(r()) * V) % V));
+        const msk = Float32Array.from({ length: T }, (_, t) => (pattern === 'all' ? 1 : pattern === 'none' ? 0 : t % 3 === 2 ? 0 : 1));
+        const labels = tf.tensor1d(lab, 'int32');
+        const mask = tf.tensor1d(msk);
+        const want = lossAndGrads(reference.lm_head_xent, x, W, labels, mask);
+        const got = lossAndGrads(table.lm_head_xent, x, W, labels, mask);
+        ['loss', 'dx', 'dW'].forEach((what, i) => expect(relErr(got[i]!, want[i]!), `${what} T=${T} V=${V} ${pattern}`).toBeLessThan(2e-5));
+        tf.dispose([x, W, labels, mask]);
+      }
+    });
+
+  it('runs one kernel forward and only the gradients asked for', async () => {
+    await initBackend('wasm');
+    const x = tf.tensor2d([0.1, -0.2, 0.3, 0.4, 0.5, -0.6], [3, 2]);
+    const W = tf.tensor2d([1, 2, 3, 4, 5, 6, 7, 8], [4, 2]);
+    const labels = tf.tensor1d([0, 3, 1], 'int32');
+    const mask = tf.tensor1d([1, 1, 0]);
+    const fwd = await tf.profile(() => table.lm_head_xent([x, W, labels, mask], step, ctx)[0]);
+    expect(fwd.kernelNames).toEqual(['McpcLmHeadXent']);
+    const onlyX = await tf.profile(() => tf.grad((a: Tensor) => table.lm_head_xent([a, W, labels, mask], step, ctx)[0]! as tf.Scalar)(x));
+    expect(onlyX.kernelNames).toContain('McpcLmHeadXentDx');
+    expect(onlyX.kernelNames).not.toContain('McpcLmHeadXentDw');
+    tf.dispose([x, W, labels, mask]);
+  });
+});
