@@ -32,7 +32,7 @@ interface CpuLike {
 }
 
 /** Output shapes, then the computation over views (inputs first, outputs after; outputs start zeroed unless `writesAll`). */
-interface CpuOp {
+export interface CpuOp {
   shapes(inputs: Info[], attrs: Attrs): number[][];
   /** Writes every element of every output: the outputs are not zeroed first. */
   writesAll?: boolean;
@@ -67,7 +67,8 @@ function kernelFor(op: CpuOp, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
 }
 
 const registered = new Set<string>();
-function register(name: string, op: CpuOp, grad?: Omit<tf.GradConfig, 'kernelName'>): void {
+/** Register `op` as tfjs kernel `name` on both CPU backends (once), with its gradient. Other CPU kernel modules use it too. */
+export function registerCpuKernel(name: string, op: CpuOp, grad?: Omit<tf.GradConfig, 'kernelName'>): void {
   if (registered.has(name)) return;
   registered.add(name);
   for (const b of ['wasm', 'cpu'] as const) tf.registerKernel({ kernelName: name, backendName: b, kernelFunc: kernelFor(op, b) });
@@ -164,9 +165,9 @@ export function adamwAllCpu(ps: Tensor[], gs: Tensor[], ms: Tensor[], vs: Tensor
 // --- registration -------------------------------------------------------------------------------------------------------
 
 export function ensureCpuOps(): void {
-  if (registered.size) return;
+  if (registered.has('McpcFused')) return;
 
-  register(
+  registerCpuKernel(
     'McpcFused',
     {
       shapes: (ins, a) => program(a).outputs.map(() => [a.rows as number, a.cols as number]),
@@ -199,7 +200,7 @@ export function ensureCpuOps(): void {
       },
     },
   );
-  register('McpcFusedGrad', {
+  registerCpuKernel('McpcFusedGrad', {
     shapes: (ins, a) => [program(a).slots[a.slot as number]!.reduce === 'cols' ? [a.cols as number] : [a.rows as number, a.cols as number]],
     run: (ins, outs, _i, a) => {
       const p = program(a);
@@ -238,7 +239,7 @@ export function ensureCpuOps(): void {
         }
     },
   };
-  register('McpcRope', rope, {
+  registerCpuKernel('McpcRope', rope, {
     inputsToSave: [],
     saveAllInputs: true,
     gradFunc: (dy, saved, a) => ({
@@ -247,9 +248,9 @@ export function ensureCpuOps(): void {
       2: () => tf.zerosLike(saved[2]!),
     }),
   });
-  register('McpcRopeInverse', rope);
+  registerCpuKernel('McpcRopeInverse', rope);
 
-  register('McpcAdamW', {
+  registerCpuKernel('McpcAdamW', {
     shapes: (ins, a) => {
       const n = a.n as number;
       const sh = ins.slice(0, n).map((t) => t.shape as number[]);
@@ -294,7 +295,7 @@ export function ensureCpuOps(): void {
     },
   });
 
-  register(
+  registerCpuKernel(
     'McpcConcatLinear',
     {
       shapes: (ins, a) => partWidths(a).map((w) => [ins[0]!.shape[0]!, w]),
@@ -330,7 +331,7 @@ export function ensureCpuOps(): void {
       },
     },
   );
-  register('McpcConcatLinearDx', {
+  registerCpuKernel('McpcConcatLinearDx', {
     shapes: (ins, a) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
     writesAll: true,
     run: (ins, [dx], infos, a) => {

@@ -10,52 +10,15 @@
  */
 import { matmulInto } from '../tfjs/gemm.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { registerCpuKernel } from './cpu-ops.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
-
-type Info = tf.TensorInfo;
 
 /** Rows per chunk: the chunk's logits stay under 2^20 floats (4 MiB). */
 const chunkRows = (V: number) => Math.max(1, Math.floor((1 << 20) / Math.max(1, V)));
 
 let scratch = new Float32Array(0);
 const block = (n: number) => (scratch.length >= n ? scratch : (scratch = new Float32Array(n)));
-
-interface CpuLike {
-  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
-  data: { get(id: object): { values: Float32Array | Int32Array } };
-}
-
-/** Outputs of `shapes`, then `run` over views of the inputs and outputs (wasm: the heap; cpu: the backend's arrays). */
-function kernel(backendName: 'wasm' | 'cpu', shapes: (ins: Info[]) => number[][], run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], infos: Info[], attrs: any) => void): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const infos = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const sh = shapes(infos);
-    if (backendName === 'wasm') {
-      const b = backend as unknown as WasmBackendLike;
-      const outs = sh.map((s) => b.makeOutput(s, 'float32'));
-      // Views after every allocation: allocating may grow (and so move) the heap.
-      run(
-        infos.map((t) => b.typedArrayFromHeap(t) as Float32Array | Int32Array),
-        outs.map((o) => b.typedArrayFromHeap(o) as Float32Array),
-        infos,
-        attrs,
-      );
-      return outs.length === 1 ? outs[0]! : outs;
-    }
-    const b = backend as unknown as CpuLike;
-    const views = sh.map((s) => new Float32Array(s.reduce((a, c) => a * c, 1)));
-    run(
-      infos.map((t) => b.data.get(t.dataId).values),
-      views,
-      infos,
-      attrs,
-    );
-    const outs = sh.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
-    return outs.length === 1 ? outs[0]! : outs;
-  };
-}
 
 /** The logits of rows [r0, r1) into `z` ([r1 − r0, V]). */
 function logits(x: Float32Array, W: Float32Array, r0: number, r1: number, d: number, V: number, z: Float32Array): void {
@@ -84,105 +47,88 @@ function dlogits(z: Float32Array, r0: number, r1: number, V: number, labels: Int
   }
 }
 
-let registered = false;
 function register(): void {
-  if (registered) return;
-  registered = true;
-  for (const backendName of ['wasm', 'cpu'] as const) {
-    tf.registerKernel({
-      kernelName: 'McpcLmHeadXent',
-      backendName,
-      kernelFunc: kernel(
-        backendName,
-        (ins) => [[], [ins[0]!.shape[0]!]],
-        ([x, W, labels, mask], [loss, lse], infos) => {
-          const [T, d] = infos[0]!.shape as [number, number];
-          const V = infos[1]!.shape[0]!;
-          const R = chunkRows(V);
-          const z = block(R * V);
-          let sum = 0;
-          for (let r0 = 0; r0 < T; r0 += R) {
-            const r1 = Math.min(T, r0 + R);
-            logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
-            for (let t = r0; t < r1; t++) {
-              const o = (t - r0) * V;
-              let m = -Infinity;
-              for (let v = 0; v < V; v++) if (z[o + v]! > m) m = z[o + v]!;
-              let s = 0;
-              for (let v = 0; v < V; v++) s += Math.exp(z[o + v]! - m);
-              const L = m + Math.log(s);
-              lse![t] = L;
-              const label = labels![t]!;
-              if (label >= 0 && label < V) sum += mask![t]! * (L - z[o + label]!);
-            }
+  registerCpuKernel(
+    'McpcLmHeadXent',
+    {
+      shapes: (ins) => [[], [ins[0]!.shape[0]!]],
+      writesAll: true,
+      run: ([x, W, labels, mask], [loss, lse], infos) => {
+        const [T, d] = infos[0]!.shape as [number, number];
+        const V = infos[1]!.shape[0]!;
+        const R = chunkRows(V);
+        const z = block(R * V);
+        let sum = 0;
+        for (let r0 = 0; r0 < T; r0 += R) {
+          const r1 = Math.min(T, r0 + R);
+          logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
+          for (let t = r0; t < r1; t++) {
+            const o = (t - r0) * V;
+            let m = -Infinity;
+            for (let v = 0; v < V; v++) if (z[o + v]! > m) m = z[o + v]!;
+            let s = 0;
+            for (let v = 0; v < V; v++) s += Math.exp(z[o + v]! - m);
+            const L = m + Math.log(s);
+            lse![t] = L;
+            const label = labels![t]!;
+            if (label >= 0 && label < V) sum += mask![t]! * (L - z[o + label]!);
           }
-          loss![0] = sum / maskCount(mask!);
-        },
-      ),
-    });
-    tf.registerKernel({
-      kernelName: 'McpcLmHeadXentDx',
-      backendName,
-      kernelFunc: kernel(
-        backendName,
-        (ins) => [ins[0]!.shape as number[]],
-        ([x, W, labels, mask, lse, dy], [dx], infos) => {
-          const [T, d] = infos[0]!.shape as [number, number];
-          const V = infos[1]!.shape[0]!;
-          const R = chunkRows(V);
-          const z = block(R * V);
-          const coef = dy![0]! / maskCount(mask!);
-          for (let r0 = 0; r0 < T; r0 += R) {
-            const r1 = Math.min(T, r0 + R);
-            logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
-            dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
-            matmulInto(z, W as Float32Array, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false });
-          }
-        },
-      ),
-    });
-    tf.registerKernel({
-      kernelName: 'McpcLmHeadXentDw',
-      backendName,
-      kernelFunc: kernel(
-        backendName,
-        (ins) => [ins[1]!.shape as number[]],
-        ([x, W, labels, mask, lse, dy], [dW], infos) => {
-          const [T, d] = infos[0]!.shape as [number, number];
-          const V = infos[1]!.shape[0]!;
-          const R = chunkRows(V);
-          const z = block(R * V);
-          const part = new Float32Array(V * d);
-          const coef = dy![0]! / maskCount(mask!);
-          dW!.fill(0);
-          for (let r0 = 0; r0 < T; r0 += R) {
-            const r1 = Math.min(T, r0 + R);
-            logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
-            dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
-            // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn).
-            matmulInto(z, (x as Float32Array).subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
-            for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;
-          }
-        },
-      ),
-    });
-  }
-  tf.registerGradient({
-    kernelName: 'McpcLmHeadXent',
-    inputsToSave: ['0', '1', '2', '3'],
-    outputsToSave: [false, true],
-    gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[]) => {
-      const g = Array.isArray(dy) ? dy[0]! : dy;
-      const [x, W, labels, mask, lse] = saved as [Tensor, Tensor, Tensor, Tensor, Tensor];
-      const args = [x, W, labels, mask, lse, g] as unknown as tf.NamedTensorMap;
-      return {
-        0: () => tf.engine().runKernel('McpcLmHeadXentDx', args) as Tensor,
-        1: () => tf.engine().runKernel('McpcLmHeadXentDw', args) as Tensor,
-        2: () => tf.zerosLike(labels),
-        3: () => tf.zerosLike(mask),
-      };
-    }) as any,
-  } as any);
+        }
+        loss![0] = sum / maskCount(mask!);
+      },
+    },
+    {
+      inputsToSave: ['0', '1', '2', '3'],
+      outputsToSave: [false, true],
+      gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[]) => {
+        const g = Array.isArray(dy) ? dy[0]! : dy;
+        const [x, W, labels, mask, lse] = saved as [Tensor, Tensor, Tensor, Tensor, Tensor];
+        const args = [x, W, labels, mask, lse, g] as unknown as tf.NamedTensorMap;
+        return {
+          0: () => tf.engine().runKernel('McpcLmHeadXentDx', args) as Tensor,
+          1: () => tf.engine().runKernel('McpcLmHeadXentDw', args) as Tensor,
+          2: () => tf.zerosLike(labels),
+          3: () => tf.zerosLike(mask),
+        };
+      }) as any,
+    },
+  );
+  registerCpuKernel('McpcLmHeadXentDx', {
+    shapes: (ins) => [ins[0]!.shape as number[]],
+    writesAll: true,
+    run: ([x, W, labels, mask, lse, dy], [dx], infos) => {
+      const [T, d] = infos[0]!.shape as [number, number];
+      const V = infos[1]!.shape[0]!;
+      const R = chunkRows(V);
+      const z = block(R * V);
+      const coef = dy![0]! / maskCount(mask!);
+      for (let r0 = 0; r0 < T; r0 += R) {
+        const r1 = Math.min(T, r0 + R);
+        logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
+        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
+        matmulInto(z, W as Float32Array, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false });
+      }
+    },
+  });
+  registerCpuKernel('McpcLmHeadXentDw', {
+    shapes: (ins) => [ins[1]!.shape as number[]],
+    run: ([x, W, labels, mask, lse, dy], [dW], infos) => {
+      const [T, d] = infos[0]!.shape as [number, number];
+      const V = infos[1]!.shape[0]!;
+      const R = chunkRows(V);
+      const z = block(R * V);
+      const part = new Float32Array(V * d);
+      const coef = dy![0]! / maskCount(mask!);
+      for (let r0 = 0; r0 < T; r0 += R) {
+        const r1 = Math.min(T, r0 + R);
+        logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
+        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
+        // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn); dW starts zeroed.
+        matmulInto(z, (x as Float32Array).subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
+        for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;
+      }
+    },
+  });
 }
 
 /** Whether the kernel takes these inputs: x [T, d], W [V, d] float32, labels [T] int32 or float32, mask [T] float32. */

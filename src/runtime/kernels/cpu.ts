@@ -14,6 +14,7 @@
  *                       MCPC_ATTENTION_WASM=0, grouped-query GEMMs without repeating K/V (no Tile), the 1/√d
  *                       scale on q, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
+ *   topk_gate           one kernel each way (./cpu-topk.ts; the backward recomputes the mask from the saved p)
  *   lm_head_xent        the head GEMM and the softmax cross-entropy over chunks of rows (./cpu-xent.ts): no [T, V]
  *                       logits tensor, the gradient from the saved logsumexp (dx, dW each only when asked)
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
@@ -45,6 +46,7 @@ import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
 import { moeDownFits, moeDownRoutedOp, moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
 import { attentionOp, attentionRanges } from './cpu-attention.js';
 import { lmHeadXentCpu, lmHeadXentFits } from './cpu-xent.js';
+import { topkGateCpu, topkGateCpuFits } from './cpu-topk.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -174,6 +176,14 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       return [lmHeadXentCpu(x!, W!, labels!, mask!)];
     },
 
+    topk_gate(inputs, step, ctx) {
+      // One kernel each way (./cpu-topk.ts) instead of TopK, a one-hot mask, Mul, Sum, RealDiv and their backward.
+      const p = inputs[0];
+      const k = num(step, 'k');
+      if (inputs.length !== 1 || !p || !topkGateCpuFits(p, k)) return reference.topk_gate(inputs, step, ctx);
+      return [topkGateCpu(p, k, flag(step, 'renormalize', true))];
+    },
+
     rope(inputs, step, ctx) {
       const d = num(step, 'headDim');
       if (inputs.length !== 2 || d % 2 !== 0 || !f32(inputs) || inputs.some((t) => t.rank !== 2 || dims(t)[0] !== ctx.positions.length)) return reference.rope(inputs, step, ctx);
@@ -195,7 +205,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['lm_head_xent', 'fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
+export const cpuFusedOps: readonly PlanOp[] = ['lm_head_xent', 'topk_gate', 'fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any

@@ -1,0 +1,87 @@
+/**
+ * `topk_gate` for the CPU kernel table as one tfjs kernel each way (McpcTopkGate, McpcTopkGateGrad), where the
+ * reference records TopK, a one-hot mask, Mul, Sum and RealDiv and their backward. p [T, E] masked to each
+ * token's k largest entries (ties to the lower index, as tf.topk), renormalised over them when asked; k >= E
+ * keeps every expert. The backward recomputes the mask from the saved p (the mask has no gradient):
+ *
+ *   renormalize   g = kept / S, S = Σ kept      dp_e = mask_e · (dg_e − Σ_e' dg_e'·g_e') / S
+ *   otherwise     g = kept                      dp_e = mask_e · dg_e
+ *
+ * The same arithmetic as ../webgpu/topk-gate.ts; in f64 per row, stored as f32.
+ */
+import { tf, type Tensor } from '../tfjs/index.js';
+import { registerCpuKernel } from './cpu-ops.js';
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
+
+/** mask[e] for row `o` of p: whether e is among the row's k largest (ties to the lower index). */
+function rowMask(p: Float32Array, o: number, E: number, k: number, mask: Uint8Array): void {
+  for (let e = 0; e < E; e++) {
+    const me = p[o + e]!;
+    let above = 0;
+    for (let j = 0; j < E && above < k; j++) {
+      const x = p[o + j]!;
+      if (x > me || (x === me && j < e)) above++;
+    }
+    mask[e] = above < k ? 1 : 0;
+  }
+}
+
+function register(): void {
+  registerCpuKernel(
+    'McpcTopkGate',
+    {
+      shapes: (ins) => [ins[0]!.shape as number[]],
+      writesAll: true,
+      run: ([p], [g], infos, a) => {
+        const [T, E] = infos[0]!.shape as [number, number];
+        const mask = new Uint8Array(E);
+        for (let t = 0, o = 0; t < T; t++, o += E) {
+          rowMask(p as Float32Array, o, E, a.k as number, mask);
+          let s = 0;
+          for (let e = 0; e < E; e++) s += mask[e] ? p![o + e]! : 0;
+          const inv = a.renormalize ? 1 / s : 1;
+          for (let e = 0; e < E; e++) g![o + e] = mask[e] ? p![o + e]! * inv : 0;
+        }
+      },
+    },
+    {
+      inputsToSave: ['0'],
+      gradFunc: ((dy: Tensor, saved: Tensor[], attrs: any) => ({
+        0: () => tf.engine().runKernel('McpcTopkGateGrad', [saved[0]!, dy] as unknown as tf.NamedTensorMap, { k: attrs.k, renormalize: attrs.renormalize } as unknown as tf.NamedAttrMap) as Tensor,
+      })) as any,
+    },
+  );
+  registerCpuKernel('McpcTopkGateGrad', {
+    shapes: (ins) => [ins[0]!.shape as number[]],
+    writesAll: true,
+    run: ([p, dg], [dp], infos, a) => {
+      const [T, E] = infos[0]!.shape as [number, number];
+      const mask = new Uint8Array(E);
+      for (let t = 0, o = 0; t < T; t++, o += E) {
+        rowMask(p as Float32Array, o, E, a.k as number, mask);
+        if (!a.renormalize) {
+          for (let e = 0; e < E; e++) dp![o + e] = mask[e] ? dg![o + e]! : 0;
+          continue;
+        }
+        let s = 0;
+        for (let e = 0; e < E; e++) s += mask[e] ? p![o + e]! : 0;
+        const inv = 1 / s;
+        let dot = 0;
+        for (let e = 0; e < E; e++) if (mask[e]) dot += dg![o + e]! * p![o + e]! * inv;
+        for (let e = 0; e < E; e++) dp![o + e] = mask[e] ? (dg![o + e]! - dot) * inv : 0;
+      }
+    },
+  });
+}
+
+/** Whether the kernel takes p: float32 [T, E], T, E >= 1, and an integer k >= 1. */
+export function topkGateCpuFits(p: Tensor, k: number): boolean {
+  return p.dtype === 'float32' && p.rank === 2 && p.shape[0]! >= 1 && p.shape[1]! >= 1 && Number.isInteger(k) && k >= 1;
+}
+
+/** topk_gate of p [T, E] (checked by {@link topkGateCpuFits}); k past E keeps every expert, as the reference. */
+export function topkGateCpu(p: Tensor, k: number, renormalize: boolean): Tensor {
+  register();
+  return tf.engine().runKernel('McpcTopkGate', [p] as unknown as tf.NamedTensorMap, { k: Math.min(k, p.shape[1]!), renormalize } as unknown as tf.NamedAttrMap) as Tensor;
+}
