@@ -3,7 +3,7 @@
  * recomputed here from the plan alone (its forward and backward steps, values and buffers), not taken
  * from the pass.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -258,5 +258,29 @@ describe('plan-memory under a budget', () => {
     expect(c.reports.find((r) => r.name === 'plan-memory')!.notes.join('\n')).toContain('one: micro_batch 4 -> 1, recompute false -> true');
     checkPeak(st);
     checkBuffers(st);
+  });
+});
+
+describe('divisorsDesc (the micro-batch candidates under a budget)', () => {
+  it('every divisor, largest first, as a loop over 1..n finds them', () => {
+    for (let n = 1; n <= 1500; n++) {
+      const want: number[] = [];
+      for (let d = n; d >= 1; d--) if (n % d === 0) want.push(d);
+      expect(divisorsDesc(n), `n = ${n}`).toEqual(want);
+    }
+  });
+
+  it('a huge batch: √n work, and past 2^53 only n itself (batch 99999999999999999999 aborted the compiler)', () => {
+    const t = performance.now();
+    expect(divisorsDesc(1_000_000_000)).toHaveLength(100);
+    expect(divisorsDesc(2 ** 53 - 1)[0]).toBe(2 ** 53 - 1);
+    expect(divisorsDesc(1e20)).toEqual([1e20]);
+    expect(divisorsDesc(0)).toEqual([]);
+    expect(performance.now() - t).toBeLessThan(2000);
+    const { path, dir } = inline('  memory 1GB');
+    writeFileSync(path, readFileSync(path, 'utf8').replace('batch 8', 'batch 99999999999999999999\n  micro_batch 4'));
+    const res = compileFile(path, nodeHost(dir, dir), {}, { optLevel: 1 });
+    expect(res.plan, res.diagnostics.map((d) => d.message).join('; ')).toBeDefined();
+    expect(res.plan!.stages[0]!.memory.microBatch).toBeGreaterThanOrEqual(1);
   });
 });

@@ -336,11 +336,21 @@ export function planStageMemory(ir: IR, st: StageIR, opts: { microBatch: number;
   };
 }
 
-/** Divisors of n, largest first. */
+/**
+ * Divisors of n, largest first, by trial division up to √n (a loop from n down to 1 hung on a large batch, and
+ * `batch 99999999999999999999` grew its array until V8 aborted the process). A number past 2^53 is not a
+ * whole number JavaScript can divide exactly: only n itself.
+ */
 export const divisorsDesc = (n: number): number[] => {
-  const out: number[] = [];
-  for (let d = n; d >= 1; d--) if (n % d === 0) out.push(d);
-  return out;
+  if (!Number.isSafeInteger(n) || n < 1) return Number.isFinite(n) && n >= 1 ? [n] : [];
+  const large: number[] = [];
+  const small: number[] = [];
+  for (let d = 1; d * d <= n; d++) {
+    if (n % d !== 0) continue;
+    small.push(d);
+    if (d * d !== n) large.push(n / d);
+  }
+  return [...large, ...small.reverse()];
 };
 
 export const planMemory: Pass = {
