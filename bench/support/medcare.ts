@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compileFile, nodeHost } from '../../src/compiler/index.js';
+import type { Pass } from '../../src/compiler/4-optimize/pass.js';
 import type { Plan } from '../../src/plan/types.js';
 import type { MicroBatch } from '../../src/runtime/data/batch.js';
 
@@ -18,13 +19,13 @@ import type { MicroBatch } from '../../src/runtime/data/batch.js';
 export const ROOT = existsSync(join(process.cwd(), 'pipelines/medcare.mcp')) ? process.cwd() : resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
 /** pipelines/medcare.mcp with the model of pipelines/pretrain.mcp (random init), compiled at `optLevel`. */
-export function medcarePlan(optLevel: 0 | 1 = 1, root = ROOT): { plan: Plan; dir: string } {
+export function medcarePlan(optLevel: 0 | 1 = 1, root = ROOT, passes?: Pass[]): { plan: Plan; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'mcpc-bench-'));
   mkdirSync(join(dir, 'pipelines'));
   symlinkSync(join(root, 'data'), join(dir, 'data'));
   const model = /model base = (builtin\([^)]*\))/.exec(readFileSync(join(root, 'pipelines/pretrain.mcp'), 'utf8'))![1]!;
   writeFileSync(join(dir, 'pipelines/medcare.mcp'), readFileSync(join(root, 'pipelines/medcare.mcp'), 'utf8').replace(/model base = hf\("[^"]*"\)/, `model base = ${model}`));
-  const res = compileFile('pipelines/medcare.mcp', nodeHost(dir, dir), {}, { optLevel });
+  const res = compileFile('pipelines/medcare.mcp', nodeHost(dir, dir), {}, { optLevel, ...(passes ? { passes } : {}) });
   if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('; '));
   return { plan: res.plan, dir };
 }
