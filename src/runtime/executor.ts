@@ -96,10 +96,11 @@ import { cpuKernelTable } from './kernels/cpu.js';
 import { adamwAllCpu } from './kernels/cpu-ops.js';
 import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
-import { fusedAdamW, webgpuKernelTable } from './kernels/webgpu.js';
+import { webgpuKernelTable } from './kernels/webgpu.js';
+import { adamwAll } from './webgpu/kernels/adamw.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
-import { clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
+import { applyAdamWAll, clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { loadBaseParameters } from './weights/hf.js';
 import { initParameter } from './weights/init.js';
@@ -630,25 +631,13 @@ class Runner implements StageRunner {
     }
     const factor = clipFactor(gradNorm, s.gradClip);
     const t = this.t + 1;
-    // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (kernels/webgpu.ts). The CPU table does
-    // the same where the plan fused the optimizer (-O1's fuse-optimizer): one kernel call (kernels/cpu-ops.ts
+    // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (webgpu/kernels/adamw.ts). The CPU table
+    // does the same where the plan fused the optimizer (-O1's fuse-optimizer): one kernel call (kernels/cpu-ops.ts
     // McpcAdamW), equal to the per-tensor update bit for bit; -O0's plan updates tensor by tensor.
-    if (this.webgpu && s.optimizer.kind === 'adamw') fusedAdamW(this.trainable, this.params, this.slots, grads, s.optimizer, { lr, weightDecay: s.weightDecay, t, gradScale: factor });
-    else if (this.kernels !== reference && this.stage.optimizer.fused && s.optimizer.kind === 'adamw') {
-      const old = this.trainable.map((id) => ({ p: this.params.get(id)!, s: this.slots.get(id)! }));
-      const r = adamwAllCpu(
-        old.map((o) => o.p),
-        grads,
-        old.map((o) => o.s.m),
-        old.map((o) => o.s.v!),
-        { lr, weightDecay: s.weightDecay, beta1: s.optimizer.beta1, beta2: s.optimizer.beta2, eps: s.optimizer.eps, t, gradScale: factor },
-      );
-      this.trainable.forEach((id, i) => {
-        this.params.set(id, tf.keep(r.p[i]!));
-        this.slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
-      });
-      tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
-    } else this.trainable.forEach((id, i) => {
+    const fused = this.webgpu || (this.kernels !== reference && this.stage.optimizer.fused);
+    if (fused && s.optimizer.kind === 'adamw')
+      applyAdamWAll(this.webgpu ? adamwAll : adamwAllCpu, this.trainable, this.params, this.slots, grads, { lr, weightDecay: s.weightDecay, beta1: s.optimizer.beta1, beta2: s.optimizer.beta2, eps: s.optimizer.eps, t, gradScale: factor });
+    else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;
       const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);

@@ -96,20 +96,60 @@ export interface AdamWStep {
 }
 
 /**
+ * The step's scalars as `update` forms them (JavaScript numbers; tfjs rounds each to an f32 scalar):
+ *   g ← g·gscale;  p ← p·decay;  m ← m·b1 + g·omb1;  v ← v·b2 + g²·omb2;  p ← p − (m / (√v / sqrtbc2 + eps))·stepsize
+ * A factor of exactly 1 (no decay, no clipping) changes nothing, so a fused kernel may always multiply.
+ */
+export function adamwScalars(h: AdamWStep) {
+  return {
+    decay: h.weightDecay > 0 ? 1 - h.lr * h.weightDecay : 1,
+    gscale: h.gradScale,
+    b1: h.beta1,
+    omb1: 1 - h.beta1,
+    b2: h.beta2,
+    omb2: 1 - h.beta2,
+    sqrtbc2: Math.sqrt(1 - Math.pow(h.beta2, h.t)),
+    eps: h.eps,
+    stepsize: h.lr / (1 - Math.pow(h.beta1, h.t)),
+  };
+}
+
+/** A fused AdamW kernel: every tensor's new parameter and moments (new tensors, shapes as given). */
+export type AdamWAll = (ps: Tensor[], gs: Tensor[], ms: Tensor[], vs: Tensor[], h: AdamWStep) => { p: Tensor[]; m: Tensor[]; v: Tensor[] };
+
+/**
+ * One AdamW step of the tensors `ids` through a fused kernel (kernels/cpu-ops.ts on the CPU backends,
+ * webgpu/kernels/adamw.ts on webgpu): replaces their tensors in `params` and `slots` and disposes the old.
+ */
+export function applyAdamWAll(all: AdamWAll, ids: readonly string[], params: Map<string, Tensor>, slots: Map<string, SlotState>, grads: Tensor[], h: AdamWStep): void {
+  const old = ids.map((id) => ({ p: params.get(id)!, s: slots.get(id)! }));
+  const r = all(
+    old.map((o) => o.p),
+    grads,
+    old.map((o) => o.s.m),
+    old.map((o) => o.s.v!),
+    h,
+  );
+  ids.forEach((id, i) => {
+    params.set(id, tf.keep(r.p[i]!));
+    slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
+  });
+  tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
+}
+
+/**
  * One update of one tensor: returns the new parameter and state (new tensors; the caller disposes the old).
  * `t` is the step count including this step (1 on the first). `g` is already clipped.
  */
 export function update(opt: OptimizerSettings, p: Tensor, g: Tensor, s: SlotState, lr: number, wd: number, t: number): { p: Tensor; s: SlotState } {
   return tf.tidy(() => {
     if (opt.kind === 'adamw') {
-      const { beta1: b1, beta2: b2, eps } = opt;
-      const decayed = wd > 0 ? tf.mul(p, 1 - lr * wd) : p;
-      const m = tf.add(tf.mul(s.m, b1), tf.mul(g, 1 - b1));
-      const v = tf.add(tf.mul(s.v!, b2), tf.mul(tf.square(g), 1 - b2));
-      const bc1 = 1 - Math.pow(b1, t);
-      const bc2 = 1 - Math.pow(b2, t);
-      const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(bc2)), eps);
-      const np = tf.sub(decayed, tf.mul(tf.div(m, denom), lr / bc1));
+      const k = adamwScalars({ lr, weightDecay: wd, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t, gradScale: 1 });
+      const decayed = wd > 0 ? tf.mul(p, k.decay) : p;
+      const m = tf.add(tf.mul(s.m, k.b1), tf.mul(g, k.omb1));
+      const v = tf.add(tf.mul(s.v!, k.b2), tf.mul(tf.square(g), k.omb2));
+      const denom = tf.add(tf.div(tf.sqrt(v), k.sqrtbc2), k.eps);
+      const np = tf.sub(decayed, tf.mul(tf.div(m, denom), k.stepsize));
       return { p: np, s: { m, v } };
     }
     const gg = wd > 0 ? tf.add(g, tf.mul(p, wd)) : g;

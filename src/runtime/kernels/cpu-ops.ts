@@ -20,7 +20,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
-import type { AdamWStep } from '../optimizer.js';
+import { adamwScalars, type AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
 
 type Info = tf.TensorInfo;
@@ -145,7 +145,6 @@ function partWidths(a: Attrs): number[] {
 
 // --- AdamW over every trainable tensor --------------------------------------------------------------------------------
 
-
 /**
  * One AdamW step of every tensor in ONE kernel call (McpcAdamW): the plan's fused optimizer (pass
  * fuse-optimizer) on the CPU backends, where the per-tensor update is ~12 tfjs ops a tensor. Each operation is
@@ -259,20 +258,10 @@ export function ensureCpuOps(): void {
     writesAll: true,
     run: (ins, outs, _i, a) => {
       const n = a.n as number;
-      const h = a as unknown as AdamWStep;
       const f = Math.fround;
-      // The scalars as tfjs makes them: f32 tensors of the JavaScript values.
-      const B1 = f(h.beta1);
-      const OB1 = f(1 - h.beta1);
-      const B2 = f(h.beta2);
-      const OB2 = f(1 - h.beta2);
-      const EPS = f(h.eps);
-      const SB2 = f(Math.sqrt(1 - Math.pow(h.beta2, h.t)));
-      const LRB = f(h.lr / (1 - Math.pow(h.beta1, h.t)));
-      const DEC = f(1 - h.lr * h.weightDecay);
-      const GS = f(h.gradScale);
-      const decay = h.weightDecay > 0;
-      const clip = h.gradScale !== 1;
+      // The scalars as tfjs makes them: f32 tensors of the JavaScript values (optimizer.ts adamwScalars).
+      const k = adamwScalars(a as unknown as AdamWStep);
+      const [DEC, GS, B1, OB1, B2, OB2, SB2, EPS, LRB] = [f(k.decay), f(k.gscale), f(k.b1), f(k.omb1), f(k.b2), f(k.omb2), f(k.sqrtbc2), f(k.eps), f(k.stepsize)];
       for (let i = 0; i < n; i++) {
         const p = ins[i] as Float32Array;
         const g = ins[n + i] as Float32Array;
@@ -282,12 +271,12 @@ export function ensureCpuOps(): void {
         const M = outs[n + i]!;
         const V = outs[2 * n + i]!;
         for (let j = 0; j < p.length; j++) {
-          const gj = clip ? f(g[j]! * GS) : g[j]!;
+          // A factor of 1 (no clipping, no decay) multiplies exactly: the same bits as skipping it.
+          const gj = f(g[j]! * GS);
           const mj = f(f(m[j]! * B1) + f(gj * OB1));
           const vj = f(f(v[j]! * B2) + f(f(gj * gj) * OB2));
           const denom = f(f(f(Math.sqrt(vj)) / SB2) + EPS);
-          const pj = decay ? f(p[j]! * DEC) : p[j]!;
-          P[j] = f(pj - f(f(mj / denom) * LRB));
+          P[j] = f(f(p[j]! * DEC) - f(f(mj / denom) * LRB));
           M[j] = mj;
           V[j] = vj;
         }

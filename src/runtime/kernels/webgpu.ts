@@ -35,14 +35,14 @@
  * LoRA dropout: the executor masks a dropout adapter's A input before the (reference) lora_down /
  * expert_down / moe_down_batched / moe_down_routed run (../dropout.ts), the same semantics as the CPU tables.
  *
- * `fusedAdamW` is the optimizer step the executor uses on webgpu: every trainable tensor in one dispatch.
+ * The executor's optimizer step on webgpu is ../webgpu/kernels/adamw.ts (every trainable tensor in one dispatch,
+ * through optimizer.ts `applyAdamWAll`).
  */
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { concatLinear, concatLinearFits, type ConcatLayout } from '../webgpu/concat-linear.js';
 import { gemm, linear } from '../webgpu/gemm.js';
 import { fusedWgsl, fusedWgslFits, fusedWgslOf, type FusedWgslProgram } from '../webgpu/fused.js';
-import { adamwAll } from '../webgpu/kernels/adamw.js';
 import { attention, segmentTensor } from '../webgpu/kernels/attention.js';
 import { orthoPenaltyBatched, type OrthoTermSpec } from '../webgpu/kernels/ortho.js';
 import { rmsnorm } from '../webgpu/kernels/rmsnorm.js';
@@ -55,7 +55,6 @@ import { moeUpGrouped, moeUpFits } from '../webgpu/moe-up.js';
 import { routedMask, routedMaskFits } from '../webgpu/routed-mask.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
 import { f16MatmulOn } from '../webgpu/matmul-f16.js';
-import type { OptimizerSettings, SlotState } from '../optimizer.js';
 import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
 
 function num(step: KernelStep, key: string): number {
@@ -262,32 +261,4 @@ export function webgpuKernelTable(plan: Pick<Plan, 'kernels'>, fused = fusedWgsl
       return fusedWgsl(p, inputs, grid.rows, grid.cols);
     }),
   };
-}
-
-/**
- * One AdamW step of every trainable tensor in one dispatch (webgpu/kernels/adamw.ts), for the executor:
- * replaces the tensors in `params` and `slots` (by id) and disposes the old ones. Same semantics as
- * optimizer.ts `update` per tensor; `gradScale` is the clipping factor.
- */
-export function fusedAdamW(
-  ids: readonly string[],
-  params: Map<string, Tensor>,
-  slots: Map<string, SlotState>,
-  grads: readonly Tensor[],
-  opt: Extract<OptimizerSettings, { kind: 'adamw' }>,
-  s: { lr: number; weightDecay: number; t: number; gradScale: number },
-): void {
-  const old = ids.map((id) => ({ p: params.get(id)!, s: slots.get(id)! }));
-  const r = adamwAll(
-    old.map((o) => o.p),
-    grads,
-    old.map((o) => o.s.m),
-    old.map((o) => o.s.v!),
-    { lr: s.lr, weightDecay: s.weightDecay, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t: s.t, gradScale: s.gradScale },
-  );
-  ids.forEach((id, i) => {
-    params.set(id, tf.keep(r.p[i]!));
-    slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
-  });
-  tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
 }

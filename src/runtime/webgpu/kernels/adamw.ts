@@ -9,7 +9,7 @@
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
 import { dispatch } from './run.js';
-import type { AdamWStep } from '../../optimizer.js';
+import { adamwScalars, type AdamWStep } from '../../optimizer.js';
 
 const WG = 256;
 
@@ -24,8 +24,7 @@ export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: reado
   return tf.tidy(() => {
     const sizes = ps.map((p) => p.size);
     const n = sizes.reduce((a, b) => a + b, 0);
-    const bc1 = 1 - Math.pow(s.beta1, s.t);
-    const bc2 = 1 - Math.pow(s.beta2, s.t);
+    const k = adamwScalars(s);
     // Step-dependent constants are uniforms (one pipeline for the whole run), rounded to f32 as tfjs
     // rounds the scalars of optimizer.ts; a factor of exactly 1 (no decay, no clipping) changes nothing.
     const [P, M, V] = dispatch({
@@ -34,15 +33,15 @@ export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: reado
       outputs: { p_out: [n], m_out: [n], v_out: [n] },
       uniforms: {
         n: ['u32', n],
-        decay: ['f32', s.weightDecay > 0 ? 1 - s.lr * s.weightDecay : 1],
-        gscale: ['f32', s.gradScale],
-        b1: ['f32', s.beta1],
-        omb1: ['f32', 1 - s.beta1],
-        b2: ['f32', s.beta2],
-        omb2: ['f32', 1 - s.beta2],
-        sqrtbc2: ['f32', Math.sqrt(bc2)],
-        eps: ['f32', s.eps],
-        stepsize: ['f32', s.lr / bc1],
+        decay: ['f32', k.decay],
+        gscale: ['f32', k.gscale],
+        b1: ['f32', k.b1],
+        omb1: ['f32', k.omb1],
+        b2: ['f32', k.b2],
+        omb2: ['f32', k.omb2],
+        sqrtbc2: ['f32', k.sqrtbc2],
+        eps: ['f32', k.eps],
+        stepsize: ['f32', k.stepsize],
       },
       workgroups: Math.ceil(n / WG),
       body: `@compute @workgroup_size(${WG})
