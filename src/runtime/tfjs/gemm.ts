@@ -54,6 +54,18 @@ export interface MatmulShape {
 
 const up = (n: number, m: number) => Math.ceil(n / m) * m;
 
+/** The engine's memory grown to hold at least `floats` floats, as a fresh view (growing detaches the old one). */
+function scratch(g: GemmEngine, floats: number): Float32Array {
+  const have = g.memory.buffer.byteLength;
+  if (4 * floats > have) g.memory.grow(Math.ceil((4 * floats - have) / 65536));
+  return new Float32Array(g.memory.buffer);
+}
+
+/** `rows` rows of K floats from src[so..] become columns n0, n0 + 1, … of the row-major [K, Np] block at `at`. */
+function transposeInto(src: Float32Array, so: number, rows: number, K: number, mem: Float32Array, at: number, Np: number, n0: number): void {
+  for (let n = 0; n < rows; n++) for (let k = 0, i = so + n * K; k < K; k++) mem[at + k * Np + n0 + n] = src[i + k]!;
+}
+
 /** out[t] = op(a[t]) · op(b[t]) for t < max(batchA, batchB) (a batch of 1 broadcasts). */
 export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): void {
   const batch = Math.max(s.batchA, s.batchB);
@@ -69,10 +81,7 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
   const aBlock = Mp * K;
   const bBlock = K * Np;
   const cBlock = Mp * Np;
-  const bytes = 4 * batch * (aBlock + bBlock + cBlock);
-  const have = g.memory.buffer.byteLength;
-  if (bytes > have) g.memory.grow(Math.ceil((bytes - have) / 65536));
-  const mem = new Float32Array(g.memory.buffer);
+  const mem = scratch(g, batch * (aBlock + bBlock + cBlock));
   const aBase = 0;
   const bBase = batch * aBlock;
   const cBase = bBase + batch * bBlock;
@@ -100,7 +109,7 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
         }
     } else {
       if (Np > N) mem.fill(0, db, db + bBlock);
-      for (let n = 0; n < N; n++) for (let k = 0, src = bo + n * K; k < K; k++) mem[db + k * Np + n] = B[src + k]!;
+      transposeInto(B, bo, N, K, mem, db, Np, 0);
     }
   }
   g.run(s.transposeA, aBase * 4, bBase * 4, cBase * 4, batch, Mp, Np, K);
@@ -125,23 +134,20 @@ function copyRuns(src: Float32Array, so: number, sStride: number, dst: Float32Ar
     for (let r = 0, s = so, d = d0; r < rows; r++, s += sStride, d += dStride) for (let j = 0; j < width; j++) dst[d + j] = src[s + j]!;
 }
 
-/** One product C [M, N] = op(A)·B on the module's memory, operands packed by the callbacks (batch 1). */
-function gemmWith(M: number, N: number, K: number, transposeA: boolean, packA: (mem: Float32Array, at: number, Mp: number) => void, packB: (mem: Float32Array, at: number, Np: number) => void, readC: (C: Float32Array, at: number, Np: number) => void): void {
+/** One product C [M, N] = A·B on the module's memory, operands packed by the callbacks (batch 1). */
+function gemmWith(M: number, N: number, K: number, packA: (mem: Float32Array, at: number) => void, packB: (mem: Float32Array, at: number, Np: number) => void, readC: (C: Float32Array, at: number, Np: number) => void): void {
   const Mp = up(M, 4);
   const Np = up(N, 8);
   const g = gemmModule();
   const bBase = Mp * K;
   const cBase = bBase + K * Np;
-  const bytes = 4 * (cBase + Mp * Np);
-  const have = g.memory.buffer.byteLength;
-  if (bytes > have) g.memory.grow(Math.ceil((bytes - have) / 65536));
-  const mem = new Float32Array(g.memory.buffer);
+  const mem = scratch(g, cBase + Mp * Np);
   if (Mp > M) mem.fill(0, 0, bBase);
   if (Np > N) mem.fill(0, bBase, cBase);
-  packA(mem, 0, Mp);
+  packA(mem, 0);
   packB(mem, bBase, Np);
-  g.run(transposeA, 0, bBase * 4, cBase * 4, 1, Mp, Np, K);
-  readC(new Float32Array(g.memory.buffer), cBase, Np);
+  g.run(false, 0, bBase * 4, cBase * 4, 1, Mp, Np, K);
+  readC(mem, cBase, Np);
 }
 
 /**
@@ -157,13 +163,14 @@ export function linearPartsInto(x: Float32Array, T: number, K: number, weights: 
     T,
     N,
     K,
-    false,
     (mem, at) => mem.set(x.subarray(0, T * K), at),
     (mem, at, Np) => {
       // B = [W_1 ; …]ᵀ, [K, Np]: weight row n becomes column n.
       let n = 0;
-      for (const w of weights)
-        for (let i = 0, rows = w.length / K; i < rows; i++, n++) for (let k = 0, src = i * K; k < K; k++) mem[at + k * Np + n] = w[src + k]!;
+      for (const w of weights) {
+        transposeInto(w, 0, w.length / K, K, mem, at, Np, n);
+        n += w.length / K;
+      }
     },
     (C, at, Np) => {
       let c = 0;
@@ -188,7 +195,6 @@ export function partsTimesInto(dys: Float32Array[], widths: number[], T: number,
     T,
     K,
     N,
-    false,
     (mem, at) => {
       let c = 0;
       dys.forEach((d, j) => {
@@ -197,12 +203,12 @@ export function partsTimesInto(dys: Float32Array[], widths: number[], T: number,
       });
     },
     (mem, at, Np) => {
+      // B = [W_1 ; …], [N, Np]: the weights' rows one after the other.
       let n = 0;
-      for (const w of weights)
-        for (let i = 0, rows = w.length / K; i < rows; i++, n++) {
-          if (Np === K) mem.set(w.subarray(i * K, i * K + K), at + n * Np);
-          else copyRuns(w, i * K, K, mem, at + n * Np, Np, 1, K);
-        }
+      for (const w of weights) {
+        copyRuns(w, 0, K, mem, at + n * Np, Np, w.length / K, K);
+        n += w.length / K;
+      }
     },
     (C, at, Np) => copyRuns(C, at, Np, out, 0, K, T, K),
   );
