@@ -12,11 +12,10 @@
  * Atomics.wait / notify: a few microseconds, where postMessage would cost tens. Workers are unref'd (they
  * never keep a process alive) and started on first use; one that cannot start simply takes no chunks.
  *
- * MCPC_THREADS=N uses N threads in all (1: this thread only); the default is DEFAULT_THREADS below. Without SharedArrayBuffer or worker threads the caller gets null and runs
- * single-threaded.
+ * MCPC_THREADS=N uses N threads in all (1, the default: this thread only). Without SharedArrayBuffer or
+ * worker threads the caller gets null and runs single-threaded.
  */
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 type RowsFn = (a: number, b: number, c: number, batch: number, M: number, N: number, K: number, i0: number, i1: number) => void;
@@ -88,11 +87,10 @@ export function gemmThreadCount(): number {
     if (!Number.isInteger(n) || n < 1) throw new Error(`MCPC_THREADS must be a positive integer (got '${v}')`);
     return n;
   }
-  return DEFAULT_THREADS === 'all' ? Math.min(8, Math.max(1, availableParallelism())) : 1;
+  // One by default: on the idle 2-core machine two threads made the training step at most 8% faster, and
+  // under load they lose (BENCHMARKS.md, "One output per part, gemm_tn, the fused optimizer, threads").
+  return 1;
 }
-
-/** Until measured on a quiet machine, one thread unless MCPC_THREADS asks for more. */
-const DEFAULT_THREADS: 'all' | 'one' = 'one';
 
 /** A threaded engine, or null where it cannot run (one thread asked for, no SharedArrayBuffer, no workers). */
 export function threadedGemm(threads = gemmThreadCount()): GemmEngine | null {
