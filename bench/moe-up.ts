@@ -8,31 +8,14 @@
  */
 import { parseArgs } from 'node:util';
 import { moeUpGroupedOp } from '../src/runtime/kernels/cpu-moe.js';
-import { reference, type KernelContext } from '../src/runtime/kernels/reference.js';
+import { reference } from '../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
+import { ctx, E, gates, k, med, r, T } from './support/moe.js';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' } } });
 const reps = Number(values.reps);
 await initBackend('wasm');
 
-const T = 2048;
-const E = 8;
-const r = 16;
-const k = 2;
-const ctx: KernelContext = { rows: 1, seqLen: T, positions: new Int32Array(T), segments: new Int32Array(T).fill(1), cache: new Map() };
-
-function gates(): Tensor {
-  const g = new Float32Array(T * E);
-  for (let t = 0; t < T; t++) {
-    const p = Array.from({ length: E }, () => Math.random());
-    const top = p.map((v, e) => [v, e] as const).sort((a, b) => b[0] - a[0]).slice(0, k);
-    const s = top.reduce((a, [v]) => a + v, 0);
-    for (const [v, e] of top) g[t * E + e] = v / s;
-  }
-  return tf.tensor2d(g, [T, E]);
-}
-
-const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 for (const [out, R] of [[176, 0], [176, 32], [64, 0], [64, 32]] as const) {
   const attrs = { sharedRank: R, rank: r, experts: E, scale: 2 };

@@ -131,9 +131,9 @@ function register(): void {
   });
 }
 
-/** Whether the kernel takes these inputs: x [T, d], W [V, d] float32, labels [T] int32 or float32, mask [T] float32. */
+/** Whether the kernel takes these inputs: x [T, d], W [V, d] float32, labels [T] int32 (the executor's; float labels go to the reference, which truncates them), mask [T] float32. */
 export function lmHeadXentFits(x: Tensor, W: Tensor, labels: Tensor, mask: Tensor): boolean {
-  return x.dtype === 'float32' && W.dtype === 'float32' && mask.dtype === 'float32' && (labels.dtype === 'int32' || labels.dtype === 'float32') && x.rank === 2 && W.rank === 2 && x.shape[1] === W.shape[1] && labels.rank === 1 && mask.rank === 1 && labels.shape[0] === x.shape[0] && mask.shape[0] === x.shape[0] && x.shape[0]! >= 1 && W.shape[0]! >= 1 && x.shape[1]! >= 1;
+  return x.dtype === 'float32' && W.dtype === 'float32' && mask.dtype === 'float32' && labels.dtype === 'int32' && x.rank === 2 && W.rank === 2 && x.shape[1] === W.shape[1] && labels.rank === 1 && mask.rank === 1 && labels.shape[0] === x.shape[0] && mask.shape[0] === x.shape[0] && x.shape[0]! >= 1 && W.shape[0]! >= 1 && x.shape[1]! >= 1;
 }
 
 /** The mean masked cross-entropy of softmax(x·Wᵀ) against `labels` (a scalar), its gradient lazy per input. */
