@@ -145,20 +145,20 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const biases: (Tensor | undefined)[] = [];
       for (const p of parts) {
         if (!Array.isArray(p.params) || at + p.params.length > inputs.length) return reference.concat_linear(inputs, step, ctx);
-        for (const w of inputs.slice(at, at + p.params.length)) weights.push(w.rank === 3 ? tf.reshape(w, [dims(w)[0] * dims(w)[1], dims(w)[2]]) : w);
+        // A part's weights (an expert stack [E, r, in] as [E·r, in]) must add up to its width.
+        let rows = 0;
+        for (const w of inputs.slice(at, at + p.params.length)) {
+          weights.push(w.rank === 3 ? tf.reshape(w, [dims(w)[0] * dims(w)[1], dims(w)[2]]) : w);
+          rows += dims(weights[weights.length - 1]!)[0];
+        }
+        if (rows !== p.out) return reference.concat_linear(inputs, step, ctx);
         at += p.params.length;
         biases.push(p.bias ? inputs[at++] : undefined);
       }
-      const widths = parts.map((p) => p.out);
-      const total = widths.reduce((a, b) => a + b, 0);
       const K = dims(x)[1];
-      if (at !== inputs.length || weights.some((w) => w.rank !== 2 || dims(w)[1] !== K) || weights.reduce((s, w) => s + dims(w)[0], 0) !== total || parts.some((p) => p.kind === 'router' && (p.activation ?? 'softmax') !== 'softmax' && p.activation !== 'sigmoid'))
+      if (at !== inputs.length || weights.some((w) => w.rank !== 2 || dims(w)[1] !== K) || parts.some((p) => p.kind === 'router' && (p.activation ?? 'softmax') !== 'softmax' && p.activation !== 'sigmoid'))
         return reference.concat_linear(inputs, step, ctx);
-      const counts = parts.map((p) => p.params.length);
-      let w0 = 0;
-      const rowsOf = counts.map((n) => weights.slice(w0, (w0 += n)).reduce((s, w) => s + dims(w)[0], 0));
-      if (rowsOf.some((r, i) => r !== widths[i])) return reference.concat_linear(inputs, step, ctx);
-      const ys = concatLinearOp(x, weights, counts);
+      const ys = concatLinearOp(x, weights, parts.map((p) => p.params.length));
       return parts.map((p, i) => {
         let o = ys[i]!;
         if (biases[i]) o = tf.add(o, biases[i]!);
