@@ -2,15 +2,19 @@
  * `npx tsx bench/wasm-gemm.ts [--quick]`: the products of a training step on the `wasm` backend, tfjs-wasm's
  * own BatchMatMul against mcpc's SIMD GEMM (src/runtime/tfjs/gemm.wat) side by side in one process, GFLOP/s
  * each and the ratio. Shapes: the demo model's linear layers at 2 x 8 x 224 tokens (x·Wᵀ forward, dY·W and
- * dYᵀ·X backward) and attention's batched products. Exits 1 if ours is slower on any shape.
+ * dYᵀ·X backward) and attention's batched products. Exits 1 if ours is slower on any shape. Then the GEMM
+ * itself on one thread against `--threads N` (default 2; src/runtime/tfjs/gemm-threads.ts, what MCPC_THREADS=N
+ * runs) on a [2048,256]·[256,256] product, alternating, median ms.
  */
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import '@tensorflow/tfjs-backend-wasm';
 import { tf } from '../src/runtime/tfjs/index.js';
 import { registerWasmGemm } from '../src/runtime/tfjs/gemm.js';
+import { threadedGemm } from '../src/runtime/tfjs/gemm-threads.js';
 import { registerWasmExtras } from '../src/runtime/tfjs/wasm-extra.js';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, threads: { type: 'string', default: '2' } } });
 const reps = values.quick ? 3 : 10;
 tf.enableProdMode();
 registerWasmExtras();
@@ -58,4 +62,29 @@ cases.forEach((c, i) => {
   if (ratio < 1) slower++;
   console.log(`  ${c.name.padEnd(34)} ${theirs[i]!.toFixed(2).padStart(8)} ms (${g(theirs[i]!).padStart(5)})  ${ours[i]!.toFixed(2).padStart(8)} ms (${g(ours[i]!).padStart(5)})  ${ratio.toFixed(2)}x`);
 });
+
+// One thread against N on the same packed operands (the engines' own memories; the row-block split is
+// bit-identical, test/runtime/tfjs/gemm-threads.test.ts).
+const [M, N, K] = [2048, 256, 256];
+const threaded = threadedGemm(Number(values.threads));
+const single = new WebAssembly.Instance(new WebAssembly.Module(readFileSync(new URL('../src/runtime/tfjs/gemm.wasm', import.meta.url))), {}).exports as unknown as { memory: WebAssembly.Memory; gemm: (...a: number[]) => void };
+const runs = [
+  { name: '1 thread', memory: single.memory, run: () => single.gemm(0, 4 * M * K, 4 * (M * K + K * N), 1, M, N, K) },
+  ...(threaded ? [{ name: `${threaded.threads} threads`, memory: threaded.memory, run: () => threaded.run(false, 0, 4 * M * K, 4 * (M * K + K * N), 1, M, N, K) }] : []),
+];
+const gemmMs: number[][] = runs.map(() => []);
+for (const r of runs) {
+  const need = 4 * (M * K + K * N + M * N);
+  if (r.memory.buffer.byteLength < need) r.memory.grow(Math.ceil((need - r.memory.buffer.byteLength) / 65536));
+  new Float32Array(r.memory.buffer).fill(0.5, 0, M * K + K * N);
+  r.run();
+}
+for (let i = 0; i < reps * 3; i++)
+  runs.forEach((r, j) => {
+    const t = performance.now();
+    r.run();
+    gemmMs[j]!.push(performance.now() - t);
+  });
+const medMs = gemmMs.map((ts) => ts.sort((x, y) => x - y)[Math.floor(ts.length / 2)]!);
+console.log(`GEMM [${M},${K}]·[${K},${N}], median ms (GFLOP/s): ${runs.map((r, j) => `${r.name} ${medMs[j]!.toFixed(2)} (${((2 * M * N * K) / medMs[j]! / 1e6).toFixed(1)})`).join(', ')}${runs.length > 1 ? `: ${(medMs[0]! / medMs[1]!).toFixed(2)}x` : ' (no threads here)'}`);
 process.exitCode = slower ? 1 : 0;
