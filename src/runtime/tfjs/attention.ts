@@ -4,19 +4,38 @@
  * [T, KV·d], T = rows·S; GQA (head h reads kv head ⌊h·KV/H⌋). `ranges` ([T, 2] int32) gives each query's
  * visible keys [lo, hi) within its row.
  *
- * The module has its own memory: every call copies its arrays in as they are (memcpy), transposes k and v there
- * per (row, kv head) to [d][Sp] (Sp = S rounded up to 4, plus 16 zero columns that the 16-key blocks may read
- * past S), and copies the results out (dk, dv transposed back first). The copies are O(T·d) against the
- * O(T·keys·d) arithmetic.
+ * The module has its own memory: every call copies its arrays in as they are (memcpy; when d is not a multiple
+ * of 16, each head's d columns into dp = d rounded up to 16, the rest zero), transposes k and v there per
+ * (row, kv head) to [d][Sp] (Sp = S rounded up to 4, plus 16 zero columns that the 16-key blocks may read past
+ * S) for the scores, and copies the results out. The copies are O(T·d) against the O(T·keys·d) arithmetic.
+ * The queries of a (row, kv head) go through the kernel two at a time (pairTable).
  */
 import { readFileSync } from 'node:fs';
 
 interface AttentionExports {
   memory: WebAssembly.Memory;
   to_t(src: number, ld: number, S: number, d: number, dst: number, Sp: number): void;
-  from_t(src: number, Sp: number, S: number, d: number, dst: number, ld: number): void;
-  fwd_head(S: number, Sp: number, ldq: number, d: number, scale: number, q: number, kt: number, vt: number, o: number, st: number, ldst: number, rng: number, sc: number): void;
-  bwd_head(S: number, Sp: number, ldq: number, d: number, scale: number, q: number, kt: number, vt: number, o: number, dout: number, st: number, ldst: number, rng: number, sc: number, dq: number, dkt: number, dvt: number): void;
+  fwd(np: number, tab: number, Sp: number, d: number, dp: number, ldk: number, scale: number, q: number, kt: number, vr: number, o: number, st: number, sc: number): void;
+  bwd(
+    np: number,
+    tab: number,
+    Sp: number,
+    d: number,
+    dp: number,
+    ldk: number,
+    scale: number,
+    q: number,
+    kt: number,
+    vt: number,
+    kr: number,
+    o: number,
+    dout: number,
+    L: number,
+    sc: number,
+    dq: number,
+    dkr: number,
+    dvr: number,
+  ): void;
 }
 
 let mod: AttentionExports | undefined;
@@ -49,17 +68,73 @@ function layout(sizes: number[]): { at: number[]; f: Float32Array; i: Int32Array
 }
 
 const padded = (S: number) => Math.ceil(S / 4) * 4 + 16;
+/** Each head's columns in the module: d rounded up to 16 (the kernel's sums along the head dimension go 16 at a time). */
+const headCols = (d: number) => Math.ceil(d / 16) * 16;
 
-/** x [T, KV·d] at byte `raw` into [rows·KV][d][Sp] at byte `t`, the columns past S zero (in WebAssembly). */
-function transposeIn(m: AttentionExports, raw: number, t: number, s: AttentionShape, Sp: number): void {
-  const { rows, S, KV, d } = s;
-  for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.to_t(raw + (r * S * KV + h) * d * 4, KV * d, S, d, t + (r * KV + h) * d * Sp * 4, Sp);
+/** x [n·heads, d] (n tokens of `heads` heads) into f at byte `at` as [n·heads, dp], the padded columns zero. */
+function putHeads(x: Float32Array, f: Float32Array, at: number, d: number, dp: number): void {
+  if (d === dp) {
+    f.set(x, at / 4);
+    return;
+  }
+  const rowsN = x.length / d;
+  f.fill(0, at / 4, at / 4 + rowsN * dp);
+  for (let r = 0; r < rowsN; r++) f.set(x.subarray(r * d, r * d + d), at / 4 + r * dp);
 }
 
-/** The inverse of transposeIn. */
-function transposeOut(m: AttentionExports, t: number, raw: number, s: AttentionShape, Sp: number): void {
+/** The inverse of putHeads: [n·heads, dp] at byte `at` into x [n·heads, d]. */
+function getHeads(f: Float32Array, at: number, x: Float32Array, d: number, dp: number): void {
+  if (d === dp) {
+    x.set(f.subarray(at / 4, at / 4 + x.length));
+    return;
+  }
+  const rowsN = x.length / d;
+  for (let r = 0; r < rowsN; r++) x.set(f.subarray(at / 4 + r * dp, at / 4 + r * dp + d), r * d);
+}
+
+/** k or v staged at byte `raw` ([T, KV·dp]) into [rows·KV][d][Sp] at byte `t`, the columns past S zero (in WebAssembly). */
+function transposeIn(m: AttentionExports, raw: number, t: number, s: AttentionShape, Sp: number, dp: number): void {
   const { rows, S, KV, d } = s;
-  for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.from_t(t + (r * KV + h) * d * Sp * 4, Sp, S, d, raw + (r * S * KV + h) * d * 4, KV * d);
+  for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.to_t(raw + (r * S * KV + h) * dp * 4, KV * dp, S, d, t + (r * KV + h) * d * Sp * 4, Sp);
+}
+
+/**
+ * The pairs of queries the kernel takes together, per row, as i32 × 8 records at i32 index `at` of `i`:
+ * (eA, eB, lo, n, aA, bA, aB, bB). A (row, kv head)'s G = H/KV queries per token, in (token, head) order, are
+ * paired in turn: the two heads sharing the kv head at one token (G even), or consecutive tokens (G = 1). The
+ * pair's keys are [lo, lo + n), lo the smaller of the two lo_i; each query's own window is [a, b) relative to
+ * lo. e is the query's index relative to the (row, kv head)'s first query (token i, head g: i·H + g), the same
+ * for every kv head of the row. An odd query out is its own B with an empty window. Returns pairs per row.
+ */
+function pairTable(i: Int32Array, at: number, ranges: Int32Array, s: AttentionShape): number {
+  const { rows, S, H, KV } = s;
+  const G = H / KV;
+  const E = S * G;
+  const np = Math.ceil(E / 2);
+  let w = at;
+  for (let r = 0; r < rows; r++)
+    for (let p = 0; p < np; p++) {
+      const e0 = 2 * p;
+      const e1 = Math.min(e0 + 1, E - 1);
+      const t0 = Math.floor(e0 / G);
+      const t1 = Math.floor(e1 / G);
+      const lo0 = ranges[(r * S + t0) * 2]!;
+      const hi0 = ranges[(r * S + t0) * 2 + 1]!;
+      const lo1 = ranges[(r * S + t1) * 2]!;
+      const hi1 = ranges[(r * S + t1) * 2 + 1]!;
+      const lo = Math.min(lo0, lo1);
+      const lone = e1 === e0;
+      i[w] = t0 * H + (e0 % G);
+      i[w + 1] = t1 * H + (e1 % G);
+      i[w + 2] = lo;
+      i[w + 3] = (lone ? hi0 : Math.max(hi0, hi1)) - lo;
+      i[w + 4] = lo0 - lo;
+      i[w + 5] = hi0 - lo;
+      i[w + 6] = lone ? 0 : lo1 - lo;
+      i[w + 7] = lone ? 0 : hi1 - lo;
+      w += 8;
+    }
+  return np;
 }
 
 /**
@@ -71,27 +146,26 @@ export function attentionForward(q: Float32Array, k: Float32Array, v: Float32Arr
   const T = rows * S;
   const G = H / KV;
   const Sp = padded(S);
-  const kvSize = rows * KV * d * Sp;
+  const dp = headCols(d);
+  const np = Math.ceil((S * G) / 2);
   const {
-    at: [qA, kA, vA, ktA, vtA, oA, stA, rA, scA],
+    at: [qA, kA, vA, ktA, oA, stA, tA, scA],
     f,
     i,
-  } = layout([T * H * d, T * KV * d, T * KV * d, kvSize, kvSize, T * H * d, T * H * 2, T * 2, 2 * Sp]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * d * Sp, T * H * dp, T * H * 2, rows * np * 8, 4 * Sp]);
   const m = attentionModule();
-  f.set(q, qA! / 4);
-  f.set(k, kA! / 4);
-  f.set(v, vA! / 4);
-  transposeIn(m, kA!, ktA!, s, Sp);
-  transposeIn(m, vA!, vtA!, s, Sp);
-  i.set(ranges, rA! / 4);
+  putHeads(q, f, qA!, d, dp);
+  putHeads(k, f, kA!, d, dp);
+  putHeads(v, f, vA!, d, dp);
+  transposeIn(m, kA!, ktA!, s, Sp, dp);
+  pairTable(i, tA! / 4, ranges, s);
   const scale = Math.fround(1 / Math.sqrt(d));
   for (let r = 0; r < rows; r++)
-    for (let h = 0; h < H; h++) {
-      const tok = (r * S * H + h) * 4;
-      const kvb = (r * KV + Math.floor(h / G)) * d * Sp * 4;
-      m.fwd_head(S, Sp, H * d, d, scale, qA! + tok * d, ktA! + kvb, vtA! + kvb, oA! + tok * d, stA! + tok * 2, H * 2, rA! + r * S * 8, scA!);
+    for (let h = 0; h < KV; h++) {
+      const e0 = r * S * H + h * G;
+      m.fwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + (r * KV + h) * d * Sp * 4, vA! + (r * S * KV + h) * dp * 4, oA! + e0 * dp * 4, stA! + e0 * 8, scA!);
     }
-  o.set(f.subarray(oA! / 4, oA! / 4 + T * H * d));
+  getHeads(f, oA!, o, d, dp);
   // logsumexp = m + log l from the module's (m, 1/l)
   for (let t = 0, a = stA! / 4; t < T * H; t++, a += 2) stats[t] = f[a]! - Math.log(f[a + 1]!);
 }
@@ -114,35 +188,35 @@ export function attentionBackward(
   const T = rows * S;
   const G = H / KV;
   const Sp = padded(S);
-  const kvSize = rows * KV * d * Sp;
+  const dp = headCols(d);
+  const np = Math.ceil((S * G) / 2);
+  const kvT = rows * KV * d * Sp;
   const {
-    at: [qA, kA, vA, ktA, vtA, oA, gA, stA, rA, scA, dqA, dkA, dvA],
+    at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA],
     f,
     i,
-  } = layout([T * H * d, T * KV * d, T * KV * d, kvSize, kvSize, T * H * d, T * H * d, T * H, T * 2, 2 * Sp, T * H * d, kvSize, kvSize]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * 8, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp]);
   const m = attentionModule();
-  f.set(q, qA! / 4);
-  f.set(k, kA! / 4);
-  f.set(v, vA! / 4);
-  transposeIn(m, kA!, ktA!, s, Sp);
-  transposeIn(m, vA!, vtA!, s, Sp);
-  f.set(o, oA! / 4);
-  f.set(dO, gA! / 4);
+  putHeads(q, f, qA!, d, dp);
+  putHeads(k, f, kA!, d, dp);
+  putHeads(v, f, vA!, d, dp);
+  transposeIn(m, kA!, ktA!, s, Sp, dp);
+  transposeIn(m, vA!, vtA!, s, Sp, dp);
+  putHeads(o, f, oA!, d, dp);
+  putHeads(dO, f, gA!, d, dp);
   f.set(stats, stA! / 4);
-  i.set(ranges, rA! / 4);
-  f.fill(0, dkA! / 4, dkA! / 4 + kvSize);
-  f.fill(0, dvA! / 4, dvA! / 4 + kvSize);
+  pairTable(i, tA! / 4, ranges, s);
+  f.fill(0, dkA! / 4, dkA! / 4 + T * KV * dp);
+  f.fill(0, dvA! / 4, dvA! / 4 + T * KV * dp);
   const scale = Math.fround(1 / Math.sqrt(d));
   for (let r = 0; r < rows; r++)
-    for (let h = 0; h < H; h++) {
-      const tok = (r * S * H + h) * 4;
-      const kvb = (r * KV + Math.floor(h / G)) * d * Sp * 4;
-      m.bwd_head(S, Sp, H * d, d, scale, qA! + tok * d, ktA! + kvb, vtA! + kvb, oA! + tok * d, gA! + tok * d, stA! + tok, H, rA! + r * S * 8, scA!, dqA! + tok * d, dkA! + kvb, dvA! + kvb);
+    for (let h = 0; h < KV; h++) {
+      const e0 = r * S * H + h * G;
+      const kvt = (r * KV + h) * d * Sp * 4;
+      const kvr = (r * S * KV + h) * dp * 4;
+      m.bwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vtA! + kvt, kA! + kvr, oA! + e0 * dp * 4, gA! + e0 * dp * 4, stA! + e0 * 4, scA!, dqA! + e0 * dp * 4, dkA! + kvr, dvA! + kvr);
     }
-  dq.set(f.subarray(dqA! / 4, dqA! / 4 + T * H * d));
-  // dk, dv back through the raw k, v blocks (no longer needed).
-  transposeOut(m, dkA!, kA!, s, Sp);
-  transposeOut(m, dvA!, vA!, s, Sp);
-  dk.set(f.subarray(kA! / 4, kA! / 4 + T * KV * d));
-  dv.set(f.subarray(vA! / 4, vA! / 4 + T * KV * d));
+  getHeads(f, dqA!, dq, d, dp);
+  getHeads(f, dkA!, dk, d, dp);
+  getHeads(f, dvA!, dv, d, dp);
 }

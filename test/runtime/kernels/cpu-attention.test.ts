@@ -2,8 +2,10 @@
  * The CPU table's fused attention (src/runtime/kernels/cpu-attention.ts on src/runtime/tfjs/attention.wat):
  * forward and the gradients of q, k and v against the reference kernel and tfjs autodiff of it, on the
  * `wasm` backend (in place on its heap) and on `cpu`: packed rows with several segments, padding (segment 0,
- * which sees only padding), rows of one token, S not a multiple of 4 or 16, head dims 16 and 6, GQA groups of
- * 1, 2 and 4, causal and not; a row whose segment ids are not contiguous falls back to the composition.
+ * which sees only padding), rows of one token, S not a multiple of 4 or 16, head dims 16, 32 and 5, 6, 20 (not
+ * multiples of 16: padded in the kernel), GQA groups of 1, 2, 3 and 4 (the kernel's pairs of queries: two heads
+ * of a token, consecutive tokens across segment boundaries, one query left over), causal and not; a row whose
+ * segment ids are not contiguous falls back to the composition.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PlanOp, PlanStep } from '../../../src/plan/types.js';
@@ -93,6 +95,10 @@ const cases: [number, number, number, number, number, number, number, boolean][]
   [2, 6, 5, 0, 3, 3, 6, true], // one-token segments
   [1, 40, 1, 0, 4, 4, 16, true], // one segment: the plain causal mask, 16-key blocks past S
   [2, 33, 2, 31, 2, 1, 16, true], // mostly padding
+  [2, 19, 3, 2, 3, 1, 5, true], // GQA 3: pairs across tokens and heads, S·G odd (a query paired with itself)
+  [2, 17, 3, 0, 1, 1, 16, true], // one head: pairs of consecutive tokens, across segment boundaries, one left over
+  [2, 23, 3, 1, 2, 2, 20, false], // pairs of tokens over whole segments; d 20: two 16-column chunks, padded
+  [1, 35, 2, 0, 4, 2, 32, true], // d 32: two chunks, unpadded
 ];
 
 describe('fused attention (cpu-attention.ts)', () => {
@@ -101,7 +107,7 @@ describe('fused attention (cpu-attention.ts)', () => {
       beforeAll(() => initBackend(backend));
       afterAll(() => initBackend('cpu'));
 
-      it('matches the reference (output, dq, dk, dv): packed segments, padding, S = 1, odd S, d 16 and 6, GQA 1/2/4, causal or not', () => {
+      it('matches the reference (output, dq, dk, dv): packed segments, padding, S = 1, odd S, d 5/6/16/20/32, GQA 1/2/3/4, causal or not', () => {
         for (const [rows, S, segs, pad, H, KV, d, causal] of cases) check(packed(rows, S, segs, pad), H, KV, d, causal);
       });
 
