@@ -7,8 +7,8 @@
  *   fusedWgsl(p, inputs, rows, cols)          its outputs, [rows, cols] each; differentiable
  *
  * tfjs kernels: `McpcFusedWgsl:<plan kernel id>` (forward; inputs in the expression's order, outputs its
- * roots), one name per plan kernel so that its gradient saves only what that backward module reads (tfjs
- * clones every saved tensor, one `Identity` kernel each: saving all inputs and outputs cost ~4 per call), and
+ * roots), one name per plan kernel so that its gradient saves only what that backward module reads (shared, not
+ * cloned: ./program.ts `runKernelSaving`; tfjs's own saving runs one `Identity` kernel per tensor), and
  * `McpcFusedWgslGrad` (inputs: what the backward module reads, in binding order; outputs: one per gradient
  * slot in `attrs.mask`, ascending, [rows, cols], or [cols] for a `vec` input's column-summed slot).
  *
@@ -16,7 +16,7 @@
  * weight, costs nothing), but one backward dispatch serves several inputs: the first input asked for
  * computes its slot and the slots of every later `elem` input (tfjs asks in input order, and only for the
  * inputs on the path to the parameters, so it cannot tell in advance which it will want). Those extra
- * results are kept until asked for (handed out as a clone sharing their buffer) and freed in a microtask
+ * results are kept until asked for (handed out as a tensor sharing their buffer, ./program.ts `share`: no kernel) and freed in a microtask
  * once the synchronous backward pass is over; inputs sharing a slot get clones of one result. A `vec` slot is only computed when asked for (its per-row
  * partials are a [rows, cols] buffer the column sum reads). A slot that is the upstream gradient itself (the
  * residual branch of an add) is that gradient, no dispatch; an input with no gradient gets zeros.
@@ -28,7 +28,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import type { FusedExprAttrs, FusedInputKind } from '../../plan/fused.js';
 import type { PlanKernel } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { disposeInfo, keepUntilBackwardEnds, runWgsl, spread, type WebGpuBackendLike } from './program.js';
+import { disposeInfo, keepUntilBackwardEnds, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -133,7 +133,13 @@ export function fusedWgslFits(p: FusedWgslProgram, inputs: Tensor[]): { rows: nu
 
 const programs = new Map<number, FusedWgslProgram>();
 /** Per program object: its number and forward kernel name. */
-const registeredPrograms = new WeakMap<FusedWgslProgram, { id: number; name: string }>();
+/** Registered forward kernels: number, name, and what its gradient saves (inputs, then outputs, by index). */
+interface Registered {
+  id: number;
+  name: string;
+  save: { inputs: number[]; outputs: number[] };
+}
+const registeredPrograms = new WeakMap<FusedWgslProgram, Registered>();
 /** Forward kernel names taken, with the program each was registered for. */
 const byName = new Map<string, { id: number; program: FusedWgslProgram }>();
 let nextId = 1;
@@ -150,14 +156,14 @@ export function savedForBackward(p: FusedWgslProgram): { inputs: number[]; outpu
  * The number and forward kernel name of `p`, registering the kernel and its gradient the first time. Plans
  * compiled again (a new runner) reuse the registration of an equal program (same id and modules).
  */
-function forwardKernelOf(p: FusedWgslProgram): { id: number; name: string } {
+function forwardKernelOf(p: FusedWgslProgram): Registered {
   const hit = registeredPrograms.get(p);
   if (hit) return hit;
   let name = `${FUSED_KERNEL}:${p.id}`;
   for (let k = 2; byName.has(name); k++) {
     const other = byName.get(name)!;
     if (other.program.forward.code === p.forward.code && other.program.backward.code === p.backward.code) {
-      const r = { id: other.id, name };
+      const r = { id: other.id, name, save: saveList(p) };
       registeredPrograms.set(p, r);
       return r;
     }
@@ -166,12 +172,19 @@ function forwardKernelOf(p: FusedWgslProgram): { id: number; name: string } {
   const id = nextId++;
   programs.set(id, p);
   byName.set(name, { id, program: p });
-  const reg = { id, name };
+  const reg = { id, name, save: saveList(p) };
   registeredPrograms.set(p, reg);
   const { inputs: inputsToSave, outputs: outputsToSave } = savedForBackward(p);
   tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-  tf.registerGradient({ kernelName: name, inputsToSave: inputsToSave.map(String), outputsToSave, gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => gradient(dy, saved, attrs, inputsToSave, outputsToSave)) as any });
+  // What the gradient reads is saved by fusedWgsl() (./program.ts runKernelSaving: shared, no Identity kernels).
+  tf.registerGradient({ kernelName: name, gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => gradient(dy, saved, attrs, inputsToSave, outputsToSave)) as any });
   return reg;
+}
+
+/** savedForBackward as the indices runKernelSaving takes. */
+function saveList(p: FusedWgslProgram): Registered['save'] {
+  const { inputs, outputs } = savedForBackward(p);
+  return { inputs, outputs: outputs.flatMap((keep, k) => (keep ? [k] : [])) };
 }
 
 /** The 16-byte `Params` block: rows, cols, grad_mask, accum_mask (u32). */
@@ -277,9 +290,9 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
     out[String(i)] = () => {
       const slot = bw.grads[i];
       if (slot === null || slot === undefined) return tf.zeros(shapeOf(i));
-      if (isIdentity(slot)) return tf.clone(dys[bw.slots[slot]!.identityOf!]!);
+      if (isIdentity(slot)) return share(dys[bw.slots[slot]!.identityOf!]!);
       const hit = ahead.get(slot);
-      if (hit && !hit.isDisposed) return tf.clone(hit);
+      if (hit && !hit.isDisposed) return share(hit);
       // This slot, and the slots of later elem inputs not computed yet (tfjs asks in input order).
       const want = new Set([slot]);
       for (let j = i + 1; j < n; j++) {
@@ -317,6 +330,5 @@ function registerFusedWgsl(): void {
 export function fusedWgsl(p: FusedWgslProgram, inputs: Tensor[], rows: number, cols: number): Tensor[] {
   registerFusedWgsl();
   const k = forwardKernelOf(p);
-  const r = tf.engine().runKernel(k.name, inputs as unknown as tf.NamedTensorMap, { program: k.id, rows, cols } as unknown as tf.NamedAttrMap) as Tensor | Tensor[];
-  return Array.isArray(r) ? r : [r];
+  return runKernelSaving(k.name, inputs, { program: k.id, rows, cols }, k.save);
 }

@@ -14,7 +14,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { pendingShapes, tileFor, tune, type TuneResult } from './gemm-tune.js';
-import { runWgsl, type WebGpuBackendLike } from './program.js';
+import { runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -27,6 +27,8 @@ interface GemmAttrs {
   tile?: Tile;
   /** C = scale·op(a)·op(b) (the bias, if any, unscaled); default 1. */
   scale?: number;
+  /** Whether input 2 is a bias [N] (for the gradient, which saves a and b only). */
+  bias?: boolean;
 }
 
 /** The spec of C = op(a)·op(b) (+ bias) for stored shapes a, b. */
@@ -91,11 +93,11 @@ export function registerGemm(): void {
   tf.registerKernel({ kernelName: GEMM_KERNEL, backendName: 'webgpu', kernelFunc: gemmKernel as any });
   tf.registerGradient({
     kernelName: GEMM_KERNEL,
-    saveAllInputs: true,
+    // a and b are saved by gemm() / linear() (./program.ts runKernelSaving: shared, no Identity kernels).
     gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
       const dc = dy as Tensor;
       const [a, b] = saved;
-      const { transA, transB, scale } = attrs as GemmAttrs;
+      const { transA, transB, scale, bias } = attrs as GemmAttrs;
       const s = scale ?? 1;
       const g: Record<string, () => Tensor> = {};
       if (!transA && !transB) {
@@ -111,12 +113,13 @@ export function registerGemm(): void {
         g[0] = () => gemm(b, dc, true, true, s);
         g[1] = () => gemm(dc, a, true, true, s);
       }
-      if (saved.length > 2) g[2] = () => tf.sum(dc, 0);
+      if (bias) g[2] = () => tf.sum(dc, 0);
       return g;
     },
   } as any);
 }
 
+const SAVE_AB = { inputs: [0, 1] };
 const onWebGpu = (): boolean => tf.getBackend() === 'webgpu';
 
 /** C = scale·op(a)·op(b) for 2-D a, b. */
@@ -126,7 +129,7 @@ export function gemm(a: Tensor, b: Tensor, transA = false, transB = false, scale
     return scale === 1 ? c : tf.mul(c, scale);
   }
   registerGemm();
-  return tf.engine().runKernel(GEMM_KERNEL, [a, b] as any, (scale === 1 ? { transA, transB } : { transA, transB, scale }) as any) as Tensor;
+  return runKernelSaving(GEMM_KERNEL, [a, b], scale === 1 ? { transA, transB } : { transA, transB, scale }, SAVE_AB)[0]!;
 }
 
 /** x·Wᵀ (+ bias), W [out, in]. */
@@ -136,7 +139,7 @@ export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
     return bias ? tf.add(y, bias) : y;
   }
   registerGemm();
-  return tf.engine().runKernel(GEMM_KERNEL, (bias ? [x, w, bias] : [x, w]) as any, { transA: false, transB: true } as any) as Tensor;
+  return runKernelSaving(GEMM_KERNEL, bias ? [x, w, bias] : [x, w], bias ? { transA: false, transB: true, bias: true } : { transA: false, transB: true }, SAVE_AB)[0]!;
 }
 
 /** Wait until the webgpu backend's recorded work has run on the GPU. */

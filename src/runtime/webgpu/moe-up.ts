@@ -22,7 +22,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { keepUntilBackwardEnds, runKernel1, runWgsl, type WebGpuBackendLike } from './program.js';
+import { keepUntilBackwardEnds, runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -274,11 +274,12 @@ function register(): void {
   tf.registerKernel({ kernelName: DG_KERNEL, backendName: 'webgpu', kernelFunc: dgKernel as any });
   tf.registerKernel({ kernelName: DB_KERNEL, backendName: 'webgpu', kernelFunc: dbKernel as any });
   tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-  tf.registerGradient({ kernelName: FWD, saveAllInputs: true, gradFunc: gradient as any } as any);
+  // Every input is saved by moeUpGrouped() (./program.ts runKernelSaving: shared, no Identity kernels).
+  tf.registerGradient({ kernelName: FWD, gradFunc: gradient as any } as any);
 }
 
 /** moe_up_grouped on the webgpu backend; inputs h, gates, [B_sh], B_e checked by {@link moeUpFits}. */
 export function moeUpGrouped(inputs: Tensor[], s: MoeUpShape): Tensor {
   register();
-  return runKernel1(FWD, inputs, { sharedRank: s.sharedRank, rank: s.rank, experts: s.experts, scale: s.scale });
+  return runKernelSaving(FWD, inputs, { sharedRank: s.sharedRank, rank: s.rank, experts: s.experts, scale: s.scale }, { inputs: inputs.map((_, i) => i) })[0]!;
 }

@@ -156,3 +156,84 @@ export function keepUntilBackwardEnds(t: Tensor): Tensor {
   }
   return t;
 }
+
+// --- saving for the gradient without Identity kernels -----------------------------------------------------------------
+//
+// tfjs saves what a gradient reads by cloning each tensor (engine.saveTensorsForBackwardMode: one `Identity`
+// kernel per tensor, and one more tape node each, through the whole engine: scopes, profiling, tape). On webgpu
+// Identity only adds a reference to the buffer, so the kernels here make the same reference directly: a kept
+// tensor sharing the buffer (`share`), put into the `saved` list of the tape node tfjs just recorded for the op,
+// which the engine disposes once the backward pass is over, as it does its own clones. The gradient functions
+// receive that list as before. Only the tape node of each clone is left out: it would connect the saved copy to
+// its source for a gradient of the gradient, which nothing here takes.
+
+const eng = (): any => tf.engine();
+
+/** A new tensor on `t`'s buffer (what tfjs-webgpu's Identity returns), without running a kernel. */
+export function share(t: Tensor): Tensor {
+  const e = eng();
+  const backend = e.state.tensorInfo.get(t.dataId)?.backend ?? e.backend;
+  backend.incRef(t.dataId);
+  return e.makeTensorFromTensorInfo({ dataId: t.dataId, shape: t.shape, dtype: t.dtype }, backend);
+}
+
+/** Whether tfjs is recording a tape (inside `tf.grads`' forward pass, outside any kernel). */
+export const taping = (): boolean => eng().isTapeOn();
+
+/**
+ * Hands `tensors` (kept shares, see {@link share}) to the tape node tfjs just recorded for `output`, as its
+ * saved tensors; `drop` lists input names the node is to have no gradient for (a mask's gates: as stopGradient).
+ * Call right after the op that made `output`, only when {@link taping} was true before it.
+ */
+function toTape(output: Tensor, tensors: Tensor[], drop?: readonly string[]): void {
+  const tape = eng().state.activeTape as { outputs: Tensor[]; saved: Tensor[]; inputs: Record<string, Tensor> }[] | undefined;
+  const node = tape?.[tape.length - 1];
+  if (!node || !node.outputs.includes(output) || node.saved.length) {
+    tf.dispose(tensors);
+    throw new Error('saving for the gradient: the last tape node is not the op just run');
+  }
+  node.saved.push(...tensors);
+  if (drop?.length) node.inputs = Object.fromEntries(Object.entries(node.inputs).filter(([k]) => !drop.includes(k)));
+}
+
+/**
+ * `tf.engine().runKernel(name, inputs, attrs)` for a kernel whose gradient is registered WITHOUT inputsToSave /
+ * outputsToSave / saveAllInputs: its gradient's `saved` gets inputs `save.inputs` then outputs `save.outputs`,
+ * in that order, shared rather than cloned. `save.noGrad`: inputs that get no gradient (not even zeros).
+ */
+export function runKernelSaving(name: string, inputs: Tensor[], attrs: object, save: { inputs?: readonly number[]; outputs?: readonly number[]; noGrad?: readonly number[] }): Tensor[] {
+  const tape = taping();
+  const r = tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as Tensor | Tensor[];
+  const outs = Array.isArray(r) ? r : [r];
+  if (tape) {
+    const kept = [...(save.inputs ?? []).map((i) => inputs[i]!), ...(save.outputs ?? []).map((i) => outs[i]!)].map((t) => tf.keep(share(t)));
+    toTape(outs[0]!, kept, save.noGrad?.map(String));
+  }
+  return outs;
+}
+
+export interface CustomOpResult {
+  value: Tensor;
+  /** What the gradient reads: inputs, tables, or tensors made in the forward (kept for it, no copy). */
+  save: Tensor[];
+  gradFunc: (dy: Tensor, saved: Tensor[]) => Tensor | Tensor[];
+}
+
+/**
+ * `tf.customGrad` whose forward returns what to save instead of calling `save()`: the saved tensors are shared
+ * (see above), not cloned through an Identity kernel each. `f` runs inside tfjs's tidy, as customGrad's does.
+ */
+export function customOp<A extends Tensor[]>(f: (...xs: A) => CustomOpResult): (...xs: A) => Tensor {
+  return (...xs: A): Tensor => {
+    const tapeOn = taping();
+    let saved: Tensor[] = [];
+    const g = tf.customGrad(((...args: unknown[]) => {
+      const r = f(...(args.slice(0, -1) as A));
+      if (tapeOn) saved = r.save.map((t) => tf.keep(share(t)));
+      return { value: r.value, gradFunc: r.gradFunc };
+    }) as never) as (...ys: Tensor[]) => Tensor;
+    const y = g(...xs);
+    if (tapeOn) toTape(y, saved);
+    return y;
+  };
+}

@@ -12,7 +12,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { runWgsl, type WebGpuBackendLike } from './program.js';
+import { runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -87,7 +87,7 @@ function register(): void {
   tf.registerKernel({ kernelName: BWD, backendName: 'webgpu', kernelFunc: bwdKernel as any });
   tf.registerGradient({
     kernelName: FWD,
-    inputsToSave: ['0'],
+    // p is saved by topkGate() (./program.ts runKernelSaving: shared, no Identity kernel).
     gradFunc: ((dy: Tensor, saved: Tensor[], attrs: any) => ({
       0: () => tf.engine().runKernel(BWD, [saved[0]!, dy] as unknown as tf.NamedTensorMap, { k: attrs.k, renormalize: attrs.renormalize } as unknown as tf.NamedAttrMap) as Tensor,
     })) as any,
@@ -105,5 +105,5 @@ export function topkGateFits(p: Tensor, k: number): boolean {
 export function topkGate(p: Tensor, k: number, renormalize: boolean): Tensor {
   register();
   const kk = Math.min(k, p.shape[1]!);
-  return tf.engine().runKernel(FWD, [p] as unknown as tf.NamedTensorMap, { k: kk, renormalize } as unknown as tf.NamedAttrMap) as Tensor;
+  return runKernelSaving(FWD, [p], { k: kk, renormalize }, { inputs: [0] })[0]!;
 }

@@ -14,7 +14,8 @@
  *   2. per (row, key, kv head): over the heads of its group and the queries that see the key,
  *      dv = Σ_i p_ij dO_i;  dk = scale · Σ_i p_ij (dO_i·v_j − Δ_i) q_i                   (no atomics needed)
  */
-import { tf, type Tensor } from '../../tfjs/index.js';
+import type { Tensor } from '../../tfjs/index.js';
+import { customOp } from '../program.js';
 import { dispatch, i32, lit, wgslReduceSum } from './run.js';
 
 const WG = 64;
@@ -280,12 +281,12 @@ export function segmentTensor(segments: Int32Array, cache?: Map<string, Tensor>)
 /** Fused attention of q [T, H·d], k, v [T, KV·d] over the batch's segments [T] (int32), differentiable. */
 export function attention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, a: AttentionShape): Tensor {
   if (a.heads % a.kvHeads !== 0) throw new Error(`attention: heads ${a.heads} is not a multiple of kvHeads ${a.kvHeads}`);
-  const f = tf.customGrad(((qq: Tensor, kk: Tensor, vv: Tensor, save: tf.GradSaveFunc) => {
+  return customOp((qq: Tensor, kk: Tensor, vv: Tensor) => {
     const [o, lse] = forward(qq, kk, vv, segments, a);
     // Everything backward reads is saved: autodiff frees the forward pass's other tensors before backward.
-    save([qq, kk, vv, o, lse, segments]);
     return {
-      value: o,
+      value: o!,
+      save: [qq, kk, vv, o!, lse!, segments],
       gradFunc: (dO: Tensor, [sq, sk, sv, so, sl, sseg]: Tensor[]) => {
         const [dq, delta] = backwardQ(dO, sq!, sk!, sv!, so!, sl!, sseg!, a);
         const [dk, dv] = backwardKV(dO, sq!, sk!, sv!, sl!, delta, sseg!, a);
@@ -293,6 +294,5 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, segments: Tensor, a: 
         return [dq, dk, dv];
       },
     };
-  }) as never) as (q: Tensor, k: Tensor, v: Tensor) => Tensor;
-  return f(q, k, v);
+  })(q, k, v);
 }

@@ -7,6 +7,7 @@
  *                                                            chunk partials summed by one tfjs reduction)
  */
 import { tf, type Tensor } from '../../tfjs/index.js';
+import { customOp } from '../program.js';
 import { dispatch, wgslReduceSum } from './run.js';
 
 const WG = 128;
@@ -98,17 +99,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 /** RMSNorm of x [T, D] with an optional weight w [D], differentiable (WGSL forward and backward). */
 export function rmsnorm(x: Tensor, w: Tensor | undefined, eps: number): Tensor {
   if (w) {
-    const f = tf.customGrad(((xx: Tensor, ww: Tensor, save: tf.GradSaveFunc) => {
+    return customOp((xx: Tensor, ww: Tensor) => {
       const [y, r] = forward(xx, ww, eps);
-      save([xx, ww, r]);
-      return { value: y, gradFunc: (dy: Tensor, [sx, sw, sr]: Tensor[]) => [backwardX(dy, sx, sw, sr), backwardW(dy, sx, sr)] };
-    }) as never) as (x: Tensor, w: Tensor) => Tensor;
-    return f(x, w);
+      return { value: y, save: [xx, ww, r], gradFunc: (dy: Tensor, [sx, sw, sr]: Tensor[]) => [backwardX(dy, sx, sw, sr), backwardW(dy, sx, sr)] };
+    })(x, w);
   }
-  const f = tf.customGrad(((xx: Tensor, save: tf.GradSaveFunc) => {
+  return customOp((xx: Tensor) => {
     const [y, r] = forward(xx, undefined, eps);
-    save([xx, r]);
-    return { value: y, gradFunc: (dy: Tensor, [sx, sr]: Tensor[]) => [backwardX(dy, sx, undefined, sr)] };
-  }) as never) as (x: Tensor) => Tensor;
-  return f(x);
+    return { value: y, save: [xx, r], gradFunc: (dy: Tensor, [sx, sr]: Tensor[]) => [backwardX(dy, sx, undefined, sr)] };
+  })(x);
 }

@@ -7,7 +7,8 @@
  *   y1 = x1·cos − x2·sin,  y2 = x2·cos + x1·sin
  * Backward is the inverse rotation (sin negated), the same kernel.
  */
-import { tf, type Tensor } from '../../tfjs/index.js';
+import type { Tensor } from '../../tfjs/index.js';
+import { customOp } from '../program.js';
 import { dispatch } from './run.js';
 
 const WG = 256;
@@ -42,13 +43,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** Rotary embedding of x [T, heads·headDim] with the [T, d/2] tables of ropeTables (kernels/reference.ts, rank 2), differentiable. */
 export function rope(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headDim: number): Tensor {
-  const f = tf.customGrad(((xx: Tensor, save: tf.GradSaveFunc) => {
-    // The tables are saved: autodiff frees the forward pass's other tensors before backward.
-    save([cos, sin]);
-    return {
-      value: rotate(xx, cos, sin, heads, headDim, 1),
-      gradFunc: (dy: Tensor, [c, s]: Tensor[]) => rotate(dy, c!, s!, heads, headDim, -1),
-    };
-  }) as never) as (x: Tensor) => Tensor;
-  return f(x);
+  // The tables are saved: autodiff frees the forward pass's other tensors before backward.
+  return customOp((xx: Tensor) => ({
+    value: rotate(xx, cos, sin, heads, headDim, 1),
+    save: [cos, sin],
+    gradFunc: (dy: Tensor, [c, s]: Tensor[]) => rotate(dy, c!, s!, heads, headDim, -1),
+  }))(x);
 }

@@ -3,7 +3,8 @@
  * Backward in one dispatch writing both gradients, with s = sigmoid(g):
  *   dg = dy · u · s · (1 + g · (1 − s)),   du = dy · g · s
  */
-import { tf, type Tensor } from '../../tfjs/index.js';
+import type { Tensor } from '../../tfjs/index.js';
+import { customOp } from '../program.js';
 import { dispatch } from './run.js';
 
 const WG = 256;
@@ -16,8 +17,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** silu(g)·u for g, u of the same shape, differentiable (WGSL forward and backward). */
 export function swiglu(g: Tensor, u: Tensor): Tensor {
-  const f = tf.customGrad(((gg: Tensor, uu: Tensor, save: tf.GradSaveFunc) => {
-    save([gg, uu]);
+  return customOp((gg: Tensor, uu: Tensor) => {
     const n = gg.size;
     const [y] = dispatch({
       name: 'swiglu_fwd',
@@ -28,7 +28,8 @@ export function swiglu(g: Tensor, u: Tensor): Tensor {
       body: `${head}\n  y[i] = x * s * up[i];\n}`,
     });
     return {
-      value: y,
+      value: y!,
+      save: [gg, uu],
       gradFunc: (dy: Tensor, [sg, su]: Tensor[]) =>
         dispatch({
           name: 'swiglu_bwd',
@@ -43,6 +44,5 @@ export function swiglu(g: Tensor, u: Tensor): Tensor {
 }`,
         }),
     };
-  }) as never) as (g: Tensor, u: Tensor) => Tensor;
-  return f(g, u);
+  })(g, u);
 }
