@@ -97,10 +97,10 @@ import { adamwAllCpu } from './kernels/cpu-ops.js';
 import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { webgpuKernelTable } from './kernels/webgpu.js';
-import { adamwAll } from './webgpu/kernels/adamw.js';
+import { adamwAll, adamwFlat, flat, unflat } from './webgpu/kernels/adamw.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
-import { applyAdamWAll, clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type SlotState } from './optimizer.js';
+import { applyAdamWAll, clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { loadBaseParameters } from './weights/hf.js';
 import { initParameter } from './weights/init.js';
@@ -258,6 +258,13 @@ class Runner implements StageRunner {
   private readonly carried = new Map<string, Float32Array>();
   private readonly consts = new Map<string, Tensor>();
   private readonly slots = new Map<string, SlotState>();
+  /**
+   * On webgpu with AdamW, the moments of every trainable tensor as two flat vectors in `trainable` order
+   * (then `slots` holds none of them): kept flat from step to step, so the one-dispatch update
+   * (webgpu/kernels/adamw.ts) neither concatenates nor splits them. Whatever reads or edits per-tensor
+   * moments (optimizerState, loadOptimizerState, exit transitions) calls `unflattenSlots` first.
+   */
+  private flatSlots: { m: Tensor; v: Tensor } | undefined;
   private readonly producer = new Map<string, PlanStep>();
   private readonly lossStep: PlanStep;
   private readonly load = new Map<string, RouterLoad>();
@@ -575,7 +582,11 @@ class Runner implements StageRunner {
   }
 
   /** Mean loss parts and mean gradients over micro-batches (kept tensors). */
-  private async accumulate(microBatches: readonly MicroBatch[], stepIndex: number, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[]; lossTokens: number }> {
+  /**
+   * With `flatGrads` each micro-batch's gradients are concatenated into one vector in `trainable` order as
+   * they arrive (webgpu's AdamW path): one add per micro-batch and one divide, instead of one per tensor.
+   */
+  private async accumulate(microBatches: readonly MicroBatch[], stepIndex: number, routed?: Map<string, RouterLoad>, flatGrads = false): Promise<{ parts: LossParts; grads: Tensor[]; lossTokens: number }> {
     if (!microBatches.length) throw new RunnerError('a step needs at least one micro-batch');
     const n = microBatches.length;
     const sum: LossParts = { loss: 0, ce: 0, constraint: 0, balance: 0 };
@@ -589,7 +600,13 @@ class Runner implements StageRunner {
         tf.dispose(acc);
         throw e;
       }
-      const { parts, grads } = step;
+      const { parts } = step;
+      let grads = step.grads;
+      if (flatGrads && grads.length) {
+        const one = tf.tidy(() => flat(grads));
+        tf.dispose(grads);
+        grads = [one];
+      }
       for (const k of Object.keys(sum) as (keyof LossParts)[]) sum[k] += parts[k];
       lossTokens += mb.lossTokens;
       if (!acc.length) acc = grads;
@@ -615,7 +632,9 @@ class Runner implements StageRunner {
     const s = this.stage.settings;
     const lr = learningRate(s, index, this.totalSteps);
     const routed = new Map<string, RouterLoad>();
-    const { parts, grads, lossTokens } = await this.accumulate(microBatches, index, routed);
+    // webgpu's AdamW: gradients and moments flat (one norm, one update dispatch; see flatSlots).
+    const flatPath = this.webgpu && s.optimizer.kind === 'adamw' && this.trainable.length > 0;
+    const { parts, grads, lossTokens } = await this.accumulate(microBatches, index, routed, flatPath);
     let gradNorm: number;
     try {
       gradNorm = await globalNorm(grads);
@@ -634,10 +653,14 @@ class Runner implements StageRunner {
     // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (webgpu/kernels/adamw.ts). The CPU table
     // does the same where the plan fused the optimizer (-O1's fuse-optimizer): one kernel call (kernels/cpu-ops.ts
     // McpcAdamW), equal to the per-tensor update bit for bit; -O0's plan updates tensor by tensor.
+    // On webgpu the gradients arrive flat and the moments stay flat between steps (adamwFlatStep).
     const fused = this.webgpu || (this.kernels !== reference && this.stage.optimizer.fused);
-    if (fused && s.optimizer.kind === 'adamw')
-      applyAdamWAll(this.webgpu ? adamwAll : adamwAllCpu, this.trainable, this.params, this.slots, grads, { lr, weightDecay: s.weightDecay, beta1: s.optimizer.beta1, beta2: s.optimizer.beta2, eps: s.optimizer.eps, t, gradScale: factor });
-    else this.trainable.forEach((id, i) => {
+    const o = s.optimizer;
+    if (o.kind === 'adamw' && (flatPath || fused)) {
+      const h = { lr, weightDecay: s.weightDecay, beta1: o.beta1, beta2: o.beta2, eps: o.eps, t, gradScale: factor };
+      if (flatPath) this.adamwFlatStep(grads[0]!, h);
+      else applyAdamWAll(this.webgpu ? adamwAll : adamwAllCpu, this.trainable, this.params, this.slots, grads, h);
+    } else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;
       const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);
@@ -661,6 +684,40 @@ class Runner implements StageRunner {
       }
     }
     return { ...base, applied: true };
+  }
+
+  /**
+   * webgpu's AdamW over the flat gradient `g` (trainable order): the parameters are concatenated, updated in
+   * one dispatch with the flat moments, and split back; the moments stay flat (flatSlots).
+   */
+  private adamwFlatStep(g: Tensor, h: AdamWStep): void {
+    const ids = this.trainable;
+    if (!this.flatSlots) {
+      const slots = ids.map((id) => this.slots.get(id)!);
+      this.flatSlots = tf.tidy(() => ({ m: tf.keep(flat(slots.map((x) => x.m))), v: tf.keep(flat(slots.map((x) => x.v!))) }));
+      for (const id of ids) this.slots.delete(id);
+      tf.dispose(slots.flatMap((x) => [x.m, x.v!]));
+    }
+    const old = ids.map((id) => this.params.get(id)!);
+    const { m, v } = this.flatSlots;
+    const next = tf.tidy(() => {
+      const r = adamwFlat(flat(old), g, m, v, h);
+      return { p: unflat(r.p, old.map((x) => x.shape)), m: r.m, v: r.v };
+    });
+    ids.forEach((id, i) => this.params.set(id, tf.keep(next.p[i]!)));
+    this.flatSlots = { m: tf.keep(next.m), v: tf.keep(next.v) };
+    tf.dispose([...old, m, v]);
+  }
+
+  /** The flat moments (flatSlots) back into per-tensor `slots`. */
+  private unflattenSlots(): void {
+    const f = this.flatSlots;
+    if (!f) return;
+    const shapes = this.trainable.map((id) => this.params.get(id)?.shape ?? this.info.get(id)!.shape);
+    const [ms, vs] = tf.tidy(() => [unflat(f.m, shapes).map((t) => tf.keep(t)), unflat(f.v, shapes).map((t) => tf.keep(t))]);
+    this.trainable.forEach((id, i) => this.slots.set(id, { m: ms![i]!, v: vs![i]! }));
+    tf.dispose([f.m, f.v]);
+    this.flatSlots = undefined;
   }
 
   async evalLoss(microBatches: MicroBatch | readonly MicroBatch[]): Promise<LossParts> {
@@ -693,6 +750,7 @@ class Runner implements StageRunner {
   async applyExit(): Promise<ExitReport> {
     this.live();
     if (this.exited) throw new RunnerError(`${this.stage.name}: the exit transitions were already applied`);
+    this.unflattenSlots();
     const report: ExitReport = { merged: [], dropped: [], droppedExperts: [], frozen: [], unfrozen: [] };
     for (const tr of this.stage.exit) {
       if (tr.op === 'merge') {
@@ -797,6 +855,7 @@ class Runner implements StageRunner {
 
   async optimizerState(): Promise<OptimizerState> {
     this.live();
+    this.unflattenSlots();
     const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
     const held = [...this.slots];
     const data = await Promise.all(held.map(([, s]) => Promise.all([s.m.data(), s.v?.data()])));
@@ -809,6 +868,7 @@ class Runner implements StageRunner {
 
   loadOptimizerState(state: OptimizerState): void {
     this.live();
+    this.unflattenSlots();
     for (const [id, s] of state.slots) {
       const cur = this.slots.get(id);
       if (!cur) throw new RunnerError(`optimizer state for ${id}, which is not trainable in ${this.stage.name}`);
@@ -829,6 +889,8 @@ class Runner implements StageRunner {
     if (this.disposed) return;
     tf.dispose([...this.params.values(), ...this.consts.values()]);
     for (const s of this.slots.values()) tf.dispose([s.m, ...(s.v ? [s.v] : [])]);
+    if (this.flatSlots) tf.dispose([this.flatSlots.m, this.flatSlots.v]);
+    this.flatSlots = undefined;
     this.params.clear();
     this.consts.clear();
     this.slots.clear();

@@ -13,38 +13,38 @@ import { adamwScalars, type AdamWStep } from '../../optimizer.js';
 
 const WG = 256;
 
-const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
+/** Tensors as one flat vector, in order (a reshape alone for one tensor). */
+export const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
 
 /**
- * One AdamW step of all tensors: returns new parameters and moments (new tensors, shapes as given; the
- * caller disposes the old ones). Runs inside its own tidy.
+ * One AdamW step over flat vectors of the same length n (parameters, gradients, both moments): one dispatch,
+ * new flat tensors for all three. The executor keeps a stage's moments flat between steps on webgpu (and its
+ * gradients flat from the first micro-batch on), so only the parameters are concatenated and split per step.
  */
-export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], s: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
-  if (!ps.length) return { p: [], m: [], v: [] };
-  return tf.tidy(() => {
-    const sizes = ps.map((p) => p.size);
-    const n = sizes.reduce((a, b) => a + b, 0);
-    const k = adamwScalars(s);
-    // Step-dependent constants are uniforms (one pipeline for the whole run), rounded to f32 as tfjs
-    // rounds the scalars of optimizer.ts; a factor of exactly 1 (no decay, no clipping) changes nothing.
-    const [P, M, V] = dispatch({
-      name: 'adamw_all',
-      inputs: { p_in: flat(ps), g_in: flat(gs), m_in: flat(ms), v_in: flat(vs) },
-      outputs: { p_out: [n], m_out: [n], v_out: [n] },
-      uniforms: {
-        n: ['u32', n],
-        decay: ['f32', k.decay],
-        gscale: ['f32', k.gscale],
-        b1: ['f32', k.b1],
-        omb1: ['f32', k.omb1],
-        b2: ['f32', k.b2],
-        omb2: ['f32', k.omb2],
-        sqrtbc2: ['f32', k.sqrtbc2],
-        eps: ['f32', k.eps],
-        stepsize: ['f32', k.stepsize],
-      },
-      workgroups: Math.ceil(n / WG),
-      body: `@compute @workgroup_size(${WG})
+export function adamwFlat(p: Tensor, g: Tensor, m: Tensor, v: Tensor, s: AdamWStep): { p: Tensor; m: Tensor; v: Tensor } {
+  const n = p.size;
+  if (g.size !== n || m.size !== n || v.size !== n) throw new Error(`adamw_all: flat sizes differ (p ${n}, g ${g.size}, m ${m.size}, v ${v.size})`);
+  const k = adamwScalars(s);
+  // Step-dependent constants are uniforms (one pipeline for the whole run), rounded to f32 as tfjs
+  // rounds the scalars of optimizer.ts; a factor of exactly 1 (no decay, no clipping) changes nothing.
+  const [P, M, V] = dispatch({
+    name: 'adamw_all',
+    inputs: { p_in: p, g_in: g, m_in: m, v_in: v },
+    outputs: { p_out: [n], m_out: [n], v_out: [n] },
+    uniforms: {
+      n: ['u32', n],
+      decay: ['f32', k.decay],
+      gscale: ['f32', k.gscale],
+      b1: ['f32', k.b1],
+      omb1: ['f32', k.omb1],
+      b2: ['f32', k.b2],
+      omb2: ['f32', k.omb2],
+      sqrtbc2: ['f32', k.sqrtbc2],
+      eps: ['f32', k.eps],
+      stepsize: ['f32', k.stepsize],
+    },
+    workgroups: Math.ceil(n / WG),
+    body: `@compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let i = flat_wg(wid, nwg) * ${WG}u + lid;
   if (i >= u.n) { return; }
@@ -57,8 +57,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   m_out[i] = m;
   v_out[i] = v;
 }`,
-    });
-    const split = (flatT: Tensor) => (ps.length === 1 ? [tf.reshape(flatT, ps[0]!.shape)] : tf.split(flatT, sizes).map((t, i) => tf.reshape(t, ps[i]!.shape)));
-    return { p: split(P!), m: split(M!), v: split(V!) };
+  });
+  return { p: P!, m: M!, v: V! };
+}
+
+/** A flat vector back into tensors of the given shapes (reshapes of one split). */
+export function unflat(flatT: Tensor, shapes: readonly number[][]): Tensor[] {
+  if (shapes.length === 1) return [tf.reshape(flatT, shapes[0]!)];
+  const sizes = shapes.map((sh) => sh.reduce((a, b) => a * b, 1));
+  return tf.split(flatT, sizes).map((t, i) => tf.reshape(t, shapes[i]!));
+}
+
+/**
+ * One AdamW step of all tensors: returns new parameters and moments (new tensors, shapes as given; the
+ * caller disposes the old ones). Runs inside its own tidy.
+ */
+export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], s: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
+  if (!ps.length) return { p: [], m: [], v: [] };
+  return tf.tidy(() => {
+    const r = adamwFlat(flat(ps), flat(gs), flat(ms), flat(vs), s);
+    const shapes = ps.map((p) => p.shape);
+    return { p: unflat(r.p, shapes), m: unflat(r.m, shapes), v: unflat(r.v, shapes) };
   });
 }
