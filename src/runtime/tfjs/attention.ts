@@ -6,8 +6,9 @@
  *
  * The module has its own memory: every call copies its arrays in as they are (memcpy; when d is not a multiple
  * of 16, each head's d columns into dp = d rounded up to 16, the rest zero), transposes k and v there per
- * (row, kv head) to [d][Sp] (Sp = S rounded up to 4, plus 16 zero columns that the 16-key blocks may read past
- * S) for the scores, and copies the results out. The copies are O(T·d) against the O(T·keys·d) arithmetic.
+ * (row, kv head) to [d4][Sp] for the scores (d4 = d rounded up to 4; Sp = S rounded up to 4, plus 16 zero
+ * columns that the 16-key blocks may read past S), and copies the results out. The copies are O(T·d) against
+ * the O(T·keys·d) arithmetic.
  * The queries of a (row, kv head) go through the kernel two at a time (pairTable).
  */
 import { readFileSync } from 'node:fs';
@@ -92,10 +93,13 @@ function getHeads(f: Float32Array, at: number, x: Float32Array, d: number, dp: n
   for (let r = 0; r < rowsN; r++) x.set(f.subarray(at / 4 + r * dp, at / 4 + r * dp + d), r * d);
 }
 
-/** k or v staged at byte `raw` ([T, KV·dp]) into [rows·KV][d][Sp] at byte `t`, the columns past S zero (in WebAssembly). */
+/** Rows of a transposed block: d rounded up to 4 (to_t goes 4 columns at a time). */
+const tRows = (d: number) => Math.ceil(d / 4) * 4;
+
+/** k or v staged at byte `raw` ([T, KV·dp]) into [rows·KV][tRows(d)][Sp] at byte `t`, the columns past S zero (in WebAssembly). */
 function transposeIn(m: AttentionExports, raw: number, t: number, s: AttentionShape, Sp: number, dp: number): void {
   const { rows, S, KV, d } = s;
-  for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.to_t(raw + (r * S * KV + h) * dp * 4, KV * dp, S, d, t + (r * KV + h) * d * Sp * 4, Sp);
+  for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.to_t(raw + (r * S * KV + h) * dp * 4, KV * dp, S, d, t + (r * KV + h) * tRows(d) * Sp * 4, Sp);
 }
 
 /**
@@ -152,7 +156,7 @@ export function attentionForward(q: Float32Array, k: Float32Array, v: Float32Arr
     at: [qA, kA, vA, ktA, oA, stA, tA, scA],
     f,
     i,
-  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * d * Sp, T * H * dp, T * H * 2, rows * np * 8, 4 * Sp]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * 8, 4 * Sp]);
   const m = attentionModule();
   putHeads(q, f, qA!, d, dp);
   putHeads(k, f, kA!, d, dp);
@@ -163,7 +167,7 @@ export function attentionForward(q: Float32Array, k: Float32Array, v: Float32Arr
   for (let r = 0; r < rows; r++)
     for (let h = 0; h < KV; h++) {
       const e0 = r * S * H + h * G;
-      m.fwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + (r * KV + h) * d * Sp * 4, vA! + (r * S * KV + h) * dp * 4, oA! + e0 * dp * 4, stA! + e0 * 8, scA!);
+      m.fwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + (r * KV + h) * tRows(d) * Sp * 4, vA! + (r * S * KV + h) * dp * 4, oA! + e0 * dp * 4, stA! + e0 * 8, scA!);
     }
   getHeads(f, oA!, o, d, dp);
   // logsumexp = m + log l from the module's (m, 1/l)
@@ -190,7 +194,7 @@ export function attentionBackward(
   const Sp = padded(S);
   const dp = headCols(d);
   const np = Math.ceil((S * G) / 2);
-  const kvT = rows * KV * d * Sp;
+  const kvT = rows * KV * tRows(d) * Sp;
   const {
     at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA],
     f,
@@ -212,7 +216,7 @@ export function attentionBackward(
   for (let r = 0; r < rows; r++)
     for (let h = 0; h < KV; h++) {
       const e0 = r * S * H + h * G;
-      const kvt = (r * KV + h) * d * Sp * 4;
+      const kvt = (r * KV + h) * tRows(d) * Sp * 4;
       const kvr = (r * S * KV + h) * dp * 4;
       m.bwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vtA! + kvt, kA! + kvr, oA! + e0 * dp * 4, gA! + e0 * dp * 4, stA! + e0 * 4, scA!, dqA! + e0 * dp * 4, dkA! + kvr, dvA! + kvr);
     }

@@ -33,7 +33,9 @@
 ;; x86, and the masked lanes of every block's tail would otherwise produce them. The reference's weights there
 ;; are below e^−87 ≈ 1.6e−38 of the largest, which the sum cannot tell from 0.
 ;;
-;;   to_t(src, ld, S, d, dst, Sp)     dst[c·Sp + j] = src[j·ld + c] (c < d, j < S), dst[c·Sp + j] = 0 for S <= j < Sp
+;;   to_t(src, ld, S, d, dst, Sp)     dst[c·Sp + j] = src[j·ld + c] (c < d4, j < S), dst[c·Sp + j] = 0 for S <= j < Sp,
+;;                                    d4 = d rounded up to 4 (the source's columns past d are read: its padding),
+;;                                    4 keys × 4 columns at a time (Sp a multiple of 4, addresses 16-byte aligned)
 ;;
 ;; exp is the Cephes-style f32x4 polynomial of ../kernels/fused-wasm.ts (same constants; 1-2 ulp), written out
 ;; where it is used, two vectors interleaved (V8 does not inline WebAssembly calls), with cheaper steps that its
@@ -45,18 +47,47 @@
   (memory (export "memory") 1)
 
   (func (export "to_t") (param $src i32) (param $ld i32) (param $S i32) (param $d i32) (param $dst i32) (param $Sp i32)
-    (local $j i32) (local $c i32) (local $s i32) (local $t i32) (local $sp4 i32)
+    (local $j i32) (local $c i32) (local $s i32) (local $t i32) (local $sp4 i32) (local $ld4 i32) (local $d4 i32) (local $S4 i32)
+    (local $r0 v128) (local $r1 v128) (local $r2 v128) (local $r3 v128) (local $u0 v128) (local $u1 v128) (local $u2 v128) (local $u3 v128)
     (local.set $sp4 (i32.shl (local.get $Sp) (i32.const 2)))
-    (loop $row
-      (local.set $s (i32.add (local.get $src) (i32.shl (i32.mul (local.get $j) (local.get $ld)) (i32.const 2))))
-      (local.set $t (i32.add (local.get $dst) (i32.shl (local.get $j) (i32.const 2))))
-      (local.set $c (local.get $d))
-      (loop $col
-        (f32.store (local.get $t) (f32.load (local.get $s)))
-        (local.set $s (i32.add (local.get $s) (i32.const 4)))
-        (local.set $t (i32.add (local.get $t) (local.get $sp4)))
-        (br_if $col (local.tee $c (i32.sub (local.get $c) (i32.const 1)))))
-      (br_if $row (i32.lt_s (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $S))))
+    (local.set $ld4 (i32.shl (local.get $ld) (i32.const 2)))
+    (local.set $d4 (i32.and (i32.add (local.get $d) (i32.const 3)) (i32.const -4)))
+    (local.set $S4 (i32.and (local.get $S) (i32.const -4)))
+    ;; 4 keys × 4 columns at a time
+    (block $done4
+      (br_if $done4 (i32.eqz (local.get $S4)))
+      (loop $row4
+        (local.set $c (i32.const 0))
+        (loop $col4
+          (local.set $s (i32.add (i32.add (local.get $src) (i32.mul (local.get $j) (local.get $ld4))) (i32.shl (local.get $c) (i32.const 2))))
+          (local.set $r0 (v128.load (local.get $s)))
+          (local.set $r1 (v128.load (local.tee $s (i32.add (local.get $s) (local.get $ld4)))))
+          (local.set $r2 (v128.load (local.tee $s (i32.add (local.get $s) (local.get $ld4)))))
+          (local.set $r3 (v128.load (i32.add (local.get $s) (local.get $ld4))))
+          (local.set $u0 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $r0) (local.get $r1)))
+          (local.set $u1 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $r0) (local.get $r1)))
+          (local.set $u2 (i8x16.shuffle 0 1 2 3 16 17 18 19 4 5 6 7 20 21 22 23 (local.get $r2) (local.get $r3)))
+          (local.set $u3 (i8x16.shuffle 8 9 10 11 24 25 26 27 12 13 14 15 28 29 30 31 (local.get $r2) (local.get $r3)))
+          (local.set $t (i32.add (i32.add (local.get $dst) (i32.mul (local.get $c) (local.get $sp4))) (i32.shl (local.get $j) (i32.const 2))))
+          (v128.store (local.get $t) (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $u0) (local.get $u2)))
+          (v128.store (local.tee $t (i32.add (local.get $t) (local.get $sp4))) (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $u0) (local.get $u2)))
+          (v128.store (local.tee $t (i32.add (local.get $t) (local.get $sp4))) (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (local.get $u1) (local.get $u3)))
+          (v128.store (i32.add (local.get $t) (local.get $sp4)) (i8x16.shuffle 8 9 10 11 12 13 14 15 24 25 26 27 28 29 30 31 (local.get $u1) (local.get $u3)))
+          (br_if $col4 (i32.lt_s (local.tee $c (i32.add (local.get $c) (i32.const 4))) (local.get $d4))))
+        (br_if $row4 (i32.lt_s (local.tee $j (i32.add (local.get $j) (i32.const 4))) (local.get $S4)))))
+    ;; the last S mod 4 keys one element at a time, then zeros to Sp
+    (block $done
+      (br_if $done (i32.ge_s (local.get $j) (local.get $S)))
+      (loop $row
+        (local.set $s (i32.add (local.get $src) (i32.mul (local.get $j) (local.get $ld4))))
+        (local.set $t (i32.add (local.get $dst) (i32.shl (local.get $j) (i32.const 2))))
+        (local.set $c (local.get $d4))
+        (loop $col
+          (f32.store (local.get $t) (f32.load (local.get $s)))
+          (local.set $s (i32.add (local.get $s) (i32.const 4)))
+          (local.set $t (i32.add (local.get $t) (local.get $sp4)))
+          (br_if $col (local.tee $c (i32.sub (local.get $c) (i32.const 1)))))
+        (br_if $row (i32.lt_s (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $S)))))
     (local.set $c (i32.const 0))
     (loop $pad
       (local.set $j (local.get $S))
@@ -64,7 +95,7 @@
       (loop $z
         (f32.store (i32.add (local.get $t) (i32.shl (local.get $j) (i32.const 2))) (f32.const 0))
         (br_if $z (i32.lt_s (local.tee $j (i32.add (local.get $j) (i32.const 1))) (local.get $Sp))))
-      (br_if $pad (i32.lt_s (local.tee $c (i32.add (local.get $c) (i32.const 1))) (local.get $d)))))
+      (br_if $pad (i32.lt_s (local.tee $c (i32.add (local.get $c) (i32.const 1))) (local.get $d4)))))
 
   (func (export "fwd")
     (param $np i32) (param $tab i32) (param $Sp i32) (param $d i32) (param $dp i32) (param $ldk i32) (param $scale f32)
