@@ -157,4 +157,22 @@ describe('mcpc run', () => {
     expect(w.err).toMatch(/no-such-folder\/init\.safetensors: atomic write failed: ENOENT.*\(check that the folder exists and is writable; nothing was replaced\)/);
     expect(w.err).not.toMatch(/internal error/);
   });
+
+  it('checks the MCPC_* switches before anything runs: a bad value stops it, an unknown name warns, the set ones are printed', async () => {
+    const withEnv = async (env: Record<string, string>, ...args: string[]) => {
+      const io = memoryIO(dir, { env });
+      const code = await main(['run', ...args], io);
+      return { code, out: io.out, err: io.err };
+    };
+    const bad = await withEnv({ MCPC_THREADS: 'two', MCPC_FUSED_WASM: 'off' }, 'p.mcp', '--out', 'sw-bad');
+    expect(bad.code).toBe(2);
+    expect(bad.err).toMatch(/MCPC_FUSED_WASM takes 0 or 1 \(got 'off'\); MCPC_THREADS takes a whole number from 1 to 256 \(got 'two'\) \(mcpc run --help lists the switches\)/);
+    expect(bad.out).toBe('');
+    const ok = await withEnv({ MCPC_FUSED_WASAM: '0', MCPC_ATTENTION_WASM: '0' }, 'p.mcp', '--out', 'sw-ok', '--max-steps', '1', '--backend', 'cpu');
+    expect(ok.code).toBe(0);
+    expect(ok.err).toMatch(/warning: MCPC_FUSED_WASAM is not an mcpc switch and does nothing; did you mean MCPC_FUSED_WASM\?/);
+    expect(ok.out).toMatch(/\nswitches MCPC_ATTENTION_WASM=0\n/);
+    const help = await withEnv({}, '--help');
+    expect(help.out).toMatch(/MCPC_THREADS +threads for the CPU matrix products/);
+  });
 });

@@ -12,6 +12,7 @@ import { DataError } from '../../runtime/data/errors.js';
 import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
 import { constraintValue, RunError, runPlan, type RunResult } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
+import { checkSwitches, SWITCHES } from '../../runtime/switches.js';
 import { AtomicWriteError } from '../../runtime/io/atomic.js';
 import { CheckpointError } from '../../runtime/io/checkpoint.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
@@ -39,6 +40,12 @@ options:
   --save-init FILE       first write the initial weights (safetensors by plan id), e.g. for
                          \`python train.py --init-from FILE\` of \`mcpc compile --target torch\`
   --project FILE         project file
+
+environment switches (checked before anything runs: a value a switch does not take stops the run,
+an MCPC_* name that is no switch is a warning):
+${SWITCHES.filter((s) => s.name !== 'MCPC_DEBUG')
+  .map((s) => `  ${s.name.padEnd(22)} ${s.what}`)
+  .join('\n')}
 `;
 
 export const runCommand: Command = async (argv, io) => {
@@ -64,6 +71,9 @@ export const runCommand: Command = async (argv, io) => {
   const seed = intOption(values.seed, '--seed');
   const stopAfter = intOption(values['stop-after'], '--stop-after');
   if (positionals.length > 1) throw new UsageError('give one plan or pipeline file');
+  const switches = checkSwitches(io.env);
+  for (const w of switches.warnings) io.stderr(`mcpc run: warning: ${w}\n`);
+  if (switches.errors.length) throw new UsageError(`${switches.errors.join('; ')} (mcpc run --help lists the switches)`);
 
   let plan: Plan;
   let root: string;
@@ -126,7 +136,7 @@ export const runCommand: Command = async (argv, io) => {
     io.stderr(`mcpc run: cannot start the ${values.backend} backend: ${(e as Error).message}\n`);
     return 1;
   }
-  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${backend.why}\nrun folder ${relative(io.cwd, runDir) || runDir}\n`);
+  io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${backend.why}\n${switches.set.length ? `switches ${switches.set.join(' ')}\n` : ''}run folder ${relative(io.cwd, runDir) || runDir}\n`);
   try {
     if (values['save-init'] !== undefined) {
       const { saveInitialWeights } = await import('../save-init.js');
