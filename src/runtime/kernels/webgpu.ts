@@ -19,8 +19,8 @@
  *   moe_up_grouped      one WGSL GEMM forward (gates applied in A's loader, B_e [E, out, r] read in place); gradient:
  *                       un-gated U = s·dy·[B_sh | B_e] once, then dh and dgates one small kernel each, dB_e one GEMM
  *                       storing [E, out, r] in place, dB_sh one GEMM (../webgpu/moe-up.ts); reference as concat_linear
- *   moe_down_routed     one McpcGemm x·[A_0 ; …]ᵀ (A_e read in place), then the top-k mask per expert block, one
- *                       kernel each way (../webgpu/routed-mask.ts: McpcRoutedMask)
+ *   moe_down_routed     ONE GEMM x·[A_0 ; …]ᵀ (A_e read in place), the top-k mask per expert block in its store;
+ *                       gradient: dx, dA_e one GEMM each (the mask in A's loader), none to the gates (../webgpu/moe-down.ts)
  *   everything else (moe_down_batched, router, expert_*, add, ...)                 reference (tfjs ops;
  *                       (router: also with the training-step noise input the executor appends, attrs.noise)
  *
@@ -52,7 +52,7 @@ import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
 import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
 import { moeUpGrouped, moeUpFits } from '../webgpu/moe-up.js';
-import { routedMask, routedMaskFits } from '../webgpu/routed-mask.js';
+import { moeDownFits, moeDownRouted } from '../webgpu/moe-down.js';
 import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
 import { f16MatmulOn } from '../webgpu/matmul-f16.js';
 import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
@@ -149,18 +149,13 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
   }),
 
   moe_down_routed: gpu('moe_down_routed', (inputs, step, ctx) => {
-    // x·[A_0 ; …]ᵀ as one McpcGemm (A_e [E, r, in] read in place as [E·r, in]; its gradient GEMMs only for what
-    // autodiff asks), then the top-k mask per expert block in one kernel each way (../webgpu/routed-mask.ts; no
-    // gradient to the gates). The reference when the inputs do not fit.
+    // x·[A_0 ; …]ᵀ with the top-k mask per expert block as ONE GEMM (A_e [E, r, in] read in place, the mask in
+    // its store), its gradient one GEMM per input asked for (the mask in A's loader) and none to the gates
+    // (../webgpu/moe-down.ts). The reference when switched off or when the inputs do not fit.
     const [x, gates, ae] = inputs;
-    const rank = num(step, 'rank');
-    const E = num(step, 'experts');
-    const fits = productsWgsl() && inputs.length === 3 && ae?.rank === 3 && ae.shape[0] === E && ae.shape[1] === rank && gates?.rank === 2 && gates.shape[1] === E && gates.shape[0] === x?.shape[0];
-    const a2 = fits ? tf.reshape(ae!, [E * rank, ae!.shape[2]!]) : undefined;
-    if (!a2 || !gemmFits(x, a2)) return reference.moe_down_routed(inputs, step, ctx);
-    const h = linear(x!, a2);
-    if (!routedMaskFits(h, gates!, E, rank)) return reference.moe_down_routed(inputs, step, ctx);
-    return [routedMask(h, gates!, E, rank)];
+    const s = { rank: num(step, 'rank'), experts: num(step, 'experts') };
+    if (!productsWgsl() || inputs.length !== 3 || !moeDownFits(x, gates, ae, s)) return reference.moe_down_routed(inputs, step, ctx);
+    return [moeDownRouted(x!, gates!, ae!, s)];
   }),
 
   moe_up_grouped: gpu('moe_up_grouped', (inputs, step, ctx) => {

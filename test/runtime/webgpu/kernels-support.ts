@@ -83,7 +83,9 @@ export async function run(backend: 'cpu' | 'webgpu', fn: (xs: Tensor[]) => Tenso
         return { outs, grads: [] as Tensor[] };
       }
       const { grads } = tf.engine().gradients(() => objective(...diffIdx.map((k) => xs[k]!)), diffIdx.map((k) => xs[k]!), undefined, true);
-      return { outs, grads: diffIdx.map((_, j) => grads[j]!) };
+      // An argument the objective does not reach gets zeros, as the executor gives it (a mask's gates, which
+      // a kernel may leave off the tape where the reference returns zeros for them).
+      return { outs, grads: diffIdx.map((k, j) => grads[j] ?? tf.zerosLike(xs[k]!)) };
     });
     const read = (ts: Tensor[]) => Promise.all(ts.map(async (t) => Float32Array.from(await t.data())));
     const res = { outs: await read(kept.outs), grads: await read(kept.grads), ms: 0 };
