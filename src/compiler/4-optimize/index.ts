@@ -8,6 +8,7 @@ import type { Pass, PassContext } from './pass.js';
 import { batchExperts } from './passes/batch-experts.js';
 import { batchOrthogonality } from './passes/batch-orthogonality.js';
 import { concatBaseAdapter } from './passes/concat-base-adapter.js';
+import { concatSharedInput } from './passes/concat-shared-input.js';
 import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
 import { expandSites } from './passes/expand-sites.js';
 import { foldFrozenLora } from './passes/fold-frozen-lora.js';
@@ -23,6 +24,7 @@ export const passes: Pass[] = [
   batchExperts, //           per mixture site: one A GEMM, one top-k grouped B GEMM
   routeExpertDown, //        routed-only mixture sites: the experts' A for each token's top-k only
   concatBaseAdapter, //      base GEMM + adapter down-projections on the same x -> one concat GEMM
+  concatSharedInput, //      the GEMMs of different sites on the same x (q, k, v; gate, up) -> one concat GEMM
   batchOrthogonality, //     every orthogonality term of a stage in one weighted penalty node
   fuseElementwise, //        adds, RMSNorm, SwiGLU chains -> generated WGSL kernels with generated backward
   fuseOptimizer, //          one optimizer dispatch per stage over flat buffers of all trainable tensors

@@ -2,6 +2,7 @@
  * The IR verifier: run after lowering and after every pass (always in tests, and with MCPC_DEBUG=ir).
  * A failure is an internal compiler error naming the pass and the node, never a user diagnostic.
  */
+import { concatPartOps, concatParts, trainingAltersInput } from './concat.js';
 import type { Graph, IR, Node } from './types.js';
 
 export class IRVerifyError extends Error {
@@ -66,6 +67,24 @@ function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: bo
   // Every activation except the loss is consumed: a dead value means a pass forgot to rewire a consumer.
   const used = new Set(g.nodes.flatMap((n) => n.inputs));
   for (const n of g.nodes) for (const o of n.outputs) if (o !== g.loss && !used.has(o) && !n.attrs.sideOutput) fail(n, `output ${o} is never used`);
+  // concat_linear: the inputs are x then per part its params and bias, one output [T, out] per part, and no
+  // part that training feeds something other than x·Wᵀ (dropout's A, a noisy router: they keep their node).
+  const altered = trainingAltersInput(ir);
+  for (const n of g.nodes) {
+    if (n.op !== 'concat_linear') continue;
+    const parts = concatParts(n);
+    if (!parts.length) fail(n, 'concat_linear has no parts');
+    const expect = [n.inputs[0], ...parts.flatMap((p) => [...p.params, ...(p.bias ? [p.bias] : [])])];
+    if (expect.length !== n.inputs.length || expect.some((v, i) => v !== n.inputs[i])) fail(n, `concat_linear inputs [${n.inputs.join(', ')}] are not x then each part's params and bias [${expect.join(', ')}]`);
+    if (n.outputs.length !== parts.length) fail(n, `concat_linear has ${n.outputs.length} outputs for ${parts.length} parts`);
+    if (n.attrs.totalOut !== parts.reduce((s, p) => s + p.out, 0)) fail(n, `concat_linear totalOut ${String(n.attrs.totalOut)} is not the sum of its parts' widths`);
+    parts.forEach((p, i) => {
+      if (!concatPartOps.has(p.kind)) fail(n, `concat_linear part ${i} is a ${p.kind}, not one of ${[...concatPartOps].join(', ')}`);
+      const shape = g.values.get(n.outputs[i])?.shape;
+      if (shape && shape[shape.length - 1] !== p.out) fail(n, `concat_linear output ${n.outputs[i]} is [${shape.join(', ')}], its part ${p.kind} writes ${p.out} columns`);
+      if (altered({ op: p.kind, adapter: p.adapter })) fail(n, `concat_linear part ${p.kind} of ${p.adapter} is altered in training (dropout or router noise) and must keep its own node`);
+    });
+  }
   // moe_down_routed zeroes h off each token's top-k: exact only where every reader of h multiplies it by the
   // same gates (moe_up_grouped on those gates, routed part only).
   for (const n of g.nodes) {

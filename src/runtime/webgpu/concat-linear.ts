@@ -19,6 +19,11 @@
  *   db_i   the column sums of dZ_i (`McpcColSum`)
  *
  * The forward saves x, the weights and the router parts' probabilities (tfjs clones each saved tensor).
+ *
+ * Bindings: the forward module binds x, every weight and bias and one output per part. A layout over more
+ * storage buffers than the device allows per shader stage (maxStorageBuffersPerShaderStage: llvmpipe 16,
+ * WebGPU's default 8; a concat_linear merged over several sites by concat-shared-input can need 21) runs as
+ * consecutive chunks of parts, each one such GEMM over x (dx then adds up per chunk through autodiff).
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
@@ -60,7 +65,7 @@ const rows = (t: { shape: number[] }): number => (t.shape.length === 3 ? t.shape
  * Whether the WGSL path takes these inputs for `layout` (else undefined, and the caller runs the reference):
  * float32, x [T, in] with T ≥ 1, every weight [r, in] or [E, r, in] with r ≥ 1 (a binding nobody reads would
  * break the pipeline's layout), each part's weights adding up to its width, biases [out], few enough rows for
- * the activation kernels.
+ * the activation kernels, each part within the device's storage-buffer limit.
  */
 export function concatLinearFits(inputs: Tensor[], layout: ConcatLayout): boolean {
   if (inputs.some((t) => t.dtype !== 'float32')) return false;
@@ -83,7 +88,8 @@ export function concatLinearFits(inputs: Tensor[], layout: ConcatLayout): boolea
       used.add(p.bias);
     }
   }
-  return used.size === inputs.length;
+  // Every part must fit the device's storage-buffer limit on its own (a layout over more runs in chunks).
+  return used.size === inputs.length && chunksOf(layout, bindingLimit()) !== null;
 }
 
 // --- layouts by number (tfjs attrs carry numbers) ------------------------------------------------------------------------
@@ -375,8 +381,81 @@ function register(id: number): string {
   return name;
 }
 
+/** Storage buffers one module may bind on the current device (WebGPU's default 8 when the device does not say). */
+function bindingLimit(): number {
+  const n = (tf.backend() as any)?.device?.limits?.maxStorageBuffersPerShaderStage;
+  return typeof n === 'number' && n > 0 ? n : 8;
+}
+
+/** Storage buffers the forward module of `parts` binds: x, each weight and bias, one output per part. */
+const bindingsOf = (parts: ConcatLayoutPart[]): number => 1 + parts.reduce((s, p) => s + p.weights.length + (p.bias !== undefined ? 1 : 0) + 1, 0);
+
+/** A layout cut into layouts that each fit `limit` bindings: per chunk its layout and the input indices it reads. */
+interface Chunk {
+  layout: ConcatLayout;
+  inputs: number[];
+  /** Indices of the whole layout's parts this chunk computes. */
+  parts: number[];
+}
+const chunked = new Map<string, Chunk[] | null>();
+
+/**
+ * The layout in chunks of consecutive parts whose forward module fits `limit` storage buffers (the forward binds
+ * the most: dx binds the parts' gradients, the weights and dx; dW and db 2 or 3), or null when one part alone
+ * does not fit. One chunk when the whole layout fits: a concat_linear merged over several sites
+ * (concat-shared-input: q, k, v with biases and LoRA A, 16 bindings) may exceed a device's limit (llvmpipe 16,
+ * WebGPU's default 8), and then runs as a few GEMMs over x instead of one.
+ */
+function chunksOf(layout: ConcatLayout, limit: number): Chunk[] | null {
+  const key = `${limit}|${JSON.stringify(layout)}`;
+  const hit = chunked.get(key);
+  if (hit !== undefined) return hit;
+  const groups: number[][] = [];
+  let cur: number[] = [];
+  for (let i = 0; i < layout.parts.length; i++) {
+    if (bindingsOf([layout.parts[i]!]) > limit) {
+      chunked.set(key, null);
+      return null;
+    }
+    if (cur.length && bindingsOf([...cur, i].map((j) => layout.parts[j]!)) > limit) {
+      groups.push(cur);
+      cur = [];
+    }
+    cur.push(i);
+  }
+  if (cur.length) groups.push(cur);
+  const res = groups.map((idx) => {
+    const inputs = [0];
+    const parts = idx.map((i) => {
+      const p = layout.parts[i]!;
+      const weights = p.weights.map((w) => (inputs.push(w), inputs.length - 1));
+      const bias = p.bias !== undefined ? (inputs.push(p.bias), inputs.length - 1) : undefined;
+      return { out: p.out, weights, ...(bias !== undefined ? { bias } : {}), act: p.act };
+    });
+    return { layout: { parts }, inputs, parts: idx };
+  });
+  if (chunked.size > 1024) chunked.clear();
+  chunked.set(key, res);
+  return res;
+}
+
 /** The parts' outputs of concat_linear on the webgpu backend (inputs checked by {@link concatLinearFits}). */
 export function concatLinear(inputs: Tensor[], layout: ConcatLayout): Tensor[] {
+  const chunks = chunksOf(layout, bindingLimit());
+  if (!chunks) throw new Error('concat_linear: a part binds more storage buffers than the device allows (concatLinearFits)');
+  if (chunks.length === 1) return concatOne(inputs, layout);
+  const out: Tensor[] = new Array(layout.parts.length);
+  for (const c of chunks) {
+    const ys = concatOne(
+      c.inputs.map((i) => inputs[i]!),
+      c.layout,
+    );
+    c.parts.forEach((p, k) => (out[p] = ys[k]!));
+  }
+  return out;
+}
+
+function concatOne(inputs: Tensor[], layout: ConcatLayout): Tensor[] {
   const id = layoutId(layout);
   const name = register(id);
   const r = tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, { layout: id } as unknown as tf.NamedAttrMap) as Tensor | Tensor[];

@@ -7,6 +7,7 @@ import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { batchExperts } from '../../../src/compiler/4-optimize/passes/batch-experts.js';
 import { batchOrthogonality } from '../../../src/compiler/4-optimize/passes/batch-orthogonality.js';
 import { concatBaseAdapter } from '../../../src/compiler/4-optimize/passes/concat-base-adapter.js';
+import { concatSharedInput } from '../../../src/compiler/4-optimize/passes/concat-shared-input.js';
 import { eliminateDeadAdapters } from '../../../src/compiler/4-optimize/passes/eliminate-dead-adapters.js';
 import { expandSites } from '../../../src/compiler/4-optimize/passes/expand-sites.js';
 import { foldFrozenLora } from '../../../src/compiler/4-optimize/passes/fold-frozen-lora.js';
@@ -18,7 +19,7 @@ import type { Plan, PlanStage } from '../../../src/plan/types.js';
 export const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 export const base: Pass[] = [expandSites, eliminateDeadAdapters];
-export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, batchExperts, routeExpertDown, concatBaseAdapter, batchOrthogonality };
+export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, batchExperts, routeExpertDown, concatBaseAdapter, concatSharedInput, batchOrthogonality };
 
 export interface Compiled {
   ir: IR;
@@ -63,3 +64,11 @@ export function backwardFlops(st: PlanStage, pred: (s: PlanStage['forward'][numb
 
 /** The GEMM-like ops that read an activation directly. */
 export const gemmOps = new Set<Node['op']>(['linear', 'lora_down', 'expert_down', 'router', 'moe_down_batched', 'concat_linear']);
+
+/** The concat_linear holding a part of `site` (its own site, or a part's when concat-shared-input merged sites). */
+export function concatAt(st: StageIR, site: string): Node | undefined {
+  return st.graph.nodes.find((n) => n.op === 'concat_linear' && (n.site === site || (n.attrs.parts as { site?: string }[]).some((p) => p.site === site)));
+}
+
+/** The kinds of the parts of `n` that belong to `site`. */
+export const partKindsAt = (n: Node, site: string): string[] => (n.attrs.parts as { kind: string; site?: string }[]).filter((p) => (p.site ?? n.site) === site).map((p) => p.kind);

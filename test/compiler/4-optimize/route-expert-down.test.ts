@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { passes } from '../../../src/compiler/4-optimize/index.js';
 import { verifyIR } from '../../../src/compiler/ir/verify.js';
-import { base, backwardFlops, compile, forwardFlops, inline, nodesOf, P } from './helpers.js';
+import { base, backwardFlops, compile, concatAt, forwardFlops, inline, nodesOf, P, partKindsAt } from './helpers.js';
 import type { StageIR } from '../../../src/compiler/ir/types.js';
 
 const moePipeline = (opts: { experts?: number; k?: number; shared?: number; extra?: string } = {}) => `pipeline moe
@@ -41,14 +41,13 @@ describe('route-expert-down', () => {
       expect(n.inputs[2]).toBe(`noise.${site}.expert_A`);
       // router (in the concat GEMM) → topk_gate → moe_down_routed → moe_up_grouped
       const idx = (m: { id: string }) => st.graph.nodes.findIndex((x) => x.id === m.id);
-      const concat = st.graph.nodes.find((m) => m.op === 'concat_linear' && m.site === site)!;
+      const concat = concatAt(st, site)!;
       expect(idx(concat)).toBeLessThan(idx(topk));
       expect(idx(n)).toBe(idx(topk) + 1);
       expect(idx(up)).toBeGreaterThan(idx(n));
       // It reads the site's x, and does not join the base GEMM; the router still does.
       expect(n.inputs[0]).toBe(concat.inputs[0]);
-      const parts = (concat.attrs.parts as { kind: string }[]).map((p) => p.kind);
-      expect(parts).toEqual(['linear', 'lora_down', 'router']);
+      expect(partKindsAt(concat, site)).toEqual(['linear', 'lora_down', 'router']);
     }
     expect(c.plan.compiler.passes.find((p) => p.name === 'route-expert-down')!.notes).toEqual(["aggregate: 12 mixture sites compute the experts' A for each token's top-k only"]);
     expect(() => verifyIR(c.ir, 'test', { expanded: true })).not.toThrow();
@@ -101,7 +100,7 @@ describe('route-expert-down', () => {
       expect(ops.indexOf('router')).toBeLessThan(ops.indexOf('topk_gate'));
       expect(ops.indexOf('moe_down_routed')).toBe(ops.indexOf('topk_gate') + 1);
       expect(ops.indexOf('moe_up_grouped')).toBeGreaterThan(ops.indexOf('moe_down_routed'));
-      const linear = st.graph.nodes.find((m) => m.site === n.site && (m.op === 'linear' || m.op === 'concat_linear'))!;
+      const linear = st.graph.nodes.find((m) => m.site === n.site && m.op === 'linear') ?? concatAt(st, n.site!)!;
       expect(n.inputs[0]).toBe(linear.inputs[0]);
     }
   });
@@ -111,8 +110,10 @@ describe('route-expert-down', () => {
     const st = c.stage('aggregate').ir;
     const n = nodesOf(st, 'moe_down_routed')[0]!;
     const up = st.graph.nodes.find((m) => m.op === 'moe_up_grouped' && m.inputs[0] === n.outputs[0])!;
-    const router = st.graph.nodes.find((m) => m.site === n.site && m.outputs.some((o) => o.endsWith('.probs')))!;
-    up.inputs[1] = router.outputs.find((o) => o.endsWith('.probs'))!;
+    // The router's probabilities (an output of the concat_linear holding the site's router part).
+    const probs = `${n.site}.noise.probs`;
+    expect(st.graph.nodes.some((m) => m.outputs.includes(probs))).toBe(true);
+    up.inputs[1] = probs;
     expect(() => verifyIR(c.ir, 'some-pass', { expanded: true })).toThrow(/reads .*hcat, the top-k-only output of moe_down_routed/);
   });
 });

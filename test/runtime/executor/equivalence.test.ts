@@ -9,9 +9,14 @@
  * dropped, a LoRA frozen then folded into its base weights in stage two (fold-frozen-lora), an adapter that
  * is declared but only trained in stage two (eliminate-dead-adapters removes it from stage one), an
  * orthogonality constraint over three sites (batch-orthogonality), and the elementwise chains of the
- * decoder (fuse-elementwise when present).
+ * decoder (fuse-elementwise when present). concat-shared-input (the sites on one input in one GEMM) is also held
+ * to the -O1 plan without it, on the reference and on the wasm kernel table (the last describe).
  */
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { passes } from '../../../src/compiler/4-optimize/index.js';
+import type { Pass } from '../../../src/compiler/4-optimize/pass.js';
+import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { createStageRunner, type StageRunner } from '../../../src/runtime/executor.js';
 import type { Plan } from '../../../src/plan/types.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
@@ -151,5 +156,86 @@ describe.each([1, 0])('-O0 and -O1 plans train to the same result (noise shared:
     }
     expect(worst(await a2.parameters(), await b2.parameters()).err).toBeLessThan(TOL);
     expect(tf.memory().numTensors).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * concat-shared-input on its own: the -O1 plan with and without it (every other pass the same) trains to the same
+ * result on the reference (`cpu`) and on the wasm kernel table: q, k and v (base weights with biases, the attention
+ * LoRA's A) and gate and up (base, knowledge A, router, experts' A) each one GEMM per shared input.
+ */
+describe('concat-shared-input: the -O1 plan with and without it', () => {
+  const without = passes.filter((p) => p.name !== 'concat-shared-input');
+  const plansOf = (text: string): [Plan, Plan] => {
+    const { dir } = compileInline(text, []);
+    const at = (list: Pass[]) => {
+      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1, verify: true, passes: list });
+      if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
+      return res.plan;
+    };
+    return [at(without), at(passes)];
+  };
+  const mbs = [syntheticBatch(2, 32, 21), syntheticBatch(2, 32, 22)];
+  const runners: StageRunner[] = [];
+  afterAll(() => runners.forEach((r) => r.dispose()));
+  const merged = (plan: Plan, stage: string) =>
+    plan.stages.find((s) => s.name === stage)!.forward.filter((f) => f.op === 'concat_linear' && new Set((f.attrs.parts as { site?: string }[]).map((p) => p.site)).size > 1);
+
+  it.each(['cpu', 'wasm'] as const)('MedCare-like stages one and two on %s: same loss, gradients and weights', async (backend) => {
+    const [a0, a1] = plansOf(PIPELINE);
+    expect(merged(a0, 'one')).toEqual([]);
+    // One layer: q, k, v on one x; gate, up on another (stage two: base + align A each).
+    expect(merged(a1, 'one').map((f) => (f.attrs.parts as { site: string }[]).map((p) => p.site.split('.').pop()))).toEqual([
+      ['q', 'q', 'k', 'k', 'v', 'v'],
+      ['gate', 'gate', 'gate', 'gate', 'up', 'up', 'up', 'up'],
+    ]);
+    expect(merged(a1, 'two')).toHaveLength(2);
+    const a = await createStageRunner(a0, 'one', { backend });
+    const b = await createStageRunner(a1, 'one', { backend });
+    runners.push(a, b);
+    const ga = await a.gradients(mbs);
+    const gb = await b.gradients(mbs);
+    expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
+    expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
+    expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
+    for (let i = 0; i < 2; i++) {
+      const sa = await a.step(mbs);
+      const sb = await b.step(mbs);
+      expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
+    }
+    expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
+    expect(await a.applyExit()).toEqual(await b.applyExit());
+    const a2 = await createStageRunner(a0, 'two', { backend, parameters: await a.parameters() });
+    const b2 = await createStageRunner(a1, 'two', { backend, parameters: await b.parameters() });
+    runners.push(a2, b2);
+    const h0 = await a2.gradients(mbs);
+    const h1 = await b2.gradients(mbs);
+    expect(relErr([h0.loss], [h1.loss])).toBeLessThan(TOL);
+    expect(worst(h0.grads, h1.grads).err).toBeLessThan(TOL);
+  });
+
+  it('a stage that trains the base too: dW and db of every merged base weight', async () => {
+    const [p0, p1] = plansOf(`pipeline p
+model base = ${TINY}
+data d = jsonl("d.jsonl")
+adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
+stage one {
+  train base, a on d
+  steps 2
+  batch 4
+  micro_batch 2
+  max_len 32
+}
+`);
+    expect(merged(p1, 'one')).toHaveLength(2);
+    const a = await createStageRunner(p0, 'one');
+    const b = await createStageRunner(p1, 'one');
+    runners.push(a, b);
+    const ga = await a.gradients(mbs);
+    const gb = await b.gradients(mbs);
+    expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
+    expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
+    for (const id of ['base.layers[0].attn.k.weight', 'base.layers[0].attn.k.bias', 'base.layers[0].mlp.up.weight']) expect(gb.grads.has(id)).toBe(true);
+    expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
   });
 });

@@ -273,10 +273,31 @@ describe('concat_linear', () => {
     want.forEach((w, i) => expect(relErr(got[i]!, w)).toBeLessThan(1e-5));
   });
 
+  // concat-shared-input: q, k, v (each base weight with its bias, an adapter A on q and v) on one x, then the
+  // gate/up pair of a mixture site (base + router with bias each): several linear parts, biases on each.
+  const shared: { kind: string; out: number; params: string[]; bias?: string; [k: string]: unknown }[] = [
+    { kind: 'linear', out: 6, params: ['Wq'], node: 'q', site: 'q', bias: 'bq', attrs: { out: 6 } },
+    { kind: 'lora_down', out: 2, params: ['Aq'], node: 'qa', site: 'q', adapter: 'l', attrs: { rank: 2 } },
+    { kind: 'linear', out: 3, params: ['Wk'], node: 'k', site: 'k', bias: 'bk', attrs: { out: 3 } },
+    { kind: 'linear', out: 3, params: ['Wv'], node: 'v', site: 'v', bias: 'bv', attrs: { out: 3 } },
+    { kind: 'lora_down', out: 2, params: ['Av'], node: 'va', site: 'v', adapter: 'l', attrs: { rank: 2 } },
+    { kind: 'router', out: 3, params: ['Wr'], node: 'r', site: 'v', adapter: 'm', bias: 'br', activation: 'softmax', attrs: { experts: 3, activation: 'softmax' } },
+  ];
+  const sharedInputs = (T: number, inF: number) => [T2(T, inF), T2(6, inF), tf.tensor1d(randn(6)), T2(2, inF), T2(3, inF), tf.tensor1d(randn(3)), T2(3, inF), tf.tensor1d(randn(3)), T2(2, inF), T2(3, inF), tf.tensor1d(randn(3))];
+
+  it('several linear parts with their own biases (sites merged on one x): forward and every gradient', () => {
+    for (const [T, inF] of [[7, 5], [1, 9], [16, 8]] as const) sameAsReference(step(shared), sharedInputs(T, inF), context(1, T));
+    // Base parts only (q, k, v without adapters), each with a bias.
+    const bases = shared.filter((p) => p.kind === 'linear');
+    const xs = sharedInputs(5, 4);
+    sameAsReference(step(bases), [xs[0]!, xs[1]!, xs[2]!, xs[4]!, xs[5]!, xs[6]!, xs[7]!], context(1, 5));
+  });
+
   it('on the wasm backend', async () => {
     await initBackend('wasm');
     try {
       sameAsReference(step(), inputs(9, 6), context(1, 9), 1e-4);
+      sameAsReference(step(shared), sharedInputs(9, 6), context(1, 9), 1e-4);
     } finally {
       await initBackend('cpu');
     }

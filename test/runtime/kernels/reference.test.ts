@@ -289,6 +289,32 @@ describe('reference kernels match direct formulas', () => {
     close(arr(outs[3]), arr(run('router', [x, Wr, br], { activation: 'softmax' })[0]));
   });
 
+  it('concat_linear over several sites (concat-shared-input): each base part with its own bias, each output its own linear', () => {
+    // q, k, v on one x: [W_q + b_q | A_q | W_k + b_k | W_v + b_v | A_v], then a router part after them.
+    const [Tn, inF] = [5, 6];
+    const x = T2(Tn, inF);
+    const ws = [T2(4, inF), T2(2, inF), T2(3, inF), T2(2, inF)];
+    const bs = [tf.tensor1d(randn(4)), tf.tensor1d(randn(2)), tf.tensor1d(randn(3))];
+    const Aq = T2(2, inF);
+    const Wr = T2(3, inF);
+    const parts = [
+      { kind: 'linear', out: 4, params: ['Wq'], node: 'q', site: 'q', bias: 'bq', attrs: { out: 4 } },
+      { kind: 'lora_down', out: 2, params: ['Aq'], node: 'qa', site: 'q', adapter: 'l', attrs: { rank: 2 } },
+      { kind: 'linear', out: 2, params: ['Wk'], node: 'k', site: 'k', bias: 'bk', attrs: { out: 2 } },
+      { kind: 'linear', out: 3, params: ['Wv'], node: 'v', site: 'v', bias: 'bv', attrs: { out: 3 } },
+      { kind: 'linear', out: 2, params: ['Wo'], node: 'o', site: 'o', attrs: { out: 2 } },
+      { kind: 'router', out: 3, params: ['Wr'], node: 'r', site: 'o', adapter: 'm', activation: 'sigmoid', attrs: { experts: 3, activation: 'sigmoid' } },
+    ];
+    const ins = [x, ws[0]!, bs[0]!, Aq, ws[1]!, bs[1]!, ws[2]!, bs[2]!, ws[3]!, Wr];
+    const outs = run('concat_linear', ins, { in: inF, parts, totalOut: 16 }, undefined, ['x', 'Wq', 'bq', 'Aq', 'Wk', 'bk', 'Wv', 'bv', 'Wo', 'Wr'], 6);
+    close(arr(outs[0]), arr(run('linear', [x, ws[0]!, bs[0]!])[0]));
+    close(arr(outs[1]), arr(run('lora_down', [x, Aq])[0]));
+    close(arr(outs[2]), arr(run('linear', [x, ws[1]!, bs[1]!])[0]));
+    close(arr(outs[3]), arr(run('linear', [x, ws[2]!, bs[2]!])[0]));
+    close(arr(outs[4]), arr(run('linear', [x, ws[3]!])[0]));
+    close(arr(outs[5]), arr(run('router', [x, Wr], { activation: 'sigmoid' })[0]));
+  });
+
   it('ortho_penalty: Σ|A_t A_oᵀ| (l1) or Σ(A_t A_oᵀ)² (l2, fro), over A rows or B columns, mixtures stacked', () => {
     const At = T2(3, 6);
     const Ao = T2(2, 6);

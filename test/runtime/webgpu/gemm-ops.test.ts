@@ -75,6 +75,45 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
         { kind: 'router', weights: [[8]], activation: 'sigmoid' },
       ],
     ],
+    [
+      'sites merged on one x (concat-shared-input): q, k, v base weights each with a bias (frozen), LoRA A on q and v; T=33 K=24',
+      33,
+      24,
+      [
+        { kind: 'linear', weights: [[24]], bias: true, frozen: true },
+        { kind: 'lora_down', weights: [[4]] },
+        { kind: 'linear', weights: [[8]], bias: true, frozen: true },
+        { kind: 'linear', weights: [[8]], bias: true, frozen: true },
+        { kind: 'lora_down', weights: [[4]] },
+      ],
+    ],
+    [
+      'trainable base weights with biases on three sites, one token',
+      1,
+      7,
+      [
+        { kind: 'linear', weights: [[5]], bias: true },
+        { kind: 'linear', weights: [[3]], bias: true },
+        { kind: 'linear', weights: [[2]], bias: true },
+      ],
+    ],
+    [
+      // 1 + 2 × (W, b, A, A_sh, A_e, W_r, b_r) inputs + 8 outputs = 23 storage buffers: more than llvmpipe's 16
+      // (and WebGPU's default 8), so the kernel runs in chunks of parts.
+      'gate and up of two mixture sites merged (23 bindings: run in chunks), T=19 K=12',
+      19,
+      12,
+      [
+        { kind: 'linear', weights: [[20]], bias: true, frozen: true },
+        { kind: 'lora_down', weights: [[4]] },
+        { kind: 'moe_down_batched', weights: [[2], [3, 2]] },
+        { kind: 'router', weights: [[3]], bias: true, activation: 'softmax' },
+        { kind: 'linear', weights: [[20]], bias: true, frozen: true },
+        { kind: 'lora_down', weights: [[4]] },
+        { kind: 'moe_down_batched', weights: [[2], [3, 2]] },
+        { kind: 'router', weights: [[3]], bias: true, activation: 'sigmoid' },
+      ],
+    ],
     ['one part, one column', 5, 3, [{ kind: 'lora_down', weights: [[1]] }]],
     ['a router alone (one expert)', 9, 6, [{ kind: 'router', weights: [[1]], bias: true, activation: 'softmax' }]],
   ];
@@ -257,5 +296,28 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
     } finally {
       delete process.env.MCPC_GEMM_WGSL;
     }
+  });
+
+  it('concat_linear over more storage buffers than the device binds runs as chunks of parts, each one WGSL GEMM', async () => {
+    await initBackend('webgpu');
+    const limit = (tf.backend() as unknown as { device: { limits: { maxStorageBuffersPerShaderStage: number } } }).device.limits.maxStorageBuffersPerShaderStage;
+    // n base parts with biases: 1 + 3n bindings (x, then W, b and the output per part).
+    const n = Math.floor((limit - 1) / 3) + 2;
+    const { st, args } = concatCase(4, 5, Array.from({ length: n }, () => ({ kind: 'linear' as const, weights: [[3]], bias: true })), 11);
+    const xs = args.map((a) => tf.tensor(a.data, a.shape));
+    let ys: Tensor[] = [];
+    const info = await tf.profile(() => (ys = webgpuKernels.concat_linear(xs, st, noCtx)));
+    const gemms = info.kernelNames.filter((k) => k.startsWith('McpcConcatLinearWgsl'));
+    expect(info.kernelNames.length).toBe(gemms.length);
+    // Greedy chunks of consecutive parts, each within the limit: ⌊(limit − 1) / 3⌋ parts per chunk.
+    expect(gemms.length).toBe(Math.ceil(n / Math.floor((limit - 1) / 3)));
+    expect(gemms.length).toBeGreaterThan(1);
+    expect(ys).toHaveLength(n);
+    const want = reference.concat_linear(xs, st, noCtx);
+    for (let i = 0; i < n; i++) {
+      const [a, b] = [await ys[i]!.data(), await want[i]!.data()];
+      for (let j = 0; j < a.length; j++) expect(Math.abs(a[j]! - b[j]!)).toBeLessThan(1e-4);
+    }
+    tf.dispose([...xs, ...ys, ...want]);
   });
 });

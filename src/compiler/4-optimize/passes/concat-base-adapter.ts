@@ -5,8 +5,8 @@
  *   [y_base | h_1 | ... | h_cat | logits_r] = x · [W | A_1 | ... | A_cat | W_r]^T
  *
  * with one output per part, each the value the replaced node wrote (so no consumer changes). attrs:
- *   in, totalOut = Σ part.out, parts: [{kind, out, params, node, adapter?, bias?, activation?, attrs}]
- * where `kind` is the replaced op, `params` the weight tensors of the part and `attrs` the replaced node's
+ *   in, totalOut = Σ part.out, parts: [{kind, out, params, node, site?, adapter?, bias?, activation?, attrs}]
+ * (../../ir/concat.ts) where `kind` is the replaced op, `params` the weight tensors of the part and `attrs` the replaced node's
  * other attrs. Inputs: x, then per part in order its params and its bias; outputs: one per part, in order.
  * Epilogues stay per part: the base bias is added to the base part only; a router part adds its bias b_r and
  * applies its activation (softmax or sigmoid), so its output is the router's probabilities as before.
@@ -22,37 +22,11 @@
  */
 import { GraphEditor } from '../../ir/edit.js';
 import { GraphIndex } from '../../ir/graph-index.js';
+import { concatPartOf, readsWeightsOnly, trainingAltersInput, type ConcatPart } from '../../ir/concat.js';
 import type { Node } from '../../ir/types.js';
 import type { Pass } from '../pass.js';
 
 const partOps = new Set<Node['op']>(['lora_down', 'moe_down_batched', 'router']);
-
-export interface ConcatPart {
-  kind: 'linear' | 'lora_down' | 'moe_down_batched' | 'router';
-  out: number;
-  /** Weight tensors of the part (biases excluded), in the node's input order. */
-  params: string[];
-  /** Id of the node the part replaced. */
-  node: string;
-  adapter?: string;
-  bias?: string;
-  activation?: string;
-  attrs: Record<string, unknown>;
-}
-
-/** Output width of a part. */
-function partOut(n: Node): number {
-  switch (n.op) {
-    case 'linear':
-      return n.attrs.out as number;
-    case 'lora_down':
-      return n.attrs.rank as number;
-    case 'moe_down_batched':
-      return n.attrs.rows as number;
-    default:
-      return n.attrs.experts as number;
-  }
-}
 
 export const concatBaseAdapter: Pass = {
   name: 'concat-base-adapter',
@@ -61,10 +35,8 @@ export const concatBaseAdapter: Pass = {
     let changes = 0;
     const notes: string[] = [];
     // An adapter projection that reads dropout(x) during training cannot share the base GEMM on x.
-    const dropout = new Map(ir.pipeline.adapters.map((a) => [a.name, a.lora.dropout]));
     // A router whose logits get noise during training keeps its own node (the runtime adds the noise there).
-    const noise = new Map(ir.pipeline.adapters.map((a) => [a.name, a.routerNoise]));
-    const dropped = (n: Node) => n.adapter !== undefined && (n.op === 'router' ? (noise.get(n.adapter) ?? 0) > 0 : (dropout.get(n.adapter) ?? 0) > 0);
+    const dropped = trainingAltersInput(ir);
     for (const st of ir.stages) {
       const g = st.graph;
       const ed = new GraphEditor(g);
@@ -74,30 +46,15 @@ export const concatBaseAdapter: Pass = {
       for (const linear of g.nodes.filter((n) => n.op === 'linear' && n.site)) {
         const x = linear.inputs[0];
         const site = linear.site!;
-        const weightsOnly = (n: Node) => n.inputs.slice(1).every((i) => g.values.get(i)?.kind === 'param' || g.values.get(i)?.kind === 'const');
+        const weightsOnly = (n: Node) => readsWeightsOnly(n, g);
         const others = ix.site(site).filter((n) => n !== linear && partOps.has(n.op) && n.inputs[0] === x && weightsOnly(n) && !dropped(n));
         if (!others.length || !weightsOnly(linear)) continue;
         const members = [linear, ...others];
         const inputs: string[] = [x];
         const parts: ConcatPart[] = members.map((n) => {
-          const { in: _in, ...attrs } = n.attrs;
-          void _in;
-          let params = n.inputs.slice(1);
-          let bias: string | undefined;
-          if (n.op === 'linear' && params.length > 1) bias = params[1];
-          if (n.op === 'router') bias = params[1];
-          if (bias) params = params.filter((p) => p !== bias);
-          inputs.push(...params, ...(bias ? [bias] : []));
-          return {
-            kind: n.op as ConcatPart['kind'],
-            out: partOut(n),
-            params,
-            node: n.id,
-            ...(n.adapter ? { adapter: n.adapter } : {}),
-            ...(bias ? { bias } : {}),
-            ...(n.op === 'router' ? { activation: n.attrs.activation as string } : {}),
-            attrs,
-          };
+          const c = concatPartOf(n);
+          inputs.push(...c.inputs);
+          return c.part;
         });
         const totalOut = parts.reduce((s, p) => s + p.out, 0);
         const node = ed.node('concat_linear', inputs, members.flatMap((n) => n.outputs), { in: linear.attrs.in, parts, totalOut }, { site, ...(linear.layer !== undefined ? { layer: linear.layer } : {}) });
