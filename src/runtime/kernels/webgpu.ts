@@ -2,8 +2,8 @@
  * The kernel table of the WebGPU backend: the reference table (./reference.ts) with the ops that have a
  * WGSL kernel (src/runtime/webgpu/kernels/) replaced. Same `Kernel` signature and the same conventions;
  * every WGSL kernel has a custom gradient, so the executor's autodiff runs its backward kernels. A kernel
- * falls back to the reference for the cases it does not take (given logits, a model width past
- * XENT_MAX_WIDTH, terms that cannot be batched), and every op runs the reference when the current tfjs
+ * falls back to the reference for the cases it does not take (given logits, lm_head_xent inputs xentFits
+ * refuses, terms that cannot be batched), and every op runs the reference when the current tfjs
  * backend is not webgpu.
  *
  *   rmsnorm  swiglu  rope  attention  lm_head_xent  topk_gate  ortho_penalty_batched   WGSL
@@ -53,7 +53,7 @@ import { topkMask } from '../webgpu/kernels/topk.js';
 import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
 import { moeUpGrouped, moeUpFits } from '../webgpu/moe-up.js';
 import { moeDownFits, moeDownRouted } from '../webgpu/moe-down.js';
-import { lmHeadXent, XENT_MAX_WIDTH } from '../webgpu/kernels/xent.js';
+import { lmHeadXent, xentFits } from '../webgpu/kernels/xent.js';
 import { f16MatmulOn } from '../webgpu/matmul-f16.js';
 import { KernelError, reference, ropeTables, type Kernel, type KernelStep } from './reference.js';
 
@@ -189,7 +189,7 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
 
   lm_head_xent: gpu('lm_head_xent', (inputs, step, ctx) => {
     const given = flag(step, 'logitsGiven', inputs.length === 3);
-    if (given || inputs.length !== 4 || (inputs[0]!.shape[1] as number) > XENT_MAX_WIDTH) return reference.lm_head_xent(inputs, step, ctx);
+    if (given || inputs.length !== 4 || !xentFits(inputs[0]!, inputs[1]!, inputs[2]!, inputs[3]!)) return reference.lm_head_xent(inputs, step, ctx);
     return [lmHeadXent(inputs[0]!, inputs[1]!, inputs[2]!, inputs[3]!)];
   }),
 

@@ -39,6 +39,11 @@ export interface WgslRun {
   bindings?: number[];
   /** Binding number of the uniform block (default: after the inputs and outputs). */
   uniformBinding?: number;
+  /**
+   * Existing tensors to bind as the outputs instead of new ones (`outputs` is then ignored): a kernel that writes
+   * one output in several dispatches (each its own part of it). Not returned.
+   */
+  into?: TensorInfo[];
 }
 
 const pipelines = new WeakMap<object, Map<string, any>>();
@@ -65,7 +70,7 @@ const USAGE_COPY_DST = 0x8;
 
 /** Record one dispatch of `run.code` in tfjs's command stream; returns the outputs (owned by the caller). */
 export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] {
-  const outputs = run.outputs.map((o) => backend.makeTensorInfo(o.shape, o.dtype) as TensorInfo);
+  const outputs = run.into ?? run.outputs.map((o) => backend.makeTensorInfo(o.shape, o.dtype) as TensorInfo);
   const empty = outputs.some((o) => o.shape.some((d) => d === 0));
   if (empty || run.dispatch.some((d) => d === 0)) {
     // Nothing to compute: give empty outputs values so tfjs does not try to read a buffer.
@@ -111,7 +116,7 @@ export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] 
     if (timed) backend.activeTimers.push({ name: run.label ?? 'mcpc', query: backend.getQueryTime() });
     else backend.submitQueue();
   }
-  return outputs;
+  return run.into ? [] : outputs;
 }
 
 /** Split a workgroup count over x and y when it exceeds the per-dimension limit; kernels linearise `wid.x + wid.y·nx`. */

@@ -113,23 +113,54 @@ describeGpu('WGSL kernels match the reference', () => {
   });
 
   it.each([
-    // T, Dm, V, masked share, labels as float
-    [1, 8, 5, 0, false],
-    [13, 24, 300, 0.3, true],
-    [70, 130, 129, 0.5, false],
-    [9, 20, 20000, 0.2, false],
-    [6, 16, 40, 1, false],
-  ])('lm_head_xent T=%i Dm=%i V=%i masked=%f float labels=%s', async (T, Dm, V, masked, floatLabels) => {
+    // T, Dm, V, masked share, labels as float, chunk width (default: XENT_CHUNK), labels out of range
+    [1, 8, 5, 0, false, undefined, false],
+    [13, 24, 300, 0.3, true, undefined, false],
+    [70, 130, 129, 0.5, false, undefined, false],
+    [9, 20, 20000, 0.2, false, undefined, false],
+    [6, 16, 40, 1, false, undefined, false],
+    [1, 3, 5, 0, false, 3, false],
+    [13, 24, 300, 0.3, false, 128, false],
+    [37, 9, 131, 0.1, false, 33, true],
+    [5, 7, 64, 0, false, 64, true],
+  ])('lm_head_xent T=%i Dm=%i V=%i masked=%f float labels=%s chunk=%s labels out of range=%s', async (T, Dm, V, masked, floatLabels, chunk, outside) => {
     const r = rand(T * 31 + V);
-    const labels = Int32Array.from({ length: T }, () => Math.floor(((r() + 1) / 2) * V));
+    // Out of range (-1, V): the reference's one-hot row is all zeros, so the token adds nothing.
+    const labels = Int32Array.from({ length: T }, (_, t) => (outside && t % 3 === 1 ? (t % 2 ? -1 : V) : Math.floor(((r() + 1) / 2) * V)));
     const mask = Float32Array.from({ length: T }, () => ((r() + 1) / 2 < masked ? 0 : 1));
     const args: Arg[] = [randn(12, [T, Dm]), randn(13, [V, Dm], 0.5), { data: floatLabels ? Float32Array.from(labels) : labels, shape: [T] }, { data: mask, shape: [T] }];
     const c = await compare(
-      (xs) => [lmHeadXent(xs[0]!, xs[1]!, xs[2]!, xs[3]!)],
+      (xs) => [lmHeadXent(xs[0]!, xs[1]!, xs[2]!, xs[3]!, chunk)],
       (xs) => reference.lm_head_xent(xs, step('lm_head_xent', {}), noCtx),
       args,
     );
     expect(c.worst, c.what).toBeLessThan(5e-5);
+  });
+
+  it('lm_head_xent records one kernel forward and one per gradient asked for (no tfjs ops, no Identity), its saved tensors freed after backward', async () => {
+    await initBackend('webgpu');
+    const T = 11;
+    const xs = [tf.randomNormal([T, 6]), tf.randomNormal([50, 6]), tf.tensor(Int32Array.from({ length: T }, (_, t) => (t * 7) % 50), [T], 'int32'), tf.ones([T])];
+    try {
+      const before = tf.memory().numTensors;
+      let kept: Tensor[] = [];
+      const only = async (diff: number[]): Promise<string[]> =>
+        (
+          await tf.profile(() => {
+            const { value, grads } = tf.engine().gradients(() => lmHeadXent(xs[0]!, xs[1]!, xs[2]!, xs[3]!, 16) as tf.Scalar, diff.map((i) => xs[i]!));
+            kept = [value, ...grads];
+            return [];
+          })
+        ).kernels.map((k) => k.name);
+      // The objective is the loss itself: autodiff seeds dy with ones (Fill) and records nothing else but ours.
+      expect((await only([0, 1])).filter((n) => n !== 'Fill')).toEqual(['McpcXent', 'McpcXentGrad', 'McpcXentGrad']);
+      tf.dispose(kept);
+      expect((await only([0])).filter((n) => n !== 'Fill')).toEqual(['McpcXent', 'McpcXentGrad']);
+      tf.dispose(kept);
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      tf.dispose(xs);
+    }
   });
 
   it.each([
