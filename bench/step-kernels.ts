@@ -7,6 +7,7 @@
  *
  *   npx tsx bench/step-kernels.ts                     # MCPC_FUSED_WGSL=0 compares the reference fused path
  *   npx tsx bench/step-kernels.ts --seq 224 --steps 5
+ *   npx tsx bench/step-kernels.ts --by-name           # also each plan op's kernels by name (F: forward, B: backward)
  *
  * The load average is printed with the timings: on a shared machine they move with it. Dispatches made with
  * src/runtime/webgpu/kernels/run.ts `dispatch` (rmsnorm, swiglu, rope, attention, ...) are not tfjs kernels
@@ -23,7 +24,7 @@ import { medcarePlan, syntheticBatch } from './support/medcare.js';
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs engine and backend internals. */
 
 process.env.EGL_PLATFORM ??= 'surfaceless';
-const { values } = parseArgs({ options: { seq: { type: 'string' }, steps: { type: 'string' } } });
+const { values } = parseArgs({ options: { seq: { type: 'string' }, steps: { type: 'string' }, 'by-name': { type: 'boolean' } } });
 const seqLen = Number(values.seq ?? 64);
 const reps = Number(values.steps ?? 5);
 
@@ -77,10 +78,19 @@ const profile = () => eng.state.activeProfile?.kernels?.length ?? 0;
 const attributed = new Set<number>();
 const forward = new Map<string, number>();
 const backward = new Map<string, number>();
+/** Per plan op: kernel name (prefixed F: or B:) → count, for --by-name. */
+const names = new Map<string, Map<string, number>>();
 const count = (m: Map<string, number>, op: string, from: number) => {
   const to = profile();
   m.set(op, (m.get(op) ?? 0) + to - from);
-  for (let i = from; i < to; i++) attributed.add(i);
+  const kernels = eng.state.activeProfile?.kernels ?? [];
+  const byOp = names.get(op) ?? new Map<string, number>();
+  names.set(op, byOp);
+  for (let i = from; i < to; i++) {
+    attributed.add(i);
+    const key = `${m === forward ? 'F' : 'B'}:${kernels[i].name}`;
+    byOp.set(key, (byOp.get(key) ?? 0) + 1);
+  }
 };
 const table = runner.kernels as Record<string, Kernel>;
 for (const [op, k] of Object.entries(table)) {
@@ -139,6 +149,7 @@ for (const op of new Set([...forward.keys(), ...backward.keys()])) {
   const f = forward.get(op) ?? 0;
   const b = backward.get(op) ?? 0;
   if (f + b) console.log(`  ${op.padEnd(24)} forward ${String(f).padStart(5)}  backward ${String(b).padStart(5)}`);
+  if (values['by-name'] && f + b) console.log(`  ${''.padEnd(24)} ${top(names.get(op) ?? new Map(), 64)}`);
 }
 console.log(`  ${'outside plan ops'.padEnd(24)} ${[...rest.values()].reduce((a, b) => a + b, 0)}: ${top(rest, 10)}`);
 console.log(
