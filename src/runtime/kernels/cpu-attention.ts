@@ -10,14 +10,15 @@
  * segment id of a row occupies one contiguous run; `attentionRanges` returns null otherwise (the caller falls
  * back). The query always sees itself, so no range is empty.
  *
- * Forward saves o and per (token, head) the logsumexp of the scaled scores; the backward recomputes
- * P = exp(s − logsumexp) from q and k and forms dV = Pᵀ·dO, dP = dO·Vᵀ,
+ * Forward saves o, per (token, head) the logsumexp of the scaled scores, and P over each query's window
+ * (~T·H·keys seen floats; up to a cap, ../tfjs/attention.ts savedProbsSize); the backward takes that P (or
+ * recomputes P = exp(s − logsumexp) from q and k past the cap) and forms dV = Pᵀ·dO, dP = dO·Vᵀ,
  * dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = dS·K/√d, dK = dSᵀ·Q/√d in one call (all three gradients at once; the
  * gradient function runs it when autodiff reaches the node and hands each input its part).
  */
 import { tf, type Tensor } from '../tfjs/index.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
-import { attentionBackward, attentionForward, type AttentionShape } from '../tfjs/attention.js';
+import { attentionBackward, attentionForward, savedProbsSize, type AttentionShape } from '../tfjs/attention.js';
 import type { KernelContext } from './reference.js';
 
 type Info = tf.TensorInfo;
@@ -61,11 +62,15 @@ export function attentionRanges(ctx: KernelContext, causal: boolean): Tensor | n
 
 const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S as number, H: a.H as number, KV: a.KV as number, d: a.d as number });
 
-/** A kernel over typed-array views: output shapes, then the computation (inputs first, outputs after). */
-function kernelFor(shapes: (a: Attrs) => number[][], run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
+/** A kernel over typed-array views: output shapes (from the attributes and the inputs), then the computation (inputs first, outputs after). */
+function kernelFor(
+  shapes: (a: Attrs, ins: (Float32Array | Int32Array)[]) => number[][],
+  run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs) => void,
+  backendName: 'wasm' | 'cpu',
+): tf.KernelFunc {
   return ({ inputs, backend, attrs }) => {
     const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const ss = shapes(attrs as Attrs);
+    const ss = backendName === 'wasm' ? shapes(attrs as Attrs, ins.map((t) => (backend as unknown as WasmBackendLike).typedArrayFromHeap(t) as Float32Array | Int32Array)) : shapes(attrs as Attrs, ins.map((t) => (backend as unknown as CpuLike).data.get(t.dataId).values));
     let outs: Info[];
     let views: Float32Array[];
     let read: (t: Info) => Float32Array | Int32Array;
@@ -90,15 +95,13 @@ let registered = false;
 function ensureRegistered(): void {
   if (registered) return;
   registered = true;
-  const fwdShapes = (a: Attrs) => {
+  // outputs o, the logsumexp, and P for the backward (one float when not saved: savedProbsSize)
+  const fwdShapes = (a: Attrs, ins: (Float32Array | Int32Array)[]) => {
     const T = (a.rows as number) * (a.S as number);
-    return [
-      [T, (a.H as number) * (a.d as number)],
-      [T, a.H as number],
-    ];
+    return [[T, (a.H as number) * (a.d as number)], [T, a.H as number], [Math.max(savedProbsSize(ins[3] as Int32Array, shapeOf(a)), 1)]];
   };
-  const fwd = (ins: (Float32Array | Int32Array)[], [o, st]: Float32Array[], a: Attrs) =>
-    attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!);
+  const fwd = (ins: (Float32Array | Int32Array)[], [o, st, p]: Float32Array[], a: Attrs) =>
+    attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
   const bwdShapes = (a: Attrs) => {
     const T = (a.rows as number) * (a.S as number);
     return [
@@ -107,9 +110,22 @@ function ensureRegistered(): void {
       [T, (a.KV as number) * (a.d as number)],
     ];
   };
-  // inputs q, k, v, o, stats, ranges, dO
+  // inputs q, k, v, o, stats, ranges, dO, P
   const bwd = (ins: (Float32Array | Int32Array)[], [dq, dk, dv]: Float32Array[], a: Attrs) =>
-    attentionBackward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Float32Array, ins[4] as Float32Array, ins[5] as Int32Array, ins[6] as Float32Array, shapeOf(a), dq!, dk!, dv!);
+    attentionBackward(
+      ins[0] as Float32Array,
+      ins[1] as Float32Array,
+      ins[2] as Float32Array,
+      ins[3] as Float32Array,
+      ins[4] as Float32Array,
+      ins[5] as Int32Array,
+      ins[6] as Float32Array,
+      shapeOf(a),
+      dq!,
+      dk!,
+      dv!,
+      ins[7] as Float32Array,
+    );
   for (const b of ['wasm', 'cpu'] as const) {
     tf.registerKernel({ kernelName: 'McpcAttention', backendName: b, kernelFunc: kernelFor(fwdShapes, fwd, b) });
     tf.registerKernel({ kernelName: 'McpcAttentionGrad', backendName: b, kernelFunc: kernelFor(bwdShapes, bwd, b) });
@@ -117,13 +133,13 @@ function ensureRegistered(): void {
   tf.registerGradient({
     kernelName: 'McpcAttention',
     saveAllInputs: true,
-    outputsToSave: [true, true],
+    outputsToSave: [true, true, true],
     gradFunc: (dy, saved, a) => {
-      const [q, k, v, ranges, o, stats] = saved as Tensor[];
+      const [q, k, v, ranges, o, stats, probs] = saved as Tensor[];
       const dO = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
       // One call for the three gradients, made here (inside autodiff's backward scope, which frees whatever
       // no input takes) rather than in a per-input closure, whose own scope would free the other two.
-      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
+      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO, probs] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
       return { 0: () => dq!, 1: () => dk!, 2: () => dv!, 3: () => tf.zeros(ranges!.shape, 'float32') };
     },
   });

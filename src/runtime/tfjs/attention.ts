@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 interface AttentionExports {
   memory: WebAssembly.Memory;
   to_t(src: number, ld: number, S: number, d: number, dst: number, Sp: number): void;
-  fwd(np: number, tab: number, Sp: number, d: number, dp: number, ldk: number, scale: number, q: number, kt: number, vr: number, o: number, st: number, sc: number): void;
+  fwd(np: number, tab: number, Sp: number, d: number, dp: number, ldk: number, scale: number, q: number, kt: number, vr: number, o: number, st: number, sc: number, P: number): void;
   bwd(
     np: number,
     tab: number,
@@ -36,6 +36,7 @@ interface AttentionExports {
     dq: number,
     dkr: number,
     dvr: number,
+    P: number,
   ): void;
 }
 
@@ -102,21 +103,28 @@ function transposeIn(m: AttentionExports, raw: number, t: number, s: AttentionSh
   for (let r = 0; r < rows; r++) for (let h = 0; h < KV; h++) m.to_t(raw + (r * S * KV + h) * dp * 4, KV * dp, S, d, t + (r * KV + h) * tRows(d) * Sp * 4, Sp);
 }
 
+/** Words per pair record. */
+const REC = 9;
+
 /**
- * The pairs of queries the kernel takes together, per row, as i32 × 8 records at i32 index `at` of `i`:
- * (eA, eB, lo, n, aA, bA, aB, bB). A (row, kv head)'s G = H/KV queries per token, in (token, head) order, are
- * paired in turn: the two heads sharing the kv head at one token (G even), or consecutive tokens (G = 1). The
- * pair's keys are [lo, lo + n), lo the smaller of the two lo_i; each query's own window is [a, b) relative to
- * lo. e is the query's index relative to the (row, kv head)'s first query (token i, head g: i·H + g), the same
- * for every kv head of the row. An odd query out is its own B with an empty window. Returns pairs per row.
+ * The pairs of queries the kernel takes together, per row, as i32 records of REC words at i32 index `at` of `i`:
+ * (eA, eB, lo, n, aA, bA, aB, bB, pOff). A (row, kv head)'s G = H/KV queries per token, in (token, head) order,
+ * are paired in turn: the two heads sharing the kv head at one token (G even), or consecutive tokens (G = 1).
+ * The pair's keys are [lo, lo + n), lo the smaller of the two lo_i; each query's own window is [a, b) relative
+ * to lo. e is the query's index relative to the (row, kv head)'s first query (token i, head g: i·H + g), the
+ * same for every kv head of the row. An odd query out is its own B with an empty window. pOff: where the pair's
+ * probabilities start in its (row, kv head)'s block of saved P (A's n rounded up to 4, then B's). Returns the
+ * pairs per row and the floats of P per (row, kv head) of each row.
  */
-function pairTable(i: Int32Array, at: number, ranges: Int32Array, s: AttentionShape): number {
+function pairTable(i: Int32Array, at: number, ranges: Int32Array, s: AttentionShape): { np: number; rowP: number[] } {
   const { rows, S, H, KV } = s;
   const G = H / KV;
   const E = S * G;
   const np = Math.ceil(E / 2);
+  const rowP: number[] = [];
   let w = at;
-  for (let r = 0; r < rows; r++)
+  for (let r = 0; r < rows; r++) {
+    let pOff = 0;
     for (let p = 0; p < np; p++) {
       const e0 = 2 * p;
       const e1 = Math.min(e0 + 1, E - 1);
@@ -128,53 +136,114 @@ function pairTable(i: Int32Array, at: number, ranges: Int32Array, s: AttentionSh
       const hi1 = ranges[(r * S + t1) * 2 + 1]!;
       const lo = Math.min(lo0, lo1);
       const lone = e1 === e0;
+      const n = (lone ? hi0 : Math.max(hi0, hi1)) - lo;
       i[w] = t0 * H + (e0 % G);
       i[w + 1] = t1 * H + (e1 % G);
       i[w + 2] = lo;
-      i[w + 3] = (lone ? hi0 : Math.max(hi0, hi1)) - lo;
+      i[w + 3] = n;
       i[w + 4] = lo0 - lo;
       i[w + 5] = hi0 - lo;
       i[w + 6] = lone ? 0 : lo1 - lo;
       i[w + 7] = lone ? 0 : hi1 - lo;
-      w += 8;
+      i[w + 8] = pOff;
+      pOff += 2 * Math.ceil(n / 4) * 4;
+      w += REC;
     }
-  return np;
+    rowP.push(pOff);
+  }
+  return { np, rowP };
+}
+
+/** Saved P is kept up to this many floats per call (recomputed from q and k above). */
+const MAX_SAVED_P = 1 << 23;
+
+/**
+ * Floats of the probabilities the forward saves for the backward (attentionForward's `probs`): per query its
+ * window's P, n rounded up to 4 (~T·H·keys seen), so that the backward forms neither the scores nor their exp
+ * again; 0 when that passes MAX_SAVED_P or with MCPC_ATTENTION_SAVE_P=0 (the backward then recomputes P).
+ */
+export function savedProbsSize(ranges: Int32Array, s: AttentionShape): number {
+  if (process.env.MCPC_ATTENTION_SAVE_P === '0') return 0;
+  const { rows, S, H, KV } = s;
+  const G = H / KV;
+  const E = S * G;
+  let total = 0;
+  for (let r = 0; r < rows; r++)
+    for (let e0 = 0; e0 < E; e0 += 2) {
+      const e1 = Math.min(e0 + 1, E - 1);
+      const t0 = r * S + Math.floor(e0 / G);
+      const t1 = r * S + Math.floor(e1 / G);
+      const n = Math.max(ranges[t0 * 2 + 1]!, ranges[t1 * 2 + 1]!) - Math.min(ranges[t0 * 2]!, ranges[t1 * 2]!);
+      total += 2 * Math.ceil(n / 4) * 4;
+    }
+  total *= KV;
+  return total <= MAX_SAVED_P ? total : 0;
+}
+
+/** Byte offset of (row r, kv head h)'s block of saved P from the start of P. */
+function probsAt(rowP: number[], KV: number): (r: number, h: number) => number {
+  const base: number[] = [];
+  let p = 0;
+  for (const n of rowP) {
+    base.push(p);
+    p += KV * n;
+  }
+  return (r, h) => (base[r]! + h * rowP[r]!) * 4;
 }
 
 /**
  * o = softmax(q·kᵀ/√d over each query's visible keys)·v, and per (token, head) the logsumexp of the scaled
- * scores into stats [T, H] (what the backward recomputes P from).
+ * scores into stats [T, H] (what the backward recomputes P from); P itself into `probs` when it has
+ * savedProbsSize floats (a shorter array: not saved).
  */
-export function attentionForward(q: Float32Array, k: Float32Array, v: Float32Array, ranges: Int32Array, s: AttentionShape, o: Float32Array, stats: Float32Array): void {
+export function attentionForward(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  ranges: Int32Array,
+  s: AttentionShape,
+  o: Float32Array,
+  stats: Float32Array,
+  probs?: Float32Array,
+): void {
   const { rows, S, H, KV, d } = s;
   const T = rows * S;
   const G = H / KV;
   const Sp = padded(S);
   const dp = headCols(d);
   const np = Math.ceil((S * G) / 2);
+  const nP = probs && probs.length > 1 ? probs.length : 0;
   const {
-    at: [qA, kA, vA, ktA, oA, stA, tA, scA],
+    at: [qA, kA, vA, ktA, oA, stA, tA, scA, pA],
     f,
     i,
-  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * 8, 4 * Sp]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * REC, 4 * Sp, nP]);
   const m = attentionModule();
   putHeads(q, f, qA!, d, dp);
   putHeads(k, f, kA!, d, dp);
   putHeads(v, f, vA!, d, dp);
   transposeIn(m, kA!, ktA!, s, Sp, dp);
-  pairTable(i, tA! / 4, ranges, s);
+  const { rowP } = pairTable(i, tA! / 4, ranges, s);
+  const save = nP > 0 && nP === KV * rowP.reduce((x, y) => x + y, 0);
+  const pAt = probsAt(rowP, KV);
   const scale = Math.fround(1 / Math.sqrt(d));
   for (let r = 0; r < rows; r++)
     for (let h = 0; h < KV; h++) {
       const e0 = r * S * H + h * G;
-      m.fwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + (r * KV + h) * tRows(d) * Sp * 4, vA! + (r * S * KV + h) * dp * 4, oA! + e0 * dp * 4, stA! + e0 * 8, scA!);
+      const kvt = (r * KV + h) * tRows(d) * Sp * 4;
+      const kvr = (r * S * KV + h) * dp * 4;
+      m.fwd(np, tA! + r * np * REC * 4, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vA! + kvr, oA! + e0 * dp * 4, stA! + e0 * 8, scA!, save ? pA! + pAt(r, h) : 0);
     }
   getHeads(f, oA!, o, d, dp);
+  if (save) probs!.set(f.subarray(pA! / 4, pA! / 4 + nP));
   // logsumexp = m + log l from the module's (m, 1/l)
   for (let t = 0, a = stA! / 4; t < T * H; t++, a += 2) stats[t] = f[a]! - Math.log(f[a + 1]!);
 }
 
-/** dq, dk, dv of attentionForward's o for the upstream gradient dO, from q, k, v, o and its logsumexp. */
+/**
+ * dq, dk, dv of attentionForward's o for the upstream gradient dO, from q, k, v, o and its logsumexp, or from
+ * the P it saved (`probs`, when it has savedProbsSize floats: neither q·k nor exp is formed again).
+ */
 export function attentionBackward(
   q: Float32Array,
   k: Float32Array,
@@ -187,6 +256,7 @@ export function attentionBackward(
   dq: Float32Array,
   dk: Float32Array,
   dv: Float32Array,
+  probs?: Float32Array,
 ): void {
   const { rows, S, H, KV, d } = s;
   const T = rows * S;
@@ -195,21 +265,28 @@ export function attentionBackward(
   const dp = headCols(d);
   const np = Math.ceil((S * G) / 2);
   const kvT = rows * KV * tRows(d) * Sp;
+  const nP = probs && probs.length > 1 ? probs.length : 0;
   const {
-    at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA],
+    at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA, pA],
     f,
     i,
-  } = layout([T * H * dp, T * KV * dp, T * KV * dp, kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * 8, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, nP ? 0 : kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * REC, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp, nP]);
   const m = attentionModule();
+  const { rowP } = pairTable(i, tA! / 4, ranges, s);
+  const given = nP > 0 && nP === KV * rowP.reduce((x, y) => x + y, 0);
+  if (nP && !given) throw new Error(`attentionBackward: ${nP} saved probabilities for a shape and ranges that have ${KV * rowP.reduce((x, y) => x + y, 0)}`);
+  const pAt = probsAt(rowP, KV);
   putHeads(q, f, qA!, d, dp);
   putHeads(k, f, kA!, d, dp);
   putHeads(v, f, vA!, d, dp);
-  transposeIn(m, kA!, ktA!, s, Sp, dp);
+  if (given) f.set(probs!, pA! / 4);
+  else {
+    transposeIn(m, kA!, ktA!, s, Sp, dp);
+    f.set(stats, stA! / 4);
+  }
   transposeIn(m, vA!, vtA!, s, Sp, dp);
   putHeads(o, f, oA!, d, dp);
   putHeads(dO, f, gA!, d, dp);
-  f.set(stats, stA! / 4);
-  pairTable(i, tA! / 4, ranges, s);
   f.fill(0, dkA! / 4, dkA! / 4 + T * KV * dp);
   f.fill(0, dvA! / 4, dvA! / 4 + T * KV * dp);
   const scale = Math.fround(1 / Math.sqrt(d));
@@ -218,7 +295,27 @@ export function attentionBackward(
       const e0 = r * S * H + h * G;
       const kvt = (r * KV + h) * tRows(d) * Sp * 4;
       const kvr = (r * S * KV + h) * dp * 4;
-      m.bwd(np, tA! + r * np * 32, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vtA! + kvt, kA! + kvr, oA! + e0 * dp * 4, gA! + e0 * dp * 4, stA! + e0 * 4, scA!, dqA! + e0 * dp * 4, dkA! + kvr, dvA! + kvr);
+      m.bwd(
+        np,
+        tA! + r * np * REC * 4,
+        Sp,
+        d,
+        dp,
+        KV * dp,
+        scale,
+        qA! + e0 * dp * 4,
+        given ? 0 : ktA! + kvt,
+        vtA! + kvt,
+        kA! + kvr,
+        oA! + e0 * dp * 4,
+        gA! + e0 * dp * 4,
+        stA! + e0 * 4,
+        scA!,
+        dqA! + e0 * dp * 4,
+        dkA! + kvr,
+        dvA! + kvr,
+        given ? pA! + pAt(r, h) : 0,
+      );
     }
   getHeads(f, dqA!, dq, d, dp);
   getHeads(f, dkA!, dk, d, dp);

@@ -11,20 +11,23 @@
 ;; results are stored before A's, so A's remain, and B adds nothing to dK, dV.
 ;;
 ;; Scores (s = q·k for 16 keys at a time, and in the backward dP = dO·v) go along the keys against K and V
-;; transposed, [d][Sp] per (row, kv head) (Sp >= S + 16, the columns past S zero): four f32x4 accumulators per
+;; transposed, [d4][Sp] per (row, kv head) (d4 = d rounded up to 4, Sp >= S + 16, the columns past S zero): four f32x4 accumulators per
 ;; query, updated by one splatted query element per head dimension. Sums over the keys (o = Σ p_j v_j,
 ;; dQ = Σ dS_j k_j) and the per-key updates (dV_j += P_j dO, dK_j += dS_j q) go along the head dimension against
 ;; row-major K, V, dK, dV (row j of this kv head at base + j·ldk·4), 16 columns at a time: no horizontal sums
 ;; and no key rounding there.
 ;;
 ;; All addresses are byte offsets into this module's memory, all arrays f32 unless said otherwise. Per call one
-;; (row, kv head); entry e of the pair table (i32 × 8: eA, eB, lo, n, aA, bA, aB, bB) names its two queries by
+;; (row, kv head); entry e of the pair table (i32 × 9: eA, eB, lo, n, aA, bA, aB, bB, pOff) names its two queries by
 ;; their index e relative to the call's q: query e's row of q, o, dout, dq is at q + e·dp·4 ([dp] floats, the
 ;; columns past d zero; dp a multiple of 16), its statistics at st + e·8 (forward: m and 1/l) or L + e·4
 ;; (backward: the logsumexp, which attention.ts forms: WebAssembly has no log).
 ;;
-;;   fwd   s_j = scale·q·k_j (masked lanes −∞), m = max s, p_j = exp(s_j − m), o = Σ_j p_j v_j / Σ_j p_j, st = (m, 1/l)
-;;   bwd   P_j = exp(scale·q·k_j − L), dP_j = dO·v_j, D = dO·o, dS_j = P_j·(dP_j − D)·scale;
+;;   fwd   s_j = scale·q·k_j (masked lanes −∞), m = max s, p_j = exp(s_j − m), o = Σ_j p_j v_j / Σ_j p_j, st = (m, 1/l);
+;;         with P ≠ 0 also P_j = p_j / l saved there: the pair's block at P + pOff·4, A's n (rounded up to 4)
+;;         then B's, 0 outside each window
+;;   bwd   P_j = exp(scale·q·k_j − L), or read from the forward's P when P ≠ 0 (kt and L are not read then),
+;;         dP_j = dO·v_j, D = dO·o, dS_j = P_j·(dP_j − D)·scale;
 ;;         dv_j += P_j·dO, dk_j += dS_j·q (dkr, dvr zeroed by the caller, accumulated over the pairs), dq = Σ_j dS_j·k_j
 ;;   sc    scratch, 4·Sp floats
 ;;
@@ -99,10 +102,10 @@
 
   (func (export "fwd")
     (param $np i32) (param $tab i32) (param $Sp i32) (param $d i32) (param $dp i32) (param $ldk i32) (param $scale f32)
-    (param $q i32) (param $kt i32) (param $vr i32) (param $o i32) (param $st i32) (param $sc i32)
+    (param $q i32) (param $kt i32) (param $vr i32) (param $o i32) (param $st i32) (param $sc i32) (param $P i32)
     (local $eA i32) (local $eB i32) (local $qA i32) (local $qB i32) (local $lo i32) (local $n i32) (local $jb i32) (local $c i32)
     (local $kb i32) (local $cp i32) (local $pa i32) (local $pb i32) (local $vp i32) (local $sB i32)
-    (local $sp4 i32) (local $ldk4 i32) (local $dp4 i32)
+    (local $sp4 i32) (local $ldk4 i32) (local $dp4 i32) (local $wa i32) (local $wb i32)
     (local $aA v128) (local $bA v128) (local $aB v128) (local $bB v128) (local $jv v128) (local $sv v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128) (local $x v128) (local $y v128) (local $k v128)
@@ -139,6 +142,13 @@
       (local.set $bA (v128.load32_splat offset=20 (local.get $tab)))
       (local.set $aB (i32x4.sub (v128.load32_splat offset=24 (local.get $tab)) (v128.const i32x4 1 1 1 1)))
       (local.set $bB (v128.load32_splat offset=28 (local.get $tab)))
+      (if (local.get $P)
+        (then
+          (local.set $wa (i32.add (local.get $P) (i32.shl (i32.load offset=32 (local.get $tab)) (i32.const 2))))
+          (local.set $wb (i32.add (local.get $wa) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))))
+        (else
+          (local.set $wa (local.get $sc))
+          (local.set $wb (local.get $sB))))
       (local.set $qA (i32.add (local.get $q) (i32.mul (local.get $eA) (local.get $dp4))))
       (local.set $qB (i32.add (local.get $q) (i32.mul (local.get $eB) (local.get $dp4))))
       (local.set $kb (i32.add (local.get $kt) (i32.shl (local.get $lo) (i32.const 2))))
@@ -223,12 +233,11 @@
       ;; p = exp(s − m), 0 where s − m < −87 (the masked lanes' −∞ included; B's NaN when its window is empty); l = Σ p
       (local.set $sumA (v128.const i32x4 0 0 0 0))
       (local.set $sumB (v128.const i32x4 0 0 0 0))
-      (local.set $pa (local.get $sc))
-      (local.set $pb (local.get $sB))
       (local.set $jb (i32.const 0))
       (loop $e
-        (local.set $x (f32x4.sub (v128.load (local.get $pa)) (local.get $mA)))
-        (local.set $y (f32x4.sub (v128.load (local.get $pb)) (local.get $mB)))
+        (local.set $cp (i32.shl (local.get $jb) (i32.const 2)))
+        (local.set $x (f32x4.sub (v128.load (i32.add (local.get $sc) (local.get $cp))) (local.get $mA)))
+        (local.set $y (f32x4.sub (v128.load (i32.add (local.get $sB) (local.get $cp))) (local.get $mB)))
         (local.set $a0 (f32x4.gt (local.get $x) (local.get $km87)))
         (local.set $b0 (f32x4.gt (local.get $y) (local.get $km87)))
         (local.set $x (f32x4.pmin (f32x4.pmax (local.get $x) (local.get $km87)) (local.get $k88)))
@@ -257,12 +266,10 @@
         (local.set $y (f32x4.mul (local.get $py) (i32x4.shl (i32x4.add (local.get $iy) (local.get $kbias)) (i32.const 23))))
         (local.set $x (v128.and (local.get $x) (local.get $a0)))
         (local.set $y (v128.and (local.get $y) (local.get $b0)))
-        (v128.store (local.get $pa) (local.get $x))
-        (v128.store (local.get $pb) (local.get $y))
+        (v128.store (i32.add (local.get $wa) (local.get $cp)) (local.get $x))
+        (v128.store (i32.add (local.get $wb) (local.get $cp)) (local.get $y))
         (local.set $sumA (f32x4.add (local.get $sumA) (local.get $x)))
         (local.set $sumB (f32x4.add (local.get $sumB) (local.get $y)))
-        (local.set $pa (i32.add (local.get $pa) (i32.const 16)))
-        (local.set $pb (i32.add (local.get $pb) (i32.const 16)))
         (br_if $e (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 4))) (local.get $n))))
       (local.set $sumA (f32x4.add (local.get $sumA) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $sumA) (local.get $sumA))))
       (local.set $sumB (f32x4.add (local.get $sumB) (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $sumB) (local.get $sumB))))
@@ -282,8 +289,8 @@
         (local.set $b1 (v128.const i32x4 0 0 0 0))
         (local.set $b2 (v128.const i32x4 0 0 0 0))
         (local.set $b3 (v128.const i32x4 0 0 0 0))
-        (local.set $pa (local.get $sc))
-        (local.set $pb (local.get $sB))
+        (local.set $pa (local.get $wa))
+        (local.set $pb (local.get $wb))
         (local.set $vp (i32.add (i32.add (local.get $vr) (i32.mul (local.get $lo) (local.get $ldk4))) (i32.shl (local.get $c) (i32.const 2))))
         (local.set $jb (local.get $n))
         (loop $key
@@ -318,22 +325,35 @@
         (v128.store offset=48 (local.get $cp) (f32x4.mul (local.get $a3) (local.get $mA)))
         (br_if $chunk (i32.lt_s (local.tee $c (i32.add (local.get $c) (i32.const 16))) (local.get $dp))))
 
+      ;; the saved P normalized (P_j = p_j / l), for the backward; below the smallest normal float (a denormal
+      ;; would slow the backward's arithmetic) 0, and B's 0·∞ (its 1/l when its window is empty) 0 too
+      (if (local.get $P)
+        (then
+          (local.set $jb (i32.const 0))
+          (loop $norm
+            (local.set $cp (i32.shl (local.get $jb) (i32.const 2)))
+            (local.set $x (f32x4.mul (v128.load (i32.add (local.get $wa) (local.get $cp))) (local.get $mA)))
+            (local.set $y (f32x4.mul (v128.load (i32.add (local.get $wb) (local.get $cp))) (local.get $mB)))
+            (v128.store (i32.add (local.get $wa) (local.get $cp)) (v128.and (local.get $x) (f32x4.gt (local.get $x) (v128.const f32x4 1.1754944e-38 1.1754944e-38 1.1754944e-38 1.1754944e-38))))
+            (v128.store (i32.add (local.get $wb) (local.get $cp)) (v128.and (local.get $y) (f32x4.gt (local.get $y) (v128.const f32x4 1.1754944e-38 1.1754944e-38 1.1754944e-38 1.1754944e-38))))
+            (br_if $norm (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 4))) (local.get $n))))))
+
       (local.set $cp (i32.add (local.get $st) (i32.shl (local.get $eB) (i32.const 3))))
       (f32.store (local.get $cp) (local.get $m2))
       (f32.store offset=4 (local.get $cp) (local.get $inv2))
       (local.set $cp (i32.add (local.get $st) (i32.shl (local.get $eA) (i32.const 3))))
       (f32.store (local.get $cp) (local.get $m1))
       (f32.store offset=4 (local.get $cp) (local.get $inv1))
-      (local.set $tab (i32.add (local.get $tab) (i32.const 32)))
+      (local.set $tab (i32.add (local.get $tab) (i32.const 36)))
       (br_if $pair (local.tee $np (i32.sub (local.get $np) (i32.const 1))))))
 
   (func (export "bwd")
     (param $np i32) (param $tab i32) (param $Sp i32) (param $d i32) (param $dp i32) (param $ldk i32) (param $scale f32)
     (param $q i32) (param $kt i32) (param $vt i32) (param $kr i32) (param $o i32) (param $dout i32) (param $L i32) (param $sc i32)
-    (param $dq i32) (param $dkr i32) (param $dvr i32)
+    (param $dq i32) (param $dkr i32) (param $dvr i32) (param $P i32)
     (local $eA i32) (local $eB i32) (local $qA i32) (local $qB i32) (local $gA i32) (local $gB i32) (local $lo i32) (local $n i32)
     (local $jb i32) (local $c i32) (local $kb i32) (local $vb i32) (local $cp i32) (local $pa i32) (local $pb i32) (local $vp i32)
-    (local $sB i32) (local $dA i32) (local $dB i32) (local $row i32) (local $sp4 i32) (local $ldk4 i32) (local $dp4 i32)
+    (local $sB i32) (local $dA i32) (local $dB i32) (local $row i32) (local $sp4 i32) (local $ldk4 i32) (local $dp4 i32) (local $wa i32) (local $wb i32)
     (local $aA v128) (local $bA v128) (local $aB v128) (local $bB v128) (local $jv v128) (local $sv v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128) (local $x v128) (local $y v128) (local $k v128)
@@ -371,6 +391,13 @@
       (local.set $bA (v128.load32_splat offset=20 (local.get $tab)))
       (local.set $aB (i32x4.sub (v128.load32_splat offset=24 (local.get $tab)) (v128.const i32x4 1 1 1 1)))
       (local.set $bB (v128.load32_splat offset=28 (local.get $tab)))
+      (if (local.get $P)
+        (then
+          (local.set $wa (i32.add (local.get $P) (i32.shl (i32.load offset=32 (local.get $tab)) (i32.const 2))))
+          (local.set $wb (i32.add (local.get $wa) (i32.shl (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (i32.const 2)))))
+        (else
+          (local.set $wa (local.get $sc))
+          (local.set $wb (local.get $sB))))
       (local.set $qA (i32.add (local.get $q) (i32.mul (local.get $eA) (local.get $dp4))))
       (local.set $qB (i32.add (local.get $q) (i32.mul (local.get $eB) (local.get $dp4))))
       (local.set $gA (i32.add (local.get $dout) (i32.mul (local.get $eA) (local.get $dp4))))
@@ -395,47 +422,50 @@
       ;; 16 keys at a time: q·k into sA, sB; dO·v into dA, dB
       (local.set $jb (i32.const 0))
       (loop $s16
-        (local.set $a0 (v128.const i32x4 0 0 0 0))
-        (local.set $a1 (v128.const i32x4 0 0 0 0))
-        (local.set $a2 (v128.const i32x4 0 0 0 0))
-        (local.set $a3 (v128.const i32x4 0 0 0 0))
-        (local.set $b0 (v128.const i32x4 0 0 0 0))
-        (local.set $b1 (v128.const i32x4 0 0 0 0))
-        (local.set $b2 (v128.const i32x4 0 0 0 0))
-        (local.set $b3 (v128.const i32x4 0 0 0 0))
-        (local.set $cp (i32.add (local.get $kb) (i32.shl (local.get $jb) (i32.const 2))))
-        (local.set $pa (local.get $qA))
-        (local.set $pb (local.get $qB))
-        (local.set $c (local.get $d))
-        (loop $dot
-          (local.set $x (v128.load32_splat (local.get $pa)))
-          (local.set $y (v128.load32_splat (local.get $pb)))
-          (local.set $k (v128.load (local.get $cp)))
-          (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $x) (local.get $k))))
-          (local.set $b0 (f32x4.add (local.get $b0) (f32x4.mul (local.get $y) (local.get $k))))
-          (local.set $k (v128.load offset=16 (local.get $cp)))
-          (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $x) (local.get $k))))
-          (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $y) (local.get $k))))
-          (local.set $k (v128.load offset=32 (local.get $cp)))
-          (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $x) (local.get $k))))
-          (local.set $b2 (f32x4.add (local.get $b2) (f32x4.mul (local.get $y) (local.get $k))))
-          (local.set $k (v128.load offset=48 (local.get $cp)))
-          (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $x) (local.get $k))))
-          (local.set $b3 (f32x4.add (local.get $b3) (f32x4.mul (local.get $y) (local.get $k))))
-          (local.set $pa (i32.add (local.get $pa) (i32.const 4)))
-          (local.set $pb (i32.add (local.get $pb) (i32.const 4)))
-          (local.set $cp (i32.add (local.get $cp) (local.get $sp4)))
-          (br_if $dot (local.tee $c (i32.sub (local.get $c) (i32.const 1)))))
-        (local.set $pa (i32.add (local.get $sc) (i32.shl (local.get $jb) (i32.const 2))))
-        (local.set $pb (i32.add (local.get $sB) (i32.shl (local.get $jb) (i32.const 2))))
-        (v128.store (local.get $pa) (local.get $a0))
-        (v128.store offset=16 (local.get $pa) (local.get $a1))
-        (v128.store offset=32 (local.get $pa) (local.get $a2))
-        (v128.store offset=48 (local.get $pa) (local.get $a3))
-        (v128.store (local.get $pb) (local.get $b0))
-        (v128.store offset=16 (local.get $pb) (local.get $b1))
-        (v128.store offset=32 (local.get $pb) (local.get $b2))
-        (v128.store offset=48 (local.get $pb) (local.get $b3))
+        (if (i32.eqz (local.get $P))
+          (then
+            (local.set $a0 (v128.const i32x4 0 0 0 0))
+            (local.set $a1 (v128.const i32x4 0 0 0 0))
+            (local.set $a2 (v128.const i32x4 0 0 0 0))
+            (local.set $a3 (v128.const i32x4 0 0 0 0))
+            (local.set $b0 (v128.const i32x4 0 0 0 0))
+            (local.set $b1 (v128.const i32x4 0 0 0 0))
+            (local.set $b2 (v128.const i32x4 0 0 0 0))
+            (local.set $b3 (v128.const i32x4 0 0 0 0))
+            (local.set $cp (i32.add (local.get $kb) (i32.shl (local.get $jb) (i32.const 2))))
+            (local.set $pa (local.get $qA))
+            (local.set $pb (local.get $qB))
+            (local.set $c (local.get $d))
+            (loop $dot
+              (local.set $x (v128.load32_splat (local.get $pa)))
+              (local.set $y (v128.load32_splat (local.get $pb)))
+              (local.set $k (v128.load (local.get $cp)))
+              (local.set $a0 (f32x4.add (local.get $a0) (f32x4.mul (local.get $x) (local.get $k))))
+              (local.set $b0 (f32x4.add (local.get $b0) (f32x4.mul (local.get $y) (local.get $k))))
+              (local.set $k (v128.load offset=16 (local.get $cp)))
+              (local.set $a1 (f32x4.add (local.get $a1) (f32x4.mul (local.get $x) (local.get $k))))
+              (local.set $b1 (f32x4.add (local.get $b1) (f32x4.mul (local.get $y) (local.get $k))))
+              (local.set $k (v128.load offset=32 (local.get $cp)))
+              (local.set $a2 (f32x4.add (local.get $a2) (f32x4.mul (local.get $x) (local.get $k))))
+              (local.set $b2 (f32x4.add (local.get $b2) (f32x4.mul (local.get $y) (local.get $k))))
+              (local.set $k (v128.load offset=48 (local.get $cp)))
+              (local.set $a3 (f32x4.add (local.get $a3) (f32x4.mul (local.get $x) (local.get $k))))
+              (local.set $b3 (f32x4.add (local.get $b3) (f32x4.mul (local.get $y) (local.get $k))))
+              (local.set $pa (i32.add (local.get $pa) (i32.const 4)))
+              (local.set $pb (i32.add (local.get $pb) (i32.const 4)))
+              (local.set $cp (i32.add (local.get $cp) (local.get $sp4)))
+              (br_if $dot (local.tee $c (i32.sub (local.get $c) (i32.const 1)))))
+            (local.set $pa (i32.add (local.get $sc) (i32.shl (local.get $jb) (i32.const 2))))
+            (local.set $pb (i32.add (local.get $sB) (i32.shl (local.get $jb) (i32.const 2))))
+            (v128.store (local.get $pa) (local.get $a0))
+            (v128.store offset=16 (local.get $pa) (local.get $a1))
+            (v128.store offset=32 (local.get $pa) (local.get $a2))
+            (v128.store offset=48 (local.get $pa) (local.get $a3))
+            (v128.store (local.get $pb) (local.get $b0))
+            (v128.store offset=16 (local.get $pb) (local.get $b1))
+            (v128.store offset=32 (local.get $pb) (local.get $b2))
+            (v128.store offset=48 (local.get $pb) (local.get $b3))
+          ))
         (local.set $a0 (v128.const i32x4 0 0 0 0))
         (local.set $a1 (v128.const i32x4 0 0 0 0))
         (local.set $a2 (v128.const i32x4 0 0 0 0))
@@ -479,17 +509,29 @@
         (v128.store offset=48 (local.get $pb) (local.get $b3))
         (br_if $s16 (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 16))) (local.get $n))))
 
-      ;; P = exp(scale·s − L) in its window, 0 where the argument is below −87 or outside; dS = P·(dP − D)·scale
-      (local.set $jv (v128.const i32x4 0 1 2 3))
-      (local.set $jb (i32.const 0))
-      (loop $e
-        (local.set $cp (i32.shl (local.get $jb) (i32.const 2)))
-        (local.set $x (f32x4.sub (f32x4.mul (v128.load (i32.add (local.get $sc) (local.get $cp))) (local.get $sv)) (local.get $LA)))
-        (local.set $y (f32x4.sub (f32x4.mul (v128.load (i32.add (local.get $sB) (local.get $cp))) (local.get $sv)) (local.get $LB)))
-        (local.set $a0 (v128.and (f32x4.gt (local.get $x) (local.get $km87))
-          (v128.and (i32x4.gt_s (local.get $jv) (local.get $aA)) (i32x4.gt_s (local.get $bA) (local.get $jv)))))
-        (local.set $b0 (v128.and (f32x4.gt (local.get $y) (local.get $km87))
-          (v128.and (i32x4.gt_s (local.get $jv) (local.get $aB)) (i32x4.gt_s (local.get $bB) (local.get $jv)))))
+      ;; P saved by the forward (0 outside each window): dS = P·(dP − D)·scale
+      (if (local.get $P)
+        (then
+          (local.set $jb (i32.const 0))
+          (loop $g
+            (local.set $cp (i32.shl (local.get $jb) (i32.const 2)))
+            (local.set $pa (i32.add (local.get $dA) (local.get $cp)))
+            (local.set $pb (i32.add (local.get $dB) (local.get $cp)))
+            (v128.store (local.get $pa) (f32x4.mul (f32x4.mul (v128.load (i32.add (local.get $wa) (local.get $cp))) (f32x4.sub (v128.load (local.get $pa)) (local.get $DA))) (local.get $sv)))
+            (v128.store (local.get $pb) (f32x4.mul (f32x4.mul (v128.load (i32.add (local.get $wb) (local.get $cp))) (f32x4.sub (v128.load (local.get $pb)) (local.get $DB))) (local.get $sv)))
+            (br_if $g (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 4))) (local.get $n)))))
+        (else
+          ;; P = exp(scale·s − L) in its window, 0 where the argument is below −87 or outside; dS = P·(dP − D)·scale
+          (local.set $jv (v128.const i32x4 0 1 2 3))
+          (local.set $jb (i32.const 0))
+          (loop $e
+            (local.set $cp (i32.shl (local.get $jb) (i32.const 2)))
+            (local.set $x (f32x4.sub (f32x4.mul (v128.load (i32.add (local.get $sc) (local.get $cp))) (local.get $sv)) (local.get $LA)))
+            (local.set $y (f32x4.sub (f32x4.mul (v128.load (i32.add (local.get $sB) (local.get $cp))) (local.get $sv)) (local.get $LB)))
+            (local.set $a0 (v128.and (f32x4.gt (local.get $x) (local.get $km87))
+              (v128.and (i32x4.gt_s (local.get $jv) (local.get $aA)) (i32x4.gt_s (local.get $bA) (local.get $jv)))))
+            (local.set $b0 (v128.and (f32x4.gt (local.get $y) (local.get $km87))
+              (v128.and (i32x4.gt_s (local.get $jv) (local.get $aB)) (i32x4.gt_s (local.get $bB) (local.get $jv)))))
         (local.set $x (f32x4.pmin (f32x4.pmax (local.get $x) (local.get $km87)) (local.get $k88)))
         (local.set $y (f32x4.pmin (f32x4.pmax (local.get $y) (local.get $km87)) (local.get $k88)))
         (local.set $ix (f32x4.add (f32x4.mul (local.get $x) (local.get $klog2e)) (local.get $kround)))
@@ -514,16 +556,16 @@
         (local.set $py (f32x4.add (f32x4.add (f32x4.mul (local.get $py) (local.get $ry)) (local.get $ry)) (local.get $k1)))
         (local.set $x (f32x4.mul (local.get $px) (i32x4.shl (i32x4.add (local.get $ix) (local.get $kbias)) (i32.const 23))))
         (local.set $y (f32x4.mul (local.get $py) (i32x4.shl (i32x4.add (local.get $iy) (local.get $kbias)) (i32.const 23))))
-        (local.set $x (v128.and (local.get $x) (local.get $a0)))
-        (local.set $y (v128.and (local.get $y) (local.get $b0)))
-        (v128.store (i32.add (local.get $sc) (local.get $cp)) (local.get $x))
-        (v128.store (i32.add (local.get $sB) (local.get $cp)) (local.get $y))
-        (local.set $pa (i32.add (local.get $dA) (local.get $cp)))
-        (local.set $pb (i32.add (local.get $dB) (local.get $cp)))
-        (v128.store (local.get $pa) (f32x4.mul (f32x4.mul (local.get $x) (f32x4.sub (v128.load (local.get $pa)) (local.get $DA))) (local.get $sv)))
-        (v128.store (local.get $pb) (f32x4.mul (f32x4.mul (local.get $y) (f32x4.sub (v128.load (local.get $pb)) (local.get $DB))) (local.get $sv)))
-        (local.set $jv (i32x4.add (local.get $jv) (v128.const i32x4 4 4 4 4)))
-        (br_if $e (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 4))) (local.get $n))))
+            (local.set $x (v128.and (local.get $x) (local.get $a0)))
+            (local.set $y (v128.and (local.get $y) (local.get $b0)))
+            (v128.store (i32.add (local.get $wa) (local.get $cp)) (local.get $x))
+            (v128.store (i32.add (local.get $wb) (local.get $cp)) (local.get $y))
+            (local.set $pa (i32.add (local.get $dA) (local.get $cp)))
+            (local.set $pb (i32.add (local.get $dB) (local.get $cp)))
+            (v128.store (local.get $pa) (f32x4.mul (f32x4.mul (local.get $x) (f32x4.sub (v128.load (local.get $pa)) (local.get $DA))) (local.get $sv)))
+            (v128.store (local.get $pb) (f32x4.mul (f32x4.mul (local.get $y) (f32x4.sub (v128.load (local.get $pb)) (local.get $DB))) (local.get $sv)))
+            (local.set $jv (i32x4.add (local.get $jv) (v128.const i32x4 4 4 4 4)))
+            (br_if $e (i32.lt_s (local.tee $jb (i32.add (local.get $jb) (i32.const 4))) (local.get $n))))))
 
       ;; 16 columns at a time, key by key: dv_j += P_j·dO, dk_j += dS_j·q, dq = Σ_j dS_j·k_j
       (local.set $c (i32.const 0))
@@ -536,8 +578,8 @@
         (local.set $b1 (v128.load offset=16 (local.get $gB)))
         (local.set $b2 (v128.load offset=32 (local.get $gB)))
         (local.set $b3 (v128.load offset=48 (local.get $gB)))
-        (local.set $pa (local.get $sc))
-        (local.set $pb (local.get $sB))
+        (local.set $pa (local.get $wa))
+        (local.set $pb (local.get $wb))
         (local.set $vp (i32.add (i32.add (local.get $dvr) (local.get $row)) (local.get $c)))
         (local.set $jb (local.get $n))
         (loop $kv
@@ -622,5 +664,5 @@
         (local.set $gB (i32.add (local.get $gB) (i32.const 64)))
         (br_if $chunk (i32.lt_s (local.tee $c (i32.add (local.get $c) (i32.const 64))) (local.get $dp4))))
 
-      (local.set $tab (i32.add (local.get $tab) (i32.const 32)))
+      (local.set $tab (i32.add (local.get $tab) (i32.const 36)))
       (br_if $pair (local.tee $np (i32.sub (local.get $np) (i32.const 1)))))))

@@ -5,7 +5,8 @@
  * which sees only padding), rows of one token, S not a multiple of 4 or 16, head dims 16, 32 and 5, 6, 20 (not
  * multiples of 16: padded in the kernel), GQA groups of 1, 2, 3 and 4 (the kernel's pairs of queries: two heads
  * of a token, consecutive tokens across segment boundaries, one query left over), causal and not; a row whose
- * segment ids are not contiguous falls back to the composition.
+ * segment ids are not contiguous falls back to the composition. The backward from the P the forward saved, and
+ * recomputing it (MCPC_ATTENTION_SAVE_P=0).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { PlanOp, PlanStep } from '../../../src/plan/types.js';
@@ -109,6 +110,15 @@ describe('fused attention (cpu-attention.ts)', () => {
 
       it('matches the reference (output, dq, dk, dv): packed segments, padding, S = 1, odd S, d 5/6/16/20/32, GQA 1/2/3/4, causal or not', () => {
         for (const [rows, S, segs, pad, H, KV, d, causal] of cases) check(packed(rows, S, segs, pad), H, KV, d, causal);
+      });
+
+      it('matches the reference with P recomputed in the backward (MCPC_ATTENTION_SAVE_P=0) instead of saved by the forward', () => {
+        process.env.MCPC_ATTENTION_SAVE_P = '0';
+        try {
+          for (const [rows, S, segs, pad, H, KV, d, causal] of cases) check(packed(rows, S, segs, pad), H, KV, d, causal);
+        } finally {
+          delete process.env.MCPC_ATTENTION_SAVE_P;
+        }
       });
 
       it('runs McpcAttention and McpcAttentionGrad (no BatchMatMul, Softmax)', async () => {
