@@ -10,9 +10,9 @@
  *
  *   forward  ONE GEMM (./gemm-wgsl.ts) with K = W: A(t, k) = h[t, k]·(k < R_sh ? 1 : g[t, (k − R_sh)/r]) and
  *            B(k, n) = B_sh[n, k] or B_e[e, n, j], both read in place through the loaders' `expr` option
- *   dh, dg   U = s·dy·[B_sh | B_e]  (one GEMM, the un-gated dh, computed once for both and freed after the
- *            backward pass), then dh = U·(1 or g) (one elementwise kernel) and dg[t, e] = Σ_j h·U over the
- *            expert's columns (one kernel, a thread per (t, e))
+ *   dh, dg   U = s·dy·[B_sh | B_e]  (one GEMM, the un-gated dh) whose store also writes dh = U·(1 or g), both
+ *            computed once and freed after the backward pass; then dg[t, e] = Σ_j h·U over the expert's
+ *            columns (one kernel, a thread per (t, e))
  *   dB_e     s·dyᵀ·(g·h_e) as ONE GEMM dense over all E experts whose store hook writes [E, out, r] in place
  *   dB_sh    s·dyᵀ·h_sh, one GEMM
  *
@@ -22,13 +22,12 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { keepUntilBackwardEnds, runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
+import { keepUntilBackwardEnds, runKernel1, runKernelSaving, runWgsl, share, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
 const FWD = 'McpcMoeUp';
 const U_KERNEL = 'McpcMoeUpU';
-const DH_KERNEL = 'McpcMoeUpDh';
 const DG_KERNEL = 'McpcMoeUpDg';
 const DB_KERNEL = 'McpcMoeUpDb';
 
@@ -126,14 +125,20 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   return runWgsl(backend, { code: gemmWgsl(spec), inputs: ins, outputs: [{ shape: [T, out], dtype: 'float32' }], dispatch: gemmDispatch(spec), label: FWD })[0]!;
 }
 
-/** U = s·dy·[B_sh | B_e] [T, W] (un-gated dh); inputs dy, [B_sh], B_e. */
-function uKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+/**
+ * U = s·dy·[B_sh | B_e] [T, W] (un-gated dh) and dh = U·(1 on the shared columns, g on each expert's), both
+ * written by the GEMM's store; inputs dy, [B_sh], B_e, g.
+ */
+function uKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
   const s = attrs as MoeUpShape;
   const ins = inputs as TensorInfo[];
   const [T, out] = ins[0]!.shape as [number, number];
-  const W = s.sharedRank + s.experts * s.rank;
+  const R = s.sharedRank;
+  const W = R + s.experts * s.rank;
   const tile = tileFor(backend.device, T, W, out);
-  const n: Names = { bsh: 'in1', be: s.sharedRank ? 'in2' : 'in1' };
+  const n: Names = { bsh: 'in1', be: R ? 'in2' : 'in1' };
+  const g = `in${ins.length - 1}`;
+  const gate = `${g}[r * ${u(s.experts)} + (c - ${u(R)}) / ${u(s.rank)}]`;
   const spec = cached(`u|${shapeKey(s)}|${T}|${out}|${JSON.stringify(tile)}`, () => ({
     m: T,
     n: W,
@@ -147,9 +152,20 @@ function uKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBacke
       },
     ],
     inputs: [{}, ...f32In(ins.length - 1)],
-    outputs: [W % 4 === 0 ? 'vec4' : 'f32'],
+    outputs: ['f32', 'f32'],
+    store: `  out0[r * ${u(W)} + c] = v;
+  out1[r * ${u(W)} + c] = ${R ? `select(v * ${gate}, v, c < ${u(R)})` : `v * ${gate}`};`,
   }));
-  return runWgsl(backend, { code: gemmWgsl(spec), inputs: ins, outputs: [{ shape: [T, W], dtype: 'float32' }], dispatch: gemmDispatch(spec), label: U_KERNEL })[0]!;
+  return runWgsl(backend, {
+    code: gemmWgsl(spec),
+    inputs: ins,
+    outputs: [
+      { shape: [T, W], dtype: 'float32' },
+      { shape: [T, W], dtype: 'float32' },
+    ],
+    dispatch: gemmDispatch(spec),
+    label: U_KERNEL,
+  });
 }
 
 /** Workgroups of 64 for `n` threads, split over x and y; the kernel's thread index is `gid.x + gid.y·(64·nx)`. */
@@ -157,28 +173,6 @@ function grid(n: number): { nx: number; ny: number } {
   const groups = Math.max(1, Math.ceil(n / 64));
   const nx = Math.min(groups, 65535);
   return { nx, ny: Math.ceil(groups / nx) };
-}
-
-/** dh = U·(1 on the shared columns, g on each expert's); inputs U [T, W], g [T, E]. */
-function dhKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
-  const s = attrs as MoeUpShape;
-  const [U, g] = inputs as TensorInfo[];
-  const [T, W] = U!.shape as [number, number];
-  const { nx, ny } = grid(T * W);
-  const R = s.sharedRank;
-  const code = `@group(0) @binding(0) var<storage, read> U: array<f32>;
-@group(0) @binding(1) var<storage, read> g: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dh: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let i = gid.x + gid.y * ${u(64 * nx)};
-  if (i >= ${u(T * W)}) { return; }
-  let t = i / ${u(W)};
-  let k = i % ${u(W)};
-  ${R ? `if (k < ${u(R)}) { dh[i] = U[i]; return; }\n  ` : ''}dh[i] = U[i] * g[t * ${u(s.experts)} + (k - ${u(R)}) / ${u(s.rank)}];
-}
-`;
-  return runWgsl(backend, { code, inputs: [U!, g!], outputs: [{ shape: [T, W], dtype: 'float32' }], dispatch: [nx, ny, 1], label: DH_KERNEL })[0]!;
 }
 
 /** dg[t, e] = Σ_j h[t, R_sh + e·r + j]·U[t, …]; inputs U [T, W], h [T, W]. */
@@ -249,16 +243,26 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<st
   const d = (Array.isArray(dy) ? dy[0] : dy)!;
   const [h, g] = saved as [Tensor, Tensor];
   const bs = saved.slice(2);
+  // U and dh from one kernel, kept until the backward pass is over: dh handed out shared (../program.ts share:
+  // tfjs may dispose what a closure returns), U for dg.
   let U: Tensor | undefined;
-  const un = (): Tensor => {
-    if (!U || U.isDisposed) {
-      U = keepUntilBackwardEnds(runKernel1(U_KERNEL, [d, ...bs], s));
+  let dh: Tensor | undefined;
+  const un = (): void => {
+    if (!U || U.isDisposed || !dh || dh.isDisposed) {
+      const r = tf.engine().runKernel(U_KERNEL, [d, ...bs, g] as unknown as tf.NamedTensorMap, s as unknown as tf.NamedAttrMap) as Tensor[];
+      U = keepUntilBackwardEnds(r[0]!);
+      dh = keepUntilBackwardEnds(r[1]!);
     }
-    return U;
   };
   const out: Record<string, () => Tensor> = {
-    '0': () => runKernel1(DH_KERNEL, [un(), g], s),
-    '1': () => runKernel1(DG_KERNEL, [un(), h], s),
+    '0': () => {
+      un();
+      return share(dh!);
+    },
+    '1': () => {
+      un();
+      return runKernel1(DG_KERNEL, [U!, h], s);
+    },
     [String(saved.length - 1)]: () => runKernel1(DB_KERNEL, [d, h, g], { ...s, part: 'experts' }),
   };
   if (s.sharedRank > 0) out['2'] = () => runKernel1(DB_KERNEL, [d, h], { ...s, part: 'shared' });
@@ -270,7 +274,6 @@ function register(): void {
   if (registered) return;
   registered = true;
   tf.registerKernel({ kernelName: U_KERNEL, backendName: 'webgpu', kernelFunc: uKernel as any });
-  tf.registerKernel({ kernelName: DH_KERNEL, backendName: 'webgpu', kernelFunc: dhKernel as any });
   tf.registerKernel({ kernelName: DG_KERNEL, backendName: 'webgpu', kernelFunc: dgKernel as any });
   tf.registerKernel({ kernelName: DB_KERNEL, backendName: 'webgpu', kernelFunc: dbKernel as any });
   tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: forwardKernel as any });

@@ -258,6 +258,29 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
     }
   });
 
+  it('moe_up_grouped backward: U and dh from one kernel, then dg, dB_e, dB_sh one each (no Identity); what it kept is freed once the backward pass is over', async () => {
+    const st = step('moe_up_grouped', { sharedRank: 2, rank: 3, experts: 4, scale: 0.5 });
+    await initBackend('webgpu');
+    const xs = [randn(1, [6, 14]), randn(2, [6, 4]), randn(3, [5, 2]), randn(4, [4, 5, 3])].map((a) => tf.tensor(a.data, a.shape));
+    try {
+      const before = tf.memory().numTensors;
+      let kept: Tensor[] = [];
+      const { kernels } = await tf.profile(() => {
+        const { value, grads } = tf.engine().gradients(() => tf.sum(webgpuKernels.moe_up_grouped(xs, st, noCtx)[0]!) as tf.Scalar, xs);
+        kept = [value, ...grads];
+        return [];
+      });
+      tf.dispose(kept);
+      // tf.sum and its gradient record Sum, Reshape, Identity, Multiply; nothing else but ours.
+      const ours = kernels.map((k) => k.name).filter((n) => !['Sum', 'Reshape', 'Identity', 'Multiply'].includes(n));
+      expect(ours.sort()).toEqual(['McpcMoeUp', 'McpcMoeUpDb', 'McpcMoeUpDb', 'McpcMoeUpDg', 'McpcMoeUpU']);
+      await new Promise((r) => setTimeout(r, 0));
+      expect(tf.memory().numTensors).toBe(before);
+    } finally {
+      tf.dispose(xs);
+    }
+  });
+
   it('moe_up_grouped runs one tfjs kernel forward, and the reference under MCPC_GEMM_WGSL=0', async () => {
     const st = step('moe_up_grouped', { sharedRank: 2, rank: 3, experts: 4, scale: 0.5 });
     await initBackend('webgpu');
