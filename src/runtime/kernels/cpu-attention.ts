@@ -95,10 +95,11 @@ let registered = false;
 function ensureRegistered(): void {
   if (registered) return;
   registered = true;
-  // outputs o, the logsumexp, and P for the backward (one float when not saved: savedProbsSize)
+  // outputs o, the logsumexp, and P for the backward (one float when not saved: savedProbsSize, or no gradient
+  // tape recording the call, attr saveP)
   const fwdShapes = (a: Attrs, ins: (Float32Array | Int32Array)[]) => {
     const T = (a.rows as number) * (a.S as number);
-    return [[T, (a.H as number) * (a.d as number)], [T, a.H as number], [Math.max(savedProbsSize(ins[3] as Int32Array, shapeOf(a)), 1)]];
+    return [[T, (a.H as number) * (a.d as number)], [T, a.H as number], [Math.max(a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0, 1)]];
   };
   const fwd = (ins: (Float32Array | Int32Array)[], [o, st, p]: Float32Array[], a: Attrs) =>
     attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
@@ -151,6 +152,8 @@ function ensureRegistered(): void {
  */
 export function attentionOp(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, s: AttentionShape): Tensor {
   ensureRegistered();
-  const [o] = tf.engine().runKernel('McpcAttention', [q, k, v, ranges] as unknown as tf.NamedTensorMap, { ...s } as unknown as tf.NamedAttrMap) as Tensor[];
+  // P is saved only for a backward: when a gradient tape records this call (tf.grads, engine.gradients).
+  const attrs = { ...s, saveP: tf.engine().isTapeOn() };
+  const [o] = tf.engine().runKernel('McpcAttention', [q, k, v, ranges] as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as Tensor[];
   return o!;
 }

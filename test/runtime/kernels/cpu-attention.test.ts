@@ -121,6 +121,25 @@ describe('fused attention (cpu-attention.ts)', () => {
         }
       });
 
+      it('saves P for the backward only under a gradient tape', async () => {
+        const ctx = packed(2, 10, 2, 1);
+        const T = 20;
+        const xs = [tf.tensor2d(randn(T * 8), [T, 8]), tf.tensor2d(randn(T * 4), [T, 4]), tf.tensor2d(randn(T * 4), [T, 4])];
+        const st = step(2, 1, 4, true);
+        const pSize = async (f: () => unknown) => {
+          const info = await tf.profile(() => tf.tidy(() => void f()));
+          const k = info.kernels.find((x) => x.name === 'McpcAttention')!;
+          return (k.outputShapes[2] as number[]).reduce((a, b) => a * b, 1);
+        };
+        const attention = cpuKernels({ kernels: [] }).attention;
+        expect(await pSize(() => attention(xs, st, ctx))).toBe(1);
+        // one head per kv head: pairs of consecutive tokens, each pair 2·(n rounded up to 4) floats
+        expect(await pSize(() => tf.grads((...x: Tensor[]) => tf.sum(attention(x, st, ctx)[0]!) as tf.Scalar)(xs))).toBeGreaterThan(T * 4);
+        ctx.cache.forEach((t) => t.dispose());
+        ctx.cache.clear();
+        tf.dispose(xs);
+      });
+
       it('runs McpcAttention and McpcAttentionGrad (no BatchMatMul, Softmax)', async () => {
         const names = await kernelsRun(packed(2, 10, 2, 1), 4, 2, 6);
         expect(names).toContain('McpcAttention');
