@@ -26,6 +26,7 @@ export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_ATTENTION_WASM', what: '0: attention on the CPU through the reference ops instead of the WebAssembly kernel', take: flag },
   { name: 'MCPC_MOE_TOPK', what: "0: routed experts' products dense (all experts) on the CPU instead of each token's top-k", take: flag },
   { name: 'MCPC_MOE_DOWN_TOPK', what: "0: the routed experts' A side dense on the CPU (moe_down_routed through the reference)", take: flag },
+  { name: 'MCPC_XENT_WASM', what: "0: the loss's softmax rows on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
   { name: 'MCPC_THREADS', what: 'threads for the CPU matrix products (default 1)', take: { kind: 'int', min: 1, max: 256 } },
   { name: 'MCPC_FUSED_WGSL', what: "0: on webgpu, the plan's fused elementwise groups as plain tfjs ops", take: flag },
   { name: 'MCPC_GEMM_WGSL', what: "0: on webgpu, the plan's products as plain tfjs ops instead of mcpc's WGSL GEMMs", take: flag },

@@ -6,10 +6,15 @@
  * a chunk's logits and forms dlogits = g·mask_t/count·(softmax − onehot) in place, then dx = dlogits·W, and
  * dW += dlogitsᵀ·x (gemm_tn). The reference's semantics exactly: loss = −Σ_t mask_t·log softmax(x_t·Wᵀ)[label_t]
  * / max(Σ mask, 1); a label outside [0, V) picks nothing (its row adds 0 and has no gradient, as the
- * reference's all-zero one-hot row gives). Arithmetic per row in f64, stored as f32.
+ * reference's all-zero one-hot row gives). The rows' exponentials run in WebAssembly SIMD (../tfjs/xent.wat:
+ * each row's max and Σ exp(z − max), and w·exp(z − L) in place) where V is a multiple of 4, on logits the GEMM
+ * writes straight into that module's memory; otherwise (and with MCPC_XENT_WASM=0) per row in JavaScript in
+ * f64. The logsumexp m + log s and the loss sum are f64 either way; everything stored is f32.
  */
+import { readFileSync } from 'node:fs';
 import { matmulInto } from '../tfjs/gemm.js';
 import { tf, type Tensor } from '../tfjs/index.js';
+import { wasmSimdSupported } from '../tfjs/wasm-emit.js';
 import { registerCpuKernel } from './cpu-ops.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -20,9 +25,67 @@ const chunkRows = (V: number) => Math.max(1, Math.floor((1 << 20) / Math.max(1, 
 let scratch = new Float32Array(0);
 const block = (n: number) => (scratch.length >= n ? scratch : (scratch = new Float32Array(n)));
 
+interface XentExports {
+  memory: WebAssembly.Memory;
+  lse(z: number, rows: number, V: number, st: number): void;
+  dlogits(z: number, rows: number, V: number, L: number, w: number): void;
+}
+let xentMod: XentExports | undefined;
+
+/** A chunk's blocks in the row kernels' memory (views, and their byte offsets). */
+interface WasmBlocks {
+  m: XentExports;
+  z: Float32Array;
+  zAt: number;
+  st: Float32Array;
+  stAt: number;
+  L: Float32Array;
+  LAt: number;
+  w: Float32Array;
+  wAt: number;
+}
+
+/**
+ * The WebAssembly row kernels and views of a chunk's blocks in their memory: z [R·V (+4 of slack: the
+ * two-vector step reads one vector past a row of V mod 8 = 4)], st [2R], L [R], w [R]; null where the
+ * path does not apply (V not a multiple of 4, no SIMD, MCPC_XENT_WASM=0).
+ */
+function wasmBlocks(R: number, V: number): WasmBlocks | null {
+  if (V % 4 !== 0 || process.env.MCPC_XENT_WASM === '0' || !wasmSimdSupported()) return null;
+  xentMod ??= new WebAssembly.Instance(new WebAssembly.Module(readFileSync(new URL('../tfjs/xent.wasm', import.meta.url))), {}).exports as unknown as XentExports;
+  const m = xentMod;
+  const up4 = (n: number) => Math.ceil(n / 4) * 4;
+  const zAt = 0;
+  const stAt = zAt + up4(R * V + 4);
+  const LAt = stAt + up4(2 * R);
+  const wAt = LAt + up4(R);
+  const floats = wAt + up4(R);
+  const have = m.memory.buffer.byteLength;
+  if (4 * floats > have) m.memory.grow(Math.ceil((4 * floats - have) / 65536));
+  const f = new Float32Array(m.memory.buffer);
+  return { m, z: f.subarray(zAt, zAt + R * V), zAt: 4 * zAt, st: f.subarray(stAt, stAt + 2 * R), stAt: 4 * stAt, L: f.subarray(LAt, LAt + R), LAt: 4 * LAt, w: f.subarray(wAt, wAt + R), wAt: 4 * wAt };
+}
+
 /** The logits of rows [r0, r1) into `z` ([r1 − r0, V]). */
-function logits(x: Float32Array, W: Float32Array, r0: number, r1: number, d: number, V: number, z: Float32Array): void {
-  matmulInto(x.subarray(r0 * d, r1 * d), W, z, { batchA: 1, batchB: 1, M: r1 - r0, N: V, K: d, transposeA: false, transposeB: true });
+function logits(x: Float32Array, W: HeadWeight, r0: number, r1: number, d: number, V: number, z: Float32Array): void {
+  if (W.t) matmulInto(x.subarray(r0 * d, r1 * d), W.t, z, { batchA: 1, batchB: 1, M: r1 - r0, N: V, K: d, transposeA: false, transposeB: false });
+  else matmulInto(x.subarray(r0 * d, r1 * d), W.w, z, { batchA: 1, batchB: 1, M: r1 - r0, N: V, K: d, transposeA: false, transposeB: true });
+}
+
+/**
+ * The head weight W [V, d] for `logits`, with Wᵀ [d, V] made once where the rows take several chunks: the
+ * GEMM transposes a transposed operand element by element on every call (d·V per chunk: at V = 32000 that
+ * cost more than the product), and copies a plain one row by row.
+ */
+interface HeadWeight {
+  w: Float32Array;
+  t?: Float32Array;
+}
+function headWeight(W: Float32Array, T: number, R: number, d: number, V: number): HeadWeight {
+  if (T <= R) return { w: W };
+  const t = new Float32Array(d * V);
+  for (let v = 0; v < V; v++) for (let k = 0, i = v * d; k < d; k++) t[k * V + v] = W[i + k]!;
+  return { w: W, t };
 }
 
 const maskCount = (mask: Float32Array | Int32Array) => {
@@ -32,7 +95,21 @@ const maskCount = (mask: Float32Array | Int32Array) => {
 };
 
 /** dlogits of rows [r0, r1) in place over their logits `z`: coef·mask_t·(softmax − onehot), 0 for an invalid label. */
-function dlogits(z: Float32Array, r0: number, r1: number, V: number, labels: Int32Array | Float32Array, mask: Float32Array | Int32Array, lse: Float32Array, coef: number): void {
+function dlogits(z: Float32Array, r0: number, r1: number, V: number, labels: Int32Array | Float32Array, mask: Float32Array | Int32Array, lse: Float32Array, coef: number, wb: WasmBlocks | null): void {
+  if (wb) {
+    // z is wb.z: w·exp(z − L) per row in WebAssembly (w = 0 zeroes a row), then − w at the label.
+    for (let t = r0; t < r1; t++) {
+      const label = labels[t]!;
+      wb.w[t - r0] = label >= 0 && label < V ? coef * mask[t]! : 0;
+      wb.L[t - r0] = lse[t]!;
+    }
+    wb.m.dlogits(wb.zAt, r1 - r0, V, wb.LAt, wb.wAt);
+    for (let t = r0; t < r1; t++) {
+      const w = wb.w[t - r0]!;
+      if (w !== 0) z[(t - r0) * V + labels[t]!] -= w;
+    }
+    return;
+  }
   for (let t = r0; t < r1; t++) {
     const o = (t - r0) * V;
     const label = labels[t]!;
@@ -56,12 +133,24 @@ function register(): void {
       run: ([x, W, labels, mask], [loss, lse], infos) => {
         const [T, d] = infos[0]!.shape as [number, number];
         const V = infos[1]!.shape[0]!;
-        const R = chunkRows(V);
-        const z = block(R * V);
+        const R = Math.min(T, chunkRows(V));
+        const wb = wasmBlocks(R, V);
+        const z = wb ? wb.z : block(R * V);
+        const hw = headWeight(W as Float32Array, T, R, d, V);
         let sum = 0;
         for (let r0 = 0; r0 < T; r0 += R) {
           const r1 = Math.min(T, r0 + R);
-          logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
+          logits(x as Float32Array, hw, r0, r1, d, V, z);
+          if (wb) {
+            wb.m.lse(wb.zAt, r1 - r0, V, wb.stAt);
+            for (let t = r0; t < r1; t++) {
+              const L = wb.st[2 * (t - r0)]! + Math.log(wb.st[2 * (t - r0) + 1]!);
+              lse![t] = L;
+              const label = labels![t]!;
+              if (label >= 0 && label < V) sum += mask![t]! * (L - z[(t - r0) * V + label]!);
+            }
+            continue;
+          }
           for (let t = r0; t < r1; t++) {
             const o = (t - r0) * V;
             let m = -Infinity;
@@ -99,13 +188,15 @@ function register(): void {
     run: ([x, W, labels, mask, lse, dy], [dx], infos) => {
       const [T, d] = infos[0]!.shape as [number, number];
       const V = infos[1]!.shape[0]!;
-      const R = chunkRows(V);
-      const z = block(R * V);
+      const R = Math.min(T, chunkRows(V));
+      const wb = wasmBlocks(R, V);
+      const z = wb ? wb.z : block(R * V);
+      const hw = headWeight(W as Float32Array, T, R, d, V);
       const coef = dy![0]! / maskCount(mask!);
       for (let r0 = 0; r0 < T; r0 += R) {
         const r1 = Math.min(T, r0 + R);
-        logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
-        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
+        logits(x as Float32Array, hw, r0, r1, d, V, z);
+        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
         matmulInto(z, W as Float32Array, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false });
       }
     },
@@ -115,14 +206,16 @@ function register(): void {
     run: ([x, W, labels, mask, lse, dy], [dW], infos) => {
       const [T, d] = infos[0]!.shape as [number, number];
       const V = infos[1]!.shape[0]!;
-      const R = chunkRows(V);
-      const z = block(R * V);
+      const R = Math.min(T, chunkRows(V));
+      const wb = wasmBlocks(R, V);
+      const z = wb ? wb.z : block(R * V);
+      const hw = headWeight(W as Float32Array, T, R, d, V);
       const part = new Float32Array(V * d);
       const coef = dy![0]! / maskCount(mask!);
       for (let r0 = 0; r0 < T; r0 += R) {
         const r1 = Math.min(T, r0 + R);
-        logits(x as Float32Array, W as Float32Array, r0, r1, d, V, z);
-        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef);
+        logits(x as Float32Array, hw, r0, r1, d, V, z);
+        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
         // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn); dW starts zeroed.
         matmulInto(z, (x as Float32Array).subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
         for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;

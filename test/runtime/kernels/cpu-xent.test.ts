@@ -1,8 +1,10 @@
 /**
  * The CPU table's lm_head_xent (src/runtime/kernels/cpu-xent.ts: head GEMM and softmax cross-entropy over
  * chunks of rows) against the reference kernel: the loss and the gradients of x and W, on the cpu and wasm
- * backends, for one token, several chunks (V large), labels outside [0, V), zero masks, an all-zero mask;
- * and only the gradients autodiff asks for run.
+ * backends, with the rows' exponentials in WebAssembly (V a multiple of 4: odd and even vector counts) and in
+ * JavaScript (other V, and MCPC_XENT_WASM=0), for one token, several chunks (V large), labels outside [0, V),
+ * zero masks, an all-zero mask, logits in the hundreds; a NaN logit makes the loss NaN on both paths; and
+ * only the gradients autodiff asks for run.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
@@ -39,18 +41,25 @@ afterAll(() => initBackend('cpu'));
 
 describe('lm_head_xent on the CPU table', () => {
   for (const backend of ['cpu', 'wasm'] as const)
-    it(`equals the reference: loss, dx, dW (${backend})`, async () => {
+    for (const wasmRows of ['1', '0'])
+    it(`equals the reference: loss, dx, dW (${backend}, MCPC_XENT_WASM=${wasmRows})`, async () => {
       await initBackend(backend);
+      process.env.MCPC_XENT_WASM = wasmRows;
       const r = rnd(5);
-      for (const [T, d, V, pattern] of [
-        [1, 3, 5, 'all'],
-        [7, 4, 9, 'some'],
-        [300, 6, 4000, 'some'],
-        [33, 5, 11, 'invalid'],
-        [9, 3, 6, 'none'],
+      for (const [T, d, V, pattern, scale] of [
+        [1, 3, 5, 'all', 2],
+        [7, 4, 9, 'some', 2],
+        [300, 6, 4000, 'some', 2],
+        [33, 5, 11, 'invalid', 2],
+        [9, 3, 6, 'none', 2],
+        [1, 3, 4, 'all', 2],
+        [5, 4, 8, 'some', 2],
+        [17, 5, 12, 'invalid', 2],
+        [64, 8, 256, 'some', 2],
+        [40, 6, 20, 'some', 150],
       ] as const) {
         const x = tf.tensor2d(Float32Array.from({ length: T * d }, r), [T, d]);
-        const W = tf.tensor2d(Float32Array.from({ length: V * d }, () => r() * 2), [V, d]);
+        const W = tf.tensor2d(Float32Array.from({ length: V * d }, () => r() * scale), [V, d]);
         const lab = Int32Array.from({ length: T }, (_, t) => (pattern === 'invalid' && t % 4 === 1 ? (t % 8 === 1 ? -1 : V) : Math.floor(Math.abs(r()) * V) % V));
         const msk = Float32Array.from({ length: T }, (_, t) => (pattern === 'all' ? 1 : pattern === 'none' ? 0 : t % 3 === 2 ? 0 : 1));
         const labels = tf.tensor1d(lab, 'int32');
@@ -60,7 +69,21 @@ describe('lm_head_xent on the CPU table', () => {
         ['loss', 'dx', 'dW'].forEach((what, i) => expect(relErr(got[i]!, want[i]!), `${what} T=${T} V=${V} ${pattern}`).toBeLessThan(2e-5));
         tf.dispose([x, W, labels, mask]);
       }
+      delete process.env.MCPC_XENT_WASM;
     });
+
+  it('a NaN logit makes the loss NaN, in WebAssembly and JavaScript rows alike', async () => {
+    await initBackend('wasm');
+    for (const V of [8, 9]) {
+      const x = tf.tensor2d([0.1, NaN, 0.3, 0.4], [2, 2]);
+      const W = tf.tensor2d(Float32Array.from({ length: V * 2 }, (_, i) => i / 10), [V, 2]);
+      const labels = tf.tensor1d([1, 2], 'int32');
+      const mask = tf.tensor1d([1, 1]);
+      const loss = table.lm_head_xent([x, W, labels, mask], step, ctx)[0]!;
+      expect(loss.dataSync()[0], `V=${V}`).toBeNaN();
+      tf.dispose([x, W, labels, mask, loss]);
+    }
+  });
 
   it('runs one kernel forward and only the gradients asked for', async () => {
     await initBackend('wasm');
