@@ -32,7 +32,13 @@ for (const [T, d, V] of [
   const labels = tf.tensor1d(Int32Array.from({ length: T! }, (_, t) => (t * 7919) % V!), 'int32');
   const mask = tf.tensor1d(Float32Array.from({ length: T! }, (_, t) => (t % 10 < 7 ? 1 : 0)));
   const fwd = () => tf.tidy(() => xent([x, W, labels, mask], step, ctx)[0]!.dataSync()[0]!);
-  const bwd = () => tf.tidy(() => Float32Array.from(tf.grad((a: Tensor) => xent([a, W, labels, mask], step, ctx)[0]! as tf.Scalar)(x).dataSync()));
+  // Read after tf.tidy, not inside: tidy walks a returned typed array element by element looking for tensors.
+  const bwd = () => {
+    const g = tf.tidy(() => tf.grad((a: Tensor) => xent([a, W, labels, mask], step, ctx)[0]! as tf.Scalar)(x));
+    const data = g.dataSync() as Float32Array;
+    g.dispose();
+    return data;
+  };
   const times: Record<string, number[]> = { f0: [], f1: [], b0: [], b1: [] };
   const out: Record<string, [number, Float32Array]> = {};
   const n = V! > 4096 ? Math.min(reps, 3) : reps;
