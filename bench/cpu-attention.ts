@@ -7,12 +7,20 @@
  * visible keys (src/runtime/kernels/cpu-attention.ts, src/runtime/tfjs/attention.wat), alternating in one
  * process, the mask and the key ranges made beforehand (once per micro-batch in training, shared by the
  * layers). Median wall ms and process CPU ms, with the load average.
+ *
+ * Then the fused kernel alone (src/runtime/tfjs/attention.ts on typed arrays, no tfjs around it), forward and
+ * backward, with the backward taking the P the forward saved and recomputing it (MCPC_ATTENTION_SAVE_P=0's
+ * path), alternating: median CPU ms and GMAC/s, counting the multiply-adds over the visible keys only
+ * (2·keys·d per query head forward: q·k and P·v; 5 backward when P is recomputed: q·k, dO·v, dV, dK, dQ; 4 from
+ * the saved P).
  */
 import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
 import { cpuKernels } from '../src/runtime/kernels/cpu.js';
 import type { KernelContext, KernelStep } from '../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
+import { attentionBackward, attentionForward, savedProbsSize } from '../src/runtime/tfjs/attention.js';
+import { attentionRanges } from '../src/runtime/kernels/cpu-attention.js';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' }, rows: { type: 'string', default: '8' }, seq: { type: 'string', default: '256' } } });
 const reps = Number(values.reps);
@@ -72,4 +80,34 @@ console.log(`attention ${rows}x${S}, H ${H} / KV ${KV}, d ${d}, causal, two exam
 for (const name of Object.keys(variants)) console.log(`  ${name.padEnd(12)} fwd ${fmt(res[name]!.fwd)}   fwd+bwd ${fmt(res[name]!.both)}`);
 const ratio = med(res.composition!.both.map((x) => x[0])) / med(res.fused!.both.map((x) => x[0]));
 console.log(`  fused speedup fwd+bwd: ${ratio.toFixed(2)}x`);
+
+// The kernel alone.
+const ranges = attentionRanges(ctx, true)!.dataSync() as Int32Array;
+const shape = { rows, S, H, KV, d };
+const [qa, ka, va, ga] = [...xs, dO].map((t) => t.dataSync() as Float32Array);
+let keys = 0;
+for (let t = 0; t < T; t++) keys += ranges[t * 2 + 1]! - ranges[t * 2]!;
+const mac = keys * H * d;
+const o = new Float32Array(T * H * d);
+const st = new Float32Array(T * H);
+const [dq, dk, dv] = [new Float32Array(T * H * d), new Float32Array(T * KV * d), new Float32Array(T * KV * d)];
+const P = new Float32Array(savedProbsSize(ranges, shape));
+const cpuMs = (f: () => void) => time(f)[1];
+const k: Record<string, { f: number[]; b: number[] }> = { saved: { f: [], b: [] }, recomputed: { f: [], b: [] } };
+for (let i = 0; i < reps + 2; i++)
+  for (const name of ['saved', 'recomputed'] as const) {
+    const p = name === 'saved' ? P : undefined;
+    const f = cpuMs(() => attentionForward(qa!, ka!, va!, ranges, shape, o, st, p));
+    const b = cpuMs(() => attentionBackward(qa!, ka!, va!, o, st, ranges, ga!, shape, dq, dk, dv, p));
+    if (i >= 2) {
+      k[name]!.f.push(f);
+      k[name]!.b.push(b);
+    }
+  }
+console.log(`kernel alone (CPU ms, GMAC/s over the visible keys; P ${((P.length * 4) / 2 ** 20).toFixed(1)} MB), load ${loadavg()[0]!.toFixed(2)}`);
+for (const name of ['saved', 'recomputed'] as const) {
+  const [f, b] = [med(k[name]!.f), med(k[name]!.b)];
+  const bm = (name === 'saved' ? 4 : 5) * mac;
+  console.log(`  P ${name.padEnd(10)} fwd ${f.toFixed(2)} ms (${((2 * mac) / f / 1e6).toFixed(1)})   bwd ${b.toFixed(2)} ms (${(bm / b / 1e6).toFixed(1)})   fwd+bwd ${(f + b).toFixed(2)} ms (${((2 * mac + bm) / (f + b) / 1e6).toFixed(1)})`);
+}
 tf.dispose([...xs, dO]);

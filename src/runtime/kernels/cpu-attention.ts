@@ -10,9 +10,9 @@
  * segment id of a row occupies one contiguous run; `attentionRanges` returns null otherwise (the caller falls
  * back). The query always sees itself, so no range is empty.
  *
- * Forward saves o, per (token, head) the logsumexp of the scaled scores, and P over each query's window
- * (~T·H·keys seen floats; up to a cap, ../tfjs/attention.ts savedProbsSize); the backward takes that P (or
- * recomputes P = exp(s − logsumexp) from q and k past the cap) and forms dV = Pᵀ·dO, dP = dO·Vᵀ,
+ * Forward saves o, per (token, head) the logsumexp of the scaled scores, and (under a gradient tape) P over
+ * each query's window (~T·H·keys seen floats; up to a cap, ../tfjs/attention.ts savedProbsSize; savedP); the
+ * backward takes that P (or recomputes P = exp(s − logsumexp) from q and k) and forms dV = Pᵀ·dO, dP = dO·Vᵀ,
  * dS = P ⊙ (dP − rowsum(dO ⊙ O)), dQ = dS·K/√d, dK = dSᵀ·Q/√d in one call (all three gradients at once; the
  * gradient function runs it when autodiff reaches the node and hands each input its part).
  */
@@ -62,15 +62,41 @@ export function attentionRanges(ctx: KernelContext, causal: boolean): Tensor | n
 
 const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S as number, H: a.H as number, KV: a.KV as number, d: a.d as number });
 
-/** A kernel over typed-array views: output shapes (from the attributes and the inputs), then the computation (inputs first, outputs after). */
+/**
+ * P saved by a forward for its backward (../tfjs/attention.ts savedProbsSize), in JavaScript memory, by the
+ * dataId of the forward's stats output: the gradient gets that output back as a clone, and a clone shares the
+ * dataId (Identity on both CPU backends). Not a third output: autodiff would give an output no gradient reaches
+ * a zero-filled dy of its size (~8 ms a step for 2 MB at 8x256, more than P saves). Taken by the backward; one
+ * not found (no tape, past the cap, a copying Identity) is recomputed there.
+ */
+const savedP = new WeakMap<object, Float32Array>();
+
+/**
+ * Buffers for savedP, reused: a fresh 2 MB Float32Array per forward doubled the backward's CPU time at 8x256
+ * (each adds to V8's external memory and so brings the next full GC closer).
+ */
+const freeP: Float32Array[] = [];
+function takeP(n: number): Float32Array {
+  const i = freeP.findIndex((b) => b.length >= n);
+  const buf = i >= 0 ? freeP.splice(i, 1)[0]! : new Float32Array(n);
+  return buf.subarray(0, n);
+}
+function giveP(p: Float32Array): void {
+  if (freeP.length < 16) freeP.push(new Float32Array(p.buffer));
+}
+
+/** How the backward got P, counted for tests: taken from the forward or recomputed. */
+export const attentionPCounts = { saved: 0, recomputed: 0 };
+
+/** A kernel over typed-array views: output shapes, then the computation (inputs first, outputs after, then their TensorInfos). */
 function kernelFor(
-  shapes: (a: Attrs, ins: (Float32Array | Int32Array)[]) => number[][],
-  run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs) => void,
+  shapes: (a: Attrs) => number[][],
+  run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs, inInfos: Info[], outInfos: Info[]) => void,
   backendName: 'wasm' | 'cpu',
 ): tf.KernelFunc {
   return ({ inputs, backend, attrs }) => {
     const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const ss = backendName === 'wasm' ? shapes(attrs as Attrs, ins.map((t) => (backend as unknown as WasmBackendLike).typedArrayFromHeap(t) as Float32Array | Int32Array)) : shapes(attrs as Attrs, ins.map((t) => (backend as unknown as CpuLike).data.get(t.dataId).values));
+    const ss = shapes(attrs as Attrs);
     let outs: Info[];
     let views: Float32Array[];
     let read: (t: Info) => Float32Array | Int32Array;
@@ -86,7 +112,7 @@ function kernelFor(
       outs = ss.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
       read = (t) => b.data.get(t.dataId).values;
     }
-    run(ins.map(read), views, attrs as Attrs);
+    run(ins.map(read), views, attrs as Attrs, ins, outs);
     return outs.length === 1 ? outs[0]! : outs;
   };
 }
@@ -95,14 +121,20 @@ let registered = false;
 function ensureRegistered(): void {
   if (registered) return;
   registered = true;
-  // outputs o, the logsumexp, and P for the backward (one float when not saved: savedProbsSize, or no gradient
-  // tape recording the call, attr saveP)
-  const fwdShapes = (a: Attrs, ins: (Float32Array | Int32Array)[]) => {
+  const fwdShapes = (a: Attrs) => {
     const T = (a.rows as number) * (a.S as number);
-    return [[T, (a.H as number) * (a.d as number)], [T, a.H as number], [Math.max(a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0, 1)]];
+    return [
+      [T, (a.H as number) * (a.d as number)],
+      [T, a.H as number],
+    ];
   };
-  const fwd = (ins: (Float32Array | Int32Array)[], [o, st, p]: Float32Array[], a: Attrs) =>
+  // outputs o and the logsumexp; P kept for the backward when a gradient tape records the call (attr saveP)
+  const fwd = (ins: (Float32Array | Int32Array)[], [o, st]: Float32Array[], a: Attrs, _: Info[], outInfos: Info[]) => {
+    const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
+    const p = n ? takeP(n) : undefined;
     attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
+    if (p) savedP.set(outInfos[1]!.dataId, p);
+  };
   const bwdShapes = (a: Attrs) => {
     const T = (a.rows as number) * (a.S as number);
     return [
@@ -111,8 +143,11 @@ function ensureRegistered(): void {
       [T, (a.KV as number) * (a.d as number)],
     ];
   };
-  // inputs q, k, v, o, stats, ranges, dO, P
-  const bwd = (ins: (Float32Array | Int32Array)[], [dq, dk, dv]: Float32Array[], a: Attrs) =>
+  // inputs q, k, v, o, stats, ranges, dO
+  const bwd = (ins: (Float32Array | Int32Array)[], [dq, dk, dv]: Float32Array[], a: Attrs, inInfos: Info[]) => {
+    const p = savedP.get(inInfos[4]!.dataId);
+    savedP.delete(inInfos[4]!.dataId);
+    attentionPCounts[p ? 'saved' : 'recomputed']++;
     attentionBackward(
       ins[0] as Float32Array,
       ins[1] as Float32Array,
@@ -125,8 +160,10 @@ function ensureRegistered(): void {
       dq!,
       dk!,
       dv!,
-      ins[7] as Float32Array,
+      p,
     );
+    if (p) giveP(p);
+  };
   for (const b of ['wasm', 'cpu'] as const) {
     tf.registerKernel({ kernelName: 'McpcAttention', backendName: b, kernelFunc: kernelFor(fwdShapes, fwd, b) });
     tf.registerKernel({ kernelName: 'McpcAttentionGrad', backendName: b, kernelFunc: kernelFor(bwdShapes, bwd, b) });
@@ -134,13 +171,13 @@ function ensureRegistered(): void {
   tf.registerGradient({
     kernelName: 'McpcAttention',
     saveAllInputs: true,
-    outputsToSave: [true, true, true],
+    outputsToSave: [true, true],
     gradFunc: (dy, saved, a) => {
-      const [q, k, v, ranges, o, stats, probs] = saved as Tensor[];
+      const [q, k, v, ranges, o, stats] = saved as Tensor[];
       const dO = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
       // One call for the three gradients, made here (inside autodiff's backward scope, which frees whatever
       // no input takes) rather than in a per-input closure, whose own scope would free the other two.
-      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO, probs] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
+      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
       return { 0: () => dq!, 1: () => dk!, 2: () => dv!, 3: () => tf.zeros(ranges!.shape, 'float32') };
     },
   });
