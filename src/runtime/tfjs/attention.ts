@@ -8,8 +8,9 @@
  * of 16, each head's d columns into dp = d rounded up to 16, the rest zero), transposes k and v there per
  * (row, kv head) to [d4][Sp] for the scores (d4 = d rounded up to 4; Sp = S rounded up to 4, plus 16 zero
  * columns that the 16-key blocks may read past S), and copies the results out. The copies are O(T·d) against
- * the O(T·keys·d) arithmetic.
- * The queries of a (row, kv head) go through the kernel two at a time (pairTable).
+ * the O(T·keys·d) arithmetic. The queries of a (row, kv head) go through the kernel two at a time (pairTable).
+ * The forward can save P (normalized, over each query's window) for the backward, which then forms neither
+ * q·k nor exp again (savedProbsSize).
  */
 import { readFileSync } from 'node:fs';
 

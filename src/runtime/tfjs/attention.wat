@@ -11,24 +11,24 @@
 ;; results are stored before A's, so A's remain, and B adds nothing to dK, dV.
 ;;
 ;; Scores (s = q·k for 16 keys at a time, and in the backward dP = dO·v) go along the keys against K and V
-;; transposed, [d4][Sp] per (row, kv head) (d4 = d rounded up to 4, Sp >= S + 16, the columns past S zero): four f32x4 accumulators per
-;; query, updated by one splatted query element per head dimension. Sums over the keys (o = Σ p_j v_j,
+;; transposed, [d4][Sp] per (row, kv head) (d4 = d rounded up to 4, Sp >= S + 16, the columns past S zero):
+;; four f32x4 accumulators per query, updated by one splatted query element per head dimension. Sums over the keys (o = Σ p_j v_j,
 ;; dQ = Σ dS_j k_j) and the per-key updates (dV_j += P_j dO, dK_j += dS_j q) go along the head dimension against
 ;; row-major K, V, dK, dV (row j of this kv head at base + j·ldk·4), 16 columns at a time: no horizontal sums
 ;; and no key rounding there.
 ;;
 ;; All addresses are byte offsets into this module's memory, all arrays f32 unless said otherwise. Per call one
-;; (row, kv head); entry e of the pair table (i32 × 9: eA, eB, lo, n, aA, bA, aB, bB, pOff) names its two queries by
-;; their index e relative to the call's q: query e's row of q, o, dout, dq is at q + e·dp·4 ([dp] floats, the
-;; columns past d zero; dp a multiple of 16), its statistics at st + e·8 (forward: m and 1/l) or L + e·4
-;; (backward: the logsumexp, which attention.ts forms: WebAssembly has no log).
+;; (row, kv head); entry e of the pair table (i32 × 9: eA, eB, lo, n, aA, bA, aB, bB, pOff) names its two
+;; queries by their index e relative to the call's q: query e's row of q, o, dout, dq is at q + e·dp·4 ([dp]
+;; floats, the columns past d zero; dp a multiple of 16), its statistics at st + e·8 (forward: m and 1/l) or
+;; L + e·4 (backward: the logsumexp, which attention.ts forms: WebAssembly has no log).
 ;;
-;;   fwd   s_j = scale·q·k_j (masked lanes −∞), m = max s, p_j = exp(s_j − m), o = Σ_j p_j v_j / Σ_j p_j, st = (m, 1/l);
-;;         with P ≠ 0 also P_j = p_j / l saved there: the pair's block at P + pOff·4, A's n (rounded up to 4)
-;;         then B's, 0 outside each window
+;;   fwd   s_j = scale·q·k_j (masked lanes −∞), m = max s, p_j = exp(s_j − m), o = Σ_j p_j v_j / Σ_j p_j,
+;;         st = (m, 1/l); with P ≠ 0 also P_j = p_j / l saved there: the pair's block at P + pOff·4, A's n
+;;         (rounded up to 4) then B's, 0 outside each window
 ;;   bwd   P_j = exp(scale·q·k_j − L), or read from the forward's P when P ≠ 0 (kt and L are not read then),
-;;         dP_j = dO·v_j, D = dO·o, dS_j = P_j·(dP_j − D)·scale;
-;;         dv_j += P_j·dO, dk_j += dS_j·q (dkr, dvr zeroed by the caller, accumulated over the pairs), dq = Σ_j dS_j·k_j
+;;         dP_j = dO·v_j, D = dO·o, dS_j = P_j·(dP_j − D)·scale; dv_j += P_j·dO, dk_j += dS_j·q (dkr, dvr
+;;         zeroed by the caller, accumulated over the pairs), dq = Σ_j dS_j·k_j
 ;;   sc    scratch, 4·Sp floats
 ;;
 ;; exp's argument is clamped at −87 and where it was below (the masked lanes, −∞ or NaN, and keys over 87 below
