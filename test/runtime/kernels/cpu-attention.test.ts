@@ -62,9 +62,9 @@ function valueAndGrads(kernel: Kernel, st: PlanStep, inputs: Tensor[], ctx: Kern
 }
 
 /** The CPU table's attention against the reference: output and the three gradients. */
-function check(ctx: KernelContext, H: number, KV: number, d: number, causal: boolean, tol = 2e-5): void {
+function check(ctx: KernelContext, H: number, KV: number, d: number, causal: boolean, tol = 2e-5, qScale = 2): void {
   const T = ctx.rows * ctx.seqLen;
-  const inputs = [tf.tensor2d(randn(T * H * d, 2), [T, H * d]), tf.tensor2d(randn(T * KV * d, 2), [T, KV * d]), tf.tensor2d(randn(T * KV * d), [T, KV * d])];
+  const inputs = [tf.tensor2d(randn(T * H * d, qScale), [T, H * d]), tf.tensor2d(randn(T * KV * d, 2), [T, KV * d]), tf.tensor2d(randn(T * KV * d), [T, KV * d])];
   const R = tf.tensor2d(randn(T * H * d), [T, H * d]);
   const st = step(H, KV, d, causal);
   const a = valueAndGrads(reference.attention, st, inputs, ctx, R);
@@ -110,6 +110,18 @@ describe('fused attention (cpu-attention.ts)', () => {
 
       it('matches the reference (output, dq, dk, dv): packed segments, padding, S = 1, odd S, d 5/6/16/20/32, GQA 1/2/3/4, causal or not', () => {
         for (const [rows, S, segs, pad, H, KV, d, causal] of cases) check(packed(rows, S, segs, pad), H, KV, d, causal);
+      });
+
+      it('matches the reference with scores far apart (weights below e^−87 of the largest: 0, no denormals)', () => {
+        for (const save of ['1', '0']) {
+          process.env.MCPC_ATTENTION_SAVE_P = save;
+          try {
+            check(packed(2, 37, 2, 3), 4, 2, 16, true, 2e-5, 60);
+            check(packed(1, 29, 1, 0), 2, 1, 6, false, 2e-5, 60);
+          } finally {
+            delete process.env.MCPC_ATTENTION_SAVE_P;
+          }
+        }
       });
 
       it('matches the reference with P recomputed in the backward (MCPC_ATTENTION_SAVE_P=0) instead of saved by the forward', () => {
