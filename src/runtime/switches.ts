@@ -24,6 +24,7 @@ export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_KERNELS', what: 'kernel table on the CPU backends: fused (the wasm default) or reference', take: { kind: 'enum', values: ['fused', 'reference'] } },
   { name: 'MCPC_FUSED_WASM', what: '0: fused elementwise kernels in JavaScript instead of WebAssembly SIMD', take: flag },
   { name: 'MCPC_ATTENTION_WASM', what: '0: attention on the CPU through the reference ops instead of the WebAssembly kernel', take: flag },
+  { name: 'MCPC_ATTENTION_SAVE_P', what: "0: the CPU attention kernel's backward recomputes P instead of taking the forward's", take: flag },
   { name: 'MCPC_MOE_TOPK', what: "0: routed experts' products dense (all experts) on the CPU instead of each token's top-k", take: flag },
   { name: 'MCPC_MOE_DOWN_TOPK', what: "0: the routed experts' A side dense on the CPU (moe_down_routed through the reference)", take: flag },
   { name: 'MCPC_XENT_WASM', what: "0: the loss's softmax rows on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
