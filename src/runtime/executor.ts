@@ -93,14 +93,14 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
-import { adamwAllCpu } from './kernels/cpu-ops.js';
+import { adamwFlatCpu } from './kernels/cpu-ops.js';
 import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { webgpuKernelTable } from './kernels/webgpu.js';
-import { adamwAll, adamwFlat, flat, unflat } from './webgpu/kernels/adamw.js';
+import { adamwFlat } from './webgpu/kernels/adamw.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
-import { applyAdamWAll, clipFactor, globalNorm, learningRate, needsTotal, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
+import { clipFactor, flat, globalNorm, learningRate, needsTotal, unflat, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { loadBaseParameters } from './weights/hf.js';
 import { initParameter } from './weights/init.js';
@@ -632,8 +632,10 @@ class Runner implements StageRunner {
     const s = this.stage.settings;
     const lr = learningRate(s, index, this.totalSteps);
     const routed = new Map<string, RouterLoad>();
-    // webgpu's AdamW: gradients and moments flat (one norm, one update dispatch; see flatSlots).
-    const flatPath = this.webgpu && s.optimizer.kind === 'adamw' && this.trainable.length > 0;
+    // The fused AdamW (always on webgpu; on the CPU table where the plan fused the optimizer, -O1's
+    // fuse-optimizer): gradients and moments flat, one norm, one update call (see flatSlots).
+    const fused = this.webgpu || (this.kernels !== reference && this.stage.optimizer.fused);
+    const flatPath = fused && s.optimizer.kind === 'adamw' && this.trainable.length > 0;
     const { parts, grads, lossTokens } = await this.accumulate(microBatches, index, routed, flatPath);
     let gradNorm: number;
     try {
@@ -653,14 +655,10 @@ class Runner implements StageRunner {
     // WebGPU hook (issue 5): every trainable tensor in one AdamW dispatch (webgpu/kernels/adamw.ts). The CPU table
     // does the same where the plan fused the optimizer (-O1's fuse-optimizer): one kernel call (kernels/cpu-ops.ts
     // McpcAdamW), equal to the per-tensor update bit for bit; -O0's plan updates tensor by tensor.
-    // On webgpu the gradients arrive flat and the moments stay flat between steps (adamwFlatStep).
-    const fused = this.webgpu || (this.kernels !== reference && this.stage.optimizer.fused);
+    // The fused path: the gradients arrived flat and the moments stay flat between steps (adamwFlatStep).
     const o = s.optimizer;
-    if (o.kind === 'adamw' && (flatPath || fused)) {
-      const h = { lr, weightDecay: s.weightDecay, beta1: o.beta1, beta2: o.beta2, eps: o.eps, t, gradScale: factor };
-      if (flatPath) this.adamwFlatStep(grads[0]!, h);
-      else applyAdamWAll(this.webgpu ? adamwAll : adamwAllCpu, this.trainable, this.params, this.slots, grads, h);
-    } else this.trainable.forEach((id, i) => {
+    if (o.kind === 'adamw' && flatPath) this.adamwFlatStep(grads[0]!, { lr, weightDecay: s.weightDecay, beta1: o.beta1, beta2: o.beta2, eps: o.eps, t, gradScale: factor });
+    else this.trainable.forEach((id, i) => {
       const p = this.params.get(id)!;
       const slot = this.slots.get(id)!;
       const g = factor === 1 ? grads[i] : tf.mul(grads[i], factor);
@@ -687,8 +685,9 @@ class Runner implements StageRunner {
   }
 
   /**
-   * webgpu's AdamW over the flat gradient `g` (trainable order): the parameters are concatenated, updated in
-   * one dispatch with the flat moments, and split back; the moments stay flat (flatSlots).
+   * The fused AdamW over the flat gradient `g` (trainable order); the moments stay flat (flatSlots). On webgpu
+   * the parameters are concatenated, updated in one dispatch and split back; the CPU kernel reads and writes
+   * them as they are.
    */
   private adamwFlatStep(g: Tensor, h: AdamWStep): void {
     const ids = this.trainable;
@@ -700,10 +699,12 @@ class Runner implements StageRunner {
     }
     const old = ids.map((id) => this.params.get(id)!);
     const { m, v } = this.flatSlots;
-    const next = tf.tidy(() => {
-      const r = adamwFlat(flat(old), g, m, v, h);
-      return { p: unflat(r.p, old.map((x) => x.shape)), m: r.m, v: r.v };
-    });
+    const next = this.webgpu
+      ? tf.tidy(() => {
+          const r = adamwFlat(flat(old), g, m, v, h);
+          return { p: unflat(r.p, old.map((x) => x.shape)), m: r.m, v: r.v };
+        })
+      : adamwFlatCpu(old, g, m, v, h);
     ids.forEach((id, i) => this.params.set(id, tf.keep(next.p[i]!)));
     this.flatSlots = { m: tf.keep(next.m), v: tf.keep(next.v) };
     tf.dispose([...old, m, v]);

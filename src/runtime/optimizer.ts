@@ -114,27 +114,14 @@ export function adamwScalars(h: AdamWStep) {
   };
 }
 
-/** A fused AdamW kernel: every tensor's new parameter and moments (new tensors, shapes as given). */
-export type AdamWAll = (ps: Tensor[], gs: Tensor[], ms: Tensor[], vs: Tensor[], h: AdamWStep) => { p: Tensor[]; m: Tensor[]; v: Tensor[] };
+/** Tensors as one flat vector, in order (a reshape alone for one tensor): the fused optimizer's layout. */
+export const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
 
-/**
- * One AdamW step of the tensors `ids` through a fused kernel (kernels/cpu-ops.ts on the CPU backends,
- * webgpu/kernels/adamw.ts on webgpu): replaces their tensors in `params` and `slots` and disposes the old.
- */
-export function applyAdamWAll(all: AdamWAll, ids: readonly string[], params: Map<string, Tensor>, slots: Map<string, SlotState>, grads: Tensor[], h: AdamWStep): void {
-  const old = ids.map((id) => ({ p: params.get(id)!, s: slots.get(id)! }));
-  const r = all(
-    old.map((o) => o.p),
-    grads,
-    old.map((o) => o.s.m),
-    old.map((o) => o.s.v!),
-    h,
-  );
-  ids.forEach((id, i) => {
-    params.set(id, tf.keep(r.p[i]!));
-    slots.set(id, { m: tf.keep(r.m[i]!), v: tf.keep(r.v[i]!) });
-  });
-  tf.dispose(old.flatMap((o) => [o.p, o.s.m, ...(o.s.v ? [o.s.v] : [])]));
+/** A flat vector back into tensors of the given shapes (reshapes of one split). */
+export function unflat(flatT: Tensor, shapes: readonly number[][]): Tensor[] {
+  if (shapes.length === 1) return [tf.reshape(flatT, shapes[0]!)];
+  const sizes = shapes.map((sh) => sh.reduce((x, y) => x * y, 1));
+  return tf.split(flatT, sizes).map((t, i) => tf.reshape(t, shapes[i]!));
 }
 
 /**

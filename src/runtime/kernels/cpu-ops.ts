@@ -8,7 +8,8 @@
  *                                  by ./fused-wasm.ts, or to JavaScript);
  *                                  the gradient runs the generated backward once per slot that is asked for
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
- *   McpcAdamW                      one AdamW step of every trainable tensor (the plan's fused optimizer)
+ *   McpcAdamW                      one AdamW step of every trainable tensor (the plan's fused optimizer; gradient
+ *                                  and moments flat)
  *   McpcConcatLinear               x·[W_1 ; … ; W_n]ᵀ (concat_linear's one GEMM), one output per part, with a
  *                                  gradient per weight: dW_i = dY_iᵀ·x only for the weights autodiff asks for
  *                                  (differentiating through tf.concat computed dYᵀ·x for the whole stack, frozen
@@ -146,19 +147,23 @@ function partWidths(a: Attrs): number[] {
 // --- AdamW over every trainable tensor --------------------------------------------------------------------------------
 
 /**
- * One AdamW step of every tensor in ONE kernel call (McpcAdamW): the plan's fused optimizer (pass
- * fuse-optimizer) on the CPU backends, where the per-tensor update is ~12 tfjs ops a tensor. Each operation is
- * rounded to f32 in the order optimizer.ts `update` applies tfjs's f32 ops (and the clipping multiply before
- * it), so the results equal the per-tensor path's bit for bit: products, quotients and square roots of f32
- * values are correctly rounded through f64; sums of two f32 values are exact in f64 but for exponent gaps
- * beyond 29 bits, where double rounding could in principle differ in the last place.
+ * One AdamW step of every trainable tensor in ONE kernel call (McpcAdamW): the plan's fused optimizer (pass
+ * fuse-optimizer) on the CPU backends, where the per-tensor update is ~12 tfjs ops a tensor. The gradient and
+ * both moments are flat vectors over the tensors in order (the executor keeps the moments flat between steps
+ * and concatenates each micro-batch's gradients once); the parameters stay tensors of their own, read and
+ * written in place of a concat and a split. Each operation is rounded to f32 in the order optimizer.ts
+ * `update` applies tfjs's f32 ops (and the clipping multiply before it), so the results equal the per-tensor
+ * path's bit for bit: products, quotients and square roots of f32 values are correctly rounded through f64;
+ * sums of two f32 values are exact in f64 but for exponent gaps beyond 29 bits, where double rounding could in
+ * principle differ in the last place.
  */
-export function adamwAllCpu(ps: Tensor[], gs: Tensor[], ms: Tensor[], vs: Tensor[], h: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
+export function adamwFlatCpu(ps: Tensor[], g: Tensor, m: Tensor, v: Tensor, h: AdamWStep): { p: Tensor[]; m: Tensor; v: Tensor } {
   ensureCpuOps();
   const n = ps.length;
-  if (!n) return { p: [], m: [], v: [] };
-  const out = runN('McpcAdamW', [...ps, ...gs, ...ms, ...vs], { ...h, n });
-  return { p: out.slice(0, n), m: out.slice(n, 2 * n), v: out.slice(2 * n) };
+  const total = ps.reduce((a, p) => a + p.size, 0);
+  if (g.size !== total || m.size !== total || v.size !== total) throw new Error(`McpcAdamW: flat sizes differ (parameters ${total}, g ${g.size}, m ${m.size}, v ${v.size})`);
+  const out = runN('McpcAdamW', [...ps, g, m, v], { ...h, n });
+  return { p: out.slice(0, n), m: out[n]!, v: out[n + 1]! };
 }
 
 // --- registration -------------------------------------------------------------------------------------------------------
@@ -252,8 +257,7 @@ export function ensureCpuOps(): void {
   registerCpuKernel('McpcAdamW', {
     shapes: (ins, a) => {
       const n = a.n as number;
-      const sh = ins.slice(0, n).map((t) => t.shape as number[]);
-      return [...sh, ...sh, ...sh];
+      return [...ins.slice(0, n).map((t) => t.shape as number[]), ins[n + 1]!.shape as number[], ins[n + 2]!.shape as number[]];
     },
     writesAll: true,
     run: (ins, outs, _i, a) => {
@@ -262,23 +266,24 @@ export function ensureCpuOps(): void {
       // The scalars as tfjs makes them: f32 tensors of the JavaScript values (optimizer.ts adamwScalars).
       const k = adamwScalars(a as unknown as AdamWStep);
       const [DEC, GS, B1, OB1, B2, OB2, SB2, EPS, LRB] = [f(k.decay), f(k.gscale), f(k.b1), f(k.omb1), f(k.b2), f(k.omb2), f(k.sqrtbc2), f(k.eps), f(k.stepsize)];
+      const g = ins[n] as Float32Array;
+      const m = ins[n + 1] as Float32Array;
+      const v = ins[n + 2] as Float32Array;
+      const M = outs[n]!;
+      const V = outs[n + 1]!;
+      let o = 0;
       for (let i = 0; i < n; i++) {
         const p = ins[i] as Float32Array;
-        const g = ins[n + i] as Float32Array;
-        const m = ins[2 * n + i] as Float32Array;
-        const v = ins[3 * n + i] as Float32Array;
         const P = outs[i]!;
-        const M = outs[n + i]!;
-        const V = outs[2 * n + i]!;
-        for (let j = 0; j < p.length; j++) {
+        for (let j = 0; j < p.length; j++, o++) {
           // A factor of 1 (no clipping, no decay) multiplies exactly: the same bits as skipping it.
-          const gj = f(g[j]! * GS);
-          const mj = f(f(m[j]! * B1) + f(gj * OB1));
-          const vj = f(f(v[j]! * B2) + f(f(gj * gj) * OB2));
+          const gj = f(g[o]! * GS);
+          const mj = f(f(m[o]! * B1) + f(gj * OB1));
+          const vj = f(f(v[o]! * B2) + f(f(gj * gj) * OB2));
           const denom = f(f(f(Math.sqrt(vj)) / SB2) + EPS);
           P[j] = f(f(p[j]! * DEC) - f(f(mj / denom) * LRB));
-          M[j] = mj;
-          V[j] = vj;
+          M[o] = mj;
+          V[o] = vj;
         }
       }
     },

@@ -12,9 +12,9 @@ import { rmsnorm } from '../../../src/runtime/webgpu/kernels/rmsnorm.js';
 import { rope } from '../../../src/runtime/webgpu/kernels/rope.js';
 import { swiglu } from '../../../src/runtime/webgpu/kernels/swiglu.js';
 import { lmHeadXent } from '../../../src/runtime/webgpu/kernels/xent.js';
-import { adamwAll } from '../../../src/runtime/webgpu/kernels/adamw.js';
+import { adamwFlat } from '../../../src/runtime/webgpu/kernels/adamw.js';
 import { orthoPenaltyBatched, type OrthoTermSpec } from '../../../src/runtime/webgpu/kernels/ortho.js';
-import { update, type SlotState } from '../../../src/runtime/optimizer.js';
+import { flat, unflat, update, type SlotState } from '../../../src/runtime/optimizer.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
 import { compare, describeGpu, rand, randn, type Arg } from './kernels-support.js';
 
@@ -218,8 +218,8 @@ describeGpu('WGSL kernels match the reference', () => {
           const M = data.map((d, i) => tf.tensor(d.m, shapes[i]));
           const V = data.map((d, i) => tf.tensor(d.v, shapes[i]));
           if (backend === 'webgpu') {
-            const r = adamwAll(P, G, M, V, { lr, weightDecay: wd, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t, gradScale: clip });
-            return [...r.p, ...r.m, ...r.v];
+            const r = adamwFlat(flat(P), flat(G), flat(M), flat(V), { lr, weightDecay: wd, beta1: opt.beta1, beta2: opt.beta2, eps: opt.eps, t, gradScale: clip });
+            return [r.p, r.m, r.v].flatMap((x) => unflat(x, shapes));
           }
           const rs = P.map((p, i) => update(opt, p, clip === 1 ? G[i]! : tf.mul(G[i]!, clip), { m: M[i]!, v: V[i]! } as SlotState, lr, wd, t));
           return [...rs.map((r) => r.p), ...rs.map((r) => r.s.m), ...rs.map((r) => r.s.v!)];

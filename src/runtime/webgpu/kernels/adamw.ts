@@ -1,20 +1,18 @@
 /**
  * AdamW for every trainable tensor of a stage in one dispatch (optimizer.ts `update`, same arithmetic in
- * the same order, so results agree with it to f32 rounding): parameters, gradients and both moments are
- * concatenated into flat buffers, one kernel updates all of them (one invocation per element), and the
- * new tensors are split back out. The global-norm clipping factor is folded into the kernel (g · clip).
+ * the same order, so results agree with it to f32 rounding) over flat buffers of the parameters, gradients
+ * and both moments, one invocation per element (the executor concatenates the parameters and splits the
+ * result; gradients and moments are flat already). The global-norm clipping factor is folded into the kernel
+ * (g · clip).
  *
  *   p ← p · (1 − lr·wd);  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²
  *   p ← p − (m / (√v / √(1 − β₂ᵗ) + ε)) · (lr / (1 − β₁ᵗ))
  */
-import { tf, type Tensor } from '../../tfjs/index.js';
+import type { Tensor } from '../../tfjs/index.js';
 import { dispatch } from './run.js';
 import { adamwScalars, type AdamWStep } from '../../optimizer.js';
 
 const WG = 256;
-
-/** Tensors as one flat vector, in order (a reshape alone for one tensor). */
-export const flat = (ts: readonly Tensor[]): Tensor => (ts.length === 1 ? tf.reshape(ts[0]!, [-1]) : tf.concat(ts.map((t) => tf.reshape(t, [-1]))));
 
 /**
  * One AdamW step over flat vectors of the same length n (parameters, gradients, both moments): one dispatch,
@@ -59,24 +57,4 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }`,
   });
   return { p: P!, m: M!, v: V! };
-}
-
-/** A flat vector back into tensors of the given shapes (reshapes of one split). */
-export function unflat(flatT: Tensor, shapes: readonly number[][]): Tensor[] {
-  if (shapes.length === 1) return [tf.reshape(flatT, shapes[0]!)];
-  const sizes = shapes.map((sh) => sh.reduce((a, b) => a * b, 1));
-  return tf.split(flatT, sizes).map((t, i) => tf.reshape(t, shapes[i]!));
-}
-
-/**
- * One AdamW step of all tensors: returns new parameters and moments (new tensors, shapes as given; the
- * caller disposes the old ones). Runs inside its own tidy.
- */
-export function adamwAll(ps: readonly Tensor[], gs: readonly Tensor[], ms: readonly Tensor[], vs: readonly Tensor[], s: AdamWStep): { p: Tensor[]; m: Tensor[]; v: Tensor[] } {
-  if (!ps.length) return { p: [], m: [], v: [] };
-  return tf.tidy(() => {
-    const r = adamwFlat(flat(ps), flat(gs), flat(ms), flat(vs), s);
-    const shapes = ps.map((p) => p.shape);
-    return { p: unflat(r.p, shapes), m: unflat(r.m, shapes), v: unflat(r.v, shapes) };
-  });
 }
