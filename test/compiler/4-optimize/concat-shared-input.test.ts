@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { passes } from '../../../src/compiler/4-optimize/index.js';
 import { verifyIR } from '../../../src/compiler/ir/verify.js';
 import type { Node, StageIR } from '../../../src/compiler/ir/types.js';
 import { base, compile, concatAt, inline, nodesOf, P } from './helpers.js';
@@ -181,6 +182,18 @@ describe('concat-shared-input', () => {
     expect(qkv.gradInputs).toEqual(
       expect.arrayContaining(['q', 'k', 'v'].flatMap((s) => [`base.layers[1].attn.${s}.weight`, `base.layers[1].attn.${s}.bias`]).concat(['a.layers[1].attn.q.A', 'a.layers[1].attn.v.A'])),
     );
+  });
+
+  it('plan-memory with recompute: the merged nodes keep their layer, so the same values are recomputed at the same cost', () => {
+    const { path, dir } = inline(one('adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, k, v}').replace('  max_len 64', '  max_len 64\n  recompute true'));
+    const without = compile(path, passes.filter((p) => p.name !== 'concat-shared-input'), { dir }).stage('one').plan;
+    const withIt = compile(path, passes, { dir }).stage('one').plan;
+    expect(withIt.memory.recompute && without.memory.recompute).toBe(true);
+    expect(withIt.memory.recomputed!.flops).toBe(without.memory.recomputed!.flops);
+    expect(withIt.memory.recomputed!.nodes).toBeLessThan(without.memory.recomputed!.nodes);
+    expect(withIt.estimates.flopsPerStep).toBe(without.estimates.flopsPerStep);
+    expect(withIt.memory.bytes.peak).toBeLessThanOrEqual(without.memory.bytes.peak);
+    for (const f of withIt.forward.filter((x) => x.op === 'concat_linear')) expect(f.layer).toBeDefined();
   });
 
   it('the verifier refuses a concat_linear whose inputs do not follow its parts', () => {
