@@ -270,13 +270,13 @@ describe('divisorsDesc (the micro-batch candidates under a budget)', () => {
     }
   });
 
-  it('a huge batch: √n work, and past 2^53 only n itself (batch 99999999999999999999 aborted the compiler)', () => {
-    const t = performance.now();
+  // √n work finishes in well under a second on an idle machine; a loop over 1..n would not finish at all before
+  // the test's timeout (no wall-clock assertion: a loaded CI machine took 2.7 s).
+  it('a huge batch: √n work, and past 2^53 only n itself (batch 99999999999999999999 aborted the compiler)', { timeout: 30_000 }, () => {
     expect(divisorsDesc(1_000_000_000)).toHaveLength(100);
     expect(divisorsDesc(2 ** 53 - 1)[0]).toBe(2 ** 53 - 1);
     expect(divisorsDesc(1e20)).toEqual([1e20]);
     expect(divisorsDesc(0)).toEqual([]);
-    expect(performance.now() - t).toBeLessThan(2000);
     const { path, dir } = inline('  memory 1GB');
     writeFileSync(path, readFileSync(path, 'utf8').replace('batch 8', 'batch 99999999999999999999\n  micro_batch 4'));
     const res = compileFile(path, nodeHost(dir, dir), {}, { optLevel: 1 });
