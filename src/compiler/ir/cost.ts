@@ -2,6 +2,7 @@
  * The cost model: FLOPs and bytes moved per op, which values need gradients, and the backward work each
  * op implies. Used for the plan's estimates, for `mcpc explain`, and by passes that trade work for memory.
  */
+import { concatParts, type ConcatPart } from './concat.js';
 import type { Dim, Graph, IR, Node, StageIR } from './types.js';
 import { dimValue, numel } from './types.js';
 
@@ -91,16 +92,8 @@ export function gradValues(ir: IR, st: StageIR): Set<string> {
 /** Matmul-like ops: backward costs one forward per input that needs a gradient. */
 const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
 
-interface ConcatPartAttrs {
-  kind: string;
-  out: number;
-  params: string[];
-  bias?: string;
-}
-const concatParts = (n: Node): ConcatPartAttrs[] => (Array.isArray(n.attrs.parts) ? (n.attrs.parts as ConcatPartAttrs[]) : []);
-
 /** Forward FLOPs of one part of a concat_linear: what the node it replaced cost on its own. */
-function concatPartFlops(p: ConcatPartAttrs, inF: number, T: number): number {
+function concatPartFlops(p: ConcatPart, inF: number, T: number): number {
   const gemm = 2 * T * inF * p.out;
   if (p.kind === 'router') return gemm + 5 * T * p.out;
   return gemm + (p.bias ? T * p.out : 0);
