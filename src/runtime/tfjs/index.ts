@@ -54,6 +54,8 @@ export async function initBackend(name: BackendName = 'cpu'): Promise<void> {
     }
     if (!loaded) throw new Error("the tensorflow backend needs @tensorflow/tfjs-node-gpu (or @tensorflow/tfjs-node), which is not installed: `npm install @tensorflow/tfjs-node-gpu@4.22` (its installer downloads libtensorflow), or use --backend auto");
   }
+  // Tensors saved for a gradient share their buffer instead of going through an Identity kernel each (./share.ts).
+  (await import('./share.js')).shareSavedTensors();
   const ok = await tf.setBackend(name);
   if (!ok) throw new Error(`the tfjs backend '${name}' is not available (registered: ${Object.keys(tf.engine().registryFactory).join(', ')})`);
   await tf.ready();

@@ -14,7 +14,7 @@
  * garbage-collected instance crashes the process later (InstanceBase::ProcessEvents).
  */
 import { tf } from '../tfjs/index.js';
-import { shareSavedTensors } from './program.js';
+import { shareSavedTensors } from '../tfjs/share.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU types come from the optional native package. */
 export type GPUDeviceLike = any;
@@ -136,7 +136,8 @@ export async function registerWebGpuBackend(gpu: DawnDevice): Promise<void> {
   const { WebGPUBackend } = await import('@tensorflow/tfjs-backend-webgpu');
   if (tf.findBackendFactory('webgpu')) tf.removeBackend('webgpu');
   tf.registerBackend('webgpu', () => new WebGPUBackend(gpu.device, gpu.adapter && (gpu.adapter as any).info), 3);
-  // Tensors saved for a gradient share their buffer instead of going through an Identity kernel each (./program.ts).
+  // Tensors saved for a gradient share their buffer instead of going through an Identity kernel each
+  // (../tfjs/share.ts; initBackend installs it too).
   shareSavedTensors();
   registered = gpu;
 }

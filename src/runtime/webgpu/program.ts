@@ -18,6 +18,7 @@
  */
 import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
+import { share } from '../tfjs/share.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs-backend-webgpu's internals and WebGPU objects are untyped here. */
 export type WebGpuBackendLike = any;
@@ -164,41 +165,15 @@ export function keepUntilBackwardEnds(t: Tensor): Tensor {
 
 // --- saving for the gradient without Identity kernels -----------------------------------------------------------------
 //
-// tfjs saves what a gradient reads by cloning each tensor (engine.saveTensorsForBackwardMode: one `Identity`
-// kernel per tensor, and one more tape node each, through the whole engine: scopes, profiling, tape). On webgpu
-// Identity only adds a reference to the buffer, so the kernels here make the same reference directly: a kept
-// tensor sharing the buffer (`share`), put into the `saved` list of the tape node tfjs just recorded for the op,
-// which the engine disposes once the backward pass is over, as it does its own clones. The gradient functions
-// receive that list as before. Only the tape node of each clone is left out: it would connect the saved copy to
-// its source for a gradient of the gradient, which nothing here takes. `shareSavedTensors` does the same for
-// every other op (tfjs's and the other kernels'), through the engine.
+// tfjs saves what a gradient reads by cloning each tensor (one `Identity` kernel and one tape node each); the
+// kernels here instead put kept tensors sharing the buffer (../tfjs/share.ts `share`) into the `saved` list of
+// the tape node tfjs just recorded for the op, which the engine disposes once the backward pass is over, as it
+// does its own clones. The gradient functions receive that list as before. ../tfjs/share.ts
+// `shareSavedTensors` does the same for every other op, through the engine.
 
 const eng = (): any => tf.engine();
 
-/** A new tensor on `t`'s buffer (what tfjs-webgpu's Identity returns), without running a kernel. */
-export function share(t: Tensor): Tensor {
-  const e = eng();
-  const backend = e.state.tensorInfo.get(t.dataId)?.backend ?? e.backend;
-  backend.incRef(t.dataId);
-  return e.makeTensorFromTensorInfo({ dataId: t.dataId, shape: t.shape, dtype: t.dtype }, backend);
-}
-
-let sharing = false;
-
-/**
- * Makes tfjs's own saving for the gradient (every tfjs op whose gradient reads its inputs or outputs, and
- * tf.customGrad's `save`) share buffers on the webgpu backend instead of cloning through an Identity kernel:
- * `engine.clone`, which only saving calls, becomes {@link share} while webgpu is the backend. What is left out
- * is the clone's tape node, which would matter only for a gradient of a gradient (nothing in mcpc takes one).
- * Idempotent; called when the backend is registered (./device.ts).
- */
-export function shareSavedTensors(): void {
-  if (sharing) return;
-  sharing = true;
-  const e = eng();
-  const clone = e.clone.bind(e);
-  e.clone = (x: Tensor): Tensor => (e.backendName === 'webgpu' ? share(x) : clone(x));
-}
+export { share };
 
 /** Whether tfjs is recording a tape (inside `tf.grads`' forward pass, outside any kernel). */
 export const taping = (): boolean => eng().isTapeOn();

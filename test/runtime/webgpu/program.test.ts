@@ -1,6 +1,6 @@
 /**
- * Saving for the gradient without Identity kernels (src/runtime/webgpu/program.ts): `share`, `runKernelSaving`,
- * `customOp` and `shareSavedTensors` (tfjs's own saving on webgpu). The gradients match the cpu backend's, no
+ * Saving for the gradient without Identity kernels (src/runtime/webgpu/program.ts, src/runtime/tfjs/share.ts):
+ * `share`, `runKernelSaving`, `customOp` and `shareSavedTensors` (tfjs's own saving, on webgpu, cpu and wasm). The gradients match the cpu backend's, no
  * Identity kernel is recorded, and every saved tensor is freed once the backward pass is over. Needs WebGPU:
  * see kernels-support.ts for skip-or-fail.
  */
@@ -78,11 +78,18 @@ describeGpu('saving for the gradient on webgpu shares buffers', () => {
     x.dispose();
   });
 
-  it('on cpu, tfjs saves through its own clones (the switch is per backend)', async () => {
-    await initBackend('cpu');
-    const xs = [tf.randomNormal([3, 3]), tf.randomNormal([3, 3])];
-    const names = await recorded(() => tf.sum(tf.mul(xs[0]!, xs[1]!)) as tf.Scalar, xs);
-    expect(names).toContain('Identity');
-    tf.dispose(xs);
+  it.each(['cpu', 'wasm'] as const)('on %s too, tfjs saves by sharing the buffer: same gradients, no Identity, nothing left', async (backend) => {
+    await initBackend(backend);
+    const xs = [tf.tensor2d([1, 2, 3, 4, 5, 6, 7, 8, 9], [3, 3]), tf.tensor2d([0.5, -1, 2, 0, 1, -2, 3, 1, 0.25], [3, 3])];
+    const before = tf.memory().numTensors;
+    const names = await recorded(() => tf.sum(tf.mul(tf.exp(tf.mul(xs[0]!, 0.1)), xs[1]!)) as tf.Scalar, xs);
+    expect(names).not.toContain('Identity');
+    expect(tf.memory().numTensors).toBe(before);
+    const g = tf.grads((a: Tensor, b: Tensor) => tf.sum(tf.mul(tf.exp(tf.mul(a, 0.1)), b)) as tf.Scalar)(xs);
+    const want0 = [0.5, -1, 2, 0, 1, -2, 3, 1, 0.25].map((b, i) => b * 0.1 * Math.exp(0.1 * (i + 1)));
+    const want1 = [1, 2, 3, 4, 5, 6, 7, 8, 9].map((a) => Math.exp(0.1 * a));
+    Array.from(g[0]!.dataSync()).forEach((v, i) => expect(v).toBeCloseTo(want0[i]!, 5));
+    Array.from(g[1]!.dataSync()).forEach((v, i) => expect(v).toBeCloseTo(want1[i]!, 5));
+    tf.dispose([...g, ...xs]);
   });
 });
