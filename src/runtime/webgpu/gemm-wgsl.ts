@@ -110,6 +110,23 @@ export interface GemmSpec {
   enables?: string[];
 }
 
+/**
+ * A memo of specs by a caller's key (the spec objects a module builds per shape class, so that the generated
+ * WGSL and its pipeline are found again): `cached(key, make)` returns the spec made for `key`, making it once.
+ * Cleared past 4,096 keys, which only a stream of distinct shapes reaches.
+ */
+export function specCache(): (key: string, make: () => GemmSpec) => GemmSpec {
+  const specs = new Map<string, GemmSpec>();
+  return (key, make) => {
+    let sp = specs.get(key);
+    if (!sp) {
+      if (specs.size > 4096) specs.clear();
+      specs.set(key, (sp = make()));
+    }
+    return sp;
+  };
+}
+
 export function tileThreads(t: Tile): number {
   return (t.bm / t.tm) * (t.bn / t.tn);
 }

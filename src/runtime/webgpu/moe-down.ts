@@ -18,7 +18,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
@@ -49,15 +49,8 @@ export function moeDownFits(x: Tensor | undefined, gates: Tensor | undefined, ae
   return gates.shape[0] === T && gates.shape[1] === E && ae.shape[0] === E && ae.shape[1] === r && ae.shape[2] === K && T * E * r < 2 ** 31;
 }
 
-const specs = new Map<string, GemmSpec>();
-function cached(key: string, make: () => GemmSpec): GemmSpec {
-  let sp = specs.get(key);
-  if (!sp) {
-    if (specs.size > 4096) specs.clear();
-    specs.set(key, (sp = make()));
-  }
-  return sp;
-}
+/** This module's GEMM specs by shape key (gemm-wgsl.ts specCache). */
+const cached = specCache();
 
 /** The masked upstream gradient m∘dy at (t, c), dy [T, E·r] in `in0`, gates [T, E] in `in1`. */
 const maskedDy = (s: Shape, t: string, c: string): string =>

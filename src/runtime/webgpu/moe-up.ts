@@ -20,7 +20,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { keepUntilBackwardEnds, runKernel1, runKernelSaving, runWgsl, share, type WebGpuBackendLike } from './program.js';
 
@@ -85,15 +85,8 @@ function weight(n: Names, s: MoeUpShape, out: number, k: string, col: string): s
   return `select(${be}, ${n.bsh}[${col} * ${u(R)} + min(${k}, ${u(R - 1)})], ${k} < ${u(R)})`;
 }
 
-const specs = new Map<string, GemmSpec>();
-function cached(key: string, make: () => GemmSpec): GemmSpec {
-  let sp = specs.get(key);
-  if (!sp) {
-    if (specs.size > 4096) specs.clear();
-    specs.set(key, (sp = make()));
-  }
-  return sp;
-}
+/** This module's GEMM specs by shape key (gemm-wgsl.ts specCache). */
+const cached = specCache();
 const shapeKey = (s: MoeUpShape): string => `${s.sharedRank},${s.rank},${s.experts},${s.scale}`;
 const f32In = (n: number) => Array.from({ length: n }, () => ({ type: 'f32' as const }));
 

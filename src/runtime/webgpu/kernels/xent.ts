@@ -25,7 +25,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec } from '../gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from '../gemm-wgsl.js';
 import { tileFor } from '../gemm-tune.js';
 import { disposeInfo, runKernel1, runKernelSaving, runWgsl, spread, type WebGpuBackendLike } from '../program.js';
 import { wgslReduceSum } from './run.js';
@@ -61,15 +61,8 @@ function chunks(T: number, V: number, chunk?: number): [number, number][] {
   return out;
 }
 
-const specs = new Map<string, GemmSpec>();
-function cached(key: string, make: () => GemmSpec): GemmSpec {
-  let sp = specs.get(key);
-  if (!sp) {
-    if (specs.size > 4096) specs.clear();
-    specs.set(key, (sp = make()));
-  }
-  return sp;
-}
+/** This module's GEMM specs by shape key (gemm-wgsl.ts specCache). */
+const cached = specCache();
 
 /** logits_c = x·W[o : o+c]ᵀ [T, c]. */
 function logitsChunk(backend: WebGpuBackendLike, x: TensorInfo, w: TensorInfo, o: number, c: number): TensorInfo {
