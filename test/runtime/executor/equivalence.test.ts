@@ -20,7 +20,7 @@ import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { createStageRunner, type StageRunner } from '../../../src/runtime/executor.js';
 import type { Plan } from '../../../src/plan/types.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
-import { compileInline, relErr, syntheticBatch, TINY, worst } from './helpers.js';
+import { compileInline, expectSameTraining, relErr, syntheticBatch, TINY, worst } from './helpers.js';
 
 const PIPELINE = `pipeline equiv
 model base = ${TINY}
@@ -193,17 +193,7 @@ describe('concat-shared-input: the -O1 plan with and without it', () => {
     const a = await createStageRunner(a0, 'one', { backend });
     const b = await createStageRunner(a1, 'one', { backend });
     runners.push(a, b);
-    const ga = await a.gradients(mbs);
-    const gb = await b.gradients(mbs);
-    expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
-    expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
-    expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
-    for (let i = 0; i < 2; i++) {
-      const sa = await a.step(mbs);
-      const sb = await b.step(mbs);
-      expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
-    }
-    expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
+    await expectSameTraining(a, b, mbs, TOL);
     expect(await a.applyExit()).toEqual(await b.applyExit());
     const a2 = await createStageRunner(a0, 'two', { backend, parameters: await a.parameters() });
     const b2 = await createStageRunner(a1, 'two', { backend, parameters: await b.parameters() });

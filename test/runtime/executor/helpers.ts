@@ -5,6 +5,8 @@ import { join } from 'node:path';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { MicroBatch } from '../../../src/runtime/data/batch.js';
 import type { Plan } from '../../../src/plan/types.js';
+import type { StageRunner } from '../../../src/runtime/executor.js';
+import { expect } from 'vitest';
 
 /** The smallest model the tests train: one layer, hidden 32, two heads sharing one kv head. */
 export const TINY = 'builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)';
@@ -92,3 +94,22 @@ export function worst(a: Map<string, ArrayLike<number>>, b: Map<string, ArrayLik
   }
   return out;
 }
+
+/**
+ * Two runners of equivalent plans train alike: the same loss and gradients on `mbs`, the same losses over two
+ * optimizer steps, then the same parameters, each within `tol` (relative).
+ */
+export async function expectSameTraining(a: StageRunner, b: StageRunner, mbs: MicroBatch[], tol: number): Promise<void> {
+  const ga = await a.gradients(mbs);
+  const gb = await b.gradients(mbs);
+  expect(relErr([ga.loss], [gb.loss])).toBeLessThan(tol);
+  expect([...ga.grads.keys()].sort()).toEqual([...gb.grads.keys()].sort());
+  expect(worst(ga.grads, gb.grads).err).toBeLessThan(tol);
+  for (let i = 0; i < 2; i++) {
+    const sa = await a.step(mbs);
+    const sb = await b.step(mbs);
+    expect(relErr([sa.loss], [sb.loss])).toBeLessThan(tol);
+  }
+  expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(tol);
+}
+

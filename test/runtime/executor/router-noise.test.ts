@@ -13,7 +13,7 @@ import { reference, type KernelStep } from '../../../src/runtime/kernels/referen
 import { webgpuKernels } from '../../../src/runtime/kernels/webgpu.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
 import type { Plan } from '../../../src/plan/types.js';
-import { compileInline, lcg, relErr, syntheticBatch, TINY, worst } from './helpers.js';
+import { compileInline, expectSameTraining, lcg, relErr, syntheticBatch, TINY, worst } from './helpers.js';
 
 const pipeline = (sigma: number, act = 'softmax') => `pipeline noisy
 model base = ${TINY}
@@ -107,16 +107,7 @@ describe('router noise', () => {
     const ps = await init(a);
     await a.loadParameters(ps);
     await b.loadParameters(ps);
-    const ga = await a.gradients(mbs);
-    const gb = await b.gradients(mbs);
-    expect(relErr([ga.loss], [gb.loss])).toBeLessThan(TOL);
-    expect(worst(ga.grads, gb.grads).err).toBeLessThan(TOL);
-    for (let i = 0; i < 2; i++) {
-      const sa = await a.step(mbs);
-      const sb = await b.step(mbs);
-      expect(relErr([sa.loss], [sb.loss])).toBeLessThan(TOL);
-    }
-    expect(worst(await b.parameters(), await a.parameters()).err).toBeLessThan(TOL);
+    await expectSameTraining(a, b, mbs, TOL);
   });
 
   it('noise changes the training losses, deterministically; evaluation sees none', async () => {
