@@ -33,6 +33,7 @@ import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lo
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
 import { medcarePlan, syntheticBatch } from './support/medcare.js';
 import { passes as defaultPasses } from '../src/compiler/4-optimize/index.js';
+import { concatSharedInput } from '../src/compiler/4-optimize/passes/concat-shared-input.js';
 import { routeExpertDown } from '../src/compiler/4-optimize/passes/route-expert-down.js';
 
 const { values } = parseArgs({
@@ -450,12 +451,14 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
 // A training step of the tiny pipeline (MedCare stage 1 on the demo base's shape, random weights), through
 // the stage runner on this device: the WGSL kernel table, one-dispatch AdamW.
 if (parts.has('step')) await section('training step', async () => {
-  // The -O1 plan, and the same without route-expert-down (the routed A projections inside concat_linear, as
-  // before that pass): on the CPU the pass pays; on a GPU, where this small step is host-bound, its extra
-  // kernels may cost. Steps alternate between the two runners.
+  // The -O1 plan, the same without route-expert-down (the routed A projections inside concat_linear, as
+  // before that pass: on the CPU the pass pays; on a GPU, where this small step is host-bound, its extra
+  // kernels may cost) and without concat-shared-input (q/k/v and gate/up as separate GEMMs: no time measured
+  // on the CPU; on a GPU it removes launches). Steps alternate between the runners.
   const variants = [
     { name: '', ...medcarePlan(1) },
     { name: ' (without route-expert-down)', ...medcarePlan(1, undefined, defaultPasses.filter((p) => p !== routeExpertDown)) },
+    { name: ' (without concat-shared-input)', ...medcarePlan(1, undefined, defaultPasses.filter((p) => p !== concatSharedInput)) },
   ];
   const stage = variants[0]!.plan.stages[0]!;
   const rows = stage.settings.microBatch;
