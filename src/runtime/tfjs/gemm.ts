@@ -66,6 +66,68 @@ function transposeInto(src: Float32Array, so: number, rows: number, K: number, m
   for (let n = 0; n < rows; n++) for (let k = 0, i = so + n * K; k < K; k++) mem[at + k * Np + n0 + n] = src[i + k]!;
 }
 
+/**
+ * Cache blocking for products whose B is large. The micro-kernel walks the rows of C four at a time and, for
+ * each, every column tile over all of K: all of B is read again for every 4 rows, from memory once B outgrows
+ * the caches (an LM head over a 32,000-token vocabulary: W is 32 MB; 6 GFLOP/s instead of ~40). Past
+ * `blockFrom` bytes of B, a single product runs in blocks of B of at most `blockBytes` ([kb, nb]: N in column
+ * blocks, K in slices whose partial products are added into C). The training step's products (B under
+ * 1.5 MB at the demo shape) keep the one-pass path.
+ */
+const gemmBlocking = { blockFrom: 4 << 20, blockBytes: 256 << 10 };
+
+/** For tests: the blocking thresholds (bytes of B), returning the previous ones. */
+export function setGemmBlocking(next: { blockFrom: number; blockBytes: number }): { blockFrom: number; blockBytes: number } {
+  const prev = { ...gemmBlocking };
+  Object.assign(gemmBlocking, next);
+  return prev;
+}
+
+/** out = op(A) · op(B) (one product) in blocks of B (see gemmBlocking). */
+function matmulBlocked(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): void {
+  const { M, N, K, transposeA, transposeB } = s;
+  const Mp = up(M, 4);
+  const floats = gemmBlocking.blockBytes / 4;
+  const nb = Math.min(up(N, 8), Math.max(8, Math.floor(floats / Math.min(K, 256) / 8) * 8));
+  const kb = Math.min(K, Math.max(1, Math.floor(floats / nb)));
+  const g = gemmModule();
+  const aAt = 0;
+  const bAt = Mp * kb;
+  const cAt = bAt + kb * nb;
+  scratch(g, cAt + Mp * nb);
+  for (let n0 = 0; n0 < N; n0 += nb) {
+    const nw = Math.min(nb, N - n0);
+    const np = up(nw, 8);
+    for (let k0 = 0; k0 < K; k0 += kb) {
+      const kw = Math.min(kb, K - k0);
+      const mem = new Float32Array(g.memory.buffer);
+      // A's slice: [Mp, kw] rows, or as stored transposed [kw, Mp] (gemm_tn); padding rows zero.
+      if (!transposeA) {
+        for (let i = 0; i < M; i++) mem.set(A.subarray(i * K + k0, i * K + k0 + kw), aAt + i * kw);
+        if (Mp > M) mem.fill(0, aAt + M * kw, aAt + Mp * kw);
+      } else
+        for (let k = 0; k < kw; k++) {
+          mem.set(A.subarray((k0 + k) * M, (k0 + k) * M + M), aAt + k * Mp);
+          if (Mp > M) mem.fill(0, aAt + k * Mp + M, aAt + (k + 1) * Mp);
+        }
+      // B's block [kw, np]: rows of B, or B stored [N, K] transposed while packed; padding columns zero.
+      if (!transposeB)
+        for (let k = 0; k < kw; k++) {
+          mem.set(B.subarray((k0 + k) * N + n0, (k0 + k) * N + n0 + nw), bAt + k * np);
+          if (np > nw) mem.fill(0, bAt + k * np + nw, bAt + (k + 1) * np);
+        }
+      else {
+        if (np > nw) mem.fill(0, bAt, bAt + kw * np);
+        for (let n = 0; n < nw; n++) for (let k = 0, i = (n0 + n) * K + k0; k < kw; k++) mem[bAt + k * np + n] = B[i + k]!;
+      }
+      g.run(transposeA, aAt * 4, bAt * 4, cAt * 4, 1, Mp, np, kw);
+      const C = new Float32Array(g.memory.buffer);
+      if (k0 === 0) for (let i = 0; i < M; i++) out.set(C.subarray(cAt + i * np, cAt + i * np + nw), i * N + n0);
+      else for (let i = 0; i < M; i++) for (let j = 0, o = i * N + n0, c = cAt + i * np; j < nw; j++) out[o + j]! += C[c + j]!;
+    }
+  }
+}
+
 /** out[t] = op(a[t]) · op(b[t]) for t < max(batchA, batchB) (a batch of 1 broadcasts). */
 export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): void {
   const batch = Math.max(s.batchA, s.batchB);
@@ -75,6 +137,7 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
     out.fill(0);
     return;
   }
+  if (batch === 1 && 4 * K * up(N, 8) > gemmBlocking.blockFrom) return matmulBlocked(A, B, out, s);
   const Mp = up(M, 4);
   const Np = up(N, 8);
   const g = gemmModule();

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { matmulInto } from '../../../src/runtime/tfjs/gemm.js';
+import { matmulInto, setGemmBlocking } from '../../../src/runtime/tfjs/gemm.js';
 import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
 import { sliceInto } from '../../../src/runtime/tfjs/wasm-extra.js';
 
@@ -71,6 +71,39 @@ describe('SIMD GEMM (gemm.wat)', () => {
           expect(worst, `${M}x${N}x${K} tA=${transposeA} tB=${transposeB}`).toBeLessThan(1e-4 * K);
         }
       }
+    }
+  });
+
+  it('in blocks of B (large products: column blocks, K slices added into C) equals the naive product', () => {
+    const prev = setGemmBlocking({ blockFrom: 0, blockBytes: 4 * 8 * 24 });
+    try {
+      fc.assert(
+        fc.property(
+          fc.record({ M: fc.integer({ min: 1, max: 19 }), N: fc.integer({ min: 1, max: 41 }), K: fc.integer({ min: 1, max: 70 }), transposeA: fc.boolean(), transposeB: fc.boolean(), seed: fc.integer() }),
+          (r) => {
+            const s = { batchA: 1, batchB: 1, M: r.M, N: r.N, K: r.K, transposeA: r.transposeA, transposeB: r.transposeB };
+            let x = r.seed | 0;
+            const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+            const a = Float32Array.from({ length: r.M * r.K }, rnd);
+            const b = Float32Array.from({ length: r.K * r.N }, rnd);
+            const out = new Float32Array(r.M * r.N).fill(NaN);
+            matmulInto(a, b, out, s);
+            const want = naive(a, b, s);
+            for (let i = 0; i < out.length; i++) expect(Math.abs(out[i]! - want[i]!)).toBeLessThan(1e-5 * (1 + r.K));
+          },
+        ),
+        { numRuns: 200 },
+      );
+      // Blocks of B smaller than one column tile and one K step still cover everything.
+      setGemmBlocking({ blockFrom: 0, blockBytes: 4 });
+      const a = Float32Array.from({ length: 5 * 9 }, (_, i) => (i % 7) - 3);
+      const b = Float32Array.from({ length: 9 * 11 }, (_, i) => (i % 5) - 2);
+      const out = new Float32Array(5 * 11);
+      const s = { batchA: 1, batchB: 1, M: 5, N: 11, K: 9, transposeA: false, transposeB: false };
+      matmulInto(a, b, out, s);
+      expect(Array.from(out)).toEqual(Array.from(naive(a, b, s)));
+    } finally {
+      setGemmBlocking(prev);
     }
   });
 
