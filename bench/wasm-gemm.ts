@@ -4,13 +4,14 @@
  * each and the ratio. Shapes: the demo model's linear layers at 2 x 8 x 224 tokens (x·Wᵀ forward, dY·W and
  * dYᵀ·X backward) and attention's batched products. Exits 1 if ours is slower on any shape. Then the GEMM
  * itself on one thread against `--threads N` (default 2; src/runtime/tfjs/gemm-threads.ts, what MCPC_THREADS=N
- * runs) on a [2048,256]·[256,256] product, alternating, median ms.
+ * runs) on a [2048,256]·[256,256] product, alternating, median ms. Last, products whose B outgrows the caches,
+ * in one pass against in blocks of B (what gemm.ts does past 4 MiB of B).
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import '@tensorflow/tfjs-backend-wasm';
 import { tf } from '../src/runtime/tfjs/index.js';
-import { registerWasmGemm } from '../src/runtime/tfjs/gemm.js';
+import { matmulInto, registerWasmGemm, setGemmBlocking } from '../src/runtime/tfjs/gemm.js';
 import { threadedGemm } from '../src/runtime/tfjs/gemm-threads.js';
 import { registerWasmExtras } from '../src/runtime/tfjs/wasm-extra.js';
 
@@ -87,4 +88,35 @@ for (let i = 0; i < reps * 3; i++)
   });
 const medMs = gemmMs.map((ts) => ts.sort((x, y) => x - y)[Math.floor(ts.length / 2)]!);
 console.log(`GEMM [${M},${K}]·[${K},${N}], median ms (GFLOP/s): ${runs.map((r, j) => `${r.name} ${medMs[j]!.toFixed(2)} (${((2 * M * N * K) / medMs[j]! / 1e6).toFixed(1)})`).join(', ')}${runs.length > 1 ? `: ${(medMs[0]! / medMs[1]!).toFixed(2)}x` : ' (no threads here)'}`);
+
+// Products whose B outgrows the caches (a Qwen2-0.5B-sized MLP, an LM head over a 32,000-token vocabulary):
+// one pass (the micro-kernel reads all of B for every 4 rows of C) against blocks of B (gemm.ts, past 4 MiB).
+const big: [number, number, number, boolean, boolean][] = [
+  [2048, 896, 4864, false, true],
+  [2048, 4864, 896, false, false],
+  [896, 2048, 4864, true, false],
+  [32, 256, 32000, false, false],
+  [32, 32000, 256, false, false],
+];
+const bigReps = values.quick ? 2 : 5;
+console.log(`large B, one pass vs blocks of B, median ms (GFLOP/s), ${bigReps} reps alternating:`);
+for (const [m, k, n, tA, tB] of big) {
+  const A = Float32Array.from({ length: m * k }, (_, i) => ((i * 7) % 13) / 13 - 0.5);
+  const B = Float32Array.from({ length: k * n }, (_, i) => ((i * 5) % 11) / 11 - 0.5);
+  const C = new Float32Array(m * n);
+  const shape = { batchA: 1, batchB: 1, M: m, N: n, K: k, transposeA: tA, transposeB: tB };
+  const modes = [{ blockFrom: 2 ** 40, blockBytes: 256 << 10 }, { blockFrom: 4 << 20, blockBytes: 256 << 10 }];
+  const ts: number[][] = [[], []];
+  for (let r = 0; r < bigReps + 1; r++)
+    modes.forEach((mode, j) => {
+      const prev = setGemmBlocking(mode);
+      const t = performance.now();
+      matmulInto(A, B, C, shape);
+      if (r > 0) ts[j]!.push(performance.now() - t);
+      setGemmBlocking(prev);
+    });
+  const [one, blk] = ts.map((x) => x.sort((a, b) => a - b)[Math.floor(x.length / 2)]!) as [number, number];
+  const gf = (ms: number) => ((2 * m * n * k) / ms / 1e6).toFixed(1);
+  console.log(`  ${`${tA ? `[${k},${m}]ᵀ` : `[${m},${k}]`}·${tB ? `[${n},${k}]ᵀ` : `[${k},${n}]`}`.padEnd(30)} B ${((4 * k * n) / 2 ** 20).toFixed(1)} MB: ${one.toFixed(1)} ms (${gf(one)}) -> ${blk.toFixed(1)} ms (${gf(blk)}), ${(one / blk).toFixed(2)}x`);
+}
 process.exitCode = slower ? 1 : 0;
