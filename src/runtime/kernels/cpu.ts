@@ -8,13 +8,14 @@
  *                       or to JavaScript where that is missing or MCPC_FUSED_WASM=0; forward, and the compiler's
  *                       generated backward (from the plan's kernel table) once per gradient slot
  *   attention           each query against only the keys it can see (./cpu-attention.ts, ../tfjs/attention.wat:
- *                       flash-attention style in WebAssembly SIMD along the keys, forward saving the logsumexp,
- *                       backward recomputing P; packed rows skip their masked blocks, ~3/4 of S×S with two
+ *                       flash-attention style in WebAssembly SIMD along the keys, queries in pairs, forward saving
+ *                       the logsumexp and P, which the backward reads; packed rows skip their masked blocks, ~3/4 of S×S with two
  *                       examples per row); where a row's segment ids are not contiguous runs, or with
  *                       MCPC_ATTENTION_WASM=0, grouped-query GEMMs without repeating K/V (no Tile), the 1/√d
  *                       scale on q, and the mask built once per micro-batch in that layout (no broadcast)
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
  *   topk_gate           one kernel each way (./cpu-topk.ts; the backward recomputes the mask from the saved p)
+ *   embedding           row copies (./cpu-embedding.ts), dW a scatter-add only when asked
  *   lm_head_xent        the head GEMM and the softmax cross-entropy over chunks of rows (./cpu-xent.ts): no [T, V]
  *                       logits tensor, the gradient from the saved logsumexp (dx, dW each only when asked)
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
@@ -47,6 +48,7 @@ import { moeDownFits, moeDownRoutedOp, moeUpFits, moeUpGroupedOp } from './cpu-m
 import { attentionOp, attentionRanges } from './cpu-attention.js';
 import { lmHeadXentCpu, lmHeadXentFits } from './cpu-xent.js';
 import { topkGateCpu, topkGateCpuFits } from './cpu-topk.js';
+import { embeddingCpu, embeddingCpuFits } from './cpu-embedding.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
@@ -174,6 +176,13 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const [x, W, labels, mask] = inputs;
       if (given || inputs.length !== 4 || !lmHeadXentFits(x!, W!, labels!, mask!)) return reference.lm_head_xent(inputs, step, ctx);
       return [lmHeadXentCpu(x!, W!, labels!, mask!)];
+    },
+
+    embedding(inputs, step, ctx) {
+      // Row copies (./cpu-embedding.ts) instead of tfjs-wasm's GatherV2, which walks the output element by element.
+      const [tokens, W] = inputs;
+      if (inputs.length !== 2 || !tokens || !W || !embeddingCpuFits(tokens, W)) return reference.embedding(inputs, step, ctx);
+      return [embeddingCpu(tokens, W)];
     },
 
     topk_gate(inputs, step, ctx) {
