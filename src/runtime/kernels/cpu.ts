@@ -16,6 +16,7 @@
  *   rope                one pass (its gradient is the inverse rotation), no slices or concat
  *   topk_gate           one kernel each way (./cpu-topk.ts; the backward recomputes the mask from the saved p)
  *   embedding           row copies (./cpu-embedding.ts), dW a scatter-add only when asked
+ *   lora_up             h·(s·B)ᵀ: the scale multiplies B [out, r], not the output [T, out] (nor dy in the backward)
  *   lm_head_xent        the head GEMM and the softmax cross-entropy over chunks of rows (./cpu-xent.ts): no [T, V]
  *                       logits tensor, the gradient from the saved logsumexp (dx, dW each only when asked)
  *   concat_linear       the one GEMM as McpcConcatLinear, one output per part (dW per part, only for the weights
@@ -176,6 +177,14 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const [x, W, labels, mask] = inputs;
       if (given || inputs.length !== 4 || !lmHeadXentFits(x!, W!, labels!, mask!)) return reference.lm_head_xent(inputs, step, ctx);
       return [lmHeadXentCpu(x!, W!, labels!, mask!)];
+    },
+
+    lora_up(inputs, step, ctx) {
+      // y = h·(s·B)ᵀ: the scale on B [out, r] (and s·dB back) instead of on y [T, out] and dy.
+      const [h, B] = inputs;
+      const scale = num(step, 'scale');
+      if (inputs.length !== 2 || !h || !B || h.rank !== 2 || B.rank !== 2 || !f32(inputs)) return reference.lora_up(inputs, step, ctx);
+      return [tf.matMul(h as tf.Tensor2D, (scale === 1 ? B : tf.mul(B, scale)) as tf.Tensor2D, false, true)];
     },
 
     embedding(inputs, step, ctx) {

@@ -209,6 +209,14 @@ describe('attention and rope', () => {
     }
   });
 
+  it('lora_up (the scale on B): against the reference, scales 1 and 2.5, one token', () => {
+    for (const [T, r, out, scale] of [
+      [7, 4, 9, 2.5],
+      [1, 3, 5, 1],
+      [33, 16, 176, 0.5],
+    ] as const) sameAsReference(stepOf('lora_up', { scale, rank: r }, 2, 1), [T3(T, r), T3(out, r)], context(1, T));
+  });
+
   it('the same kernels on the wasm backend', async () => {
     await initBackend('wasm');
     try {
