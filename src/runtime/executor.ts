@@ -102,6 +102,7 @@ import { probeF16 } from './webgpu/gemm-f16.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
 import { clipFactor, flat, globalNorm, learningRate, needsTotal, unflat, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
+import { readableCopy } from './tfjs/share.js';
 import { loadBaseParameters } from './weights/hf.js';
 import { initParameter } from './weights/init.js';
 import { mergeLora } from './weights/merge.js';
@@ -507,7 +508,7 @@ class Runner implements StageRunner {
   private partTensors(values: Map<string, Tensor>): Tensor[] {
     const s = this.lossStep;
     const ids = [this.stage.loss, ...(s.op === 'loss_sum' ? s.inputs : [])];
-    return ids.map((id) => tf.keep(tf.clone(values.get(id)!)));
+    return ids.map((id) => tf.keep(readableCopy(values.get(id)!)));
   }
 
   /** The weighted parts of the loss from {@link partTensors}' scalars, which it disposes. */
@@ -535,7 +536,7 @@ class Runner implements StageRunner {
   private async lossAndGrads(mb: MicroBatch, train: DropoutDraw, routed?: Map<string, RouterLoad>): Promise<{ parts: LossParts; grads: Tensor[] }> {
     let partTs: Tensor[] = [];
     const gates: { step: PlanStep; gates: Tensor; segments: KernelContext['segments'] }[] = [];
-    const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void (step.op === 'topk_gate' && gates.push({ step, gates: tf.keep(tf.clone(outs[0])), segments: ctx.segments })) : undefined;
+    const onStep = routed ? (step: PlanStep, outs: Tensor[], ctx: KernelContext) => void (step.op === 'topk_gate' && gates.push({ step, gates: tf.keep(readableCopy(outs[0])), segments: ctx.segments })) : undefined;
     let grads: Tensor[];
     try {
       grads = tf.tidy(() => {

@@ -27,6 +27,14 @@ export function share(t: Tensor): Tensor {
   return e.makeTensorFromTensorInfo({ dataId: t.dataId, shape: t.shape, dtype: t.dtype }, backend);
 }
 
+/**
+ * A copy of `t` to read later (outside the scope that made it): a shared buffer where the backend's Identity is a
+ * reference anyway (no kernel, no tape node inside a gradient's forward), else tf.clone.
+ */
+export function readableCopy(t: Tensor): Tensor {
+  return SHARING.has(eng().backendName) ? share(t) : tf.clone(t);
+}
+
 let sharing = false;
 
 /** Installs sharing in tfjs's saving (see the header). Idempotent; ./index.ts `initBackend` calls it. */
