@@ -64,8 +64,8 @@ const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S 
 
 /**
  * P saved by a forward for its backward (../tfjs/attention.ts savedProbsSize), in JavaScript memory, by the
- * dataId of the forward's stats output: the gradient gets that output back as a clone, and a clone shares the
- * dataId (Identity on both CPU backends). Not a third output: autodiff would give an output no gradient reaches
+ * dataId of the forward's stats output: the gradient gets that output back as its saved copy, which shares the
+ * dataId (../tfjs/share.ts on both CPU backends; before it, their Identity did). Not a third output: autodiff would give an output no gradient reaches
  * a zero-filled dy of its size (~8 ms a step for 2 MB at 8x256, more than P saves). Taken by the backward; one
  * not found (no tape, past the cap, a copying Identity) is recomputed there.
  */
