@@ -17,17 +17,11 @@
  * gradient function runs it when autodiff reaches the node and hands each input its part).
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { attentionBackward, attentionForward, savedProbsSize, type AttentionShape } from '../tfjs/attention.js';
+import { registerCpuKernel } from './cpu-ops.js';
 import type { KernelContext } from './reference.js';
 
-type Info = tf.TensorInfo;
 type Attrs = Record<string, unknown>;
-
-interface CpuLike {
-  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
-  data: { get(id: object): { values: Float32Array | Int32Array } };
-}
 
 /**
  * Each query's visible keys [lo, hi) within its row, [T, 2] int32, made once per micro-batch (ctx.cache);
@@ -88,39 +82,7 @@ function giveP(p: Float32Array): void {
 /** How the backward got P, counted for tests: taken from the forward or recomputed. */
 export const attentionPCounts = { saved: 0, recomputed: 0 };
 
-/** A kernel over typed-array views: output shapes, then the computation (inputs first, outputs after, then their TensorInfos). */
-function kernelFor(
-  shapes: (a: Attrs) => number[][],
-  run: (ins: (Float32Array | Int32Array)[], outs: Float32Array[], a: Attrs, inInfos: Info[], outInfos: Info[]) => void,
-  backendName: 'wasm' | 'cpu',
-): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const ss = shapes(attrs as Attrs);
-    let outs: Info[];
-    let views: Float32Array[];
-    let read: (t: Info) => Float32Array | Int32Array;
-    if (backendName === 'wasm') {
-      const b = backend as unknown as WasmBackendLike;
-      outs = ss.map((s) => b.makeOutput(s, 'float32'));
-      // Views after every allocation: allocating may grow (and so move) the heap.
-      views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
-      read = (t) => b.typedArrayFromHeap(t) as Float32Array | Int32Array;
-    } else {
-      const b = backend as unknown as CpuLike;
-      views = ss.map((s) => new Float32Array(s.reduce((x, y) => x * y, 1)));
-      outs = ss.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
-      read = (t) => b.data.get(t.dataId).values;
-    }
-    run(ins.map(read), views, attrs as Attrs, ins, outs);
-    return outs.length === 1 ? outs[0]! : outs;
-  };
-}
-
-let registered = false;
 function ensureRegistered(): void {
-  if (registered) return;
-  registered = true;
   const fwdShapes = (a: Attrs) => {
     const T = (a.rows as number) * (a.S as number);
     return [
@@ -129,56 +91,61 @@ function ensureRegistered(): void {
     ];
   };
   // outputs o and the logsumexp; P kept for the backward when a gradient tape records the call (attr saveP)
-  const fwd = (ins: (Float32Array | Int32Array)[], [o, st]: Float32Array[], a: Attrs, _: Info[], outInfos: Info[]) => {
-    const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
-    const p = n ? takeP(n) : undefined;
-    attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
-    if (p) savedP.set(outInfos[1]!.dataId, p);
-  };
-  const bwdShapes = (a: Attrs) => {
-    const T = (a.rows as number) * (a.S as number);
-    return [
-      [T, (a.H as number) * (a.d as number)],
-      [T, (a.KV as number) * (a.d as number)],
-      [T, (a.KV as number) * (a.d as number)],
-    ];
-  };
+  registerCpuKernel(
+    'McpcAttention',
+    {
+      shapes: (_, a) => fwdShapes(a),
+      writesAll: true,
+      run: (ins, [o, st], _, a, outInfos) => {
+        const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
+        const p = n ? takeP(n) : undefined;
+        attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
+        if (p) savedP.set(outInfos[1]!.dataId, p);
+      },
+    },
+    {
+      saveAllInputs: true,
+      outputsToSave: [true, true],
+      gradFunc: (dy, saved, a) => {
+        const [q, k, v, ranges, o, stats] = saved as Tensor[];
+        const dO = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
+        // One call for the three gradients, made here (inside autodiff's backward scope, which frees whatever
+        // no input takes) rather than in a per-input closure, whose own scope would free the other two.
+        const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
+        return { 0: () => dq!, 1: () => dk!, 2: () => dv!, 3: () => tf.zeros(ranges!.shape, 'float32') };
+      },
+    },
+  );
   // inputs q, k, v, o, stats, ranges, dO
-  const bwd = (ins: (Float32Array | Int32Array)[], [dq, dk, dv]: Float32Array[], a: Attrs, inInfos: Info[]) => {
-    const p = savedP.get(inInfos[4]!.dataId);
-    savedP.delete(inInfos[4]!.dataId);
-    attentionPCounts[p ? 'saved' : 'recomputed']++;
-    attentionBackward(
-      ins[0] as Float32Array,
-      ins[1] as Float32Array,
-      ins[2] as Float32Array,
-      ins[3] as Float32Array,
-      ins[4] as Float32Array,
-      ins[5] as Int32Array,
-      ins[6] as Float32Array,
-      shapeOf(a),
-      dq!,
-      dk!,
-      dv!,
-      p,
-    );
-    if (p) giveP(p);
-  };
-  for (const b of ['wasm', 'cpu'] as const) {
-    tf.registerKernel({ kernelName: 'McpcAttention', backendName: b, kernelFunc: kernelFor(fwdShapes, fwd, b) });
-    tf.registerKernel({ kernelName: 'McpcAttentionGrad', backendName: b, kernelFunc: kernelFor(bwdShapes, bwd, b) });
-  }
-  tf.registerGradient({
-    kernelName: 'McpcAttention',
-    saveAllInputs: true,
-    outputsToSave: [true, true],
-    gradFunc: (dy, saved, a) => {
-      const [q, k, v, ranges, o, stats] = saved as Tensor[];
-      const dO = (Array.isArray(dy) ? dy[0] : dy) as Tensor;
-      // One call for the three gradients, made here (inside autodiff's backward scope, which frees whatever
-      // no input takes) rather than in a per-input closure, whose own scope would free the other two.
-      const [dq, dk, dv] = tf.engine().runKernel('McpcAttentionGrad', [q, k, v, o, stats, ranges, dO] as unknown as tf.NamedTensorMap, a as tf.NamedAttrMap) as Tensor[];
-      return { 0: () => dq!, 1: () => dk!, 2: () => dv!, 3: () => tf.zeros(ranges!.shape, 'float32') };
+  registerCpuKernel('McpcAttentionGrad', {
+    shapes: (_, a) => {
+      const T = (a.rows as number) * (a.S as number);
+      return [
+        [T, (a.H as number) * (a.d as number)],
+        [T, (a.KV as number) * (a.d as number)],
+        [T, (a.KV as number) * (a.d as number)],
+      ];
+    },
+    writesAll: true,
+    run: (ins, [dq, dk, dv], inInfos, a) => {
+      const p = savedP.get(inInfos[4]!.dataId);
+      savedP.delete(inInfos[4]!.dataId);
+      attentionPCounts[p ? 'saved' : 'recomputed']++;
+      attentionBackward(
+        ins[0] as Float32Array,
+        ins[1] as Float32Array,
+        ins[2] as Float32Array,
+        ins[3] as Float32Array,
+        ins[4] as Float32Array,
+        ins[5] as Int32Array,
+        ins[6] as Float32Array,
+        shapeOf(a),
+        dq!,
+        dk!,
+        dv!,
+        p,
+      );
+      if (p) giveP(p);
     },
   });
 }

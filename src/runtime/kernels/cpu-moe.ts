@@ -26,47 +26,24 @@
  * reference's; only the intermediate dgates differs, there.
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../tfjs/moe.js';
 import { moeDownDa, moeDownDx, moeDownForward } from '../tfjs/moe-down.js';
 import { keepUntilBackwardEnds } from '../webgpu/program.js';
+import { registerCpuKernel } from './cpu-ops.js';
 
 type Info = tf.TensorInfo;
 type Attrs = { sharedRank: number; rank: number; experts: number; scale: number };
-
-interface CpuLike {
-  makeTensorInfo(shape: number[], dtype: string, values?: Float32Array): Info;
-  data: { get(id: object): { values: Float32Array } };
-}
 
 const FWD = 'McpcMoeUp';
 const DH = 'McpcMoeUpDh';
 const DB = 'McpcMoeUpDbe';
 
-/** A tfjs kernel: output shapes, then the computation over Float32Array views (inputs, outputs). */
-function kernelFor<A = Attrs>(shapes: (ins: Info[], a: A) => number[][], run: (ins: Float32Array[], outs: Float32Array[], infos: Info[], a: A) => void, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
-  return ({ inputs, backend, attrs }) => {
-    const ins = Object.keys(inputs).map((k) => (inputs as unknown as Record<string, Info>)[k]!);
-    const a = attrs as unknown as A;
-    const ss = shapes(ins, a);
-    let outs: Info[];
-    let views: Float32Array[];
-    let read: (t: Info) => Float32Array;
-    if (backendName === 'wasm') {
-      const b = backend as unknown as WasmBackendLike;
-      outs = ss.map((s) => b.makeOutput(s, 'float32'));
-      // Views after every allocation: allocating may grow (and so move) the heap.
-      views = outs.map((o) => b.typedArrayFromHeap(o) as Float32Array);
-      read = (t) => b.typedArrayFromHeap(t) as Float32Array;
-    } else {
-      const b = backend as unknown as CpuLike;
-      views = ss.map((s) => new Float32Array(s.reduce((p, d) => p * d, 1)));
-      outs = ss.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
-      read = (t) => b.data.get(t.dataId).values;
-    }
-    run(ins.map(read), views, ins, a);
-    return outs.length === 1 ? outs[0]! : outs;
-  };
+/**
+ * A kernel of the CPU table (./cpu-ops.ts registerCpuKernel, both CPU backends) over Float32Array views; the
+ * ../tfjs/moe*.ts functions write every element of their outputs.
+ */
+function moeKernel<A = Attrs>(name: string, shapes: (ins: Info[], a: A) => number[][], run: (ins: Float32Array[], outs: Float32Array[], infos: Info[], a: A) => void): void {
+  registerCpuKernel(name, { shapes: (ins, a) => shapes(ins, a as unknown as A), writesAll: true, run: (ins, outs, infos, a) => run(ins as Float32Array[], outs, infos, a as unknown as A) });
 }
 
 const shapeOf = (h: Info, out: number, a: Attrs): MoeUpShape => ({ T: h.shape[0]!, out, sharedRank: a.sharedRank, rank: a.rank, experts: a.experts, scale: a.scale });
@@ -75,38 +52,24 @@ let registered = false;
 function register(): void {
   if (registered) return;
   registered = true;
-  for (const b of ['wasm', 'cpu'] as const) {
-    // inputs: h, gates, [B_sh], B_e
-    tf.registerKernel({
-      kernelName: FWD,
-      backendName: b,
-      kernelFunc: kernelFor(
-        (ins) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
-        (ins, [y], infos, a) => moeUpForward(ins[0]!, ins[1]!, ins[ins.length - 1]!, ins.length === 4 ? ins[2] : undefined, y!, shapeOf(infos[0]!, infos[infos.length - 1]!.shape[1]!, a)),
-        b,
-      ),
-    });
-    // inputs: dY, h, gates, [B_sh], B_e
-    tf.registerKernel({
-      kernelName: DH,
-      backendName: b,
-      kernelFunc: kernelFor(
-        (ins) => [ins[1]!.shape, ins[2]!.shape],
-        (ins, [dh, dg], infos, a) => moeUpDh(ins[0]!, ins[1]!, ins[2]!, ins[ins.length - 1]!, ins.length === 5 ? ins[3] : undefined, dh!, dg!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
-        b,
-      ),
-    });
-    // inputs: dY, h, gates
-    tf.registerKernel({
-      kernelName: DB,
-      backendName: b,
-      kernelFunc: kernelFor(
-        (ins, a) => [[a.experts, ins[0]!.shape[1]!, a.rank]],
-        (ins, [db], infos, a) => moeUpDbe(ins[0]!, ins[1]!, ins[2]!, db!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
-        b,
-      ),
-    });
-  }
+  // inputs: h, gates, [B_sh], B_e
+  moeKernel(
+    FWD,
+    (ins) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
+    (ins, [y], infos, a) => moeUpForward(ins[0]!, ins[1]!, ins[ins.length - 1]!, ins.length === 4 ? ins[2] : undefined, y!, shapeOf(infos[0]!, infos[infos.length - 1]!.shape[1]!, a)),
+  );
+  // inputs: dY, h, gates, [B_sh], B_e
+  moeKernel(
+    DH,
+    (ins) => [ins[1]!.shape, ins[2]!.shape],
+    (ins, [dh, dg], infos, a) => moeUpDh(ins[0]!, ins[1]!, ins[2]!, ins[ins.length - 1]!, ins.length === 5 ? ins[3] : undefined, dh!, dg!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+  );
+  // inputs: dY, h, gates
+  moeKernel(
+    DB,
+    (ins, a) => [[a.experts, ins[0]!.shape[1]!, a.rank]],
+    (ins, [db], infos, a) => moeUpDbe(ins[0]!, ins[1]!, ins[2]!, db!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+  );
   tf.registerGradient({
     kernelName: FWD,
     saveAllInputs: true,
@@ -178,38 +141,24 @@ function registerDown(): void {
   downRegistered = true;
   // x [T, in], gates [T, E], A_e [E, r, in], dh [T, E·r]
   const shape = (T: number, inF: number, a: DownAttrs) => ({ T, inF, rank: a.rank, experts: a.experts });
-  for (const b of ['wasm', 'cpu'] as const) {
-    // inputs: x, gates, A_e
-    tf.registerKernel({
-      kernelName: DOWN,
-      backendName: b,
-      kernelFunc: kernelFor<DownAttrs>(
-        (ins, a) => [[ins[0]!.shape[0]!, a.experts * a.rank]],
-        (ins, [h], infos, a) => moeDownForward(ins[0]!, ins[1]!, ins[2]!, h!, shape(infos[0]!.shape[0]!, infos[0]!.shape[1]!, a)),
-        b,
-      ),
-    });
-    // inputs: dh, gates, A_e
-    tf.registerKernel({
-      kernelName: DOWN_DX,
-      backendName: b,
-      kernelFunc: kernelFor<DownAttrs>(
-        (ins) => [[ins[0]!.shape[0]!, ins[2]!.shape[2]!]],
-        (ins, [dx], infos, a) => moeDownDx(ins[0]!, ins[1]!, ins[2]!, dx!, shape(infos[0]!.shape[0]!, infos[2]!.shape[2]!, a)),
-        b,
-      ),
-    });
-    // inputs: dh, x, gates
-    tf.registerKernel({
-      kernelName: DOWN_DA,
-      backendName: b,
-      kernelFunc: kernelFor<DownAttrs>(
-        (ins, a) => [[a.experts, a.rank, ins[1]!.shape[1]!]],
-        (ins, [da], infos, a) => moeDownDa(ins[0]!, ins[1]!, ins[2]!, da!, shape(infos[1]!.shape[0]!, infos[1]!.shape[1]!, a)),
-        b,
-      ),
-    });
-  }
+  // inputs: x, gates, A_e
+  moeKernel<DownAttrs>(
+    DOWN,
+    (ins, a) => [[ins[0]!.shape[0]!, a.experts * a.rank]],
+    (ins, [h], infos, a) => moeDownForward(ins[0]!, ins[1]!, ins[2]!, h!, shape(infos[0]!.shape[0]!, infos[0]!.shape[1]!, a)),
+  );
+  // inputs: dh, gates, A_e
+  moeKernel<DownAttrs>(
+    DOWN_DX,
+    (ins) => [[ins[0]!.shape[0]!, ins[2]!.shape[2]!]],
+    (ins, [dx], infos, a) => moeDownDx(ins[0]!, ins[1]!, ins[2]!, dx!, shape(infos[0]!.shape[0]!, infos[2]!.shape[2]!, a)),
+  );
+  // inputs: dh, x, gates
+  moeKernel<DownAttrs>(
+    DOWN_DA,
+    (ins, a) => [[a.experts, a.rank, ins[1]!.shape[1]!]],
+    (ins, [da], infos, a) => moeDownDa(ins[0]!, ins[1]!, ins[2]!, da!, shape(infos[1]!.shape[0]!, infos[1]!.shape[1]!, a)),
+  );
   tf.registerGradient({
     kernelName: DOWN,
     saveAllInputs: true,

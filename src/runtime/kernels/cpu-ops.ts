@@ -37,7 +37,8 @@ export interface CpuOp {
   shapes(inputs: Info[], attrs: Attrs): number[][];
   /** Writes every element of every output: the outputs are not zeroed first. */
   writesAll?: boolean;
-  run(ins: (Float32Array | Int32Array)[], outs: Float32Array[], inputs: Info[], attrs: Attrs): void;
+  /** `outputs`: the outputs' TensorInfos (their dataIds identify them to a later call, e.g. a gradient's). */
+  run(ins: (Float32Array | Int32Array)[], outs: Float32Array[], inputs: Info[], attrs: Attrs, outputs: Info[]): void;
 }
 
 const size = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
@@ -62,7 +63,7 @@ function kernelFor(op: CpuOp, backendName: 'wasm' | 'cpu'): tf.KernelFunc {
       outs = shapes.map((s, i) => b.makeTensorInfo(s, 'float32', views[i]));
       read = (t) => b.data.get(t.dataId).values;
     }
-    op.run(ins.map(read), views, ins, attrs as Attrs);
+    op.run(ins.map(read), views, ins, attrs as Attrs, outs);
     return outs.length === 1 ? outs[0]! : outs;
   };
 }
