@@ -124,6 +124,35 @@ function dlogits(z: Float32Array, r0: number, r1: number, V: number, labels: Int
   }
 }
 
+/**
+ * The logits of x·Wᵀ chunk by chunk (x [T, d], W [V, d] from the kernel's infos): `body(z, r0, r1, wb)` for
+ * rows [r0, r1), z holding their logits (in the WebAssembly row kernels' memory where they apply, `wb`).
+ */
+function eachChunk(x: Float32Array, W: Float32Array, infos: tf.TensorInfo[], body: (z: Float32Array, r0: number, r1: number, wb: WasmBlocks | null) => void): void {
+  const [T, d] = infos[0]!.shape as [number, number];
+  const V = infos[1]!.shape[0]!;
+  const R = Math.min(T, chunkRows(V));
+  const wb = wasmBlocks(R, V);
+  const z = wb ? wb.z : block(R * V);
+  const hw = headWeight(W, T, R, d, V);
+  for (let r0 = 0; r0 < T; r0 += R) {
+    const r1 = Math.min(T, r0 + R);
+    logits(x, hw, r0, r1, d, V, z);
+    body(z, r0, r1, wb);
+  }
+}
+
+/** The backward's chunks: `body(dlogits, r0, r1)` with dlogits of rows [r0, r1) in place of their logits. */
+function eachDlogitsChunk(ins: (Float32Array | Int32Array)[], infos: tf.TensorInfo[], body: (z: Float32Array, r0: number, r1: number) => void): void {
+  const [x, W, labels, mask, lse, dy] = ins;
+  const V = infos[1]!.shape[0]!;
+  const coef = dy![0]! / maskCount(mask!);
+  eachChunk(x as Float32Array, W as Float32Array, infos, (z, r0, r1, wb) => {
+    dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
+    body(z, r0, r1);
+  });
+}
+
 function register(): void {
   registerCpuKernel(
     'McpcLmHeadXent',
@@ -131,16 +160,9 @@ function register(): void {
       shapes: (ins) => [[], [ins[0]!.shape[0]!]],
       writesAll: true,
       run: ([x, W, labels, mask], [loss, lse], infos) => {
-        const [T, d] = infos[0]!.shape as [number, number];
         const V = infos[1]!.shape[0]!;
-        const R = Math.min(T, chunkRows(V));
-        const wb = wasmBlocks(R, V);
-        const z = wb ? wb.z : block(R * V);
-        const hw = headWeight(W as Float32Array, T, R, d, V);
         let sum = 0;
-        for (let r0 = 0; r0 < T; r0 += R) {
-          const r1 = Math.min(T, r0 + R);
-          logits(x as Float32Array, hw, r0, r1, d, V, z);
+        eachChunk(x as Float32Array, W as Float32Array, infos, (z, r0, r1, wb) => {
           if (wb) {
             wb.m.lse(wb.zAt, r1 - r0, V, wb.stAt);
             for (let t = r0; t < r1; t++) {
@@ -149,7 +171,7 @@ function register(): void {
               const label = labels![t]!;
               if (label >= 0 && label < V) sum += mask![t]! * (L - z[(t - r0) * V + label]!);
             }
-            continue;
+            return;
           }
           for (let t = r0; t < r1; t++) {
             const o = (t - r0) * V;
@@ -162,7 +184,7 @@ function register(): void {
             const label = labels![t]!;
             if (label >= 0 && label < V) sum += mask![t]! * (L - z[o + label]!);
           }
-        }
+        });
         loss![0] = sum / maskCount(mask!);
       },
     },
@@ -185,41 +207,25 @@ function register(): void {
   registerCpuKernel('McpcLmHeadXentDx', {
     shapes: (ins) => [ins[0]!.shape as number[]],
     writesAll: true,
-    run: ([x, W, labels, mask, lse, dy], [dx], infos) => {
-      const [T, d] = infos[0]!.shape as [number, number];
+    run: (ins, [dx], infos) => {
+      const d = infos[0]!.shape[1]!;
       const V = infos[1]!.shape[0]!;
-      const R = Math.min(T, chunkRows(V));
-      const wb = wasmBlocks(R, V);
-      const z = wb ? wb.z : block(R * V);
-      const hw = headWeight(W as Float32Array, T, R, d, V);
-      const coef = dy![0]! / maskCount(mask!);
-      for (let r0 = 0; r0 < T; r0 += R) {
-        const r1 = Math.min(T, r0 + R);
-        logits(x as Float32Array, hw, r0, r1, d, V, z);
-        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
-        matmulInto(z, W as Float32Array, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false });
-      }
+      const W = ins[1] as Float32Array;
+      eachDlogitsChunk(ins, infos, (z, r0, r1) => matmulInto(z, W, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
     },
   });
   registerCpuKernel('McpcLmHeadXentDw', {
     shapes: (ins) => [ins[1]!.shape as number[]],
-    run: ([x, W, labels, mask, lse, dy], [dW], infos) => {
-      const [T, d] = infos[0]!.shape as [number, number];
+    run: (ins, [dW], infos) => {
+      const d = infos[0]!.shape[1]!;
       const V = infos[1]!.shape[0]!;
-      const R = Math.min(T, chunkRows(V));
-      const wb = wasmBlocks(R, V);
-      const z = wb ? wb.z : block(R * V);
-      const hw = headWeight(W as Float32Array, T, R, d, V);
+      const x = ins[0] as Float32Array;
       const part = new Float32Array(V * d);
-      const coef = dy![0]! / maskCount(mask!);
-      for (let r0 = 0; r0 < T; r0 += R) {
-        const r1 = Math.min(T, r0 + R);
-        logits(x as Float32Array, hw, r0, r1, d, V, z);
-        dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
+      eachDlogitsChunk(ins, infos, (z, r0, r1) => {
         // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn); dW starts zeroed.
-        matmulInto(z, (x as Float32Array).subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
+        matmulInto(z, x.subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
         for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;
-      }
+      });
     },
   });
 }
