@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { moeDownRoutedOp } from '../src/runtime/kernels/cpu-moe.js';
 import { reference } from '../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
-import { ctx, E, gates, k, med, r, T } from './support/moe.js';
+import { ctx, E, gates, k, r, T, timeGradients } from './support/moe.js';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' } } });
 const reps = Number(values.reps);
@@ -29,27 +29,10 @@ for (const inF of [64, 176]) {
     'reference moe_down_routed': (xx, a) => reference.moe_down_routed([xx, g, a], stepOf('moe_down_routed', attrs), ctx)[0]!,
     'top-k (wasm)': (xx, a) => moeDownRoutedOp([xx, g, a], attrs),
   };
-  const once = (f: (x: Tensor, a: Tensor) => Tensor): [number, number] => {
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    const gs = tf.tidy(() => tf.grads((xx: Tensor, a: Tensor) => f(xx, a))([x, ae], dh));
-    const wall = performance.now() - t0;
-    const c = process.cpuUsage(c0);
-    tf.dispose(gs);
-    return [wall, (c.user + c.system) / 1000];
-  };
-  const res: Record<string, [number[], number[]]> = Object.fromEntries(Object.keys(fns).map((n) => [n, [[], []]]));
-  for (let i = 0; i < reps + 2; i++)
-    for (const [name, f] of Object.entries(fns)) {
-      const [w, c] = once(f);
-      if (i >= 2) {
-        res[name]![0].push(w);
-        res[name]![1].push(c);
-      }
-    }
-  const line = Object.entries(res).map(([n, [w, c]]) => `${n} ${med(w).toFixed(1)} ms wall (${med(c).toFixed(1)} CPU)`);
-  const dense = med(res['dense (moe_down_batched)']![0]);
-  const topk = med(res['top-k (wasm)']![0]);
+  const res = timeGradients(Object.fromEntries(Object.entries(fns).map(([n, f]) => [n, () => tf.grads((xx: Tensor, a: Tensor) => f(xx, a))([x, ae], dh)])), reps);
+  const line = Object.entries(res).map(([n, t]) => `${n} ${t.wall.toFixed(1)} ms wall (${t.cpu.toFixed(1)} CPU)`);
+  const dense = res['dense (moe_down_batched)']!.wall;
+  const topk = res['top-k (wasm)']!.wall;
   console.log(`T ${T}, ${E} experts r${r} top-${k}, in ${inF}: ${line.join(', ')}; dense / top-k ${(dense / topk).toFixed(2)}x`);
   tf.dispose([x, g, ae, dh]);
 }

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { moeUpGroupedOp } from '../src/runtime/kernels/cpu-moe.js';
 import { reference } from '../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
-import { ctx, E, gates, k, med, r, T } from './support/moe.js';
+import { ctx, E, gates, k, r, T, timeGradients } from './support/moe.js';
 
 const { values } = parseArgs({ options: { reps: { type: 'string', default: '15' } } });
 const reps = Number(values.reps);
@@ -26,26 +26,9 @@ for (const [out, R] of [[176, 0], [176, 32], [64, 0], [64, 32]] as const) {
     reference: (xs: Tensor[]) => reference.moe_up_grouped(xs, step, ctx)[0]!,
     'top-k': (xs: Tensor[]) => moeUpGroupedOp(xs, attrs),
   };
-  const once = (f: (xs: Tensor[]) => Tensor): [number, number] => {
-    const c0 = process.cpuUsage();
-    const t0 = performance.now();
-    const gs = tf.tidy(() => tf.grads((...xs: Tensor[]) => f(xs))(ins, dy));
-    const wall = performance.now() - t0;
-    const c = process.cpuUsage(c0);
-    tf.dispose(gs);
-    return [wall, (c.user + c.system) / 1000];
-  };
-  const res: Record<string, [number[], number[]]> = { reference: [[], []], 'top-k': [[], []] };
-  for (let i = 0; i < reps + 2; i++)
-    for (const [name, f] of Object.entries(fns)) {
-      const [w, c] = once(f);
-      if (i >= 2) {
-        res[name]![0].push(w);
-        res[name]![1].push(c);
-      }
-    }
-  const [rw, rc] = res.reference!.map(med) as [number, number];
-  const [ow, oc] = res['top-k']!.map(med) as [number, number];
+  const res = timeGradients(Object.fromEntries(Object.entries(fns).map(([n, f]) => [n, () => tf.grads((...xs: Tensor[]) => f(xs))(ins, dy)])), reps);
+  const [rw, rc] = [res.reference!.wall, res.reference!.cpu];
+  const [ow, oc] = [res['top-k']!.wall, res['top-k']!.cpu];
   console.log(`T ${T}, ${E} experts r${r} top-${k}, out ${out}, sharedRank ${R}: reference ${rw.toFixed(1)} ms wall (${rc.toFixed(1)} CPU), top-k ${ow.toFixed(1)} ms wall (${oc.toFixed(1)} CPU): ${(rw / ow).toFixed(2)}x`);
   tf.dispose([...ins, dy]);
 }
