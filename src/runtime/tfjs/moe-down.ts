@@ -32,19 +32,31 @@ function offsets(route: Routing): number[] {
   return off;
 }
 
+/**
+ * The start every function here shares: `out` zeroed over `n` floats (what it stays where nothing is routed),
+ * then the module and the routing of `gates`, with an arena holding the routing tables; null when there is
+ * nothing to compute (an empty dimension, no routed token).
+ */
+function begin(gates: Float32Array, s: MoeDownShape, out: Float32Array, n: number): { m: ReturnType<typeof moeModule>; route: Routing; a: Arena } | null {
+  out.fill(0, 0, n);
+  if (s.T === 0 || s.rank === 0 || s.inF === 0) return null;
+  const m = moeModule();
+  const route = new Routing(gates, s.T, s.experts);
+  if (route.total === 0) return null;
+  const a = new Arena();
+  route.place(a);
+  return { m, route, a };
+}
+
 /** h [T, E·r] = the forward (every element written; zero off the routed (t, e)). */
 export function moeDownForward(x: Float32Array, gates: Float32Array, ae: Float32Array, h: Float32Array, s: MoeDownShape): void {
   const { T, inF, rank: r, experts: E } = s;
   const W = E * r;
-  h.fill(0, 0, T * W);
-  if (T === 0 || r === 0 || inF === 0) return;
-  const m = moeModule();
-  const route = new Routing(gates, T, E);
-  if (route.total === 0) return;
+  const b = begin(gates, s, h, T * W);
+  if (!b) return;
+  const { m, route, a } = b;
   const rP = up(r, 8);
   const np = up(route.maxN, 4);
-  const a = new Arena();
-  route.place(a);
   const X = a.take(T * inF);
   const AT = a.take(E * inF * rP);
   const XG = a.take(np * inF);
@@ -80,15 +92,11 @@ export function moeDownForward(x: Float32Array, gates: Float32Array, ae: Float32
 export function moeDownDx(dh: Float32Array, gates: Float32Array, ae: Float32Array, dx: Float32Array, s: MoeDownShape): void {
   const { T, inF, rank: r, experts: E } = s;
   const W = E * r;
-  dx.fill(0, 0, T * inF);
-  if (T === 0 || r === 0 || inF === 0) return;
-  const m = moeModule();
-  const route = new Routing(gates, T, E);
-  if (route.total === 0) return;
+  const b = begin(gates, s, dx, T * inF);
+  if (!b) return;
+  const { m, route, a } = b;
   const inP = up(inF, 8);
   const np = up(route.maxN, 4);
-  const a = new Arena();
-  route.place(a);
   const DH = a.take(T * W);
   const AP = a.take(r * inP);
   const G = a.take(np * r);
@@ -119,15 +127,11 @@ export function moeDownDx(dh: Float32Array, gates: Float32Array, ae: Float32Arra
 export function moeDownDa(dh: Float32Array, x: Float32Array, gates: Float32Array, da: Float32Array, s: MoeDownShape): void {
   const { T, inF, rank: r, experts: E } = s;
   const W = E * r;
-  da.fill(0, 0, E * r * inF);
-  if (T === 0 || r === 0 || inF === 0) return;
-  const m = moeModule();
-  const route = new Routing(gates, T, E);
-  if (route.total === 0) return;
+  const b = begin(gates, s, da, E * r * inF);
+  if (!b) return;
+  const { m, route, a } = b;
   const inP = up(inF, 8);
   const rP = up(r, 8);
-  const a = new Arena();
-  route.place(a);
   const DH = a.take(T * W);
   const X = a.take(T * inF);
   const G = a.take(route.maxN * rP);
