@@ -193,6 +193,16 @@ function probsAt(rowP: number[], KV: number): (r: number, h: number) => number {
 }
 
 /**
+ * What attentionForward and attentionBackward derive from the shape: tokens T, query heads per KV head G, the
+ * padded key count Sp and head columns dp, the query pairs per (row, KV head) np, and the saved P's length nP
+ * (0 without `probs`, or for an array of a single float: nothing saved).
+ */
+function sizesOf(s: AttentionShape, probs?: Float32Array) {
+  const G = s.H / s.KV;
+  return { T: s.rows * s.S, G, Sp: padded(s.S), dp: headCols(s.d), np: Math.ceil((s.S * G) / 2), nP: probs && probs.length > 1 ? probs.length : 0 };
+}
+
+/**
  * o = softmax(q·kᵀ/√d over each query's visible keys)·v, and per (token, head) the logsumexp of the scaled
  * scores into stats [T, H] (what the backward recomputes P from); P itself into `probs` when it has
  * savedProbsSize floats (a shorter array: not saved).
@@ -208,12 +218,7 @@ export function attentionForward(
   probs?: Float32Array,
 ): void {
   const { rows, S, H, KV, d } = s;
-  const T = rows * S;
-  const G = H / KV;
-  const Sp = padded(S);
-  const dp = headCols(d);
-  const np = Math.ceil((S * G) / 2);
-  const nP = probs && probs.length > 1 ? probs.length : 0;
+  const { T, G, Sp, dp, np, nP } = sizesOf(s, probs);
   const {
     at: [qA, kA, vA, ktA, oA, stA, tA, scA, pA],
     f,
@@ -260,13 +265,8 @@ export function attentionBackward(
   probs?: Float32Array,
 ): void {
   const { rows, S, H, KV, d } = s;
-  const T = rows * S;
-  const G = H / KV;
-  const Sp = padded(S);
-  const dp = headCols(d);
-  const np = Math.ceil((S * G) / 2);
+  const { T, G, Sp, dp, np, nP } = sizesOf(s, probs);
   const kvT = rows * KV * tRows(d) * Sp;
-  const nP = probs && probs.length > 1 ? probs.length : 0;
   const {
     at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA, pA],
     f,
