@@ -8,6 +8,7 @@
  *   npx tsx bench/step-kernels.ts                     # MCPC_FUSED_WGSL=0 compares the reference fused path
  *   npx tsx bench/step-kernels.ts --seq 224 --steps 5
  *   npx tsx bench/step-kernels.ts --by-name           # also each plan op's kernels by name (F: forward, B: backward)
+ *   npx tsx bench/step-kernels.ts --backend wasm --seq 256   # the same counts on a CPU backend (host = wall there)
  *
  * The load average is printed with the timings: on a shared machine they move with it. Dispatches made with
  * src/runtime/webgpu/kernels/run.ts `dispatch` (rmsnorm, swiglu, rope, attention, ...) are not tfjs kernels
@@ -24,7 +25,7 @@ import { medcarePlan, syntheticBatch } from './support/medcare.js';
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs engine and backend internals. */
 
 process.env.EGL_PLATFORM ??= 'surfaceless';
-const { values } = parseArgs({ options: { seq: { type: 'string' }, steps: { type: 'string' }, 'by-name': { type: 'boolean' } } });
+const { values } = parseArgs({ options: { seq: { type: 'string' }, steps: { type: 'string' }, 'by-name': { type: 'boolean' }, backend: { type: 'string', default: 'webgpu' } } });
 const seqLen = Number(values.seq ?? 64);
 const reps = Number(values.steps ?? 5);
 
@@ -32,13 +33,14 @@ const { plan, dir } = medcarePlan(1);
 const stage = plan.stages[0]!;
 const rows = stage.settings.microBatch;
 const mbs = [syntheticBatch(rows, seqLen, 1), syntheticBatch(rows, seqLen, 2)];
-const runner = (await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: 1000 })) as any;
+const runner = (await createStageRunner(plan, stage.name, { backend: values.backend!, root: dir, totalSteps: 1000 })) as any;
 const eng = tf.engine() as any;
 const backend = tf.backend() as any;
 
 // Time inside queue.submit, and the wall time of the forward+backward recording.
 let submitMs = 0;
-const queue = backend.queue;
+// (A CPU backend has no queue: there nothing is subtracted.)
+const queue = backend.queue ?? { submit: () => undefined };
 const submit = queue.submit.bind(queue);
 queue.submit = (buffers: unknown) => {
   const t = performance.now();
