@@ -26,6 +26,7 @@
  * reference's; only the intermediate dgates differs, there.
  */
 import { tf, type Tensor } from '../tfjs/index.js';
+import { share } from '../tfjs/share.js';
 import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../tfjs/moe.js';
 import { moeDownDa, moeDownDx, moeDownForward } from '../tfjs/moe-down.js';
 import { keepUntilBackwardEnds } from '../webgpu/program.js';
@@ -79,10 +80,10 @@ function register(): void {
       const [h, g] = saved as Tensor[];
       const bs = (saved as Tensor[]).slice(2);
       // dh ('0') and dgates ('1') from one kernel: the first closure called keeps the other output until the
-      // backward pass is over, the second returns a clone of it (shares its memory).
+      // backward pass is over, the second gets a tensor on its buffer (share: no Identity kernel).
       let pair: Tensor[] | undefined;
       const part = (k: 0 | 1) => (): Tensor => {
-        if (pair && !pair[k]!.isDisposed) return tf.clone(pair[k]!);
+        if (pair && !pair[k]!.isDisposed) return share(pair[k]!);
         pair = tf.engine().runKernel(DH, [d, ...(saved as Tensor[])] as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor[];
         keepUntilBackwardEnds(pair[1 - k]!);
         return pair[k]!;

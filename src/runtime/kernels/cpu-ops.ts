@@ -19,6 +19,7 @@
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
 import { tf, type Tensor } from '../tfjs/index.js';
+import { share } from '../tfjs/share.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
@@ -188,16 +189,16 @@ export function ensureCpuOps(): void {
         const xs = saved.slice(0, n);
         const ys = saved.slice(n);
         // A slot shared by several inputs runs once: the first input that asks gets the result itself (tfjs
-        // moves a closure's result out of its tidy scope), the others a clone sharing its memory. The
+        // moves a closure's result out of its tidy scope), the others a tensor on its buffer (share). The
         // closures of one node run one after the other, before anything can dispose that result.
         const done = new Map<number, Tensor>();
         return grads(n, (i) => {
           const slot = p.grads[i];
           if (slot === null || slot === undefined) return tf.zerosLike(xs[i]!);
           const id = p.slots[slot]!.identityOf;
-          if (id !== undefined && p.slots[slot]!.reduce === 'none') return tf.clone(dys[id]!);
+          if (id !== undefined && p.slots[slot]!.reduce === 'none') return share(dys[id]!);
           const hit = done.get(slot);
-          if (hit && !hit.isDisposed) return tf.clone(hit);
+          if (hit && !hit.isDisposed) return share(hit);
           const g = run1('McpcFusedGrad', [...xs, ...ys, ...dys], { program: a.program as number, slot, rows: a.rows as number, cols: a.cols as number });
           done.set(slot, g);
           return g;
