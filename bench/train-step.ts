@@ -18,6 +18,9 @@
  * `--ab VAR` (e.g. `--ab MCPC_FUSED_WASM`) compares instead the -O1 plan with the environment variable VAR=0
  * against the same plan with VAR unset, alternating their steps in this one process the same way (for switches
  * read per call); the last line is then `speedup VAR on/off: <ratio>x`, with no target.
+ *
+ * `--profile` also prints, per stage and plan, the wall time per timed step inside each tfjs kernel by name
+ * (kernels called from inside other kernels count in both), the largest first: where each plan's step goes.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -39,6 +42,7 @@ const { values } = parseArgs({
     seq: { type: 'string' },
     target: { type: 'string', default: '2' },
     ab: { type: 'string' },
+    profile: { type: 'boolean', default: false },
   },
 });
 const quick = values.quick!;
@@ -139,6 +143,29 @@ const setEnv = (i: number) => {
   else delete process.env[ab];
 };
 const mbs = [microBatch(1)];
+
+/** --profile: wall ms per kernel name, accumulated into `profileInto` while it is set. */
+let profileInto: Map<string, number> | undefined;
+const wrapped = new Set<string>();
+/** Wraps every kernel the backend has now (the stage runners register theirs when created). */
+const wrapKernels = () => {
+  for (const k of tf.getKernelsForBackend(backend)) {
+    if (wrapped.has(k.kernelName)) continue;
+    wrapped.add(k.kernelName);
+    const f = k.kernelFunc;
+    (k as { kernelFunc: typeof f }).kernelFunc = ((args: Parameters<typeof f>[0]) => {
+      if (!profileInto) return f(args);
+      const t = performance.now();
+      const out = f(args);
+      profileInto.set(k.kernelName, (profileInto.get(k.kernelName) ?? 0) + performance.now() - t);
+      return out;
+    }) as typeof f;
+  }
+};
+const printProfile = (name: string, prof: Map<string, number>, steps: number) => {
+  const rowsOut = [...prof].sort((a, b) => b[1] - a[1]).slice(0, 14);
+  console.log(`    ${name}: ${rowsOut.map(([k, ms]) => `${k} ${(ms / steps).toFixed(1)}`).join(', ')}`);
+};
 console.log(`train step: ${backend}, kernels ${process.env.MCPC_KERNELS ?? 'default'}, micro-batch ${rows}x${seq} = ${rows * seq} tokens, ${warmup} warm-up + ${reps} timed steps per plan, load avg ${loadavg()[0]!.toFixed(2)}${quick ? ' (quick)' : ''}`);
 
 const ratios: number[] = [];
@@ -147,14 +174,20 @@ for (const stage of ['aggregate', 'align']) {
   const runners: StageRunner[] = [];
   for (const [i, p] of [p0, p1].entries()) runners.push(await createStageRunner(p, stage, { backend, ...(carried ? { parameters: carried[i] } : {}) }));
   const times: number[][] = [[], []];
+  const profiles = [new Map<string, number>(), new Map<string, number>()];
   for (let r = 0; r < warmup + reps; r++) {
     // Alternate which plan goes first, so neither always runs on a cache or heap the other just warmed.
     const order = r % 2 ? [1, 0] : [0, 1];
     for (const i of order) {
       setEnv(i);
+      if (values.profile && r >= warmup) {
+        wrapKernels();
+        profileInto = profiles[i];
+      }
       const t = performance.now();
       const res = await runners[i]!.step(mbs);
       const ms = performance.now() - t;
+      profileInto = undefined;
       if (!Number.isFinite(res.loss)) throw new Error(`${stage} -O${i}: loss ${res.loss}`);
       if (r >= warmup) times[i]!.push(ms);
     }
@@ -162,6 +195,7 @@ for (const stage of ['aggregate', 'align']) {
   const [m0, m1] = [median(times[0]!), median(times[1]!)];
   ratios.push(m0 / m1);
   console.log(`  ${stage.padEnd(9)} ${label[0]} ${m0.toFixed(0).padStart(6)} ms/step   ${label[1]} ${m1.toFixed(0).padStart(6)} ms/step   ${(m0 / m1).toFixed(2)}x   (${label[0]} min ${Math.min(...times[0]!).toFixed(0)}, ${label[1]} min ${Math.min(...times[1]!).toFixed(0)})`);
+  if (values.profile) for (const i of [0, 1]) printProfile(label[i]!, profiles[i]!, reps);
   if (stage === 'aggregate') {
     for (const r of runners) await r.applyExit();
     carried = [await runners[0]!.parameters(), await runners[1]!.parameters()];

@@ -27,6 +27,7 @@ export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_ATTENTION_SAVE_P', what: "0: the CPU attention kernel's backward recomputes P instead of taking the forward's", take: flag },
   { name: 'MCPC_MOE_TOPK', what: "0: routed experts' products dense (all experts) on the CPU instead of each token's top-k", take: flag },
   { name: 'MCPC_MOE_DOWN_TOPK', what: "0: the routed experts' A side dense on the CPU (moe_down_routed through the reference)", take: flag },
+  { name: 'MCPC_ADAMW_WASM', what: "0: the fused optimizer's AdamW on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
   { name: 'MCPC_XENT_WASM', what: "0: the loss's softmax rows on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
   { name: 'MCPC_THREADS', what: 'threads for the CPU matrix products (default 1)', take: { kind: 'int', min: 1, max: 256 } },
   { name: 'MCPC_FUSED_WGSL', what: "0: on webgpu, the plan's fused elementwise groups as plain tfjs ops", take: flag },

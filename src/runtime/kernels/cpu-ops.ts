@@ -22,6 +22,7 @@ import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
+import { adamwOnHeap } from '../tfjs/adamw.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
 
@@ -168,6 +169,27 @@ export function adamwFlatCpu(ps: Tensor[], g: Tensor, m: Tensor, v: Tensor, h: A
   return { p: out.slice(0, n), m: out[n]!, v: out[n + 1]! };
 }
 
+/** McpcAdamW's loop in JavaScript (the `cpu` backend; MCPC_ADAMW_WASM=0): Math.fround after each operation. */
+function adamwJs(ps: Float32Array[], Ps: Float32Array[], g: Float32Array, m: Float32Array, v: Float32Array, M: Float32Array, V: Float32Array, k: number[]): void {
+  const f = Math.fround;
+  const [DEC, GS, B1, OB1, B2, OB2, SB2, EPS, LRB] = k as [number, number, number, number, number, number, number, number, number];
+  let o = 0;
+  for (let i = 0; i < ps.length; i++) {
+    const p = ps[i]!;
+    const P = Ps[i]!;
+    for (let j = 0; j < p.length; j++, o++) {
+      // A factor of 1 (no clipping, no decay) multiplies exactly: the same bits as skipping it.
+      const gj = f(g[o]! * GS);
+      const mj = f(f(m[o]! * B1) + f(gj * OB1));
+      const vj = f(f(v[o]! * B2) + f(f(gj * gj) * OB2));
+      const denom = f(f(f(Math.sqrt(vj)) / SB2) + EPS);
+      P[j] = f(f(p[j]! * DEC) - f(f(mj / denom) * LRB));
+      M[o] = mj;
+      V[o] = vj;
+    }
+  }
+}
+
 // --- registration -------------------------------------------------------------------------------------------------------
 
 export function ensureCpuOps(): void {
@@ -273,21 +295,9 @@ export function ensureCpuOps(): void {
       const v = ins[n + 2] as Float32Array;
       const M = outs[n]!;
       const V = outs[n + 1]!;
-      let o = 0;
-      for (let i = 0; i < n; i++) {
-        const p = ins[i] as Float32Array;
-        const P = outs[i]!;
-        for (let j = 0; j < p.length; j++, o++) {
-          // A factor of 1 (no clipping, no decay) multiplies exactly: the same bits as skipping it.
-          const gj = f(g[o]! * GS);
-          const mj = f(f(m[o]! * B1) + f(gj * OB1));
-          const vj = f(f(v[o]! * B2) + f(f(gj * gj) * OB2));
-          const denom = f(f(f(Math.sqrt(vj)) / SB2) + EPS);
-          P[j] = f(f(p[j]! * DEC) - f(f(mj / denom) * LRB));
-          M[o] = mj;
-          V[o] = vj;
-        }
-      }
+      const ps = ins.slice(0, n) as Float32Array[];
+      if (adamwOnHeap(ps, outs.slice(0, n), g, m, v, M, V, { DEC, GS, B1, OB1, B2, OB2, SB2, EPS, LRB })) return;
+      adamwJs(ps, outs, g, m, v, M, V, [DEC, GS, B1, OB1, B2, OB2, SB2, EPS, LRB]);
     },
   });
 

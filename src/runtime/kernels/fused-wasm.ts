@@ -24,7 +24,7 @@
  * the results back.
  */
 import type { FusedInputKind, FusedSerialNode } from '../../plan/fused.js';
-import { tf } from '../tfjs/index.js';
+import { wasmHeap } from '../tfjs/wasm-extra.js';
 import { CONST, ROW, isLeaf, programShape, type FusedRoot } from './fused-program.js';
 import { Code, encodeModule, I32, Op, Simd, V128, type ValType, wasmSimdSupported } from '../tfjs/wasm-emit.js';
 
@@ -303,18 +303,6 @@ export function emitFused(nodes: readonly FusedSerialNode[], kinds: readonly Fus
 
 type Raw = (rows: number, cols: number, ...ptrs: number[]) => void;
 
-/**
- * The heap of tfjs-backend-wasm when that backend has been initialised, else null: the emscripten module
- * (`backend.wasm`) keeps its exports, the memory included, in `asm`. Read from the engine's registry, which
- * (unlike tf.findBackend) initialises nothing.
- */
-function heapLookup(): WebAssembly.Memory | null {
-  const b = (tf.engine() as unknown as { registry: Record<string, { wasm?: { asm?: { memory?: unknown } } } | undefined> }).registry.wasm;
-  const m = b?.wasm?.asm?.memory;
-  // A shared memory (the threaded build) would need a shared import: such arrays take the copy.
-  return m instanceof WebAssembly.Memory && !(typeof SharedArrayBuffer !== 'undefined' && m.buffer instanceof SharedArrayBuffer) ? m : null;
-}
-
 let own: WebAssembly.Memory | undefined;
 function ownMemory(bytes: number): WebAssembly.Memory {
   if (!own) own = new WebAssembly.Memory({ initial: 16 });
@@ -345,7 +333,7 @@ export function instantiateFused(m: FusedWasmModule): FusedFn {
   };
   return (rows, cols, ins, ys, dys, outs) => {
     const arrays = m.ptrs.map((p) => (p.kind === 'I' ? ins : p.kind === 'Y' ? ys : p.kind === 'D' ? dys : outs)[p.index]!);
-    const heap = heapLookup();
+    const heap = wasmHeap();
     if (heap && arrays.every((a) => a.buffer === heap.buffer)) {
       raw(heap)(rows, cols, ...arrays.map((a) => a.byteOffset));
       fusedWasmCalls.inPlace++;

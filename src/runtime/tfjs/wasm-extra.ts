@@ -21,6 +21,19 @@ export interface WasmBackendLike {
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
 }
 
+/**
+ * The heap of tfjs-backend-wasm when that backend has been initialised and its memory is not shared, else
+ * null: the emscripten module (`backend.wasm`) keeps its exports, the memory included, in `asm`. Read from the
+ * engine's registry, which (unlike tf.findBackend) initialises nothing. Modules of ours that import this
+ * memory run in place on the kernels' inputs and outputs (fused-wasm.ts, adamw.ts).
+ */
+export function wasmHeap(): WebAssembly.Memory | null {
+  const b = (tf.engine() as unknown as { registry: Record<string, { wasm?: { asm?: { memory?: unknown } } } | undefined> }).registry.wasm;
+  const m = b?.wasm?.asm?.memory;
+  // A shared memory (the threaded build) would need a shared import: such arrays take the copy.
+  return m instanceof WebAssembly.Memory && !(typeof SharedArrayBuffer !== 'undefined' && m.buffer instanceof SharedArrayBuffer) ? m : null;
+}
+
 let registered = false;
 
 export function registerWasmExtras(): void {

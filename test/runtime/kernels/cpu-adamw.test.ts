@@ -2,11 +2,14 @@
  * The CPU table's fused optimizer step (src/runtime/kernels/cpu-ops.ts McpcAdamW, what the executor runs when
  * the plan fused the optimizer; gradient and moments flat, parameters tensors of their own): every tensor's new
  * weights and moments equal optimizer.ts `update` per tensor (after the clipping multiply) bit for bit, on the
- * cpu and wasm backends, with and without weight decay and clipping, at the first step and a later one.
+ * cpu and wasm backends (on wasm both the WebAssembly SIMD loop of src/runtime/tfjs/adamw.wat and, with
+ * MCPC_ADAMW_WASM=0, the JavaScript one), with and without weight decay and clipping, at the first step and a
+ * later one; sizes not multiples of four take adamw.wat's scalar tail.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { adamwFlatCpu } from '../../../src/runtime/kernels/cpu-ops.js';
 import { flat, unflat, update } from '../../../src/runtime/optimizer.js';
+import { adamwWasmCalls } from '../../../src/runtime/tfjs/adamw.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 
 function rnd(seed: number) {
@@ -14,12 +17,18 @@ function rnd(seed: number) {
   return () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
 }
 
-afterAll(() => initBackend('cpu'));
+afterAll(() => {
+  delete process.env.MCPC_ADAMW_WASM;
+  return initBackend('cpu');
+});
 
 describe('McpcAdamW', () => {
-  for (const backend of ['cpu', 'wasm'] as const)
-    it(`equals the per-tensor AdamW update bit for bit (${backend})`, async () => {
+  for (const [backend, js] of [['cpu', true], ['wasm', false], ['wasm', true]] as const)
+    it(`equals the per-tensor AdamW update bit for bit (${backend}${backend === 'wasm' ? (js ? ', JavaScript loop' : ', WebAssembly SIMD') : ''})`, async () => {
       await initBackend(backend);
+      if (js) process.env.MCPC_ADAMW_WASM = '0';
+      else delete process.env.MCPC_ADAMW_WASM;
+      const calls = adamwWasmCalls.count;
       const r = rnd(11);
       const shapes = [[7, 5], [16], [3, 4, 2], [1, 1], [64, 33]];
       const opt = { kind: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
@@ -49,5 +58,6 @@ describe('McpcAdamW', () => {
           same(got.v[i]!, want.s.v!, 'v');
         });
       }
+      expect(adamwWasmCalls.count - calls).toBe(backend === 'wasm' && !js ? 3 : 0);
     });
 });
