@@ -20,6 +20,7 @@
  * target of issue 5. `--quick` (the default on a software adapter) shrinks every shape.
  */
 import { spawnSync } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,7 +38,7 @@ import { concatSharedInput } from '../src/compiler/4-optimize/passes/concat-shar
 import { routeExpertDown } from '../src/compiler/4-optimize/passes/route-expert-down.js';
 
 const { values } = parseArgs({
-  options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' }, 'submit-batch': { type: 'string' } },
+  options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' }, 'submit-batch': { type: 'string' }, host: { type: 'boolean' } },
 });
 /** `--only torch,gemm,f16,moe,step,curve`: the parts to run (default all). */
 const parts = new Set((values.only ?? 'torch,gemm,f16,moe,step,curve').split(','));
@@ -201,6 +202,98 @@ async function hostTime(f: () => Tensor | Tensor[], n = 10): Promise<number> {
   await gpuSync();
   tf.dispose(rs.flat());
   return ms;
+}
+// --host: what recording one call costs the host, per variant: tfjs kernels (by name), dispatches, bind groups,
+// uniform writes, and host ms (wall less the time inside queue.submit, where a software adapter runs the shaders),
+// the variants alternating in one process so that the machine's load moves them alike.
+const hostCounts = { dispatch: 0, bindGroup: 0, writeBuffer: 0, submit: 0, submitMs: 0 };
+let hostHooked = false;
+const dispatchLabels = new Map<string, number>();
+function hookHost(): void {
+  if (hostHooked) return;
+  hostHooked = true;
+  const backend = tf.backend() as any;
+  const device = backend.device;
+  const queue = backend.queue;
+  const submit = queue.submit.bind(queue);
+  queue.submit = (b: unknown) => {
+    const t0 = performance.now();
+    const r = submit(b);
+    hostCounts.submitMs += performance.now() - t0;
+    hostCounts.submit++;
+    return r;
+  };
+  const write = queue.writeBuffer.bind(queue);
+  queue.writeBuffer = (...a: unknown[]) => {
+    hostCounts.writeBuffer++;
+    return write(...a);
+  };
+  const bind = device.createBindGroup.bind(device);
+  device.createBindGroup = (d: unknown) => {
+    hostCounts.bindGroup++;
+    return bind(d);
+  };
+  const enc = device.createCommandEncoder.bind(device);
+  device.createCommandEncoder = (d?: unknown) => {
+    const e = enc(d);
+    const begin = e.beginComputePass.bind(e);
+    e.beginComputePass = (pd?: unknown) => {
+      const pass = begin(pd);
+      const disp = pass.dispatchWorkgroups.bind(pass);
+      const setp = pass.setPipeline.bind(pass);
+      let label = '';
+      pass.setPipeline = (p: any) => {
+        label = String(p.label ?? '').slice(0, 40);
+        return setp(p);
+      };
+      pass.dispatchWorkgroups = (x: number, y?: number, z?: number) => {
+        hostCounts.dispatch++;
+        dispatchLabels.set(label, (dispatchLabels.get(label) ?? 0) + 1);
+        return disp(x, y, z);
+      };
+      return pass;
+    };
+    return e;
+  };
+}
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
+async function hostReport(title: string, variants: { name: string; f: () => Tensor | Tensor[] }[], rounds = 7, n = 5): Promise<void> {
+  hookHost();
+  const l0 = load();
+  for (const v of variants) {
+    tf.dispose(v.f());
+    await gpuSync();
+    const c0 = { ...hostCounts };
+    dispatchLabels.clear();
+    tf.dispose(v.f());
+    const labels = [...dispatchLabels.entries()].sort((a, b) => b[1] - a[1]).map(([k, c]) => `${k || '?'} ${c}`).join(', ');
+    const c1 = { ...hostCounts };
+    const d = (k: keyof typeof hostCounts) => c1[k] - c0[k];
+    await gpuSync();
+    const info = await tf.profile(() => v.f() as any);
+    tf.dispose(info.result as Tensor | Tensor[]);
+    const by = new Map<string, number>();
+    for (const k of info.kernels) by.set(k.name, (by.get(k.name) ?? 0) + 1);
+    const names = [...by.entries()].sort((a, b) => b[1] - a[1]).map(([k, c]) => `${k} ${c}`).join(', ');
+    report(`host ${title} [${v.name}]: ${info.kernels.length} tfjs kernels, ${d('dispatch')} dispatches, ${d('bindGroup')} bind groups, ${d('writeBuffer')} buffer writes; kernels: ${names}; dispatches: ${labels}`);
+  }
+  const ms = variants.map(() => [] as number[]);
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < variants.length; i++) {
+      await gpuSync();
+      const s0 = hostCounts.submitMs;
+      const t0 = performance.now();
+      const rs: (Tensor | Tensor[])[] = [];
+      for (let j = 0; j < n; j++) rs.push(variants[i]!.f());
+      ms[i]!.push((performance.now() - t0 - (hostCounts.submitMs - s0)) / n);
+      await gpuSync();
+      tf.dispose(rs.flat());
+    }
+  }
+  report(`host ${title}: ms per call (wall less queue.submit), median of ${rounds} alternating rounds of ${n}: ${variants.map((v, i) => `${v.name} ${median(ms[i]!).toFixed(2)} (min ${Math.min(...ms[i]!).toFixed(2)})`).join(', ')}; load average ${l0} -> ${load()}`);
 }
 const gfmt = (ms: number | undefined, flop?: number) => (ms === undefined ? 'GPU time n/a' : `GPU ${fmt(ms, flop)}`);
 /** GPU time per kernel (timestamp queries through tfjs's profiler): the largest first, with the wall time. */
@@ -396,6 +489,25 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
     if (!(e < 1e-3)) throw new Error('the fused MoE layer disagrees with the reference: timings withheld');
   }
   await tunePending();
+  if (values.host) {
+    // The same layer with each site's base product apart through the f32 GEMM: the tensor-core path's plumbing.
+    const at = (o: typeof opts & { base?: 'fused' | 'f16' | 'f32' }) => () =>
+      tf.tidy(() => {
+        const l = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+          const gy = moeLoraLinear(xx, g!, o).y;
+          const uy = moeLoraLinear(xx, u!, o).y;
+          return moeLoraLinear(tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy), dn!, o).y;
+        };
+        const { grads } = tf.engine().gradients(() => l(x, sites), [x, ...trained], dy, true);
+        return grads.map((g) => tf.keep(g));
+      });
+    const variants = [
+      { name: 'fused', f: at(opts) },
+      { name: 'f32', f: at({ ...opts, base: 'f32' }) },
+    ];
+    if ((await probeF16(gpu.device)).ok) variants.push({ name: 'f16', f: at({ ...opts, base: 'f16' }) });
+    await hostReport('MoE-LoRA FFN forward+backward', variants);
+  }
   ffnF = await time(fwd);
   ffnFB = await time(fwdbwd);
   await profile('MoE-LoRA FFN forward', fwd);
