@@ -4,7 +4,9 @@
  * JavaScript (src/runtime/kernels/fused-js.ts) and as WebAssembly SIMD (src/runtime/kernels/fused-wasm.ts):
  * the latter in place on tfjs-backend-wasm's heap (what the `wasm` backend runs) and through the copy into its
  * own memory (plain Float32Arrays: the `cpu` backend). Median ms of fwd+bwd and the largest relative
- * difference from the JavaScript results. Same process, alternating.
+ * difference from the JavaScript results. Then the backward alone on the heap: one pass per slot (what
+ * MCPC_FUSED_GRAD_ONEPASS=0 runs) against every slot in one pass (one program, one root per slot: the
+ * default McpcFusedGrad when every input is differentiated). Same process, alternating.
  */
 import { fileURLToPath } from 'node:url';
 import { loadavg } from 'node:os';
@@ -48,8 +50,8 @@ const fill = (a: Float32Array) => {
 };
 
 console.log(`node ${process.version}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}, ${reps} reps, median ms of forward + every backward slot`);
-console.log('| kernel | JS | WASM in place (heap) | WASM via copy | JS/WASM heap | max rel diff |');
-console.log('|---|---|---|---|---|---|');
+console.log('| kernel | JS | WASM in place (heap) | WASM via copy | JS/WASM heap | max rel diff | bwd per slot (heap) | bwd one pass (heap) | per slot/one pass | fwd (heap) |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const [name, { expr, cols }] of kernels) {
   const bw = expr.backward!;
   const fwdRoots = expr.forward.roots.map((node) => ({ node, reduce: 'none' as const }));
@@ -69,8 +71,10 @@ for (const [name, { expr, cols }] of kernels) {
   // Heap tensors: views taken after every allocation.
   const tIn = shapes.map((n, i) => tf.tensor1d(plainIn[i]!));
   const tOut = outShapes.map((n) => tf.zeros([n]));
+  const tOne = bw.slots.map((s) => tf.zeros([s.reduce === 'cols' ? cols : rows * cols]));
   const heapIn = tIn.map((t) => backend.typedArrayFromHeap(t) as Float32Array);
   const heapOut = tOut.map((t) => backend.typedArrayFromHeap(t) as Float32Array);
+  const heapOne = tOne.map((t) => backend.typedArrayFromHeap(t) as Float32Array);
   const run = (fns: Fn[], ins: Float32Array[], outs: Float32Array[]) => {
     const n = expr.inputs.length;
     const xs = ins.slice(0, n);
@@ -81,8 +85,29 @@ for (const [name, { expr, cols }] of kernels) {
   };
   const jsOut = plainOut();
   const copyOut = plainOut();
-  const t = { js: [] as number[], heap: [] as number[], copy: [] as number[] };
+  // Every slot in one program (roots in slot order), on the heap; outputs of its own to compare.
+  const onePass = instantiateFused(emitFused(bw.program.nodes, expr.inputs, bw.slots.map((s, i) => ({ node: bw.program.roots[i]!, reduce: s.reduce }))));
+  const n = expr.inputs.length;
+  const bwdArgs = (ins: Float32Array[]) => [ins.slice(0, n), ins.slice(n, n + k), ins.slice(n + k)] as const;
+  const t = { js: [] as number[], heap: [] as number[], copy: [] as number[], per: [] as number[], one: [] as number[], fwd: [] as number[] };
   for (let r = 0; r < reps + 2; r++) {
+    {
+      const [xs, ys, dys] = bwdArgs(heapIn);
+      let t0 = performance.now();
+      wasm[0]!(rows, cols, xs, [], [], heapOut.slice(0, k));
+      const f = performance.now() - t0;
+      t0 = performance.now();
+      for (let s = 1; s < wasm.length; s++) wasm[s]!(rows, cols, xs, ys, dys, [heapOut[k + s - 1]!]);
+      const a = performance.now() - t0;
+      t0 = performance.now();
+      onePass(rows, cols, xs, ys, dys, heapOne);
+      const b = performance.now() - t0;
+      if (r >= 2) {
+        t.fwd.push(f);
+        t.per.push(a);
+        t.one.push(b);
+      }
+    }
     let t0 = performance.now();
     run(js, plainIn, jsOut);
     const a = performance.now() - t0;
@@ -108,7 +133,12 @@ for (const [name, { expr, cols }] of kernels) {
     }
     diff = Math.max(diff, num / den);
   });
+  // One pass must give each slot's per-slot result bit for bit.
+  const same = heapOne.every((o, s) => o.every((x, j) => Object.is(x, heapOut[k + s]![j]!)));
   const [mj, mh, mc] = [median(t.js), median(t.heap), median(t.copy)];
-  console.log(`| ${name} (fwd + ${bw.slots.length} bwd) | ${mj.toFixed(2)} | ${mh.toFixed(2)} | ${mc.toFixed(2)} | ${(mj / mh).toFixed(1)}x | ${diff.toExponential(1)} |`);
-  tf.dispose([...tIn, ...tOut]);
+  const [mp, mo] = [median(t.per), median(t.one)];
+  console.log(
+    `| ${name} (fwd + ${bw.slots.length} bwd) | ${mj.toFixed(2)} | ${mh.toFixed(2)} | ${mc.toFixed(2)} | ${(mj / mh).toFixed(1)}x | ${diff.toExponential(1)} | ${mp.toFixed(2)} | ${mo.toFixed(2)}${same ? '' : ' (DIFFERS)'} | ${(mp / mo).toFixed(2)}x | ${median(t.fwd).toFixed(2)} |`,
+  );
+  tf.dispose([...tIn, ...tOut, ...tOne]);
 }

@@ -93,7 +93,7 @@
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
-import { adamwFlatCpu } from './kernels/cpu-ops.js';
+import { adamwFlatCpu, releaseFusedGrads } from './kernels/cpu-ops.js';
 import { dropoutMask, routerNoise, type DropoutDraw } from './dropout.js';
 import { reference, type Kernel, type KernelContext } from './kernels/reference.js';
 import { webgpuKernelTable } from './kernels/webgpu.js';
@@ -552,6 +552,7 @@ class Runner implements StageRunner {
         };
         // allowNoGradients: a trainable tensor the loss does not reach gets a zero gradient, not an error.
         const { grads } = tf.engine().gradients(() => f(...xs) as tf.Scalar, xs, undefined, true);
+        releaseFusedGrads(); // fused gradient slots computed ahead and not taken
         return xs.map((x, i) => grads[i] ?? tf.zerosLike(x));
       });
     } catch (e) {

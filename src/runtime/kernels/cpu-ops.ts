@@ -6,7 +6,8 @@
  *
  *   McpcFused / McpcFusedGrad      a fused_elementwise expression (./fused-js.ts compiles it: to WebAssembly SIMD
  *                                  by ./fused-wasm.ts, or to JavaScript);
- *                                  the gradient runs the generated backward once per slot that is asked for
+ *                                  the gradient runs the generated backward once for the slot asked for and
+ *                                  those of the later inputs, in one pass (MCPC_FUSED_GRAD_ONEPASS=0: per slot)
  *   McpcRope / McpcRopeInverse     rotate-half rotary embedding in one pass; its gradient is the inverse
  *   McpcAdamW                      one AdamW step of every trainable tensor (the plan's fused optimizer; gradient
  *                                  and moments flat)
@@ -104,10 +105,62 @@ function programId(p: CompiledFused): number {
 }
 const program = (attrs: Attrs) => programs.get(attrs.program as number)!;
 
+/** Whether McpcFused's gradient computes the slots of several inputs in one McpcFusedGrad pass (MCPC_FUSED_GRAD_ONEPASS=0: one pass per slot). */
+const fusedGradOnePass = (): boolean => (typeof process !== 'undefined' ? process.env.MCPC_FUSED_GRAD_ONEPASS : undefined) !== '0';
+
+/** A gradient slot McpcFusedGrad computed (kept), until releaseFusedGrads. */
+interface Ahead {
+  t: Tensor;
+  program: number;
+  slot: number;
+  /** Whether an input's closure took it. */
+  taken: boolean;
+}
+const pending: Ahead[] = [];
+/**
+ * Per program: the slots some input ever asked for, and those computed ahead and never taken (not computed
+ * ahead again until asked for: an input off the gradient's path, such as a frozen norm weight).
+ */
+const slotUse = new Map<number, { requested: Set<number>; skip: Set<number> }>();
+function slotStats(id: number): { requested: Set<number>; skip: Set<number> } {
+  let s = slotUse.get(id);
+  if (!s) slotUse.set(id, (s = { requested: new Set(), skip: new Set() }));
+  return s;
+}
+let sweepQueued = false;
+/** Release in a microtask too: after the synchronous backward pass that computed them. */
+function ensureSweep(): void {
+  if (sweepQueued) return;
+  sweepQueued = true;
+  queueMicrotask(() => {
+    sweepQueued = false;
+    releaseFusedGrads();
+  });
+}
+
+/**
+ * Dispose the gradient slots McpcFused's gradient computed and kept for its inputs' closures (every closure
+ * took a tensor sharing the buffer; the slots nobody took are freed here). Called when the next fused node's
+ * gradient starts, by the executor after its backward pass, and in a microtask after the pass.
+ */
+export function releaseFusedGrads(): void {
+  if (!pending.length) return;
+  for (const e of pending) {
+    if (!e.taken) {
+      const s = slotStats(e.program);
+      if (!s.requested.has(e.slot)) s.skip.add(e.slot);
+    }
+    e.t.dispose();
+  }
+  pending.length = 0;
+}
+
 /**
  * Evaluate a compiled fused expression: `inputs` in the expression's order (elem [rows, cols], vec [cols]);
- * one [rows, cols] output per root. Differentiable: the gradient of each input runs the expression's
- * generated backward for that input's slot only (an input nobody differentiates costs nothing).
+ * one [rows, cols] output per root. Differentiable: the first input asked for runs the expression's
+ * generated backward once for its slot and the slots of every later input (McpcFusedGrad, one pass with one
+ * output per slot), which the later inputs' closures then take; an earlier input nobody asked for costs
+ * nothing, and a later slot computed ahead but never taken is not computed ahead again (releaseFusedGrads).
  */
 export function fusedOp(p: CompiledFused, inputs: Tensor[], rows: number, cols: number): Tensor[] {
   ensureCpuOps();
@@ -205,37 +258,61 @@ export function ensureCpuOps(): void {
       saveAllInputs: true,
       outputsToSave: ALL_OUTPUTS,
       gradFunc: (dy, saved, a) => {
+        // The previous fused node's closures have all run: what it computed ahead and nobody took goes.
+        releaseFusedGrads();
         const p = program(a);
+        const id = a.program as number;
         const n = p.inputs.length;
         const dys = Array.isArray(dy) ? dy : [dy];
         const xs = saved.slice(0, n);
         const ys = saved.slice(n);
-        // A slot shared by several inputs runs once: the first input that asks gets the result itself (tfjs
-        // moves a closure's result out of its tidy scope), the others a tensor on its buffer (share). The
-        // closures of one node run one after the other, before anything can dispose that result.
-        const done = new Map<number, Tensor>();
+        const onePass = fusedGradOnePass();
+        const stats = slotStats(id);
+        // Slots computed so far for this node (kept until releaseFusedGrads): every input asking for one gets a
+        // tensor on its buffer (share: no kernel), so several inputs can share a slot.
+        const got = new Map<number, Ahead>();
+        const computes = (s: number | null | undefined): s is number => s !== null && s !== undefined && !(p.slots[s]!.identityOf !== undefined && p.slots[s]!.reduce === 'none');
         return grads(n, (i) => {
           const slot = p.grads[i];
           if (slot === null || slot === undefined) return tf.zerosLike(xs[i]!);
-          const id = p.slots[slot]!.identityOf;
-          if (id !== undefined && p.slots[slot]!.reduce === 'none') return share(dys[id]!);
-          const hit = done.get(slot);
-          if (hit && !hit.isDisposed) return share(hit);
-          const g = run1('McpcFusedGrad', [...xs, ...ys, ...dys], { program: a.program as number, slot, rows: a.rows as number, cols: a.cols as number });
-          done.set(slot, g);
-          return g;
+          if (!computes(slot)) return share(dys[p.slots[slot]!.identityOf!]!);
+          stats.requested.add(slot);
+          stats.skip.delete(slot);
+          let hit = got.get(slot);
+          if (!hit) {
+            // This slot and, in the same pass, those of the later inputs (tfjs asks in input order, and only for
+            // the inputs on the path to the parameters: an earlier input not asked for wants none), but for slots
+            // computed ahead before and never taken (a frozen norm weight's).
+            const want = new Set([slot]);
+            if (onePass)
+              for (let j = i + 1; j < n; j++) {
+                const s = p.grads[j];
+                if (computes(s) && !stats.skip.has(s) && !got.has(s)) want.add(s);
+              }
+            const slots = [...want].sort((x, y) => x - y);
+            const res = runN('McpcFusedGrad', [...xs, ...ys, ...dys], { program: id, slots, rows: a.rows as number, cols: a.cols as number });
+            slots.forEach((s, k) => {
+              const e: Ahead = { t: tf.keep(res[k]!), program: id, slot: s, taken: false };
+              pending.push(e);
+              got.set(s, e);
+              ensureSweep();
+            });
+            hit = got.get(slot)!;
+          }
+          hit.taken = true;
+          return share(hit.t);
         });
       },
     },
   );
   registerCpuKernel('McpcFusedGrad', {
-    shapes: (ins, a) => [program(a).slots[a.slot as number]!.reduce === 'cols' ? [a.cols as number] : [a.rows as number, a.cols as number]],
+    shapes: (ins, a) => (a.slots as number[]).map((s) => (program(a).slots[s]!.reduce === 'cols' ? [a.cols as number] : [a.rows as number, a.cols as number])),
     run: (ins, outs, _i, a) => {
       const p = program(a);
       const n = p.inputs.length;
       const k = p.outputs.length;
       const v = ins as Float32Array[];
-      p.backward(a.slot as number)(a.rows as number, a.cols as number, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs);
+      p.backwardSlots(a.slots as number[])(a.rows as number, a.cols as number, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs);
     },
   });
 

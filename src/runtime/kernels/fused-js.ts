@@ -1,7 +1,8 @@
 /**
- * A fused_elementwise expression (src/plan/fused.ts) compiled to JavaScript: the forward program and, per
- * gradient slot, the compiler's generated backward program each become one function of plain loops, so a
- * fused chain is one pass over memory per row reduction level instead of one tfjs op per node.
+ * A fused_elementwise expression (src/plan/fused.ts) compiled to JavaScript: the forward program and the
+ * compiler's generated backward program (for any list of its gradient slots: one function writing them all, so
+ * the subexpressions they share are computed once) each become one function of plain loops, so a fused chain
+ * is one pass over memory per row reduction level instead of one tfjs op per node.
  *
  * Code shape (per row r; `o` = r·cols):
  *
@@ -37,6 +38,12 @@ export interface CompiledFused {
   forward: (rows: number, cols: number, ins: Float32Array[], outs: Float32Array[]) => void;
   /** The function computing gradient slot s (compiled on first use). */
   backward(slot: number): FusedFn;
+  /**
+   * The function computing several gradient slots in one pass (compiled on first use per list): result k is
+   * slot `slots[k]`, [rows, cols] or, for a `cols` slot, [cols]. Subexpressions the slots share (a sigmoid,
+   * a row's norm) are computed once per element, and the inputs read once.
+   */
+  backwardSlots(slots: readonly number[]): FusedFn;
   slots: { inputs: number[]; reduce: 'none' | 'cols'; identityOf?: number }[];
   grads: (number | null)[];
 }
@@ -180,18 +187,24 @@ export function compileFused(expr: FusedExprAttrs): CompiledFused {
   if (hit) return hit;
   const bw = expr.backward;
   const fwd = compileProgram(expr.forward.nodes, expr.inputs, expr.forward.roots.map((node) => ({ node, reduce: 'none' as const })));
-  const bwd = new Map<number, FusedFn>();
+  const bwd = new Map<string, FusedFn>();
   const compiled: CompiledFused = {
     inputs: [...expr.inputs],
     outputs: [...expr.forward.roots],
     forward: (rows, cols, ins, outs) => fwd(rows, cols, ins, [], [], outs),
-    backward(slot) {
-      let f = bwd.get(slot);
+    backward: (slot) => compiled.backwardSlots([slot]),
+    backwardSlots(slots) {
+      const key = slots.join(',');
+      let f = bwd.get(key);
       if (!f) {
-        const s = bw.slots[slot];
-        if (!s) throw new Error(`fused backward: no slot ${slot}`);
-        f = compileProgram(bw.program.nodes, expr.inputs, [{ node: bw.program.roots[slot]!, reduce: s.reduce }]);
-        bwd.set(slot, f);
+        if (!slots.length) throw new Error('fused backward: no slots');
+        const roots = slots.map((slot): Root => {
+          const s = bw.slots[slot];
+          if (!s) throw new Error(`fused backward: no slot ${slot}`);
+          return { node: bw.program.roots[slot]!, reduce: s.reduce };
+        });
+        f = compileProgram(bw.program.nodes, expr.inputs, roots);
+        bwd.set(key, f);
       }
       return f;
     },

@@ -159,23 +159,33 @@ describe('fused_elementwise compiled to JavaScript', () => {
     }
   });
 
-  it('runs one kernel forward and one per gradient slot, and frees what it makes', async () => {
+  it('runs one kernel forward and one gradient pass for all slots (or one per slot), and frees what it makes', async () => {
     const step = steps.find((s) => s.kernel.includes('rmsnorm') && (s.attrs as { expr: FusedExprAttrs }).expr.inputs.filter((k) => k === 'elem').length >= 2)!;
     const a = step.attrs as { expr: FusedExprAttrs; cols: number };
     const fused = cpuKernels(plan);
     const inputs = a.expr.inputs.map((k) => (k === 'vec' ? tf.tensor1d(randn(a.cols)) : tf.tensor2d(randn(4 * a.cols), [4, a.cols])));
-    const before = tf.memory().numTensors;
-    const info = await tf.profile(() => {
-      tf.tidy(() => {
-        const f = (...xs: Tensor[]) => tf.sum(fused.fused_elementwise(xs, step, context(1, 4))[0]!) as tf.Scalar;
-        tf.grads(f)(inputs).forEach((g) => g.dataSync());
-      });
-    });
-    const count = (name: string) => info.kernels.filter((k) => k.name === name).length;
-    expect(count('McpcFused')).toBe(1);
-    // Every elem input shares one slot (a sum feeds the norm), the vec weight has its own: two runs, not one per input.
-    expect(count('McpcFusedGrad')).toBe(2);
-    expect(tf.memory().numTensors).toBe(before);
+    const was = process.env.MCPC_FUSED_GRAD_ONEPASS;
+    try {
+      // Every elem input shares one slot (a sum feeds the norm), the vec weight has its own: one pass for both, or one each.
+      for (const [flag, passes] of [[undefined, 1], ['0', 2]] as const) {
+        if (flag === undefined) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+        else process.env.MCPC_FUSED_GRAD_ONEPASS = flag;
+        const before = tf.memory().numTensors;
+        const info = await tf.profile(() => {
+          tf.tidy(() => {
+            const f = (...xs: Tensor[]) => tf.sum(fused.fused_elementwise(xs, step, context(1, 4))[0]!) as tf.Scalar;
+            tf.grads(f)(inputs).forEach((g) => g.dataSync());
+          });
+        });
+        const count = (name: string) => info.kernels.filter((k) => k.name === name).length;
+        expect(count('McpcFused')).toBe(1);
+        expect(count('McpcFusedGrad'), `MCPC_FUSED_GRAD_ONEPASS=${flag}`).toBe(passes);
+        expect(tf.memory().numTensors).toBe(before);
+      }
+    } finally {
+      if (was === undefined) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+      else process.env.MCPC_FUSED_GRAD_ONEPASS = was;
+    }
     tf.dispose(inputs);
   });
 });

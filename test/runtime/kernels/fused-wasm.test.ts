@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { FusedExprAttrs, FusedInputKind, FusedSerialNode, FusedUnaryOp } from '../../../src/plan/fused.js';
 import type { Plan } from '../../../src/plan/types.js';
-import { fusedOp } from '../../../src/runtime/kernels/cpu-ops.js';
+import { fusedOp, releaseFusedGrads } from '../../../src/runtime/kernels/cpu-ops.js';
 import { compileFused, compileFusedJs } from '../../../src/runtime/kernels/fused-js.js';
 import { emitFused, fusedWasmCalls, fusedWasmEnabled, instantiateFused, type WasmRoot } from '../../../src/runtime/kernels/fused-wasm.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
@@ -242,6 +242,30 @@ describe('the fused kernels of a compiled plan', () => {
       }
   });
 
+  it('every backward slot in one pass (one root per slot) equals each slot alone, bit for bit, WebAssembly and JavaScript', () => {
+    for (const { name, expr, cols: planCols } of kernels)
+      for (const [rows, cols] of [
+        [7, planCols],
+        [3, 5],
+      ] as const) {
+        const { ins, ys, dys } = data(expr, rows, cols);
+        const bw = expr.backward!;
+        const all = bw.slots.map((s, slot) => ({ node: bw.program.roots[slot]!, reduce: s.reduce }));
+        const one = both(bw.program.nodes, expr.inputs, all, rows, cols, ins, ys, dys);
+        all.forEach((r, slot) => {
+          const alone = both(bw.program.nodes, expr.inputs, [r], rows, cols, ins, ys, dys);
+          expect(mismatch(one.wasm[slot]!, alone.wasm[0]!, 0, 0), `${name} slot ${slot} (${r.reduce}) at ${rows}x${cols}, wasm`).toBeNull();
+          expect(mismatch(one.js[slot]!, alone.js[0]!, 0, 0), `${name} slot ${slot} (${r.reduce}) at ${rows}x${cols}, js`).toBeNull();
+        });
+        // And through compileFused, slots in any order.
+        const c = compileFused(expr);
+        const order = all.map((_, k) => k).reverse();
+        const outs = order.map((s) => new Float32Array(bw.slots[s]!.reduce === 'cols' ? cols : rows * cols));
+        c.backwardSlots(order)(rows, cols, ins, ys, dys, outs);
+        order.forEach((s, k) => expect(mismatch(outs[k]!, one.wasm[s]!, 0, 0), `${name} backwardSlots slot ${s}`).toBeNull());
+      }
+  });
+
   describe('on the wasm backend', () => {
     beforeAll(() => initBackend('wasm'));
     afterAll(() => initBackend('cpu'));
@@ -312,6 +336,91 @@ describe('the fused kernels of a compiled plan', () => {
         else process.env.MCPC_FUSED_WASM = was;
       }
     });
+  });
+});
+
+describe('the gradient in one pass through tfjs (MCPC_FUSED_GRAD_ONEPASS)', () => {
+  let kernels: { name: string; expr: FusedExprAttrs; cols: number }[] = [];
+  beforeAll(async () => {
+    await initBackend('wasm');
+    const plan = compileFile('pipelines/medcare.mcp', nodeHost(root, root), {}, { optLevel: 1 }).plan!;
+    const seen = new Set<string>();
+    for (const k of plan.kernels) {
+      const expr = (k.attrs as { expr?: FusedExprAttrs } | undefined)?.expr;
+      if (!expr?.backward || seen.has(JSON.stringify(expr))) continue;
+      seen.add(JSON.stringify(expr));
+      const step = plan.stages.flatMap((st) => st.forward).find((f) => f.kernel === k.id);
+      if (step) kernels.push({ name: k.id, expr, cols: (step.attrs as { cols: number }).cols });
+    }
+    kernels = kernels.slice(0, 8);
+  });
+  afterAll(() => initBackend('cpu'));
+
+  /** The gradients of Σ dy·output w.r.t. the inputs in `wrt` (the others constants), and the McpcFusedGrad calls. */
+  async function gradsOf(expr: FusedExprAttrs, rows: number, cols: number, ins: Float32Array[], dys: Float32Array[], wrt: number[], onePass: boolean) {
+    if (onePass) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+    else process.env.MCPC_FUSED_GRAD_ONEPASS = '0';
+    const p = compileFused(expr);
+    const before = tf.memory().numTensors;
+    let out: Float32Array[] = [];
+    const info = await tf.profile(() => {
+      out = tf.tidy(() => {
+        const xs = ins.map((a, i) => (expr.inputs[i] === 'vec' ? tf.tensor1d(a) : tf.tensor2d(a, [rows, cols])));
+        const f = () => {
+          const outs = fusedOp(p, xs, rows, cols);
+          return outs.reduce<Tensor>((s, o, i) => tf.add(s, tf.sum(tf.mul(o, tf.tensor2d(dys[i]!, [rows, cols])))), tf.scalar(0)) as tf.Scalar;
+        };
+        const { grads } = tf.engine().gradients(f, wrt.map((i) => xs[i]!), undefined, true);
+        const r = grads.map((g) => Float32Array.from(g!.dataSync() as Float32Array));
+        releaseFusedGrads();
+        return r;
+      });
+    });
+    expect(tf.memory().numTensors, 'no tensor left behind').toBe(before);
+    return { grads: out, passes: info.kernels.filter((k) => k.name === 'McpcFusedGrad').length };
+  }
+
+  it('equals the per-slot gradient bit for bit, for every input and for parts of them, in fewer passes', async () => {
+    const was = process.env.MCPC_FUSED_GRAD_ONEPASS;
+    try {
+      let fewer = 0;
+      for (const { name, expr, cols } of kernels) {
+        const rows = 5;
+        const n = expr.inputs.length;
+        const ins = expr.inputs.map((k) => randn(k === 'vec' ? cols : rows * cols));
+        const dys = expr.forward.roots.map(() => randn(rows * cols));
+        const subsets = [Array.from({ length: n }, (_, i) => i), [0], [n - 1], Array.from({ length: n }, (_, i) => i).filter((i) => expr.inputs[i] === 'elem'), Array.from({ length: n }, (_, i) => i).filter((i) => i % 2 === 1)];
+        for (const wrt of subsets) {
+          if (!wrt.length) continue;
+          // Twice each: the second call runs after the first taught the kernel which slots went untaken.
+          for (let rep = 0; rep < 2; rep++) {
+            const per = await gradsOf(expr, rows, cols, ins, dys, wrt, false);
+            const one = await gradsOf(expr, rows, cols, ins, dys, wrt, true);
+            one.grads.forEach((g, k) => expect(mismatch(g, per.grads[k]!, 0, 0), `${name} gradient of input ${wrt[k]} (wrt ${wrt.join(',')})`).toBeNull());
+            expect(one.passes).toBeLessThanOrEqual(per.passes);
+            if (one.passes < per.passes) fewer++;
+          }
+        }
+      }
+      expect(fewer, 'some gradient took fewer passes').toBeGreaterThan(0);
+    } finally {
+      if (was === undefined) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+      else process.env.MCPC_FUSED_GRAD_ONEPASS = was;
+    }
+  });
+
+  it('frees the slots nobody took in a microtask after the backward pass, without releaseFusedGrads', async () => {
+    const { expr, cols } = kernels.find((k) => k.expr.inputs.length >= 2 && new Set(k.expr.backward!.grads.filter((g) => g !== null)).size >= 2)!;
+    const rows = 3;
+    const p = compileFused(expr);
+    const before = tf.memory().numTensors;
+    tf.tidy(() => {
+      const xs = expr.inputs.map((k) => (k === 'vec' ? tf.tensor1d(randn(cols)) : tf.tensor2d(randn(rows * cols), [rows, cols])));
+      const f = () => tf.sum(fusedOp(p, xs, rows, cols)[0]!) as tf.Scalar;
+      tf.engine().gradients(f, [xs[0]!], undefined, true).grads[0]!.dataSync();
+    });
+    await Promise.resolve();
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 
