@@ -31,6 +31,7 @@ import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm
 import { F16_CANDIDATES, f16TileName, gemmF16, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
+import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
 import { medcarePlan, syntheticBatch } from './support/medcare.js';
 import { passes as defaultPasses } from '../src/compiler/4-optimize/index.js';
@@ -454,12 +455,14 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   const x = tf.randomNormal([L.T, L.d]);
   const dy = tf.randomNormal([L.T, L.d]);
   const opts = { scale: MOE.scale, topK: MOE.k, renormalize: true };
-  const layer = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
-    const gy = moeLoraLinear(xx, g!, opts).y;
-    const uy = moeLoraLinear(xx, u!, opts).y;
-    const h = tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy);
-    return moeLoraLinear(h, dn!, opts).y;
+  // SwiGLU as the plan's runtime runs it (one dispatch forward, one backward: src/runtime/webgpu/kernels/swiglu.ts);
+  // the reference layer below keeps tfjs's sigmoid and products, so the check covers it too.
+  const layerWith = (o: typeof opts & { base?: 'fused' | 'f16' | 'f32' }) => (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+    const gy = moeLoraLinear(xx, g!, o).y;
+    const uy = moeLoraLinear(xx, u!, o).y;
+    return moeLoraLinear(swiglu(gy, uy), dn!, o).y;
   };
+  const layer = layerWith(opts);
   const trained = sites.flatMap((s) => [s.sharedA!, s.sharedB!, s.routerW!, s.routerB!, s.expertA!, s.expertB!]);
   const fwd = () => tf.tidy(() => layer(x, sites));
   const fwdbwd = () =>
@@ -493,11 +496,7 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
     // The same layer with each site's base product apart through the f32 GEMM: the tensor-core path's plumbing.
     const at = (o: typeof opts & { base?: 'fused' | 'f16' | 'f32' }) => () =>
       tf.tidy(() => {
-        const l = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
-          const gy = moeLoraLinear(xx, g!, o).y;
-          const uy = moeLoraLinear(xx, u!, o).y;
-          return moeLoraLinear(tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy), dn!, o).y;
-        };
+        const l = layerWith(o);
         const { grads } = tf.engine().gradients(() => l(x, sites), [x, ...trained], dy, true);
         return grads.map((g) => tf.keep(g));
       });
@@ -526,11 +525,7 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
     targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: `not run: ${sup.why}` });
   } else {
     const tc = { ...opts, base: 'f16' as const };
-    const layerTC = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
-      const gy = moeLoraLinear(xx, g!, tc).y;
-      const uy = moeLoraLinear(xx, u!, tc).y;
-      return moeLoraLinear(tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy), dn!, tc).y;
-    };
+    const layerTC = layerWith(tc);
     const fwdTC = () => tf.tidy(() => layerTC(x, sites));
     const fwdbwdTC = () =>
       tf.tidy(() => {

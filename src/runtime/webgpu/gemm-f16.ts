@@ -342,20 +342,65 @@ function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: numbe
   })[0];
 }
 
-export function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
-  const { transA, transB, tile: forced } = attrs as F16Attrs;
+// --- copies derived from frozen tensors ---------------------------------------------------------------------
+//
+// A frozen weight's f16 cast is the same on every call: it is made once per (source data, layout) and kept
+// until the source is disposed (tfjs tensors are immutable: new values are a new dataId, as a variable's
+// assign makes, so a different tensor misses the cache). Each lookup first releases the copies of sources
+// disposed since (tensorMap no longer has them); `releaseCachedCopies` releases them all.
+
+const derived = new WeakMap<object, Map<object, Map<string, TensorInfo>>>();
+
+/**
+ * The copy `make()` derives from `src` (a tensor whose data never changes while it lives, e.g. a frozen
+ * weight), made once per `key` and released with `src`. Owned by this cache: callers must not dispose it.
+ */
+export function cachedCopy(backend: WebGpuBackendLike, src: TensorInfo, key: string, make: () => TensorInfo): TensorInfo {
+  let bySrc = derived.get(backend);
+  if (!bySrc) derived.set(backend, (bySrc = new Map()));
+  for (const [id, copies] of bySrc) {
+    if (backend.tensorMap.has(id)) continue;
+    for (const t of copies.values()) disposeInfo(backend, t);
+    bySrc.delete(id);
+  }
+  let copies = bySrc.get(src.dataId);
+  if (!copies) bySrc.set(src.dataId, (copies = new Map()));
+  let t = copies.get(key);
+  if (!t) copies.set(key, (t = make()));
+  return t;
+}
+
+/** How many copies the cache holds for `backend` (tests). */
+export function cachedCopyCount(backend: WebGpuBackendLike): number {
+  let n = 0;
+  for (const copies of derived.get(backend)?.values() ?? []) n += copies.size;
+  return n;
+}
+
+/** Release every cached copy on `backend`. */
+export function releaseCachedCopies(backend: WebGpuBackendLike): void {
+  const bySrc = derived.get(backend);
+  if (!bySrc) return;
+  for (const copies of bySrc.values()) for (const t of copies.values()) disposeInfo(backend, t);
+  bySrc.clear();
+}
+
+/**
+ * C = op(a)·op(b) on tensor cores inside a kernel function (outputs a TensorInfo the caller owns). `frozenB`:
+ * b's f16 copy is cached (see cachedCopy) instead of cast on every call.
+ */
+export function gemmF16Info(backend: WebGpuBackendLike, a: TensorInfo, b: TensorInfo, transA: boolean, transB: boolean, opts: { tile?: F16Tile; frozenB?: boolean } = {}): TensorInfo {
   const sup = known.get(backend.device);
   if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);
-  const a = inputs[0] as TensorInfo;
-  const b = inputs[1] as TensorInfo;
   const M = transA ? a.shape[1] : a.shape[0];
   const K = transA ? a.shape[0] : a.shape[1];
   const N = transB ? b.shape[0] : b.shape[1];
-  const tile = forced ?? defaultTile;
+  const tile = opts.tile ?? defaultTile;
   const d = f16Dims(M, N, K, tile);
   const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA);
   // B as [N, K] with k contiguous: a stored [N, K] (transB) is already so; a stored [K, N] is read transposed.
-  const b16 = castTo16(backend, b, N, K, d.np, d.kp, !transB);
+  const castB = () => castTo16(backend, b, N, K, d.np, d.kp, !transB);
+  const b16 = opts.frozenB ? cachedCopy(backend, b, `f16 ${N} ${K} ${d.np} ${d.kp} ${+!transB}`, castB) : castB();
   const out = runWgsl(backend, {
     code: matmulWgsl(M, N, K, tile, sup.syntax!, sup.subgroupSize!, sup.enableSubgroups),
     inputs: [a16, b16],
@@ -364,8 +409,13 @@ export function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend
     label: 'McpcGemmF16',
   })[0];
   disposeInfo(backend, a16);
-  disposeInfo(backend, b16);
+  if (!opts.frozenB) disposeInfo(backend, b16);
   return out;
+}
+
+export function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+  const { transA, transB, tile } = attrs as F16Attrs;
+  return gemmF16Info(backend, inputs[0] as TensorInfo, inputs[1] as TensorInfo, transA, transB, { tile });
 }
 
 let registered = false;

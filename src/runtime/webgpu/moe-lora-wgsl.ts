@@ -40,6 +40,11 @@ export interface MoeShape {
    * on tensor cores (moeLoraLinear's `base: 'f16'`). Default true.
    */
   base?: boolean;
+  /**
+   * With base false: the caller's base product comes in as one more input, `add` [T, dout] in up ([T, din] in dx),
+   * added in the GEMM's epilogue (the tensor-core path: one tfjs kernel, no separate add). Default false.
+   */
+  addend?: boolean;
 }
 
 const u = (x: number): string => `${x >>> 0}u`;
@@ -80,6 +85,21 @@ ${act}
   }
 ${s.renormalize ? `  for (var q = 0u; q < ${u(s.topK)}; q++) { rg[q] = rg[q] / sum; }` : ''}
 }`;
+}
+
+/**
+ * Row epilogue adding input `name` ([M, N] row-major; vec4 when N % 4 == 0) to the accumulators o0 … o{TN/4−1}.
+ * `cols` declares c0 … (the columns of each accumulator) unless the caller's epilogue already did.
+ */
+function addendEpilogue(name: string, N: number, tile: Tile, declareCols: boolean): string {
+  const TN4 = tile.tn / 4;
+  const lines: string[] = [];
+  for (let j = 0; j < TN4; j++) {
+    if (declareCols) lines.push(`let c${j} = n0 + 4u * (tx + ${u(j)} * NTX);`);
+    if (N % 4 === 0) lines.push(`o${j} += ${name}[(row * N + min(c${j}, N - 4u)) / 4u];`);
+    else lines.push(`o${j} += vec4<f32>(${[0, 1, 2, 3].map((c) => `${name}[row * N + min(c${j} + ${u(c)}, N - 1u)]`).join(', ')});`);
+  }
+  return lines.join('\n');
 }
 
 /** Inputs of the forward kernels, in the op's order: x, W, b?, A_sh?, B_sh?, W_r?, b_r?, A_e?, B_e?. */
@@ -134,8 +154,13 @@ export function upSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
   if (s.RS) names.push('bSh');
   if (s.E && s.routerBias) names.push('br');
   if (s.E) names.push('bE');
+  const addend = !withBase && !!s.addend;
+  if (addend) names.push('add');
   const vecB = s.r % 4 === 0;
-  const inputs: GemmSpec['inputs'] = names.map((n) => (n === 'Gs' || n === 'br' ? { type: 'f32' as const } : n === 'bE' ? { type: vecB ? ('vec4' as const) : ('f32' as const) } : {}));
+  const addType = s.dout % 4 === 0 ? ('vec4' as const) : ('f32' as const);
+  const inputs: GemmSpec['inputs'] = names.map((n) =>
+    n === 'Gs' || n === 'br' ? { type: 'f32' as const } : n === 'bE' ? { type: vecB ? ('vec4' as const) : ('f32' as const) } : n === 'add' ? { type: addType } : {},
+  );
   const segments: GemmSpec['segments'] = withBase
     ? [{ k: s.din, a: { kMajor: false, parts: [{ input: idx('x'), count: s.T, ld: s.din, off: 0 }] }, b: { kMajor: false, parts: [{ input: idx('w'), count: s.dout, ld: s.din, off: 0 }] } }]
     : [];
@@ -155,7 +180,11 @@ export function upSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
     outputs: s.E ? [s.dout % 4 === 0 ? 'vec4' : 'f32', 'f32', 'f32'] : [s.dout % 4 === 0 ? 'vec4' : 'f32'],
     ...(s.bias ? { bias: idx('b') } : {}),
   };
-  if (!s.E) return { spec, inputs: names };
+  const addLines = addend ? addendEpilogue(`in${idx('add')}`, s.dout, tile, !s.E) : '';
+  if (!s.E) {
+    if (addend) spec.rowEpilogue = addLines;
+    return { spec, inputs: names };
+  }
   const KT = s.topK;
   const TN4 = tile.tn / 4;
   spec.decls = `${routeFn(s, `in${idx('Gs')}`, s.routerBias ? `in${idx('br')}` : undefined)}
@@ -205,7 +234,7 @@ for (var q = 0u; q < ${u(KT)}; q++) {
     let hrow = row * ${u(R)} + ${u(s.RS)} + e * ${u(s.r)};
     let eb = e * ${u(s.dout * s.r)};
 ${inner}
-}`;
+}${addend ? `\n${addLines}` : ''}`;
   return { spec, inputs: names };
 }
 
@@ -355,7 +384,45 @@ export function dxSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
     : [];
   if (s.RS) segments.push(seg(s.RS, 0, 'aSh'));
   if (s.E) segments.push(seg(s.E * s.r, s.RS, 'aE'), seg(s.E, H, 'wr'));
-  return { spec: { m: s.T, n: s.din, tile, segments, inputs: names.map(() => ({})), outputs: [s.din % 4 === 0 ? 'vec4' : 'f32'] }, inputs: names };
+  const addend = !withBase && !!s.addend;
+  if (addend) names.push('add');
+  const spec: GemmSpec = {
+    m: s.T,
+    n: s.din,
+    tile,
+    segments,
+    inputs: names.map((n) => (n === 'add' ? { type: s.din % 4 === 0 ? ('vec4' as const) : ('f32' as const) } : {})),
+    outputs: [s.din % 4 === 0 ? 'vec4' : 'f32'],
+  };
+  if (addend) spec.rowEpilogue = addendEpilogue(`in${at('add')}`, s.din, tile, true);
+  return { spec, inputs: names };
+}
+
+/** Threads of the router-bias column sum. */
+const SUM_THREADS = 256;
+
+/**
+ * db_r = Σ_t dG[t, H + e], one workgroup per expert. Bindings: dG; output db_r [E]. Dispatch [E, 1, 1].
+ */
+export function routerBiasSumWgsl(s: MoeShape): string {
+  const { R, H } = cols(s);
+  return `@group(0) @binding(0) var<storage, read> dG: array<f32>;
+@group(0) @binding(1) var<storage, read_write> db: array<f32>;
+var<workgroup> part: array<f32, ${SUM_THREADS}>;
+@compute @workgroup_size(${SUM_THREADS})
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let e = wid.x;
+  var acc = 0.0;
+  for (var t = tid; t < ${u(s.T)}; t += ${u(SUM_THREADS)}) { acc += dG[t * ${u(R)} + ${u(H)} + e]; }
+  part[tid] = acc;
+  workgroupBarrier();
+  for (var h = ${u(SUM_THREADS / 2)}; h > 0u; h = h / 2u) {
+    if (tid < h) { part[tid] += part[tid + h]; }
+    workgroupBarrier();
+  }
+  if (tid == 0u) { db[e] = part[0]; }
+}
+`;
 }
 
 /** dA: dGᵀ·x [R, din] stored as dA_sh [RS, din], dA_e [E·r, din], dW_r [E, din]. Bindings: dG, x. */

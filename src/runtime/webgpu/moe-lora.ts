@@ -22,9 +22,10 @@ import { reference as ref, type KernelContext, type KernelStep } from '../kernel
 import { gemm } from './gemm.js';
 import { gemmDispatch, gemmWgsl, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, upSpec, type MoeShape } from './moe-lora-wgsl.js';
-import { gemmF16 } from './gemm-f16.js';
-import { runWgsl, spread, type WebGpuBackendLike } from './program.js';
+import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, routerBiasSumWgsl, upSpec, type MoeShape } from './moe-lora-wgsl.js';
+import { gemmF16, gemmF16Info } from './gemm-f16.js';
+import { gemmSpec } from './gemm.js';
+import { disposeInfo, runWgsl, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -115,6 +116,22 @@ function runGemm(backend: WebGpuBackendLike, spec: GemmSpec, inputs: TensorInfo[
   return runWgsl(backend, { code: gemmWgsl(spec), inputs, outputs: outShapes.map((shape) => ({ shape, dtype: 'float32' as const })), dispatch: gemmDispatch(spec), label });
 }
 
+/** Where the base product is computed apart (attrs.apart): the f16 GEMM on tensor cores, or the f32 GEMM. */
+type Apart = 'f16' | 'f32';
+
+/**
+ * The base product apart, inside the kernel (a TensorInfo the caller disposes): x·Wᵀ (forward) or dy·W (dx).
+ * On the f16 path W's f16 copy is cast once and cached while W lives (gemm-f16.ts cachedCopy): W is frozen.
+ */
+function baseProduct(backend: WebGpuBackendLike, apart: Apart, a: TensorInfo, w: TensorInfo, dx: boolean): TensorInfo {
+  if (apart === 'f16') return gemmF16Info(backend, a, w, false, !dx, { frozenB: true });
+  const [M, K] = a.shape as [number, number];
+  const N = dx ? w.shape[1]! : w.shape[0]!;
+  const tile = tileFor(backend.device, M, N, K);
+  const spec = once(`base${a.shape}|${w.shape}|${+dx}|${tile.bm},${tile.bn},${tile.bk},${tile.tm},${tile.tn},${+!!tile.pf},${+!!tile.db}`, () => gemmSpec(a.shape, w.shape, false, !dx, tile, false));
+  return runGemm(backend, spec, [a, w], [[M, N]], 'McpcMoeLoraBase')[0]!;
+}
+
 /** Forward: outputs [y, G] (plain) or [y, p, gates, G]. */
 function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
   const ins = Object.keys(inputs)
@@ -137,8 +154,11 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   if (s.RS) byName.bSh = ins[ix.bSh];
   if (s.E && s.routerBias) byName.br = ins[ix.br];
   if (s.E) byName.bE = ins[ix.bE];
+  const apart = attrs.apart as Apart | undefined;
+  if (apart) byName.add = baseProduct(backend, apart, ins[ix.x], ins[ix.w], false);
   const outShapes = s.E ? [[s.T, s.dout], [s.T, s.E], [s.T, s.E]] : [[s.T, s.dout]];
   const outs = runGemm(backend, spec, names.map((n) => byName[n]!), outShapes, 'McpcMoeLoraUp');
+  if (byName.add) disposeInfo(backend, byName.add);
   return [...outs, G];
 }
 
@@ -169,8 +189,21 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
     .map((k) => inputs[k] as TensorInfo);
   const s = shapeOf(ins[0], ins, attrs);
   const dxTile = tileOf(backend, { m: s.T, n: s.din }, s.dout);
-  const { spec } = fit(backend, 'dx', s, dxTile, (t) => dxSpec(s, t), (r) => r.spec);
-  return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
+  const { spec, inputs: names } = fit(backend, 'dx', s, dxTile, (t) => dxSpec(s, t), (r) => r.spec);
+  const apart = attrs.apart as Apart | undefined;
+  if (!apart) return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
+  // Inputs dy, W, dG, A_sh?, A_e?, W_r?: dy·W apart, added in the adapters' GEMM epilogue.
+  const add = baseProduct(backend, apart, ins[0], ins[1], true);
+  const byName: Record<string, TensorInfo> = { dG: ins[2], add };
+  let i = 3;
+  if (s.RS) byName.aSh = ins[i++];
+  if (s.E) {
+    byName.aE = ins[i++];
+    byName.wr = ins[i++];
+  }
+  const out = runGemm(backend, spec, names.map((n) => byName[n]!), [[s.T, s.din]], 'McpcMoeLoraDx')[0];
+  disposeInfo(backend, add);
+  return out;
 }
 
 function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
@@ -182,7 +215,11 @@ function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const shapes: number[][] = [];
   if (s.RS) shapes.push([s.RS, s.din]);
   if (s.E) shapes.push([s.E, s.r, s.din], [s.E, s.din]);
-  return runGemm(backend, spec, ins, shapes, 'McpcMoeLoraDA');
+  const outs = runGemm(backend, spec, ins, shapes, 'McpcMoeLoraDA');
+  if (!s.E || !s.routerBias) return outs;
+  // db_r: the column sum of dG's router block, in the same kernel (no Slice and Sum kernels).
+  const code = once(`sum${s.T}|${s.RS}|${s.E}|${s.r}`, () => routerBiasSumWgsl(s));
+  return [...outs, ...runWgsl(backend, { code, inputs: [ins[0]], outputs: [{ shape: [s.E], dtype: 'float32' }], dispatch: [s.E, 1, 1], label: 'McpcMoeLoraDbr' })];
 }
 
 function dBKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
@@ -213,8 +250,11 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   const T = dy.shape[0];
   const { H } = cols(s);
   const g: Record<string, () => Tensor> = {};
-  // Without the base product (s.base false) W does not reach y through this kernel: no gradient from it.
-  g[ix.w] = s.base === false ? () => tf.zerosLike(ins[ix.w]) : () => gemm(dy, ins[ix.x], true, false);
+  const apart = attrs.apart as Apart | undefined;
+  // dW = dyᵀ·x, only when W is trained (tfjs calls only the closures of inputs on the path to what is asked);
+  // without the base product (base false, not apart) W does not reach y through this kernel.
+  g[ix.w] =
+    apart === 'f16' ? () => gemmF16(dy, ins[ix.x], true, false) : s.base === false && !apart ? () => tf.zerosLike(ins[ix.w]) : () => gemm(dy, ins[ix.x], true, false);
   if (s.bias) g[ix.b] = () => tf.sum(dy, 0);
   if (s.RS === 0 && s.E === 0) {
     g[ix.x] = () => gemm(dy, ins[ix.w], false, false);
@@ -230,7 +270,7 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   if (hasDp) backIns.push(d[1]);
   if (hasDgates) backIns.push(d[2]);
   const [dG, Hs] = run('McpcMoeLoraBack', backIns, { ...s, hasDp, hasDgates });
-  const dxIns = s.base === false ? [dG] : [dy, ins[ix.w], dG];
+  const dxIns = s.base === false && !apart ? [dG] : [dy, ins[ix.w], dG];
   if (s.RS) dxIns.push(ins[ix.aSh]);
   if (s.E) dxIns.push(ins[ix.aE], ins[ix.wr]);
   g[ix.x] = () => run('McpcMoeLoraDx', dxIns, s)[0];
@@ -247,7 +287,7 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
     g[ix.aE] = () => A()[o];
     g[ix.wr] = () => A()[o + 1];
     g[ix.bE] = () => B()[o];
-    if (s.routerBias) g[ix.br] = () => tf.sum(tf.slice(dG, [0, H], [T, s.E]), 0);
+    if (s.routerBias) g[ix.br] = () => A()[o + 2];
   }
   return g;
 }
@@ -292,15 +332,10 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   if (useReference || tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
   registerMoeLora();
   const apart = opts.base === 'f16' || opts.base === 'f32';
-  if (apart && (RS || E)) {
-    // y = x·Wᵀ (apart) + the adapters' kernels without the base segment. The base product's gradient
-    // (dx = dy·W, and dW if W is trained) comes from that GEMM's own gradient.
-    const baseY = opts.base === 'f16' ? gemmF16(x, wts.w, false, true) : gemm(x, wts.w, false, true);
-    const rest = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, { ...shape, base: false } as any) as unknown as Tensor[];
-    const y = tf.add(baseY, rest[0]);
-    return E ? { y, p: rest[1], gates: rest[2] } : { y };
-  }
-  const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, shape as any) as unknown as Tensor[];
+  // Apart: y = x·Wᵀ (the f16 or f32 GEMM, W's f16 copy cached) added in the adapters' up GEMM's epilogue, in the
+  // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraDx (dW, if W is trained, apart).
+  const attrs = apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base } : shape;
+  const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, attrs as any) as unknown as Tensor[];
   if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
   const G = outs[outs.length - 1];
   // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
