@@ -13,6 +13,8 @@ import { moeLoraLinear } from '../../../src/runtime/webgpu/moe-lora.js';
 import { CANDIDATES, forceTile } from '../../../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
+import { cachedCopy, cachedCopyCount, releaseCachedCopies } from '../../../src/runtime/webgpu/gemm-f16.js';
+import { runWgsl } from '../../../src/runtime/webgpu/program.js';
 
 interface Case {
   name: string;
@@ -132,6 +134,69 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
       const { worst, what } = await compare(ours(c, 'f32'), planOps(c), args(c, 31), 9);
       expect(worst, `${c.name}: ${what}`).toBeLessThan(2e-4);
     }
+  });
+
+  it('forward+backward is one tfjs kernel forward and four backward, the base product apart or not (no GEMM, Add, Slice or Sum kernels beside them)', async () => {
+    // Router bias trained (its column sum is in McpcMoeLoraDA); no base bias (whose gradient is a Sum).
+    const c = { ...cases[2]!, bias: false };
+    await initBackend('webgpu');
+    const xs = args(c, 77).map((t) => tf.tensor(t.data, t.shape));
+    const trained = xs.filter((_, i) => i !== 1);
+    const dy = tf.randomNormal([c.T, c.dout]);
+    for (const baseMode of ['fused', 'f32'] as const) {
+      const info = await tf.profile(() => {
+        const { grads } = tf.engine().gradients(() => ours(c, baseMode)(xs)[0]!, trained, dy, true);
+        tf.dispose(grads);
+      });
+      const names = info.kernels.map((k) => k.name).filter((n) => n.startsWith('McpcMoe') || ['McpcGemm', 'Add', 'Slice', 'Sum'].includes(n));
+      expect(names.sort(), baseMode).toEqual(['McpcMoeLora', 'McpcMoeLoraBack', 'McpcMoeLoraDA', 'McpcMoeLoraDB', 'McpcMoeLoraDx']);
+    }
+    tf.dispose([...xs, dy]);
+  });
+
+  it("a frozen tensor's cached copy (the tensor-core path's f16 W) is made once, remade for a different tensor, released with its source", async () => {
+    await initBackend('webgpu');
+    const backend = tf.backend() as any;
+    releaseCachedCopies(backend);
+    // The copy here is 2·src in f32 (llvmpipe has no f16): the cache is the same whatever `make` derives.
+    const code = `@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> b: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) { if (g.x < arrayLength(&b)) { b[g.x] = 2.0 * a[g.x]; } }`;
+    let made = 0;
+    const copyOf = (t: tf.Tensor) =>
+      cachedCopy(backend, t, 'x2', () => {
+        made++;
+        return runWgsl(backend, { code, inputs: [t], outputs: [{ shape: t.shape, dtype: 'float32' }], dispatch: [Math.ceil(t.size / 64), 1, 1] })[0]!;
+      });
+    const read = async (info: any) => Array.from(await backend.read(info.dataId) as Float32Array);
+    const w1 = tf.tensor([1, 2, 3, 4, 5]);
+    const c1 = copyOf(w1);
+    expect(copyOf(w1)).toBe(c1);
+    expect(made).toBe(1);
+    expect(await read(c1)).toEqual([2, 4, 6, 8, 10]);
+    // The same values in a different tensor (a weight replaced, as an update or a variable's assign does) miss.
+    const w2 = tf.tensor([7, 8, 9, 10, 11]);
+    const c2 = copyOf(w2);
+    expect(made).toBe(2);
+    expect(await read(c2)).toEqual([14, 16, 18, 20, 22]);
+    expect(cachedCopyCount(backend)).toBe(2);
+    // A disposed source's copy goes at the next lookup (a shared reference keeps the source alive until it goes too).
+    const kept = tf.keep(w1.clone());
+    w1.dispose();
+    copyOf(w2);
+    expect(cachedCopyCount(backend)).toBe(2);
+    kept.dispose();
+    await tf.ready();
+    const { gpuSync } = await import('../../../src/runtime/webgpu/gemm.js');
+    await gpuSync();
+    copyOf(w2);
+    expect(cachedCopyCount(backend)).toBe(1);
+    expect(backend.tensorMap.has(c1.dataId)).toBe(false);
+    expect(made).toBe(2);
+    w2.dispose();
+    releaseCachedCopies(backend);
+    expect(cachedCopyCount(backend)).toBe(0);
   });
 
   it('a frozen base weight costs no gradient GEMM, and y alone still differentiates (p, gates unused)', async () => {
