@@ -23,7 +23,7 @@ const flag = { kind: 'flag' } as const;
 export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_KERNELS', what: 'kernel table on the CPU backends: fused (the wasm default) or reference', take: { kind: 'enum', values: ['fused', 'reference'] } },
   { name: 'MCPC_FUSED_WASM', what: '0: fused elementwise kernels in JavaScript instead of WebAssembly SIMD', take: flag },
-  { name: 'MCPC_FUSED_GRAD_ONEPASS', what: "0: a fused elementwise kernel's gradient on the CPU in one pass per slot instead of one for all its inputs' slots", take: flag },
+  { name: 'MCPC_FUSED_GRAD_ONEPASS', what: "0: a fused elementwise kernel's gradient computes each input's slot when asked for, not those of the later inputs with it in one pass", take: flag },
   { name: 'MCPC_ATTENTION_WASM', what: '0: attention on the CPU through the reference ops instead of the WebAssembly kernel', take: flag },
   { name: 'MCPC_ATTENTION_SAVE_P', what: "0: the CPU attention kernel's backward recomputes P instead of taking the forward's", take: flag },
   { name: 'MCPC_MOE_TOPK', what: "0: routed experts' products dense (all experts) on the CPU instead of each token's top-k", take: flag },

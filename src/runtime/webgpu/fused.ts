@@ -12,14 +12,16 @@
  * `McpcFusedWgslGrad` (inputs: what the backward module reads, in binding order; outputs: one per gradient
  * slot in `attrs.mask`, ascending, [rows, cols], or [cols] for a `vec` input's column-summed slot).
  *
- * The gradient is lazy per input, as tfjs asks for it (an input nobody differentiates, e.g. a frozen norm
- * weight, costs nothing), but one backward dispatch serves several inputs: the first input asked for
- * computes its slot and the slots of every later `elem` input (tfjs asks in input order, and only for the
- * inputs on the path to the parameters, so it cannot tell in advance which it will want). Those extra
- * results are kept until asked for (handed out as a tensor sharing their buffer, ./program.ts `share`: no kernel) and freed in a microtask
- * once the synchronous backward pass is over; inputs sharing a slot get clones of one result. A `vec` slot is only computed when asked for (its per-row
- * partials are a [rows, cols] buffer the column sum reads). A slot that is the upstream gradient itself (the
- * residual branch of an add) is that gradient, no dispatch; an input with no gradient gets zeros.
+ * The gradient is lazy per input, as tfjs asks for it, but one backward dispatch serves several inputs: the
+ * first input asked for computes its slot and the slots of every later input (tfjs asks in input order, and
+ * only for the inputs on the path to the parameters, so an earlier input not asked for wants none, and it
+ * cannot tell in advance which later ones it will want). Those extra results are kept until asked for
+ * (handed out as a tensor sharing their buffer, ./program.ts `share`: no kernel) and freed in a microtask once
+ * the synchronous backward pass is over; inputs sharing a slot get clones of one result. A slot computed
+ * ahead and never taken (an input off the path, e.g. a frozen norm weight, whose `vec` slot costs [rows, cols]
+ * partials and a column-sum dispatch) is not computed ahead again for that program until an input asks for
+ * it. MCPC_FUSED_GRAD_ONEPASS=0: each slot only when asked for. A slot that is the upstream gradient itself
+ * (the residual branch of an add) is that gradient, no dispatch; an input with no gradient gets zeros.
  *
  * Unwanted gradient slots still need a buffer bound (the module declares them; bit s of `grad_mask` keeps
  * the kernel from writing them): a one-element scratch tensor each (writable bindings must not alias).
@@ -277,8 +279,13 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
   });
   const bw = p.backward;
   const shapeOf = (i: number) => (p.inputs[i] === 'vec' ? [cols] : [rows, cols]);
+  settleAhead();
+  const use = slotUse(attrs.program as number);
+  const onePass = fusedGradOnePass();
   /** Slots computed so far: ahead of their request (kept until the backward pass ends) or returned to an earlier input. */
   const ahead = new Map<number, Tensor>();
+  /** This node's entries in `aheadLog`, by slot. */
+  const logged = new Map<number, AheadUse>();
   const run = (mask: number): Tensor[] => {
     const reads = bw.reads.map((r) => (r.role === 'input' ? xs[r.index]! : r.role === 'saved_output' ? ys[r.index]! : dys[r.index]!));
     const r = tf.engine().runKernel(FUSED_GRAD_KERNEL, reads as unknown as tf.NamedTensorMap, { program: attrs.program, rows, cols, mask } as unknown as tf.NamedAttrMap) as Tensor | Tensor[];
@@ -291,14 +298,23 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
       const slot = bw.grads[i];
       if (slot === null || slot === undefined) return tf.zeros(shapeOf(i));
       if (isIdentity(slot)) return share(dys[bw.slots[slot]!.identityOf!]!);
+      use.requested.add(slot);
+      use.skip.delete(slot);
       const hit = ahead.get(slot);
-      if (hit && !hit.isDisposed) return share(hit);
-      // This slot, and the slots of later elem inputs not computed yet (tfjs asks in input order).
-      const want = new Set([slot]);
-      for (let j = i + 1; j < n; j++) {
-        const s = bw.grads[j];
-        if (s !== null && s !== undefined && bw.slots[s]!.reduce === 'none' && !isIdentity(s) && !ahead.has(s)) want.add(s);
+      if (hit && !hit.isDisposed) {
+        const e = logged.get(slot);
+        if (e) e.taken = true;
+        return share(hit);
       }
+      // This slot, and the slots of later inputs not computed yet (tfjs asks in input order, and only for the
+      // inputs on the path to the parameters), but for those computed ahead before and never taken (an input
+      // off the path: a frozen norm weight's `vec` slot, whose column sum is a dispatch more).
+      const want = new Set([slot]);
+      if (onePass)
+        for (let j = i + 1; j < n; j++) {
+          const s = bw.grads[j];
+          if (s !== null && s !== undefined && !isIdentity(s) && !ahead.has(s) && !use.skip.has(s)) want.add(s);
+        }
       const order = [...want].sort((a, b) => a - b);
       const res = run(order.reduce((m, s) => m | (1 << s), 0));
       let mine: Tensor | undefined;
@@ -306,6 +322,9 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
         if (s === slot) mine = res[k];
         else {
           ahead.set(s, keepUntilBackwardEnds(res[k]!));
+          const e: AheadUse = { program: attrs.program as number, slot: s, taken: false };
+          logged.set(s, e);
+          aheadLog.push(e);
         }
       });
       // Later inputs sharing this slot get a clone of this result: tfjs moves it out of this closure's scope,
@@ -315,6 +334,35 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
     };
   }
   return out;
+}
+
+/** Whether a gradient computes the slots of later inputs in the same dispatch (MCPC_FUSED_GRAD_ONEPASS=0: each slot when asked for). */
+const fusedGradOnePass = (): boolean => (typeof process !== 'undefined' ? process.env.MCPC_FUSED_GRAD_ONEPASS : undefined) !== '0';
+
+/** A slot computed ahead of its input's request, and whether a closure took it. */
+interface AheadUse {
+  program: number;
+  slot: number;
+  taken: boolean;
+}
+/** The previous node's slots computed ahead (settled when the next fused gradient starts: its closures have all run). */
+const aheadLog: AheadUse[] = [];
+/**
+ * Per program: the slots some input asked for, and those computed ahead and never taken (not computed ahead
+ * again until asked for).
+ */
+const slotUses = new Map<number, { requested: Set<number>; skip: Set<number> }>();
+function slotUse(id: number): { requested: Set<number>; skip: Set<number> } {
+  let s = slotUses.get(id);
+  if (!s) slotUses.set(id, (s = { requested: new Set(), skip: new Set() }));
+  return s;
+}
+function settleAhead(): void {
+  for (const e of aheadLog) {
+    const u = slotUse(e.program);
+    if (!e.taken && !u.requested.has(e.slot)) u.skip.add(e.slot);
+  }
+  aheadLog.length = 0;
 }
 
 let registered = false;

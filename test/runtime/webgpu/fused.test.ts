@@ -198,10 +198,11 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
   });
 
   /** The kernels a forward and the gradients of `wrt` record, by name; and the tensors left afterwards. */
-  async function recorded(step: PlanStep, wrt: number[], fused = true): Promise<{ counts: Map<string, number>; leaked: number }> {
+  async function recorded(step: PlanStep, wrt: number[], fused = true, kernels: PlanKernel[] = plan.kernels): Promise<{ counts: Map<string, number>; leaked: number; gradOutputs: number[][][] }> {
     await initBackend('webgpu');
-    const table = webgpuKernelTable(plan, fused);
-    const inputs = argsOf(step, 4, 64, 3).map((a) => tf.tensor(a.data as Float32Array, a.shape));
+    const table = webgpuKernelTable({ kernels }, fused);
+    const kinds = (kernels.find((k) => k.id === step.kernel)!.attrs as { expr: FusedExprAttrs }).expr.inputs;
+    const inputs = kinds.map((k, i) => randn(3 + i, k === 'vec' ? [64] : [4, 64])).map((a) => tf.tensor(a.data as Float32Array, a.shape));
     const before = tf.memory().numTensors;
     const info = await tf.profile(async () => {
       const gs = tf.tidy(() => {
@@ -225,7 +226,21 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
     }
     const leaked = tf.memory().numTensors - before;
     tf.dispose(inputs);
-    return { counts, leaked };
+    const gradOutputs = info.kernels.filter((k) => k.name === FUSED_GRAD_KERNEL).map((k) => k.outputShapes as number[][]);
+    return { counts, leaked, gradOutputs };
+  }
+
+  /** With MCPC_FUSED_GRAD_ONEPASS set to `v` (undefined: unset). */
+  async function withOnePass<T>(v: string | undefined, f: () => Promise<T>): Promise<T> {
+    const was = process.env.MCPC_FUSED_GRAD_ONEPASS;
+    if (v === undefined) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+    else process.env.MCPC_FUSED_GRAD_ONEPASS = v;
+    try {
+      return await f();
+    } finally {
+      if (was === undefined) delete process.env.MCPC_FUSED_GRAD_ONEPASS;
+      else process.env.MCPC_FUSED_GRAD_ONEPASS = was;
+    }
   }
 
   it('one forward and one backward kernel for a residual add + RMSNorm, frozen weight or not; nothing left behind', async () => {
@@ -235,11 +250,16 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
     expect(frozen.counts.get(FUSED_KERNEL)).toBe(1);
     expect(frozen.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
     expect(frozen.leaked).toBe(0);
+    await recorded(step, [0, 1, 2]); // the weight's slot asked for: computed ahead from now on
     const all = await recorded(step, [0, 1, 2]);
     expect(all.counts.get(FUSED_KERNEL)).toBe(1);
-    // The elem slot is computed with the first input; the weight's slot (and its column sum) when asked for.
-    expect(all.counts.get(FUSED_GRAD_KERNEL)).toBe(2);
+    // The elem slot and the weight's (with its column sum) in one backward kernel, as the first input asks.
+    expect(all.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
     expect(all.leaked).toBe(0);
+    // MCPC_FUSED_GRAD_ONEPASS=0: the weight's slot when asked for.
+    const perSlot = await withOnePass('0', () => recorded(step, [0, 1, 2]));
+    expect(perSlot.counts.get(FUSED_GRAD_KERNEL)).toBe(2);
+    expect(perSlot.leaked).toBe(0);
     const ref = await recorded(step, [0, 1, 2], false);
     expect(ref.counts.get(FUSED_KERNEL)).toBeUndefined();
     const total = (c: Map<string, number>) => [...c.values()].reduce((a, b) => a + b, 0);
@@ -255,6 +275,35 @@ describeGpu('fused_elementwise runs the plan WGSL on webgpu, as the reference co
     const last = await recorded(step, [exprOf(step).inputs.length - 1]);
     expect(last.counts.get(FUSED_GRAD_KERNEL)).toBe(1);
     expect(last.leaked).toBe(0);
+  });
+
+  it('a slot computed ahead and never taken is not computed ahead again, until an input asks for it', async () => {
+    // A fresh expression (its own program): x·rsqrt(mean(x²)+ε)·w + y, inputs x, y (elem) and w (vec).
+    const E = new ExprBuilder();
+    const x = E.input(0, 'elem');
+    const y = E.input(1, 'elem');
+    const w = E.input(2, 'vec');
+    const f: FusedExpr = { inputs: ['elem', 'elem', 'vec'], outputs: [E.add(E.mul(E.mul(x, E.rsqrt(E.add(E.rowmean(E.mul(x, x)), E.const(3e-6)))), w), E.mul(y, E.const(0.5)))] };
+    const bw = deriveBackward(f, E);
+    const { kernel, step } = planKernel(f, bw);
+    kernel.id = 'fused.test.ahead';
+    step.kernel = kernel.id;
+    const hasVec = (shapes: number[][]) => shapes.some((sh) => sh.length === 1);
+    // x alone: the first time y's and w's slots come with x's (one kernel), w's [cols] among them; not taken.
+    const first = await recorded(step, [0], true, [kernel]);
+    expect(first.gradOutputs.length).toBe(1);
+    expect(hasVec(first.gradOutputs[0]!)).toBe(true);
+    expect(first.leaked).toBe(0);
+    // The second time neither y's nor w's slot is computed ahead.
+    const second = await recorded(step, [0], true, [kernel]);
+    expect(second.gradOutputs).toEqual([[[4, 64]]]);
+    // x and w: w's slot in a kernel of its own (once), then with x's again.
+    const asked = await recorded(step, [0, 2], true, [kernel]);
+    expect(asked.gradOutputs.map(hasVec)).toEqual([false, true]);
+    const again = await recorded(step, [0, 2], true, [kernel]);
+    expect(again.gradOutputs.length).toBe(1);
+    expect(hasVec(again.gradOutputs[0]!)).toBe(true);
+    expect(again.leaked).toBe(0);
   });
 
   it('a pure add: forward one kernel, backward the upstream gradient itself (no dispatch)', async () => {
