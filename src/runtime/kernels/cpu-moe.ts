@@ -27,8 +27,8 @@
  */
 import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
-import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../tfjs/moe.js';
-import { moeDownDa, moeDownDx, moeDownForward } from '../tfjs/moe-down.js';
+import { moeUpDbe, moeUpDbeHeap, moeUpDh, moeUpDhHeap, moeUpForward, moeUpForwardHeap, type MoeUpShape } from '../tfjs/moe.js';
+import { moeDownDa, moeDownDaHeap, moeDownDx, moeDownDxHeap, moeDownForward, moeDownForwardHeap } from '../tfjs/moe-down.js';
 import { keepUntilBackwardEnds } from '../webgpu/program.js';
 import { registerCpuKernel } from './cpu-ops.js';
 
@@ -57,19 +57,28 @@ function register(): void {
   moeKernel(
     FWD,
     (ins) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
-    (ins, [y], infos, a) => moeUpForward(ins[0]!, ins[1]!, ins[ins.length - 1]!, ins.length === 4 ? ins[2] : undefined, y!, shapeOf(infos[0]!, infos[infos.length - 1]!.shape[1]!, a)),
+    (ins, [y], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[ins.length - 1]!, ins.length === 4 ? ins[2] : undefined, y!, shapeOf(infos[0]!, infos[infos.length - 1]!.shape[1]!, a)] as const;
+      if (!moeUpForwardHeap(...args, infos[1]!.dataId)) moeUpForward(...args);
+    },
   );
   // inputs: dY, h, gates, [B_sh], B_e
   moeKernel(
     DH,
     (ins) => [ins[1]!.shape, ins[2]!.shape],
-    (ins, [dh, dg], infos, a) => moeUpDh(ins[0]!, ins[1]!, ins[2]!, ins[ins.length - 1]!, ins.length === 5 ? ins[3] : undefined, dh!, dg!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+    (ins, [dh, dg], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[2]!, ins[ins.length - 1]!, ins.length === 5 ? ins[3] : undefined, dh!, dg!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)] as const;
+      if (!moeUpDhHeap(...args, infos[2]!.dataId)) moeUpDh(...args);
+    },
   );
   // inputs: dY, h, gates
   moeKernel(
     DB,
     (ins, a) => [[a.experts, ins[0]!.shape[1]!, a.rank]],
-    (ins, [db], infos, a) => moeUpDbe(ins[0]!, ins[1]!, ins[2]!, db!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)),
+    (ins, [db], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[2]!, db!, shapeOf(infos[1]!, infos[0]!.shape[1]!, a)] as const;
+      if (!moeUpDbeHeap(...args, infos[2]!.dataId)) moeUpDbe(...args);
+    },
   );
   tf.registerGradient({
     kernelName: FWD,
@@ -146,19 +155,28 @@ function registerDown(): void {
   moeKernel<DownAttrs>(
     DOWN,
     (ins, a) => [[ins[0]!.shape[0]!, a.experts * a.rank]],
-    (ins, [h], infos, a) => moeDownForward(ins[0]!, ins[1]!, ins[2]!, h!, shape(infos[0]!.shape[0]!, infos[0]!.shape[1]!, a)),
+    (ins, [h], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[2]!, h!, shape(infos[0]!.shape[0]!, infos[0]!.shape[1]!, a)] as const;
+      if (!moeDownForwardHeap(...args, infos[1]!.dataId)) moeDownForward(...args);
+    },
   );
   // inputs: dh, gates, A_e
   moeKernel<DownAttrs>(
     DOWN_DX,
     (ins) => [[ins[0]!.shape[0]!, ins[2]!.shape[2]!]],
-    (ins, [dx], infos, a) => moeDownDx(ins[0]!, ins[1]!, ins[2]!, dx!, shape(infos[0]!.shape[0]!, infos[2]!.shape[2]!, a)),
+    (ins, [dx], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[2]!, dx!, shape(infos[0]!.shape[0]!, infos[2]!.shape[2]!, a)] as const;
+      if (!moeDownDxHeap(...args, infos[1]!.dataId)) moeDownDx(...args);
+    },
   );
   // inputs: dh, x, gates
   moeKernel<DownAttrs>(
     DOWN_DA,
     (ins, a) => [[a.experts, a.rank, ins[1]!.shape[1]!]],
-    (ins, [da], infos, a) => moeDownDa(ins[0]!, ins[1]!, ins[2]!, da!, shape(infos[1]!.shape[0]!, infos[1]!.shape[1]!, a)),
+    (ins, [da], infos, a) => {
+      const args = [ins[0]!, ins[1]!, ins[2]!, da!, shape(infos[1]!.shape[0]!, infos[1]!.shape[1]!, a)] as const;
+      if (!moeDownDaHeap(...args, infos[2]!.dataId)) moeDownDa(...args);
+    },
   );
   tf.registerGradient({
     kernelName: DOWN,

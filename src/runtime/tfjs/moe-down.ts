@@ -11,7 +11,7 @@
  * the same rows: dx[t] = Σ_e dh_e[t]·A_e (gather dh_e rows, one GEMM [n_e, r]·[r, in], scatter-add into dx);
  * dA_e = dh_e[rows]ᵀ·x[rows] (one gemm_tn over the gathered blocks; zero for an expert nobody is routed to).
  */
-import { Arena, moeModule, Routing, up } from './moe.js';
+import { Arena, countHeapCall, heapFor, heapScratch, moeModule, Routing, routesOf, up } from './moe.js';
 
 /** moe_down_routed's sizes: x [T, in], gates [T, E], A_e [E, r, in]. */
 export interface MoeDownShape {
@@ -153,4 +153,93 @@ export function moeDownDa(dh: Float32Array, x: Float32Array, gates: Float32Array
     const c = new Float32Array(m.memory.buffer, C, rP * inP);
     for (let j = 0; j < r; j++) da.set(c.subarray(j * inP, j * inP + inF), (e * r + j) * inF);
   }
+}
+
+// --- in place on tfjs-backend-wasm's heap (see ./moe.ts): r and in multiples of 8; false where not applicable ----
+
+const ptr = (a: Float32Array) => a.byteOffset;
+
+/** moeDownForward in place. `key`: the gates tensor's dataId (routing cache). */
+export function moeDownForwardHeap(x: Float32Array, gates: Float32Array, ae: Float32Array, h: Float32Array, s: MoeDownShape, key?: object): boolean {
+  const { T, inF, rank: r, experts: E } = s;
+  if (T === 0 || inF === 0 || r === 0 || r % 8 !== 0) return false;
+  const hp = heapFor([x, gates, ae, h]);
+  if (!hp) return false;
+  const W = E * r;
+  const [X, G, AE, H] = [ptr(x), ptr(gates), ptr(ae), ptr(h)];
+  const rt = routesOf(gates, T, E, key);
+  const sc = heapScratch(hp, rt, E * inF * r);
+  const m = hp.moe;
+  m.zero_unrouted(G, T, E, r, H, W);
+  for (let e = 0; e < E; e++) {
+    const n = rt.off[e + 1]! - rt.off[e]!;
+    if (!n) continue;
+    const at = sc.extra + 4 * e * inF * r;
+    m.transpose(AE + 4 * e * r * inF, inF, r, inF, at, r);
+    m.nn(X, inF, at, r, inF, r, H + 4 * e * r, W, sc.idx + 4 * rt.off[e]!, n, 0, 1, 0, 0, 0, 0, sc.tmp);
+  }
+  sc.done();
+  countHeapCall('down');
+  return true;
+}
+
+/** moeDownDx in place. */
+export function moeDownDxHeap(dh: Float32Array, gates: Float32Array, ae: Float32Array, dx: Float32Array, s: MoeDownShape, key?: object): boolean {
+  const { T, inF, rank: r, experts: E } = s;
+  if (T === 0 || inF === 0 || inF % 8 !== 0 || r === 0) return false;
+  const hp = heapFor([dh, gates, ae, dx]);
+  if (!hp) return false;
+  const W = E * r;
+  const [DH, AE, DX] = [ptr(dh), ptr(ae), ptr(dx)];
+  const rt = routesOf(gates, T, E, key);
+  const n4 = up(rt.maxN, 4);
+  const sc = heapScratch(hp, rt, n4 * r + n4 * inF);
+  const G = sc.extra;
+  const C = G + 4 * n4 * r;
+  const m = hp.moe;
+  for (const t of rt.unrouted) new Float32Array(hp.memory.buffer, DX + 4 * t * inF, inF).fill(0);
+  // per expert: dh_e rows gathered [n_e, r], one GEMM by A_e [r, in] (where it is), rows stored (a token's first
+  // expert) or added into dx (rows n_e .. ⌈n_e⌉₄ of the block are computed and never read)
+  for (let e = 0; e < E; e++) {
+    const n = rt.off[e + 1]! - rt.off[e]!;
+    if (!n) continue;
+    const idx = sc.idx + 4 * rt.off[e]!;
+    m.gather(DH + 4 * e * r, W, idx, 0, 1, n, r, G, r);
+    m.mm(G, AE + 4 * e * r * inF, C, up(n, 4), inF, r);
+    m.scatter_add(C, inF, idx, n, inF, DX, inF, 1);
+  }
+  sc.done();
+  countHeapCall('dx');
+  return true;
+}
+
+/** moeDownDa in place. */
+export function moeDownDaHeap(dh: Float32Array, x: Float32Array, gates: Float32Array, da: Float32Array, s: MoeDownShape, key?: object): boolean {
+  const { T, inF, rank: r, experts: E } = s;
+  if (T === 0 || inF === 0 || inF % 8 !== 0 || r === 0 || r % 4 !== 0) return false;
+  const hp = heapFor([dh, x, gates, da]);
+  if (!hp) return false;
+  const W = E * r;
+  const [DH, X, DA] = [ptr(dh), ptr(x), ptr(da)];
+  const rt = routesOf(gates, T, E, key);
+  const sc = heapScratch(hp, rt, r * rt.maxN + rt.maxN * inF);
+  const AT = sc.extra;
+  const XG = AT + 4 * r * rt.maxN;
+  const m = hp.moe;
+  // per expert: dh_e rowsᵀ [r, n_e] and x rows [n_e, in] gathered, one GEMM written straight into dA_e [r, in]
+  for (let e = 0; e < E; e++) {
+    const n = rt.off[e + 1]! - rt.off[e]!;
+    const at = DA + 4 * e * r * inF;
+    if (!n) {
+      new Float32Array(hp.memory.buffer, at, r * inF).fill(0);
+      continue;
+    }
+    const idx = sc.idx + 4 * rt.off[e]!;
+    m.gather_t(DH + 4 * e * r, W, idx, 0, 1, n, r, AT);
+    m.gather(X, inF, idx, 0, 1, n, inF, XG, inF);
+    m.mm(AT, XG, at, r, inF, n);
+  }
+  sc.done();
+  countHeapCall('da');
+  return true;
 }

@@ -19,6 +19,8 @@
  * and the results out, so nothing is shared with matmulInto's scratch.
  */
 import { readFileSync } from 'node:fs';
+import { tf } from './index.js';
+import { wasmHeap } from './wasm-extra.js';
 
 interface GemmExports {
   memory: WebAssembly.Memory;
@@ -28,11 +30,15 @@ interface GemmExports {
 
 interface MoeExports {
   gather(src: number, ld: number, idx: number, sc: number, c: number, n: number, w: number, dst: number, ldd: number): void;
-  scatter_add(src: number, lds: number, idx: number, n: number, w: number, dst: number, ldd: number): void;
+  gather_t(src: number, ld: number, idx: number, sc: number, c: number, n: number, w: number, dst: number): void;
+  scatter_add(src: number, lds: number, idx: number, n: number, w: number, dst: number, ldd: number, first?: number): void;
   transpose(src: number, lds: number, rows: number, cols: number, dst: number, ldd: number): void;
-  fwd_experts(h: number, ldh: number, tab: number, idx: number, gts: number, E: number, r: number, bt: number, a: number, c: number, y: number, out: number, outP: number, s: number): void;
+  mm(a: number, b: number, c: number, M: number, N: number, K: number): void;
+  fwd_experts(h: number, ldh: number, tab: number, idx: number, gts: number, E: number, r: number, bt: number, a: number, c: number, y: number, out: number, outP: number, s: number, first?: number): void;
   dh_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, rP: number, bp: number, g: number, u: number, h: number, dh: number, ldh: number, dg: number, s: number): void;
   db_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, h: number, ldh: number, at: number, g: number, c: number, db: number, s: number): void;
+  nn(a: number, lda: number, b: number, ldb: number, K: number, N: number, c: number, ldc: number, idx: number, n: number, sc: number, cs: number, mode: number, h: number, dg: number, ldg: number, tmp: number): void;
+  zero_unrouted(g: number, T: number, E: number, r: number, dst: number, ld: number): void;
 }
 
 /** The module's memory, its GEMMs (./gemm.wat: `gemm` C = A·B, `gemm_tn` C = Aᵀ·B) and moe.wat's exports. */
@@ -44,16 +50,123 @@ export interface Module {
 }
 
 let mod: Module | undefined;
+const load = (name: string) => new WebAssembly.Module(readFileSync(new URL(name, import.meta.url)));
+let moeWasm: WebAssembly.Module | undefined;
 
 /** The one instance of gemm.wasm + moe.wasm (also used by ./moe-down.ts). */
 export function moeModule(): Module {
   if (!mod) {
-    const load = (name: string) => new WebAssembly.Module(readFileSync(new URL(name, import.meta.url)));
     const g = new WebAssembly.Instance(load('./gemm.wasm'), {}).exports as unknown as GemmExports;
-    const moe = new WebAssembly.Instance(load('./moe.wasm'), { gemm: { memory: g.memory, gemm: g.gemm } }).exports as unknown as MoeExports;
+    moeWasm ??= load('./moe.wasm');
+    const moe = new WebAssembly.Instance(moeWasm, { gemm: { memory: g.memory } }).exports as unknown as MoeExports;
     mod = { memory: g.memory, gemm: g.gemm, gemmTn: g.gemm_tn, moe };
   }
   return mod;
+}
+
+/**
+ * moe.wasm over tfjs-backend-wasm's heap, for the in-place kernels (nn, tn, zero_unrouted: no GEMM import is
+ * called), with the heap's malloc and free for scratch.
+ */
+export interface Heap {
+  memory: WebAssembly.Memory;
+  moe: MoeExports;
+  malloc(bytes: number): number;
+  free(p: number): void;
+}
+
+const heaps = new WeakMap<WebAssembly.Memory, Heap>();
+
+/**
+ * The heap instance when every array is a view of tfjs-backend-wasm's (unshared) heap, else null (the `cpu`
+ * backend, or a copy): the in-place paths run only there. Pointers are the views' byteOffsets; read them before
+ * any malloc, which may grow the heap (a view of the old buffer then reads byteOffset 0).
+ */
+export function heapFor(arrays: (Float32Array | undefined)[]): Heap | null {
+  const memory = wasmHeap();
+  if (!memory || !arrays.every((a) => !a || a.buffer === memory.buffer)) return null;
+  let hp = heaps.get(memory);
+  if (!hp) {
+    const w = (tf.engine() as unknown as { registry: Record<string, { wasm?: { _malloc?: (n: number) => number; _free?: (p: number) => void } }> }).registry.wasm?.wasm;
+    if (!w?._malloc || !w._free) return null;
+    moeWasm ??= load('./moe.wasm');
+    const moe = new WebAssembly.Instance(moeWasm, { gemm: { memory } }).exports as unknown as MoeExports;
+    const malloc = w._malloc.bind(w);
+    const free = w._free.bind(w);
+    hp = { memory, moe, malloc: (n) => malloc(n) >>> 0, free };
+    heaps.set(memory, hp);
+  }
+  return hp;
+}
+
+/**
+ * Each expert's routed tokens (gate != 0), for the in-place kernels: expert e's are idx[off[e] .. off[e+1])
+ * (ascending t; bit 31 set where the entry is not its token's first in expert order, so the first can store
+ * and the others add), gts their gates; `unrouted` the tokens routed nowhere. Cached by the gates tensor's
+ * dataId (tensors are immutable): the up and down ops of a site, forward and backward, read one gates tensor.
+ */
+export interface Routes {
+  total: number;
+  maxN: number;
+  off: Int32Array;
+  idx: Int32Array;
+  gts: Float32Array;
+  unrouted: number[];
+}
+
+const routeCache = new WeakMap<object, Routes>();
+
+export function routesOf(gates: Float32Array, T: number, E: number, key?: object): Routes {
+  const hit = key && routeCache.get(key);
+  if (hit && hit.off.length === E + 1 && hit.idx.length === hit.total) return hit;
+  const off = new Int32Array(E + 1);
+  for (let k = 0, n = T * E; k < n; k++) if (gates[k] !== 0) off[(k % E) + 1]++;
+  for (let e = 0; e < E; e++) off[e + 1] += off[e]!;
+  const total = off[E]!;
+  const idx = new Int32Array(total);
+  const gts = new Float32Array(total);
+  const at = off.slice(0, E);
+  const unrouted: number[] = [];
+  for (let t = 0, k = 0; t < T; t++) {
+    let flag = 0;
+    for (let e = 0; e < E; e++, k++) {
+      const g = gates[k]!;
+      if (g !== 0) {
+        const p = at[e]!++;
+        idx[p] = t | flag;
+        gts[p] = g;
+        flag = 0x80000000 | 0;
+      }
+    }
+    if (flag === 0) unrouted.push(t);
+  }
+  let maxN = 0;
+  for (let e = 0; e < E; e++) maxN = Math.max(maxN, off[e + 1]! - off[e]!);
+  const r: Routes = { total, maxN, off, idx, gts, unrouted };
+  if (key) routeCache.set(key, r);
+  return r;
+}
+
+/**
+ * Scratch on the heap: the routing tables (tab: [off_e, n_e] per expert, as moe.wat reads them; idx; gts), a
+ * 32-float tile, then `extra` floats (16-byte aligned); `done` frees it.
+ */
+export function heapScratch(hp: Heap, rt: Routes, extra: number): { tab: number; idx: number; gts: number; tmp: number; extra: number; done(): void } {
+  const E = rt.off.length - 1;
+  const p = hp.malloc(4 * (2 * E + 2 * rt.total + 32 + extra) + 64);
+  const tab = up(p, 16);
+  const idx = up(tab + 8 * E, 16);
+  const gts = idx + 4 * rt.total;
+  const tmp = up(gts + 4 * rt.total, 16);
+  const ex = tmp + 128;
+  const i32 = new Int32Array(hp.memory.buffer);
+  for (let e = 0; e < E; e++) {
+    i32[tab / 4 + 2 * e] = rt.off[e]!;
+    i32[tab / 4 + 2 * e + 1] = rt.off[e + 1]! - rt.off[e]!;
+  }
+  i32.set(rt.idx, idx / 4);
+  new Float32Array(hp.memory.buffer, gts, rt.total).set(rt.gts);
+  return { tab, idx, gts, tmp, extra: ex, done: () => hp.free(p) };
 }
 
 /** moe_up_grouped's sizes: h [T, R + E·r], gates [T, E], B_sh [out, R] (R > 0), B_e [E, out, r]; scale s. */
@@ -254,4 +367,95 @@ export function moeUpDbe(dy: Float32Array, h: Float32Array, gates: Float32Array,
   f.fill(0, DB / 4, DB / 4 + E * out * r);
   m.moe.db_experts(DY, out, outP, route.tab, route.idx, route.gts, E, r, H + 4 * R, W, AT, G, C, DB, scale);
   dbe.set(new Float32Array(m.memory.buffer, DB, E * out * r));
+}
+
+// --- in place on tfjs-backend-wasm's heap -------------------------------------------------------------------------
+//
+// Where the arrays are views of the `wasm` backend's heap and the widths fit nn/tn's tiles (out and r multiples
+// of 8; R too for dh), the kernels run there on the tensors themselves: no copy of h, dY, B in or of y, dh out,
+// no zero-fill of what is written anyway, no gathered blocks (nn and tn read the routed rows through idx and
+// keep their 4 x 8 tiles in registers; the gates scale the result as it is stored), and y / dx are stored by a
+// token's first expert, added by the others. Each returns false where it does not apply (the caller then runs
+// the functions above).
+
+const ptr = (a: Float32Array | undefined) => (a ? a.byteOffset : 0);
+
+/** Calls that ran in place, by kernel (for tests: the `wasm` backend must not fall back unnoticed). */
+export const moeHeapCalls: Record<string, number> = {};
+export const countHeapCall = (name: string): void => {
+  moeHeapCalls[name] = (moeHeapCalls[name] ?? 0) + 1;
+};
+
+/** moeUpForward in place (see above); false: not applicable. `key`: the gates tensor's dataId (routing cache). */
+export function moeUpForwardHeap(h: Float32Array, gates: Float32Array, be: Float32Array, bsh: Float32Array | undefined, y: Float32Array, s: MoeUpShape, key?: object): boolean {
+  const { T, out, sharedRank: R, rank: r, experts: E, scale } = s;
+  if (T === 0 || out === 0 || out % 8 !== 0 || r === 0) return false;
+  const hp = heapFor([h, gates, be, bsh, y]);
+  if (!hp) return false;
+  const W = R + E * r;
+  const [H, BE, BSH, Y] = [ptr(h), ptr(be), ptr(bsh), ptr(y)];
+  const rt = routesOf(gates, T, E, key);
+  const n4 = up(rt.maxN, 4);
+  const sc = heapScratch(hp, rt, E * r * out + R * out + n4 * r + n4 * out);
+  const m = hp.moe;
+  const BT = sc.extra;
+  const BST = BT + 4 * E * r * out;
+  const A = BST + 4 * R * out;
+  const C = A + 4 * n4 * r;
+  if (R > 0) {
+    m.transpose(BSH, R, out, R, BST, out);
+    m.nn(H, W, BST, out, R, out, Y, out, 0, T, 0, scale, 0, 0, 0, 0, sc.tmp);
+  } else for (const t of rt.unrouted) new Float32Array(hp.memory.buffer, Y + 4 * t * out, out).fill(0);
+  for (let e = 0; e < E; e++) if (rt.off[e + 1]! > rt.off[e]!) m.transpose(BE + 4 * e * out * r, r, out, r, BT + 4 * e * r * out, out);
+  // per expert: gates-scaled h_e rows gathered, one GEMM [n_e, r]·[r, out], rows stored (first expert) or added
+  m.fwd_experts(H + 4 * R, W, sc.tab, sc.idx, sc.gts, E, r, BT, A, C, Y, out, out, scale, R > 0 ? 0 : 1);
+  sc.done();
+  countHeapCall('up');
+  return true;
+}
+
+/** moeUpDh in place; false: not applicable. */
+export function moeUpDhHeap(dy: Float32Array, h: Float32Array, gates: Float32Array, be: Float32Array, bsh: Float32Array | undefined, dh: Float32Array, dg: Float32Array, s: MoeUpShape, key?: object): boolean {
+  const { T, out, sharedRank: R, rank: r, experts: E, scale } = s;
+  if (T === 0 || out === 0 || r === 0 || r % 8 !== 0 || R % 8 !== 0) return false;
+  const hp = heapFor([dy, h, gates, be, bsh, dh, dg]);
+  if (!hp) return false;
+  const W = R + E * r;
+  const [DY, H, G, BE, BSH, DH, DG] = [ptr(dy), ptr(h), ptr(gates), ptr(be), ptr(bsh), ptr(dh), ptr(dg)];
+  const rt = routesOf(gates, T, E, key);
+  const sc = heapScratch(hp, rt, 0);
+  const m = hp.moe;
+  new Float32Array(hp.memory.buffer, DG, T * E).fill(0);
+  m.zero_unrouted(G, T, E, r, DH + 4 * R, W);
+  if (R > 0) m.nn(DY, out, BSH, R, out, R, DH, W, 0, T, 0, scale, 0, 0, 0, 0, sc.tmp);
+  for (let e = 0; e < E; e++) {
+    const n = rt.off[e + 1]! - rt.off[e]!;
+    if (!n) continue;
+    const col = 4 * (R + e * r);
+    m.nn(DY, out, BE + 4 * e * out * r, r, out, r, DH + col, W, sc.idx + 4 * rt.off[e]!, n, sc.gts + 4 * rt.off[e]!, scale, 3, H + col, DG + 4 * e, E, sc.tmp);
+  }
+  sc.done();
+  countHeapCall('dh');
+  return true;
+}
+
+/** moeUpDbe in place; false: not applicable. */
+export function moeUpDbeHeap(dy: Float32Array, h: Float32Array, gates: Float32Array, dbe: Float32Array, s: MoeUpShape, key?: object): boolean {
+  const { T, out, sharedRank: R, rank: r, experts: E, scale } = s;
+  if (T === 0 || out === 0 || out % 8 !== 0 || r === 0 || r % 8 !== 0) return false;
+  const hp = heapFor([dy, h, gates, dbe]);
+  if (!hp) return false;
+  const W = R + E * r;
+  const [DY, H, DB] = [ptr(dy), ptr(h), ptr(dbe)];
+  const rt = routesOf(gates, T, E, key);
+  const sc = heapScratch(hp, rt, r * rt.maxN + rt.maxN * out + r * out);
+  const AT = sc.extra;
+  const G = AT + 4 * r * rt.maxN;
+  const C = G + 4 * rt.maxN * out;
+  for (let e = 0; e < E; e++) if (rt.off[e + 1] === rt.off[e]) new Float32Array(hp.memory.buffer, DB + 4 * e * out * r, out * r).fill(0);
+  // per expert: (s·gate·h_e rows)ᵀ [r, n_e] and dY rows [n_e, out] gathered, one GEMM, transposed into dB_e [out, r]
+  hp.moe.db_experts(DY, out, out, sc.tab, sc.idx, sc.gts, E, r, H + 4 * R, W, AT, G, C, DB, scale);
+  sc.done();
+  countHeapCall('dbe');
+  return true;
 }

@@ -13,6 +13,7 @@ import type { PlanStep } from '../../../src/plan/types.js';
 import { cpuFusedOps, cpuKernels } from '../../../src/runtime/kernels/cpu.js';
 import { reference, type Kernel, type KernelContext } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { moeHeapCalls } from '../../../src/runtime/tfjs/moe.js';
 import { lcg, relErr } from '../executor/helpers.js';
 
 const rnd = lcg(2468);
@@ -40,6 +41,12 @@ const cases: Case[] = [
   // top_k = 1 not renormalised: renormalised, every gate is 1 and the logits' gradient is exactly 0 (rounding noise).
   { name: 'top_k = 1, an expert nobody is routed to', T: 23, out: 16, R: 0, r: 3, E: 5, k: 1, renormalize: false, skip: 2 },
   { name: 'one expert, rank 1, out 1', T: 9, out: 1, R: 2, r: 1, E: 1, k: 1, renormalize: false },
+  // Widths that the in-place kernels take on the wasm backend (out, r, R multiples of 8; ../tfjs/moe.ts nn/tn).
+  { name: 'in place: 8 experts r16 top-2, out 48, shared 16', T: 37, out: 48, R: 16, r: 16, E: 8, k: 2, renormalize: true },
+  { name: 'in place: one token, no shared part', T: 1, out: 8, R: 0, r: 8, E: 3, k: 2, renormalize: true },
+  { name: 'in place: top_k = experts, shared 8, not renormalised', T: 6, out: 16, R: 8, r: 8, E: 4, k: 4, renormalize: false },
+  { name: 'in place: top_k = 1, an expert nobody is routed to', T: 23, out: 24, R: 0, r: 8, E: 5, k: 1, renormalize: false, skip: 2 },
+  { name: 'in place forward, dh copied (shared 4)', T: 10, out: 16, R: 4, r: 8, E: 3, k: 2, renormalize: true },
 ];
 
 function inputs(c: Case): { logits: Tensor; h: Tensor; bs: Tensor[] } {
@@ -191,6 +198,9 @@ describe('moe_up_grouped on the top-k only (CPU table)', () => {
     beforeAll(() => initBackend('wasm'));
     afterAll(() => initBackend('cpu'));
     for (const c of cases) it(`${c.name} (wasm)`, () => compare(c, 1e-4));
+    it('the in-place cases ran on the heap (nn, tn: no copies)', () => {
+      for (const k of ['up', 'dh', 'dbe']) expect(moeHeapCalls[k], k).toBeGreaterThan(0);
+    });
   });
 });
 
@@ -214,6 +224,10 @@ const downCases: DownCase[] = [
   { name: 'top_k = experts, odd rank, in 13', T: 7, inF: 13, r: 5, E: 4, k: 4 },
   { name: 'an expert nobody is routed to, in 10 (not a multiple of 4)', T: 23, inF: 10, r: 3, E: 5, k: 1, skip: 2 },
   { name: 'one expert, rank 1, in 1', T: 9, inF: 1, r: 1, E: 1, k: 1 },
+  // In place on the wasm backend (../tfjs/moe-down.ts: r and in multiples of 8); the first case is too.
+  { name: 'in place: one token', T: 1, inF: 8, r: 8, E: 3, k: 2 },
+  { name: 'in place: top_k = experts, in 16', T: 7, inF: 16, r: 8, E: 4, k: 4 },
+  { name: 'in place: an expert nobody is routed to, in 24', T: 23, inF: 24, r: 8, E: 5, k: 1, skip: 2 },
 ];
 
 function downInputs(c: DownCase): { logits: Tensor; x: Tensor; ae: Tensor; D: Tensor } {
@@ -321,5 +335,8 @@ describe('moe_down_routed on the top-k only (CPU table)', () => {
     beforeAll(() => initBackend('wasm'));
     afterAll(() => initBackend('cpu'));
     for (const c of downCases) it(`${c.name} (wasm)`, () => downCompare(c, 1e-4));
+    it('the in-place cases ran on the heap', () => {
+      for (const k of ['down', 'dx', 'da']) expect(moeHeapCalls[k], k).toBeGreaterThan(0);
+    });
   });
 });
