@@ -50,7 +50,7 @@ const fill = (a: Float32Array) => {
 };
 
 console.log(`node ${process.version}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}, ${reps} reps, median ms of forward + every backward slot`);
-console.log('| kernel | JS | WASM in place (heap) | WASM via copy | JS/WASM heap | max rel diff | bwd per slot (heap) | bwd one pass (heap) | per slot/one pass | fwd (heap) |');
+console.log('| kernel | JS | WASM in place (heap) | WASM via copy | JS/WASM heap | max rel diff | bwd per slot (heap) | bwd one pass (heap) (max rel diff) | per slot/one pass | fwd (heap) |');
 console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const [name, { expr, cols }] of kernels) {
   const bw = expr.backward!;
@@ -133,12 +133,22 @@ for (const [name, { expr, cols }] of kernels) {
     }
     diff = Math.max(diff, num / den);
   });
-  // One pass must give each slot's per-slot result bit for bit.
-  const same = heapOne.every((o, s) => o.every((x, j) => Object.is(x, heapOut[k + s]![j]!)));
+  // One pass gives each slot's per-slot result (within a few ulp: silu as x·sigmoid(x) where both are needed).
+  let oneDiff = 0;
+  heapOne.forEach((o, s) => {
+    const ref = heapOut[k + s]!;
+    let den = 1e-6;
+    let num = 0;
+    for (let j = 0; j < o.length; j++) {
+      num = Math.max(num, Math.abs(o[j]! - ref[j]!));
+      den = Math.max(den, Math.abs(ref[j]!));
+    }
+    oneDiff = Math.max(oneDiff, num / den);
+  });
   const [mj, mh, mc] = [median(t.js), median(t.heap), median(t.copy)];
   const [mp, mo] = [median(t.per), median(t.one)];
   console.log(
-    `| ${name} (fwd + ${bw.slots.length} bwd) | ${mj.toFixed(2)} | ${mh.toFixed(2)} | ${mc.toFixed(2)} | ${(mj / mh).toFixed(1)}x | ${diff.toExponential(1)} | ${mp.toFixed(2)} | ${mo.toFixed(2)}${same ? '' : ' (DIFFERS)'} | ${(mp / mo).toFixed(2)}x | ${median(t.fwd).toFixed(2)} |`,
+    `| ${name} (fwd + ${bw.slots.length} bwd) | ${mj.toFixed(2)} | ${mh.toFixed(2)} | ${mc.toFixed(2)} | ${(mj / mh).toFixed(1)}x | ${diff.toExponential(1)} | ${mp.toFixed(2)} | ${mo.toFixed(2)} (${oneDiff.toExponential(0)}) | ${(mp / mo).toFixed(2)}x | ${median(t.fwd).toFixed(2)} |`,
   );
   tf.dispose([...tIn, ...tOut, ...tOne]);
 }

@@ -14,7 +14,8 @@
  * to ∞ are those of the true result; log: frexp by bit manipulation, denormals scaled first, degree-9
  * polynomial), both within 1-2 ulp; exp(−∞) = 0, exp(∞) = ∞, log(0) = −∞, log(x<0) = NaN. sigmoid, silu and
  * tanh are built on exp (tanh: Cephes' odd polynomial below |x| = 0.625, 1 − 2/(e^{2|x|} + 1) above), so a
- * large |x| saturates without a NaN. max/min/comparisons/select keep the JavaScript semantics exactly
+ * large |x| saturates without a NaN; silu(x) is x·sigmoid(x) where the program computes sigmoid(x) anyway
+ * (`shareLogistic`: a SwiGLU backward in one pass). max/min/comparisons/select keep the JavaScript semantics exactly
  * (`a >= b ? a : b`, NaN included).
  *
  * Memory: the module imports its memory. On tfjs-backend-wasm the arrays a kernel gets are views of the
@@ -52,7 +53,8 @@ const SIGN = -0x80000000;
 const NUM_TEMPS = 6;
 
 /** The module (one export `f(rows, cols, ...byte offsets)`) computing `roots` of the serial program `nodes`. */
-export function emitFused(nodes: readonly FusedSerialNode[], kinds: readonly FusedInputKind[], roots: readonly WasmRoot[]): FusedWasmModule {
+export function emitFused(program: readonly FusedSerialNode[], kinds: readonly FusedInputKind[], roots: readonly WasmRoot[]): FusedWasmModule {
+  const nodes = shareLogistic(program, programShape(program, kinds, roots).needed);
   const { cls, stage, needed, last } = programShape(nodes, kinds, roots);
 
   // Parameters: rows, cols, then one byte offset per array used.
@@ -297,6 +299,22 @@ export function emitFused(nodes: readonly FusedSerialNode[], kinds: readonly Fus
 
   const bytes = encodeModule({ memory: { module: 'e', name: 'm' }, funcs: [{ params, results: [], locals, code: f }], exports: [{ name: 'f', func: 0 }] });
   return { bytes, ptrs, roots: [...roots], kinds };
+}
+
+/**
+ * silu(x) as x·sigmoid(x) where the program computes sigmoid(x) anyway (an earlier node the roots need): one
+ * exp and one division fewer per element. A SwiGLU backward with both slots in one pass needs both (the gate's
+ * gradient sigmoid(g)·(1 + g·(1 − sigmoid(g))), the up projection's silu(g)). Within an ulp or two of the
+ * direct x/(1 + e^−x); the same at 0, ±∞ and NaN.
+ */
+export function shareLogistic(nodes: readonly FusedSerialNode[], needed: ReadonlySet<number>): FusedSerialNode[] {
+  const sigmoidOf = new Map<number, number>();
+  return nodes.map((n, i) => {
+    const [op, a] = n;
+    if (op === 'sigmoid' && needed.has(i) && !sigmoidOf.has(a!)) sigmoidOf.set(a!, i);
+    if (op === 'silu' && sigmoidOf.has(a!)) return ['mul', a!, sigmoidOf.get(a!)!] as FusedSerialNode;
+    return n;
+  });
 }
 
 // --- running ----------------------------------------------------------------------------------------------------
