@@ -282,19 +282,22 @@ async function hostReport(title: string, variants: { name: string; f: () => Tens
     report(`host ${title} [${v.name}]: ${info.kernels.length} tfjs kernels, ${d('dispatch')} dispatches, ${d('bindGroup')} bind groups, ${d('writeBuffer')} buffer writes; kernels: ${names}; dispatches: ${labels}`);
   }
   const ms = variants.map(() => [] as number[]);
+  const groups = variants.map(() => 0);
   for (let r = 0; r < rounds; r++) {
     for (let i = 0; i < variants.length; i++) {
       await gpuSync();
       const s0 = hostCounts.submitMs;
+      const b0 = hostCounts.bindGroup;
       const t0 = performance.now();
       const rs: (Tensor | Tensor[])[] = [];
       for (let j = 0; j < n; j++) rs.push(variants[i]!.f());
       ms[i]!.push((performance.now() - t0 - (hostCounts.submitMs - s0)) / n);
+      groups[i]! += hostCounts.bindGroup - b0;
       await gpuSync();
       tf.dispose(rs.flat());
     }
   }
-  report(`host ${title}: ms per call (wall less queue.submit), median of ${rounds} alternating rounds of ${n}: ${variants.map((v, i) => `${v.name} ${median(ms[i]!).toFixed(2)} (min ${Math.min(...ms[i]!).toFixed(2)})`).join(', ')}; load average ${l0} -> ${load()}`);
+  report(`host ${title}: ms per call (wall less queue.submit), median of ${rounds} alternating rounds of ${n}: ${variants.map((v, i) => `${v.name} ${median(ms[i]!).toFixed(2)} (min ${Math.min(...ms[i]!).toFixed(2)}; ${(groups[i]! / (rounds * n)).toFixed(1)} bind groups made a call)`).join(', ')}; load average ${l0} -> ${load()}`);
 }
 const gfmt = (ms: number | undefined, flop?: number) => (ms === undefined ? 'GPU time n/a' : `GPU ${fmt(ms, flop)}`);
 /** GPU time per kernel (timestamp queries through tfjs's profiler): the largest first, with the wall time. */

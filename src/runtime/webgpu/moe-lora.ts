@@ -246,8 +246,8 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   // Saved: the inputs, then G (plain) or p and G (routed): G is last.
   const G = saved[saved.length - 1];
   const d = Array.isArray(dys) ? dys : [dys];
-  const dy = d[0];
-  const T = dy.shape[0];
+  // dys of outputs off the backward path are null here (see withNullDys), zeros from tfjs's own wrapper.
+  const dy = d[0] ?? tf.zeros([saved[0]!.shape[0]!, s.dout]);
   const { H } = cols(s);
   const g: Record<string, () => Tensor> = {};
   const apart = attrs.apart as Apart | undefined;
@@ -335,12 +335,27 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   // Apart: y = x·Wᵀ (the f16 or f32 GEMM, W's f16 copy cached) added in the adapters' up GEMM's epilogue, in the
   // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraDx (dW, if W is trained, apart).
   const attrs = apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base } : shape;
+  const tape = (tf.engine() as any).isTapeOn() as boolean;
   const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, attrs as any) as unknown as Tensor[];
+  if (tape) withNullDys(outs[0]!, attrs);
   if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
   const G = outs[outs.length - 1];
   // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
   void G;
   return E ? { y: outs[0], p: outs[1], gates: outs[2] } : { y: outs[0] };
+}
+
+/**
+ * tfjs's tape node wraps a gradient so that every output off the backward path gets a dy of zeros, made on
+ * the CPU and uploaded (p and gates when only y is used: [T, E] each, every call, and a [T, R] array for G,
+ * which is never read). The node just recorded for `y` calls the gradient directly instead, with those dys
+ * null (the gradient treats a missing dp or dgates as zero, without reading a buffer).
+ */
+function withNullDys(y: Tensor, attrs: object): void {
+  const tape = (tf.engine() as any).state.activeTape as { outputs: Tensor[]; saved: Tensor[]; gradient?: unknown }[] | undefined;
+  const node = tape?.[tape.length - 1];
+  if (!node || node.outputs[0] !== y || !node.gradient) return;
+  node.gradient = (dys: (Tensor | null)[]) => gradient(dys as Tensor[], node.saved, attrs);
 }
 
 /** The kernel's inputs in inputIndex order. */

@@ -66,6 +66,41 @@ export function pipelineFor(device: any, code: string, label = 'mcpc', entryPoin
   return p;
 }
 
+/** Bind group layout 0 of each pipeline (getBindGroupLayout makes a new object per call). */
+const layouts = new WeakMap<object, any>();
+/** A number per GPUBuffer, for bind group keys. */
+const bufferIds = new WeakMap<object, number>();
+let nextBufferId = 1;
+/** Bind groups per pipeline by their buffers: tfjs's pool hands the same buffers out again call after call. */
+const bindGroups = new WeakMap<object, Map<string, any>>();
+const BIND_GROUPS_PER_PIPELINE = 256;
+
+/**
+ * The bind group of `entries` (whole buffers or { buffer, offset, size }) for `pipeline`'s group 0: made once
+ * per set of buffers and reused (createBindGroup was a third of runWgsl's host time on llvmpipe, ~20 µs each).
+ * A pooled buffer is never destroyed while tfjs can hand it out, so a cached group never binds a dead one.
+ */
+export function bindGroupFor(device: any, pipeline: any, entries: { binding: number; resource: { buffer: object; offset?: number; size?: number } }[]): any {
+  let layout = layouts.get(pipeline);
+  if (!layout) layouts.set(pipeline, (layout = pipeline.getBindGroupLayout(0)));
+  let key = '';
+  for (const e of entries) {
+    const r = e.resource;
+    let id = bufferIds.get(r.buffer);
+    if (id === undefined) bufferIds.set(r.buffer, (id = nextBufferId++));
+    key += `${e.binding}:${id}:${r.offset ?? 0}:${r.size ?? -1},`;
+  }
+  let groups = bindGroups.get(pipeline);
+  if (!groups) bindGroups.set(pipeline, (groups = new Map()));
+  let group = groups.get(key);
+  if (!group) {
+    if (groups.size >= BIND_GROUPS_PER_PIPELINE) groups.clear();
+    group = device.createBindGroup({ layout, entries });
+    groups.set(key, group);
+  }
+  return group;
+}
+
 const USAGE_UNIFORM = 0x40;
 const USAGE_COPY_DST = 0x8;
 
@@ -93,7 +128,7 @@ export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] 
     entries.push({ binding: run.uniformBinding ?? entries.length, resource: { offset: 0, size, buffer: buf } });
   }
   for (const t of [...run.inputs, ...outputs]) backend.commandQueueOwnedIds.add(t.dataId);
-  const bindGroup = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  const bindGroup = bindGroupFor(device, pipeline, entries as never);
 
   const timed = backend.activeTimers != null;
   backend.ensureCommandEncoderReady();

@@ -136,6 +136,13 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
     }
   });
 
+  it('p and gates alone differentiate (y off the backward path: its dy is null, not an array of zeros)', async () => {
+    const c = cases[2]!;
+    const pg = (f: (xs: Tensor[]) => Tensor[]) => (xs: Tensor[]) => f(xs).slice(1);
+    const { worst, what } = await compare(pg(ours(c)), pg(planOps(c)), args(c, 55), 4);
+    expect(worst, what).toBeLessThan(2e-4);
+  });
+
   it('forward+backward is one tfjs kernel forward and four backward, the base product apart or not (no GEMM, Add, Slice or Sum kernels beside them)', async () => {
     // Router bias trained (its column sum is in McpcMoeLoraDA); no base bias (whose gradient is a Sum).
     const c = { ...cases[2]!, bias: false };
