@@ -54,9 +54,15 @@ export function shapeClass(m: number, n: number, k: number): string {
   return `${b(m)}${b(n)}${b(k)}`;
 }
 
+const deviceKeys = new WeakMap<object, string>();
 export function deviceKey(device: any): string {
+  // Once per device: tileFor asks on every GEMM call (~3 us a time through Dawn's adapterInfo).
+  const known = device && typeof device === 'object' ? deviceKeys.get(device) : undefined;
+  if (known !== undefined) return known;
   const i = device?.adapterInfo ?? {};
-  return [i.vendor, i.architecture, i.device, i.description].map((s) => String(s ?? '')).join('|');
+  const key = [i.vendor, i.architecture, i.device, i.description].map((s) => String(s ?? '')).join('|');
+  if (device && typeof device === 'object') deviceKeys.set(device, key);
+  return key;
 }
 
 /** The candidates that fit the device's workgroup memory. */

@@ -67,11 +67,42 @@ export interface MoeLoraResult {
 
 export const MOE_KERNEL = 'McpcMoeLora';
 
+/** The kernel's shape: its attrs (moeLoraLinear interns them with T), or a copy with x's T. */
 function shapeOf(x: TensorInfo, inputs: TensorInfo[], attrs: any): MoeShape {
   const s = attrs as MoeShape;
   void inputs;
-  return { ...s, T: x.shape[0] };
+  return s.T === x.shape[0] ? s : { ...s, T: x.shape[0] };
 }
+
+/**
+ * A number per distinct attrs object (by value: JSON once per object), so memo keys need no JSON.stringify of
+ * the shape per kernel call; moeLoraLinear hands the same interned object to every call of a shape.
+ */
+const ids = new WeakMap<object, number>();
+const idByJson = new Map<string, number>();
+function idOf(a: object): number {
+  let id = ids.get(a);
+  if (id === undefined) {
+    const json = JSON.stringify(a);
+    id = idByJson.get(json);
+    if (id === undefined) idByJson.set(json, (id = idByJson.size + 1));
+    ids.set(a, id);
+  }
+  return id;
+}
+/** The first attrs object seen with these values (stable identity for idOf and tfjs's attrs). */
+const interned = new Map<string, object>();
+function intern<A extends object>(a: A): A {
+  let key = '';
+  for (const k in a) key += `${k}=${(a as Record<string, unknown>)[k]};`;
+  let v = interned.get(key) as A | undefined;
+  if (v === undefined) {
+    if (interned.size > 4096) interned.clear();
+    interned.set(key, (v = a));
+  }
+  return v;
+}
+const tileKey = (t: Tile) => `${t.bm},${t.bn},${t.bk},${t.tm},${t.tn},${+!!t.pf},${+!!t.db}`;
 
 const tileOf = (backend: WebGpuBackendLike, spec: { m: number; n: number }, k: number): Tile => tileFor(backend.device, spec.m, spec.n, k);
 
@@ -103,7 +134,7 @@ const FALLBACK: Tile[] = [
  */
 function fit<R>(backend: WebGpuBackendLike, name: string, s: MoeShape, tile: Tile, build: (t: Tile) => R, specOf: (r: R) => GemmSpec = (r) => r as unknown as GemmSpec): R {
   const limit = Number(backend.device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);
-  return once(`${name}${JSON.stringify([s, tile, limit])}`, () => {
+  return once(`${name}#${idOf(s)}|${tileKey(tile)}|${limit}`, () => {
     for (const t of [tile, ...FALLBACK]) {
       const r = build(t);
       if (workgroupBytes(gemmWgsl(specOf(r))) <= limit) return r;
@@ -128,7 +159,7 @@ function baseProduct(backend: WebGpuBackendLike, apart: Apart, a: TensorInfo, w:
   const [M, K] = a.shape as [number, number];
   const N = dx ? w.shape[1]! : w.shape[0]!;
   const tile = tileFor(backend.device, M, N, K);
-  const spec = once(`base${a.shape}|${w.shape}|${+dx}|${tile.bm},${tile.bn},${tile.bk},${tile.tm},${tile.tn},${+!!tile.pf},${+!!tile.db}`, () => gemmSpec(a.shape, w.shape, false, !dx, tile, false));
+  const spec = once(`base${M},${K},${N}|${+dx}|${tileKey(tile)}`, () => gemmSpec(a.shape, w.shape, false, !dx, tile, false));
   return runGemm(backend, spec, [a, w], [[M, N]], 'McpcMoeLoraBase')[0]!;
 }
 
@@ -170,7 +201,7 @@ function backKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
   const s = shapeOf(ins[0], ins, attrs);
   const { R, H } = cols(s);
   const upstream = { dp: !!attrs.hasDp, dgates: !!attrs.hasDgates };
-  const { code } = once(`back${JSON.stringify([s, upstream])}`, () => backWgsl(s, upstream));
+  const { code } = once(`back#${idOf(s)}|${+upstream.dp}${+upstream.dgates}`, () => backWgsl(s, upstream));
   return runWgsl(backend, {
     code,
     inputs: ins,
@@ -208,7 +239,7 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
 
 function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
   const ins = [inputs[0], inputs[1]] as TensorInfo[];
-  const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
+  const s = shapeOf(ins[0], ins, attrs);
   const { R } = cols(s);
   const daTile = tileOf(backend, { m: R, n: s.din }, s.T);
   const spec = fit(backend, 'dA', s, daTile, (t) => dASpec(s, t));
@@ -218,13 +249,13 @@ function dAKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const outs = runGemm(backend, spec, ins, shapes, 'McpcMoeLoraDA');
   if (!s.E || !s.routerBias) return outs;
   // db_r: the column sum of dG's router block, in the same kernel (no Slice and Sum kernels).
-  const code = once(`sum${s.T}|${s.RS}|${s.E}|${s.r}`, () => routerBiasSumWgsl(s));
+  const code = once(`sum#${idOf(s)}`, () => routerBiasSumWgsl(s));
   return [...outs, ...runWgsl(backend, { code, inputs: [ins[0]], outputs: [{ shape: [s.E], dtype: 'float32' }], dispatch: [s.E, 1, 1], label: 'McpcMoeLoraDbr' })];
 }
 
 function dBKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
   const ins = [inputs[0], inputs[1]] as TensorInfo[];
-  const s = { ...(attrs as MoeShape), T: ins[0].shape[0] };
+  const s = shapeOf(ins[0], ins, attrs);
   const { H } = cols(s);
   const dbTile = tileOf(backend, { m: s.dout, n: H }, s.T);
   const spec = fit(backend, 'dB', s, dbTile, (t) => dBSpec(s, t));
@@ -269,7 +300,7 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<s
   const hasDgates = s.E > 0 && !!d[2];
   if (hasDp) backIns.push(d[1]);
   if (hasDgates) backIns.push(d[2]);
-  const [dG, Hs] = run('McpcMoeLoraBack', backIns, { ...s, hasDp, hasDgates });
+  const [dG, Hs] = run('McpcMoeLoraBack', backIns, intern({ ...s, hasDp, hasDgates }));
   const dxIns = s.base === false && !apart ? [dG] : [dy, ins[ix.w], dG];
   if (s.RS) dxIns.push(ins[ix.aSh]);
   if (s.E) dxIns.push(ins[ix.aE], ins[ix.wr]);
@@ -314,7 +345,8 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   const E = wts.expertA ? wts.expertA.shape[0] : 0;
   const RS = wts.sharedA ? wts.sharedA.shape[0] : 0;
   const r = wts.expertA ? wts.expertA.shape[1]! : 0;
-  const shape: Omit<MoeShape, 'T'> = {
+  const shape: MoeShape = {
+    T: x.shape[0]!,
     din: x.shape[1]!,
     dout: wts.w.shape[0]!,
     RS,
@@ -334,7 +366,7 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   const apart = opts.base === 'f16' || opts.base === 'f32';
   // Apart: y = x·Wᵀ (the f16 or f32 GEMM, W's f16 copy cached) added in the adapters' up GEMM's epilogue, in the
   // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraDx (dW, if W is trained, apart).
-  const attrs = apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base } : shape;
+  const attrs = intern(apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base } : shape);
   const tape = (tf.engine() as any).isTapeOn() as boolean;
   const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, attrs as any) as unknown as Tensor[];
   if (tape) withNullDys(outs[0]!, attrs);
