@@ -27,6 +27,7 @@ export type PlanOp =
   | 'linear'
   | 'lora_down'
   | 'lora_up'
+  | 'lora_merge'
   | 'router'
   | 'topk_gate'
   | 'expert_down'

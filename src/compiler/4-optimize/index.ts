@@ -12,6 +12,7 @@ import { concatSharedInput } from './passes/concat-shared-input.js';
 import { eliminateDeadAdapters } from './passes/eliminate-dead-adapters.js';
 import { expandSites } from './passes/expand-sites.js';
 import { foldFrozenLora } from './passes/fold-frozen-lora.js';
+import { foldTrainableLora } from './passes/fold-trainable-lora.js';
 import { fuseElementwise } from './passes/fuse-elementwise.js';
 import { fuseOptimizer } from './passes/fuse-optimizer.js';
 import { planMemory } from './passes/plan-memory.js';
@@ -21,6 +22,7 @@ export const passes: Pass[] = [
   expandSites, //            adapted linears -> base GEMM + LoRA + mixture ops (required)
   eliminateDeadAdapters, //  adapters with zero output in a stage leave its graph
   foldFrozenLora, //         frozen plain LoRA -> stage copy of the base weight (W + s·B·A at entry)
+  foldTrainableLora, //      trained plain LoRA -> W + s·B·A every step where one base GEMM's dW costs less
   batchExperts, //           per mixture site: one A GEMM, one top-k grouped B GEMM
   routeExpertDown, //        routed-only mixture sites: the experts' A for each token's top-k only
   concatBaseAdapter, //      base GEMM + adapter down-projections on the same x -> one concat GEMM

@@ -23,6 +23,7 @@ const libraryKernel: Record<Exclude<Op, 'fused_elementwise'>, string> = {
   linear: 'gemm',
   lora_down: 'gemm_nobias',
   lora_up: 'gemm_scaled',
+  lora_merge: 'lora_merge',
   router: 'router',
   topk_gate: 'topk_gate',
   expert_down: 'expert_gemm',

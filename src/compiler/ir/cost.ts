@@ -28,6 +28,9 @@ export function forwardFlops(n: Node, g: Graph, T: number): number {
     case 'lora_up':
     case 'expert_up':
       return 2 * T * num(a.rank) * num(a.out) + T * num(a.out);
+    case 'lora_merge':
+      // W + s·B·A: once per step, whatever the number of tokens.
+      return 2 * num(a.out) * num(a.rank) * num(a.in) + num(a.out) * num(a.in);
     case 'router':
       return 2 * T * num(a.in) * num(a.experts) + 5 * T * num(a.experts);
     case 'topk_gate':
@@ -90,7 +93,7 @@ export function gradValues(ir: IR, st: StageIR): Set<string> {
 }
 
 /** Matmul-like ops: backward costs one forward per input that needs a gradient. */
-const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
+const matmulLike = new Set(['linear', 'lora_down', 'lora_up', 'lora_merge', 'expert_down', 'expert_up', 'router', 'moe_down_batched', 'moe_down_routed', 'moe_up_grouped', 'concat_linear', 'lm_head_xent', 'attention', 'gate_combine', 'ortho_penalty', 'ortho_penalty_batched']);
 
 /** Forward FLOPs of one part of a concat_linear: what the node it replaced cost on its own. */
 function concatPartFlops(p: ConcatPart, inF: number, T: number): number {

@@ -85,6 +85,17 @@ function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: bo
       if (altered({ op: p.kind, adapter: p.adapter })) fail(n, `concat_linear part ${p.kind} of ${p.adapter} is altered in training (dropout or router noise) and must keep its own node`);
     });
   }
+  // lora_merge(W, A, B) writes W + s·B·A [out, in] every step from weights only (params, stage copies or an
+  // earlier merge), at the graph's head; it never merges an adapter whose A reads dropout(x) in training.
+  for (const n of g.nodes) {
+    if (n.op !== 'lora_merge') continue;
+    if (n.inputs.length !== 3 || n.outputs.length !== 1) fail(n, 'lora_merge takes (W, A, B) and writes one weight');
+    const notWeight = n.inputs.find((i) => !(g.values.get(i)?.kind === 'param' || g.values.get(i)?.kind === 'const' || g.nodes.some((m) => m.op === 'lora_merge' && m.outputs[0] === i)));
+    if (notWeight) fail(n, `lora_merge reads ${notWeight}, which is not a weight`);
+    const [wShape, oShape] = [g.values.get(n.inputs[0])?.shape, g.values.get(n.outputs[0])?.shape];
+    if (wShape && oShape && wShape.join(',') !== oShape.join(',')) fail(n, `lora_merge writes [${oShape.join(', ')}] for a weight [${wShape.join(', ')}]`);
+    if (altered({ op: 'lora_down', adapter: n.adapter })) fail(n, `lora_merge folds ${n.adapter}, whose A reads dropout(x) in training`);
+  }
   // moe_down_routed zeroes h off each token's top-k: exact only where every reader of h multiplies it by the
   // same gates (moe_up_grouped on those gates, routed part only).
   for (const n of g.nodes) {

@@ -23,6 +23,8 @@
  *                  logits); labels are already shifted; `loss: all` vs `response` is already in the mask
  *   linear         x·Wᵀ (+ b)
  *   lora_down      x·Aᵀ                        lora_up   s·h·Bᵀ                          attrs {scale}
+ *   lora_merge     inputs W, A, B: W + s·B·A (the weight a step's linear reads when the LoRA is merged into
+ *                  it every step)                                                        attrs {scale}
  *   router         softmax or sigmoid of x·W_rᵀ + b_r (+ ε, the last input, when attrs.noise) attrs {activation, noise?}
  *   topk_gate      p masked to each token's top-k experts, renormalised over them when asked
  *                  attrs {k, renormalize}; the mask has no gradient, the kept p do
@@ -345,6 +347,14 @@ export const reference: Record<PlanOp, Kernel> = {
     arity(step, inputs, 2, 3);
     const y = xwT(inputs[0], inputs[1]);
     return [inputs[2] ? tf.add(y, inputs[2]) : y];
+  },
+
+  lora_merge(inputs, step) {
+    // W + s·B·A, the merged weight a step's base GEMM reads (fold-trainable-lora); autodiff gives dW = dW',
+    // dA = s·Bᵀ·dW', dB = s·dW'·Aᵀ.
+    arity(step, inputs, 3);
+    const [w, a, b] = inputs;
+    return [tf.add(w, tf.mul(tf.matMul(b as tf.Tensor2D, a as tf.Tensor2D), num(step, 'scale')))];
   },
 
   lora_down(inputs, step) {

@@ -11,6 +11,7 @@ import { concatSharedInput } from '../../../src/compiler/4-optimize/passes/conca
 import { eliminateDeadAdapters } from '../../../src/compiler/4-optimize/passes/eliminate-dead-adapters.js';
 import { expandSites } from '../../../src/compiler/4-optimize/passes/expand-sites.js';
 import { foldFrozenLora } from '../../../src/compiler/4-optimize/passes/fold-frozen-lora.js';
+import { foldTrainableLora } from '../../../src/compiler/4-optimize/passes/fold-trainable-lora.js';
 import { routeExpertDown } from '../../../src/compiler/4-optimize/passes/route-expert-down.js';
 import type { Pass } from '../../../src/compiler/4-optimize/pass.js';
 import type { IR, Node, StageIR } from '../../../src/compiler/ir/types.js';
@@ -19,7 +20,7 @@ import type { Plan, PlanStage } from '../../../src/plan/types.js';
 export const root = fileURLToPath(new URL('../../../', import.meta.url));
 
 export const base: Pass[] = [expandSites, eliminateDeadAdapters];
-export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, batchExperts, routeExpertDown, concatBaseAdapter, concatSharedInput, batchOrthogonality };
+export const P = { expandSites, eliminateDeadAdapters, foldFrozenLora, foldTrainableLora, batchExperts, routeExpertDown, concatBaseAdapter, concatSharedInput, batchOrthogonality };
 
 export interface Compiled {
   ir: IR;

@@ -5,7 +5,7 @@ import { verifyIR } from '../../../src/compiler/ir/verify.js';
 import { base, compile, P, root } from './helpers.js';
 import { validPipelines } from '../../support/pipelines.js';
 
-const mine = ['fold-frozen-lora', 'batch-experts', 'route-expert-down', 'concat-base-adapter', 'concat-shared-input', 'batch-orthogonality'];
+const mine = ['fold-frozen-lora', 'fold-trainable-lora', 'batch-experts', 'route-expert-down', 'concat-base-adapter', 'concat-shared-input', 'batch-orthogonality'];
 
 const pipelines = (): string[] => validPipelines(root);
 

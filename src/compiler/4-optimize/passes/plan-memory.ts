@@ -71,7 +71,7 @@ export function stageSchedule(ir: IR, st: StageIR): StageSchedule {
 }
 
 const readsNothing = new Set(['add', 'loss_sum', 'rope']);
-const bilinear = new Set(['linear', 'lora_down', 'lora_up', 'expert_down', 'expert_up', 'concat_linear', 'moe_down_batched', 'gate_combine']);
+const bilinear = new Set(['linear', 'lora_down', 'lora_up', 'lora_merge', 'expert_down', 'expert_up', 'concat_linear', 'moe_down_batched', 'gate_combine']);
 const inputsOnly = new Set(['rmsnorm', 'swiglu', 'embedding', 'lm_head_xent', 'ortho_penalty', 'ortho_penalty_batched', 'load_balance']);
 
 /** The values (of any kind) the backward step of `n` reads, given the values that need gradients. */
