@@ -45,6 +45,8 @@ export interface MoeShape {
    * added in the GEMM's epilogue (the tensor-core path: one tfjs kernel, no separate add). Default false.
    */
   addend?: boolean;
+  /** Where the caller's base product is computed (moe-lora.ts: the f16 GEMM on tensor cores, or the f32 one). */
+  apart?: 'f16' | 'f32';
 }
 
 const u = (x: number): string => `${x >>> 0}u`;

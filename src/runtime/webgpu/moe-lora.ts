@@ -11,10 +11,13 @@
  *
  * Kernels (./moe-lora-wgsl.ts): forward 2 dispatches (down GEMM; base + shared + top-k B side with routing
  * fused), backward 4 (per-token routing backward and top-k B products; dx; dA; dB) plus a column sum for
- * b_r, and dW / db of the base only when the base is trained. Weights keep the reference layout:
+ * b_r, only those whose gradients are asked, and dW / db of the base only when the base is trained. With the
+ * base product apart (`base: 'f16' | 'f32'`) it is one more dispatch forward and in dx, added in the
+ * adapters' GEMM epilogue. Weights keep the reference layout:
  * W [dout, din], A [r, din], B [dout, r], A_e [E, r, din], B_e [E, dout, r], W_r [E, din].
- * Registered as tfjs kernels `McpcMoeLora` (with gradient), `McpcMoeLoraBack`, `McpcMoeLoraDx`,
- * `McpcMoeLoraDA`, `McpcMoeLoraDB` on the webgpu backend.
+ * Registered as tfjs kernels `McpcMoeLora` (with gradient) and `McpcMoeLoraGrad` (the whole backward) on
+ * the webgpu backend: host time per call is what bounds this layer on a GPU, and each tfjs kernel costs an
+ * engine round trip.
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
@@ -185,7 +188,7 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   if (s.RS) byName.bSh = ins[ix.bSh];
   if (s.E && s.routerBias) byName.br = ins[ix.br];
   if (s.E) byName.bE = ins[ix.bE];
-  const apart = attrs.apart as Apart | undefined;
+  const apart = (attrs as MoeShape).apart;
   if (apart) byName.add = baseProduct(backend, apart, ins[ix.x], ins[ix.w], false);
   const outShapes = s.E ? [[s.T, s.dout], [s.T, s.E], [s.T, s.E]] : [[s.T, s.dout]];
   const outs = runGemm(backend, spec, names.map((n) => byName[n]!), outShapes, 'McpcMoeLoraUp');
@@ -221,7 +224,7 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const s = shapeOf(ins[0], ins, attrs);
   const dxTile = tileOf(backend, { m: s.T, n: s.din }, s.dout);
   const { spec, inputs: names } = fit(backend, 'dx', s, dxTile, (t) => dxSpec(s, t), (r) => r.spec);
-  const apart = attrs.apart as Apart | undefined;
+  const apart = (attrs as MoeShape).apart;
   if (!apart) return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
   // Inputs dy, W, dG, A_sh?, A_e?, W_r?: dy·W apart, added in the adapters' GEMM epilogue.
   const add = baseProduct(backend, apart, ins[0], ins[1], true);
@@ -270,55 +273,119 @@ const run = (name: string, inputs: Tensor[], attrs: object): Tensor[] => {
   return Array.isArray(r) ? (r as Tensor[]) : [r as Tensor];
 };
 
-function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<string, () => Tensor> {
+/** Attrs of McpcMoeLoraGrad: the forward's, and what the backward has and computes. */
+interface GradAttrs extends MoeShape {
+  hasDp: boolean;
+  hasDgates: boolean;
+  /** Which gradients to compute: dx; dA_sh, dA_e, dW_r (and db_r); dB_sh, dB_e. */
+  needX: boolean;
+  needA: boolean;
+  needB: boolean;
+}
+
+/**
+ * The backward in one tfjs kernel: per-token routing backward (dG, Hs), then dx, dA (+ db_r) and dB as asked,
+ * dG and Hs freed inside. Inputs: dy, G, the forward's inputs (inputIndex order), dp?, dgates?. Outputs, in
+ * order: dx?; dA_sh?, dA_e, dW_r, db_r? (needA); dB_sh?, dB_e (needB). One kernel instead of four tfjs kernels
+ * (each an engine round trip: scopes, tensors, tape bookkeeping) and two intermediate tensors per site.
+ */
+function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const all = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const a = attrs as GradAttrs;
+  const [dy, G] = all as [TensorInfo, TensorInfo];
+  const ins = all.slice(2);
+  const s = shapeOf(dy, ins, a);
+  const ix = inputIndex(s);
+  const backIns = [dy, G];
+  if (s.E && s.routerBias) backIns.push(ins[ix.br]!);
+  if (s.RS) backIns.push(ins[ix.bSh]!);
+  if (s.E) backIns.push(ins[ix.bE]!);
+  let extra = 2 + ix.count;
+  if (a.hasDp) backIns.push(all[extra++]!);
+  if (a.hasDgates) backIns.push(all[extra++]!);
+  const [dG, Hs] = backKernel({ inputs: backIns, backend, attrs: a }) as [TensorInfo, TensorInfo];
+  const outs: TensorInfo[] = [];
+  if (a.needX) {
+    const withBase = s.base !== false || !!s.apart;
+    const dxIns = withBase ? [dy, ins[ix.w]!, dG] : [dG];
+    if (s.RS) dxIns.push(ins[ix.aSh]!);
+    if (s.E) dxIns.push(ins[ix.aE]!, ins[ix.wr]!);
+    outs.push(dxKernel({ inputs: dxIns, backend, attrs: a }));
+  }
+  if (a.needA) outs.push(...dAKernel({ inputs: [dG, ins[ix.x]!], backend, attrs: a }));
+  if (a.needB) outs.push(...dBKernel({ inputs: [dy, Hs], backend, attrs: a }));
+  disposeInfo(backend, dG);
+  disposeInfo(backend, Hs);
+  return outs;
+}
+
+/**
+ * The gradient of McpcMoeLora. `need` (the input indices tfjs asks gradients of, when known: see withNullDys)
+ * leaves out the dispatches of gradients nobody reads (frozen adapters, an input x that needs none).
+ */
+function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any, need?: Set<string>): Record<string, () => Tensor> {
   const s = attrs as MoeShape;
   const ix = inputIndex(s);
   const ins = saved.slice(0, ix.count);
   // Saved: the inputs, then G (plain) or p and G (routed): G is last.
-  const G = saved[saved.length - 1];
+  const G = saved[saved.length - 1]!;
   const d = Array.isArray(dys) ? dys : [dys];
   // dys of outputs off the backward path are null here (see withNullDys), zeros from tfjs's own wrapper.
   const dy = d[0] ?? tf.zeros([saved[0]!.shape[0]!, s.dout]);
-  const { H } = cols(s);
   const g: Record<string, () => Tensor> = {};
-  const apart = attrs.apart as Apart | undefined;
+  const apart = s.apart;
+  const wants = (...idx: number[]) => idx.some((i) => i >= 0 && (!need || need.has(String(i))));
   // dW = dyᵀ·x, only when W is trained (tfjs calls only the closures of inputs on the path to what is asked);
   // without the base product (base false, not apart) W does not reach y through this kernel.
   g[ix.w] =
-    apart === 'f16' ? () => gemmF16(dy, ins[ix.x], true, false) : s.base === false && !apart ? () => tf.zerosLike(ins[ix.w]) : () => gemm(dy, ins[ix.x], true, false);
+    apart === 'f16' ? () => gemmF16(dy, ins[ix.x]!, true, false) : s.base === false && !apart ? () => tf.zerosLike(ins[ix.w]!) : () => gemm(dy, ins[ix.x]!, true, false);
   if (s.bias) g[ix.b] = () => tf.sum(dy, 0);
   if (s.RS === 0 && s.E === 0) {
-    g[ix.x] = () => gemm(dy, ins[ix.w], false, false);
+    g[ix.x] = () => gemm(dy, ins[ix.w]!, false, false);
     return g;
   }
-  // The per-token backward feeds every other gradient: computed once, here (freed when backprop ends).
-  const backIns = [dy, G];
-  if (s.E && s.routerBias) backIns.push(ins[ix.br]);
-  if (s.RS) backIns.push(ins[ix.bSh]);
-  if (s.E) backIns.push(ins[ix.bE]);
+  const needX = wants(ix.x);
+  const needA = wants(ix.aSh, ix.aE, ix.wr, ix.br);
+  const needB = wants(ix.bSh, ix.bE);
+  if (!needX && !needA && !needB) return g;
   const hasDp = s.E > 0 && !!d[1];
   const hasDgates = s.E > 0 && !!d[2];
-  if (hasDp) backIns.push(d[1]);
-  if (hasDgates) backIns.push(d[2]);
-  const [dG, Hs] = run('McpcMoeLoraBack', backIns, intern({ ...s, hasDp, hasDgates }));
-  const dxIns = s.base === false && !apart ? [dG] : [dy, ins[ix.w], dG];
-  if (s.RS) dxIns.push(ins[ix.aSh]);
-  if (s.E) dxIns.push(ins[ix.aE], ins[ix.wr]);
-  g[ix.x] = () => run('McpcMoeLoraDx', dxIns, s)[0];
-  const dA = run('McpcMoeLoraDA', [dG, ins[ix.x]], s);
-  const dB = run('McpcMoeLoraDB', [dy, Hs], s);
-  const A = () => dA;
-  const B = () => dB;
-  if (s.RS) {
-    g[ix.aSh] = () => A()[0];
-    g[ix.bSh] = () => B()[0];
+  const gradIns = [dy, G, ...ins];
+  if (hasDp) gradIns.push(d[1]!);
+  if (hasDgates) gradIns.push(d[2]!);
+  // Computed once, here, for every closure below (freed when backprop ends).
+  const outs = run('McpcMoeLoraGrad', gradIns, intern({ ...s, hasDp, hasDgates, needX, needA, needB }));
+  let o = 0;
+  if (needX) {
+    const dx = outs[o++]!;
+    g[ix.x] = () => dx;
   }
-  if (s.E) {
-    const o = s.RS ? 1 : 0;
-    g[ix.aE] = () => A()[o];
-    g[ix.wr] = () => A()[o + 1];
-    g[ix.bE] = () => B()[o];
-    if (s.routerBias) g[ix.br] = () => A()[o + 2];
+  if (needA) {
+    if (s.RS) {
+      const t = outs[o++]!;
+      g[ix.aSh] = () => t;
+    }
+    if (s.E) {
+      const [dAe, dWr] = [outs[o++]!, outs[o++]!];
+      g[ix.aE] = () => dAe;
+      g[ix.wr] = () => dWr;
+      if (s.routerBias) {
+        const dbr = outs[o++]!;
+        g[ix.br] = () => dbr;
+      }
+    }
+  }
+  if (needB) {
+    if (s.RS) {
+      const t = outs[o++]!;
+      g[ix.bSh] = () => t;
+    }
+    if (s.E) {
+      const t = outs[o++]!;
+      g[ix.bE] = () => t;
+    }
   }
   return g;
 }
@@ -330,10 +397,7 @@ export function registerMoeLora(): void {
   registered = true;
   const k = (kernelName: string, kernelFunc: unknown) => tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as any });
   k(MOE_KERNEL, forwardKernel);
-  k('McpcMoeLoraBack', backKernel);
-  k('McpcMoeLoraDx', dxKernel);
-  k('McpcMoeLoraDA', dAKernel);
-  k('McpcMoeLoraDB', dBKernel);
+  k('McpcMoeLoraGrad', gradKernel);
   tf.registerGradient({ kernelName: MOE_KERNEL, saveAllInputs: true, outputsToSave: [false, true, false, true], gradFunc: gradient } as any);
 }
 
@@ -366,7 +430,7 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   const apart = opts.base === 'f16' || opts.base === 'f32';
   // Apart: y = x·Wᵀ (the f16 or f32 GEMM, W's f16 copy cached) added in the adapters' up GEMM's epilogue, in the
   // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraDx (dW, if W is trained, apart).
-  const attrs = intern(apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base } : shape);
+  const attrs = intern(apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base as Apart } : shape);
   const tape = (tf.engine() as any).isTapeOn() as boolean;
   const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, attrs as any) as unknown as Tensor[];
   if (tape) withNullDys(outs[0]!, attrs);
@@ -387,7 +451,12 @@ function withNullDys(y: Tensor, attrs: object): void {
   const tape = (tf.engine() as any).state.activeTape as { outputs: Tensor[]; saved: Tensor[]; gradient?: unknown }[] | undefined;
   const node = tape?.[tape.length - 1];
   if (!node || node.outputs[0] !== y || !node.gradient) return;
-  node.gradient = (dys: (Tensor | null)[]) => gradient(dys as Tensor[], node.saved, attrs);
+  // backpropagateGradients calls node.gradient(dys) on its pruned copy of the node, whose inputs are those
+  // needing a gradient: `this` says which (all, if a tfjs version calls it otherwise).
+  node.gradient = function (this: { inputs?: Record<string, unknown> } | undefined, dys: (Tensor | null)[]) {
+    const need = this?.inputs && typeof this.inputs === 'object' ? new Set(Object.keys(this.inputs)) : undefined;
+    return gradient(dys as Tensor[], node.saved, attrs, need);
+  };
 }
 
 /** The kernel's inputs in inputIndex order. */
