@@ -14,9 +14,11 @@
  *
  * ./moe-down.ts (moe_down_routed, the A side) reuses this module's instance, routing tables and arena.
  *
- * The module runs in its own instance of gemm.wasm (moe.wasm imports that instance's `memory` and `gemm`),
- * not the one ./gemm.ts multiplies in: every call copies its operands into that memory (grown as needed)
- * and the results out, so nothing is shared with matmulInto's scratch.
+ * On the `wasm` backend, where the widths are multiples of 8 (MedCare's are), the kernels run in place on
+ * tfjs-backend-wasm's heap (the *Heap functions at the end: moe.wasm instantiated over that memory, scratch
+ * from its malloc): no copy of the operands in or of the results out. Otherwise (the `cpu` backend, other
+ * widths) moe.wasm runs in its own instance of gemm.wasm's memory (not the one ./gemm.ts multiplies in): every
+ * call copies its operands into that memory (grown as needed) and the results out.
  */
 import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
@@ -106,6 +108,7 @@ export function heapFor(arrays: (Float32Array | undefined)[]): Heap | null {
  * dataId (tensors are immutable): the up and down ops of a site, forward and backward, read one gates tensor.
  */
 export interface Routes {
+  T: number;
   total: number;
   maxN: number;
   off: Int32Array;
@@ -118,7 +121,7 @@ const routeCache = new WeakMap<object, Routes>();
 
 export function routesOf(gates: Float32Array, T: number, E: number, key?: object): Routes {
   const hit = key && routeCache.get(key);
-  if (hit && hit.off.length === E + 1 && hit.idx.length === hit.total) return hit;
+  if (hit && hit.T === T && hit.off.length === E + 1) return hit;
   const off = new Int32Array(E + 1);
   for (let k = 0, n = T * E; k < n; k++) if (gates[k] !== 0) off[(k % E) + 1]++;
   for (let e = 0; e < E; e++) off[e + 1] += off[e]!;
@@ -142,7 +145,7 @@ export function routesOf(gates: Float32Array, T: number, E: number, key?: object
   }
   let maxN = 0;
   for (let e = 0; e < E; e++) maxN = Math.max(maxN, off[e + 1]! - off[e]!);
-  const r: Routes = { total, maxN, off, idx, gts, unrouted };
+  const r: Routes = { T, total, maxN, off, idx, gts, unrouted };
   if (key) routeCache.set(key, r);
   return r;
 }

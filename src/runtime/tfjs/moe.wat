@@ -1,8 +1,11 @@
-;; moe_up_grouped on each token's top-k experts only (the CPU kernel table's, through ./moe.ts), with
-;; WebAssembly SIMD (128-bit) gathers and scatters around the GEMM of ./gemm.wat.
+;; moe_up_grouped and moe_down_routed on each token's top-k experts only (the CPU kernel table's, through ./moe.ts
+;; and ./moe-down.ts), with WebAssembly SIMD (128-bit) gathers and scatters around a GEMM (mm: gemm.wat's
+;; micro-kernel, packed row-major blocks, M a multiple of 4, N of 8).
 ;;
-;; It imports the memory and the `gemm(a, b, c, batch, M, N, K)` export of a gemm.wasm instance (packed
-;; row-major blocks, M a multiple of 4, N of 8) and works in that memory. All addresses are byte offsets,
+;; It imports only a memory and works in it: moe.ts instantiates it over a gemm.wasm instance's memory (the
+;; copying path, which also calls that instance's own exports) and over tfjs-backend-wasm's heap (in place:
+;; see "In place" below). Indices in idx may carry bit 31 (a token's entry after its first), which every
+;; function here masks off. All addresses are byte offsets,
 ;; all matrices row-major f32 with an explicit row length (ld, in elements). Routing tables (laid out by
 ;; moe.ts): for expert e, `tab` holds [off_e, n_e] (i32) and the n_e tokens routed to e (gate != 0) are
 ;; idx[off_e ..] (i32, ascending) with their gates gts[off_e ..] (f32).
@@ -16,7 +19,8 @@
 ;;   dh_scatter(u, ldu, idx, gts, n, w, dh, ldh, h, dg, ldg)
 ;;                                                   dh[t, j] = gts[i]·u[i, j], dg[t, 0] = Σ_j u[i, j]·h[t, j]
 ;;                                                   (t = idx[i])
-;;   fwd_experts   y[t] += c·gate·h_e[t]·B_eᵀ over the routed (t, e): gather, gemm, scatter_add per expert
+;;   fwd_experts   y[t] += c·gate·h_e[t]·B_eᵀ over the routed (t, e): gather, mm, scatter_add per expert
+;;                 (its last argument: scatter_add's first)
 ;;   dh_experts    U = c·dY_rows·B_e per expert, then dh_scatter (dh_e and dgates of the routed entries)
 ;;   db_experts    dB_e = c·(gate·h_e rows)ᵀ·dY_rows per expert, stored [out, r]
 (module
@@ -346,18 +350,18 @@
               (i32.add (local.get $db) (i32.shl (i32.mul (i32.mul (local.get $e) (local.get $out)) (local.get $r)) (i32.const 2))) (local.get $r))))
         (local.set $e (i32.add (local.get $e) (i32.const 1)))
         (br_if $experts (i32.lt_s (local.get $e) (local.get $E))))))
-;; ---- In place: the kernels below call no GEMM and touch only the arrays they are given, so moe.ts also runs
-;; them in an instance over tfjs-backend-wasm's heap, on the tensors where they are (no copies in or out).
+;; ---- In place: moe.ts also runs this module in an instance over tfjs-backend-wasm's heap, on the tensors where
+;; they are (no copies in or out; scratch from the heap's malloc).
 ;; Rows are addressed through idx (row t = idx[i] & 0x7fffffff; bit 31 set: the token's entry is not its first,
 ;; in expert order) or, idx = 0, are 0 .. n-1.
 ;;
 ;;   nn(a, lda, b, ldb, K, N, c, ldc, idx, n, sc, cs, mode, h, dg, ldg)
 ;;     acc = A[t, 0..K)·B (B [K, N] row-major, row length ldb), w = cs·acc, v = (sc ? sc[i] : 1)·w, then
 ;;     mode 0: C[t] = v; 1: C[t] += v; 2: C[t] = v for a token's first entry, += for the others;
-;;     3: C[t] = v and dg[t·ldg] += w·H[t] (H: h with C's layout). N a multiple of 8; K >= 1. Tiles of 4 rows x 8
-;;     columns in registers, k unrolled by 4; no gathered copy of A: its rows are read where they are.
-;;   tn(a, lda, b, ldb, idx, sc, cs, n, M, N, c, ldc)
-;;     C[m, j] = Σ_i cs·(sc ? sc[i] : 1)·A[t_i, m]·B[t_i, j] (M a multiple of 4, N of 8; C stored, [M, N]).
+;;     3: C[t] = v and dg[t·ldg] += w·H[t] (H: h with C's layout). N a multiple of 8; K >= 1; tmp: 32 floats of
+;;     scratch. Tiles of 4 rows x 8 columns in registers, A's rows read where they are (no gathered copy). For
+;;     K = 16 (moe_up_grouped's forward) the per-tile cost makes it slower than gather + mm + scatter_add (~86 vs
+;;     ~69 µs per expert at n 512, out 176), so only the long-K products (dh, moe_down_routed's forward) use it.
 ;;   zero_unrouted(g, T, E, r, dst, ld)   dst[t, e·r .. (e+1)·r) = 0 where g[t, e] = 0 (r a multiple of 4)
 
   (func $flush (param $tmp i32) (param $i i32) (param $j i32) (param $c i32) (param $ldc i32) (param $idx i32) (param $n i32)
@@ -403,22 +407,20 @@
     (param $a i32) (param $lda i32) (param $b i32) (param $ldb i32) (param $K i32) (param $N i32)
     (param $c i32) (param $ldc i32) (param $idx i32) (param $n i32) (param $sc i32) (param $cs f32) (param $mode i32)
     (param $h i32) (param $dg i32) (param $ldg i32) (param $tmp i32)
-    (local $i i32) (local $j i32) (local $e i32) (local $k i32) (local $k4 i32)
+    (local $i i32) (local $j i32) (local $e i32) (local $k i32)
     (local $t i32) (local $f i32) (local $sv v128)
     (local $r0 i32) (local $r1 i32) (local $r2 i32) (local $r3 i32)
-    (local $bp i32) (local $rowB i32) (local $rowB4 i32) (local $cp i32) (local $hp i32) (local $dp i32)
+    (local $bp i32) (local $rowB i32) (local $cp i32) (local $hp i32) (local $dp i32)
     (local $c00 v128) (local $c01 v128) (local $c10 v128) (local $c11 v128)
     (local $c20 v128) (local $c21 v128) (local $c30 v128) (local $c31 v128)
     (local $b0 v128) (local $b1 v128) (local $av v128) (local $d v128)
     (local.set $rowB (i32.shl (local.get $ldb) (i32.const 2)))
-    (local.set $rowB4 (i32.shl (local.get $ldb) (i32.const 4)))
-    (local.set $k4 (i32.const 0))
     (if (i32.ne (local.get $mode) (i32.const 3)) (then (local.set $dg (i32.const 0))))
     (block $done
       (br_if $done (i32.le_s (local.get $n) (i32.const 0)))
       (br_if $done (i32.le_s (local.get $K) (i32.const 0)))
       (loop $tiles
-        ;; rows i .. i+3 (past n: row i again, computed, not stored): t_q, add flag f_q, scale s_q = cs·sc, A row a_q
+        ;; rows i .. i+3 (past n: row i again, computed, not stored); per column tile, their A rows r_q, then K steps
         (local.set $j (i32.const 0))
         (loop $cols
           (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
@@ -443,70 +445,6 @@
           (if (local.get $idx) (then (local.set $e (i32.and (i32.load (i32.add (local.get $idx) (i32.shl (local.get $e) (i32.const 2)))) (i32.const 0x7fffffff)))))
           (local.set $r3 (i32.add (local.get $a) (i32.shl (i32.mul (local.get $e) (local.get $lda)) (i32.const 2))))
           (local.set $k (i32.const 0))
-          (block $k4d
-            (br_if $k4d (i32.ge_s (local.get $k) (local.get $k4)))
-            (loop $k4s
-            (local.set $b0 (v128.load (i32.add (local.get $bp) (i32.const 0))))
-            (local.set $b1 (v128.load offset=16 (i32.add (local.get $bp) (i32.const 0))))
-            (local.set $av (v128.load32_splat offset=0 (local.get $r0)))
-            (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=0 (local.get $r1)))
-            (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=0 (local.get $r2)))
-            (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=0 (local.get $r3)))
-            (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $b0 (v128.load (i32.add (local.get $bp) (local.get $rowB))))
-            (local.set $b1 (v128.load offset=16 (i32.add (local.get $bp) (local.get $rowB))))
-            (local.set $av (v128.load32_splat offset=4 (local.get $r0)))
-            (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=4 (local.get $r1)))
-            (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=4 (local.get $r2)))
-            (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=4 (local.get $r3)))
-            (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $b0 (v128.load (i32.add (local.get $bp) (i32.shl (local.get $rowB) (i32.const 1)))))
-            (local.set $b1 (v128.load offset=16 (i32.add (local.get $bp) (i32.shl (local.get $rowB) (i32.const 1)))))
-            (local.set $av (v128.load32_splat offset=8 (local.get $r0)))
-            (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=8 (local.get $r1)))
-            (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=8 (local.get $r2)))
-            (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=8 (local.get $r3)))
-            (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $b0 (v128.load (i32.add (local.get $bp) (i32.mul (local.get $rowB) (i32.const 3)))))
-            (local.set $b1 (v128.load offset=16 (i32.add (local.get $bp) (i32.mul (local.get $rowB) (i32.const 3)))))
-            (local.set $av (v128.load32_splat offset=12 (local.get $r0)))
-            (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=12 (local.get $r1)))
-            (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=12 (local.get $r2)))
-            (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $av (v128.load32_splat offset=12 (local.get $r3)))
-            (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
-            (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
-            (local.set $bp (i32.add (local.get $bp) (local.get $rowB4)))
-            (local.set $r0 (i32.add (local.get $r0) (i32.const 16))) (local.set $r1 (i32.add (local.get $r1) (i32.const 16)))
-            (local.set $r2 (i32.add (local.get $r2) (i32.const 16))) (local.set $r3 (i32.add (local.get $r3) (i32.const 16)))
-            (local.set $k (i32.add (local.get $k) (i32.const 4)))
-            (br_if $k4s (i32.lt_s (local.get $k) (local.get $k4)))))
           (block $k1d
             (br_if $k1d (i32.ge_s (local.get $k) (local.get $K)))
             (loop $k1s
@@ -529,7 +467,8 @@
             (local.set $r2 (i32.add (local.get $r2) (i32.const 4))) (local.set $r3 (i32.add (local.get $r3) (i32.const 4)))
             (local.set $k (i32.add (local.get $k) (i32.const 1)))
             (br_if $k1s (i32.lt_s (local.get $k) (local.get $K)))))
-          ;; the four rows' results at column j: C rows t_q (mode 3: H rows likewise, dg[t_q·ldg])
+          ;; the 4 x 8 tile through tmp to $flush (scale, store or add, mode 3's dgates): kept out of this loop, whose
+          ;; twelve v128 registers it would otherwise crowd (inlined, it ran ~30% slower)
           (local.set $cp (local.get $tmp))
           (v128.store offset=0 (local.get $cp) (local.get $c00))
           (v128.store offset=16 (local.get $cp) (local.get $c01))
