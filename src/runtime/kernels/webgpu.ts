@@ -15,6 +15,7 @@
  *                       dispatch in the same tfjs kernel; gradient: dx one GEMM (a K segment per weight), dW
  *                       only for the weights autodiff asks for (a frozen base costs nothing), db a column sum
  *   topk_gate           one kernel forward, one backward (../webgpu/topk-gate.ts; MCPC_GEMM_WGSL=0: mask kernel + tfjs ops)
+ *   lora_merge          W + s·B·A one kernel; gradient dA, dB one kernel each, dW the incoming gradient (../webgpu/lora-merge.ts)
  *   linear  lora_down  lora_up   one McpcGemm (../webgpu/gemm.ts; scale and bias fused), gradient GEMMs per input asked
  *   moe_up_grouped      one WGSL GEMM forward (gates applied in A's loader, B_e [E, out, r] read in place); gradient:
  *                       un-gated U = s·dy·[B_sh | B_e] once, then dh and dgates one small kernel each, dB_e one GEMM
@@ -50,6 +51,7 @@ import { rope } from '../webgpu/kernels/rope.js';
 import { onWebGpu } from '../webgpu/kernels/run.js';
 import { swiglu } from '../webgpu/kernels/swiglu.js';
 import { topkMask } from '../webgpu/kernels/topk.js';
+import { loraMerge, loraMergeFits } from '../webgpu/lora-merge.js';
 import { topkGate, topkGateFits } from '../webgpu/topk-gate.js';
 import { moeUpGrouped, moeUpFits } from '../webgpu/moe-up.js';
 import { moeDownFits, moeDownRouted } from '../webgpu/moe-down.js';
@@ -193,6 +195,12 @@ const wgsl: Partial<Record<PlanOp, Kernel>> = {
     return [lmHeadXent(inputs[0]!, inputs[1]!, inputs[2]!, inputs[3]!)];
   }),
 
+  // W + s·B·A in one dispatch, dA and dB one each, dW = dW' (../webgpu/lora-merge.ts).
+  lora_merge: gpu('lora_merge', (inputs, step, ctx) => {
+    const [w, a, b] = inputs;
+    if (!gemmWgslEnabled() || inputs.length !== 3 || !loraMergeFits(w!, a!, b!)) return reference.lora_merge(inputs, step, ctx);
+    return [loraMerge(w!, a!, b!, num(step, 'scale'))];
+  }),
   topk_gate: gpu('topk_gate', (inputs, step, ctx) => {
     if (inputs.length !== 1) return reference.topk_gate(inputs, step, ctx);
     const p = inputs[0]!;

@@ -1,6 +1,6 @@
 /**
  * The plan's GEMM ops that run our WGSL GEMMs on webgpu (src/runtime/kernels/webgpu.ts: concat_linear through
- * src/runtime/webgpu/concat-linear.ts; linear, lora_down, lora_up through McpcGemm; topk_gate through src/runtime/webgpu/topk-gate.ts; moe_up_grouped through src/runtime/webgpu/moe-up.ts) against the reference kernels on the cpu backend: forward outputs and
+ * src/runtime/webgpu/concat-linear.ts; linear, lora_down, lora_up through McpcGemm; topk_gate through src/runtime/webgpu/topk-gate.ts; lora_merge through src/runtime/webgpu/lora-merge.ts; moe_up_grouped through src/runtime/webgpu/moe-up.ts) against the reference kernels on the cpu backend: forward outputs and
  * every gradient (frozen inputs included: their gradient is simply not asked for), on awkward shapes (one
  * token, sizes that are not multiples of any tile or of 4), router parts with softmax and sigmoid, expert
  * stacks [E, r, in]; and MCPC_GEMM_WGSL=0 running the reference. Needs WebGPU: see kernels-support.ts.
@@ -174,6 +174,29 @@ describeGpu('plan GEMM ops on WGSL match the reference', () => {
       [p],
     );
     expect(c.worst, c.what).toBeLessThan(1e-4);
+  });
+
+  it.each([
+    [7, 5, 3, 2, true],
+    [176, 64, 32, 0.5, false],
+    [64, 176, 16, 2, true],
+    [1, 1, 1, 1.5, false],
+    [33, 9, 1, 1, true],
+  ])('lora_merge W [%i, %i] rank %i scale %f (base trained: %s): W + s·B·A and dW, dA, dB', async (O, I, R, s, trainW) => {
+    const st = step('lora_merge', { scale: s });
+    const args = [randn(O * 7 + I, [O, I], 1, trainW), randn(O + 3 * R, [R, I], 0.5), randn(I + 5 * R, [O, R], 0.5)];
+    const c = await compare(
+      (xs) => webgpuKernels.lora_merge(xs, st, noCtx),
+      (xs) => reference.lora_merge(xs, st, noCtx),
+      args,
+    );
+    expect(c.worst, c.what).toBeLessThan(1e-4);
+    // One kernel forward (the reference runs three: the product, its scaling and the sum).
+    await initBackend('webgpu');
+    const xs = args.map((x) => tf.tensor(x.data, x.shape));
+    const prof = await tf.profile(() => webgpuKernels.lora_merge(xs, st, noCtx)[0]!);
+    expect(prof.kernelNames).toEqual(['McpcLoraMerge']);
+    tf.dispose(xs);
   });
 
   // moe_up_grouped: [T, out, experts, rank, sharedRank, topK (gates zero outside it), scale, frozen B's]
