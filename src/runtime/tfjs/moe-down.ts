@@ -11,7 +11,7 @@
  * the same rows: dx[t] = Σ_e dh_e[t]·A_e (gather dh_e rows, one GEMM [n_e, r]·[r, in], scatter-add into dx);
  * dA_e = dh_e[rows]ᵀ·x[rows] (one gemm_tn over the gathered blocks; zero for an expert nobody is routed to).
  */
-import { Arena, countHeapCall, heapFor, heapScratch, moeModule, Routing, routesOf, up } from './moe.js';
+import { Arena, CHUNK, countHeapCall, heapFor, heapScratch, moeModule, Routing, routesOf, up } from './moe.js';
 
 /** moe_down_routed's sizes: x [T, in], gates [T, E], A_e [E, r, in]. */
 export interface MoeDownShape {
@@ -192,21 +192,22 @@ export function moeDownDxHeap(dh: Float32Array, gates: Float32Array, ae: Float32
   const W = E * r;
   const [DH, AE, DX] = [ptr(dh), ptr(ae), ptr(dx)];
   const rt = routesOf(gates, T, E, key);
-  const n4 = up(rt.maxN, 4);
+  const n4 = Math.min(up(rt.maxN, 4), CHUNK);
   const sc = heapScratch(hp, rt, n4 * r + n4 * inF);
   const G = sc.extra;
   const C = G + 4 * n4 * r;
   const m = hp.moe;
   for (const t of rt.unrouted) new Float32Array(hp.memory.buffer, DX + 4 * t * inF, inF).fill(0);
-  // per expert: dh_e rows gathered [n_e, r], one GEMM by A_e [r, in] (where it is), rows stored (a token's first
-  // expert) or added into dx (rows n_e .. ⌈n_e⌉₄ of the block are computed and never read)
+  // per expert, CHUNK rows at a time (in cache): dh_e rows gathered [n, r], one GEMM by A_e [r, in] (where it
+  // is), rows stored (a token's first expert) or added into dx (rows n .. ⌈n⌉₄ of the block: computed, unread)
   for (let e = 0; e < E; e++) {
-    const n = rt.off[e + 1]! - rt.off[e]!;
-    if (!n) continue;
-    const idx = sc.idx + 4 * rt.off[e]!;
-    m.gather(DH + 4 * e * r, W, idx, 0, 1, n, r, G, r);
-    m.mm(G, AE + 4 * e * r * inF, C, up(n, 4), inF, r);
-    m.scatter_add(C, inF, idx, n, inF, DX, inF, 1);
+    for (let p = rt.off[e]!; p < rt.off[e + 1]!; p += CHUNK) {
+      const n = Math.min(CHUNK, rt.off[e + 1]! - p);
+      const idx = sc.idx + 4 * p;
+      m.gather(DH + 4 * e * r, W, idx, 0, 1, n, r, G, r);
+      m.mm(G, AE + 4 * e * r * inF, C, up(n, 4), inF, r, 0);
+      m.scatter_add(C, inF, idx, n, inF, DX, inF, 1);
+    }
   }
   sc.done();
   countHeapCall('dx');
@@ -222,22 +223,23 @@ export function moeDownDaHeap(dh: Float32Array, x: Float32Array, gates: Float32A
   const W = E * r;
   const [DH, X, DA] = [ptr(dh), ptr(x), ptr(da)];
   const rt = routesOf(gates, T, E, key);
-  const sc = heapScratch(hp, rt, r * rt.maxN + rt.maxN * inF);
+  const ch = Math.min(rt.maxN, CHUNK);
+  const sc = heapScratch(hp, rt, r * ch + ch * inF);
   const AT = sc.extra;
-  const XG = AT + 4 * r * rt.maxN;
+  const XG = AT + 4 * r * ch;
   const m = hp.moe;
-  // per expert: dh_e rowsᵀ [r, n_e] and x rows [n_e, in] gathered, one GEMM written straight into dA_e [r, in]
+  // per expert, CHUNK rows at a time: dh_e rowsᵀ [r, n] and x rows [n, in] gathered, the GEMM stored (first
+  // chunk) or added straight into dA_e [r, in]
   for (let e = 0; e < E; e++) {
-    const n = rt.off[e + 1]! - rt.off[e]!;
     const at = DA + 4 * e * r * inF;
-    if (!n) {
-      new Float32Array(hp.memory.buffer, at, r * inF).fill(0);
-      continue;
+    if (rt.off[e + 1] === rt.off[e]) new Float32Array(hp.memory.buffer, at, r * inF).fill(0);
+    for (let p = rt.off[e]!; p < rt.off[e + 1]!; p += CHUNK) {
+      const n = Math.min(CHUNK, rt.off[e + 1]! - p);
+      const idx = sc.idx + 4 * p;
+      m.gather_t(DH + 4 * e * r, W, idx, 0, 1, n, r, AT);
+      m.gather(X, inF, idx, 0, 1, n, inF, XG, inF);
+      m.mm(AT, XG, at, r, inF, n, p > rt.off[e]! ? 1 : 0);
     }
-    const idx = sc.idx + 4 * rt.off[e]!;
-    m.gather_t(DH + 4 * e * r, W, idx, 0, 1, n, r, AT);
-    m.gather(X, inF, idx, 0, 1, n, inF, XG, inF);
-    m.mm(AT, XG, at, r, inF, n);
   }
   sc.done();
   countHeapCall('da');

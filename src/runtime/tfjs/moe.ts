@@ -35,7 +35,7 @@ interface MoeExports {
   gather_t(src: number, ld: number, idx: number, sc: number, c: number, n: number, w: number, dst: number): void;
   scatter_add(src: number, lds: number, idx: number, n: number, w: number, dst: number, ldd: number, first?: number): void;
   transpose(src: number, lds: number, rows: number, cols: number, dst: number, ldd: number): void;
-  mm(a: number, b: number, c: number, M: number, N: number, K: number): void;
+  mm(a: number, b: number, c: number, M: number, N: number, K: number, acc: number): void;
   fwd_experts(h: number, ldh: number, tab: number, idx: number, gts: number, E: number, r: number, bt: number, a: number, c: number, y: number, out: number, outP: number, s: number, first?: number): void;
   dh_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, rP: number, bp: number, g: number, u: number, h: number, dh: number, ldh: number, dg: number, s: number): void;
   db_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, h: number, ldh: number, at: number, g: number, c: number, db: number, s: number): void;
@@ -183,6 +183,9 @@ export interface MoeUpShape {
 }
 
 export const up = (n: number, m: number) => Math.ceil(n / m) * m;
+
+/** moe.wat's CH: the rows per chunk of the gathered blocks (fwd_experts, db_experts; moe-down.ts likewise). */
+export const CHUNK = 64;
 
 /** Byte offsets in the module's memory, 16-byte aligned; `views` after `grow`. */
 export class Arena {
@@ -398,7 +401,7 @@ export function moeUpForwardHeap(h: Float32Array, gates: Float32Array, be: Float
   const W = R + E * r;
   const [H, BE, BSH, Y] = [ptr(h), ptr(be), ptr(bsh), ptr(y)];
   const rt = routesOf(gates, T, E, key);
-  const n4 = up(rt.maxN, 4);
+  const n4 = Math.min(up(rt.maxN, 4), CHUNK);
   const sc = heapScratch(hp, rt, E * r * out + R * out + n4 * r + n4 * out);
   const m = hp.moe;
   const BT = sc.extra;
@@ -451,10 +454,11 @@ export function moeUpDbeHeap(dy: Float32Array, h: Float32Array, gates: Float32Ar
   const W = R + E * r;
   const [DY, H, DB] = [ptr(dy), ptr(h), ptr(dbe)];
   const rt = routesOf(gates, T, E, key);
-  const sc = heapScratch(hp, rt, r * rt.maxN + rt.maxN * out + r * out);
+  const ch = Math.min(rt.maxN, CHUNK);
+  const sc = heapScratch(hp, rt, r * ch + ch * out + r * out);
   const AT = sc.extra;
-  const G = AT + 4 * r * rt.maxN;
-  const C = G + 4 * rt.maxN * out;
+  const G = AT + 4 * r * ch;
+  const C = G + 4 * ch * out;
   for (let e = 0; e < E; e++) if (rt.off[e + 1] === rt.off[e]) new Float32Array(hp.memory.buffer, DB + 4 * e * out * r, out * r).fill(0);
   // per expert: (s·gate·h_e rows)ᵀ [r, n_e] and dY rows [n_e, out] gathered, one GEMM, transposed into dB_e [out, r]
   hp.moe.db_experts(DY, out, out, sc.tab, sc.idx, sc.gts, E, r, H + 4 * R, W, AT, G, C, DB, scale);

@@ -25,11 +25,15 @@
 ;;   db_experts    dB_e = c·(gate·h_e rows)ᵀ·dY_rows per expert, stored [out, r]
 (module
   (import "gemm" "memory" (memory 1))
+  ;; Rows per chunk in fwd_experts and db_experts: an expert's gathered blocks are built and used CH rows at a
+  ;; time (~45 KB at out 176), in cache, instead of one block of all its rows (~360 KB at 512 rows).
+  (global $CH i32 (i32.const 64))
 
-;; C = A·B (A [M, K], B [K, N], C [M, N] row-major; M a multiple of 4, N of 8): gemm.wat's micro-kernel, copied
-;; so that this module needs no GEMM import and runs in any memory it is given (the tfjs heap too).
+;; C = A·B, or C += A·B where acc != 0 (A [M, K], B [K, N], C [M, N] row-major; M a multiple of 4, N of 8):
+;; gemm.wat's micro-kernel, copied so that this module needs no GEMM import and runs in any memory it is given
+;; (the tfjs heap too); acc lets a product over many rows run in row chunks that stay in cache.
   (func $mm_rows
-    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32) (param $i0 i32) (param $i1 i32)
+    (param $a i32) (param $b i32) (param $c i32) (param $batch i32) (param $M i32) (param $N i32) (param $K i32) (param $i0 i32) (param $i1 i32) (param $acc i32)
     (local $t i32) (local $i i32) (local $j i32)
     (local $pa i32) (local $pb i32) (local $pc i32)
     (local $a0 i32) (local $a1 i32) (local $a2 i32) (local $a3 i32) (local $kend i32)
@@ -51,10 +55,22 @@
         (loop $rows
           (local.set $j (i32.const 0))
           (loop $cols
-            (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
-            (local.set $c10 (v128.const i32x4 0 0 0 0)) (local.set $c11 (v128.const i32x4 0 0 0 0))
-            (local.set $c20 (v128.const i32x4 0 0 0 0)) (local.set $c21 (v128.const i32x4 0 0 0 0))
-            (local.set $c30 (v128.const i32x4 0 0 0 0)) (local.set $c31 (v128.const i32x4 0 0 0 0))
+            (local.set $cp (i32.add (local.get $pc)
+              (i32.shl (i32.add (i32.mul (local.get $i) (local.get $N)) (local.get $j)) (i32.const 2))))
+            (if (local.get $acc)
+              (then
+                (local.set $c00 (v128.load (local.get $cp))) (local.set $c01 (v128.load offset=16 (local.get $cp)))
+                (local.set $c10 (v128.load (i32.add (local.get $cp) (local.get $rowB))))
+                (local.set $c11 (v128.load offset=16 (i32.add (local.get $cp) (local.get $rowB))))
+                (local.set $c20 (v128.load (i32.add (local.get $cp) (i32.shl (local.get $rowB) (i32.const 1)))))
+                (local.set $c21 (v128.load offset=16 (i32.add (local.get $cp) (i32.shl (local.get $rowB) (i32.const 1)))))
+                (local.set $c30 (v128.load (i32.add (local.get $cp) (i32.mul (local.get $rowB) (i32.const 3)))))
+                (local.set $c31 (v128.load offset=16 (i32.add (local.get $cp) (i32.mul (local.get $rowB) (i32.const 3))))))
+              (else
+                (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
+                (local.set $c10 (v128.const i32x4 0 0 0 0)) (local.set $c11 (v128.const i32x4 0 0 0 0))
+                (local.set $c20 (v128.const i32x4 0 0 0 0)) (local.set $c21 (v128.const i32x4 0 0 0 0))
+                (local.set $c30 (v128.const i32x4 0 0 0 0)) (local.set $c31 (v128.const i32x4 0 0 0 0))))
             (local.set $a0 (i32.add (local.get $pa) (i32.mul (local.get $i) (local.get $rowA))))
             (local.set $a1 (i32.add (local.get $a0) (local.get $rowA)))
             (local.set $a2 (i32.add (local.get $a1) (local.get $rowA)))
@@ -82,8 +98,6 @@
               (local.set $a3 (i32.add (local.get $a3) (i32.const 4)))
               (local.set $bp (i32.add (local.get $bp) (local.get $rowB)))
               (br_if $ks (i32.lt_u (local.get $a0) (local.get $kend))))
-            (local.set $cp (i32.add (local.get $pc)
-              (i32.shl (i32.add (i32.mul (local.get $i) (local.get $N)) (local.get $j)) (i32.const 2))))
             (v128.store (local.get $cp) (local.get $c00))
             (v128.store offset=16 (local.get $cp) (local.get $c01))
             (local.set $cp (i32.add (local.get $cp) (local.get $rowB)))
@@ -104,8 +118,8 @@
         (local.set $pc (i32.add (local.get $pc) (i32.mul (local.get $M) (local.get $rowB))))
         (local.set $t (i32.add (local.get $t) (i32.const 1)))
         (br_if $batches (i32.lt_s (local.get $t) (local.get $batch))))))
-  (func $mm (export "mm") (param $a i32) (param $b i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32)
-    (call $mm_rows (local.get $a) (local.get $b) (local.get $c) (i32.const 1) (local.get $M) (local.get $N) (local.get $K) (i32.const 0) (local.get $M)))
+  (func $mm (export "mm") (param $a i32) (param $b i32) (param $c i32) (param $M i32) (param $N i32) (param $K i32) (param $acc i32)
+    (call $mm_rows (local.get $a) (local.get $b) (local.get $c) (i32.const 1) (local.get $M) (local.get $N) (local.get $K) (i32.const 0) (local.get $M) (local.get $acc)))
 
 
   (func $gather (export "gather")
@@ -280,7 +294,7 @@
   (func (export "fwd_experts")
     (param $h i32) (param $ldh i32) (param $tab i32) (param $idx i32) (param $gts i32) (param $E i32) (param $r i32)
     (param $bt i32) (param $a i32) (param $cb i32) (param $y i32) (param $out i32) (param $outP i32) (param $c f32) (param $first i32)
-    (local $e i32) (local $off i32) (local $n i32)
+    (local $e i32) (local $off i32) (local $n i32) (local $p i32) (local $m i32) (local $ip i32)
     (block $done
       (br_if $done (i32.le_s (local.get $E) (i32.const 0)))
       (loop $experts
@@ -288,14 +302,21 @@
         (local.set $n (i32.load offset=4 (i32.add (local.get $tab) (i32.shl (local.get $e) (i32.const 3)))))
         (if (i32.gt_s (local.get $n) (i32.const 0))
           (then
-            (call $gather (i32.add (local.get $h) (i32.shl (i32.mul (local.get $e) (local.get $r)) (i32.const 2))) (local.get $ldh)
-              (i32.add (local.get $idx) (local.get $off)) (i32.add (local.get $gts) (local.get $off)) (local.get $c)
-              (local.get $n) (local.get $r) (local.get $a) (local.get $r))
-            (call $mm (local.get $a)
-              (i32.add (local.get $bt) (i32.shl (i32.mul (i32.mul (local.get $e) (local.get $r)) (local.get $outP)) (i32.const 2)))
-              (local.get $cb) (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (local.get $outP) (local.get $r))
-            (call $scatter_add (local.get $cb) (local.get $outP) (i32.add (local.get $idx) (local.get $off)) (local.get $n)
-              (local.get $out) (local.get $y) (local.get $out) (local.get $first))))
+            (local.set $p (i32.const 0))
+            (loop $chunks
+              (local.set $m (i32.sub (local.get $n) (local.get $p)))
+              (if (i32.gt_s (local.get $m) (global.get $CH)) (then (local.set $m (global.get $CH))))
+              (local.set $ip (i32.add (i32.add (local.get $idx) (local.get $off)) (i32.shl (local.get $p) (i32.const 2))))
+              (call $gather (i32.add (local.get $h) (i32.shl (i32.mul (local.get $e) (local.get $r)) (i32.const 2))) (local.get $ldh)
+                (local.get $ip) (i32.add (i32.add (local.get $gts) (local.get $off)) (i32.shl (local.get $p) (i32.const 2))) (local.get $c)
+                (local.get $m) (local.get $r) (local.get $a) (local.get $r))
+              (call $mm (local.get $a)
+                (i32.add (local.get $bt) (i32.shl (i32.mul (i32.mul (local.get $e) (local.get $r)) (local.get $outP)) (i32.const 2)))
+                (local.get $cb) (i32.and (i32.add (local.get $m) (i32.const 3)) (i32.const -4)) (local.get $outP) (local.get $r) (i32.const 0))
+              (call $scatter_add (local.get $cb) (local.get $outP) (local.get $ip) (local.get $m)
+                (local.get $out) (local.get $y) (local.get $out) (local.get $first))
+              (local.set $p (i32.add (local.get $p) (global.get $CH)))
+              (br_if $chunks (i32.lt_s (local.get $p) (local.get $n))))))
         (local.set $e (i32.add (local.get $e) (i32.const 1)))
         (br_if $experts (i32.lt_s (local.get $e) (local.get $E))))))
 
@@ -319,7 +340,7 @@
               (local.get $n) (local.get $out) (local.get $g) (local.get $outP))
             (call $mm (local.get $g)
               (i32.add (local.get $bp) (i32.shl (i32.mul (i32.mul (local.get $e) (local.get $outP)) (local.get $rP)) (i32.const 2)))
-              (local.get $u) (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (local.get $rP) (local.get $outP))
+              (local.get $u) (i32.and (i32.add (local.get $n) (i32.const 3)) (i32.const -4)) (local.get $rP) (local.get $outP) (i32.const 0))
             (call $dh_scatter (local.get $u) (local.get $rP) (i32.add (local.get $idx) (local.get $off)) (i32.add (local.get $gts) (local.get $off))
               (local.get $n) (local.get $r) (i32.add (local.get $dh) (local.get $col)) (local.get $ldh)
               (i32.add (local.get $h) (local.get $col)) (i32.add (local.get $dg) (i32.shl (local.get $e) (i32.const 2))) (local.get $E))))
@@ -331,7 +352,7 @@
   (func (export "db_experts")
     (param $dy i32) (param $out i32) (param $outP i32) (param $tab i32) (param $idx i32) (param $gts i32) (param $E i32)
     (param $r i32) (param $h i32) (param $ldh i32) (param $at i32) (param $g i32) (param $cb i32) (param $db i32) (param $c f32)
-    (local $e i32) (local $off i32) (local $n i32)
+    (local $e i32) (local $off i32) (local $n i32) (local $p i32) (local $m i32) (local $ip i32)
     (block $done
       (br_if $done (i32.le_s (local.get $E) (i32.const 0)))
       (loop $experts
@@ -339,13 +360,20 @@
         (local.set $n (i32.load offset=4 (i32.add (local.get $tab) (i32.shl (local.get $e) (i32.const 3)))))
         (if (i32.gt_s (local.get $n) (i32.const 0))
           (then
-            (call $gather_t (i32.add (local.get $h) (i32.shl (i32.mul (local.get $e) (local.get $r)) (i32.const 2))) (local.get $ldh)
-              (i32.add (local.get $idx) (local.get $off)) (i32.add (local.get $gts) (local.get $off)) (local.get $c)
-              (local.get $n) (local.get $r) (local.get $at))
-            (call $gather (local.get $dy) (local.get $out) (i32.add (local.get $idx) (local.get $off)) (i32.const 0) (f32.const 1)
-              (local.get $n) (local.get $out) (local.get $g) (local.get $outP))
-            (call $mm (local.get $at) (local.get $g) (local.get $cb)
-              (i32.and (i32.add (local.get $r) (i32.const 3)) (i32.const -4)) (local.get $outP) (local.get $n))
+            (local.set $p (i32.const 0))
+            (loop $chunks
+              (local.set $m (i32.sub (local.get $n) (local.get $p)))
+              (if (i32.gt_s (local.get $m) (global.get $CH)) (then (local.set $m (global.get $CH))))
+              (local.set $ip (i32.add (i32.add (local.get $idx) (local.get $off)) (i32.shl (local.get $p) (i32.const 2))))
+              (call $gather_t (i32.add (local.get $h) (i32.shl (i32.mul (local.get $e) (local.get $r)) (i32.const 2))) (local.get $ldh)
+                (local.get $ip) (i32.add (i32.add (local.get $gts) (local.get $off)) (i32.shl (local.get $p) (i32.const 2))) (local.get $c)
+                (local.get $m) (local.get $r) (local.get $at))
+              (call $gather (local.get $dy) (local.get $out) (local.get $ip) (i32.const 0) (f32.const 1)
+                (local.get $m) (local.get $out) (local.get $g) (local.get $outP))
+              (call $mm (local.get $at) (local.get $g) (local.get $cb)
+                (i32.and (i32.add (local.get $r) (i32.const 3)) (i32.const -4)) (local.get $outP) (local.get $m) (local.get $p))
+              (local.set $p (i32.add (local.get $p) (global.get $CH)))
+              (br_if $chunks (i32.lt_s (local.get $p) (local.get $n))))
             (call $transpose (local.get $cb) (local.get $outP) (local.get $r) (local.get $out)
               (i32.add (local.get $db) (i32.shl (i32.mul (i32.mul (local.get $e) (local.get $out)) (local.get $r)) (i32.const 2))) (local.get $r))))
         (local.set $e (i32.add (local.get $e) (i32.const 1)))

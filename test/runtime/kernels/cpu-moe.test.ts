@@ -47,6 +47,9 @@ const cases: Case[] = [
   { name: 'in place: top_k = experts, shared 8, not renormalised', T: 6, out: 16, R: 8, r: 8, E: 4, k: 4, renormalize: false },
   { name: 'in place: top_k = 1, an expert nobody is routed to', T: 23, out: 24, R: 0, r: 8, E: 5, k: 1, renormalize: false, skip: 2 },
   { name: 'in place forward, dh copied (shared 4)', T: 10, out: 16, R: 4, r: 8, E: 3, k: 2, renormalize: true },
+  // ~100 tokens per expert: more than one chunk of moe.wat's CH (64) rows, the last one partial.
+  { name: 'several row chunks per expert, shared 8', T: 150, out: 24, R: 8, r: 8, E: 3, k: 2, renormalize: true },
+  { name: 'several row chunks per expert, odd widths (copied)', T: 150, out: 13, R: 0, r: 5, E: 3, k: 2, renormalize: true },
 ];
 
 function inputs(c: Case): { logits: Tensor; h: Tensor; bs: Tensor[] } {
@@ -228,6 +231,7 @@ const downCases: DownCase[] = [
   { name: 'in place: one token', T: 1, inF: 8, r: 8, E: 3, k: 2 },
   { name: 'in place: top_k = experts, in 16', T: 7, inF: 16, r: 8, E: 4, k: 4 },
   { name: 'in place: an expert nobody is routed to, in 24', T: 23, inF: 24, r: 8, E: 5, k: 1, skip: 2 },
+  { name: 'several row chunks per expert (64 rows each)', T: 150, inF: 16, r: 8, E: 3, k: 2 },
 ];
 
 function downInputs(c: DownCase): { logits: Tensor; x: Tensor; ae: Tensor; D: Tensor } {
