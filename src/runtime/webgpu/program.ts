@@ -119,7 +119,13 @@ export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] 
   const device = backend.device;
   const pipeline = pipelineFor(device, run.code, run.label, run.entryPoint);
   const entries: { binding: number; resource: unknown }[] = [];
-  [...run.inputs, ...outputs].forEach((t, i) => entries.push({ binding: run.bindings?.[i] ?? i, resource: backend.tensorToBinding(t) }));
+  const owned = backend.commandQueueOwnedIds;
+  const n = run.inputs.length;
+  for (let i = 0; i < n + outputs.length; i++) {
+    const t = i < n ? run.inputs[i]! : outputs[i - n]!;
+    entries.push({ binding: run.bindings?.[i] ?? i, resource: backend.tensorToBinding(t) });
+    owned.add(t.dataId);
+  }
   if (run.uniforms) {
     const size = run.uniforms.byteLength;
     const buf = backend.bufferManager.acquireBuffer(size, USAGE_COPY_DST | USAGE_UNIFORM);
@@ -127,7 +133,6 @@ export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] 
     backend.uniformPendingDisposal.push(buf);
     entries.push({ binding: run.uniformBinding ?? entries.length, resource: { offset: 0, size, buffer: buf } });
   }
-  for (const t of [...run.inputs, ...outputs]) backend.commandQueueOwnedIds.add(t.dataId);
   const bindGroup = bindGroupFor(device, pipeline, entries as never);
 
   const timed = backend.activeTimers != null;
