@@ -47,3 +47,59 @@ export function timeGradients(runs: Record<string, () => Tensor[]>, reps: number
   return Object.fromEntries(Object.entries(ts).map(([n, [w, c]]) => [n, { wall: med(w), cpu: med(c) }]));
 }
 
+
+/**
+ * `--kernels` (bench/moe-up.ts): each of the six top-k kernels (McpcMoeUp/UpDh/UpDbe, McpcMoeDown/DownDx/DownDa)
+ * called alone at MedCare's widths, with caches as in a training step: 12 distinct input sets in turn (h, x,
+ * the weights cold), the upstream tensor (h for the forward, dY / dh for the gradients) produced by an op just
+ * before (hot). Min / median ms per kernel, and their sum weighted by MedCare's sites (4 layers: up out 176 x 8,
+ * out 64 x 4; down in 64 x 8, in 176 x 4).
+ */
+export function timeKernelsStepLike(reps: number, ops: { up: (xs: Tensor[], a: object) => Tensor; down: (xs: Tensor[], a: object) => Tensor }): string[] {
+  const rk = (n: string, xs: Tensor[], attrs: object): Tensor[] => {
+    const o = tf.engine().runKernel(n, xs as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor | Tensor[];
+    return Array.isArray(o) ? o : [o];
+  };
+  const C = 12;
+  const res: Record<string, number[]> = {};
+  const time = (name: string, hot: Tensor, run: (x: Tensor) => Tensor[]) => {
+    const x = tf.mul(hot, 1) as Tensor;
+    const t0 = performance.now();
+    const o = run(x);
+    (res[name] ??= []).push(performance.now() - t0);
+    tf.dispose([...o, x]);
+  };
+  const ua = { sharedRank: 0, rank: r, experts: E, scale: 2 };
+  const da = { rank: r, experts: E };
+  const up = [176, 64].map((out) => Array.from({ length: C }, () => ({ out, g: gates(), h: tf.randomNormal([T, E * r]), be: tf.randomNormal([E, out, r]), dy: tf.randomNormal([T, out]) })));
+  const dn = [64, 176].map((inF) => Array.from({ length: C }, () => ({ inF, g: gates(), x: tf.randomNormal([T, inF]), ae: tf.randomNormal([E, r, inF]), dh: tf.randomNormal([T, E * r]) })));
+  for (const s of up) tf.dispose(ops.up([s[0]!.h, s[0]!.g, s[0]!.be], ua)); // registers the kernels
+  for (const s of dn) tf.dispose(ops.down([s[0]!.x, s[0]!.g, s[0]!.ae], da));
+  for (let k = 0; k < reps; k++)
+    for (let c = 0; c < C; c++) {
+      for (const s of up) {
+        const u = s[c]!;
+        time(`up${u.out} fwd`, u.h, (h) => rk('McpcMoeUp', [h, u.g, u.be], ua));
+        time(`up${u.out} dh`, u.dy, (dy) => rk('McpcMoeUpDh', [dy, u.h, u.g, u.be], ua));
+        time(`up${u.out} dbe`, u.dy, (dy) => rk('McpcMoeUpDbe', [dy, u.h, u.g], ua));
+      }
+      for (const s of dn) {
+        const d = s[c]!;
+        time(`down${d.inF} fwd`, d.x, (x) => rk('McpcMoeDown', [x, d.g, d.ae], da));
+        time(`down${d.inF} dx`, d.dh, (dh) => rk('McpcMoeDownDx', [dh, d.g, d.ae], da));
+        time(`down${d.inF} da`, d.dh, (dh) => rk('McpcMoeDownDa', [dh, d.x, d.g], da));
+      }
+    }
+  const sites: Record<string, number> = { up176: 8, up64: 4, down64: 8, down176: 4 };
+  let sMin = 0;
+  let sMed = 0;
+  const lines = Object.entries(res).map(([n, ts]) => {
+    ts.sort((a, b) => a - b);
+    const w = sites[n.split(' ')[0]!]!;
+    sMin += w * ts[0]!;
+    sMed += w * med(ts);
+    return `${n} ${ts[0]!.toFixed(2)}/${med(ts).toFixed(2)}`;
+  });
+  tf.dispose([...up.flat().flatMap((u) => [u.g, u.h, u.be, u.dy]), ...dn.flat().flatMap((d) => [d.g, d.x, d.ae, d.dh])]);
+  return [`min/median ms per kernel: ${lines.join(', ')}`, `MedCare stage 1 step (4 layers, 24 routed sites' kernels): min-sum ${sMin.toFixed(1)} ms, median-sum ${sMed.toFixed(1)} ms`];
+}
