@@ -169,6 +169,7 @@ export function moeDownForwardHeap(x: Float32Array, gates: Float32Array, ae: Flo
   const [X, G, AE, H] = [ptr(x), ptr(gates), ptr(ae), ptr(h)];
   const rt = routesOf(gates, T, E, key);
   const sc = heapScratch(hp, rt, E * inF * r);
+  if (!sc) return false;
   const m = hp.moe;
   m.zero_unrouted(G, T, E, r, H, W);
   for (let e = 0; e < E; e++) {
@@ -194,6 +195,7 @@ export function moeDownDxHeap(dh: Float32Array, gates: Float32Array, ae: Float32
   const rt = routesOf(gates, T, E, key);
   const n4 = Math.min(up(rt.maxN, 4), CHUNK);
   const sc = heapScratch(hp, rt, n4 * r + n4 * inF);
+  if (!sc) return false;
   const G = sc.extra;
   const C = G + 4 * n4 * r;
   const m = hp.moe;
@@ -225,6 +227,7 @@ export function moeDownDaHeap(dh: Float32Array, x: Float32Array, gates: Float32A
   const rt = routesOf(gates, T, E, key);
   const ch = Math.min(rt.maxN, CHUNK);
   const sc = heapScratch(hp, rt, r * ch + ch * inF);
+  if (!sc) return false;
   const AT = sc.extra;
   const XG = AT + 4 * r * ch;
   const m = hp.moe;

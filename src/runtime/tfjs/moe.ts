@@ -152,11 +152,12 @@ export function routesOf(gates: Float32Array, T: number, E: number, key?: object
 
 /**
  * Scratch on the heap: the routing tables (tab: [off_e, n_e] per expert, as moe.wat reads them; idx; gts), a
- * 32-float tile, then `extra` floats (16-byte aligned); `done` frees it.
+ * 32-float tile, then `extra` floats (16-byte aligned); `done` frees it. Null where malloc fails.
  */
-export function heapScratch(hp: Heap, rt: Routes, extra: number): { tab: number; idx: number; gts: number; tmp: number; extra: number; done(): void } {
+export function heapScratch(hp: Heap, rt: Routes, extra: number): { tab: number; idx: number; gts: number; tmp: number; extra: number; done(): void } | null {
   const E = rt.off.length - 1;
   const p = hp.malloc(4 * (2 * E + 2 * rt.total + 32 + extra) + 64);
+  if (!p) return null; // out of memory: the caller takes the copying path
   const tab = up(p, 16);
   const idx = up(tab + 8 * E, 16);
   const gts = idx + 4 * rt.total;
@@ -403,6 +404,7 @@ export function moeUpForwardHeap(h: Float32Array, gates: Float32Array, be: Float
   const rt = routesOf(gates, T, E, key);
   const n4 = Math.min(up(rt.maxN, 4), CHUNK);
   const sc = heapScratch(hp, rt, E * r * out + R * out + n4 * r + n4 * out);
+  if (!sc) return false;
   const m = hp.moe;
   const BT = sc.extra;
   const BST = BT + 4 * E * r * out;
@@ -430,6 +432,7 @@ export function moeUpDhHeap(dy: Float32Array, h: Float32Array, gates: Float32Arr
   const [DY, H, G, BE, BSH, DH, DG] = [ptr(dy), ptr(h), ptr(gates), ptr(be), ptr(bsh), ptr(dh), ptr(dg)];
   const rt = routesOf(gates, T, E, key);
   const sc = heapScratch(hp, rt, 0);
+  if (!sc) return false;
   const m = hp.moe;
   new Float32Array(hp.memory.buffer, DG, T * E).fill(0);
   m.zero_unrouted(G, T, E, r, DH + 4 * R, W);
@@ -456,6 +459,7 @@ export function moeUpDbeHeap(dy: Float32Array, h: Float32Array, gates: Float32Ar
   const rt = routesOf(gates, T, E, key);
   const ch = Math.min(rt.maxN, CHUNK);
   const sc = heapScratch(hp, rt, r * ch + ch * out + r * out);
+  if (!sc) return false;
   const AT = sc.extra;
   const G = AT + 4 * r * ch;
   const C = G + 4 * ch * out;
