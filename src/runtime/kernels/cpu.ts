@@ -41,6 +41,7 @@
  * `cpuKernelTable(plan, backend)` decides: the fused table on `wasm`, the reference on `cpu` (the ground truth
  * the tests compare against); `MCPC_KERNELS=fused` or `=reference` forces either on both.
  */
+import { loraMergeCpu, loraMergeCpuFits } from './cpu-lora-merge.js';
 import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
@@ -187,6 +188,13 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       return [tf.matMul(h as tf.Tensor2D, (scale === 1 ? B : tf.mul(B, scale)) as tf.Tensor2D, false, true)];
     },
 
+    lora_merge(inputs, step, ctx) {
+      // W + s·B·A one kernel, dA / dB one each only when asked, dW the incoming gradient (./cpu-lora-merge.ts).
+      const [w, a, b] = inputs;
+      if (inputs.length !== 3 || !loraMergeCpuFits(w!, a!, b!)) return reference.lora_merge(inputs, step, ctx);
+      return [loraMergeCpu(w!, a!, b!, num(step, 'scale'))];
+    },
+
     embedding(inputs, step, ctx) {
       // Row copies (./cpu-embedding.ts) instead of tfjs-wasm's GatherV2, which walks the output element by element.
       const [tokens, W] = inputs;
@@ -223,7 +231,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
 }
 
 /** The ops the fused CPU table replaces. */
-export const cpuFusedOps: readonly PlanOp[] = ['lm_head_xent', 'topk_gate', 'fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed'];
+export const cpuFusedOps: readonly PlanOp[] = ['lm_head_xent', 'topk_gate', 'fused_elementwise', 'attention', 'rope', 'concat_linear', 'moe_up_grouped', 'moe_down_routed', 'lora_merge'];
 
 /**
  * The kernel table for a plan on a CPU backend: the fused table on `wasm`, the reference on `cpu` (and any
