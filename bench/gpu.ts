@@ -30,7 +30,7 @@ import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { F16_CANDIDATES, f16TileName, gemmF16, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
-import { moeLoraLinear, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
+import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
 import { medcarePlan, syntheticBatch } from './support/medcare.js';
@@ -458,12 +458,13 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   const x = tf.randomNormal([L.T, L.d]);
   const dy = tf.randomNormal([L.T, L.d]);
   const opts = { scale: MOE.scale, topK: MOE.k, renormalize: true };
-  // SwiGLU as the plan's runtime runs it (one dispatch forward, one backward: src/runtime/webgpu/kernels/swiglu.ts);
-  // the reference layer below keeps tfjs's sigmoid and products, so the check covers it too.
+  // Gate and up read the same x: one op (moeLoraLinearPair, as the plan's concat-shared-input makes them one
+  // GEMM), x's gradient summed in a GEMM epilogue. SwiGLU as the plan's runtime runs it (one dispatch forward,
+  // one backward: src/runtime/webgpu/kernels/swiglu.ts). The reference layer below keeps separate sites and
+  // tfjs's sigmoid and products, so the check covers both.
   const layerWith = (o: typeof opts & { base?: 'fused' | 'f16' | 'f32' }) => (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
-    const gy = moeLoraLinear(xx, g!, o).y;
-    const uy = moeLoraLinear(xx, u!, o).y;
-    return moeLoraLinear(swiglu(gy, uy), dn!, o).y;
+    const [gy, uy] = moeLoraLinearPair(xx, [g!, u!], o);
+    return moeLoraLinear(swiglu(gy.y, uy.y), dn!, o).y;
   };
   const layer = layerWith(opts);
   const trained = sites.flatMap((s) => [s.sharedA!, s.sharedB!, s.routerW!, s.routerB!, s.expertA!, s.expertB!]);

@@ -369,7 +369,7 @@ ${s.E ? '  routeBack(row);' : ''}
 /**
  * dx = dy·W + dG[:, :RS]·A_sh + dG[:, RS:H]·A_e + dG[:, H:]·W_r. Bindings: dy, W, dG, A_sh?, A_e?, W_r?.
  */
-export function dxSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: string[] } {
+export function dxSpec(s: MoeShape, tile: Tile, accumulate = false): { spec: GemmSpec; inputs: string[] } {
   const { R, H } = cols(s);
   const withBase = s.base !== false;
   const names = withBase ? ['dy', 'w', 'dG'] : ['dG'];
@@ -388,15 +388,20 @@ export function dxSpec(s: MoeShape, tile: Tile): { spec: GemmSpec; inputs: strin
   if (s.E) segments.push(seg(s.E * s.r, s.RS, 'aE'), seg(s.E, H, 'wr'));
   const addend = !withBase && !!s.addend;
   if (addend) names.push('add');
+  // accumulate: one more [T, din] input added (another site's dx of the same x: no tfjs Add kernel).
+  if (accumulate) names.push('acc');
   const spec: GemmSpec = {
     m: s.T,
     n: s.din,
     tile,
     segments,
-    inputs: names.map((n) => (n === 'add' ? { type: s.din % 4 === 0 ? ('vec4' as const) : ('f32' as const) } : {})),
+    inputs: names.map((n) => (n === 'add' || n === 'acc' ? { type: s.din % 4 === 0 ? ('vec4' as const) : ('f32' as const) } : {})),
     outputs: [s.din % 4 === 0 ? 'vec4' : 'f32'],
   };
-  if (addend) spec.rowEpilogue = addendEpilogue(`in${at('add')}`, s.din, tile, true);
+  const epi: string[] = [];
+  if (addend) epi.push(addendEpilogue(`in${at('add')}`, s.din, tile, true));
+  if (accumulate) epi.push(addendEpilogue(`in${at('acc')}`, s.din, tile, !addend));
+  if (epi.length) spec.rowEpilogue = epi.join('\n');
   return { spec, inputs: names };
 }
 

@@ -69,6 +69,7 @@ export interface MoeLoraResult {
 }
 
 export const MOE_KERNEL = 'McpcMoeLora';
+export const PAIR_KERNEL = 'McpcMoeLoraPair';
 
 /** The kernel's shape: its attrs (moeLoraLinear interns them with T), or a copy with x's T. */
 function shapeOf(x: TensorInfo, inputs: TensorInfo[], attrs: any): MoeShape {
@@ -217,26 +218,34 @@ function backKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
   });
 }
 
-function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
+function dxKernel({ inputs, backend, attrs, acc }: { inputs: any; backend: WebGpuBackendLike; attrs: any; acc?: TensorInfo }): TensorInfo {
   const ins = Object.keys(inputs)
     .sort((a, b) => Number(a) - Number(b))
     .map((k) => inputs[k] as TensorInfo);
   const s = shapeOf(ins[0], ins, attrs);
   const dxTile = tileOf(backend, { m: s.T, n: s.din }, s.dout);
-  const { spec, inputs: names } = fit(backend, 'dx', s, dxTile, (t) => dxSpec(s, t), (r) => r.spec);
+  const { spec, inputs: names } = fit(backend, acc ? 'dxacc' : 'dx', s, dxTile, (t) => dxSpec(s, t, !!acc), (r) => r.spec);
   const apart = (attrs as MoeShape).apart;
-  if (!apart) return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
-  // Inputs dy, W, dG, A_sh?, A_e?, W_r?: dy·W apart, added in the adapters' GEMM epilogue.
-  const add = baseProduct(backend, apart, ins[0], ins[1], true);
-  const byName: Record<string, TensorInfo> = { dG: ins[2], add };
-  let i = 3;
-  if (s.RS) byName.aSh = ins[i++];
-  if (s.E) {
-    byName.aE = ins[i++];
-    byName.wr = ins[i++];
+  if (!apart && !acc) return runGemm(backend, spec, ins, [[s.T, s.din]], 'McpcMoeLoraDx')[0];
+  // Inputs dy, W, dG, A_sh?, A_e?, W_r? (dG, A_sh?, ... without the base): with the base apart, dy·W is
+  // computed apart and added in the adapters' GEMM epilogue; `acc` (another site's dx of the same x) too.
+  const withBase = s.base !== false || !!apart;
+  const byName: Record<string, TensorInfo> = {};
+  let i = 0;
+  if (withBase) {
+    byName.dy = ins[i++]!;
+    byName.w = ins[i++]!;
   }
+  byName.dG = ins[i++]!;
+  if (s.RS) byName.aSh = ins[i++]!;
+  if (s.E) {
+    byName.aE = ins[i++]!;
+    byName.wr = ins[i++]!;
+  }
+  if (apart) byName.add = baseProduct(backend, apart, byName.dy!, byName.w!, true);
+  if (acc) byName.acc = acc;
   const out = runGemm(backend, spec, names.map((n) => byName[n]!), [[s.T, s.din]], 'McpcMoeLoraDx')[0];
-  disposeInfo(backend, add);
+  if (byName.add) disposeInfo(backend, byName.add);
   return out;
 }
 
@@ -289,7 +298,7 @@ interface GradAttrs extends MoeShape {
  * order: dx?; dA_sh?, dA_e, dW_r, db_r? (needA); dB_sh?, dB_e (needB). One kernel instead of four tfjs kernels
  * (each an engine round trip: scopes, tensors, tape bookkeeping) and two intermediate tensors per site.
  */
-function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+function gradKernel({ inputs, backend, attrs, acc }: { inputs: any; backend: WebGpuBackendLike; attrs: any; acc?: TensorInfo }): TensorInfo[] {
   const all = Object.keys(inputs)
     .sort((a, b) => Number(a) - Number(b))
     .map((k) => inputs[k] as TensorInfo);
@@ -312,7 +321,7 @@ function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
     const dxIns = withBase ? [dy, ins[ix.w]!, dG] : [dG];
     if (s.RS) dxIns.push(ins[ix.aSh]!);
     if (s.E) dxIns.push(ins[ix.aE]!, ins[ix.wr]!);
-    outs.push(dxKernel({ inputs: dxIns, backend, attrs: a }));
+    outs.push(dxKernel({ inputs: dxIns, backend, attrs: a, acc }));
   }
   if (a.needA) outs.push(...dAKernel({ inputs: [dG, ins[ix.x]!], backend, attrs: a }));
   if (a.needB) outs.push(...dBKernel({ inputs: [dy, Hs], backend, attrs: a }));
@@ -321,19 +330,27 @@ function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
   return outs;
 }
 
+/** One site's backward: closures for W and b, and the McpcMoeLoraGrad call (inputs, attrs) whose outputs `take` maps. */
+interface SiteGrad {
+  g: Record<string, () => Tensor>;
+  /** Absent when nothing of the adapters' backward is asked for. */
+  kernel?: { inputs: Tensor[]; attrs: GradAttrs; outputs: number; take: (outs: Tensor[]) => void };
+}
+
+/** What McpcMoeLoraGrad outputs for these attrs (see gradKernel). */
+function gradOutputs(a: GradAttrs): number {
+  return (a.needX ? 1 : 0) + (a.needA ? (a.RS ? 1 : 0) + (a.E ? 2 + (a.routerBias ? 1 : 0) : 0) : 0) + (a.needB ? (a.RS ? 1 : 0) + (a.E ? 1 : 0) : 0);
+}
+
 /**
- * The gradient of McpcMoeLora. `need` (the input indices tfjs asks gradients of, when known: see withNullDys)
- * leaves out the dispatches of gradients nobody reads (frozen adapters, an input x that needs none).
+ * The gradient of one site: dys [dy, dp?, dgates?, dG (unused)], its inputs, G. `need` (the input indices tfjs
+ * asks gradients of, when known: see withNullDys) leaves out the dispatches of gradients nobody reads
+ * (frozen adapters, an input x that needs none).
  */
-function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any, need?: Set<string>): Record<string, () => Tensor> {
-  const s = attrs as MoeShape;
+function siteGrad(d: (Tensor | null | undefined)[], ins: Tensor[], G: Tensor, s: MoeShape, need?: Set<string>): SiteGrad {
   const ix = inputIndex(s);
-  const ins = saved.slice(0, ix.count);
-  // Saved: the inputs, then G (plain) or p and G (routed): G is last.
-  const G = saved[saved.length - 1]!;
-  const d = Array.isArray(dys) ? dys : [dys];
   // dys of outputs off the backward path are null here (see withNullDys), zeros from tfjs's own wrapper.
-  const dy = d[0] ?? tf.zeros([saved[0]!.shape[0]!, s.dout]);
+  const dy = d[0] ?? tf.zeros([ins[ix.x]!.shape[0]!, s.dout]);
   const g: Record<string, () => Tensor> = {};
   const apart = s.apart;
   const wants = (...idx: number[]) => idx.some((i) => i >= 0 && (!need || need.has(String(i))));
@@ -344,50 +361,154 @@ function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any, need?: Se
   if (s.bias) g[ix.b] = () => tf.sum(dy, 0);
   if (s.RS === 0 && s.E === 0) {
     g[ix.x] = () => gemm(dy, ins[ix.w]!, false, false);
-    return g;
+    return { g };
   }
   const needX = wants(ix.x);
   const needA = wants(ix.aSh, ix.aE, ix.wr, ix.br);
   const needB = wants(ix.bSh, ix.bE);
-  if (!needX && !needA && !needB) return g;
+  if (!needX && !needA && !needB) return { g };
   const hasDp = s.E > 0 && !!d[1];
   const hasDgates = s.E > 0 && !!d[2];
-  const gradIns = [dy, G, ...ins];
-  if (hasDp) gradIns.push(d[1]!);
-  if (hasDgates) gradIns.push(d[2]!);
-  // Computed once, here, for every closure below (freed when backprop ends).
-  const outs = run('McpcMoeLoraGrad', gradIns, intern({ ...s, hasDp, hasDgates, needX, needA, needB }));
-  let o = 0;
-  if (needX) {
-    const dx = outs[o++]!;
-    g[ix.x] = () => dx;
-  }
-  if (needA) {
-    if (s.RS) {
+  const inputs = [dy, G, ...ins];
+  if (hasDp) inputs.push(d[1]!);
+  if (hasDgates) inputs.push(d[2]!);
+  const attrs = intern({ ...s, hasDp, hasDgates, needX, needA, needB });
+  const take = (outs: Tensor[]) => {
+    let o = 0;
+    const next = () => {
       const t = outs[o++]!;
-      g[ix.aSh] = () => t;
-    }
-    if (s.E) {
-      const [dAe, dWr] = [outs[o++]!, outs[o++]!];
-      g[ix.aE] = () => dAe;
-      g[ix.wr] = () => dWr;
-      if (s.routerBias) {
-        const dbr = outs[o++]!;
-        g[ix.br] = () => dbr;
+      return () => t;
+    };
+    if (needX) g[ix.x] = next();
+    if (needA) {
+      if (s.RS) g[ix.aSh] = next();
+      if (s.E) {
+        g[ix.aE] = next();
+        g[ix.wr] = next();
+        if (s.routerBias) g[ix.br] = next();
       }
     }
-  }
-  if (needB) {
-    if (s.RS) {
-      const t = outs[o++]!;
-      g[ix.bSh] = () => t;
+    if (needB) {
+      if (s.RS) g[ix.bSh] = next();
+      if (s.E) g[ix.bE] = next();
     }
-    if (s.E) {
-      const t = outs[o++]!;
-      g[ix.bE] = () => t;
+  };
+  return { g, kernel: { inputs, attrs, outputs: gradOutputs(attrs), take } };
+}
+
+/** The gradient of McpcMoeLora (see siteGrad). */
+function gradient(dys: Tensor | Tensor[], saved: Tensor[], attrs: any, need?: Set<string>): Record<string, () => Tensor> {
+  const s = attrs as MoeShape;
+  const ix = inputIndex(s);
+  // Saved: the inputs, then G (plain) or p and G (routed): G is last.
+  const site = siteGrad(Array.isArray(dys) ? dys : [dys], saved.slice(0, ix.count), saved[saved.length - 1]!, s, need);
+  // Computed once, here, for every closure (freed when backprop ends).
+  if (site.kernel) site.kernel.take(run('McpcMoeLoraGrad', site.kernel.inputs, site.kernel.attrs));
+  return site.g;
+}
+
+// --- two sites reading the same x (an FFN's gate and up) as one op ------------------------------------------------
+
+/** Attrs of McpcMoeLoraPair: each site's, and how many of the op's inputs are the first site's (x included). */
+interface PairAttrs {
+  a: MoeShape;
+  b: MoeShape;
+  n1: number;
+}
+const pairs = new Map<string, PairAttrs>();
+function pairAttrs(a: MoeShape, b: MoeShape, n1: number): PairAttrs {
+  const key = `${idOf(a)}|${idOf(b)}|${n1}`;
+  let p = pairs.get(key);
+  if (!p) pairs.set(key, (p = { a, b, n1 }));
+  return p;
+}
+
+/** Inputs: x and the first site's weights (n1 in all), then the second site's weights; outputs: each site's. */
+function pairKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const all = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const { a, b, n1 } = attrs as PairAttrs;
+  return [...forwardKernel({ inputs: all.slice(0, n1), backend, attrs: a }), ...forwardKernel({ inputs: [all[0]!, ...all.slice(n1)], backend, attrs: b })];
+}
+
+interface PairGradAttrs {
+  a?: GradAttrs;
+  b?: GradAttrs;
+  /** McpcMoeLoraGrad inputs of the first site. */
+  n1: number;
+}
+
+/**
+ * Both sites' backward in one tfjs kernel; the second site's dx GEMM adds the first's in its epilogue (x's
+ * gradient without a tfjs Add). Outputs: dx? then each site's other outputs.
+ */
+function pairGradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo[] {
+  const all = Object.keys(inputs)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((k) => inputs[k] as TensorInfo);
+  const { a, b, n1 } = attrs as PairGradAttrs;
+  const outs1 = a ? gradKernel({ inputs: all.slice(0, n1), backend, attrs: a }) : [];
+  const acc = a?.needX ? outs1[0] : undefined;
+  const outs2 = b ? gradKernel({ inputs: all.slice(n1), backend, attrs: b, acc }) : [];
+  if (acc) disposeInfo(backend, acc);
+  return acc ? [outs2[0]!, ...outs1.slice(1), ...outs2.slice(1)] : [...outs1, ...outs2];
+}
+
+function pairGradient(dys: (Tensor | null)[], saved: Tensor[], attrs: PairAttrs, need?: Set<string>): Record<string, () => Tensor> {
+  const { a, b, n1 } = attrs;
+  const c2 = inputIndex(b).count;
+  const nIn = n1 + c2 - 1;
+  // Saved: every input, then every output (each site's G last of its outputs).
+  const o1 = outputsOf(a.E);
+  const o2 = outputsOf(b.E);
+  const outs = saved.slice(nIn);
+  const ins1 = saved.slice(0, n1);
+  const ins2 = [saved[0]!, ...saved.slice(n1, nIn)];
+  // Input i of the pair is input i of the first site (i < n1) or input i − n1 + 1 of the second; x is both's 0.
+  const to2 = (i: number) => (i === 0 ? 0 : i + n1 - 1);
+  let need1: Set<string> | undefined;
+  let need2: Set<string> | undefined;
+  if (need) {
+    need1 = new Set([...need].filter((k) => Number(k) < n1));
+    need2 = new Set();
+    for (const k of need) {
+      const i = Number(k);
+      if (i === 0) need2.add('0');
+      else if (i >= n1) need2.add(String(i - n1 + 1));
     }
   }
+  const s1 = siteGrad(dys.slice(0, o1), ins1, outs[o1 - 1]!, a, need1);
+  const s2 = siteGrad(dys.slice(o1, o1 + o2), ins2, outs[o1 + o2 - 1]!, b, need2);
+  const g: Record<string, () => Tensor> = {};
+  const k1 = s1.kernel;
+  const k2 = s2.kernel;
+  if (k1 || k2) {
+    const dxBoth = !!k1?.attrs.needX && !!k2?.attrs.needX;
+    const ga = pairGradAttrsOf(k1?.attrs, k2?.attrs, k1?.inputs.length ?? 0);
+    const outsAll = run('McpcMoeLoraPairGrad', [...(k1?.inputs ?? []), ...(k2?.inputs ?? [])], ga);
+    if (dxBoth) {
+      const dx = outsAll[0]!;
+      const n1o = k1!.outputs - 1;
+      k1!.take([dx, ...outsAll.slice(1, 1 + n1o)]);
+      k2!.take([dx, ...outsAll.slice(1 + n1o)]);
+    } else {
+      const n1o = k1?.outputs ?? 0;
+      k1?.take(outsAll.slice(0, n1o));
+      k2?.take(outsAll.slice(n1o));
+    }
+  }
+  for (const [k, f] of Object.entries(s1.g)) g[k] = f;
+  for (const [k, f] of Object.entries(s2.g)) if (k !== '0' || !(k in g)) g[to2(Number(k))] = f;
   return g;
+}
+
+const pairGrads = new Map<string, PairGradAttrs>();
+function pairGradAttrsOf(a: GradAttrs | undefined, b: GradAttrs | undefined, n1: number): PairGradAttrs {
+  const key = `${a ? idOf(a) : 0}|${b ? idOf(b) : 0}|${n1}`;
+  let p = pairGrads.get(key);
+  if (!p) pairGrads.set(key, (p = { ...(a ? { a } : {}), ...(b ? { b } : {}), n1 }));
+  return p;
 }
 
 let registered = false;
@@ -398,14 +519,18 @@ export function registerMoeLora(): void {
   const k = (kernelName: string, kernelFunc: unknown) => tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as any });
   k(MOE_KERNEL, forwardKernel);
   k('McpcMoeLoraGrad', gradKernel);
+  k(PAIR_KERNEL, pairKernel);
+  k('McpcMoeLoraPairGrad', pairGradKernel);
   tf.registerGradient({ kernelName: MOE_KERNEL, saveAllInputs: true, outputsToSave: [false, true, false, true], gradFunc: gradient } as any);
+  // Every output saved (shares, no copies): the gradient finds each site's G by position.
+  tf.registerGradient({ kernelName: PAIR_KERNEL, saveAllInputs: true, outputsToSave: Array(8).fill(true), gradFunc: (dys: any, saved: Tensor[], attrs: any) => pairGradient(dys, saved, attrs) } as any);
 }
 
 /** How many outputs the forward kernel has (G is last). */
 const outputsOf = (E: number) => (E ? 4 : 2);
 
-/** The mixture-of-LoRA linear (see the top of the file). x [T, din]. */
-export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions, useReference = false): MoeLoraResult {
+/** The kernel attrs of one site (interned), after checking its weights. */
+function siteAttrs(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions): MoeShape {
   const E = wts.expertA ? wts.expertA.shape[0] : 0;
   const RS = wts.sharedA ? wts.sharedA.shape[0] : 0;
   const r = wts.expertA ? wts.expertA.shape[1]! : 0;
@@ -425,20 +550,48 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
   };
   if (E && (!wts.routerW || !wts.expertB)) throw new Error('moeLoraLinear: routed experts need routerW and expertB');
   if (RS && !wts.sharedB) throw new Error('moeLoraLinear: sharedA without sharedB');
-  if (useReference || tf.getBackend() !== 'webgpu') return reference(x, wts, shape);
-  registerMoeLora();
   const apart = opts.base === 'f16' || opts.base === 'f32';
   // Apart: y = x·Wᵀ (the f16 or f32 GEMM, W's f16 copy cached) added in the adapters' up GEMM's epilogue, in the
-  // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraDx (dW, if W is trained, apart).
-  const attrs = intern(apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base as Apart } : shape);
+  // same tfjs kernel; its backward computes dy·W the same way inside McpcMoeLoraGrad (dW, if W is trained, apart).
+  return intern(apart && (RS || E) ? { ...shape, base: false, addend: true, apart: opts.base as Apart } : shape);
+}
+
+const resultOf = (outs: Tensor[], E: number): MoeLoraResult => (E ? { y: outs[0]!, p: outs[1], gates: outs[2] } : { y: outs[0]! });
+
+/** The mixture-of-LoRA linear (see the top of the file). x [T, din]. */
+export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptions, useReference = false): MoeLoraResult {
+  const attrs = siteAttrs(x, wts, opts);
+  if (useReference || tf.getBackend() !== 'webgpu') return reference(x, wts, attrs);
+  registerMoeLora();
   const tape = (tf.engine() as any).isTapeOn() as boolean;
-  const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, RS, E) as any, attrs as any) as unknown as Tensor[];
-  if (tape) withNullDys(outs[0]!, attrs);
-  if (outs.length !== outputsOf(E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
-  const G = outs[outs.length - 1];
-  // G is the saved activation of the backward (kept by the tape through the kernel's outputs).
-  void G;
-  return E ? { y: outs[0], p: outs[1], gates: outs[2] } : { y: outs[0] };
+  const outs = tf.engine().runKernel(MOE_KERNEL, moeInputs(x, wts, attrs.RS, attrs.E) as any, attrs as any) as unknown as Tensor[];
+  if (outs.length !== outputsOf(attrs.E)) throw new Error(`McpcMoeLora returned ${outs.length} outputs`);
+  // G (the last output) is the saved activation of the backward (kept by the tape through the kernel's outputs).
+  if (tape) withNullDys(outs[0]!, (dys, saved, need) => gradient(dys as Tensor[], saved, attrs, need));
+  return resultOf(outs, attrs.E);
+}
+
+/**
+ * Two mixture-of-LoRA linears of the same x (an FFN's gate and up projections), as one tfjs op
+ * (`McpcMoeLoraPair`, the same dispatches as two calls): its backward is one tfjs kernel too, and x's gradient
+ * is summed in the second dx GEMM's epilogue instead of by a tfjs Add. Sites without adapters, another
+ * backend or `useReference`: two moeLoraLinear calls.
+ */
+export function moeLoraLinearPair(x: Tensor, sites: [MoeLoraWeights, MoeLoraWeights], opts: MoeLoraOptions, useReference = false): [MoeLoraResult, MoeLoraResult] {
+  const [w1, w2] = sites;
+  const a = siteAttrs(x, w1, opts);
+  const b = siteAttrs(x, w2, opts);
+  if (useReference || tf.getBackend() !== 'webgpu' || !(a.RS || a.E) || !(b.RS || b.E)) return [moeLoraLinear(x, w1, opts, useReference), moeLoraLinear(x, w2, opts, useReference)];
+  registerMoeLora();
+  const ins1 = moeInputs(x, w1, a.RS, a.E);
+  const ins2 = moeInputs(x, w2, b.RS, b.E);
+  const attrs = pairAttrs(a, b, ins1.length);
+  const tape = (tf.engine() as any).isTapeOn() as boolean;
+  const outs = tf.engine().runKernel(PAIR_KERNEL, [...ins1, ...ins2.slice(1)] as any, attrs as any) as unknown as Tensor[];
+  const o1 = outputsOf(a.E);
+  if (outs.length !== o1 + outputsOf(b.E)) throw new Error(`McpcMoeLoraPair returned ${outs.length} outputs`);
+  if (tape) withNullDys(outs[0]!, (dys, saved, need) => pairGradient(dys, saved, attrs, need));
+  return [resultOf(outs.slice(0, o1), a.E), resultOf(outs.slice(o1), b.E)];
 }
 
 /**
@@ -447,7 +600,7 @@ export function moeLoraLinear(x: Tensor, wts: MoeLoraWeights, opts: MoeLoraOptio
  * which is never read). The node just recorded for `y` calls the gradient directly instead, with those dys
  * null (the gradient treats a missing dp or dgates as zero, without reading a buffer).
  */
-function withNullDys(y: Tensor, attrs: object): void {
+function withNullDys(y: Tensor, grad: (dys: (Tensor | null)[], saved: Tensor[], need?: Set<string>) => Record<string, () => Tensor>): void {
   const tape = (tf.engine() as any).state.activeTape as { outputs: Tensor[]; saved: Tensor[]; gradient?: unknown }[] | undefined;
   const node = tape?.[tape.length - 1];
   if (!node || node.outputs[0] !== y || !node.gradient) return;
@@ -455,7 +608,7 @@ function withNullDys(y: Tensor, attrs: object): void {
   // needing a gradient: `this` says which (all, if a tfjs version calls it otherwise).
   node.gradient = function (this: { inputs?: Record<string, unknown> } | undefined, dys: (Tensor | null)[]) {
     const need = this?.inputs && typeof this.inputs === 'object' ? new Set(Object.keys(this.inputs)) : undefined;
-    return gradient(dys as Tensor[], node.saved, attrs, need);
+    return grad(dys, node.saved, need);
   };
 }
 

@@ -9,7 +9,7 @@
 import { expect, it } from 'vitest';
 import { reference, type KernelContext, type KernelStep } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
-import { moeLoraLinear } from '../../../src/runtime/webgpu/moe-lora.js';
+import { moeLoraLinear, moeLoraLinearPair } from '../../../src/runtime/webgpu/moe-lora.js';
 import { CANDIDATES, forceTile } from '../../../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
@@ -97,6 +97,32 @@ function planOps(c: Case) {
   };
 }
 
+/** Two sites of the same x (an FFN's gate and up): args x, c1's weights, c2's weights (c2 shares T, din and the options). */
+function pairArgs(c1: Case, c2: Case, seed: number): Arg[] {
+  return [...args(c1, seed), ...args(c2, seed + 50).slice(1)];
+}
+const split = (c1: Case, xs: Tensor[]) => {
+  const n1 = args(c1, 0).length;
+  return [xs.slice(0, n1), [xs[0]!, ...xs.slice(n1)]] as [Tensor[], Tensor[]];
+};
+const outsOf = (c: Case, r: { y: Tensor; p?: Tensor; gates?: Tensor }) => (c.E ? [r.y, r.p!, r.gates!] : [r.y]);
+function oursPair(c1: Case, c2: Case, base: 'fused' | 'f32' = 'fused') {
+  return (xs: Tensor[]): Tensor[] => {
+    const [xs1, xs2] = split(c1, xs);
+    const { x, ...w1 } = unpack(c1, xs1);
+    const { x: _x, ...w2 } = unpack(c2, xs2);
+    void _x;
+    const [r1, r2] = moeLoraLinearPair(x, [w1, w2], { scale: c1.scale, topK: c1.topK, renormalize: c1.renormalize, activation: c1.activation, base });
+    return [...outsOf(c1, r1), ...outsOf(c2, r2)];
+  };
+}
+function planPair(c1: Case, c2: Case) {
+  return (xs: Tensor[]): Tensor[] => {
+    const [xs1, xs2] = split(c1, xs);
+    return [...planOps(c1)(xs1), ...planOps(c2)(xs2)];
+  };
+}
+
 describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
   cases.forEach((c, i) => {
     it(`${c.name}: y, p, gates and every gradient equal the plan's reference ops`, async () => {
@@ -146,6 +172,55 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
       const r2 = await compare(ours(c, baseMode), planOps(c), adaptersOnly, 7);
       expect(r2.worst, `${baseMode} adapters only: ${r2.what}`).toBeLessThan(2e-4);
     }
+  });
+
+  it('two sites of one x as one op (moeLoraLinearPair): outputs and every gradient, fused and apart, routed with plain LoRA, x alone, adapters alone', async () => {
+    const c1 = cases[5]!;
+    const pairsOf: [Case, Case][] = [
+      [c1, { ...c1, dout: 61, bias: false, routerBias: false }],
+      [cases[2]!, { ...cases[2]!, E: 0, r: 0, RS: 5, dout: 9, bias: false, routerBias: false }],
+    ];
+    for (const [a, b] of pairsOf) {
+      for (const baseMode of ['fused', 'f32'] as const) {
+        const r = await compare(oursPair(a, b, baseMode), planPair(a, b), pairArgs(a, b, 71), 8);
+        expect(r.worst, `${a.name} + ${b.dout}, ${baseMode}: ${r.what}`).toBeLessThan(2e-4);
+      }
+    }
+    const [a, b] = pairsOf[0]!;
+    const xOnly = pairArgs(a, b, 72).map((t, i) => ({ ...t, diff: i === 0 }));
+    const r1 = await compare(oursPair(a, b), planPair(a, b), xOnly, 9);
+    expect(r1.worst, `x only: ${r1.what}`).toBeLessThan(2e-4);
+    const n1 = args(a, 0).length;
+    const secondOnly = pairArgs(a, b, 73).map((t, i) => ({ ...t, diff: i > n1 }));
+    const r2 = await compare(oursPair(a, b, 'f32'), planPair(a, b), secondOnly, 10);
+    expect(r2.worst, `the second site's adapters only: ${r2.what}`).toBeLessThan(2e-4);
+  });
+
+  it('the pair records one tfjs kernel forward and one backward, x\'s gradient summed in the second dx GEMM (no Add)', async () => {
+    const a = { ...cases[2]!, bias: false };
+    const b = { ...a, dout: 7 };
+    await initBackend('webgpu');
+    const xs = pairArgs(a, b, 81).map((t) => tf.tensor(t.data, t.shape));
+    const n1 = args(a, 0).length;
+    const trained = xs.filter((_, i) => i !== 1 && i !== n1);
+    const dys = [tf.randomNormal([a.T, a.dout]), tf.randomNormal([b.T, b.dout])];
+    for (const baseMode of ['fused', 'f32'] as const) {
+      const info = await tf.profile(() => {
+        const { grads } = tf.engine().gradients(
+          () => {
+            const o = oursPair(a, b, baseMode)(xs);
+            return tf.addN([tf.sum(tf.mul(o[0]!, dys[0]!)), tf.sum(tf.mul(o[3]!, dys[1]!))]) as tf.Scalar;
+          },
+          trained,
+          undefined,
+          true,
+        );
+        tf.dispose(grads);
+      });
+      const names = info.kernels.map((k) => k.name).filter((n) => n.startsWith('McpcMoe') || ['McpcGemm', 'Add'].includes(n));
+      expect(names.sort(), baseMode).toEqual(['McpcMoeLoraPair', 'McpcMoeLoraPairGrad']);
+    }
+    tf.dispose([...xs, ...dys]);
   });
 
   it('p and gates alone differentiate (y off the backward path: its dy is null, not an array of zeros)', async () => {
