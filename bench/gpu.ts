@@ -504,8 +504,21 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
         const { grads } = tf.engine().gradients(() => l(x, sites), [x, ...trained], dy, true);
         return grads.map((g) => tf.keep(g));
       });
+    // The layer as it was composed before (gate and up as two ops, x's gradient summed by tfjs; SwiGLU in tfjs
+    // ops): what the pair and the fused SwiGLU save, in the same process.
+    const separate = () =>
+      tf.tidy(() => {
+        const l = (xx: Tensor, [g, u, dn]: MoeLoraWeights[]) => {
+          const gy = moeLoraLinear(xx, g!, opts).y;
+          const uy = moeLoraLinear(xx, u!, opts).y;
+          return moeLoraLinear(tf.mul(tf.mul(gy, tf.sigmoid(gy)), uy), dn!, opts).y;
+        };
+        const { grads } = tf.engine().gradients(() => l(x, sites), [x, ...trained], dy, true);
+        return grads.map((g) => tf.keep(g));
+      });
     const variants = [
       { name: 'fused', f: at(opts) },
+      { name: 'fused, separate gate/up + tfjs SwiGLU', f: separate },
       { name: 'f32', f: at({ ...opts, base: 'f32' }) },
     ];
     if ((await probeF16(gpu.device)).ok) variants.push({ name: 'f16', f: at({ ...opts, base: 'f16' }) });

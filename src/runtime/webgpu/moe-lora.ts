@@ -16,18 +16,20 @@
  * adapters' GEMM epilogue. Weights keep the reference layout:
  * W [dout, din], A [r, din], B [dout, r], A_e [E, r, din], B_e [E, dout, r], W_r [E, din].
  * Registered as tfjs kernels `McpcMoeLora` (with gradient) and `McpcMoeLoraGrad` (the whole backward) on
- * the webgpu backend: host time per call is what bounds this layer on a GPU, and each tfjs kernel costs an
- * engine round trip.
+ * the webgpu backend, and for two sites of one x (`moeLoraLinearPair`: an FFN's gate and up) `McpcMoeLoraPair`
+ * and `McpcMoeLoraPairGrad`: host time per call is what bounds this layer on a GPU (each tfjs kernel costs an
+ * engine round trip), so an FFN's forward+backward is a few tfjs kernels, gradients tfjs does not ask for are
+ * not dispatched, outputs off the backward path get null dys (no CPU-made zeros), and the f16 copy of a frozen
+ * W is made once (./gemm-f16.ts cachedCopy).
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { reference as ref, type KernelContext, type KernelStep } from '../kernels/reference.js';
-import { gemm } from './gemm.js';
+import { gemm, gemmSpec } from './gemm.js';
 import { gemmDispatch, gemmWgsl, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, routerBiasSumWgsl, upSpec, type MoeShape } from './moe-lora-wgsl.js';
 import { gemmF16, gemmF16Info } from './gemm-f16.js';
-import { gemmSpec } from './gemm.js';
 import { disposeInfo, runWgsl, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
