@@ -17,7 +17,7 @@
  * gradient function runs it when autodiff reaches the node and hands each input its part).
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import { attentionBackward, attentionForward, savedProbsSize, type AttentionShape } from '../tfjs/attention.js';
+import { allocProbs, attentionBackward, attentionForward, freeProbs, savedProbsSize, type AttentionShape, type ProbsSlot } from '../tfjs/attention.js';
 import { registerCpuKernel } from './cpu-ops.js';
 import type { KernelContext } from './reference.js';
 
@@ -57,26 +57,26 @@ export function attentionRanges(ctx: KernelContext, causal: boolean): Tensor | n
 const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S as number, H: a.H as number, KV: a.KV as number, d: a.d as number });
 
 /**
- * P saved by a forward for its backward (../tfjs/attention.ts savedProbsSize), in JavaScript memory, by the
- * dataId of the forward's stats output: the gradient gets that output back as its saved copy, which shares the
- * dataId (../tfjs/share.ts on both CPU backends; before it, their Identity did). Not a third output: autodiff would give an output no gradient reaches
- * a zero-filled dy of its size (~8 ms a step for 2 MB at 8x256, more than P saves). Taken by the backward; one
- * not found (no tape, past the cap, a copying Identity) is recomputed there.
+ * P saved by a forward for its backward (../tfjs/attention.ts savedProbsSize), in a slot of the attention
+ * module's memory (allocProbs: written there by the forward, read there by the backward, never copied; a copy
+ * out to JavaScript memory and back cost ~1 ms each way per layer in a training step at 8x256), by the dataId
+ * of the forward's stats output: the gradient gets that output back as its saved copy, which shares the
+ * dataId (../tfjs/share.ts on both CPU backends; before it, their Identity did). Not a third output: autodiff
+ * would give an output no gradient reaches a zero-filled dy of its size (~8 ms a step for 2 MB at 8x256, more
+ * than P saves). Taken by the backward, which frees the slot; one not found (no tape, past the cap, a copying
+ * Identity) is recomputed there. A forward whose backward never comes (a layer below every trainable
+ * parameter: the align stage's first layer) has its slot freed by the next forward once the stats' data is
+ * gone (sweepP): waiting for garbage collection left one fresh slot per step, the module's memory growing and
+ * the calls' arrays above the slots moving onto untouched pages each step (the backward 7 -> 14 ms a step).
  */
-const savedP = new WeakMap<object, Float32Array>();
-
-/**
- * Buffers for savedP, reused: a fresh 2 MB Float32Array per forward doubled the backward's CPU time at 8x256
- * (each adds to V8's external memory and so brings the next full GC closer).
- */
-const freeP: Float32Array[] = [];
-function takeP(n: number): Float32Array {
-  const i = freeP.findIndex((b) => b.length >= n);
-  const buf = i >= 0 ? freeP.splice(i, 1)[0]! : new Float32Array(n);
-  return buf.subarray(0, n);
-}
-function giveP(p: Float32Array): void {
-  if (freeP.length < 16) freeP.push(new Float32Array(p.buffer));
+const savedP = new Map<object, ProbsSlot>();
+function sweepP(): void {
+  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
+  for (const [id, slot] of savedP)
+    if (!live.has(id)) {
+      savedP.delete(id);
+      freeProbs(slot);
+    }
 }
 
 /** How the backward got P, counted for tests: taken from the forward or recomputed. */
@@ -98,7 +98,8 @@ function ensureRegistered(): void {
       writesAll: true,
       run: (ins, [o, st], _, a, outInfos) => {
         const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
-        const p = n ? takeP(n) : undefined;
+        if (n) sweepP();
+        const p = n ? allocProbs(n) : undefined;
         attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
         if (p) savedP.set(outInfos[1]!.dataId, p);
       },
@@ -145,7 +146,7 @@ function ensureRegistered(): void {
         dv!,
         p,
       );
-      if (p) giveP(p);
+      if (p) freeProbs(p);
     },
   });
 }

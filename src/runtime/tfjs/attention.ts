@@ -56,11 +56,17 @@ export interface AttentionShape {
   d: number;
 }
 
-/** Byte offsets of consecutive float blocks (16-byte aligned) and the memory grown to hold them. */
+/**
+ * Where the per-call arrays start: above the saved-P slots (allocProbs), which stay put in this module's memory
+ * between a forward and its backward.
+ */
+let scratchBase = 64;
+
+/** Byte offsets of consecutive float blocks (16-byte aligned) from scratchBase and the memory grown to hold them. */
 function layout(sizes: number[]): { at: number[]; f: Float32Array; i: Int32Array } {
   const m = attentionModule().memory;
   const at: number[] = [];
-  let p = 64;
+  let p = scratchBase;
   for (const n of sizes) {
     at.push(p);
     p += Math.ceil(Math.max(n, 1) / 4) * 16;
@@ -68,6 +74,47 @@ function layout(sizes: number[]): { at: number[]; f: Float32Array; i: Int32Array
   const have = m.buffer.byteLength;
   if (p > have) m.grow(Math.ceil((p - have) / 65536));
   return { at, f: new Float32Array(m.buffer), i: new Int32Array(m.buffer) };
+}
+
+/**
+ * A block of this module's memory holding a forward's P for its backward (savedProbsSize floats): the forward
+ * writes P there and the backward reads it there, so P is never copied out and back in (2 MB each way per
+ * layer at 8x256 cost ~1 ms a copy in a training step: P is written once and read once, from memory).
+ */
+export interface ProbsSlot {
+  readonly at: number;
+  readonly length: number;
+  readonly bytes: number;
+}
+
+/** Slots handed back (freeProbs), reused by the smallest that fits. */
+const freeSlots: ProbsSlot[] = [];
+let slotBytes = 0;
+/** Bytes of this module's memory that P slots may take in all (beyond it, allocProbs says no: recomputed). */
+const MAX_SLOT_BYTES = 1 << 28;
+
+/** A slot of at least n floats for a forward's P, or undefined when the slots would pass MAX_SLOT_BYTES. */
+export function allocProbs(n: number): ProbsSlot | undefined {
+  let best = -1;
+  for (let j = 0; j < freeSlots.length; j++) if (freeSlots[j]!.length >= n && (best < 0 || freeSlots[j]!.length < freeSlots[best]!.length)) best = j;
+  if (best >= 0) {
+    const s = freeSlots.splice(best, 1)[0]!;
+    return { at: s.at, length: n, bytes: s.bytes };
+  }
+  const bytes = Math.ceil((n * 4) / 64) * 64;
+  if (slotBytes + bytes > MAX_SLOT_BYTES) return undefined;
+  slotBytes += bytes;
+  const at = scratchBase;
+  scratchBase += bytes;
+  return { at, length: n, bytes };
+}
+
+/** Bytes of this module's memory taken by P slots, in use or free (for tests). */
+export const probsSlotBytes = (): number => slotBytes;
+
+/** Hands a slot back for reuse. */
+export function freeProbs(s: ProbsSlot): void {
+  freeSlots.push({ at: s.at, length: s.bytes / 4, bytes: s.bytes });
 }
 
 const padded = (S: number) => Math.ceil(S / 4) * 4 + 16;
@@ -197,15 +244,19 @@ function probsAt(rowP: number[], KV: number): (r: number, h: number) => number {
  * padded key count Sp and head columns dp, the query pairs per (row, KV head) np, and the saved P's length nP
  * (0 without `probs`, or for an array of a single float: nothing saved).
  */
-function sizesOf(s: AttentionShape, probs?: Float32Array) {
+function sizesOf(s: AttentionShape, probs?: Float32Array | ProbsSlot) {
   const G = s.H / s.KV;
-  return { T: s.rows * s.S, G, Sp: padded(s.S), dp: headCols(s.d), np: Math.ceil((s.S * G) / 2), nP: probs && probs.length > 1 ? probs.length : 0 };
+  const nP = probs && probs.length > 1 ? probs.length : 0;
+  // a slot is in place: no block for P among the call's arrays
+  const slot = nP > 0 && !(probs instanceof Float32Array) ? (probs as ProbsSlot) : undefined;
+  return { T: s.rows * s.S, G, Sp: padded(s.S), dp: headCols(s.d), np: Math.ceil((s.S * G) / 2), nP, slot, nPcopy: slot ? 0 : nP };
 }
 
 /**
  * o = softmax(q·kᵀ/√d over each query's visible keys)·v, and per (token, head) the logsumexp of the scaled
  * scores into stats [T, H] (what the backward recomputes P from); P itself into `probs` when it has
- * savedProbsSize floats (a shorter array: not saved).
+ * savedProbsSize floats (a shorter array: not saved): an array (copied out) or a slot of this module's memory
+ * (allocProbs: written in place).
  */
 export function attentionForward(
   q: Float32Array,
@@ -215,15 +266,16 @@ export function attentionForward(
   s: AttentionShape,
   o: Float32Array,
   stats: Float32Array,
-  probs?: Float32Array,
+  probs?: Float32Array | ProbsSlot,
 ): void {
   const { rows, S, H, KV, d } = s;
-  const { T, G, Sp, dp, np, nP } = sizesOf(s, probs);
+  const { T, G, Sp, dp, np, nP, slot, nPcopy } = sizesOf(s, probs);
   const {
     at: [qA, kA, vA, ktA, oA, stA, tA, scA, pA],
     f,
     i,
-  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * REC, 4 * Sp, nP]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * REC, 4 * Sp, nPcopy]);
+  const pBase = slot ? slot.at : pA!;
   const m = attentionModule();
   putHeads(q, f, qA!, d, dp);
   putHeads(k, f, kA!, d, dp);
@@ -238,17 +290,18 @@ export function attentionForward(
       const e0 = r * S * H + h * G;
       const kvt = (r * KV + h) * tRows(d) * Sp * 4;
       const kvr = (r * S * KV + h) * dp * 4;
-      m.fwd(np, tA! + r * np * REC * 4, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vA! + kvr, oA! + e0 * dp * 4, stA! + e0 * 8, scA!, save ? pA! + pAt(r, h) : 0);
+      m.fwd(np, tA! + r * np * REC * 4, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vA! + kvr, oA! + e0 * dp * 4, stA! + e0 * 8, scA!, save ? pBase + pAt(r, h) : 0);
     }
   getHeads(f, oA!, o, d, dp);
-  if (save) probs!.set(f.subarray(pA! / 4, pA! / 4 + nP));
+  if (save && !slot) (probs as Float32Array).set(f.subarray(pA! / 4, pA! / 4 + nP));
   // logsumexp = m + log l from the module's (m, 1/l)
   for (let t = 0, a = stA! / 4; t < T * H; t++, a += 2) stats[t] = f[a]! - Math.log(f[a + 1]!);
 }
 
 /**
  * dq, dk, dv of attentionForward's o for the upstream gradient dO, from q, k, v, o and its logsumexp, or from
- * the P it saved (`probs`, when it has savedProbsSize floats: neither q·k nor exp is formed again).
+ * the P it saved (`probs`, when it has savedProbsSize floats: neither q·k nor exp is formed again; a slot is
+ * read in place, and stays the caller's to free).
  */
 export function attentionBackward(
   q: Float32Array,
@@ -262,16 +315,17 @@ export function attentionBackward(
   dq: Float32Array,
   dk: Float32Array,
   dv: Float32Array,
-  probs?: Float32Array,
+  probs?: Float32Array | ProbsSlot,
 ): void {
   const { rows, S, H, KV, d } = s;
-  const { T, G, Sp, dp, np, nP } = sizesOf(s, probs);
+  const { T, G, Sp, dp, np, nP, slot, nPcopy } = sizesOf(s, probs);
   const kvT = rows * KV * tRows(d) * Sp;
   const {
     at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA, pA],
     f,
     i,
-  } = layout([T * H * dp, T * KV * dp, T * KV * dp, nP ? 0 : kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * REC, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp, nP]);
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, nP ? 0 : kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * REC, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp, nPcopy]);
+  const pBase = slot ? slot.at : pA!;
   const m = attentionModule();
   const { rowP } = pairTable(i, tA! / 4, ranges, s);
   const given = nP > 0 && nP === KV * rowP.reduce((x, y) => x + y, 0);
@@ -280,7 +334,9 @@ export function attentionBackward(
   putHeads(q, f, qA!, d, dp);
   putHeads(k, f, kA!, d, dp);
   putHeads(v, f, vA!, d, dp);
-  if (given) f.set(probs!, pA! / 4);
+  if (given) {
+    if (!slot) f.set(probs as Float32Array, pA! / 4);
+  }
   else {
     transposeIn(m, kA!, ktA!, s, Sp, dp);
     f.set(stats, stA! / 4);
@@ -315,7 +371,7 @@ export function attentionBackward(
         dqA! + e0 * dp * 4,
         dkA! + kvr,
         dvA! + kvr,
-        given ? pA! + pAt(r, h) : 0,
+        given ? pBase + pAt(r, h) : 0,
       );
     }
   getHeads(f, dqA!, dq, d, dp);

@@ -14,6 +14,7 @@ import { attentionPCounts, attentionRanges } from '../../../src/runtime/kernels/
 import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
 import { reference, type Kernel, type KernelContext } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { probsSlotBytes } from '../../../src/runtime/tfjs/attention.js';
 import { lcg, relErr } from '../executor/helpers.js';
 
 const rnd = lcg(9876);
@@ -146,6 +147,26 @@ describe('fused attention (cpu-attention.ts)', () => {
         ctx.cache.forEach((t) => t.dispose());
         ctx.cache.clear();
         tf.dispose(xs);
+      });
+
+      it('a forward whose backward never comes (inputs off the gradient path) gives its P slot back to the next forward', () => {
+        const ctx = packed(2, 10, 2, 1);
+        const T = 20;
+        const xs = [tf.tensor2d(randn(T * 8), [T, 8]), tf.tensor2d(randn(T * 4), [T, 4]), tf.tensor2d(randn(T * 4), [T, 4])];
+        const w = tf.tensor2d(randn(T * 8), [T, 8]);
+        const st = step(2, 1, 4, true);
+        const attention = cpuKernels({ kernels: [] }).attention;
+        // the attention of constants under the tape: saved, never taken
+        const run = () => tf.dispose(tf.grads((x: Tensor) => tf.sum(tf.mul(attention(xs, st, ctx)[0]!, x)) as tf.Scalar)([w]));
+        run();
+        const bytes = probsSlotBytes();
+        const before = { ...attentionPCounts };
+        for (let i = 0; i < 4; i++) run();
+        expect(probsSlotBytes()).toBe(bytes);
+        expect(attentionPCounts).toEqual(before);
+        ctx.cache.forEach((t) => t.dispose());
+        ctx.cache.clear();
+        tf.dispose([...xs, w]);
       });
 
       it('runs McpcAttention and McpcAttentionGrad (no BatchMatMul, Softmax)', async () => {
