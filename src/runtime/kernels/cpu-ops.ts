@@ -24,6 +24,7 @@ import { share } from '../tfjs/share.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
+import { ropeOnHeap } from '../tfjs/rope.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
 
@@ -327,6 +328,8 @@ export function ensureCpuOps(): void {
       const H = a.heads as number;
       const d = a.headDim as number;
       const half = d / 2;
+      // WebAssembly SIMD in place on the wasm backend's heap (../tfjs/rope.ts); this loop elsewhere
+      if (ropeOnHeap(x, y!, cos, sin, T, H, d, a.inverse === true)) return;
       // inverse: the transpose of the rotation (the gradient).
       const sg = a.inverse ? -1 : 1;
       for (let t = 0; t < T; t++)
