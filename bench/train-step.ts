@@ -22,6 +22,9 @@
  * against the same plan with VAR unset, alternating their steps in this one process the same way (for switches
  * read per call); the last line is then `speedup VAR on/off: <ratio>x`, with no target.
  *
+ * `--without-pass NAME` (e.g. `--without-pass fold-trainable-lora`) compares instead the -O1 plan compiled without
+ * that optimization pass against the full -O1 plan, the same way; the last line is `speedup NAME on/off: <ratio>x`.
+ *
  * `--profile` also prints, per stage and plan, the wall time per timed step inside each tfjs kernel by name
  * (kernels called from inside other kernels count in both), the largest first: where each plan's step goes.
  */
@@ -30,6 +33,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { compileFile, nodeHost } from '../src/compiler/index.js';
+import { passes } from '../src/compiler/4-optimize/index.js';
 import type { MicroBatch } from '../src/runtime/data/batch.js';
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
 import type { Plan } from '../src/plan/types.js';
@@ -46,6 +50,7 @@ const { values } = parseArgs({
     target: { type: 'string', default: '2' },
     ab: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    'without-pass': { type: 'string' },
   },
 });
 const quick = values.quick!;
@@ -93,13 +98,17 @@ stage align {
 }
 `;
 
+/** Plans 0 and 1: -O0 and -O1, or with --without-pass NAME the -O1 plan without that pass and the full -O1 plan. */
 function compileBoth(): Plan[] {
   const dir = mkdtempSync(join(tmpdir(), 'mcpc-bench-step-'));
+  const without = values['without-pass'];
+  if (without && !passes.some((p) => p.name === without)) throw new Error(`--without-pass: no pass '${without}' (passes: ${passes.map((p) => p.name).join(', ')})`);
   try {
     writeFileSync(join(dir, 'd.jsonl'), JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] }) + '\n');
     writeFileSync(join(dir, 'p.mcp'), PIPELINE);
-    return ([0, 1] as const).map((optLevel) => {
-      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel });
+    return ([0, 1] as const).map((i) => {
+      const opts = without ? { optLevel: 1 as const, ...(i === 0 ? { passes: passes.filter((p) => p.name !== without) } : {}) } : { optLevel: i };
+      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, opts);
       if (!res.plan) throw new Error(`the bench pipeline does not compile:\n${res.diagnostics.map((d) => d.message).join('\n')}`);
       return res.plan;
     });
@@ -138,8 +147,9 @@ const median = (xs: number[]) => {
 const t0 = performance.now();
 const both = compileBoth() as [Plan, Plan];
 // With --ab: plan 0 is -O1 with the variable at 0, plan 1 -O1 with it unset.
+const without = values['without-pass'];
 const [p0, p1] = ab ? [both[1], both[1]] : both;
-const label = ab ? [`${ab}=0`, 'default'] : ['-O0', '-O1'];
+const label = ab ? [`${ab}=0`, 'default'] : without ? [`-O1 without ${without}`, '-O1'] : ['-O0', '-O1'];
 const setEnv = (i: number) => {
   if (!ab) return;
   if (i === 0) process.env[ab] = '0';
@@ -211,8 +221,8 @@ for (const stage of ['aggregate', 'align']) {
 }
 const geomean = (xs: number[]) => Math.exp(xs.reduce((a, r) => a + Math.log(r), 0) / xs.length);
 const speedup = geomean(ratios);
-if (ab) {
-  console.log(`speedup ${ab} on/off: ${speedup.toFixed(2)}x (${((performance.now() - t0) / 1000).toFixed(1)} s, tensors ${tf.memory().numTensors})`);
+if (ab || without) {
+  console.log(`speedup ${ab ?? without} on/off: ${speedup.toFixed(2)}x (${((performance.now() - t0) / 1000).toFixed(1)} s, tensors ${tf.memory().numTensors})`);
   process.exit(0);
 }
 // Where the time ratio can go at equal kernel efficiency: the same mean over the cost model's FLOP ratios.
