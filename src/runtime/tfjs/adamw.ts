@@ -4,8 +4,7 @@
  * JavaScript loop it replaces (every step one IEEE f32 operation, in the same order), ~10x faster: 0.49M
  * parameters took ~22 ms a step in JavaScript.
  */
-import { readFileSync } from 'node:fs';
-import { wasmHeap } from './wasm-extra.js';
+import { heapExport, wasmHeap } from './wasm-extra.js';
 
 /** The step's f32 scalars, as the kernel derives them (optimizer.ts adamwScalars, rounded to f32). */
 export interface AdamWConsts {
@@ -25,18 +24,7 @@ type AdamWFn = (p: number, P: number, g: number, m: number, v: number, M: number
 /** Kernel calls that ran here (for tests: the wasm backend must not fall back to JavaScript unnoticed). */
 export const adamwWasmCalls = { count: 0 };
 
-let mod: WebAssembly.Module | undefined;
-const instances = new WeakMap<WebAssembly.Memory, AdamWFn>();
-
-function fnFor(heap: WebAssembly.Memory): AdamWFn {
-  let fn = instances.get(heap);
-  if (!fn) {
-    mod ??= new WebAssembly.Module(readFileSync(new URL('./adamw.wasm', import.meta.url)));
-    fn = new WebAssembly.Instance(mod, { e: { m: heap } }).exports.adamw as AdamWFn;
-    instances.set(heap, fn);
-  }
-  return fn;
-}
+const fnFor = heapExport<AdamWFn>('adamw.wasm', 'adamw');
 
 /**
  * One AdamW step of every tensor: ps[i] (parameters) into Ps[i], the flat g/m/v (the tensors' elements one

@@ -3,26 +3,14 @@
  * the CPU `McpcRope` / `McpcRopeInverse` kernels (../kernels/cpu-ops.ts) run on the `wasm` backend instead of
  * their JavaScript loop (8x256 tokens, 4 + 2 heads of 16: ~1-2 ms a call in JavaScript in a training step).
  */
-import { readFileSync } from 'node:fs';
-import { wasmHeap } from './wasm-extra.js';
+import { heapExport, wasmHeap } from './wasm-extra.js';
 
 type RopeFn = (x: number, y: number, cos: number, sin: number, T: number, H: number, half: number, sg: number) => void;
 
 /** Kernel calls that ran here (for tests: the wasm backend must not fall back to JavaScript unnoticed). */
 export const ropeWasmCalls = { count: 0 };
 
-let mod: WebAssembly.Module | undefined;
-const instances = new WeakMap<WebAssembly.Memory, RopeFn>();
-
-function fnFor(heap: WebAssembly.Memory): RopeFn {
-  let fn = instances.get(heap);
-  if (!fn) {
-    mod ??= new WebAssembly.Module(readFileSync(new URL('./rope.wasm', import.meta.url)));
-    fn = new WebAssembly.Instance(mod, { e: { m: heap } }).exports.rope as RopeFn;
-    instances.set(heap, fn);
-  }
-  return fn;
-}
+const fnFor = heapExport<RopeFn>('rope.wasm', 'rope');
 
 /**
  * y [T, H·d] = x rotated by the tables cos, sin [T, d/2] (d even; the transpose of the rotation when

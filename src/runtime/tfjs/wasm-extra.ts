@@ -11,6 +11,7 @@
  *   slice; this one copies only the slice, from a view of the heap. `SplitV` likewise (the package's calls
  *   its own Slice, not the registered kernel).
  */
+import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
 
 /** What mcpc's kernels use of tfjs-backend-wasm's BackendWasm: outputs in its heap and views of them. */
@@ -32,6 +33,26 @@ export function wasmHeap(): WebAssembly.Memory | null {
   const m = b?.wasm?.asm?.memory;
   // A shared memory (the threaded build) would need a shared import: such arrays take the copy.
   return m instanceof WebAssembly.Memory && !(typeof SharedArrayBuffer !== 'undefined' && m.buffer instanceof SharedArrayBuffer) ? m : null;
+}
+
+/**
+ * An export of a module of ours (a .wasm beside this file that imports its memory as `e.m`), instantiated over
+ * tfjs-backend-wasm's heap: `heapExport('adamw.wasm', 'adamw')` returns a lookup of that export for a memory
+ * (`wasmHeap()`'s), compiled once and instantiated once per memory (the memory object survives the heap's
+ * growth).
+ */
+export function heapExport<F>(file: string, name: string): (heap: WebAssembly.Memory) => F {
+  let mod: WebAssembly.Module | undefined;
+  const instances = new WeakMap<WebAssembly.Memory, F>();
+  return (heap) => {
+    let fn = instances.get(heap);
+    if (!fn) {
+      mod ??= new WebAssembly.Module(readFileSync(new URL(`./${file}`, import.meta.url)));
+      fn = new WebAssembly.Instance(mod, { e: { m: heap } }).exports[name] as F;
+      instances.set(heap, fn);
+    }
+    return fn;
+  };
 }
 
 let registered = false;

@@ -159,22 +159,24 @@ describe.each([1, 0])('-O0 and -O1 plans train to the same result (noise shared:
   });
 });
 
+/** The -O1 plans of `text` without the pass `name` and with every pass (each verified after every pass). */
+function plansWithout(text: string, name: string): [Plan, Plan] {
+  const { dir } = compileInline(text, []);
+  const at = (list: Pass[]) => {
+    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1, verify: true, passes: list });
+    if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
+    return res.plan;
+  };
+  return [at(passes.filter((p) => p.name !== name)), at(passes)];
+}
+
 /**
  * concat-shared-input on its own: the -O1 plan with and without it (every other pass the same) trains to the same
  * result on the reference (`cpu`) and on the wasm kernel table: q, k and v (base weights with biases, the attention
  * LoRA's A) and gate and up (base, knowledge A, router, experts' A) each one GEMM per shared input.
  */
 describe('concat-shared-input: the -O1 plan with and without it', () => {
-  const without = passes.filter((p) => p.name !== 'concat-shared-input');
-  const plansOf = (text: string): [Plan, Plan] => {
-    const { dir } = compileInline(text, []);
-    const at = (list: Pass[]) => {
-      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1, verify: true, passes: list });
-      if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
-      return res.plan;
-    };
-    return [at(without), at(passes)];
-  };
+  const plansOf = (text: string) => plansWithout(text, 'concat-shared-input');
   const mbs = [syntheticBatch(2, 32, 21), syntheticBatch(2, 32, 22)];
   const runners: StageRunner[] = [];
   afterAll(() => runners.forEach((r) => r.dispose()));
@@ -237,16 +239,7 @@ stage one {
  * LoRA is merged in a stage that trains the base (fold-frozen-lora cannot fold it there).
  */
 describe('fold-trainable-lora: the -O1 plan with and without it', () => {
-  const without = passes.filter((p) => p.name !== 'fold-trainable-lora');
-  const plansOf = (text: string): [Plan, Plan] => {
-    const { dir } = compileInline(text, []);
-    const at = (list: Pass[]) => {
-      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1, verify: true, passes: list });
-      if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
-      return res.plan;
-    };
-    return [at(without), at(passes)];
-  };
+  const plansOf = (text: string) => plansWithout(text, 'fold-trainable-lora');
   const mbs = [syntheticBatch(2, 32, 31), syntheticBatch(2, 32, 32)];
   const runners: StageRunner[] = [];
   afterAll(() => runners.forEach((r) => r.dispose()));

@@ -21,6 +21,7 @@
  */
 import { GraphEditor } from '../../ir/edit.js';
 import { GraphIndex } from '../../ir/graph-index.js';
+import { loraTermOf, removeLoraTerm } from '../../ir/lora.js';
 import type { Transition } from '../../ir/types.js';
 import type { Pass } from '../pass.js';
 
@@ -50,17 +51,11 @@ export const foldFrozenLora: Pass = {
         for (const down of downs) {
           const site = down.site!;
           // The down projection's output must feed only the up projection, and that only one add.
-          const [up, ...more] = ix.consumers(down.outputs[0]);
-          if (!up || more.length || up.op !== 'lora_up' || up.adapter !== name) continue;
-          const [add, ...more2] = ix.consumers(up.outputs[0]);
-          if (!add || more2.length || add.op !== 'add' || add.inputs.length !== 2) continue;
-          const linear = ix.site(site).find((n) => n.op === 'linear');
-          if (!linear) continue;
+          const term = loraTermOf(ix, down);
+          if (!term) continue;
+          const { up, linear } = term;
           scale ??= up.attrs.scale as number;
-          // Rewire the sum around the adapter's term.
-          const keep = add.inputs[0] === up.outputs[0] ? add.inputs[1] : add.inputs[0];
-          ix.rewire(add.outputs[0], keep);
-          ix.remove([down, up, add]);
+          removeLoraTerm(ix, term);
           // The base GEMM reads the stage copy of its weight.
           const w = linear.inputs[1];
           const base = (linear.attrs.foldedFrom as string | undefined) ?? w;

@@ -30,6 +30,7 @@
 import { backwardFlops, forwardFlops, gradValues, stageTokens } from '../../ir/cost.js';
 import { GraphEditor } from '../../ir/edit.js';
 import { GraphIndex } from '../../ir/graph-index.js';
+import { loraTermOf, removeLoraTerm } from '../../ir/lora.js';
 import type { Node } from '../../ir/types.js';
 import type { Pass } from '../pass.js';
 
@@ -53,12 +54,9 @@ export const foldTrainableLora: Pass = {
         const decl = ir.pipeline.adapters.find((a) => a.name === name);
         if (!decl || decl.type !== 'lora' || decl.lora.dropout > 0) continue;
         const site = down.site!;
-        const [up, ...more] = ix.consumers(down.outputs[0]);
-        if (!up || more.length || up.op !== 'lora_up' || up.adapter !== name) continue;
-        const [add, ...more2] = ix.consumers(up.outputs[0]);
-        if (!add || more2.length || add.op !== 'add' || add.inputs.length !== 2) continue;
-        const linear = ix.site(site).find((n) => n.op === 'linear');
-        if (!linear || linear.inputs[0] !== down.inputs[0]) continue;
+        const term = loraTermOf(ix, down);
+        if (!term || term.linear.inputs[0] !== down.inputs[0]) continue;
+        const { up, linear } = term;
         const [A, B] = [down.inputs[1], up.inputs[1]];
         const W = linear.inputs[1];
         const inF = linear.attrs.in as number;
@@ -74,10 +72,8 @@ export const foldTrainableLora: Pass = {
           skippedByCost++;
           continue;
         }
-        // Rewire the sum around the adapter's term; the linear reads the merged weight.
-        const keep = add.inputs[0] === up.outputs[0] ? add.inputs[1] : add.inputs[0];
-        ix.rewire(add.outputs[0], keep);
-        ix.remove([down, up, add]);
+        // Take the adapter's term out of the sum; the linear reads the merged weight.
+        removeLoraTerm(ix, term);
         let id = `${site}.weight.step`;
         for (let k = 2; g.values.has(id); k++) id = `${site}.weight.step.${k}`;
         ed.value(id, [outF, inF]);
