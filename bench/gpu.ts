@@ -577,12 +577,15 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
 if (parts.has('step')) await section('training step', async () => {
   // The -O1 plan, the same without route-expert-down (the routed A projections inside concat_linear, as
   // before that pass: on the CPU the pass pays; on a GPU, where this small step is host-bound, its extra
-  // kernels may cost) and without concat-shared-input (q/k/v and gate/up as separate GEMMs: no time measured
-  // on the CPU; on a GPU it removes launches). Steps alternate between the runners.
+  // kernels may cost), without concat-shared-input (q/k/v and gate/up as separate GEMMs: no time measured
+  // on the CPU; on a GPU it removes launches) and without fold-trainable-lora (the LoRA's own products instead
+  // of the merged weight: 1.15x on the CPU at 8x256; on a GPU its dW' products may cost more than the launches
+  // it saves). Steps alternate between the runners.
   const variants = [
     { name: '', ...medcarePlan(1) },
     { name: ' (without route-expert-down)', ...medcarePlan(1, undefined, defaultPasses.filter((p) => p !== routeExpertDown)) },
     { name: ' (without concat-shared-input)', ...medcarePlan(1, undefined, defaultPasses.filter((p) => p !== concatSharedInput)) },
+    { name: ' (without fold-trainable-lora)', ...medcarePlan(1, undefined, defaultPasses.filter((p) => p.name !== 'fold-trainable-lora')) },
   ];
   const stage = variants[0]!.plan.stages[0]!;
   const rows = stage.settings.microBatch;
