@@ -40,12 +40,16 @@ export function partOut(n: Node): number {
 
 /** Whether every input of `n` after x is a parameter or a constant (a GEMM against weights only). */
 export function readsWeightsOnly(n: Node, g: Graph): boolean {
-  return n.inputs.slice(1).every((i) => g.values.get(i)?.kind === 'param' || g.values.get(i)?.kind === 'const' || isMergedWeight(i, g));
+  return n.inputs.slice(1).every((i) => isWeight(i, g));
 }
 
-/** A weight a `lora_merge` writes every step (fold-trainable-lora): W + s·B·A, from parameters only, at the graph's head. */
-export function isMergedWeight(v: string, g: Graph): boolean {
-  return g.nodes.some((m) => m.op === 'lora_merge' && m.outputs[0] === v);
+/**
+ * A value that is a weight: a parameter, a stage constant (a folded copy), or what a `lora_merge` writes every
+ * step (fold-trainable-lora: W + s·B·A, from weights only, at the graph's head).
+ */
+export function isWeight(v: string, g: Graph): boolean {
+  const kind = g.values.get(v)?.kind;
+  return kind === 'param' || kind === 'const' || g.nodes.some((m) => m.op === 'lora_merge' && m.outputs[0] === v);
 }
 
 /**

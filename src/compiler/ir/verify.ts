@@ -2,7 +2,7 @@
  * The IR verifier: run after lowering and after every pass (always in tests, and with MCPC_DEBUG=ir).
  * A failure is an internal compiler error naming the pass and the node, never a user diagnostic.
  */
-import { concatPartOps, concatParts, trainingAltersInput } from './concat.js';
+import { concatPartOps, concatParts, isWeight, trainingAltersInput } from './concat.js';
 import type { Graph, IR, Node } from './types.js';
 
 export class IRVerifyError extends Error {
@@ -90,7 +90,7 @@ function verifyGraph(ir: IR, g: Graph, stage: string, pass: string, expanded: bo
   for (const n of g.nodes) {
     if (n.op !== 'lora_merge') continue;
     if (n.inputs.length !== 3 || n.outputs.length !== 1) fail(n, 'lora_merge takes (W, A, B) and writes one weight');
-    const notWeight = n.inputs.find((i) => !(g.values.get(i)?.kind === 'param' || g.values.get(i)?.kind === 'const' || g.nodes.some((m) => m.op === 'lora_merge' && m.outputs[0] === i)));
+    const notWeight = n.inputs.find((i) => !isWeight(i, g));
     if (notWeight) fail(n, `lora_merge reads ${notWeight}, which is not a weight`);
     const [wShape, oShape] = [g.values.get(n.inputs[0])?.shape, g.values.get(n.outputs[0])?.shape];
     if (wShape && oShape && wShape.join(',') !== oShape.join(',')) fail(n, `lora_merge writes [${oShape.join(', ')}] for a weight [${wShape.join(', ')}]`);
