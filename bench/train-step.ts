@@ -61,6 +61,7 @@ const rows = Number(values.rows ?? (quick ? 2 : 8));
 const seq = Number(values.seq ?? (quick ? 128 : 256));
 const target = Number(values.target);
 const ab = values.ab;
+const without = values['without-pass'];
 
 const PIPELINE = `pipeline bench
 model base = builtin("qwen2-tiny", hidden: 64, ffn: 176, heads: 4, kv_heads: 2)
@@ -101,7 +102,6 @@ stage align {
 /** Plans 0 and 1: -O0 and -O1, or with --without-pass NAME the -O1 plan without that pass and the full -O1 plan. */
 function compileBoth(): Plan[] {
   const dir = mkdtempSync(join(tmpdir(), 'mcpc-bench-step-'));
-  const without = values['without-pass'];
   if (without && !passes.some((p) => p.name === without)) throw new Error(`--without-pass: no pass '${without}' (passes: ${passes.map((p) => p.name).join(', ')})`);
   try {
     writeFileSync(join(dir, 'd.jsonl'), JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] }) + '\n');
@@ -147,7 +147,6 @@ const median = (xs: number[]) => {
 const t0 = performance.now();
 const both = compileBoth() as [Plan, Plan];
 // With --ab: plan 0 is -O1 with the variable at 0, plan 1 -O1 with it unset.
-const without = values['without-pass'];
 const [p0, p1] = ab ? [both[1], both[1]] : both;
 const label = ab ? [`${ab}=0`, 'default'] : without ? [`-O1 without ${without}`, '-O1'] : ['-O0', '-O1'];
 const setEnv = (i: number) => {

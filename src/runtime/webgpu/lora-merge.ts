@@ -19,56 +19,47 @@ const WG = 64;
 
 const u = (x: number): string => `${x >>> 0}u`;
 
-/** W' = W + s·B·A; W [O, I], A [R, I], B [O, R]. */
-function forwardCode(O: number, I: number, R: number, s: number): string {
-  return `@group(0) @binding(0) var<storage, read> w: array<f32>;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+/**
+ * A module of one thread per element e of its output (the last binding), over the read-only `inputs` bound in
+ * order; `body` computes `acc` for e and the output's element count is `n` (a WGSL expression in O, I, R).
+ */
+function elementModule(O: number, I: number, R: number, inputs: string[], n: string, body: string, store: string): string {
+  const io = [...inputs.map((v, k) => `@group(0) @binding(${k}) var<storage, read> ${v}: array<f32>;`), `@group(0) @binding(${inputs.length}) var<storage, read_write> out: array<f32>;`];
+  return `${io.join('\n')}
 const O = ${u(O)};
 const I = ${u(I)};
 const R = ${u(R)};
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let e = gid.x + gid.y * nwg.x * ${u(WG)};
-  if (e >= O * I) { return; }
-  let o = e / I;
-  let i = e % I;
+  if (e >= ${n}) { return; }
   var acc = 0.0;
-  for (var r = 0u; r < R; r++) { acc += b[o * R + r] * a[r * I + i]; }
-  y[e] = w[e] + ${f32(s)} * acc;
+${body}
+  out[e] = ${store};
 }
 `;
 }
 
-/** which 'A': dA [R, I] = s·Σ_o B[o, r]·g[o, i];  which 'B': dB [O, R] = s·Σ_i g[o, i]·A[r, i]. */
-function gradCode(O: number, I: number, R: number, s: number, which: 'A' | 'B'): string {
-  const body =
-    which === 'A'
-      ? `  if (e >= R * I) { return; }
-  let r = e / I;
+/** W' = W + s·B·A; W [O, I], A [R, I], B [O, R]. */
+function forwardCode(O: number, I: number, R: number, s: number): string {
+  return elementModule(O, I, R, ['w', 'a', 'b'], 'O * I', `  let o = e / I;
   let i = e % I;
-  var acc = 0.0;
-  for (var o = 0u; o < O; o++) { acc += b[o * R + r] * g[o * I + i]; }`
-      : `  if (e >= O * R) { return; }
-  let o = e / R;
-  let r = e % R;
-  var acc = 0.0;
-  for (var i = 0u; i < I; i++) { acc += g[o * I + i] * a[r * I + i]; }`;
-  // Only the factor it reads is bound (a binding the shader does not use would not be in its layout).
-  return `@group(0) @binding(0) var<storage, read> g: array<f32>;
-@group(0) @binding(1) var<storage, read> ${which === 'A' ? 'b' : 'a'}: array<f32>;
-@group(0) @binding(2) var<storage, read_write> d: array<f32>;
-const O = ${u(O)};
-const I = ${u(I)};
-const R = ${u(R)};
-@compute @workgroup_size(${WG})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-  let e = gid.x + gid.y * nwg.x * ${u(WG)};
-${body}
-  d[e] = ${f32(s)} * acc;
+  for (var r = 0u; r < R; r++) { acc += b[o * R + r] * a[r * I + i]; }`, `w[e] + ${f32(s)} * acc`);
 }
-`;
+
+/**
+ * which 'A': dA [R, I] = s·Σ_o B[o, r]·g[o, i];  which 'B': dB [O, R] = s·Σ_i g[o, i]·A[r, i]. Only the factor
+ * it reads is bound (a binding the shader does not use would not be in its layout).
+ */
+function gradCode(O: number, I: number, R: number, s: number, which: 'A' | 'B'): string {
+  const store = `${f32(s)} * acc`;
+  if (which === 'A')
+    return elementModule(O, I, R, ['g', 'b'], 'R * I', `  let r = e / I;
+  let i = e % I;
+  for (var o = 0u; o < O; o++) { acc += b[o * R + r] * g[o * I + i]; }`, store);
+  return elementModule(O, I, R, ['g', 'a'], 'O * R', `  let o = e / R;
+  let r = e % R;
+  for (var i = 0u; i < I; i++) { acc += g[o * I + i] * a[r * I + i]; }`, store);
 }
 
 function fwdKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
