@@ -27,6 +27,7 @@ import { adamwOnHeap } from '../tfjs/adamw.js';
 import { ropeOnHeap } from '../tfjs/rope.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
+import { FusedSlots, type AheadSlot } from './fused-slots.js';
 
 type Info = tf.TensorInfo;
 type Attrs = Record<string, unknown>;
@@ -106,28 +107,10 @@ function programId(p: CompiledFused): number {
 }
 const program = (attrs: Attrs) => programs.get(attrs.program as number)!;
 
-/** Whether McpcFused's gradient computes the slots of several inputs in one McpcFusedGrad pass (MCPC_FUSED_GRAD_ONEPASS=0: one pass per slot). */
-const fusedGradOnePass = (): boolean => (typeof process !== 'undefined' ? process.env.MCPC_FUSED_GRAD_ONEPASS : undefined) !== '0';
-
-/** A gradient slot McpcFusedGrad computed (kept), until releaseFusedGrads. */
-interface Ahead {
-  t: Tensor;
-  program: number;
-  slot: number;
-  /** Whether an input's closure took it. */
-  taken: boolean;
-}
-const pending: Ahead[] = [];
-/**
- * Per program: the slots some input ever asked for, and those computed ahead and never taken (not computed
- * ahead again until asked for: an input off the gradient's path, such as a frozen norm weight).
- */
-const slotUse = new Map<number, { requested: Set<number>; skip: Set<number> }>();
-function slotStats(id: number): { requested: Set<number>; skip: Set<number> } {
-  let s = slotUse.get(id);
-  if (!s) slotUse.set(id, (s = { requested: new Set(), skip: new Set() }));
-  return s;
-}
+/** The fused gradients' slot policy (./fused-slots.ts) for McpcFused's program ids. */
+const fusedSlots = new FusedSlots();
+/** Gradient slots McpcFusedGrad computed and kept for the inputs' closures, until releaseFusedGrads. */
+const pending: Tensor[] = [];
 let sweepQueued = false;
 /** Release in a microtask too: after the synchronous backward pass that computed them. */
 function ensureSweep(): void {
@@ -145,14 +128,8 @@ function ensureSweep(): void {
  * gradient starts, by the executor after its backward pass, and in a microtask after the pass.
  */
 export function releaseFusedGrads(): void {
-  if (!pending.length) return;
-  for (const e of pending) {
-    if (!e.taken) {
-      const s = slotStats(e.program);
-      if (!s.requested.has(e.slot)) s.skip.add(e.slot);
-    }
-    e.t.dispose();
-  }
+  fusedSlots.settle();
+  for (const t of pending) t.dispose();
   pending.length = 0;
 }
 
@@ -267,40 +244,30 @@ export function ensureCpuOps(): void {
         const dys = Array.isArray(dy) ? dy : [dy];
         const xs = saved.slice(0, n);
         const ys = saved.slice(n);
-        const onePass = fusedGradOnePass();
-        const stats = slotStats(id);
         // Slots computed so far for this node (kept until releaseFusedGrads): every input asking for one gets a
-        // tensor on its buffer (share: no kernel), so several inputs can share a slot.
-        const got = new Map<number, Ahead>();
-        const computes = (s: number | null | undefined): s is number => s !== null && s !== undefined && !(p.slots[s]!.identityOf !== undefined && p.slots[s]!.reduce === 'none');
+        // tensor on its buffer (share: no kernel), so several inputs can share a slot; `ahead` marks the slots
+        // computed before their input asked.
+        const got = new Map<number, { t: Tensor; ahead?: AheadSlot }>();
+        const computes = (s: number): boolean => !(p.slots[s]!.identityOf !== undefined && p.slots[s]!.reduce === 'none');
         return grads(n, (i) => {
           const slot = p.grads[i];
           if (slot === null || slot === undefined) return tf.zerosLike(xs[i]!);
           if (!computes(slot)) return share(dys[p.slots[slot]!.identityOf!]!);
-          stats.requested.add(slot);
-          stats.skip.delete(slot);
+          fusedSlots.request(id, slot);
           let hit = got.get(slot);
           if (!hit) {
-            // This slot and, in the same pass, those of the later inputs (tfjs asks in input order, and only for
-            // the inputs on the path to the parameters: an earlier input not asked for wants none), but for slots
-            // computed ahead before and never taken (a frozen norm weight's).
-            const want = new Set([slot]);
-            if (onePass)
-              for (let j = i + 1; j < n; j++) {
-                const s = p.grads[j];
-                if (computes(s) && !stats.skip.has(s) && !got.has(s)) want.add(s);
-              }
-            const slots = [...want].sort((x, y) => x - y);
+            // This slot and, in the same pass, those of the later inputs (./fused-slots.ts).
+            const slots = fusedSlots.pass(id, p.grads, i, slot, computes, (s) => got.has(s));
             const res = runN('McpcFusedGrad', [...xs, ...ys, ...dys], { program: id, slots, rows: a.rows as number, cols: a.cols as number });
             slots.forEach((s, k) => {
-              const e: Ahead = { t: tf.keep(res[k]!), program: id, slot: s, taken: false };
-              pending.push(e);
-              got.set(s, e);
-              ensureSweep();
+              const t = tf.keep(res[k]!);
+              pending.push(t);
+              got.set(s, { t, ...(s === slot ? {} : { ahead: fusedSlots.ahead(id, s) }) });
             });
+            ensureSweep();
             hit = got.get(slot)!;
           }
-          hit.taken = true;
+          if (hit.ahead) hit.ahead.taken = true;
           return share(hit.t);
         });
       },

@@ -31,6 +31,7 @@ import type { FusedExprAttrs, FusedInputKind } from '../../plan/fused.js';
 import type { PlanKernel } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { disposeInfo, keepUntilBackwardEnds, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
+import { FusedSlots, type AheadSlot } from '../kernels/fused-slots.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -279,13 +280,13 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
   });
   const bw = p.backward;
   const shapeOf = (i: number) => (p.inputs[i] === 'vec' ? [cols] : [rows, cols]);
-  settleAhead();
-  const use = slotUse(attrs.program as number);
-  const onePass = fusedGradOnePass();
+  // The previous fused node's closures have all run.
+  fusedSlots.settle();
+  const id = attrs.program as number;
   /** Slots computed so far: ahead of their request (kept until the backward pass ends) or returned to an earlier input. */
   const ahead = new Map<number, Tensor>();
-  /** This node's entries in `aheadLog`, by slot. */
-  const logged = new Map<number, AheadUse>();
+  /** The slots computed before their input asked, by slot. */
+  const logged = new Map<number, AheadSlot>();
   const run = (mask: number): Tensor[] => {
     const reads = bw.reads.map((r) => (r.role === 'input' ? xs[r.index]! : r.role === 'saved_output' ? ys[r.index]! : dys[r.index]!));
     const r = tf.engine().runKernel(FUSED_GRAD_KERNEL, reads as unknown as tf.NamedTensorMap, { program: attrs.program, rows, cols, mask } as unknown as tf.NamedAttrMap) as Tensor | Tensor[];
@@ -298,33 +299,23 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
       const slot = bw.grads[i];
       if (slot === null || slot === undefined) return tf.zeros(shapeOf(i));
       if (isIdentity(slot)) return share(dys[bw.slots[slot]!.identityOf!]!);
-      use.requested.add(slot);
-      use.skip.delete(slot);
+      fusedSlots.request(id, slot);
       const hit = ahead.get(slot);
       if (hit && !hit.isDisposed) {
         const e = logged.get(slot);
         if (e) e.taken = true;
         return share(hit);
       }
-      // This slot, and the slots of later inputs not computed yet (tfjs asks in input order, and only for the
-      // inputs on the path to the parameters), but for those computed ahead before and never taken (an input
-      // off the path: a frozen norm weight's `vec` slot, whose column sum is a dispatch more).
-      const want = new Set([slot]);
-      if (onePass)
-        for (let j = i + 1; j < n; j++) {
-          const s = bw.grads[j];
-          if (s !== null && s !== undefined && !isIdentity(s) && !ahead.has(s) && !use.skip.has(s)) want.add(s);
-        }
-      const order = [...want].sort((a, b) => a - b);
+      // This slot, and the slots of later inputs not computed yet (../kernels/fused-slots.ts; a skipped one, such
+      // as a frozen norm weight's `vec` slot, would cost a column-sum dispatch more).
+      const order = fusedSlots.pass(id, bw.grads, i, slot, (s) => !isIdentity(s), (s) => ahead.has(s));
       const res = run(order.reduce((m, s) => m | (1 << s), 0));
       let mine: Tensor | undefined;
       order.forEach((s, k) => {
         if (s === slot) mine = res[k];
         else {
           ahead.set(s, keepUntilBackwardEnds(res[k]!));
-          const e: AheadUse = { program: attrs.program as number, slot: s, taken: false };
-          logged.set(s, e);
-          aheadLog.push(e);
+          logged.set(s, fusedSlots.ahead(id, s));
         }
       });
       // Later inputs sharing this slot get a clone of this result: tfjs moves it out of this closure's scope,
@@ -336,34 +327,8 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any, inputsSave
   return out;
 }
 
-/** Whether a gradient computes the slots of later inputs in the same dispatch (MCPC_FUSED_GRAD_ONEPASS=0: each slot when asked for). */
-const fusedGradOnePass = (): boolean => (typeof process !== 'undefined' ? process.env.MCPC_FUSED_GRAD_ONEPASS : undefined) !== '0';
-
-/** A slot computed ahead of its input's request, and whether a closure took it. */
-interface AheadUse {
-  program: number;
-  slot: number;
-  taken: boolean;
-}
-/** The previous node's slots computed ahead (settled when the next fused gradient starts: its closures have all run). */
-const aheadLog: AheadUse[] = [];
-/**
- * Per program: the slots some input asked for, and those computed ahead and never taken (not computed ahead
- * again until asked for).
- */
-const slotUses = new Map<number, { requested: Set<number>; skip: Set<number> }>();
-function slotUse(id: number): { requested: Set<number>; skip: Set<number> } {
-  let s = slotUses.get(id);
-  if (!s) slotUses.set(id, (s = { requested: new Set(), skip: new Set() }));
-  return s;
-}
-function settleAhead(): void {
-  for (const e of aheadLog) {
-    const u = slotUse(e.program);
-    if (!e.taken && !u.requested.has(e.slot)) u.skip.add(e.slot);
-  }
-  aheadLog.length = 0;
-}
+/** The fused gradients' slot policy (../kernels/fused-slots.ts) for this backend's program ids. */
+const fusedSlots = new FusedSlots();
 
 let registered = false;
 
