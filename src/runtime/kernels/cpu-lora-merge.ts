@@ -54,15 +54,7 @@ function register(): void {
   });
 }
 
-/** Whether the kernel takes these: float32 W [O, I], A [R, I], B [O, R]. */
-export function loraMergeCpuFits(w: Tensor, a: Tensor, b: Tensor): boolean {
-  if ([w, a, b].some((t) => t.dtype !== 'float32' || t.rank !== 2)) return false;
-  const [O, I] = w.shape as [number, number];
-  const R = a.shape[0]!;
-  return a.shape[1] === I && b.shape[0] === O && b.shape[1] === R;
-}
-
-/** W + s·B·A (checked by {@link loraMergeCpuFits}), differentiable in W, A and B. */
+/** W + s·B·A (checked by reference.ts `loraMergeShapesFit`), differentiable in W, A and B. */
 export function loraMergeCpu(w: Tensor, a: Tensor, b: Tensor, scale: number): Tensor {
   register();
   return tf.engine().runKernel('McpcLoraMerge', [w, a, b] as unknown as tf.NamedTensorMap, { scale } as unknown as tf.NamedAttrMap) as Tensor;

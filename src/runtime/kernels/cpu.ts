@@ -41,7 +41,7 @@
  * `cpuKernelTable(plan, backend)` decides: the fused table on `wasm`, the reference on `cpu` (the ground truth
  * the tests compare against); `MCPC_KERNELS=fused` or `=reference` forces either on both.
  */
-import { loraMergeCpu, loraMergeCpuFits } from './cpu-lora-merge.js';
+import { loraMergeCpu } from './cpu-lora-merge.js';
 import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
@@ -54,7 +54,7 @@ import { embeddingCpu, embeddingCpuFits } from './cpu-embedding.js';
 import { dims } from './autodiff.js';
 import { checkFusedExpr } from './fused.js';
 import { compileFused, type CompiledFused } from './fused-js.js';
-import { KernelError, reference, ropeTables, type Kernel, type KernelContext, type KernelStep } from './reference.js';
+import { KernelError, loraMergeShapesFit, reference, ropeTables, type Kernel, type KernelContext, type KernelStep } from './reference.js';
 
 function num(step: KernelStep, key: string, fallback?: number): number {
   const v = step.attrs[key];
@@ -191,7 +191,7 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
     lora_merge(inputs, step, ctx) {
       // W + s·B·A one kernel, dA / dB one each only when asked, dW the incoming gradient (./cpu-lora-merge.ts).
       const [w, a, b] = inputs;
-      if (inputs.length !== 3 || !loraMergeCpuFits(w!, a!, b!)) return reference.lora_merge(inputs, step, ctx);
+      if (inputs.length !== 3 || !loraMergeShapesFit(w!, a!, b!)) return reference.lora_merge(inputs, step, ctx);
       return [loraMergeCpu(w!, a!, b!, num(step, 'scale'))];
     },
 

@@ -277,6 +277,14 @@ interface LiveAdapter {
 
 // --- the kernels -------------------------------------------------------------------------------------------------
 
+/** Whether lora_merge's inputs are float32 W [O, I], A [R, I], B [O, R]: what its CPU and webgpu kernels take. */
+export function loraMergeShapesFit(w: Tensor, a: Tensor, b: Tensor): boolean {
+  if ([w, a, b].some((t) => t.dtype !== 'float32' || t.rank !== 2)) return false;
+  const [O, I] = w.shape as [number, number];
+  const R = a.shape[0]!;
+  return a.shape[1] === I && b.shape[0] === O && b.shape[1] === R;
+}
+
 export const reference: Record<PlanOp, Kernel> = {
   embedding(inputs, step) {
     arity(step, inputs, 2);

@@ -8,6 +8,7 @@
  * (out·in·r multiply-adds, once a micro-batch), so a plain loop per thread does.
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
+import { loraMergeShapesFit } from '../kernels/reference.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { f32, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
 
@@ -97,10 +98,8 @@ function register(): void {
 
 /** Whether the kernel takes these: float32 W [O, I], A [R, I], B [O, R], none empty, indices within u32. */
 export function loraMergeFits(w: Tensor, a: Tensor, b: Tensor): boolean {
-  if ([w, a, b].some((t) => t.dtype !== 'float32' || t.rank !== 2 || t.size === 0)) return false;
-  const [O, I] = w.shape as [number, number];
-  const R = a.shape[0]!;
-  return a.shape[1] === I && b.shape[0] === O && b.shape[1] === R && O * I < 2 ** 31;
+  // None empty: a binding nobody reads breaks the pipeline layout.
+  return loraMergeShapesFit(w, a, b) && [w, a, b].every((t) => t.size > 0) && w.size < 2 ** 31;
 }
 
 /** W + s·B·A (checked by {@link loraMergeFits}), differentiable in W, A and B. */
