@@ -25,7 +25,13 @@ import { runWgsl, disposeInfo, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects and tfjs kernel plumbing. */
 
-export type MatrixSyntax = 'templated' | 'bool';
+/**
+ * How subgroup-matrix builtins are spelled: `templated` (row_major/col_major template arguments, newer Tint),
+ * `bool` (a col_major argument), or `emulated`: plain WGSL that computes each 16×16 fragment in every lane
+ * (f32 in place of f16, subgroups derived from the invocation index), so the kernel's indexing (staging,
+ * double buffering, swizzle, edge tiles) runs and is checked on any adapter, llvmpipe included. Slow; tests only.
+ */
+export type MatrixSyntax = 'templated' | 'bool' | 'emulated';
 
 export interface F16Tile {
   variant: 'staged' | 'direct';
@@ -38,31 +44,58 @@ export interface F16Tile {
   pf?: boolean;
   /** staged only: K per staged slice (default 32; 64 halves the barriers). */
   bk?: number;
+  /**
+   * staged with pf only: two copies of the staged slices, slice i in copy i mod 2, so one barrier per slice
+   * instead of two (the next slice's stores cannot race the products still reading this one).
+   */
+  db?: boolean;
+  /**
+   * Workgroup order swizzled in groups of `sw` block rows (consecutive workgroups walk down a column of
+   * `sw` blocks before moving right), so the workgroups in flight share A and B slices in L2.
+   */
+  sw?: number;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
+  // Measured on an H200 (BENCHMARKS.md, run 8): staged 4x4 fastest at 191 TFLOP/s, with pf and bk64 close;
+  // 2x2, direct loads and the 256-row blocks well behind, so they are not swept any more.
   { variant: 'staged', tm: 4, tn: 2 },
-  { variant: 'staged', tm: 2, tn: 4 },
   { variant: 'staged', tm: 4, tn: 4 },
-  { variant: 'staged', tm: 2, tn: 2 },
-  { variant: 'direct', tm: 4, tn: 2 },
-  { variant: 'direct', tm: 2, tn: 4 },
-  // Prefetching and 8-subgroup workgroups (more reuse of each staged slice).
   { variant: 'staged', tm: 4, tn: 4, pf: true },
-  { variant: 'staged', tm: 2, tn: 4, pf: true },
-  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2] },
-  { variant: 'staged', tm: 4, tn: 4, sg: [2, 4] },
-  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true },
-  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true },
-  { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true },
   { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 64 },
-  { variant: 'staged', tm: 2, tn: 4, pf: true, bk: 64 },
+  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true },
+  // Double-buffered slices (one barrier per slice), swizzled workgroup order, and 8-subgroup 128×128 blocks
+  // (fewer accumulators per subgroup, twice the subgroups to hide latency).
+  { variant: 'staged', tm: 4, tn: 4, pf: true, db: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, db: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 64, sw: 8 },
+  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true, db: true },
+  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true, db: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true, db: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true, sw: 8 },
+];
+
+/**
+ * Emulation-sized tiles (f32 staging fits llvmpipe's 32 KiB of workgroup memory) with each feature the GPU
+ * candidates use: tests and `bench/gpu.ts --emulate-f16` run these in the emulated spelling.
+ */
+export const F16_EMULATION_TILES: F16Tile[] = [
+  { variant: 'staged', tm: 1, tn: 1 },
+  { variant: 'staged', tm: 1, tn: 1, pf: true },
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true },
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, sw: 2 },
+  { variant: 'staged', tm: 2, tn: 1, pf: true, bk: 64, sw: 3 },
+  { variant: 'staged', tm: 1, tn: 1, sg: [4, 2], pf: true, sw: 2 },
+  { variant: 'staged', tm: 2, tn: 2, sw: 8 },
+  { variant: 'direct', tm: 1, tn: 2 },
 ];
 
 export interface F16Support {
@@ -80,25 +113,69 @@ const known = new WeakMap<object, F16Support>();
 
 const BK_DEFAULT = 32;
 const PAD = 8;
+/** Lanes per subgroup the emulated spelling assumes (any value works: each lane computes whole fragments). */
+export const EMULATED_SUBGROUP = 32;
 const u = (x: number) => `${x >>> 0}u`;
 const rng = (n: number) => Array.from({ length: n }, (_, i) => i);
+/** `&As` → `As`: the emulated spelling calls one helper per array. */
+const bare = (ptr: string) => ptr.replace(/^&/, '');
 
 function leftLoad(syntax: MatrixSyntax, ptr: string, off: string, stride: string): string {
+  if (syntax === 'emulated') return `vec2<u32>(${off}, ${stride})`;
   return syntax === 'templated'
     ? `subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>, row_major>(${ptr}, ${off}, ${stride})`
     : `subgroupMatrixLoad<subgroup_matrix_left<f16, 16, 16>>(${ptr}, ${off}, false, ${stride})`;
 }
 function rightLoad(syntax: MatrixSyntax, ptr: string, off: string, stride: string): string {
   // B16 is [N, K] with k contiguous: as the K×N right matrix it is column-major.
+  if (syntax === 'emulated') return `vec2<u32>(${off}, ${stride})`;
   return syntax === 'templated'
     ? `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>, col_major>(${ptr}, ${off}, ${stride})`
     : `subgroupMatrixLoad<subgroup_matrix_right<f16, 16, 16>>(${ptr}, ${off}, true, ${stride})`;
 }
 function store(syntax: MatrixSyntax, ptr: string, off: string, value: string, stride: string): string {
+  if (syntax === 'emulated') return `emuStore_${bare(ptr)}(${off}, ${value}, ${stride})`;
   return syntax === 'templated' ? `subgroupMatrixStore<row_major>(${ptr}, ${off}, ${value}, ${stride})` : `subgroupMatrixStore(${ptr}, ${off}, ${value}, false, ${stride})`;
+}
+function mma(syntax: MatrixSyntax, l: string, r: string, acc: string, A: string, B: string): string {
+  return syntax === 'emulated' ? `emuMma_${bare(A)}(${l}, ${r}, ${acc})` : `subgroupMatrixMultiplyAccumulate(${l}, ${r}, ${acc})`;
 }
 
 const header = (subgroups: boolean) => `enable f16;\n${subgroups ? 'enable subgroups;\n' : ''}enable chromium_experimental_subgroup_matrix;`;
+
+/** Accumulator elements per lane in the emulated spelling. */
+const EMU_PER_LANE = 256 / EMULATED_SUBGROUP;
+
+/**
+ * The emulated builtins. A left or right "fragment" is its (offset, stride) in the array it was loaded from
+ * (the kernel multiplies what it loaded before any barrier, so reading at the multiply is reading at the
+ * load); a result fragment is spread over the lanes as on hardware: lane l holds elements e = l + 32·i
+ * (row e / 16, column e % 16). A store writes each lane's own elements, so lanes that read back what a store
+ * wrote (the edge path reads e ≡ lane) read their own.
+ */
+function emulation(A: string, B: string, stores: string[]): string {
+  const R = `array<f32, ${EMU_PER_LANE}>`;
+  return [
+    'var<private> emu_lane: u32;',
+    // left: element (row, k) at off + row·stride + k; right (column-major): element (k, col) at off + col·stride + k.
+    `fn emuMma_${A}(l: vec2<u32>, r: vec2<u32>, c: ${R}) -> ${R} {
+  var o = c;
+  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+    let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
+    var s = o[i];
+    for (var k = 0u; k < 16u; k++) { s += f32(${A}[l.x + (e / 16u) * l.y + k]) * f32(${B}[r.x + (e % 16u) * r.y + k]); }
+    o[i] = s;
+  }
+  return o;
+}`,
+    ...stores.map((c) => `fn emuStore_${c}(off: u32, v: ${R}, stride: u32) {
+  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+    let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
+    ${c}[off + (e / 16u) * stride + e % 16u] = v[i];
+  }
+}`),
+  ].join('\n');
+}
 
 /** Padded extents: rows of A to BM, rows of B to BN, K to 32. */
 export function f16Dims(m: number, n: number, k: number, t: F16Tile): { mp: number; np: number; kp: number; bm: number; bn: number } {
@@ -109,16 +186,33 @@ export function f16Dims(m: number, n: number, k: number, t: F16Tile): { mp: numb
   return { mp: up(m, bm), np: up(n, bn), kp: up(k, t.bk ?? BK_DEFAULT), bm, bn };
 }
 
+/** Workgroup memory the matmul kernel declares, for elements of `elemBytes` (2 on a GPU, 4 emulated). */
+export function f16SharedBytes(t: F16Tile, elemBytes = 2): number {
+  const [sgm, sgn] = t.sg ?? [2, 2];
+  const { bm, bn } = f16Dims(1, 1, 1, t);
+  const staged = t.variant === 'staged' ? (bm + bn) * ((t.bk ?? BK_DEFAULT) + PAD) * elemBytes * (t.db && t.pf ? 2 : 1) : 0;
+  return staged + sgm * sgn * 256 * 4;
+}
+
+/** Why a tile cannot be generated (undefined when it can). */
+export function f16TileProblem(t: F16Tile): string | undefined {
+  if (t.db && !(t.pf && t.variant === 'staged')) return 'db needs a staged tile with pf';
+  if (t.sw !== undefined && !(Number.isInteger(t.sw) && t.sw >= 1)) return 'sw must be a whole number of block rows';
+  const bk = t.bk ?? BK_DEFAULT;
+  if (bk % 16 || bk < 16) return 'bk must be a multiple of 16';
+  return undefined;
+}
+
 /**
  * cast: f32 src (logical [rows, cols] = [R, K]; `trans` means stored [K, R]) → f16 [Rp, Kp] row-major,
- * zero-padded, written two halves per invocation. Bindings: src; out (as vec2<f16>).
+ * zero-padded, written two halves per invocation. Bindings: src; out (as vec2<f16>; vec2<f32> emulated).
  */
-export function castWgsl(R: number, K: number, Rp: number, Kp: number, trans: boolean): string {
+export function castWgsl(R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): string {
+  const H = emulated ? 'f32' : 'f16';
   const ld = trans ? R : K;
   const at = (r: string, c: string) => (trans ? `${c} * ${u(ld)} + ${r}` : `${r} * ${u(ld)} + ${c}`);
-  return `enable f16;
-@group(0) @binding(0) var<storage, read> src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> dst: array<vec2<f16>>;
+  return `${emulated ? '' : 'enable f16;\n'}@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<vec2<${H}>>;
 fn load_src(r: u32, c: u32) -> f32 {
   if (r >= ${u(R)} || c >= ${u(K)}) { return 0.0; }
   return src[${at('r', 'c')}];
@@ -129,35 +223,44 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= ${u((Rp * Kp) / 2)}) { return; }
   let r = (2u * i) / ${u(Kp)};
   let c = (2u * i) % ${u(Kp)};
-  dst[i] = vec2<f16>(f16(load_src(r, c)), f16(load_src(r, c + 1u)));
+  dst[i] = vec2<${H}>(${H}(load_src(r, c)), ${H}(load_src(r, c + 1u)));
 }
 `;
 }
 
 /** matmul: C[M, N] (f32, real extents) = A16[Mp, Kp] · B16[Np, Kp]ᵀ. Bindings: a16, b16, c. */
 export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: MatrixSyntax, sgSize: number, enableSubgroups = true): string {
-  const { kp, bm, bn } = f16Dims(m, n, k, t);
+  const problem = f16TileProblem(t);
+  if (problem) throw new Error(`f16 tile ${f16TileName(t)}: ${problem}`);
+  const emu = syntax === 'emulated';
+  if (emu) sgSize = EMULATED_SUBGROUP;
+  const H = emu ? 'f32' : 'f16';
+  const { mp, np, kp, bm, bn } = f16Dims(m, n, k, t);
   const [sgm, sgn] = t.sg ?? [2, 2];
   const WG = sgm * sgn * sgSize;
   const BK = t.bk ?? BK_DEFAULT;
   const acc = (i: number, j: number) => `acc_${i}_${j}`;
   const decl = rng(t.tm)
-    .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: subgroup_matrix_result<f32, 16, 16>;`))
+    .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: ${emu ? `array<f32, ${EMU_PER_LANE}>` : 'subgroup_matrix_result<f32, 16, 16>'};`))
     .join('\n');
   const step = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => {
     const ls = rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`);
     const rs = rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`);
-    const mm = rng(t.tm).flatMap((i) => rng(t.tn).map((j) => `    ${acc(i, j)} = subgroupMatrixMultiplyAccumulate(l${i}, r${j}, ${acc(i, j)});`));
+    const mm = rng(t.tm).flatMap((i) => rng(t.tn).map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`));
     return `  {\n${[...ls, ...rs, ...mm].join('\n')}\n  }`;
   };
   let loop: string;
   let shared = '';
   if (t.variant === 'staged') {
     const LDA = BK + PAD;
-    shared = `var<workgroup> As: array<f16, ${bm * LDA}>;
-var<workgroup> Bs: array<f16, ${bn * LDA}>;`;
+    // Double buffering keeps both copies in one array; `ao`/`bo` (from the slice index: subgroup-uniform) pick one.
+    const dbl = !!(t.db && t.pf);
+    const copies = dbl ? 2 : 1;
+    shared = `var<workgroup> As: array<${H}, ${copies * bm * LDA}>;
+var<workgroup> Bs: array<${H}, ${copies * bn * LDA}>;`;
     const unitsA = (bm * BK) / 4;
     const unitsB = (bn * BK) / 4;
+    const put = (dst: string, base: string) => `${dst}[${base}d] = v.x; ${dst}[${base}d + 1u] = v.y; ${dst}[${base}d + 2u] = v.z; ${dst}[${base}d + 3u] = v.w;`;
     const copy = (dst: string, src: string, units: number, row0: string) =>
       rng(Math.ceil(units / WG))
         .map(
@@ -165,26 +268,29 @@ var<workgroup> Bs: array<f16, ${bn * LDA}>;`;
       let row = q / ${u(BK / 4)}; let c4 = q % ${u(BK / 4)};
       let v = ${src}[((${row0} + row) * ${u(kp)} + k0) / 4u + c4];
       let d = row * ${u(LDA)} + 4u * c4;
-      ${dst}[d] = v.x; ${dst}[d + 1u] = v.y; ${dst}[d + 2u] = v.z; ${dst}[d + 3u] = v.w;${units % WG ? ' }' : ''} }`,
+      ${put(dst, '')}${units % WG ? ' }' : ''} }`,
         )
         .join('\n');
     // Prefetch (whole units per thread only): registers p<A|B><i> carry the next slice across the products.
     const pf = !!t.pf && unitsA % WG === 0 && unitsB % WG === 0;
+    if (dbl && !pf) throw new Error(`f16 tile ${f16TileName(t)}: db needs whole prefetch units per thread (${unitsA}, ${unitsB} units, ${WG} threads)`);
     const pfLoad = (reg: string, src: string, units: number, row0: string, kBase: string) =>
       rng(units / WG)
         .map((i) => `      { let q = tid + ${u(i * WG)}; ${reg}${i} = ${src}[((${row0} + q / ${u(BK / 4)}) * ${u(kp)} + ${kBase}) / 4u + q % ${u(BK / 4)}]; }`)
         .join('\n');
-    const pfStore = (reg: string, dst: string, units: number) =>
+    const pfStore = (reg: string, dst: string, units: number, base: string) =>
       rng(units / WG)
         .map(
           (i) => `    { let q = tid + ${u(i * WG)}; let v = ${reg}${i};
       let d = (q / ${u(BK / 4)}) * ${u(LDA)} + 4u * (q % ${u(BK / 4)});
-      ${dst}[d] = v.x; ${dst}[d + 1u] = v.y; ${dst}[d + 2u] = v.z; ${dst}[d + 3u] = v.w; }`,
+      ${put(dst, base)} }`,
         )
         .join('\n');
-    const fill = pf ? `${pfStore('pA', 'As', unitsA)}\n${pfStore('pB', 'Bs', unitsB)}` : `${copy('As', 'a4', unitsA, 'm0')}\n${copy('Bs', 'b4', unitsB, 'n0')}`;
+    const fill = pf
+      ? `${pfStore('pA', 'As', unitsA, dbl ? 'ao + ' : '')}\n${pfStore('pB', 'Bs', unitsB, dbl ? 'bo + ' : '')}`
+      : `${copy('As', 'a4', unitsA, 'm0')}\n${copy('Bs', 'b4', unitsB, 'n0')}`;
     const pre = pf
-      ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: vec4<f16>;`), ...rng(unitsB / WG).map((i) => `  var pB${i}: vec4<f16>;`)].join('\n')}
+      ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: vec4<${H}>;`), ...rng(unitsB / WG).map((i) => `  var pB${i}: vec4<${H}>;`)].join('\n')}
   {
 ${pfLoad('pA', 'a4', unitsA, 'm0', '0u')}
 ${pfLoad('pB', 'b4', unitsB, 'n0', '0u')}
@@ -198,24 +304,24 @@ ${pfLoad('pB', 'b4', unitsB, 'n0', `k0 + ${u(BK)}`)}
     }
 `
       : '';
+    const par = dbl ? `    let ao = ((k0 / ${u(BK)}) & 1u) * ${u(bm * LDA)};\n    let bo = ((k0 / ${u(BK)}) & 1u) * ${u(bn * LDA)};\n` : '';
     loop = `${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
-${fill}
+${par}${fill}
     workgroupBarrier();
 ${next}${rng(BK / 16)
   .map((s) =>
     step(
       '&As',
-      (i, kk) => `(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(kk)}`,
+      (i, kk) => `${dbl ? 'ao + ' : ''}(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(kk)}`,
       u(LDA),
       '&Bs',
-      (j, kk) => `(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(kk)}`,
+      (j, kk) => `${dbl ? 'bo + ' : ''}(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(kk)}`,
       u(LDA),
       s * 16,
     ),
   )
   .join('\n')}
-    workgroupBarrier();
-  }`;
+${dbl ? '' : '    workgroupBarrier();\n'}  }`;
   } else {
     loop = `  for (var k0 = 0u; k0 < ${u(kp)}; k0 += 16u) {
 ${step(
@@ -249,17 +355,34 @@ ${step(
       ),
     )
     .join('\n');
-  return `${header(enableSubgroups)}
-@group(0) @binding(0) var<storage, read> ${t.variant === 'staged' ? 'a4: array<vec4<f16>>' : 'a: array<f16>'};
-@group(0) @binding(1) var<storage, read> ${t.variant === 'staged' ? 'b4: array<vec4<f16>>' : 'b: array<f16>'};
+  // Block coordinates: row-major over the dispatch grid, or swizzled in groups of `sw` block rows. Both come
+  // from workgroup_id only, so the fragment offsets stay subgroup-uniform.
+  const nx = np / bn;
+  const ny = mp / bm;
+  const blocks = t.sw
+    ? `  let pid = wid.y * ${u(nx)} + wid.x;
+  let first = (pid / ${u(t.sw * nx)}) * ${u(t.sw)};
+  let rows = min(${u(ny)} - first, ${u(t.sw)});
+  let m0 = (first + (pid % ${u(t.sw * nx)}) % rows) * ${u(bm)};
+  let n0 = ((pid % ${u(t.sw * nx)}) / rows) * ${u(bn)};`
+    : `  let m0 = wid.y * ${u(bm)};
+  let n0 = wid.x * ${u(bn)};`;
+  const ids = emu
+    ? `  let sg = tid / ${u(sgSize)};\n  let lane = tid % ${u(sgSize)};\n  emu_lane = lane;`
+    : '';
+  const builtins = emu ? '' : `,\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32`;
+  const [aName, bName] = t.variant === 'staged' ? ['As', 'Bs'] : ['a', 'b'];
+  return `${emu ? '' : header(enableSubgroups)}
+@group(0) @binding(0) var<storage, read> ${t.variant === 'staged' ? `a4: array<vec4<${H}>>` : `a: array<${H}>`};
+@group(0) @binding(1) var<storage, read> ${t.variant === 'staged' ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 ${shared}
 var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;
+${emu ? emulation(aName, bName, ['c', 'Cs']) : ''}
 @compute @workgroup_size(${WG})
-fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32) {
-  let m0 = wid.y * ${u(bm)};
-  let n0 = wid.x * ${u(bn)};
+fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>${builtins}) {
+${blocks}
+${ids}
   let sm = sg / ${u(sgn)};
   let sn = sg % ${u(sgn)};
 ${decl}
@@ -320,6 +443,8 @@ interface F16Attrs {
   transA: boolean;
   transB: boolean;
   tile?: F16Tile;
+  /** The emulated spelling (tests on adapters without subgroup matrices). */
+  emulate?: boolean;
 }
 
 let defaultTile: F16Tile = { variant: 'staged', tm: 4, tn: 2 };
@@ -328,15 +453,15 @@ export function setF16Tile(t: F16Tile): void {
   defaultTile = t;
 }
 
-function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean): TensorInfo {
+function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): TensorInfo {
   const halves = Rp * Kp;
   const groups = Math.ceil(halves / 2 / 256);
   const gx = Math.min(groups, 65535);
   return runWgsl(backend, {
-    code: castWgsl(R, K, Rp, Kp, trans),
+    code: castWgsl(R, K, Rp, Kp, trans, emulated),
     inputs: [x],
     // f16 data in a float32 tensor of half the element count: tfjs sees bytes, the kernel halves.
-    outputs: [{ shape: [halves / 2], dtype: 'float32' }],
+    outputs: [{ shape: [emulated ? halves : halves / 2], dtype: 'float32' }],
     dispatch: [gx, Math.ceil(groups / gx), 1],
     label: 'McpcCastF16',
   })[0];
@@ -389,33 +514,71 @@ export function releaseCachedCopies(backend: WebGpuBackendLike): void {
  * C = op(a)·op(b) on tensor cores inside a kernel function (outputs a TensorInfo the caller owns). `frozenB`:
  * b's f16 copy is cached (see cachedCopy) instead of cast on every call.
  */
-export function gemmF16Info(backend: WebGpuBackendLike, a: TensorInfo, b: TensorInfo, transA: boolean, transB: boolean, opts: { tile?: F16Tile; frozenB?: boolean } = {}): TensorInfo {
-  const sup = known.get(backend.device);
-  if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);
+export function gemmF16Info(
+  backend: WebGpuBackendLike,
+  a: TensorInfo,
+  b: TensorInfo,
+  transA: boolean,
+  transB: boolean,
+  opts: { tile?: F16Tile; frozenB?: boolean; emulate?: boolean } = {},
+): TensorInfo {
+  const sup = support(backend, opts.emulate);
   const M = transA ? a.shape[1] : a.shape[0];
   const K = transA ? a.shape[0] : a.shape[1];
   const N = transB ? b.shape[0] : b.shape[1];
   const tile = opts.tile ?? defaultTile;
   const d = f16Dims(M, N, K, tile);
-  const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA);
+  const emu = sup.syntax === 'emulated';
+  const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA, emu);
   // B as [N, K] with k contiguous: a stored [N, K] (transB) is already so; a stored [K, N] is read transposed.
-  const castB = () => castTo16(backend, b, N, K, d.np, d.kp, !transB);
-  const b16 = opts.frozenB ? cachedCopy(backend, b, `f16 ${N} ${K} ${d.np} ${d.kp} ${+!transB}`, castB) : castB();
-  const out = runWgsl(backend, {
+  const castB = () => castTo16(backend, b, N, K, d.np, d.kp, !transB, emu);
+  const b16 = opts.frozenB ? cachedCopy(backend, b, `f16 ${N} ${K} ${d.np} ${d.kp} ${+!transB} ${+emu}`, castB) : castB();
+  const out = matmulPacked(backend, sup, a16, b16, M, N, K, tile);
+  disposeInfo(backend, a16);
+  if (!opts.frozenB) disposeInfo(backend, b16);
+  return out;
+}
+
+/** The spelling to use: the device's (after probeF16), or the emulated one where asked for. */
+function support(backend: WebGpuBackendLike, emulate?: boolean): F16Support {
+  if (emulate) return { ok: true, syntax: 'emulated', enableSubgroups: false, subgroupSize: EMULATED_SUBGROUP };
+  const sup = known.get(backend.device);
+  if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);
+  return sup;
+}
+
+function matmulPacked(backend: WebGpuBackendLike, sup: F16Support, a16: TensorInfo, b16: TensorInfo, M: number, N: number, K: number, tile: F16Tile): TensorInfo {
+  const d = f16Dims(M, N, K, tile);
+  return runWgsl(backend, {
     code: matmulWgsl(M, N, K, tile, sup.syntax!, sup.subgroupSize!, sup.enableSubgroups),
     inputs: [a16, b16],
     outputs: [{ shape: [M, N], dtype: 'float32' }],
     dispatch: [d.np / d.bn, d.mp / d.bm, 1],
     label: 'McpcGemmF16',
   })[0];
-  disposeInfo(backend, a16);
-  if (!opts.frozenB) disposeInfo(backend, b16);
-  return out;
+}
+
+/**
+ * The two halves of gemmF16 apart, for timing the matrix kernel on inputs that are already f16 (the
+ * "f16-input" GEMM): `castF16` writes op(x) as the kernel's padded f16 operand (`role` a: the M×K left
+ * operand; b: the N×K right one, k contiguous), `gemmF16Packed` multiplies two such operands.
+ */
+export function castF16(x: Tensor, role: 'a' | 'b', m: number, n: number, k: number, trans: boolean, tile: F16Tile = defaultTile, emulate = false): Tensor {
+  const backend = tf.backend() as unknown as WebGpuBackendLike;
+  const d = f16Dims(m, n, k, tile);
+  const info = role === 'a' ? castTo16(backend, x as unknown as TensorInfo, m, k, d.mp, d.kp, trans, emulate) : castTo16(backend, x as unknown as TensorInfo, n, k, d.np, d.kp, trans, emulate);
+  return tf.engine().makeTensorFromTensorInfo(info) as Tensor;
+}
+
+export function gemmF16Packed(a16: Tensor, b16: Tensor, m: number, n: number, k: number, tile: F16Tile = defaultTile, emulate = false): Tensor {
+  const backend = tf.backend() as unknown as WebGpuBackendLike;
+  const info = matmulPacked(backend, support(backend, emulate), a16 as unknown as TensorInfo, b16 as unknown as TensorInfo, m, n, k, tile);
+  return tf.engine().makeTensorFromTensorInfo(info) as Tensor;
 }
 
 export function gemmF16Kernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBackendLike; attrs: any }): TensorInfo {
-  const { transA, transB, tile } = attrs as F16Attrs;
-  return gemmF16Info(backend, inputs[0] as TensorInfo, inputs[1] as TensorInfo, transA, transB, { tile });
+  const { transA, transB, tile, emulate } = attrs as F16Attrs;
+  return gemmF16Info(backend, inputs[0] as TensorInfo, inputs[1] as TensorInfo, transA, transB, { tile, emulate });
 }
 
 let registered = false;
@@ -429,8 +592,9 @@ export function registerGemmF16(): void {
     gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
       const dc = dy as Tensor;
       const [a, b] = saved;
-      const { transA, transB } = attrs as F16Attrs;
-      const mm = (x: Tensor, y: Tensor, tx: boolean, ty: boolean) => gemmF16(x, y, tx, ty);
+      // The backward's products use the forward's tile (when one was forced) and spelling.
+      const { transA, transB, tile, emulate } = attrs as F16Attrs;
+      const mm = (x: Tensor, y: Tensor, tx: boolean, ty: boolean) => gemmF16(x, y, tx, ty, tile, emulate);
       if (!transA && !transB) return { 0: () => mm(dc, b!, false, true), 1: () => mm(a!, dc, true, false) };
       if (!transA && transB) return { 0: () => mm(dc, b!, false, false), 1: () => mm(dc, a!, true, false) };
       if (transA && !transB) return { 0: () => mm(b!, dc, false, true), 1: () => mm(a!, dc, false, false) };
@@ -439,8 +603,11 @@ export function registerGemmF16(): void {
   } as any);
 }
 
-/** C = op(a)·op(b) with f16 inputs and f32 accumulation (after `await probeF16(device)` said ok). */
-export function gemmF16(a: Tensor, b: Tensor, transA = false, transB = false, tile?: F16Tile): Tensor {
+/**
+ * C = op(a)·op(b) with f16 inputs and f32 accumulation (after `await probeF16(device)` said ok); `emulate`
+ * runs the same kernel in the emulated spelling (f32, any adapter: tests).
+ */
+export function gemmF16(a: Tensor, b: Tensor, transA = false, transB = false, tile?: F16Tile, emulate = false): Tensor {
   registerGemmF16();
-  return tf.engine().runKernel(GEMM_F16_KERNEL, [a, b] as any, { transA, transB, ...(tile ? { tile } : {}) } as any) as Tensor;
+  return tf.engine().runKernel(GEMM_F16_KERNEL, [a, b] as any, { transA, transB, ...(tile ? { tile } : {}), ...(emulate ? { emulate } : {}) } as any) as Tensor;
 }

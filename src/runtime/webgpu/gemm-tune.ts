@@ -37,6 +37,10 @@ export const CANDIDATES: Tile[] = [
   { bm: 64, bn: 128, bk: 16, tm: 8, tn: 8, pf: true, db: true },
   { bm: 128, bn: 256, bk: 8, tm: 8, tn: 16, pf: true, db: true },
   { bm: 256, bn: 128, bk: 8, tm: 16, tn: 8, pf: true, db: true },
+  // Swizzled workgroup order (groups of 8 block rows share A and B slices in L2) on the H200's best tiles.
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, sw: 8 },
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true, db: true, sw: 8 },
+  { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, pf: true, db: true, sw: 8 },
 ];
 
 export function tuningEnabled(): boolean {

@@ -35,6 +35,11 @@ export interface Tile {
    * per slice instead of two.
    */
   db?: boolean;
+  /**
+   * Swizzled workgroup order: consecutive workgroups walk down groups of `sw` block rows before moving right,
+   * so the workgroups in flight share slices of A and B in L2. Prologues must locate their block by m0/n0.
+   */
+  sw?: number;
 }
 
 /** A part of an operand stored in one input binding. */
@@ -351,8 +356,7 @@ function generateGemm(spec: GemmSpec): string {
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let tx = tid % NTX;
   let ty = tid / NTX;
-  let n0 = wid.x * ${u(t.bn)};
-  let m0 = wid.y * ${u(t.bm)};
+${blockOrigin(spec, t)}
 ${rng(TM4 * 4 * TN4)
   .map((i) => `  var acc${i} = vec4<f32>(0.0);`)
   .join('\n')}`);
@@ -454,6 +458,18 @@ ${body.join('\n')}
 }
 
 /** Workgroups to dispatch for a spec. */
+/** `m0`/`n0` of this workgroup's block: row-major over the dispatch grid, or swizzled (Tile.sw). */
+function blockOrigin(spec: Pick<GemmSpec, 'm' | 'n'>, t: Tile): string {
+  if (!t.sw) return `  let n0 = wid.x * ${u(t.bn)};\n  let m0 = wid.y * ${u(t.bm)};`;
+  const [nx, ny] = gemmDispatch({ ...spec, tile: t });
+  const w = t.sw * nx;
+  return `  let pid = wid.y * ${u(nx)} + wid.x;
+  let first = (pid / ${u(w)}) * ${u(t.sw)};
+  let rows = min(${u(ny)} - first, ${u(t.sw)});
+  let m0 = (first + (pid % ${u(w)}) % rows) * ${u(t.bm)};
+  let n0 = ((pid % ${u(w)}) / rows) * ${u(t.bn)};`;
+}
+
 export function gemmDispatch(spec: Pick<GemmSpec, 'm' | 'n' | 'tile'>): [number, number, number] {
   return [Math.ceil(spec.n / spec.tile.bn), Math.ceil(spec.m / spec.tile.bm), 1];
 }

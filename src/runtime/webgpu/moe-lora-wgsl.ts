@@ -197,7 +197,7 @@ var<workgroup> sGate: array<f32, ${tile.bm * KT}>;`;
     if (row < M) {
       route(row);
       for (var q = 0u; q < ${u(KT)}; q++) { sIdx[lr * ${u(KT)} + q] = ridx[q]; sGate[lr * ${u(KT)} + q] = rg[q]; }
-      if (wid.x == 0u) {
+      if (n0 == 0u) {
         for (var e = 0u; e < ${u(s.E)}; e++) { out1[row * ${u(s.E)} + e] = rp[e]; out2[row * ${u(s.E)} + e] = 0.0; }
         for (var q = 0u; q < ${u(KT)}; q++) { out2[row * ${u(s.E)} + ridx[q]] = rg[q]; }
       }

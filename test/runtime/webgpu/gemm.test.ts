@@ -53,6 +53,29 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     expect(worst, what).toBeLessThan(TOL);
   });
 
+  it('a swizzled workgroup order covers every block once: many blocks, a last group of fewer rows, both operand orders', async () => {
+    const [M, N, K] = [150, 100, 40];
+    for (const [tA, tB] of [[false, true], [true, false]] as const) {
+      const a = randn(21, tA ? [K, M] : [M, K], 1, false);
+      const b = randn(22, tB ? [N, K] : [K, N], 1, false);
+      const ref = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, tA, tB)], [a, b]);
+      for (const sw of [1, 2, 3, 8]) {
+        const tile = { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw };
+        const got = await run(
+          'webgpu',
+          ([x, w]) => {
+            registerGemm();
+            return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: tA, transB: tB, tile } as never) as Tensor];
+          },
+          [a, b],
+        );
+        let err = 0;
+        for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
+        expect(err, `sw ${sw} tA ${tA}`).toBeLessThan(1e-4);
+      }
+    }
+  });
+
   it('every candidate tile computes the same product (awkward shape, both operand orders)', async () => {
     const [M, N, K] = [37, 45, 29];
     const a = randn(11, [M, K], 1, false);

@@ -131,7 +131,7 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
     });
   });
 
-  it('tiles of every kind (prefetch, double buffering, 8x16 blocks, one too big beside the kernel arrays) compute the fused kernels alike', async () => {
+  it('tiles of every kind (prefetch, double buffering, 8x16 blocks, swizzled order, one too big beside the kernel arrays) compute the fused kernels alike', async () => {
     const c = cases.find((x) => x.E && x.RS) ?? cases[0]!;
     try {
       const bad: string[] = [];
@@ -142,6 +142,8 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
         CANDIDATES.find((t) => t.pf && t.bk === 32),
         CANDIDATES.find((t) => t.db && t.bk === 16),
         CANDIDATES.find((t) => t.db && t.tn === 16),
+        // Swizzled order: the router writes its outputs from the first column of blocks, found by n0.
+        { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw: 2 },
       ];
       expect(kinds.every(Boolean)).toBe(true);
       for (const tile of kinds as Tile[]) {

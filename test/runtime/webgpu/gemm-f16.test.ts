@@ -1,0 +1,89 @@
+/**
+ * The f16 subgroup-matrix GEMM's kernel text (src/runtime/webgpu/gemm-f16.ts) run in its emulated spelling:
+ * the same generator, with each subgroup-matrix builtin replaced by plain WGSL that computes whole 16×16
+ * fragments in every lane (f32 in place of f16). llvmpipe has neither shader-f16 nor subgroup matrices, so
+ * this is how CI checks the indexing of every tile feature (staging, register prefetch, double-buffered
+ * slices, swizzled workgroup order, 8-subgroup blocks, edge tiles) against tfjs's product; the f16
+ * arithmetic itself is checked on a GPU (bench/gpu.ts, gemm.test.ts where the adapter offers it).
+ */
+import { beforeAll, expect, it } from 'vitest';
+import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
+import { castF16, F16_CANDIDATES, F16_EMULATION_TILES, f16SharedBytes, f16TileName, f16TileProblem, gemmF16, gemmF16Packed, matmulWgsl, type F16Tile } from '../../../src/runtime/webgpu/gemm-f16.js';
+import { compare, describeGpu, randn, relErr } from './kernels-support.js';
+import { openDawn } from '../../../src/runtime/webgpu/device.js';
+
+const TILES = F16_EMULATION_TILES;
+
+describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
+  let storage = 0;
+  beforeAll(async () => {
+    await initBackend('webgpu');
+    const gpu = await openDawn();
+    storage = 'unavailable' in gpu ? 0 : gpu.limits.maxComputeWorkgroupStorageSize!;
+  });
+
+  it('every emulation tile fits the adapter and covers the features the GPU candidates use', () => {
+    for (const t of TILES) expect(f16SharedBytes(t, 4), f16TileName(t)).toBeLessThanOrEqual(storage);
+    const has = (f: (t: F16Tile) => boolean) => TILES.some(f) && F16_CANDIDATES.some(f);
+    expect(has((t) => !!t.db)).toBe(true);
+    expect(has((t) => !!t.sw)).toBe(true);
+    expect(has((t) => t.bk === 64)).toBe(true);
+    expect(has((t) => !!t.sg)).toBe(true);
+    // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
+    for (const t of F16_CANDIDATES) {
+      expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
+      expect(f16SharedBytes(t, 2), f16TileName(t)).toBeLessThanOrEqual(49152);
+    }
+  });
+
+  // Awkward shapes: nothing a multiple of the block, one row, K not a multiple of the slice, more block rows
+  // than the swizzle group (and a last group of fewer rows).
+  const shapes: [number, number, number][] = [
+    [70, 45, 50],
+    [1, 33, 17],
+    [150, 40, 96],
+  ];
+  for (const t of TILES) {
+    it(`${f16TileName(t)}: op(a)·op(b) equals tfjs's product on awkward shapes, all four transpositions`, async () => {
+      for (const [m, n, k] of shapes) {
+        for (const [tA, tB] of [[false, true], [false, false], [true, false], [true, true]] as const) {
+          if ((tA || !tB) && m !== 70) continue; // every transposition on one shape keeps llvmpipe's time down
+          const a = randn(m * 7 + k, tA ? [k, m] : [m, k], 1, false);
+          const b = randn(n * 5 + k, tB ? [n, k] : [k, n], 1, false);
+          // A pipeline that fails validation writes nothing, and tfjs may hand out a recycled buffer that
+          // holds an earlier (correct) product: errors are caught here rather than trusted to the comparison.
+          const device = (tf.findBackend('webgpu') as unknown as { device: GPUDevice }).device;
+          device.pushErrorScope('validation');
+          const { worst, what } = await compare(([x, y]) => [gemmF16(x!, y!, tA, tB, t, true)], ([x, y]) => [tf.matMul(x!, y!, tA, tB)], [a, b]);
+          expect((await device.popErrorScope())?.message).toBeUndefined();
+          expect(worst, `${m}x${n}x${k} tA ${tA} tB ${tB}: ${what}`).toBeLessThan(1e-5);
+        }
+      }
+    });
+  }
+
+  it('gradients through the kernel (each a product of the same kernel) equal tfjs\'s', async () => {
+    const t = TILES[3]!;
+    const { worst, what } = await compare(([x, y]) => [gemmF16(x!, y!, false, true, t, true)], ([x, y]) => [tf.matMul(x!, y!, false, true)], [randn(3, [37, 50]), randn(4, [29, 50])]);
+    expect(worst, what).toBeLessThan(1e-5);
+  });
+
+  it('cast once, multiply many: castF16 + gemmF16Packed equal gemmF16', async () => {
+    const t = TILES[2]!;
+    const [m, n, k] = [70, 45, 50];
+    const a = tf.tensor(randn(11, [m, k]).data, [m, k]);
+    const b = tf.tensor(randn(12, [n, k]).data, [n, k]);
+    const a16 = castF16(a, 'a', m, n, k, false, t, true);
+    const b16 = castF16(b, 'b', m, n, k, false, t, true);
+    const packed = await gemmF16Packed(a16, b16, m, n, k, t, true).data();
+    const whole = await gemmF16(a, b, false, true, t, true).data();
+    expect(relErr(packed, whole)).toBe(0);
+    tf.dispose([a, b, a16, b16]);
+  });
+
+  it('refuses tiles it cannot generate, naming the problem', () => {
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, db: true }, 'emulated', 32)).toThrow(/db needs .*pf/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, bk: 24 }, 'emulated', 32)).toThrow(/bk must be a multiple of 16/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sw: 0 }, 'emulated', 32)).toThrow(/sw/);
+  });
+});
