@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
-import { castF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
@@ -179,17 +179,21 @@ async function time(f: () => Tensor | Tensor[], n = reps, inner = 10): Promise<n
  * Median GPU milliseconds per call from timestamp queries (tfjs's timer: each dispatch in its own pass),
  * free of the host's latency; undefined where the adapter has no timestamp-query.
  */
-async function gpuTime(f: () => Tensor | Tensor[], n = 5): Promise<number | undefined> {
+async function gpuTime(f: () => Tensor | Tensor[], n = 5, inner = 10): Promise<number | undefined> {
+  // `inner` calls back to back per measurement, after a warm-up: the GPU stays busy (and at its clocks) as
+  // in the wall-time loop, instead of idling between single dispatches.
+  for (let i = 0; i < 2; i++) tf.dispose(f());
+  await gpuSync();
   const ts: number[] = [];
   for (let i = 0; i < n; i++) {
-    let out: Tensor | Tensor[] = [];
+    const outs: (Tensor | Tensor[])[] = [];
     const info = await tf.time(() => {
-      out = f();
+      for (let j = 0; j < inner; j++) outs.push(f());
     });
-    tf.dispose(out);
+    tf.dispose(outs.flat());
     // Without timestamp-query tfjs reports 0 (or an error object).
     if (typeof info.kernelMs !== 'number' || info.kernelMs <= 0) return undefined;
-    ts.push(info.kernelMs);
+    ts.push(info.kernelMs / inner);
   }
   return median(ts);
 }
@@ -426,23 +430,29 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
     // Every good tile timed two ways: the matrix kernel alone on operands already cast to f16 (the f16-input
     // GEMM the target names), and the whole gemmF16 from f32 operands (the two cast passes included).
     // Ranked by the kernel's GPU time (timestamps) where the adapter has them, else by its wall time.
+    // Two passes over the tiles (a tile's figure is its better pass): clocks and the memory system drift
+    // within a run, and one pass in a fixed order lets that drift rank the tiles.
     let best: { t: F16Tile; ms: number } | undefined;
     const rows: string[] = [];
-    for (const t of good) {
-      const a16 = castF16(a, 'a', G, G, G, false, t, emu);
-      const b16 = castF16(b, 'b', G, G, G, true, t, emu);
-      try {
-        const kWall = await time(() => gemmF16Packed(a16, b16, G, G, G, t, emu), Math.max(3, reps >> 1));
-        const kGpu = await gpuTime(() => gemmF16Packed(a16, b16, G, G, G, t, emu), 3);
-        const g = await gpuTime(() => f16(a, b, false, false, t), 3);
-        rows.push(`${f16TileName(t)} ${kWall.toFixed(3)}${kGpu === undefined ? '' : `/GPU ${kGpu.toFixed(3)}`}${g === undefined ? '' : ` (with casts GPU ${g.toFixed(3)})`}`);
-        const ms = kGpu ?? kWall;
-        if (!best || ms < best.ms) best = { t, ms };
-      } finally {
-        tf.dispose([a16, b16]);
+    const passes = new Map<F16Tile, string[]>();
+    for (let pass = 0; pass < 2; pass++) {
+      for (const t of pass ? [...good].reverse() : good) {
+        const a16 = castF16(a, 'a', G, G, G, false, t, emu);
+        const b16 = castF16(b, 'b', G, G, G, true, t, emu);
+        try {
+          const kWall = await time(() => gemmF16Packed(a16, b16, G, G, G, t, emu), Math.max(3, reps >> 1));
+          const kGpu = await gpuTime(() => gemmF16Packed(a16, b16, G, G, G, t, emu), 3);
+          const g = pass ? undefined : await gpuTime(() => f16(a, b, false, false, t), 3);
+          passes.set(t, [...(passes.get(t) ?? []), `${kWall.toFixed(3)}${kGpu === undefined ? '' : `/GPU ${kGpu.toFixed(3)}`}${g === undefined ? '' : ` (with casts GPU ${g.toFixed(3)})`}`]);
+          const ms = kGpu ?? kWall;
+          if (!best || ms < best.ms) best = { t, ms };
+        } finally {
+          tf.dispose([a16, b16]);
+        }
       }
     }
-    report(`f16 tiles, kernel on f16 operands wall/GPU ms (and the whole call from f32): ${rows.join(', ')}`);
+    for (const t of good) rows.push(`${f16TileName(t)} ${passes.get(t)!.join(' | ')}`);
+    report(`f16 tiles, kernel on f16 operands wall/GPU ms per pass (and the whole call from f32): ${rows.join(', ')}`);
     setF16Tile(best!.t);
     // The winner checked at the benchmark shape against our f32 GEMM before its figures count.
     const ref = gemm(a, b);
@@ -566,8 +576,13 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   report(`ours  MoE-LoRA FFN layer forward+backward (f32, fused): ${fmt(ffnFB!, 3 * ffnFlop)}; ${gfmt(fbGpu, 3 * ffnFlop)}; host records it in ${(await hostTime(fwdbwd)).toFixed(2)} ms`);
   targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB! <= 13, detail: `${ffnFB!.toFixed(2)} ms wall${fbGpu ? `, ${fbGpu.toFixed(2)} ms GPU time` : ''}` });
   // The tensor-core path: each site's frozen base product x·Wᵀ (and dy·W) in f16 on subgroup matrices with f32
-  // accumulation, the adapters (shared, router, routed top-k) in the fused f32 kernels.
-  const sup = await probeF16(gpu.device);
+  // accumulation, the adapters (shared, router, routed top-k) in the fused f32 kernels. --emulate-f16: the
+  // emulated spelling, with a tile that fits llvmpipe (exercises this section; timings mean nothing).
+  if (values['emulate-f16']) {
+    emulateF16(true);
+    setF16Tile(F16_EMULATION_TILES[3]!);
+  }
+  const sup = values['emulate-f16'] ? { ok: true, why: '' } : await probeF16(gpu.device);
   if (!sup.ok) {
     targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: `not run: ${sup.why}` });
   } else {
@@ -580,15 +595,28 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
         return grads.map((g) => tf.keep(g));
       });
     tf.dispose(fwdbwdTC());
-    const errT = tf.tidy(() => {
-      const a = layerTC(x, sites);
-      const b = layer(x, sites);
-      return tf.div(tf.max(tf.abs(tf.sub(a, b))), tf.max(tf.abs(b)));
+    // Checked against the f32 path token by token. The down projection routes on h = SwiGLU(gate, up), whose
+    // f16 base products differ from f32's in the last bits: a token whose 2nd and 3rd router probabilities
+    // nearly tie can pick another expert, a legitimate divergence of a top-k model under reduced precision,
+    // not an error. Those tokens (top-k sets that differ) are counted and left out; every other token must
+    // agree to 1e-2 of the output's scale.
+    const check = tf.tidy(() => {
+      const run = (o: typeof opts & { base?: 'fused' | 'f16' | 'f32' }) => {
+        const [gy, uy] = moeLoraLinearPair(x, [sites[0]!, sites[1]!], o);
+        const r = moeLoraLinear(swiglu(gy.y, uy.y), sites[2]!, o);
+        return { y: r.y, picked: tf.cast(tf.greater(r.gates!, 0), 'float32') };
+      };
+      const t16 = run(tc);
+      const t32 = run(opts);
+      const same = tf.equal(tf.sum(tf.abs(tf.sub(t16.picked, t32.picked)), 1), 0); // [T]
+      const rowErr = tf.max(tf.abs(tf.sub(t16.y, t32.y)), 1); // [T]
+      const scale = tf.max(tf.abs(t32.y));
+      return tf.stack([tf.div(tf.max(tf.where(same, rowErr, tf.zerosLike(rowErr))), scale), tf.sub(L.T, tf.sum(tf.cast(same, 'float32'))), tf.div(tf.max(rowErr), scale)]);
     });
-    const eTC = (await errT.data())[0]!;
-    errT.dispose();
-    report(`check MoE-LoRA FFN layer, tensor-core path vs the f32 path: max rel error ${eTC.toExponential(2)}: ${eTC < 1e-2 ? 'ok' : 'WRONG'}`);
-    if (eTC < 1e-2) {
+    const [eTC, flipped, eAll] = Array.from(await check.data()) as [number, number, number];
+    check.dispose();
+    report(`check MoE-LoRA FFN layer, tensor-core path vs the f32 path: max rel error ${eTC.toExponential(2)} over the ${L.T - flipped} tokens routed alike (${flipped} of ${L.T} picked other down-projection experts; with them ${eAll.toExponential(2)}): ${eTC < 1e-2 && flipped <= L.T / 100 ? 'ok' : 'WRONG'}`);
+    if (eTC < 1e-2 && flipped <= L.T / 100) {
       const tF = await time(fwdTC);
       const tFB = await time(fwdbwdTC);
       const gFB = await gpuTime(fwdbwdTC);
@@ -596,7 +624,7 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
       report(`ours  MoE-LoRA FFN layer forward+backward (tensor-core base, f32 adapters): ${fmt(tFB, 3 * ffnFlop)}; ${gfmt(gFB, 3 * ffnFlop)}; host records it in ${(await hostTime(fwdbwdTC)).toFixed(2)} ms`);
       targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: quick ? undefined : tFB <= 6.5, detail: `${tFB.toFixed(2)} ms wall${gFB ? `, ${gFB.toFixed(2)} ms GPU time` : ''}` });
     } else {
-      targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: false, detail: `wrong result (max rel error ${eTC.toExponential(2)})` });
+      targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: false, detail: `wrong result (max rel error ${eTC.toExponential(2)}, ${flipped} tokens routed otherwise)` });
     }
   }
   tf.dispose([x, dy, ...sites.flatMap((s) => Object.values(s) as Tensor[])]);

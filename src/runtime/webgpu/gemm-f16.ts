@@ -81,6 +81,9 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true, db: true, sw: 8 },
   { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true, db: true, sw: 8 },
   { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true, sw: 8 },
+  // K-slices of 16: a quarter of the workgroup memory of bk64 (more workgroups resident per SM).
+  { variant: 'staged', tm: 4, tn: 4, bk: 16 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 16 },
 ];
 
 /**
@@ -447,10 +450,11 @@ interface F16Attrs {
   emulate?: boolean;
 }
 
-let defaultTile: F16Tile = { variant: 'staged', tm: 4, tn: 2 };
-/** Set the tile used when none is forced (bench/gpu.ts sets the fastest it measured). */
-export function setF16Tile(t: F16Tile): void {
-  defaultTile = t;
+const DEFAULT_TILE: F16Tile = { variant: 'staged', tm: 4, tn: 4 };
+let defaultTile = DEFAULT_TILE;
+/** Set the tile used when none is forced (bench/gpu.ts sets the fastest it measured; undefined: the default). */
+export function setF16Tile(t: F16Tile | undefined): void {
+  defaultTile = t ?? DEFAULT_TILE;
 }
 
 function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): TensorInfo {
@@ -539,9 +543,18 @@ export function gemmF16Info(
   return out;
 }
 
+let emulateAll = false;
+/**
+ * Every f16 GEMM in the emulated spelling (tests: the callers of the f16 path, e.g. the MoE-LoRA tensor-core
+ * base, run their plumbing on llvmpipe). Off by default; never on a GPU run.
+ */
+export function emulateF16(on: boolean): void {
+  emulateAll = on;
+}
+
 /** The spelling to use: the device's (after probeF16), or the emulated one where asked for. */
 function support(backend: WebGpuBackendLike, emulate?: boolean): F16Support {
-  if (emulate) return { ok: true, syntax: 'emulated', enableSubgroups: false, subgroupSize: EMULATED_SUBGROUP };
+  if (emulate || emulateAll) return { ok: true, syntax: 'emulated', enableSubgroups: false, subgroupSize: EMULATED_SUBGROUP };
   const sup = known.get(backend.device);
   if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);
   return sup;

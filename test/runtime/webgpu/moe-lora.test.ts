@@ -13,7 +13,7 @@ import { moeLoraLinear, moeLoraLinearPair } from '../../../src/runtime/webgpu/mo
 import { CANDIDATES, forceTile } from '../../../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
-import { cachedCopy, cachedCopyCount, releaseCachedCopies } from '../../../src/runtime/webgpu/gemm-f16.js';
+import { cachedCopy, cachedCopyCount, emulateF16, F16_EMULATION_TILES, releaseCachedCopies, setF16Tile } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { runWgsl } from '../../../src/runtime/webgpu/program.js';
 
 interface Case {
@@ -71,7 +71,7 @@ function unpack(c: Case, xs: Tensor[]) {
   return { x, w, b, sharedA, sharedB, routerW, routerB, expertA, expertB };
 }
 
-function ours(c: Case, base: 'fused' | 'f32' = 'fused') {
+function ours(c: Case, base: 'fused' | 'f32' | 'f16' = 'fused') {
   return (xs: Tensor[]): Tensor[] => {
     const { x, ...wts } = unpack(c, xs);
     const res = moeLoraLinear(x, wts, { scale: c.scale, topK: c.topK, renormalize: c.renormalize, activation: c.activation, base });
@@ -106,7 +106,7 @@ const split = (c1: Case, xs: Tensor[]) => {
   return [xs.slice(0, n1), [xs[0]!, ...xs.slice(n1)]] as [Tensor[], Tensor[]];
 };
 const outsOf = (c: Case, r: { y: Tensor; p?: Tensor; gates?: Tensor }) => (c.E ? [r.y, r.p!, r.gates!] : [r.y]);
-function oursPair(c1: Case, c2: Case, base: 'fused' | 'f32' = 'fused') {
+function oursPair(c1: Case, c2: Case, base: 'fused' | 'f32' | 'f16' = 'fused') {
   return (xs: Tensor[]): Tensor[] => {
     const [xs1, xs2] = split(c1, xs);
     const { x, ...w1 } = unpack(c1, xs1);
@@ -161,6 +161,24 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
     for (const c of cases.filter((x) => x.E || x.RS)) {
       const { worst, what } = await compare(ours(c, 'f32'), planOps(c), args(c, 31), 9);
       expect(worst, `${c.name}: ${what}`).toBeLessThan(2e-4);
+    }
+  });
+
+  it('the tensor-core base path (the f16 GEMM in its emulated spelling, W\'s cached copy), single sites and pairs: outputs and every gradient', async () => {
+    emulateF16(true);
+    setF16Tile(F16_EMULATION_TILES[3]!); // the default tile's f32 staging exceeds llvmpipe's 32 KiB
+    try {
+      for (const c of cases.filter((x) => x.E || x.RS)) {
+        const { worst, what } = await compare(ours(c, 'f16'), planOps(c), args(c, 32), 9);
+        expect(worst, `${c.name}: ${what}`).toBeLessThan(2e-4);
+      }
+      const c1 = cases[5]!;
+      const b = { ...c1, dout: 61, bias: false, routerBias: false };
+      const r = await compare(oursPair(c1, b, 'f16'), planPair(c1, b), pairArgs(c1, b, 74), 8);
+      expect(r.worst, `pair: ${r.what}`).toBeLessThan(2e-4);
+    } finally {
+      emulateF16(false);
+      setF16Tile(undefined);
     }
   });
 
