@@ -54,12 +54,18 @@ export interface F16Tile {
    * `sw` blocks before moving right), so the workgroups in flight share A and B slices in L2.
    */
   sw?: number;
+  /**
+   * staged only: the slices are staged by whole 16×16 fragments (each subgroup loads fragments of A and B
+   * from storage and stores them to workgroup memory with the subgroup-matrix builtins) instead of by vec4
+   * loads and four 2-byte stores per thread.
+   */
+  fs?: boolean;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -84,6 +90,15 @@ export const F16_CANDIDATES: F16Tile[] = [
   // K-slices of 16: a quarter of the workgroup memory of bk64 (more workgroups resident per SM).
   { variant: 'staged', tm: 4, tn: 4, bk: 16 },
   { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 16 },
+  // Slices staged by whole fragments (subgroup-matrix load from storage, store to workgroup memory).
+  { variant: 'staged', tm: 4, tn: 4, fs: true },
+  { variant: 'staged', tm: 4, tn: 4, fs: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, fs: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, fs: true, sw: 8 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, db: true, fs: true },
+  { variant: 'staged', tm: 4, tn: 4, fs: true, bk: 64 },
+  { variant: 'staged', tm: 2, tn: 4, sg: [4, 2], pf: true, fs: true },
+  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], fs: true, sw: 8 },
 ];
 
 /**
@@ -99,6 +114,10 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   { variant: 'staged', tm: 1, tn: 1, sg: [4, 2], pf: true, sw: 2 },
   { variant: 'staged', tm: 2, tn: 2, sw: 8 },
   { variant: 'direct', tm: 1, tn: 2 },
+  { variant: 'staged', tm: 1, tn: 1, fs: true },
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, fs: true, sw: 2 },
+  { variant: 'staged', tm: 1, tn: 2, sg: [4, 2], pf: true, fs: true },
+  { variant: 'staged', tm: 2, tn: 1, fs: true, bk: 64, sw: 3 },
 ];
 
 export interface F16Support {
@@ -156,9 +175,16 @@ const EMU_PER_LANE = 256 / EMULATED_SUBGROUP;
  * (row e / 16, column e % 16). A store writes each lane's own elements, so lanes that read back what a store
  * wrote (the edge path reads e ≡ lane) read their own.
  */
-function emulation(A: string, B: string, stores: string[]): string {
+function emulation(A: string, B: string, stores: string[], copies: [string, string][] = []): string {
   const R = `array<f32, ${EMU_PER_LANE}>`;
   return [
+    // A fragment staged to workgroup memory (fs): each lane copies its elements from the fragment's source.
+    ...copies.map(([src, dst]) => `fn emuCopy_${src}_${dst}(f: vec2<u32>, off: u32, stride: u32) {
+  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+    let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
+    ${dst}[off + (e / 16u) * stride + e % 16u] = ${src}[f.x + (e / 16u) * f.y + e % 16u];
+  }
+}`),
     'var<private> emu_lane: u32;',
     // left: element (row, k) at off + row·stride + k; right (column-major): element (k, col) at off + col·stride + k.
     `fn emuMma_${A}(l: vec2<u32>, r: vec2<u32>, c: ${R}) -> ${R} {
@@ -203,6 +229,13 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   if (t.sw !== undefined && !(Number.isInteger(t.sw) && t.sw >= 1)) return 'sw must be a whole number of block rows';
   const bk = t.bk ?? BK_DEFAULT;
   if (bk % 16 || bk < 16) return 'bk must be a multiple of 16';
+  if (t.fs) {
+    if (t.variant !== 'staged') return 'fs needs a staged tile';
+    const [sgm, sgn] = t.sg ?? [2, 2];
+    const { bm, bn } = f16Dims(1, 1, 1, t);
+    const per = (rows: number) => ((rows / 16) * (bk / 16)) % (sgm * sgn);
+    if (per(bm) || per(bn)) return `fs needs the fragments of each slice (${(bm / 16) * (bk / 16)} of A, ${(bn / 16) * (bk / 16)} of B) a whole number per subgroup (${sgm * sgn} subgroups)`;
+  }
   return undefined;
 }
 
@@ -276,7 +309,7 @@ var<workgroup> Bs: array<${H}, ${copies * bn * LDA}>;`;
         .join('\n');
     // Prefetch (whole units per thread only): registers p<A|B><i> carry the next slice across the products.
     const pf = !!t.pf && unitsA % WG === 0 && unitsB % WG === 0;
-    if (dbl && !pf) throw new Error(`f16 tile ${f16TileName(t)}: db needs whole prefetch units per thread (${unitsA}, ${unitsB} units, ${WG} threads)`);
+    if (dbl && !pf && !t.fs) throw new Error(`f16 tile ${f16TileName(t)}: db needs whole prefetch units per thread (${unitsA}, ${unitsB} units, ${WG} threads)`);
     const pfLoad = (reg: string, src: string, units: number, row0: string, kBase: string) =>
       rng(units / WG)
         .map((i) => `      { let q = tid + ${u(i * WG)}; ${reg}${i} = ${src}[((${row0} + q / ${u(BK / 4)}) * ${u(kp)} + ${kBase}) / 4u + q % ${u(BK / 4)}]; }`)
@@ -289,10 +322,10 @@ var<workgroup> Bs: array<${H}, ${copies * bn * LDA}>;`;
       ${put(dst, base)} }`,
         )
         .join('\n');
-    const fill = pf
+    let fill = pf
       ? `${pfStore('pA', 'As', unitsA, dbl ? 'ao + ' : '')}\n${pfStore('pB', 'Bs', unitsB, dbl ? 'bo + ' : '')}`
       : `${copy('As', 'a4', unitsA, 'm0')}\n${copy('Bs', 'b4', unitsB, 'n0')}`;
-    const pre = pf
+    let pre = pf
       ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: vec4<${H}>;`), ...rng(unitsB / WG).map((i) => `  var pB${i}: vec4<${H}>;`)].join('\n')}
   {
 ${pfLoad('pA', 'a4', unitsA, 'm0', '0u')}
@@ -300,13 +333,47 @@ ${pfLoad('pB', 'b4', unitsB, 'n0', '0u')}
   }
 `
       : '';
-    const next = pf
+    let next = pf
       ? `    if (k0 + ${u(BK)} < ${u(kp)}) {
 ${pfLoad('pA', 'a4', unitsA, 'm0', `k0 + ${u(BK)}`)}
 ${pfLoad('pB', 'b4', unitsB, 'n0', `k0 + ${u(BK)}`)}
     }
 `
       : '';
+    if (t.fs) {
+      // Fragment f of a slice: block row f / KB, K-fragment f % KB; subgroup sg stages f = sg, sg + S, ...
+      // (subgroup-uniform offsets). A and B alike: rows of 16 with k contiguous, copied row-major.
+      const KB = BK / 16;
+      const S = sgm * sgn;
+      const FA = (bm / 16) * KB;
+      const FB = (bn / 16) * KB;
+      const fragT = emu ? 'vec2<u32>' : 'subgroup_matrix_left<f16, 16, 16>';
+      const load = (src: string, row0: string, kBase: string, f: string) =>
+        leftLoad(syntax, `&${src}`, `(${row0} + (${f} / ${u(KB)}) * 16u) * ${u(kp)} + ${kBase} + (${f} % ${u(KB)}) * 16u`, u(kp));
+      const put16 = (src: string, dst: string, base: string, f: string, v: string) => {
+        const off = `${base}(${f} / ${u(KB)}) * ${u(16 * LDA)} + (${f} % ${u(KB)}) * 16u`;
+        return emu ? `emuCopy_${src}_${dst}(${v}, ${off}, ${u(LDA)})` : store(syntax, `&${dst}`, off, v, u(LDA));
+      };
+      const frags = (n: number) => rng(n / S).map((i) => `(sg + ${u(i * S)})`);
+      const ab = [
+        { src: 'a', dst: 'As', reg: 'fA', row0: 'm0', n: FA, base: dbl ? 'ao + ' : '' },
+        { src: 'b', dst: 'Bs', reg: 'fB', row0: 'n0', n: FB, base: dbl ? 'bo + ' : '' },
+      ];
+      if (t.pf) {
+        pre = `${ab.flatMap((o) => frags(o.n).map((_, i) => `  var ${o.reg}${i}: ${fragT};`)).join('\n')}
+${ab.flatMap((o) => frags(o.n).map((f, i) => `  ${o.reg}${i} = ${load(o.src, o.row0, '0u', f)};`)).join('\n')}
+`;
+        fill = ab.flatMap((o) => frags(o.n).map((f, i) => `    ${put16(o.src, o.dst, o.base, f, `${o.reg}${i}`)};`)).join('\n');
+        next = `    if (k0 + ${u(BK)} < ${u(kp)}) {
+${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src, o.row0, `k0 + ${u(BK)}`, f)};`)).join('\n')}
+    }
+`;
+      } else {
+        pre = '';
+        next = '';
+        fill = ab.flatMap((o) => frags(o.n).map((f) => `    { let v = ${load(o.src, o.row0, 'k0', f)}; ${put16(o.src, o.dst, o.base, f, 'v')}; }`)).join('\n');
+      }
+    }
     const par = dbl ? `    let ao = ((k0 / ${u(BK)}) & 1u) * ${u(bm * LDA)};\n    let bo = ((k0 / ${u(BK)}) & 1u) * ${u(bn * LDA)};\n` : '';
     loop = `${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
 ${par}${fill}
@@ -375,13 +442,15 @@ ${step(
     : '';
   const builtins = emu ? '' : `,\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32`;
   const [aName, bName] = t.variant === 'staged' ? ['As', 'Bs'] : ['a', 'b'];
+  // Storage read as vec4s by the staged copy; as scalars by fragment loads (direct, fs).
+  const vec4s = t.variant === 'staged' && !t.fs;
   return `${emu ? '' : header(enableSubgroups)}
-@group(0) @binding(0) var<storage, read> ${t.variant === 'staged' ? `a4: array<vec4<${H}>>` : `a: array<${H}>`};
-@group(0) @binding(1) var<storage, read> ${t.variant === 'staged' ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
+@group(0) @binding(0) var<storage, read> ${vec4s ? `a4: array<vec4<${H}>>` : `a: array<${H}>`};
+@group(0) @binding(1) var<storage, read> ${vec4s ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 ${shared}
 var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;
-${emu ? emulation(aName, bName, ['c', 'Cs']) : ''}
+${emu ? emulation(aName, bName, ['c', 'Cs'], t.fs ? [['a', 'As'], ['b', 'Bs']] : []) : ''}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>${builtins}) {
 ${blocks}

@@ -29,6 +29,8 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(has((t) => !!t.sw)).toBe(true);
     expect(has((t) => t.bk === 64)).toBe(true);
     expect(has((t) => !!t.sg)).toBe(true);
+    expect(has((t) => !!t.fs && !!t.pf && !!t.db)).toBe(true);
+    expect(has((t) => !!t.fs && !t.pf)).toBe(true);
     // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
     for (const t of F16_CANDIDATES) {
       expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
@@ -85,5 +87,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, db: true }, 'emulated', 32)).toThrow(/db needs .*pf/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, bk: 24 }, 'emulated', 32)).toThrow(/bk must be a multiple of 16/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sw: 0 }, 'emulated', 32)).toThrow(/sw/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sg: [4, 2], fs: true }, 'emulated', 32)).toThrow(/fs needs the fragments/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, fs: true }, 'emulated', 32)).toThrow(/fs needs a staged tile/);
   });
 });
