@@ -29,8 +29,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(has((t) => !!t.sw)).toBe(true);
     expect(has((t) => t.bk === 64)).toBe(true);
     expect(has((t) => !!t.sg)).toBe(true);
-    expect(has((t) => !!t.fs && !!t.pf && !!t.db)).toBe(true);
-    expect(has((t) => !!t.fs && !t.pf)).toBe(true);
+    expect(has((t) => !!t.fs && !!t.pf)).toBe(true);
     // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
     for (const t of F16_CANDIDATES) {
       expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
@@ -61,7 +60,8 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
           expect(worst, `${m}x${n}x${k} tA ${tA} tB ${tB}: ${what}`).toBeLessThan(1e-5);
         }
       }
-    });
+      // Well under a second alone; one run beside a CPU benchmark took a minute (llvmpipe shares the cores).
+    }, 180_000);
   }
 
   it('gradients through the kernel (each a product of the same kernel) equal tfjs\'s', async () => {
