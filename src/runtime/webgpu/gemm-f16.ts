@@ -60,12 +60,17 @@ export interface F16Tile {
    * loads and four 2-byte stores per thread.
    */
   fs?: boolean;
+  /**
+   * staged only: halves of padding after each staged row (default 8: rows 16-byte aligned and fragment
+   * loads free of bank conflicts; 0 saves a fifth of the workgroup memory at the price of conflicts).
+   */
+  pad?: number;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -90,6 +95,11 @@ export const F16_CANDIDATES: F16Tile[] = [
   // K-slices of 16: a quarter of the workgroup memory of bk64 (more workgroups resident per SM).
   { variant: 'staged', tm: 4, tn: 4, bk: 16 },
   { variant: 'staged', tm: 4, tn: 4, pf: true, bk: 16 },
+  // No row padding (a fifth less workgroup memory: on the H200 the tiles with more of it ran slower).
+  { variant: 'staged', tm: 4, tn: 4, pad: 0 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, pad: 0 },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, db: true, pad: 0 },
+  { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true, pad: 0 },
   // Slices staged by whole fragments (subgroup-matrix load from storage, store to workgroup memory). On the
   // H200 (2026-11-28, run 3) the eight fs tiles ran 0.86-1.4 ms against 0.59 for staged 4x4 pf: the two
   // closest stay in the sweep for other devices.
@@ -114,6 +124,8 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, fs: true, sw: 2 },
   { variant: 'staged', tm: 1, tn: 2, sg: [4, 2], pf: true, fs: true },
   { variant: 'staged', tm: 2, tn: 1, fs: true, bk: 64, sw: 3 },
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, pad: 0 },
+  { variant: 'staged', tm: 2, tn: 2, pad: 16 },
 ];
 
 export interface F16Support {
@@ -211,12 +223,15 @@ export function f16Dims(m: number, n: number, k: number, t: F16Tile): { mp: numb
   return { mp: up(m, bm), np: up(n, bn), kp: up(k, t.bk ?? BK_DEFAULT), bm, bn };
 }
 
-/** Workgroup memory the matmul kernel declares, for elements of `elemBytes` (2 on a GPU, 4 emulated). */
-export function f16SharedBytes(t: F16Tile, elemBytes = 2): number {
+/**
+ * Workgroup memory the matmul kernel declares, for elements of `elemBytes` (2 on a GPU, 4 emulated); `edges`:
+ * whether the product has partial 16×16 tiles (M or N not a multiple of 16), which go through a staging array.
+ */
+export function f16SharedBytes(t: F16Tile, elemBytes = 2, edges = true): number {
   const [sgm, sgn] = t.sg ?? [2, 2];
   const { bm, bn } = f16Dims(1, 1, 1, t);
-  const staged = t.variant === 'staged' ? (bm + bn) * ((t.bk ?? BK_DEFAULT) + PAD) * elemBytes * (t.db && t.pf ? 2 : 1) : 0;
-  return staged + sgm * sgn * 256 * 4;
+  const staged = t.variant === 'staged' ? (bm + bn) * ((t.bk ?? BK_DEFAULT) + (t.pad ?? PAD)) * elemBytes * (t.db && t.pf ? 2 : 1) : 0;
+  return staged + (edges ? sgm * sgn * 256 * 4 : 0);
 }
 
 /** Why a tile cannot be generated (undefined when it can). */
@@ -225,6 +240,7 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   if (t.sw !== undefined && !(Number.isInteger(t.sw) && t.sw >= 1)) return 'sw must be a whole number of block rows';
   const bk = t.bk ?? BK_DEFAULT;
   if (bk % 16 || bk < 16) return 'bk must be a multiple of 16';
+  if (t.pad !== undefined && !(t.pad >= 0 && t.pad % 8 === 0)) return 'pad must be a multiple of 8 halves (rows 16-byte aligned)';
   if (t.fs) {
     if (t.variant !== 'staged') return 'fs needs a staged tile';
     const [sgm, sgn] = t.sg ?? [2, 2];
@@ -272,6 +288,8 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   const WG = sgm * sgn * sgSize;
   const BK = t.bk ?? BK_DEFAULT;
   const acc = (i: number, j: number) => `acc_${i}_${j}`;
+  // Partial 16×16 result tiles exist only when M or N is not a multiple of 16: otherwise no staging array.
+  const edges = m % 16 !== 0 || n % 16 !== 0;
   const decl = rng(t.tm)
     .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: ${emu ? `array<f32, ${EMU_PER_LANE}>` : 'subgroup_matrix_result<f32, 16, 16>'};`))
     .join('\n');
@@ -284,7 +302,7 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   let loop: string;
   let shared = '';
   if (t.variant === 'staged') {
-    const LDA = BK + PAD;
+    const LDA = BK + (t.pad ?? PAD);
     // Double buffering keeps both copies in one array; `ao`/`bo` (from the slice index: subgroup-uniform) pick one.
     const dbl = !!(t.db && t.pf);
     const copies = dbl ? 2 : 1;
@@ -409,14 +427,14 @@ ${step(
     let tn0 = n0 + sn * ${u(t.tn * 16)} + ${u(j * 16)};
     if (tm0 + 16u <= ${u(m)} && tn0 + 16u <= ${u(n)}) {
       ${store(syntax, '&c', `tm0 * ${u(n)} + tn0`, acc(i, j), u(n))};
-    } else if (tm0 < ${u(m)} && tn0 < ${u(n)}) {
+    }${edges ? ` else if (tm0 < ${u(m)} && tn0 < ${u(n)}) {
       ${store(syntax, '&Cs', `sg * 256u`, acc(i, j), '16u')};
       for (var e = lane; e < 256u; e += ${u(sgSize)}) {
         let rr = tm0 + e / 16u;
         let cc = tn0 + e % 16u;
         if (rr < ${u(m)} && cc < ${u(n)}) { c[rr * ${u(n)} + cc] = Cs[sg * 256u + e]; }
       }
-    }
+    }` : ''}
   }`,
       ),
     )
@@ -445,8 +463,8 @@ ${step(
 @group(0) @binding(1) var<storage, read> ${vec4s ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 ${shared}
-var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;
-${emu ? emulation(aName, bName, ['c', 'Cs'], t.fs ? [['a', 'As'], ['b', 'Bs']] : []) : ''}
+${edges ? `var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;` : ''}
+${emu ? emulation(aName, bName, edges ? ['c', 'Cs'] : ['c'], t.fs ? [['a', 'As'], ['b', 'Bs']] : []) : ''}
 @compute @workgroup_size(${WG})
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>${builtins}) {
 ${blocks}

@@ -30,6 +30,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(has((t) => t.bk === 64)).toBe(true);
     expect(has((t) => !!t.sg)).toBe(true);
     expect(has((t) => !!t.fs && !!t.pf)).toBe(true);
+    expect(has((t) => t.pad === 0)).toBe(true);
     // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
     for (const t of F16_CANDIDATES) {
       expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
@@ -43,6 +44,9 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     [70, 45, 50],
     [1, 33, 17],
     [150, 40, 96],
+    // M and N multiples of 16 but not of the block: no partial 16×16 tile, so no staging array for edges;
+    // whole tiles past the end are skipped.
+    [64, 48, 40],
   ];
   for (const t of TILES) {
     it(`${f16TileName(t)}: op(a)·op(b) equals tfjs's product on awkward shapes, all four transpositions`, async () => {
@@ -89,5 +93,6 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sw: 0 }, 'emulated', 32)).toThrow(/sw/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sg: [4, 2], fs: true }, 'emulated', 32)).toThrow(/fs needs the fragments/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, fs: true }, 'emulated', 32)).toThrow(/fs needs a staged tile/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, pad: 4 }, 'emulated', 32)).toThrow(/pad must be a multiple of 8/);
   });
 });
