@@ -168,7 +168,9 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
     emulateF16(true);
     setF16Tile(F16_EMULATION_TILES[3]!); // the default tile's f32 staging exceeds llvmpipe's 32 KiB
     try {
-      for (const c of cases.filter((x) => x.E || x.RS)) {
+      // Emulated modules compile slowly on llvmpipe: shared + routed experts, one token with top_k = experts,
+      // and the pair of sites of several tiles.
+      for (const c of [cases[2]!, cases[3]!]) {
         const { worst, what } = await compare(ours(c, 'f16'), planOps(c), args(c, 32), 9);
         expect(worst, `${c.name}: ${what}`).toBeLessThan(2e-4);
       }
