@@ -13,7 +13,8 @@ import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js
 import { GEMM_KERNEL, gemm, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
 import { F16_CANDIDATES, gemmF16, probeF16 } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
-import { compare, describeGpu, randn, run } from './kernels-support.js';
+import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
+import { compare, describeGpu, randn, run, type Arg, type Result } from './kernels-support.js';
 
 const TOL = 1e-4;
 
@@ -53,26 +54,29 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     expect(worst, what).toBeLessThan(TOL);
   });
 
+  /** Max |McpcGemm(a, b) with `tile` − reference| over the product. */
+  async function tileError(a: Arg, b: Arg, tA: boolean, tB: boolean, tile: Tile, ref: Result): Promise<number> {
+    const got = await run(
+      'webgpu',
+      ([x, w]) => {
+        registerGemm();
+        return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: tA, transB: tB, tile } as never) as Tensor];
+      },
+      [a, b],
+    );
+    let err = 0;
+    for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
+    return err;
+  }
+  const refProduct = (a: Arg, b: Arg, tA: boolean, tB: boolean) => run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, tA, tB)], [a, b]);
+
   it('a swizzled workgroup order covers every block once: many blocks, a last group of fewer rows, both operand orders', async () => {
     const [M, N, K] = [150, 100, 40];
     for (const [tA, tB] of [[false, true], [true, false]] as const) {
       const a = randn(21, tA ? [K, M] : [M, K], 1, false);
       const b = randn(22, tB ? [N, K] : [K, N], 1, false);
-      const ref = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, tA, tB)], [a, b]);
-      for (const sw of [1, 2, 3, 8]) {
-        const tile = { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw };
-        const got = await run(
-          'webgpu',
-          ([x, w]) => {
-            registerGemm();
-            return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: tA, transB: tB, tile } as never) as Tensor];
-          },
-          [a, b],
-        );
-        let err = 0;
-        for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
-        expect(err, `sw ${sw} tA ${tA}`).toBeLessThan(1e-4);
-      }
+      const ref = await refProduct(a, b, tA, tB);
+      for (const sw of [1, 2, 3, 8]) expect(await tileError(a, b, tA, tB, { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw }, ref), `sw ${sw} tA ${tA}`).toBeLessThan(1e-4);
     }
   });
 
@@ -80,37 +84,13 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     const [M, N, K] = [37, 45, 29];
     const a = randn(11, [M, K], 1, false);
     const b = randn(12, [N, K], 1, false);
-    const ref = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, false, true)], [a, b]);
-    for (const tile of CANDIDATES) {
-      const got = await run(
-        'webgpu',
-        ([x, w]) => {
-          registerGemm();
-          return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: false, transB: true, tile } as never) as Tensor];
-        },
-        [a, b],
-      );
-      let err = 0;
-      for (let i = 0; i < ref.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - ref.outs[0]![i]!));
-      expect(err, JSON.stringify(tile)).toBeLessThan(1e-4);
-    }
+    const ref = await refProduct(a, b, false, true);
+    for (const tile of CANDIDATES) expect(await tileError(a, b, false, true, tile, ref), JSON.stringify(tile)).toBeLessThan(1e-4);
     // Both operands stored k-major (A as [K, M], B as [K, N]): the other loader and staging path.
     const at = randn(13, [K, M], 1, false);
     const bt = randn(14, [K, 48], 1, false);
-    const refT = await run('cpu', ([x, w]) => [tf.matMul(x as tf.Tensor2D, w as tf.Tensor2D, true, false)], [at, bt]);
-    for (const tile of CANDIDATES) {
-      const got = await run(
-        'webgpu',
-        ([x, w]) => {
-          registerGemm();
-          return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: true, transB: false, tile } as never) as Tensor];
-        },
-        [at, bt],
-      );
-      let err = 0;
-      for (let i = 0; i < refT.outs[0]!.length; i++) err = Math.max(err, Math.abs(got.outs[0]![i]! - refT.outs[0]![i]!));
-      expect(err, `k-major ${JSON.stringify(tile)}`).toBeLessThan(1e-4);
-    }
+    const refT = await refProduct(at, bt, true, false);
+    for (const tile of CANDIDATES) expect(await tileError(at, bt, true, false, tile, refT), `k-major ${JSON.stringify(tile)}`).toBeLessThan(1e-4);
   });
 
   it('the f16 subgroup-matrix GEMM runs where the adapter offers it (checked against f32), and says why not elsewhere', async () => {
