@@ -96,7 +96,17 @@ function load(): CacheFile {
     if (parsed && typeof parsed === 'object') {
       for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
         const t = v as Tile;
-        if (t && typeof t === 'object' && !checkTile(t)) cache[k] = { bm: t.bm, bn: t.bn, bk: t.bk, tm: t.tm, tn: t.tn, ...(t.pf === true ? { pf: true } : {}), ...(t.db === true ? { db: true } : {}) };
+        if (t && typeof t === 'object' && !checkTile(t))
+          cache[k] = {
+            bm: t.bm,
+            bn: t.bn,
+            bk: t.bk,
+            tm: t.tm,
+            tn: t.tn,
+            ...(t.pf === true ? { pf: true } : {}),
+            ...(t.db === true ? { db: true } : {}),
+            ...(Number.isInteger(t.sw) && t.sw! >= 1 ? { sw: t.sw } : {}),
+          };
       }
     }
   } catch {

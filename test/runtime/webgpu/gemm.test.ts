@@ -5,9 +5,9 @@
  * temporary XDG_CACHE_HOME, read back, turned off by MCPC_GEMM_TUNE=0). Needs WebGPU: see
  * kernels-support.ts for skip-or-fail.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { GEMM_KERNEL, gemm, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
@@ -144,5 +144,20 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     process.env.MCPC_GEMM_TUNE = '0';
     resetTuning();
     expect(tileFor(device, 40, 24, 16)).toEqual(defaultTile(40, 24));
+  });
+
+  it('a cached tile keeps every option (prefetch, double buffering, swizzle); malformed options are dropped', async () => {
+    process.env.XDG_CACHE_HOME = cacheDir;
+    delete process.env.MCPC_GEMM_TUNE;
+    await initBackend('webgpu');
+    const device = (tf.backend() as unknown as { device: unknown }).device;
+    const tile = { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, pf: true, db: true, sw: 8 };
+    const key = (m: number) => `${deviceKey(device)}#${shapeClass(m, 24, 16)}`;
+    mkdirSync(dirname(cachePath()), { recursive: true });
+    writeFileSync(cachePath(), JSON.stringify({ [key(40)]: tile, [key(400)]: { ...tile, sw: -1, db: 'yes' } }));
+    resetTuning();
+    expect(tileFor(device, 40, 24, 16)).toEqual(tile);
+    expect(tileFor(device, 400, 24, 16)).toEqual({ bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, pf: true });
+    resetTuning();
   });
 });
