@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
-import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
@@ -454,6 +454,11 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
     for (const t of good) rows.push(`${f16TileName(t)} ${passes.get(t)!.join(' | ')}`);
     report(`f16 tiles, kernel on f16 operands wall/GPU ms per pass (and the whole call from f32): ${rows.join(', ')}`);
     setF16Tile(best!.t);
+    // Recorded for this adapter and shape class, where the runtime's f16 GEMMs look first (not the emulated run's).
+    if (!emu) {
+      const where = rememberF16Tile(gpu.device, G, G, G, best!.t);
+      report(`f16 tile ${f16TileName(best!.t)} ${where ? `cached in ${where}` : 'not cached (MCPC_GEMM_TUNE=0 or a read-only cache)'}`);
+    }
     // The winner checked at the benchmark shape against our f32 GEMM before its figures count.
     const ref = gemm(a, b);
     const mine = f16(a, b, false, false);

@@ -19,9 +19,12 @@
  * Nothing here can run on llvmpipe (no shader-f16, no subgroup matrices): `probeF16` says why, and
  * bench/gpu.ts checks the result against an f32 CPU product before timing it on a GPU.
  */
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { runWgsl, disposeInfo, type WebGpuBackendLike } from './program.js';
+import { cachePath, deviceKey, shapeClass, tuningEnabled } from './gemm-tune.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects and tfjs kernel plumbing. */
 
@@ -533,11 +536,88 @@ interface F16Attrs {
   emulate?: boolean;
 }
 
+// --- which tile: forced, tuned and cached per device and shape class, or the default --------------------------
+//
+// bench/gpu.ts sweeps the candidates on a GPU and records the fastest in the cache beside the f32 GEMM's
+// (`$XDG_CACHE_HOME/mcpc/gemm-f16-tiles.json`, keyed like it by adapter and shape class; MCPC_GEMM_TUNE=0 reads
+// and writes nothing); a product with no cached tile for its class takes the default (the H200's fastest).
+
 const DEFAULT_TILE: F16Tile = { variant: 'staged', tm: 4, tn: 4 };
-let defaultTile = DEFAULT_TILE;
-/** Set the tile used when none is forced (bench/gpu.ts sets the fastest it measured; undefined: the default). */
+let chosen: F16Tile | undefined;
+/** Force the tile of every f16 GEMM that names none (undefined: back to the cache and the default). */
 export function setF16Tile(t: F16Tile | undefined): void {
-  defaultTile = t ?? DEFAULT_TILE;
+  chosen = t;
+}
+
+export function f16CachePath(): string {
+  return join(dirname(cachePath()), 'gemm-f16-tiles.json');
+}
+
+let f16Cache: Record<string, F16Tile> | undefined;
+
+/** A cached entry as a tile, or undefined when it is not one this generator can make. */
+function asF16Tile(v: unknown): F16Tile | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const o = v as Record<string, unknown>;
+  const whole = (x: unknown, lo: number) => typeof x === 'number' && Number.isInteger(x) && x >= lo;
+  if ((o.variant !== 'staged' && o.variant !== 'direct') || !whole(o.tm, 1) || !whole(o.tn, 1)) return undefined;
+  const t: F16Tile = { variant: o.variant, tm: o.tm as number, tn: o.tn as number };
+  if (Array.isArray(o.sg) && o.sg.length === 2 && whole(o.sg[0], 1) && whole(o.sg[1], 1)) t.sg = [o.sg[0], o.sg[1]];
+  if (o.pf === true) t.pf = true;
+  if (whole(o.bk, 16)) t.bk = o.bk as number;
+  if (o.db === true) t.db = true;
+  if (whole(o.sw, 1)) t.sw = o.sw as number;
+  if (o.fs === true) t.fs = true;
+  if (whole(o.pad, 0)) t.pad = o.pad as number;
+  return f16TileProblem(t) ? undefined : t;
+}
+
+function loadF16Cache(): Record<string, F16Tile> {
+  if (f16Cache) return f16Cache;
+  f16Cache = {};
+  if (!tuningEnabled()) return f16Cache;
+  try {
+    const parsed = JSON.parse(readFileSync(f16CachePath(), 'utf8')) as unknown;
+    if (parsed && typeof parsed === 'object') {
+      for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
+        const t = asF16Tile(v);
+        if (t) f16Cache[k] = t;
+      }
+    }
+  } catch {
+    // No cache yet, or an unreadable one: the default until a sweep records one.
+  }
+  return f16Cache;
+}
+
+/** The tile an f16 GEMM of this shape takes on `device`: forced, else cached for its class, else the default. */
+export function f16TileFor(device: any, m: number, n: number, k: number): F16Tile {
+  if (chosen) return chosen;
+  const hit = loadF16Cache()[`${deviceKey(device)}#${shapeClass(m, n, k)}`];
+  const limit = Number(device?.limits?.maxComputeWorkgroupStorageSize ?? 16384);
+  return hit && f16SharedBytes(hit, 2, m % 16 !== 0 || n % 16 !== 0) <= limit ? hit : DEFAULT_TILE;
+}
+
+/** Record `t` as the tile for this shape class on `device` (bench/gpu.ts, after a sweep); the cache file's path, or undefined when not written. */
+export function rememberF16Tile(device: any, m: number, n: number, k: number, t: F16Tile): string | undefined {
+  if (!tuningEnabled()) return undefined;
+  const cache = loadF16Cache();
+  cache[`${deviceKey(device)}#${shapeClass(m, n, k)}`] = t;
+  const path = f16CachePath();
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${JSON.stringify(cache, null, 1)}\n`);
+    renameSync(tmp, path);
+    return path;
+  } catch {
+    return undefined; // a read-only cache dir: the default next time
+  }
+}
+
+/** Forget the in-memory cache (tests). */
+export function resetF16Tiles(): void {
+  f16Cache = undefined;
 }
 
 function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): TensorInfo {
@@ -613,7 +693,7 @@ export function gemmF16Info(
   const M = transA ? a.shape[1] : a.shape[0];
   const K = transA ? a.shape[0] : a.shape[1];
   const N = transB ? b.shape[0] : b.shape[1];
-  const tile = opts.tile ?? defaultTile;
+  const tile = opts.tile ?? f16TileFor(backend.device, M, N, K);
   const d = f16Dims(M, N, K, tile);
   const emu = sup.syntax === 'emulated';
   const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA, emu);
@@ -659,15 +739,17 @@ function matmulPacked(backend: WebGpuBackendLike, sup: F16Support, a16: TensorIn
  * "f16-input" GEMM): `castF16` writes op(x) as the kernel's padded f16 operand (`role` a: the M×K left
  * operand; b: the N×K right one, k contiguous), `gemmF16Packed` multiplies two such operands.
  */
-export function castF16(x: Tensor, role: 'a' | 'b', m: number, n: number, k: number, trans: boolean, tile: F16Tile = defaultTile, emulate = false): Tensor {
+export function castF16(x: Tensor, role: 'a' | 'b', m: number, n: number, k: number, trans: boolean, tileArg?: F16Tile, emulate = false): Tensor {
   const backend = tf.backend() as unknown as WebGpuBackendLike;
+  const tile = tileArg ?? f16TileFor(backend.device, m, n, k);
   const d = f16Dims(m, n, k, tile);
   const info = role === 'a' ? castTo16(backend, x as unknown as TensorInfo, m, k, d.mp, d.kp, trans, emulate) : castTo16(backend, x as unknown as TensorInfo, n, k, d.np, d.kp, trans, emulate);
   return tf.engine().makeTensorFromTensorInfo(info) as Tensor;
 }
 
-export function gemmF16Packed(a16: Tensor, b16: Tensor, m: number, n: number, k: number, tile: F16Tile = defaultTile, emulate = false): Tensor {
+export function gemmF16Packed(a16: Tensor, b16: Tensor, m: number, n: number, k: number, tileArg?: F16Tile, emulate = false): Tensor {
   const backend = tf.backend() as unknown as WebGpuBackendLike;
+  const tile = tileArg ?? f16TileFor(backend.device, m, n, k);
   const info = matmulPacked(backend, support(backend, emulate), a16 as unknown as TensorInfo, b16 as unknown as TensorInfo, m, n, k, tile);
   return tf.engine().makeTensorFromTensorInfo(info) as Tensor;
 }

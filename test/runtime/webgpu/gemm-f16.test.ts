@@ -6,9 +6,28 @@
  * slices, swizzled workgroup order, 8-subgroup blocks, edge tiles) against tfjs's product; the f16
  * arithmetic itself is checked on a GPU (bench/gpu.ts, gemm.test.ts where the adapter offers it).
  */
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { beforeAll, expect, it } from 'vitest';
 import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
-import { castF16, F16_CANDIDATES, F16_EMULATION_TILES, f16SharedBytes, f16TileName, f16TileProblem, gemmF16, gemmF16Packed, matmulWgsl, type F16Tile } from '../../../src/runtime/webgpu/gemm-f16.js';
+import {
+  castF16,
+  F16_CANDIDATES,
+  F16_EMULATION_TILES,
+  f16CachePath,
+  f16SharedBytes,
+  f16TileFor,
+  f16TileName,
+  f16TileProblem,
+  gemmF16,
+  gemmF16Packed,
+  matmulWgsl,
+  rememberF16Tile,
+  resetF16Tiles,
+  setF16Tile,
+  type F16Tile,
+} from '../../../src/runtime/webgpu/gemm-f16.js';
 import { compare, describeGpu, randn, relErr } from './kernels-support.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
 
@@ -85,6 +104,45 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     const whole = await gemmF16(a, b, false, true, t, true).data();
     expect(relErr(packed, whole)).toBe(0);
     tf.dispose([a, b, a16, b16]);
+  });
+
+  it('the tile: forced, else cached per adapter and shape class (entries it cannot make ignored), else the default', () => {
+    const saved = { xdg: process.env.XDG_CACHE_HOME, tune: process.env.MCPC_GEMM_TUNE };
+    const dir = mkdtempSync(join(tmpdir(), 'mcpc-f16-cache-'));
+    try {
+      process.env.XDG_CACHE_HOME = dir;
+      delete process.env.MCPC_GEMM_TUNE;
+      resetF16Tiles();
+      const device = { adapterInfo: { vendor: 'nvidia', architecture: 'hopper', device: '', description: 'H200' }, limits: { maxComputeWorkgroupStorageSize: 49152 } };
+      const dflt = f16TileFor(device, 4096, 4096, 4096);
+      const tuned: F16Tile = { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, pad: 0 };
+      expect(rememberF16Tile(device, 4096, 4096, 4096, tuned)).toBe(f16CachePath());
+      resetF16Tiles(); // a fresh process reads it back
+      expect(f16TileFor(device, 4000, 3000, 2000)).toEqual(tuned); // same shape class
+      expect(f16TileFor(device, 64, 64, 64)).toEqual(dflt); // another class
+      expect(f16TileFor({ ...device, adapterInfo: { ...device.adapterInfo, description: 'H100' } }, 4096, 4096, 4096)).toEqual(dflt);
+      // An entry that does not fit the device, and one this generator cannot make, fall back to the default.
+      expect(f16TileFor({ ...device, limits: { maxComputeWorkgroupStorageSize: 8192 } }, 4096, 4096, 4096)).toEqual(dflt);
+      const file = JSON.parse(readFileSync(f16CachePath(), 'utf8')) as Record<string, unknown>;
+      const key = Object.keys(file)[0]!;
+      writeFileSync(f16CachePath(), JSON.stringify({ [key]: { variant: 'staged', tm: 4, tn: 4, db: true } }));
+      resetF16Tiles();
+      expect(f16TileFor(device, 4096, 4096, 4096)).toEqual(dflt);
+      // Forced beats the cache; off (MCPC_GEMM_TUNE=0) neither reads nor writes.
+      setF16Tile(TILES[0]);
+      expect(f16TileFor(device, 4096, 4096, 4096)).toEqual(TILES[0]);
+      setF16Tile(undefined);
+      process.env.MCPC_GEMM_TUNE = '0';
+      resetF16Tiles();
+      expect(rememberF16Tile(device, 4096, 4096, 4096, tuned)).toBeUndefined();
+    } finally {
+      if (saved.xdg === undefined) delete process.env.XDG_CACHE_HOME;
+      else process.env.XDG_CACHE_HOME = saved.xdg;
+      if (saved.tune === undefined) delete process.env.MCPC_GEMM_TUNE;
+      else process.env.MCPC_GEMM_TUNE = saved.tune;
+      resetF16Tiles();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses tiles it cannot generate, naming the problem', () => {
