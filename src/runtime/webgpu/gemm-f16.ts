@@ -19,12 +19,11 @@
  * Nothing here can run on llvmpipe (no shader-f16, no subgroup matrices): `probeF16` says why, and
  * bench/gpu.ts checks the result against an f32 CPU product before timing it on a GPU.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { runWgsl, disposeInfo, type WebGpuBackendLike } from './program.js';
-import { cachePath, deviceKey, shapeClass, tuningEnabled } from './gemm-tune.js';
+import { cachePath, deviceKey, readTileCache, shapeClass, tuningEnabled, writeTileCache } from './gemm-tune.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects and tfjs kernel plumbing. */
 
@@ -573,21 +572,7 @@ function asF16Tile(v: unknown): F16Tile | undefined {
 }
 
 function loadF16Cache(): Record<string, F16Tile> {
-  if (f16Cache) return f16Cache;
-  f16Cache = {};
-  if (!tuningEnabled()) return f16Cache;
-  try {
-    const parsed = JSON.parse(readFileSync(f16CachePath(), 'utf8')) as unknown;
-    if (parsed && typeof parsed === 'object') {
-      for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
-        const t = asF16Tile(v);
-        if (t) f16Cache[k] = t;
-      }
-    }
-  } catch {
-    // No cache yet, or an unreadable one: the default until a sweep records one.
-  }
-  return f16Cache;
+  return (f16Cache ??= readTileCache(f16CachePath(), asF16Tile));
 }
 
 /** The tile an f16 GEMM of this shape takes on `device`: forced, else cached for its class, else the default. */
@@ -603,16 +588,7 @@ export function rememberF16Tile(device: any, m: number, n: number, k: number, t:
   if (!tuningEnabled()) return undefined;
   const cache = loadF16Cache();
   cache[`${deviceKey(device)}#${shapeClass(m, n, k)}`] = t;
-  const path = f16CachePath();
-  try {
-    mkdirSync(dirname(path), { recursive: true });
-    const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(cache, null, 1)}\n`);
-    renameSync(tmp, path);
-    return path;
-  } catch {
-    return undefined; // a read-only cache dir: the default next time
-  }
+  return writeTileCache(f16CachePath(), cache) ? f16CachePath() : undefined;
 }
 
 /** Forget the in-memory cache (tests). */

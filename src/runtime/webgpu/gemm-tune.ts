@@ -87,45 +87,62 @@ type CacheFile = Record<string, Tile>;
 let cache: CacheFile | undefined;
 const pending = new Map<string, { m: number; n: number; k: number }>();
 
-function load(): CacheFile {
-  if (cache) return cache;
-  cache = {};
-  if (!tuningEnabled()) return cache;
+/**
+ * A tile cache file's entries that `parse` accepts (an entry it returns undefined for is skipped); {} when
+ * tuning is off or the file is missing or unreadable. Shared with the f16 GEMM's cache (gemm-f16.ts).
+ */
+export function readTileCache<T>(path: string, parse: (v: unknown) => T | undefined): Record<string, T> {
+  const out: Record<string, T> = {};
+  if (!tuningEnabled()) return out;
   try {
-    const parsed = JSON.parse(readFileSync(cachePath(), 'utf8')) as unknown;
+    const parsed = JSON.parse(readFileSync(path, 'utf8')) as unknown;
     if (parsed && typeof parsed === 'object') {
       for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
-        const t = v as Tile;
-        if (t && typeof t === 'object' && !checkTile(t))
-          cache[k] = {
-            bm: t.bm,
-            bn: t.bn,
-            bk: t.bk,
-            tm: t.tm,
-            tn: t.tn,
-            ...(t.pf === true ? { pf: true } : {}),
-            ...(t.db === true ? { db: true } : {}),
-            ...(Number.isInteger(t.sw) && t.sw! >= 1 ? { sw: t.sw } : {}),
-          };
+        const t = parse(v);
+        if (t !== undefined) out[k] = t;
       }
     }
   } catch {
     // No cache yet, or an unreadable one: tune again.
   }
-  return cache;
+  return out;
 }
 
-function save(): void {
-  if (!tuningEnabled() || !cache) return;
-  const path = cachePath();
+/** Write a tile cache atomically; false when tuning is off or the directory is read-only (re-tuning next time). */
+export function writeTileCache(path: string, entries: Record<string, unknown>): boolean {
+  if (!tuningEnabled()) return false;
   try {
     mkdirSync(dirname(path), { recursive: true });
     const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(cache, null, 1)}\n`);
+    writeFileSync(tmp, `${JSON.stringify(entries, null, 1)}\n`);
     renameSync(tmp, path);
+    return true;
   } catch {
-    // A read-only cache dir costs only re-tuning next time.
+    return false;
   }
+}
+
+function asTile(v: unknown): Tile | undefined {
+  const t = v as Tile;
+  if (!t || typeof t !== 'object' || checkTile(t)) return undefined;
+  return {
+    bm: t.bm,
+    bn: t.bn,
+    bk: t.bk,
+    tm: t.tm,
+    tn: t.tn,
+    ...(t.pf === true ? { pf: true } : {}),
+    ...(t.db === true ? { db: true } : {}),
+    ...(Number.isInteger(t.sw) && t.sw! >= 1 ? { sw: t.sw } : {}),
+  };
+}
+
+function load(): CacheFile {
+  return (cache ??= readTileCache(cachePath(), asTile));
+}
+
+function save(): void {
+  if (cache) writeTileCache(cachePath(), cache);
 }
 
 let forced: Tile | undefined;
