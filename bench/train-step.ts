@@ -26,6 +26,7 @@
  * that optimization pass against the full -O1 plan, the same way; the last line is `speedup NAME on/off: <ratio>x`.
  *
  * `--profile` also prints, per stage and plan, the wall time per timed step inside each tfjs kernel by name
+ * (`--profile-shapes BatchMatMul,...`: those kernels apart per input shapes and transposes)
  * (kernels called from inside other kernels count in both), the largest first: where each plan's step goes.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -50,6 +51,7 @@ const { values } = parseArgs({
     target: { type: 'string', default: '2' },
     ab: { type: 'string' },
     profile: { type: 'boolean', default: false },
+    'profile-shapes': { type: 'string' },
     'without-pass': { type: 'string' },
   },
 });
@@ -156,6 +158,16 @@ const setEnv = (i: number) => {
 };
 const mbs = [microBatch(1)];
 
+/** --profile-shapes NAME,...: these kernels profiled per input shapes and transposes (which products cost). */
+const byShape = new Set((values['profile-shapes'] ?? '').split(',').filter(Boolean));
+const shapesOf = (args: { inputs: unknown; attrs?: unknown }): string => {
+  const ins = Object.values(args.inputs as Record<string, { shape?: number[] }>).map((t) => `[${t.shape?.join('x') ?? ''}]`);
+  const at = (args.attrs ?? {}) as Record<string, unknown>;
+  const tr = ['transposeA', 'transposeB'].filter((a) => at[a]).map((a) => a.slice(-1));
+  return ` ${ins.join('·')}${tr.length ? ` T${tr.join('')}` : ''}`;
+};
+/** Calls per profiled shape (--profile-shapes), over every profiled step of both plans. */
+const calls = new Map<string, number>();
 /** --profile: wall ms per kernel name, accumulated into `profileInto` while it is set. */
 let profileInto: Map<string, number> | undefined;
 const wrapped = new Set<string>();
@@ -169,14 +181,16 @@ const wrapKernels = () => {
       if (!profileInto) return f(args);
       const t = performance.now();
       const out = f(args);
-      profileInto.set(k.kernelName, (profileInto.get(k.kernelName) ?? 0) + performance.now() - t);
+      const name = byShape.has(k.kernelName) ? `${k.kernelName}${shapesOf(args)}` : k.kernelName;
+      profileInto.set(name, (profileInto.get(name) ?? 0) + performance.now() - t);
+      if (byShape.has(k.kernelName)) calls.set(name, (calls.get(name) ?? 0) + 1);
       return out;
     }) as typeof f;
   }
 };
 const printProfile = (name: string, prof: Map<string, number>, steps: number) => {
-  const rowsOut = [...prof].sort((a, b) => b[1] - a[1]).slice(0, 14);
-  console.log(`    ${name}: ${rowsOut.map(([k, ms]) => `${k} ${(ms / steps).toFixed(1)}`).join(', ')}`);
+  const rowsOut = [...prof].sort((a, b) => b[1] - a[1]).slice(0, byShape.size ? 24 : 14);
+  console.log(`    ${name}: ${rowsOut.map(([k, ms]) => `${k} ${(ms / steps).toFixed(1)}${calls.has(k) ? ` (${calls.get(k)! / steps} calls)` : ''}`).join(', ')}`);
 };
 console.log(`train step: ${backend}, kernels ${process.env.MCPC_KERNELS ?? 'default'}, micro-batch ${rows}x${seq} = ${rows * seq} tokens, ${warmup} warm-up + ${reps} timed steps per plan, load avg ${loadavg()[0]!.toFixed(2)}${quick ? ' (quick)' : ''}`);
 
