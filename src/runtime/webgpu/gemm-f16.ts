@@ -67,12 +67,17 @@ export interface F16Tile {
    * loads free of bank conflicts; 0 saves a fifth of the workgroup memory at the price of conflicts).
    */
   pad?: number;
+  /**
+   * One left fragment live at a time: each K-step loads the TN right fragments, then per row i its left
+   * fragment and row i's products (TM + TN fragments live become 1 + TN: fewer registers, more occupancy).
+   */
+  il?: boolean;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -102,6 +107,10 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 4, tn: 4, pf: true, pad: 0 },
   { variant: 'staged', tm: 4, tn: 4, pf: true, db: true, pad: 0 },
   { variant: 'staged', tm: 4, tn: 4, sg: [4, 2], pf: true, pad: 0 },
+  // One left fragment live at a time (registers: the 4x4 tile holds 16 accumulators).
+  { variant: 'staged', tm: 4, tn: 4, il: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, il: true },
+  { variant: 'staged', tm: 4, tn: 4, il: true, pad: 0 },
   // Slices staged by whole fragments (subgroup-matrix load from storage, store to workgroup memory). On the
   // H200 (2026-11-28, run 3) the eight fs tiles ran 0.86-1.4 ms against 0.59 for staged 4x4 pf: the two
   // closest stay in the sweep for other devices.
@@ -128,6 +137,7 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   { variant: 'staged', tm: 2, tn: 1, fs: true, bk: 64, sw: 3 },
   { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, pad: 0 },
   { variant: 'staged', tm: 2, tn: 2, pad: 16 },
+  { variant: 'staged', tm: 2, tn: 2, pf: true, il: true },
 ];
 
 export interface F16Support {
@@ -298,8 +308,9 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   const step = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => {
     const ls = rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`);
     const rs = rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`);
-    const mm = rng(t.tm).flatMap((i) => rng(t.tn).map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`));
-    return `  {\n${[...ls, ...rs, ...mm].join('\n')}\n  }`;
+    const row = (i: number) => rng(t.tn).map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`);
+    if (t.il) return `  {\n${[...rs, ...rng(t.tm).flatMap((i) => [ls[i]!, ...row(i)])].join('\n')}\n  }`;
+    return `  {\n${[...ls, ...rs, ...rng(t.tm).flatMap(row)].join('\n')}\n  }`;
   };
   let loop: string;
   let shared = '';
@@ -568,6 +579,7 @@ function asF16Tile(v: unknown): F16Tile | undefined {
   if (whole(o.sw, 1)) t.sw = o.sw as number;
   if (o.fs === true) t.fs = true;
   if (whole(o.pad, 0)) t.pad = o.pad as number;
+  if (o.il === true) t.il = true;
   return f16TileProblem(t) ? undefined : t;
 }
 
