@@ -10,7 +10,7 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { loraMergeShapesFit } from '../kernels/reference.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { f32, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
+import { f32, kernelRegistrar, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -79,22 +79,17 @@ function bwdKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBac
   return runWgsl(backend, { code: gradCode(O, I, R, attrs.scale, which), inputs: [g!, which === 'A' ? b! : a!], outputs: [{ shape: which === 'A' ? [R, I] : [O, R], dtype: 'float32' }], dispatch: spread(Math.ceil(n / WG)), label: BWD })[0]!;
 }
 
-let registered = false;
-function register(): void {
-  if (registered) return;
-  registered = true;
-  tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: fwdKernel as any });
-  tf.registerKernel({ kernelName: BWD, backendName: 'webgpu', kernelFunc: bwdKernel as any });
-  tf.registerGradient({
-    kernelName: FWD,
-    // A and B are saved by loraMerge() (./program.ts runKernelSaving: shared, no Identity kernel). The closures
-    // run only for the inputs on the gradient's path: W's is dW' itself.
-    gradFunc: ((dy: Tensor, saved: Tensor[], attrs: any) => {
+// A and B are saved by loraMerge() (./program.ts runKernelSaving: shared, no Identity kernel). The gradient's
+// closures run only for the inputs on its path: W's is dW' itself.
+const register = kernelRegistrar(
+  { [FWD]: fwdKernel, [BWD]: bwdKernel },
+  {
+    [FWD]: (dy: Tensor, saved: Tensor[], attrs: any) => {
       const grad = (which: 'A' | 'B') => tf.engine().runKernel(BWD, [dy, saved[0]!, saved[1]!] as unknown as tf.NamedTensorMap, { scale: attrs.scale, which } as unknown as tf.NamedAttrMap) as Tensor;
       return { 0: () => share(dy), 1: () => grad('A'), 2: () => grad('B') };
-    }) as any,
-  } as any);
-}
+    },
+  },
+);
 
 /** Whether the kernel takes these: float32 W [O, I], A [R, I], B [O, R], none empty, indices within u32. */
 export function loraMergeFits(w: Tensor, a: Tensor, b: Tensor): boolean {

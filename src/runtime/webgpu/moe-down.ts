@@ -20,7 +20,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
+import { kernelRegistrar, runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -134,24 +134,18 @@ function daKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   return runWgsl(backend, { code: gemmWgsl(spec), inputs: [dy!, g!, x!], outputs: [{ shape: [s.experts, s.rank, K], dtype: 'float32' }], dispatch: gemmDispatch(spec), label: DA })[0]!;
 }
 
-let registered = false;
-function register(): void {
-  if (registered) return;
-  registered = true;
-  tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-  tf.registerKernel({ kernelName: DX, backendName: 'webgpu', kernelFunc: dxKernel as any });
-  tf.registerKernel({ kernelName: DA, backendName: 'webgpu', kernelFunc: daKernel as any });
-  // x, gates and A_e are saved by moeDownRouted() (runKernelSaving: shared, no Identity kernels); no entry for
-  // the gates, which the tape node does not list.
-  tf.registerGradient({
-    kernelName: FWD,
-    gradFunc: ((dy: Tensor, saved: Tensor[], attrs: any) => {
+// x, gates and A_e are saved by moeDownRouted() (runKernelSaving: shared, no Identity kernels); no entry for
+// the gates, which the tape node does not list.
+const register = kernelRegistrar(
+  { [FWD]: forwardKernel, [DX]: dxKernel, [DA]: daKernel },
+  {
+    [FWD]: (dy: Tensor, saved: Tensor[], attrs: any) => {
       const [x, g, a] = saved as [Tensor, Tensor, Tensor];
       const s = { experts: attrs.experts, rank: attrs.rank };
       return { 0: () => runKernel1(DX, [dy, g, a], s), 2: () => runKernel1(DA, [dy, g, x], s) };
-    }) as any,
-  } as any);
-}
+    },
+  },
+);
 
 /** moe_down_routed on the webgpu backend, inputs checked by {@link moeDownFits}. */
 export function moeDownRouted(x: Tensor, gates: Tensor, ae: Tensor, s: Shape): Tensor {

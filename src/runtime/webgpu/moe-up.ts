@@ -22,7 +22,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
-import { keepUntilBackwardEnds, runKernel1, runKernelSaving, runWgsl, share, type WebGpuBackendLike } from './program.js';
+import { keepUntilBackwardEnds, kernelRegistrar, runKernel1, runKernelSaving, runWgsl, share, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -262,17 +262,8 @@ function gradient(dy: Tensor | Tensor[], saved: Tensor[], attrs: any): Record<st
   return out;
 }
 
-let registered = false;
-function register(): void {
-  if (registered) return;
-  registered = true;
-  tf.registerKernel({ kernelName: U_KERNEL, backendName: 'webgpu', kernelFunc: uKernel as any });
-  tf.registerKernel({ kernelName: DG_KERNEL, backendName: 'webgpu', kernelFunc: dgKernel as any });
-  tf.registerKernel({ kernelName: DB_KERNEL, backendName: 'webgpu', kernelFunc: dbKernel as any });
-  tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-  // Every input is saved by moeUpGrouped() (./program.ts runKernelSaving: shared, no Identity kernels).
-  tf.registerGradient({ kernelName: FWD, gradFunc: gradient as any } as any);
-}
+// Every input is saved by moeUpGrouped() (./program.ts runKernelSaving: shared, no Identity kernels).
+const register = kernelRegistrar({ [U_KERNEL]: uKernel, [DG_KERNEL]: dgKernel, [DB_KERNEL]: dbKernel, [FWD]: forwardKernel }, { [FWD]: gradient });
 
 /** moe_up_grouped on the webgpu backend; inputs h, gates, [B_sh], B_e checked by {@link moeUpFits}. */
 export function moeUpGrouped(inputs: Tensor[], s: MoeUpShape): Tensor {

@@ -104,6 +104,21 @@ export function bindGroupFor(device: any, pipeline: any, entries: { binding: num
 const USAGE_UNIFORM = 0x40;
 const USAGE_COPY_DST = 0x8;
 
+/**
+ * A module's webgpu kernels (name → kernel function) and the gradients of some of them (kernel name →
+ * gradFunc), registered with tfjs the first time the returned function is called; later calls do nothing
+ * (the registry is per process). Each op's entry point calls it before its first runKernel.
+ */
+export function kernelRegistrar(kernels: Record<string, (args: any) => TensorInfo | TensorInfo[]>, gradients: Record<string, (...args: any[]) => unknown> = {}): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    for (const [kernelName, kernelFunc] of Object.entries(kernels)) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as any });
+    for (const [kernelName, gradFunc] of Object.entries(gradients)) tf.registerGradient({ kernelName, gradFunc: gradFunc as any } as any);
+  };
+}
+
 /** Record one dispatch of `run.code` in tfjs's command stream; returns the outputs (owned by the caller). */
 export function runWgsl(backend: WebGpuBackendLike, run: WgslRun): TensorInfo[] {
   const outputs = run.into ?? run.outputs.map((o) => backend.makeTensorInfo(o.shape, o.dtype) as TensorInfo);

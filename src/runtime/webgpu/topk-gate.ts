@@ -12,7 +12,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
+import { kernelRegistrar, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -79,20 +79,15 @@ function bwdKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBac
   return runWgsl(backend, { code: code(T, E, attrs.k, attrs.renormalize, true), inputs: [p!, dg!], outputs: [{ shape: [T, E], dtype: 'float32' }], dispatch: [Math.ceil(T / 64), 1, 1], label: BWD })[0]!;
 }
 
-let registered = false;
-function register(): void {
-  if (registered) return;
-  registered = true;
-  tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: fwdKernel as any });
-  tf.registerKernel({ kernelName: BWD, backendName: 'webgpu', kernelFunc: bwdKernel as any });
-  tf.registerGradient({
-    kernelName: FWD,
-    // p is saved by topkGate() (./program.ts runKernelSaving: shared, no Identity kernel).
-    gradFunc: ((dy: Tensor, saved: Tensor[], attrs: any) => ({
+// p is saved by topkGate() (./program.ts runKernelSaving: shared, no Identity kernel).
+const register = kernelRegistrar(
+  { [FWD]: fwdKernel, [BWD]: bwdKernel },
+  {
+    [FWD]: (dy: Tensor, saved: Tensor[], attrs: any) => ({
       0: () => tf.engine().runKernel(BWD, [saved[0]!, dy] as unknown as tf.NamedTensorMap, { k: attrs.k, renormalize: attrs.renormalize } as unknown as tf.NamedAttrMap) as Tensor,
-    })) as any,
-  } as any);
-}
+    }),
+  },
+);
 
 /** Whether the kernel takes p for this k: float32 [T, E], 1 ≤ k, E ≤ TOPK_GATE_MAX_EXPERTS, T ≥ 1 and not too many rows. */
 export function topkGateFits(p: Tensor, k: number): boolean {

@@ -27,7 +27,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from '../gemm-wgsl.js';
 import { tileFor } from '../gemm-tune.js';
-import { disposeInfo, runKernel1, runKernelSaving, runWgsl, spread, type WebGpuBackendLike } from '../program.js';
+import { disposeInfo, kernelRegistrar, runKernel1, runKernelSaving, runWgsl, spread, type WebGpuBackendLike } from '../program.js';
 import { wgslReduceSum } from './run.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -260,24 +260,19 @@ function gradKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBa
   return acc!;
 }
 
-let registered = false;
-function register(): void {
-  if (registered) return;
-  registered = true;
-  tf.registerKernel({ kernelName: FWD, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-  tf.registerKernel({ kernelName: GRAD, backendName: 'webgpu', kernelFunc: gradKernel as any });
-  // x, W, labels, mask and stats are saved by lmHeadXent() (runKernelSaving); labels and mask are off the tape.
-  tf.registerGradient({
-    kernelName: FWD,
-    gradFunc: ((dys: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
+// x, W, labels, mask and stats are saved by lmHeadXent() (runKernelSaving); labels and mask are off the tape.
+const register = kernelRegistrar(
+  { [FWD]: forwardKernel, [GRAD]: gradKernel },
+  {
+    [FWD]: (dys: Tensor | Tensor[], saved: Tensor[], attrs: any) => {
       const dy = (Array.isArray(dys) ? dys[0] : dys)!;
       const [x, w, labels, mask, stats] = saved as [Tensor, Tensor, Tensor, Tensor, Tensor];
       const ins = [dy, x, w, labels, mask, stats];
       const chunk = attrs.chunk === undefined ? {} : { chunk: attrs.chunk };
       return { 0: () => runKernel1(GRAD, ins, { of: 'x', ...chunk }), 1: () => runKernel1(GRAD, ins, { of: 'w', ...chunk }) };
-    }) as any,
-  } as any);
-}
+    },
+  },
+);
 
 /**
  * Mean cross-entropy of softmax(x·Wᵀ) at `labels` over the tokens of `mask` (x [T, D], W [V, D], labels [T]
