@@ -28,7 +28,7 @@ import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
-import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
@@ -378,13 +378,13 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
   // --emulate-f16: the same kernels in their emulated spelling (f32, any adapter): exercises this section on
   // llvmpipe; its timings mean nothing.
   const emu = !!values['emulate-f16'];
-  const sup = emu ? { ok: true } : await probeF16(gpu.device);
+  const sup: F16Support = emu ? { ok: true } : await probeF16(gpu.device);
   const f16 = (x: Tensor, y: Tensor, tA: boolean, tB: boolean, t?: F16Tile) => gemmF16(x, y, tA, tB, t, emu);
   const candidates = emu ? F16_EMULATION_TILES : F16_CANDIDATES;
 
   if (!sup.ok) {
-    report(`ours  f16 subgroup-matrix GEMM: not available on this device (${(sup as { why?: string }).why})`);
-    targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: undefined, detail: `not run: ${(sup as { why?: string }).why}` });
+    report(`ours  f16 subgroup-matrix GEMM: not available on this device (${sup.why})`);
+    targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: undefined, detail: `not run: ${sup.why}` });
   } else {
     // Correctness first: an awkward shape against the f32 product on the CPU, then the benchmark shape against our f32 GEMM.
     const [m, n, k] = [200, 136, 328];
@@ -587,7 +587,7 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
     emulateF16(true);
     setF16Tile(F16_EMULATION_TILES[3]!);
   }
-  const sup = values['emulate-f16'] ? { ok: true, why: '' } : await probeF16(gpu.device);
+  const sup: F16Support = values['emulate-f16'] ? { ok: true } : await probeF16(gpu.device);
   if (!sup.ok) {
     targets.push({ what: 'MoE-LoRA FFN forward+backward <= 6.5 ms (tensor-core path)', ok: undefined, detail: `not run: ${sup.why}` });
   } else {
