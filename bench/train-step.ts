@@ -189,7 +189,7 @@ const wrapKernels = () => {
   }
 };
 const printProfile = (name: string, prof: Map<string, number>, steps: number) => {
-  const rowsOut = [...prof].sort((a, b) => b[1] - a[1]).slice(0, byShape.size ? 24 : 14);
+  const rowsOut = [...prof].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.PROFILE_TOP ?? (byShape.size ? 24 : 14)));
   console.log(`    ${name}: ${rowsOut.map(([k, ms]) => `${k} ${(ms / steps).toFixed(1)}${calls.has(k) ? ` (${calls.get(k)! / steps} calls)` : ''}`).join(', ')}`);
 };
 console.log(`train step: ${backend}, kernels ${process.env.MCPC_KERNELS ?? 'default'}, micro-batch ${rows}x${seq} = ${rows * seq} tokens, ${warmup} warm-up + ${reps} timed steps per plan, load avg ${loadavg()[0]!.toFixed(2)}${quick ? ' (quick)' : ''}`);

@@ -22,7 +22,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
-import { linearPartsInto, partsTimesInto } from '../tfjs/gemm.js';
+import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
 import { ropeOnHeap } from '../tfjs/rope.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
@@ -365,7 +365,6 @@ export function ensureCpuOps(): void {
         const [x, ...ws] = saved as Tensor[];
         const widths = a.widths as number[];
         const parts = a.parts as number[];
-        const T = x!.shape[0]!;
         // Weight i: its part, and its first column within that part.
         const where: [number, number][] = [];
         parts.forEach((n, j) => {
@@ -378,12 +377,22 @@ export function ensureCpuOps(): void {
         return grads(ws.length + 1, (i) => {
           if (i === 0) return run1('McpcConcatLinearDx', [...dys, ...ws], { widths, parts });
           const [j, c] = where[i - 1]!;
-          const d = parts[j] === 1 ? dys[j]! : tf.slice(dys[j]!, [0, c], [T, widths[i - 1]!]);
-          return tf.matMul(d as tf.Tensor2D, x as tf.Tensor2D, true, false);
+          return run1('McpcConcatLinearDw', [dys[j]!, x!], { col: c, shape: ws[i - 1]!.shape });
         });
       },
     },
   );
+  // dW_i = dY_jᵀ·x over weight i's columns of its part's dY_j, in the weight's shape (inputs and attrs as the
+  // webgpu kernel of this name): no slice of dY_j, in place on the wasm heap.
+  registerCpuKernel('McpcConcatLinearDw', {
+    shapes: (_ins, a) => [a.shape as number[]],
+    writesAll: true,
+    run: ([dy, x], [dw], infos, a) => {
+      const [T, ld] = infos[0]!.shape as [number, number];
+      const [width, K] = a.shape as [number, number];
+      sliceTnInto(dy as Float32Array, ld, a.col as number, width, x as Float32Array, T, K, dw!);
+    },
+  });
   registerCpuKernel('McpcConcatLinearDx', {
     shapes: (ins, a) => [[ins[0]!.shape[0]!, ins[ins.length - 1]!.shape[1]!]],
     writesAll: true,

@@ -15,6 +15,7 @@ import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
 import type { WasmBackendLike } from './wasm-extra.js';
 import { threadedGemm, type GemmEngine } from './gemm-threads.js';
+import { linearPartsOnHeap, partsTimesOnHeap, sliceTnOnHeap } from './gemm-heap.js';
 
 interface GemmExports {
   memory: WebAssembly.Memory;
@@ -222,6 +223,7 @@ export function linearPartsInto(x: Float32Array, T: number, K: number, weights: 
   const N = outWidths.reduce((a, b) => a + b, 0);
   if (T === 0 || N === 0) return;
   if (K === 0) return outs.forEach((o) => o.fill(0));
+  if (linearPartsOnHeap(x, T, K, weights, outs, outWidths)) return;
   gemmWith(
     T,
     N,
@@ -254,6 +256,7 @@ export function partsTimesInto(dys: Float32Array[], widths: number[], T: number,
   const N = widths.reduce((a, b) => a + b, 0);
   if (T === 0 || K === 0) return;
   if (N === 0) return void out.fill(0);
+  if (partsTimesOnHeap(dys, widths, T, weights, K, out)) return;
   gemmWith(
     T,
     K,
@@ -275,6 +278,23 @@ export function partsTimesInto(dys: Float32Array[], widths: number[], T: number,
     },
     (C, at, Np) => copyRuns(C, at, Np, out, 0, K, T, K),
   );
+}
+
+/**
+ * A weight's gradient in concat_linear: out [width, K] = dy[:, col .. col + width)ᵀ · x, dy [T, ld] (the
+ * weight's part), x [T, K]. In place on the wasm heap where it can (./gemm-heap.ts), else the columns copied out
+ * and one transposed-A product.
+ */
+export function sliceTnInto(dy: Float32Array, ld: number, col: number, width: number, x: Float32Array, T: number, K: number, out: Float32Array): void {
+  if (width === 0 || K === 0) return;
+  if (T === 0) return void out.fill(0);
+  if (sliceTnOnHeap(dy, ld, col, width, x, T, K, out)) return;
+  let a = dy;
+  if (ld !== width) {
+    a = new Float32Array(T * width);
+    copyRuns(dy, col, ld, a, 0, width, T, width);
+  }
+  matmulInto(a, x, out, { batchA: 1, batchB: 1, M: width, N: K, K: T, transposeA: true, transposeB: false });
 }
 
 const prod = (xs: number[]) => xs.reduce((p, x) => p * x, 1);

@@ -36,23 +36,28 @@ export function wasmHeap(): WebAssembly.Memory | null {
 }
 
 /**
- * An export of a module of ours (a .wasm beside this file that imports its memory as `e.m`), instantiated over
- * tfjs-backend-wasm's heap: `heapExport('adamw.wasm', 'adamw')` returns a lookup of that export for a memory
+ * The exports of a module of ours (a .wasm beside this file that imports its memory as `e.m`), instantiated over
+ * tfjs-backend-wasm's heap: `heapExports<T>('gemm-ld.wasm')` returns a lookup of those exports for a memory
  * (`wasmHeap()`'s), compiled once and instantiated once per memory (the memory object survives the heap's
- * growth).
+ * growth). `heapExport(file, name)`: one export of it.
  */
-export function heapExport<F>(file: string, name: string): (heap: WebAssembly.Memory) => F {
+export function heapExports<T>(file: string): (heap: WebAssembly.Memory) => T {
   let mod: WebAssembly.Module | undefined;
-  const instances = new WeakMap<WebAssembly.Memory, F>();
+  const instances = new WeakMap<WebAssembly.Memory, T>();
   return (heap) => {
-    let fn = instances.get(heap);
-    if (!fn) {
+    let ex = instances.get(heap);
+    if (!ex) {
       mod ??= new WebAssembly.Module(readFileSync(new URL(`./${file}`, import.meta.url)));
-      fn = new WebAssembly.Instance(mod, { e: { m: heap } }).exports[name] as F;
-      instances.set(heap, fn);
+      ex = new WebAssembly.Instance(mod, { e: { m: heap } }).exports as T;
+      instances.set(heap, ex);
     }
-    return fn;
+    return ex;
   };
+}
+
+export function heapExport<F>(file: string, name: string): (heap: WebAssembly.Memory) => F {
+  const exportsFor = heapExports<Record<string, F>>(file);
+  return (heap) => exportsFor(heap)[name]!;
 }
 
 let registered = false;

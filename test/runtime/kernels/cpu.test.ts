@@ -19,6 +19,7 @@ import { createStageRunner } from '../../../src/runtime/executor.js';
 import { cpuKernels, cpuKernelTable } from '../../../src/runtime/kernels/cpu.js';
 import { compileFused } from '../../../src/runtime/kernels/fused-js.js';
 import { reference, type Kernel, type KernelContext } from '../../../src/runtime/kernels/reference.js';
+import { heapGemmCalls } from '../../../src/runtime/tfjs/gemm-heap.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { compileInline, lcg, relErr, syntheticBatch, TINY, worst } from '../executor/helpers.js';
 
@@ -316,6 +317,28 @@ describe('concat_linear', () => {
     try {
       sameAsReference(step(), inputs(9, 6), context(1, 9), 1e-4);
       sameAsReference(step(shared), sharedInputs(9, 6), context(1, 9), 1e-4);
+    } finally {
+      await initBackend('cpu');
+    }
+  });
+
+  it('in place on the wasm heap where rows are a multiple of 4 and widths of 8: the same forward and gradients', async () => {
+    // Widths 16, 8, 4 + 4 (two stacked weights in one part: dW of each read at its columns), 8; x [16, 8].
+    const aligned = [
+      { kind: 'linear', out: 16, params: ['W'], node: 'a', bias: 'b', attrs: { out: 16 } },
+      { kind: 'lora_down', out: 8, params: ['A'], node: 'c', adapter: 'l', attrs: { rank: 8 } },
+      { kind: 'moe_down_batched', out: 8, params: ['Ash', 'Ae'], node: 'd', adapter: 'm', attrs: { rows: 8, sharedRank: 4, rank: 2, experts: 2 } },
+      { kind: 'router', out: 8, params: ['Wr'], node: 'e', adapter: 'm', bias: 'br', activation: 'softmax', attrs: { experts: 8, activation: 'softmax' } },
+    ];
+    const xs = (T: number, inF: number) => [T2(T, inF), T2(16, inF), tf.tensor1d(randn(16)), T2(8, inF), T2(4, inF), tf.tensor3d(randn(2 * 2 * inF), [2, 2, inF]), T2(8, inF), tf.tensor1d(randn(8))];
+    await initBackend('wasm');
+    try {
+      const before = { ...heapGemmCalls };
+      for (const [T, inF] of [[16, 8], [4, 16], [12, 3]] as const) sameAsReference(step(aligned), xs(T, inF), context(1, T), 1e-4);
+      // [16, 8] and [4, 16] run every product in place; [12, 3] (K = 3) the forward only.
+      expect(heapGemmCalls.forward - before.forward).toBeGreaterThanOrEqual(3);
+      expect(heapGemmCalls.dx - before.dx).toBeGreaterThanOrEqual(2);
+      expect(heapGemmCalls.dw - before.dw).toBeGreaterThanOrEqual(2 * 5);
     } finally {
       await initBackend('cpu');
     }

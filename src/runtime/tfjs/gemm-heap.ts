@@ -1,0 +1,99 @@
+/**
+ * concat_linear's products in place on tfjs-backend-wasm's heap: ./gemm-ld.wat (gemm.wat's micro-kernel with row
+ * strides and an accumulate flag) instantiated over that heap reads the tensors where they lie and writes each
+ * output where its tensor lies. ./gemm.ts's copying path packs both operands into the GEMM's own memory and
+ * copies C out, which at the demo shape cost about as much as the arithmetic (a [2048, 64] x [64, 176] product
+ * is ~1.2 ms of multiply-adds and ~1 ms of copies); here only the forward's weights are transposed, into heap
+ * scratch (a few thousand floats).
+ *
+ * Each function returns false, having done nothing, where it does not apply (an array off the heap: the `cpu`
+ * backend; a row count not a multiple of 4 or a width not a multiple of 8, which the micro-kernel would need
+ * padded), and the caller takes the copying path.
+ */
+import { heapFor } from './moe.js';
+import { heapExports, wasmHeap } from './wasm-extra.js';
+
+interface GemmLd {
+  gemm_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
+  gemm_tn_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
+}
+
+const ldFor = heapExports<GemmLd>('gemm-ld.wasm');
+
+/** Products run on the heap so far (how tests see that the in-place path ran). */
+export const heapGemmCalls = { forward: 0, dx: 0, dw: 0 };
+
+const ptr = (a: Float32Array) => a.byteOffset;
+
+/** The GEMM over the heap every array lies in, else null. */
+function gemmOn(arrays: Float32Array[]): GemmLd | null {
+  const heap = wasmHeap();
+  return heap && arrays.every((a) => a.buffer === heap.buffer) ? ldFor(heap) : null;
+}
+
+/**
+ * outs[j] = x · [weights of part j]ᵀ: x [T, K]; the weights [n_i, K] in part order (Σ n_i over a part =
+ * outWidths[j]). The weights, transposed side by side into one [K, N] block of heap scratch, are B; each part's
+ * columns of it are one product written straight into that part's output.
+ */
+export function linearPartsOnHeap(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[]): boolean {
+  if (T % 4 !== 0 || outWidths.some((w) => w % 8 !== 0) || !gemmOn([x, ...weights, ...outs])) return false;
+  const hp = heapFor([x, ...weights, ...outs]);
+  if (!hp) return false;
+  const N = outWidths.reduce((a, b) => a + b, 0);
+  // Pointers before malloc (which may grow the heap and detach these views).
+  const [X, Ws, Os] = [ptr(x), weights.map(ptr), outs.map(ptr)];
+  const rowsOf = weights.map((w) => w.length / K);
+  const p = hp.malloc(4 * K * N + 16);
+  if (!p) return false;
+  const Bt = p + ((16 - (p % 16)) % 16);
+  let col = 0;
+  Ws.forEach((W, i) => {
+    hp.moe.transpose(W, K, rowsOf[i]!, K, Bt + 4 * col, N);
+    col += rowsOf[i]!;
+  });
+  const g = ldFor(hp.memory);
+  col = 0;
+  Os.forEach((O, j) => {
+    g.gemm_ld(X, K, Bt + 4 * col, N, O, outWidths[j]!, T, outWidths[j]!, K, 0);
+    col += outWidths[j]!;
+  });
+  hp.free(p);
+  heapGemmCalls.forward++;
+  return true;
+}
+
+/**
+ * dx [T, K] = Σ_j dys[j] · [weights of part j] (dys[j] [T, widths[j]], the part's weights stacked by rows): one
+ * product per weight, reading its columns of dys[j] and the weight where they lie, summed into dx.
+ */
+export function partsTimesOnHeap(dys: Float32Array[], widths: number[], T: number, weights: Float32Array[], K: number, out: Float32Array): boolean {
+  if (T % 4 !== 0 || K % 8 !== 0) return false;
+  const g = gemmOn([...dys, ...weights, out]);
+  if (!g) return false;
+  let w = 0;
+  let first = true;
+  dys.forEach((dy, j) => {
+    for (let col = 0; col < widths[j]!; w++) {
+      const n = weights[w]!.length / K;
+      if (n === 0) continue;
+      g.gemm_ld(ptr(dy) + 4 * col, widths[j]!, ptr(weights[w]!), K, ptr(out), K, T, K, n, first ? 0 : 1);
+      first = false;
+      col += n;
+    }
+  });
+  if (first) out.fill(0);
+  heapGemmCalls.dx++;
+  return true;
+}
+
+/** out [width, K] = dy[:, col .. col + width)ᵀ · x (dy [T, ld], x [T, K]): a weight's gradient, read in place. */
+export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: number, x: Float32Array, T: number, K: number, out: Float32Array): boolean {
+  if (width % 4 !== 0 || K % 8 !== 0) return false;
+  const g = gemmOn([dy, x, out]);
+  if (!g) return false;
+  if (T === 0) out.fill(0);
+  else g.gemm_tn_ld(ptr(dy) + 4 * col, ld, ptr(x), K, ptr(out), K, width, K, T, 0);
+  heapGemmCalls.dw++;
+  return true;
+}
