@@ -230,6 +230,8 @@ export function ensureCpuOps(): void {
     'McpcFused',
     {
       shapes: (ins, a) => program(a).outputs.map(() => [a.rows as number, a.cols as number]),
+      // Every forward root is elementwise (reduce 'none'): each output element is stored.
+      writesAll: true,
       run: (ins, outs, _i, a) => program(a).forward(a.rows as number, a.cols as number, ins as Float32Array[], outs),
     },
     {

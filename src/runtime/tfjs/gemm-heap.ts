@@ -25,6 +25,12 @@ export const heapGemmCalls = { forward: 0, dx: 0, dw: 0 };
 
 const ptr = (a: Float32Array) => a.byteOffset;
 
+/**
+ * Tokens per panel of a transposed-A product (dW = dYᵀ·x, K = tokens): [2048, 176]ᵀ·[2048, 64] ran at 35 GFLOP/s
+ * in one pass, 49 in panels of 128 (64: 48, 256: 44 on the 2-core EPYC; see BENCHMARKS.md).
+ */
+const TN_PANEL = 128;
+
 /** The GEMM over the heap every array lies in, else null. */
 function gemmOn(arrays: Float32Array[]): GemmLd | null {
   const heap = wasmHeap();
@@ -93,7 +99,9 @@ export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: 
   const g = gemmOn([dy, x, out]);
   if (!g) return false;
   if (T === 0) out.fill(0);
-  else g.gemm_tn_ld(ptr(dy) + 4 * col, ld, ptr(x), K, ptr(out), K, width, K, T, 0);
+  // In panels of TN_PANEL tokens summed into out: a panel's rows of dy and x stay in cache while every block of
+  // out is computed over them (over all T at once, x was read from memory again for every 4 rows of out).
+  for (let k0 = 0; k0 < T; k0 += TN_PANEL) g.gemm_tn_ld(ptr(dy) + 4 * (k0 * ld + col), ld, ptr(x) + 4 * k0 * K, K, ptr(out), K, width, K, Math.min(TN_PANEL, T - k0), k0 > 0 ? 1 : 0);
   heapGemmCalls.dw++;
   return true;
 }
