@@ -10,6 +10,7 @@
  * backend; a row count not a multiple of 4 or a width not a multiple of 8, which the micro-kernel would need
  * padded), and the caller takes the copying path.
  */
+import type { MatmulShape } from './gemm.js';
 import { heapFor } from './moe.js';
 import { heapExports, wasmHeap } from './wasm-extra.js';
 
@@ -21,7 +22,7 @@ interface GemmLd {
 const ldFor = heapExports<GemmLd>('gemm-ld.wasm');
 
 /** Products run on the heap so far (how tests see that the in-place path ran). */
-export const heapGemmCalls = { forward: 0, dx: 0, dw: 0 };
+export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0 };
 
 const ptr = (a: Float32Array) => a.byteOffset;
 
@@ -103,5 +104,37 @@ export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: 
   // out is computed over them (over all T at once, x was read from memory again for every 4 rows of out).
   for (let k0 = 0; k0 < T; k0 += TN_PANEL) g.gemm_tn_ld(ptr(dy) + 4 * (k0 * ld + col), ld, ptr(x) + 4 * k0 * K, K, ptr(out), K, width, K, Math.min(TN_PANEL, T - k0), k0 > 0 ? 1 : 0);
   heapGemmCalls.dw++;
+  return true;
+}
+
+/**
+ * out[t] = op(A[t]) · op(B[t]) (./gemm.ts matmulInto's product, a batch of 1 broadcasting) in place: A as stored
+ * (a transposed A read by the transposed-A kernel, in panels of tokens), B as stored unless transposed (then
+ * transposed into heap scratch), each C written where out lies. Needs M a multiple of 4 and N of 8.
+ */
+export function matmulOnHeap(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): boolean {
+  const { M, N, K, transposeA, transposeB } = s;
+  if (M % 4 !== 0 || N % 8 !== 0 || !gemmOn([A, B, out])) return false;
+  const hp = heapFor([A, B, out]);
+  if (!hp) return false;
+  const batch = Math.max(s.batchA, s.batchB);
+  const [pa, pb, pc] = [ptr(A), ptr(B), ptr(out)];
+  let bt = 0;
+  if (transposeB) {
+    const p = hp.malloc(4 * s.batchB * K * N + 16);
+    if (!p) return false;
+    bt = p;
+    for (let t = 0; t < s.batchB; t++) hp.moe.transpose(pb + 4 * t * N * K, K, N, K, p + 4 * t * K * N, N);
+  }
+  const g = ldFor(hp.memory);
+  for (let t = 0; t < batch; t++) {
+    const a = pa + 4 * (s.batchA === 1 ? 0 : t) * M * K;
+    const b = (transposeB ? bt : pb) + 4 * (s.batchB === 1 ? 0 : t) * K * N;
+    const c = pc + 4 * t * M * N;
+    if (!transposeA) g.gemm_ld(a, K, b, N, c, N, M, N, K, 0);
+    else for (let k0 = 0; k0 < K; k0 += TN_PANEL) g.gemm_tn_ld(a + 4 * k0 * M, M, b + 4 * k0 * N, N, c, N, M, N, Math.min(TN_PANEL, K - k0), k0 > 0 ? 1 : 0);
+  }
+  if (bt) hp.free(bt);
+  heapGemmCalls.matmul++;
   return true;
 }

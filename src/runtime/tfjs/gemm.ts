@@ -15,7 +15,7 @@ import { readFileSync } from 'node:fs';
 import { tf } from './index.js';
 import type { WasmBackendLike } from './wasm-extra.js';
 import { threadedGemm, type GemmEngine } from './gemm-threads.js';
-import { linearPartsOnHeap, partsTimesOnHeap, sliceTnOnHeap } from './gemm-heap.js';
+import { linearPartsOnHeap, matmulOnHeap, partsTimesOnHeap, sliceTnOnHeap } from './gemm-heap.js';
 
 interface GemmExports {
   memory: WebAssembly.Memory;
@@ -139,6 +139,9 @@ export function matmulInto(A: Float32Array, B: Float32Array, out: Float32Array, 
     return;
   }
   if (batch === 1 && 4 * K * up(N, 8) > gemmBlocking.blockFrom) return matmulBlocked(A, B, out, s);
+  // In place on the wasm heap where the operands lie there and the shape needs no padding (./gemm-heap.ts); the
+  // threaded engine works in its own shared memory, so it keeps the copying path.
+  if (gemmModule().threads === 1 && matmulOnHeap(A, B, out, s)) return;
   const Mp = up(M, 4);
   const Np = up(N, 8);
   const g = gemmModule();

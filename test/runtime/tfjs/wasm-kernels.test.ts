@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { matmulInto, setGemmBlocking } from '../../../src/runtime/tfjs/gemm.js';
+import { heapGemmCalls } from '../../../src/runtime/tfjs/gemm-heap.js';
 import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
 import { sliceInto } from '../../../src/runtime/tfjs/wasm-extra.js';
 
@@ -162,5 +163,34 @@ describe('through tfjs: wasm equals cpu', () => {
     const got = run();
     expect(got.map((g) => g.length)).toEqual(want.map((g) => g.length));
     for (let i = 0; i < want.length; i++) for (let j = 0; j < want[i]!.length; j++) expect(Math.abs(got[i]![j]! - want[i]![j]!)).toBeLessThan(1e-5);
+  });
+
+  it('BatchMatMul in place on the heap (M a multiple of 4, N of 8): the naive product, K past a panel, every transpose and broadcast', async () => {
+    await initBackend('wasm');
+    const before = heapGemmCalls.matmul;
+    let ran = 0;
+    fc.assert(
+      fc.property(
+        fc.record({ batch: fc.integer({ min: 1, max: 3 }), bcast: fc.constantFrom('none', 'a', 'b'), M: fc.integer({ min: 1, max: 6 }), N: fc.integer({ min: 1, max: 4 }), K: fc.oneof(fc.integer({ min: 1, max: 20 }), fc.integer({ min: 120, max: 300 })), transposeA: fc.boolean(), transposeB: fc.boolean(), seed: fc.integer() }),
+        (r) => {
+          const s = { batchA: r.bcast === 'a' ? 1 : r.batch, batchB: r.bcast === 'b' ? 1 : r.batch, M: 4 * r.M, N: 8 * r.N, K: r.K, transposeA: r.transposeA, transposeB: r.transposeB };
+          let x = r.seed | 0;
+          const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23 - 1;
+          const a = Float32Array.from({ length: s.batchA * s.M * s.K }, rnd);
+          const b = Float32Array.from({ length: s.batchB * s.K * s.N }, rnd);
+          const got = tf.tidy(() => {
+            const A = tf.tensor3d(a, s.transposeA ? [s.batchA, s.K, s.M] : [s.batchA, s.M, s.K]);
+            const B = tf.tensor3d(b, s.transposeB ? [s.batchB, s.N, s.K] : [s.batchB, s.K, s.N]);
+            return tf.matMul(A, B, s.transposeA, s.transposeB).dataSync();
+          });
+          ran++;
+          const want = naive(a, b, s);
+          expect(got.length).toBe(want.length);
+          for (let i = 0; i < want.length; i++) expect(Math.abs(got[i]! - want[i]!)).toBeLessThan(1e-5 * (1 + s.K));
+        },
+      ),
+      { numRuns: 60 },
+    );
+    expect(heapGemmCalls.matmul - before).toBe(ran);
   });
 });
