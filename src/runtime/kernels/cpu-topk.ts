@@ -52,6 +52,38 @@ function rowMask(p: Float32Array, o: number, E: number, k: number, mask: Uint8Ar
   }
 }
 
+/**
+ * The indices of the k largest of p[o .. o + E) into idx[0 .. k), by value descending, ties to the lower index
+ * (one insertion pass: a later equal value never passes an earlier one); false, with nothing chosen, where the
+ * row holds a NaN (rowMask's rule then decides).
+ */
+function topIndices(p: Float32Array, o: number, E: number, k: number, idx: Int32Array): boolean {
+  let n = 0;
+  for (let j = 0; j < E; j++) {
+    const x = p[o + j]!;
+    if (x !== x) return false;
+    let q: number;
+    if (n < k) q = n++;
+    else if (x > p[o + idx[k - 1]!]!) q = k - 1;
+    else continue;
+    while (q > 0 && x > p[o + idx[q - 1]!]!) {
+      idx[q] = idx[q - 1]!;
+      q--;
+    }
+    idx[q] = j;
+  }
+  return true;
+}
+
+/** Row t's chosen experts into idx (k of them), by topIndices or, for a row with a NaN, rowMask. */
+function chosen(p: Float32Array, o: number, E: number, k: number, idx: Int32Array, mask: Uint8Array): number {
+  if (topIndices(p, o, E, k, idx)) return k;
+  rowMask(p, o, E, k, mask);
+  let n = 0;
+  for (let e = 0; e < E; e++) if (mask[e]) idx[n++] = e;
+  return n;
+}
+
 function register(): void {
   registerCpuKernel(
     'McpcTopkGate',
@@ -60,13 +92,16 @@ function register(): void {
       writesAll: true,
       run: ([p], [g], infos, a) => {
         const [T, E] = infos[0]!.shape as [number, number];
-        const mask = new Uint8Array(E);
+        const k = Math.min(a.k as number, E);
+        const [idx, mask] = [new Int32Array(E), new Uint8Array(E)];
+        const pv = p as Float32Array;
+        g!.fill(0);
         for (let t = 0, o = 0; t < T; t++, o += E) {
-          rowMask(p as Float32Array, o, E, a.k as number, mask);
+          const n = chosen(pv, o, E, k, idx, mask);
           let s = 0;
-          for (let e = 0; e < E; e++) s += mask[e] ? p![o + e]! : 0;
+          for (let i = 0; i < n; i++) s += pv[o + idx[i]!]!;
           const inv = a.renormalize ? 1 / s : 1;
-          for (let e = 0; e < E; e++) g![o + e] = mask[e] ? p![o + e]! * inv : 0;
+          for (let i = 0; i < n; i++) g![o + idx[i]!] = pv[o + idx[i]!]! * inv;
         }
       },
     },
@@ -82,25 +117,27 @@ function register(): void {
     writesAll: true,
     run: ([p, dg], [dp], infos, a) => {
       const [T, E] = infos[0]!.shape as [number, number];
-      const mask = new Uint8Array(E);
+      const k = Math.min(a.k as number, E);
+      const [idx, mask] = [new Int32Array(E), new Uint8Array(E)];
+      const pv = p as Float32Array;
+      dp!.fill(0);
       for (let t = 0, o = 0; t < T; t++, o += E) {
-        rowMask(p as Float32Array, o, E, a.k as number, mask);
+        const n = chosen(pv, o, E, k, idx, mask);
         if (!a.renormalize) {
-          for (let e = 0; e < E; e++) dp![o + e] = mask[e] ? dg![o + e]! : 0;
+          for (let i = 0; i < n; i++) dp![o + idx[i]!] = dg![o + idx[i]!]!;
           continue;
         }
         let s = 0;
-        for (let e = 0; e < E; e++) s += mask[e] ? p![o + e]! : 0;
+        for (let i = 0; i < n; i++) s += pv[o + idx[i]!]!;
         const inv = 1 / s;
         let dot = 0;
-        for (let e = 0; e < E; e++) if (mask[e]) dot += dg![o + e]! * p![o + e]! * inv;
-        for (let e = 0; e < E; e++) dp![o + e] = mask[e] ? (dg![o + e]! - dot) * inv : 0;
+        for (let i = 0; i < n; i++) dot += dg![o + idx[i]!]! * pv[o + idx[i]!]! * inv;
+        for (let i = 0; i < n; i++) dp![o + idx[i]!] = (dg![o + idx[i]!]! - dot) * inv;
       }
     },
   });
 }
 
-/** Whether the kernel takes p: float32 [T, E], T, E >= 1, and an integer k >= 1. */
 export function topkGateCpuFits(p: Tensor, k: number): boolean {
   return p.dtype === 'float32' && p.rank === 2 && p.shape[0]! >= 1 && p.shape[1]! >= 1 && Number.isInteger(k) && k >= 1;
 }

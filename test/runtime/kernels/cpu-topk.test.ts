@@ -51,6 +51,14 @@ describe('topk_gate on the CPU table', () => {
         }
     });
 
+  it('a row holding NaN: every entry with fewer than k entries ranked above it is kept (NaN ranks above none)', async () => {
+    await initBackend('wasm');
+    const p = tf.tensor2d([0.1, NaN, 0.5, 0.3, 0.2, 0.6, 0.1, 0.4], [2, 4]);
+    const g = table.topk_gate([p], stepOf(2, false), ctx)[0]!;
+    expect(Array.from(g.dataSync())).toEqual([0, NaN, 0.5, 0.3, 0, 0.6, 0, 0.4].map(Math.fround));
+    tf.dispose([p, g]);
+  });
+
   it('runs one kernel forward', async () => {
     await initBackend('wasm');
     const p = tf.tensor2d([0.1, 0.5, 0.4, 0.3, 0.3, 0.4], [2, 3]);
