@@ -10,6 +10,8 @@
  * The same arithmetic as ../webgpu/topk-gate.ts; in f64 per row, stored as f32.
  */
 import { tf, type Tensor } from '../tfjs/index.js';
+import { heapFor } from '../tfjs/moe.js';
+import { heapExports } from '../tfjs/wasm-extra.js';
 import { registerCpuKernel } from './cpu-ops.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -84,6 +86,75 @@ function chosen(p: Float32Array, o: number, E: number, k: number, idx: Int32Arra
   return n;
 }
 
+/** Calls that took topTwoOnHeap (how tests see that the WebAssembly path ran). */
+export const topTwoCalls = { n: 0 };
+
+const top2For = heapExports<{ top2(p: number, T: number, E: number, idx: number): void }>('topk.wasm');
+
+/**
+ * Each row's two largest entries of p [T, E] as index pairs [2T] (../tfjs/topk.wat: no branches on the data,
+ * which the router's probabilities, new each step, made mispredict: 0.45 ms a call at 2048 x 8 on fresh random
+ * rows, 0.09 on rows seen before), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap.
+ */
+function topTwoOnHeap(p: Float32Array, T: number, E: number): Int32Array | null {
+  const hp = heapFor([p]);
+  if (!hp || T === 0) return null;
+  const at = p.byteOffset; // before malloc, which may grow the heap
+  const q = hp.malloc(8 * T);
+  if (!q) return null;
+  top2For(hp.memory).top2(at, T, E, q);
+  const pairs = new Int32Array(hp.memory.buffer, q, 2 * T).slice();
+  hp.free(q);
+  topTwoCalls.n++;
+  return pairs;
+}
+
+/** Row t's chosen experts into idx: from `pairs` (topTwoOnHeap) where it has them, else as chosen() picks. */
+function rowChoice(pairs: Int32Array | null, t: number, p: Float32Array, o: number, E: number, k: number, idx: Int32Array, mask: Uint8Array): number {
+  if (pairs && pairs[2 * t]! >= 0) {
+    idx[0] = pairs[2 * t]!;
+    idx[1] = pairs[2 * t + 1]!;
+    return 2;
+  }
+  return chosen(p, o, E, k, idx, mask);
+}
+
+/** g [T, E] = p masked to each row's k largest, renormalised over them when asked. */
+function gatesForward(p: Float32Array, g: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
+  const idx = new Int32Array(E);
+  const mask = new Uint8Array(E);
+  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E) : null;
+  g.fill(0);
+  for (let t = 0, o = 0; t < T; t++, o += E) {
+    const n = rowChoice(pairs, t, p, o, E, k, idx, mask);
+    let s = 0;
+    for (let i = 0; i < n; i++) s += p[o + idx[i]!]!;
+    const inv = renormalize ? 1 / s : 1;
+    for (let i = 0; i < n; i++) g[o + idx[i]!] = p[o + idx[i]!]! * inv;
+  }
+}
+
+/** dp [T, E] from p and dg (see the header), the mask recomputed from p. */
+function gatesBackward(p: Float32Array, dg: Float32Array, dp: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
+  const idx = new Int32Array(E);
+  const mask = new Uint8Array(E);
+  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E) : null;
+  dp.fill(0);
+  for (let t = 0, o = 0; t < T; t++, o += E) {
+    const n = rowChoice(pairs, t, p, o, E, k, idx, mask);
+    if (!renormalize) {
+      for (let i = 0; i < n; i++) dp[o + idx[i]!] = dg[o + idx[i]!]!;
+      continue;
+    }
+    let s = 0;
+    for (let i = 0; i < n; i++) s += p[o + idx[i]!]!;
+    const inv = 1 / s;
+    let dot = 0;
+    for (let i = 0; i < n; i++) dot += dg[o + idx[i]!]! * p[o + idx[i]!]! * inv;
+    for (let i = 0; i < n; i++) dp[o + idx[i]!] = (dg[o + idx[i]!]! - dot) * inv;
+  }
+}
+
 function register(): void {
   registerCpuKernel(
     'McpcTopkGate',
@@ -92,17 +163,7 @@ function register(): void {
       writesAll: true,
       run: ([p], [g], infos, a) => {
         const [T, E] = infos[0]!.shape as [number, number];
-        const k = Math.min(a.k as number, E);
-        const [idx, mask] = [new Int32Array(E), new Uint8Array(E)];
-        const pv = p as Float32Array;
-        g!.fill(0);
-        for (let t = 0, o = 0; t < T; t++, o += E) {
-          const n = chosen(pv, o, E, k, idx, mask);
-          let s = 0;
-          for (let i = 0; i < n; i++) s += pv[o + idx[i]!]!;
-          const inv = a.renormalize ? 1 / s : 1;
-          for (let i = 0; i < n; i++) g![o + idx[i]!] = pv[o + idx[i]!]! * inv;
-        }
+        gatesForward(p as Float32Array, g!, T, E, Math.min(a.k as number, E), !!a.renormalize);
       },
     },
     {
@@ -117,23 +178,7 @@ function register(): void {
     writesAll: true,
     run: ([p, dg], [dp], infos, a) => {
       const [T, E] = infos[0]!.shape as [number, number];
-      const k = Math.min(a.k as number, E);
-      const [idx, mask] = [new Int32Array(E), new Uint8Array(E)];
-      const pv = p as Float32Array;
-      dp!.fill(0);
-      for (let t = 0, o = 0; t < T; t++, o += E) {
-        const n = chosen(pv, o, E, k, idx, mask);
-        if (!a.renormalize) {
-          for (let i = 0; i < n; i++) dp![o + idx[i]!] = dg![o + idx[i]!]!;
-          continue;
-        }
-        let s = 0;
-        for (let i = 0; i < n; i++) s += pv[o + idx[i]!]!;
-        const inv = 1 / s;
-        let dot = 0;
-        for (let i = 0; i < n; i++) dot += dg![o + idx[i]!]! * pv[o + idx[i]!]! * inv;
-        for (let i = 0; i < n; i++) dp![o + idx[i]!] = (dg![o + idx[i]!]! - dot) * inv;
-      }
+      gatesBackward(p as Float32Array, dg as Float32Array, dp!, T, E, Math.min(a.k as number, E), !!a.renormalize);
     },
   });
 }

@@ -1,10 +1,11 @@
 /**
  * The CPU table's topk_gate (src/runtime/kernels/cpu-topk.ts) against the reference kernel: gates and the
  * gradient of p, renormalised or not, k = 1, k = E and k past E, one expert, ties (to the lower index), on
- * the cpu and wasm backends; one kernel forward.
+ * the cpu and wasm backends (k = 2 there by topk.wat); a row holding NaN; one kernel forward.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
+import { topTwoCalls } from '../../../src/runtime/kernels/cpu-topk.js';
 import { reference, type KernelStep } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 
@@ -26,6 +27,7 @@ describe('topk_gate on the CPU table', () => {
   for (const backend of ['cpu', 'wasm'] as const)
     it(`equals the reference: gates and dp (${backend})`, async () => {
       await initBackend(backend);
+      const before = topTwoCalls.n;
       let x = 3;
       const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23;
       for (const [T, E, k] of [
@@ -49,6 +51,8 @@ describe('topk_gate on the CPU table', () => {
           });
           tf.dispose([p, R]);
         }
+      // k = 2 on the wasm heap: the two largest by ../tfjs/topk.wat (forward and backward, both renormalisations).
+      expect(topTwoCalls.n - before).toBe(backend === 'wasm' ? 2 * 2 * 2 : 0);
     });
 
   it('a row holding NaN: every entry with fewer than k entries ranked above it is kept (NaN ranks above none)', async () => {
