@@ -9,7 +9,7 @@
  * rows.
  *
  * Arithmetic is f32 (the JavaScript version computes in f64 and rounds the stored result). exp and log have
- * no instruction: Cephes-style range reduction and polynomials (exp: n = round(x·log2 e), r = x − n·ln 2 in
+ * no instruction: Cephes-style range reduction and polynomials (exp: n = round(x·log2 e) by adding 1.5·2^23, r = x − n·ln 2 in
  * two parts, degree-6 polynomial, 2^n applied as two factors so the underflow to denormals and the overflow
  * to ∞ are those of the true result; log: frexp by bit manipulation, denormals scaled first, degree-9
  * polynomial), both within 1-2 ulp; exp(−∞) = 0, exp(∞) = ∞, log(0) = −∞, log(x<0) = NaN. sigmoid, silu and
@@ -34,6 +34,9 @@ type FusedFn = (rows: number, cols: number, ins: Float32Array[], ys: Float32Arra
 
 export type WasmRoot = FusedRoot;
 
+
+/** 1.5·2^23: adding it rounds an f32 below 2^22 in magnitude to an integer (to nearest even). */
+const MAGIC = 12582912;
 
 /** A pointer parameter of the generated function. */
 interface Ptr {
@@ -103,16 +106,20 @@ export function emitFused(program: readonly FusedSerialNode[], kinds: readonly F
   /** exp(x) of the value in local x. Uses T[0..2]. */
   const exp = (x: number) => {
     const [t0, t1, t2] = [T[0]!, T[1]!, T[2]!];
-    f.get(x).f32x4(-104).simd(Simd.f32x4_max).f32x4(89).simd(Simd.f32x4_min).set(t0); // NaN stays NaN
-    f.get(t0).f32x4(1.44269504088896341).simd(Simd.f32x4_mul).simd(Simd.f32x4_nearest).set(t1); // n
-    f.get(t0).get(t1).f32x4(0.693359375).simd(Simd.f32x4_mul).simd(Simd.f32x4_sub);
-    f.get(t1).f32x4(-2.12194440e-4).simd(Simd.f32x4_mul).simd(Simd.f32x4_sub).set(t0); // r
+    // pmax/pmin return their first operand unless the bound wins, so NaN stays NaN (one SSE instruction each,
+    // where f32x4.max/min's NaN and −0 rules cost V8 several).
+    f.get(x).f32x4(-104).simd(Simd.f32x4_pmax).f32x4(89).simd(Simd.f32x4_pmin).set(t0);
+    // t1 = x·log2 e + 1.5·2^23: n = round(x·log2 e) to nearest even is t1 − 1.5·2^23, and t1's bits are
+    // 0x4B400000 + n (|n| < 2^22): no f32x4.nearest, no trunc_sat (several instructions without AVX-512).
+    f.get(t0).f32x4(1.44269504088896341).simd(Simd.f32x4_mul).f32x4(MAGIC).simd(Simd.f32x4_add).set(t1);
+    f.get(t0).get(t1).f32x4(MAGIC).simd(Simd.f32x4_sub).f32x4(0.693359375).simd(Simd.f32x4_mul).simd(Simd.f32x4_sub);
+    f.get(t1).f32x4(MAGIC).simd(Simd.f32x4_sub).f32x4(-2.12194440e-4).simd(Simd.f32x4_mul).simd(Simd.f32x4_sub).set(t0); // r
     // p = ((((c0 r + c1) r + c2) r + c3) r + c4) r + c5) r² + r + 1
     f.f32x4(1.9875691500e-4).get(t0).simd(Simd.f32x4_mul);
     for (const c of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]) f.f32x4(c).simd(Simd.f32x4_add).get(t0).simd(Simd.f32x4_mul);
     f.get(t0).simd(Simd.f32x4_mul).get(t0).simd(Simd.f32x4_add).f32x4(1).simd(Simd.f32x4_add).set(t2);
     // 2^n as 2^(n>>1) · 2^(n − (n>>1)): both factors normal for n in [−150, 129].
-    f.get(t1).simd(Simd.i32x4_trunc_sat_f32x4_s).set(t1);
+    f.get(t1).i32x4(0x4b400000).simd(Simd.i32x4_sub).set(t1); // n
     f.get(t1).i32(1).simd(Simd.i32x4_shr_s).set(t0);
     f.get(t2);
     f.get(t0).i32x4(127).simd(Simd.i32x4_add).i32(23).simd(Simd.i32x4_shl).simd(Simd.f32x4_mul);

@@ -83,6 +83,8 @@ export const Simd = {
   f32x4_div: 0xe7,
   f32x4_min: 0xe8,
   f32x4_max: 0xe9,
+  f32x4_pmin: 0xea,
+  f32x4_pmax: 0xeb,
   i32x4_trunc_sat_f32x4_s: 0xf8,
   f32x4_convert_i32x4_s: 0xfa,
 } as const;
