@@ -10,8 +10,7 @@
  * The same arithmetic as ../webgpu/topk-gate.ts; in f64 per row, stored as f32.
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import { heapFor } from '../tfjs/moe.js';
-import { heapExports } from '../tfjs/wasm-extra.js';
+import { heapExports, wasmHeap } from '../tfjs/wasm-extra.js';
 import { registerCpuKernel } from './cpu-ops.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -94,19 +93,16 @@ const top2For = heapExports<{ top2(p: number, T: number, E: number, idx: number)
 /**
  * Each row's two largest entries of p [T, E] as index pairs [2T] (../tfjs/topk.wat: no branches on the data,
  * which the router's probabilities, new each step, made mispredict: 0.45 ms a call at 2048 x 8 on fresh random
- * rows, 0.09 on rows seen before), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap.
+ * rows, 0.09 on rows seen before), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap. The
+ * module writes the pairs into `out` (the kernel's output, [T, E] with E >= 2: room for 2T i32, overwritten by
+ * the caller after), so nothing is allocated on the heap (a malloc that grew it would detach the kernel's views).
  */
-function topTwoOnHeap(p: Float32Array, T: number, E: number): Int32Array | null {
-  const hp = heapFor([p]);
-  if (!hp || T === 0) return null;
-  const at = p.byteOffset; // before malloc, which may grow the heap
-  const q = hp.malloc(8 * T);
-  if (!q) return null;
-  top2For(hp.memory).top2(at, T, E, q);
-  const pairs = new Int32Array(hp.memory.buffer, q, 2 * T).slice();
-  hp.free(q);
+function topTwoOnHeap(p: Float32Array, T: number, E: number, out: Float32Array): Int32Array | null {
+  const heap = wasmHeap();
+  if (!heap || p.buffer !== heap.buffer || out.buffer !== heap.buffer || T === 0) return null;
+  top2For(heap).top2(p.byteOffset, T, E, out.byteOffset);
   topTwoCalls.n++;
-  return pairs;
+  return new Int32Array(heap.buffer, out.byteOffset, 2 * T).slice();
 }
 
 /** Row t's chosen experts into idx: from `pairs` (topTwoOnHeap) where it has them, else as chosen() picks. */
@@ -123,7 +119,7 @@ function rowChoice(pairs: Int32Array | null, t: number, p: Float32Array, o: numb
 function gatesForward(p: Float32Array, g: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
   const idx = new Int32Array(E);
   const mask = new Uint8Array(E);
-  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E) : null;
+  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E, g) : null;
   g.fill(0);
   for (let t = 0, o = 0; t < T; t++, o += E) {
     const n = rowChoice(pairs, t, p, o, E, k, idx, mask);
@@ -138,7 +134,7 @@ function gatesForward(p: Float32Array, g: Float32Array, T: number, E: number, k:
 function gatesBackward(p: Float32Array, dg: Float32Array, dp: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
   const idx = new Int32Array(E);
   const mask = new Uint8Array(E);
-  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E) : null;
+  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E, dp) : null;
   dp.fill(0);
   for (let t = 0, o = 0; t < T; t++, o += E) {
     const n = rowChoice(pairs, t, p, o, E, k, idx, mask);

@@ -60,6 +60,21 @@ export function heapExport<F>(file: string, name: string): (heap: WebAssembly.Me
   return (heap) => exportsFor(heap)[name]!;
 }
 
+type HeapView = Float32Array | Int32Array | Uint8Array;
+
+/**
+ * Views of tfjs-backend-wasm's heap that outlive a malloc: call before it (this reads their offsets), then the
+ * returned function after it for the same arrays over the heap as it is then. Growing the heap detaches every
+ * view of its old buffer, whose byteOffset then reads 0 and whose elements read undefined. Arrays off the heap
+ * come back as they are.
+ */
+export function heapViews<T extends HeapView[]>(arrays: [...T]): () => T {
+  const heap = wasmHeap();
+  const spans = arrays.map((a) => ({ a, off: a.byteOffset, len: a.length, on: !!heap && a.buffer === heap.buffer }));
+  return () =>
+    spans.map(({ a, off, len, on }) => (on && a.buffer !== heap!.buffer ? new (a.constructor as new (b: ArrayBufferLike, o: number, n: number) => HeapView)(heap!.buffer, off, len) : a)) as T;
+}
+
 let registered = false;
 
 export function registerWasmExtras(): void {
