@@ -6,8 +6,7 @@
  *   npx tsx scripts/build-wasm.ts --check    exit 1 if a committed .wasm differs from its .wat
  *
  * gemm.wat is assembled twice: gemm.wasm with its own memory, and gemm-shared.wasm importing a shared memory
- * (env.memory, up to 2 GiB) so that worker threads can run row blocks of one product (src/runtime/tfjs/gemm.ts);
- * attention.wat also as attention-heap.wasm, importing its memory (e.m) to run over tfjs-backend-wasm's heap.
+ * (env.memory, up to 2 GiB) so that worker threads can run row blocks of one product (src/runtime/tfjs/gemm.ts).
  */
 import { readFileSync, readdirSync, writeFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -19,8 +18,6 @@ const dir = fileURLToPath(new URL('../src/runtime/tfjs/', import.meta.url));
 /** The variants assembled beside a .wat's own .wasm: output name and the edit of the source. */
 const variants: Record<string, { out: string; edit: (src: string) => string }[]> = {
   'gemm.wat': [{ out: 'gemm-shared.wasm', edit: (src) => swap(src, '(memory (export "memory") 1)', '(import "env" "memory" (memory 1 32768 shared))') }],
-  // over tfjs-backend-wasm's heap (src/runtime/tfjs/attention.ts attentionHeap: calls in place)
-  'attention.wat': [{ out: 'attention-heap.wasm', edit: (src) => swap(src, '(memory (export "memory") 1)', '(import "e" "m" (memory 1))') }],
 };
 
 function swap(src: string, from: string, to: string): string {

@@ -26,7 +26,6 @@ export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_FUSED_GRAD_ONEPASS', what: "0: a fused elementwise kernel's gradient computes each input's slot when asked for, not those of the later inputs with it in one pass", take: flag },
   { name: 'MCPC_ATTENTION_WASM', what: '0: attention on the CPU through the reference ops instead of the WebAssembly kernel', take: flag },
   { name: 'MCPC_ATTENTION_SAVE_P', what: "0: the CPU attention kernel's backward recomputes P instead of taking the forward's", take: flag },
-  { name: 'MCPC_ATTENTION_INPLACE', what: "0: the CPU attention kernel copies its arrays into its module's memory instead of running in place on the wasm backend's heap", take: flag },
   { name: 'MCPC_ROPE_WASM', what: '0: the rotary embedding on the CPU in JavaScript instead of WebAssembly SIMD', take: flag },
   { name: 'MCPC_MOE_TOPK', what: "0: routed experts' products dense (all experts) on the CPU instead of each token's top-k", take: flag },
   { name: 'MCPC_MOE_DOWN_TOPK', what: "0: the routed experts' A side dense on the CPU (moe_down_routed through the reference)", take: flag },

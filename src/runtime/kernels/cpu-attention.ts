@@ -17,8 +17,7 @@
  * gradient function runs it when autodiff reaches the node and hands each input its part).
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import { allocProbs, attentionBackward, attentionForward, attentionHeap, freeProbs, savedProbsSize, type AttentionShape, type ProbsSlot } from '../tfjs/attention.js';
-import { heapViews } from '../tfjs/wasm-extra.js';
+import { allocProbs, attentionBackward, attentionForward, freeProbs, savedProbsSize, type AttentionShape, type ProbsSlot } from '../tfjs/attention.js';
 import { registerCpuKernel } from './cpu-ops.js';
 import type { KernelContext } from './reference.js';
 
@@ -100,12 +99,8 @@ function ensureRegistered(): void {
       run: (ins, [o, st], _, a, outInfos) => {
         const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
         if (n) sweepP();
-        // P in the memory the call runs in: the heap when it runs in place there. Its malloc may grow the heap,
-        // so the arrays are taken again after it.
-        const views = heapViews([ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, o!, st!]);
-        const p = n ? allocProbs(n, attentionHeap(shapeOf(a), [ins[0]!, ins[1]!, ins[2]!, o!, st!])) : undefined;
-        const [q, k, v, ranges, out, stats] = views();
-        attentionForward(q, k, v, ranges, shapeOf(a), out, stats, p);
+        const p = n ? allocProbs(n) : undefined;
+        attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
         if (p) savedP.set(outInfos[1]!.dataId, p);
       },
     },

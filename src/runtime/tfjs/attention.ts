@@ -13,8 +13,6 @@
  * q·k nor exp again (savedProbsSize).
  */
 import { readFileSync } from 'node:fs';
-import { heapFor } from './moe.js';
-import { heapExports, heapViews, wasmHeap } from './wasm-extra.js';
 
 interface AttentionExports {
   memory: WebAssembly.Memory;
@@ -44,8 +42,6 @@ interface AttentionExports {
 }
 
 let mod: AttentionExports | undefined;
-/** attention.wat assembled against an imported memory (attention-heap.wasm), per tfjs-backend-wasm heap. */
-const heapModule = heapExports<AttentionExports>('attention-heap.wasm');
 function attentionModule(): AttentionExports {
   mod ??= new WebAssembly.Instance(new WebAssembly.Module(readFileSync(new URL('./attention.wasm', import.meta.url))), {}).exports as unknown as AttentionExports;
   return mod;
@@ -89,8 +85,6 @@ export interface ProbsSlot {
   readonly at: number;
   readonly length: number;
   readonly bytes: number;
-  /** tfjs-backend-wasm's heap where the slot was taken from it (in-place calls: attentionHeap), else this module's memory. */
-  readonly heap?: WebAssembly.Memory;
 }
 
 /** Slots handed back (freeProbs), reused by the smallest that fits. */
@@ -99,23 +93,8 @@ let slotBytes = 0;
 /** Bytes of this module's memory that P slots may take in all (beyond it, allocProbs says no: recomputed). */
 const MAX_SLOT_BYTES = 1 << 28;
 
-/** Bytes of heap P slots in use (their cap is MAX_SLOT_BYTES too). */
-let heapSlotBytes = 0;
-
-/**
- * A slot of at least n floats for a forward's P, or undefined when the slots would pass MAX_SLOT_BYTES. `heap`
- * (attentionHeap's): the slot comes from that heap's malloc, for a forward that runs in place there.
- */
-export function allocProbs(n: number, heap?: WebAssembly.Memory | null): ProbsSlot | undefined {
-  if (heap) {
-    const bytes = Math.ceil((n * 4) / 64) * 64;
-    const hp = heapFor([]);
-    if (!hp || hp.memory !== heap || heapSlotBytes + bytes > MAX_SLOT_BYTES) return undefined;
-    const at = hp.malloc(bytes);
-    if (!at) return undefined;
-    heapSlotBytes += bytes;
-    return { at, length: n, bytes, heap };
-  }
+/** A slot of at least n floats for a forward's P, or undefined when the slots would pass MAX_SLOT_BYTES. */
+export function allocProbs(n: number): ProbsSlot | undefined {
   let best = -1;
   for (let j = 0; j < freeSlots.length; j++) if (freeSlots[j]!.length >= n && (best < 0 || freeSlots[j]!.length < freeSlots[best]!.length)) best = j;
   if (best >= 0) {
@@ -130,50 +109,12 @@ export function allocProbs(n: number, heap?: WebAssembly.Memory | null): ProbsSl
   return { at, length: n, bytes };
 }
 
-/** Bytes of this module's memory taken by P slots, in use or free, and of heap slots in use (for tests). */
+/** Bytes of this module's memory taken by P slots, in use or free (for tests). */
 export const probsSlotBytes = (): number => slotBytes;
-export const heapProbsSlotBytes = (): number => heapSlotBytes;
 
-/** Hands a slot back for reuse (a heap slot back to the heap). */
+/** Hands a slot back for reuse. */
 export function freeProbs(s: ProbsSlot): void {
-  if (s.heap) {
-    const hp = heapFor([]);
-    if (hp && hp.memory === s.heap) hp.free(s.at);
-    heapSlotBytes -= s.bytes;
-    return;
-  }
   freeSlots.push({ at: s.at, length: s.bytes / 4, bytes: s.bytes });
-}
-
-/**
- * tfjs-backend-wasm's heap when a call on these arrays runs in place there (attention-heap.wasm reads q, k, v, o,
- * dO and writes o, dq, dk, dv where the tensors lie; only the transposed k, v and the tables are heap scratch):
- * every array on that heap and d a multiple of 16 (the module's row layout, no padded columns). Else null: the
- * arrays are copied into this module's memory and the results out. MCPC_ATTENTION_INPLACE=0 forces the copy.
- */
-export function attentionHeap(s: AttentionShape, arrays: (Float32Array | Int32Array)[]): WebAssembly.Memory | null {
-  if (headCols(s.d) !== s.d || process.env.MCPC_ATTENTION_INPLACE === '0') return null;
-  const heap = wasmHeap();
-  return heap && arrays.every((a) => a.buffer === heap.buffer) ? heap : null;
-}
-
-/** Calls that ran in place on the heap (for tests). */
-export const attentionInPlaceCalls = { forward: 0, backward: 0 };
-
-/** Heap scratch for an in-place call: byte offsets of consecutive float blocks (16-byte aligned) in one malloc. */
-function heapLayout(heap: WebAssembly.Memory, sizes: number[]): { at: number[]; f: Float32Array; i: Int32Array; free(): void } | null {
-  const hp = heapFor([]);
-  if (!hp || hp.memory !== heap) return null;
-  const total = sizes.reduce((a, n) => a + Math.ceil(Math.max(n, 1) / 4) * 16, 0);
-  const base = hp.malloc(total + 16);
-  if (!base) return null;
-  const at: number[] = [];
-  let p = Math.ceil(base / 16) * 16;
-  for (const n of sizes) {
-    at.push(p);
-    p += Math.ceil(Math.max(n, 1) / 4) * 16;
-  }
-  return { at, f: new Float32Array(heap.buffer), i: new Int32Array(heap.buffer), free: () => hp.free(base) };
 }
 
 const padded = (S: number) => Math.ceil(S / 4) * 4 + 16;
@@ -329,26 +270,16 @@ export function attentionForward(
 ): void {
   const { rows, S, H, KV, d } = s;
   const { T, G, Sp, dp, np, nP, slot, nPcopy } = sizesOf(s, probs);
-  const heap = attentionHeap(s, [q, k, v, o, stats]);
-  if (slot && (slot.heap ?? null) !== heap) throw new Error('attentionForward: the P slot is in another memory than the call runs in');
-  const scratch = [rows * KV * tRows(d) * Sp, T * H * 2, rows * np * REC, 4 * Sp, nPcopy];
-  // In place on the heap (pointers read before malloc, which may grow it and detach every view: the arrays are
-  // taken again after it), or everything copied in.
-  const [Q, K, V, O, ST] = [q, k, v, o, stats].map((x) => x.byteOffset);
-  const again = heapViews([q, k, v, ranges, o, stats]);
-  const hl = heap ? heapLayout(heap, scratch) : null;
-  if (heap && !hl) throw new Error('attentionForward: out of heap memory for scratch');
-  [q, k, v, ranges, o, stats] = again();
-  const own = hl ? null : layout([T * H * dp, T * KV * dp, T * KV * dp, ...scratch.slice(0, 1), T * H * dp, ...scratch.slice(1)]);
-  const [qA, kA, vA, ktA, oA, stA, tA, scA, pA] = hl ? [Q!, K!, V!, ...hl.at.slice(0, 1), O!, ...hl.at.slice(1)] : own!.at;
-  const { f, i } = hl ?? own!;
-  const m = heap ? heapModule(heap) : attentionModule();
+  const {
+    at: [qA, kA, vA, ktA, oA, stA, tA, scA, pA],
+    f,
+    i,
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, rows * KV * tRows(d) * Sp, T * H * dp, T * H * 2, rows * np * REC, 4 * Sp, nPcopy]);
   const pBase = slot ? slot.at : pA!;
-  if (!heap) {
-    putHeads(q, f, qA!, d, dp);
-    putHeads(k, f, kA!, d, dp);
-    putHeads(v, f, vA!, d, dp);
-  }
+  const m = attentionModule();
+  putHeads(q, f, qA!, d, dp);
+  putHeads(k, f, kA!, d, dp);
+  putHeads(v, f, vA!, d, dp);
   transposeIn(m, kA!, ktA!, s, Sp, dp);
   const { rowP } = pairTable(i, tA! / 4, ranges, s);
   const save = nP > 0 && nP === KV * rowP.reduce((x, y) => x + y, 0);
@@ -361,14 +292,10 @@ export function attentionForward(
       const kvr = (r * S * KV + h) * dp * 4;
       m.fwd(np, tA! + r * np * REC * 4, Sp, d, dp, KV * dp, scale, qA! + e0 * dp * 4, ktA! + kvt, vA! + kvr, oA! + e0 * dp * 4, stA! + e0 * 8, scA!, save ? pBase + pAt(r, h) : 0);
     }
-  if (!heap) getHeads(f, oA!, o, d, dp);
+  getHeads(f, oA!, o, d, dp);
   if (save && !slot) (probs as Float32Array).set(f.subarray(pA! / 4, pA! / 4 + nP));
   // logsumexp = m + log l from the module's (m, 1/l)
   for (let t = 0, a = stA! / 4; t < T * H; t++, a += 2) stats[t] = f[a]! - Math.log(f[a + 1]!);
-  if (hl) {
-    hl.free();
-    attentionInPlaceCalls.forward++;
-  }
 }
 
 /**
@@ -393,44 +320,30 @@ export function attentionBackward(
   const { rows, S, H, KV, d } = s;
   const { T, G, Sp, dp, np, nP, slot, nPcopy } = sizesOf(s, probs);
   const kvT = rows * KV * tRows(d) * Sp;
-  const heap = attentionHeap(s, [q, k, v, o, stats, dO, dq, dk, dv]);
-  if (slot && (slot.heap ?? null) !== heap) throw new Error('attentionBackward: the P slot is in another memory than the call runs in');
-  // kt, vt, the pair table, the score block, P copied in: scratch either way; the rest in place on the heap
-  const scratch = [nP ? 0 : kvT, kvT, rows * np * REC, 4 * Sp, nPcopy];
-  const [Q, K, V, O, ST, G_, DQ, DK, DV] = [q, k, v, o, stats, dO, dq, dk, dv].map((x) => x.byteOffset);
-  const again = heapViews([q, k, v, o, stats, ranges, dO, dq, dk, dv]);
-  const hl = heap ? heapLayout(heap, scratch) : null;
-  if (heap && !hl) throw new Error('attentionBackward: out of heap memory for scratch');
-  [q, k, v, o, stats, ranges, dO, dq, dk, dv] = again();
-  const own = hl
-    ? null
-    : layout([T * H * dp, T * KV * dp, T * KV * dp, ...scratch.slice(0, 2), T * H * dp, T * H * dp, T * H, ...scratch.slice(2, 4), T * H * dp, T * KV * dp, T * KV * dp, nPcopy]);
-  const [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA, pA] = hl
-    ? [Q!, K!, V!, hl.at[0]!, hl.at[1]!, O!, G_!, ST!, hl.at[2]!, hl.at[3]!, DQ!, DK!, DV!, hl.at[4]!]
-    : own!.at;
-  const { f, i } = hl ?? own!;
+  const {
+    at: [qA, kA, vA, ktA, vtA, oA, gA, stA, tA, scA, dqA, dkA, dvA, pA],
+    f,
+    i,
+  } = layout([T * H * dp, T * KV * dp, T * KV * dp, nP ? 0 : kvT, kvT, T * H * dp, T * H * dp, T * H, rows * np * REC, 4 * Sp, T * H * dp, T * KV * dp, T * KV * dp, nPcopy]);
   const pBase = slot ? slot.at : pA!;
-  const m = heap ? heapModule(heap) : attentionModule();
+  const m = attentionModule();
   const { rowP } = pairTable(i, tA! / 4, ranges, s);
   const given = nP > 0 && nP === KV * rowP.reduce((x, y) => x + y, 0);
   if (nP && !given) throw new Error(`attentionBackward: ${nP} saved probabilities for a shape and ranges that have ${KV * rowP.reduce((x, y) => x + y, 0)}`);
   const pAt = probsAt(rowP, KV);
-  if (!heap) {
-    putHeads(q, f, qA!, d, dp);
-    putHeads(k, f, kA!, d, dp);
-    putHeads(v, f, vA!, d, dp);
-  }
+  putHeads(q, f, qA!, d, dp);
+  putHeads(k, f, kA!, d, dp);
+  putHeads(v, f, vA!, d, dp);
   if (given) {
     if (!slot) f.set(probs as Float32Array, pA! / 4);
-  } else {
+  }
+  else {
     transposeIn(m, kA!, ktA!, s, Sp, dp);
-    if (!heap) f.set(stats, stA! / 4);
+    f.set(stats, stA! / 4);
   }
   transposeIn(m, vA!, vtA!, s, Sp, dp);
-  if (!heap) {
-    putHeads(o, f, oA!, d, dp);
-    putHeads(dO, f, gA!, d, dp);
-  }
+  putHeads(o, f, oA!, d, dp);
+  putHeads(dO, f, gA!, d, dp);
   f.fill(0, dkA! / 4, dkA! / 4 + T * KV * dp);
   f.fill(0, dvA! / 4, dvA! / 4 + T * KV * dp);
   const scale = Math.fround(1 / Math.sqrt(d));
@@ -461,13 +374,7 @@ export function attentionBackward(
         given ? pBase + pAt(r, h) : 0,
       );
     }
-  if (!heap) {
-    getHeads(f, dqA!, dq, d, dp);
-    getHeads(f, dkA!, dk, d, dp);
-    getHeads(f, dvA!, dv, d, dp);
-  }
-  if (hl) {
-    hl.free();
-    attentionInPlaceCalls.backward++;
-  }
+  getHeads(f, dqA!, dq, d, dp);
+  getHeads(f, dkA!, dk, d, dp);
+  getHeads(f, dvA!, dv, d, dp);
 }

@@ -14,7 +14,7 @@ import { attentionPCounts, attentionRanges } from '../../../src/runtime/kernels/
 import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
 import { reference, type Kernel, type KernelContext } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
-import { attentionInPlaceCalls, heapProbsSlotBytes, probsSlotBytes } from '../../../src/runtime/tfjs/attention.js';
+import { probsSlotBytes } from '../../../src/runtime/tfjs/attention.js';
 import { lcg, relErr } from '../executor/helpers.js';
 
 const rnd = lcg(9876);
@@ -167,24 +167,6 @@ describe('fused attention (cpu-attention.ts)', () => {
         ctx.cache.forEach((t) => t.dispose());
         ctx.cache.clear();
         tf.dispose([...xs, w]);
-      });
-
-      it(`d a multiple of 16 runs ${backend === 'wasm' ? 'in place on the heap (P in a heap slot, handed back)' : 'through the copy'}; MCPC_ATTENTION_INPLACE=0 copies`, () => {
-        const before = { ...attentionInPlaceCalls };
-        const heapBytes = heapProbsSlotBytes();
-        check(packed(2, 21, 2, 1), 4, 2, 16, true);
-        const ran = [attentionInPlaceCalls.forward - before.forward, attentionInPlaceCalls.backward - before.backward];
-        if (backend === 'wasm') ran.forEach((n) => expect(n).toBeGreaterThan(0));
-        else expect(ran).toEqual([0, 0]);
-        expect(heapProbsSlotBytes()).toBe(heapBytes);
-        process.env.MCPC_ATTENTION_INPLACE = '0';
-        try {
-          const mid = { ...attentionInPlaceCalls };
-          check(packed(2, 21, 2, 1), 4, 2, 16, true);
-          expect(attentionInPlaceCalls).toEqual(mid);
-        } finally {
-          delete process.env.MCPC_ATTENTION_INPLACE;
-        }
       });
 
       it('runs McpcAttention and McpcAttentionGrad (no BatchMatMul, Softmax)', async () => {
