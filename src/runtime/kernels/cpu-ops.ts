@@ -162,9 +162,58 @@ export function ropeOp(x: Tensor, cos: Tensor, sin: Tensor, heads: number, headD
  * dY_iᵀ·x, computed only if autodiff asks for it (a frozen weight is not on the gradient's path, so its
  * product never runs). No stacked copy of the weights, no split of the product, no concat of the gradients.
  */
-export function concatLinearOp(x: Tensor, weights: Tensor[], parts: number[]): Tensor[] {
+export function concatLinearOp(x: Tensor, weights: Tensor[], parts: number[], biases: (Tensor | undefined)[] = [], acts: PartActivation[] = []): Tensor[] {
   ensureCpuOps();
-  return runN('McpcConcatLinear', [x, ...weights], { widths: weights.map((w) => w.shape[0]!), parts });
+  const bias = parts.map((_, j) => (biases[j] ? 1 : 0));
+  const act = parts.map((_, j) => acts[j] ?? 'none');
+  return runN('McpcConcatLinear', [x, ...weights, ...biases.filter((b): b is Tensor => !!b)], { widths: weights.map((w) => w.shape[0]!), parts, bias, act });
+}
+
+/** A part's activation after its bias (a router's softmax or sigmoid), applied in McpcConcatLinear itself. */
+export type PartActivation = 'none' | 'softmax' | 'sigmoid';
+
+/** y[t, :] += b over T rows of w. */
+function addRowsInto(y: Float32Array, b: Float32Array, T: number, w: number): void {
+  for (let t = 0, o = 0; t < T; t++, o += w) for (let j = 0; j < w; j++) y[o + j] = y[o + j]! + b[j]!;
+}
+
+/** Each row of y [T, w] replaced by its softmax (max subtracted; f64 sums) or each element by its sigmoid. */
+function activateRows(y: Float32Array, T: number, w: number, act: PartActivation): void {
+  if (act === 'sigmoid') {
+    for (let i = 0; i < T * w; i++) y[i] = 1 / (1 + Math.exp(-y[i]!));
+    return;
+  }
+  for (let t = 0, o = 0; t < T; t++, o += w) {
+    let m = -Infinity;
+    for (let j = 0; j < w; j++) if (y[o + j]! > m) m = y[o + j]!;
+    let s = 0;
+    for (let j = 0; j < w; j++) {
+      const e = Math.exp(y[o + j]! - m);
+      y[o + j] = e;
+      s += e;
+    }
+    for (let j = 0; j < w; j++) y[o + j] = y[o + j]! / s;
+  }
+}
+
+/** The gradient through activateRows from its output y and the upstream dy, into dz. */
+function activationGrad(y: Float32Array, dy: Float32Array, dz: Float32Array, T: number, w: number, act: PartActivation): void {
+  if (act === 'sigmoid') {
+    for (let i = 0; i < T * w; i++) dz[i] = dy[i]! * y[i]! * (1 - y[i]!);
+    return;
+  }
+  for (let t = 0, o = 0; t < T; t++, o += w) {
+    let dot = 0;
+    for (let j = 0; j < w; j++) dot += dy[o + j]! * y[o + j]!;
+    for (let j = 0; j < w; j++) dz[o + j] = y[o + j]! * (dy[o + j]! - dot);
+  }
+}
+
+/** out[j] = Σ_t z[t, j] (a bias's gradient), summed in f64. */
+function columnSums(z: Float32Array, out: Float32Array, T: number, w: number): void {
+  const acc = new Float64Array(w);
+  for (let t = 0, o = 0; t < T; t++, o += w) for (let j = 0; j < w; j++) acc[j] += z[o + j]!;
+  out.set(acc);
 }
 
 /** Output widths of McpcConcatLinear's parts (the rows of each part's weights). */
@@ -357,17 +406,36 @@ export function ensureCpuOps(): void {
       writesAll: true,
       run: (ins, outs, infos, a) => {
         const [T, K] = infos[0]!.shape as [number, number];
-        linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1) as Float32Array[], outs, partWidths(a));
+        const nW = (a.widths as number[]).length;
+        const widths = partWidths(a);
+        linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1, 1 + nW) as Float32Array[], outs, widths);
+        // Each part's bias and activation on its output, in place (no tfjs Add / Softmax per part).
+        let b = 1 + nW;
+        widths.forEach((w, j) => {
+          if ((a.bias as number[] | undefined)?.[j]) addRowsInto(outs[j]!, ins[b++] as Float32Array, T, w);
+          const act = ((a.act as PartActivation[] | undefined)?.[j] ?? 'none') as PartActivation;
+          if (act !== 'none') activateRows(outs[j]!, T, w, act);
+        });
       },
     },
     {
       saveAllInputs: true,
+      outputsToSave: ALL_OUTPUTS,
       gradFunc: (dy, saved, a) => {
         const dys = Array.isArray(dy) ? dy : [dy];
-        const [x, ...ws] = saved as Tensor[];
         const widths = a.widths as number[];
         const parts = a.parts as number[];
-        // Weight i: its part, and its first column within that part.
+        const nW = widths.length;
+        const hasBias = (a.bias as number[] | undefined) ?? parts.map(() => 0);
+        const acts = (a.act as PartActivation[] | undefined) ?? parts.map(() => 'none' as const);
+        const nB = hasBias.reduce((n, h) => n + h, 0);
+        const [x, ...rest] = saved as Tensor[];
+        const ws = rest.slice(0, nW);
+        const ys = rest.slice(nW + nB);
+        // The gradient at each part's product: through its activation (from the saved output), computed here once
+        // for every input that asks (autodiff's backward scope frees what none takes).
+        const dz = dys.map((d, j) => (acts[j] !== 'none' ? run1('McpcActivationGrad', [ys[j]!, d], { act: acts[j]! }) : d));
+        // Weight i: its part, and its first column within that part; bias k: its part.
         const where: [number, number][] = [];
         parts.forEach((n, j) => {
           let c = 0;
@@ -376,14 +444,32 @@ export function ensureCpuOps(): void {
             c += widths[where.length - 1]!;
           }
         });
-        return grads(ws.length + 1, (i) => {
-          if (i === 0) return run1('McpcConcatLinearDx', [...dys, ...ws], { widths, parts });
+        const biasPart = parts.flatMap((_, j) => (hasBias[j] ? [j] : []));
+        return grads(1 + nW + nB, (i) => {
+          if (i === 0) return run1('McpcConcatLinearDx', [...dz, ...ws], { widths, parts });
+          if (i > nW) return run1('McpcColumnSums', [dz[biasPart[i - 1 - nW]!]!], {});
           const [j, c] = where[i - 1]!;
-          return run1('McpcConcatLinearDw', [dys[j]!, x!], { col: c, shape: ws[i - 1]!.shape });
+          return run1('McpcConcatLinearDw', [dz[j]!, x!], { col: c, shape: ws[i - 1]!.shape });
         });
       },
     },
   );
+  registerCpuKernel('McpcActivationGrad', {
+    shapes: (ins) => [ins[0]!.shape as number[]],
+    writesAll: true,
+    run: ([y, dy], [dz], infos, a) => {
+      const [T, w] = infos[0]!.shape as [number, number];
+      activationGrad(y as Float32Array, dy as Float32Array, dz!, T, w, a.act as PartActivation);
+    },
+  });
+  registerCpuKernel('McpcColumnSums', {
+    shapes: (ins) => [[ins[0]!.shape[1]!]],
+    writesAll: true,
+    run: ([z], [out], infos) => {
+      const [T, w] = infos[0]!.shape as [number, number];
+      columnSums(z as Float32Array, out!, T, w);
+    },
+  });
   // dW_i = dY_jᵀ·x over weight i's columns of its part's dY_j, in the weight's shape (inputs and attrs as the
   // webgpu kernel of this name): no slice of dY_j, in place on the wasm heap.
   registerCpuKernel('McpcConcatLinearDw', {

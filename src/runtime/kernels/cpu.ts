@@ -45,7 +45,7 @@ import { loraMergeCpu } from './cpu-lora-merge.js';
 import type { FusedExprAttrs } from '../../plan/fused.js';
 import type { Plan, PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { concatLinearOp, fusedOp, ropeOp } from './cpu-ops.js';
+import { concatLinearOp, fusedOp, ropeOp, type PartActivation } from './cpu-ops.js';
 import { moeDownFits, moeDownRoutedOp, moeUpFits, moeUpGroupedOp } from './cpu-moe.js';
 import { attentionOp, attentionRanges } from './cpu-attention.js';
 import { lmHeadXentCpu, lmHeadXentFits } from './cpu-xent.js';
@@ -162,13 +162,9 @@ export function cpuKernels(plan: Pick<Plan, 'kernels'>): Record<PlanOp, Kernel> 
       const K = dims(x)[1];
       if (at !== inputs.length || weights.some((w) => w.rank !== 2 || dims(w)[1] !== K) || parts.some((p) => p.kind === 'router' && (p.activation ?? 'softmax') !== 'softmax' && p.activation !== 'sigmoid'))
         return reference.concat_linear(inputs, step, ctx);
-      const ys = concatLinearOp(x, weights, parts.map((p) => p.params.length));
-      return parts.map((p, i) => {
-        let o = ys[i]!;
-        if (biases[i]) o = tf.add(o, biases[i]!);
-        if (p.kind === 'router') o = p.activation === 'sigmoid' ? tf.sigmoid(o) : tf.softmax(o);
-        return o;
-      });
+      // Biases and the routers' activations are applied in the kernel (and their gradients in its gradient).
+      const acts = parts.map((p) => (p.kind === 'router' ? (p.activation === 'sigmoid' ? 'sigmoid' : 'softmax') : 'none') as PartActivation);
+      return concatLinearOp(x, weights, parts.map((p) => p.params.length), biases, acts);
     },
 
     lm_head_xent(inputs, step, ctx) {
