@@ -21,7 +21,7 @@
  */
 import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
-import type { WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
 import { ropeOnHeap } from '../tfjs/rope.js';
@@ -171,11 +171,6 @@ export function concatLinearOp(x: Tensor, weights: Tensor[], parts: number[], bi
 
 /** A part's activation after its bias (a router's softmax or sigmoid), applied in McpcConcatLinear itself. */
 export type PartActivation = 'none' | 'softmax' | 'sigmoid';
-
-/** y[t, :] += b over T rows of w. */
-function addRowsInto(y: Float32Array, b: Float32Array, T: number, w: number): void {
-  for (let t = 0, o = 0; t < T; t++, o += w) for (let j = 0; j < w; j++) y[o + j] = y[o + j]! + b[j]!;
-}
 
 /** Each row of y [T, w] replaced by its softmax (max subtracted; f64 sums) or each element by its sigmoid. */
 function activateRows(y: Float32Array, T: number, w: number, act: PartActivation): void {
@@ -408,13 +403,17 @@ export function ensureCpuOps(): void {
         const [T, K] = infos[0]!.shape as [number, number];
         const nW = (a.widths as number[]).length;
         const widths = partWidths(a);
-        linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1, 1 + nW) as Float32Array[], outs, widths);
-        // Each part's bias and activation on its output, in place (no tfjs Add / Softmax per part).
+        // Each part's bias in the product (the GEMM's accumulators start from it), its activation after, in place:
+        // no tfjs Add / Softmax per part.
         let b = 1 + nW;
+        const biases = widths.map((_, j) => ((a.bias as number[] | undefined)?.[j] ? (ins[b++] as Float32Array) : undefined));
+        // The product mallocs heap scratch, which may grow the heap: the outputs are taken again after it.
+        const again = heapViews(outs);
+        linearPartsInto(ins[0] as Float32Array, T, K, ins.slice(1, 1 + nW) as Float32Array[], outs, widths, biases);
+        const ys = again();
         widths.forEach((w, j) => {
-          if ((a.bias as number[] | undefined)?.[j]) addRowsInto(outs[j]!, ins[b++] as Float32Array, T, w);
           const act = ((a.act as PartActivation[] | undefined)?.[j] ?? 'none') as PartActivation;
-          if (act !== 'none') activateRows(outs[j]!, T, w, act);
+          if (act !== 'none') activateRows(ys[j]!, T, w, act);
         });
       },
     },

@@ -17,6 +17,7 @@ import { heapExports, wasmHeap } from './wasm-extra.js';
 interface GemmLd {
   gemm_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
   gemm_tn_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
+  gemm_parts(a: number, lda: number, b: number, ldb: number, tab: number, M: number, N: number, K: number): void;
 }
 
 const ldFor = heapExports<GemmLd>('gemm-ld.wasm');
@@ -39,32 +40,40 @@ function gemmOn(arrays: Float32Array[]): GemmLd | null {
 }
 
 /**
- * outs[j] = x · [weights of part j]ᵀ: x [T, K]; the weights [n_i, K] in part order (Σ n_i over a part =
- * outWidths[j]). The weights, transposed side by side into one [K, N] block of heap scratch, are B; each part's
- * columns of it are one product written straight into that part's output.
+ * outs[j] = x · [weights of part j]ᵀ (+ biases[j]): x [T, K]; the weights [n_i, K] in part order (Σ n_i over a
+ * part = outWidths[j]). The weights, transposed side by side into one [K, N] block of heap scratch, are B; one
+ * pass of gemm_parts writes each 8-column block straight into its part's output, its accumulators starting
+ * from the part's bias (a table of (output address, row bytes, bias address) per block).
  */
-export function linearPartsOnHeap(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[]): boolean {
-  if (T % 4 !== 0 || outWidths.some((w) => w % 8 !== 0) || !gemmOn([x, ...weights, ...outs])) return false;
-  const hp = heapFor([x, ...weights, ...outs]);
+export function linearPartsOnHeap(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[], biases: (Float32Array | undefined)[] = []): boolean {
+  const bs = biases.filter((b): b is Float32Array => !!b);
+  if (T % 4 !== 0 || outWidths.some((w) => w % 8 !== 0) || !gemmOn([x, ...weights, ...outs, ...bs])) return false;
+  const hp = heapFor([x, ...weights, ...outs, ...bs]);
   if (!hp) return false;
   const N = outWidths.reduce((a, b) => a + b, 0);
   // Pointers before malloc (which may grow the heap and detach these views).
-  const [X, Ws, Os] = [ptr(x), weights.map(ptr), outs.map(ptr)];
+  const [X, Ws, Os, Bs] = [ptr(x), weights.map(ptr), outs.map(ptr), outWidths.map((_, j) => (biases[j] ? ptr(biases[j]!) : 0))];
   const rowsOf = weights.map((w) => w.length / K);
-  const p = hp.malloc(4 * K * N + 16);
+  const blocks = N / 8;
+  const p = hp.malloc(4 * K * N + 12 * blocks + 32);
   if (!p) return false;
   const Bt = p + ((16 - (p % 16)) % 16);
+  const tab = Bt + 4 * K * N;
   let col = 0;
   Ws.forEach((W, i) => {
     hp.moe.transpose(W, K, rowsOf[i]!, K, Bt + 4 * col, N);
     col += rowsOf[i]!;
   });
-  const g = ldFor(hp.memory);
-  col = 0;
-  Os.forEach((O, j) => {
-    g.gemm_ld(X, K, Bt + 4 * col, N, O, outWidths[j]!, T, outWidths[j]!, K, 0);
-    col += outWidths[j]!;
+  const t32 = new Int32Array(hp.memory.buffer, tab, 3 * blocks);
+  let jb = 0;
+  outWidths.forEach((w, j) => {
+    for (let c = 0; c < w; c += 8, jb++) {
+      t32[3 * jb] = Os[j]! + 4 * c;
+      t32[3 * jb + 1] = 4 * w;
+      t32[3 * jb + 2] = Bs[j] ? Bs[j]! + 4 * c : 0;
+    }
   });
+  ldFor(hp.memory).gemm_parts(X, K, Bt, N, tab, T, N, K);
   hp.free(p);
   heapGemmCalls.forward++;
   return true;

@@ -8,6 +8,12 @@
 ;;                                                     stored A at a + k·lda (a column slice of a wider matrix
 ;;                                                     when lda > M)
 ;;
+;;   gemm_parts(a, lda, b, ldb, tab, M, N, K)         C = A·B (+ bias) written by 8-column blocks into separate outputs:
+;;                                                     block jb (columns 8jb .. 8jb + 8 of B) has the i32 entry
+;;                                                     tab[3jb .. 3jb + 3) = (its address in its output at row 0,
+;;                                                     that output's row length in BYTES, the address of its 8
+;;                                                     bias floats or 0); concat_linear's parts in one pass
+;;
 ;; Addresses are byte offsets, strides in elements (f32). M a multiple of 4, N of 8 (a 4 x 8 block of C in eight
 ;; f32x4 accumulators, as in gemm.wat), K >= 1; strides and addresses need no alignment.
 (module
@@ -42,6 +48,83 @@
               (local.set $c21 (v128.load offset=16 (i32.add (local.get $cp) (i32.shl (local.get $rowC) (i32.const 1)))))
               (local.set $c30 (v128.load (i32.add (local.get $cp) (i32.mul (local.get $rowC) (i32.const 3)))))
               (local.set $c31 (v128.load offset=16 (i32.add (local.get $cp) (i32.mul (local.get $rowC) (i32.const 3))))))
+            (else
+              (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
+              (local.set $c10 (v128.const i32x4 0 0 0 0)) (local.set $c11 (v128.const i32x4 0 0 0 0))
+              (local.set $c20 (v128.const i32x4 0 0 0 0)) (local.set $c21 (v128.const i32x4 0 0 0 0))
+              (local.set $c30 (v128.const i32x4 0 0 0 0)) (local.set $c31 (v128.const i32x4 0 0 0 0))))
+          (local.set $a0 (i32.add (local.get $a) (i32.mul (local.get $i) (local.get $rowA))))
+          (local.set $a1 (i32.add (local.get $a0) (local.get $rowA)))
+          (local.set $a2 (i32.add (local.get $a1) (local.get $rowA)))
+          (local.set $a3 (i32.add (local.get $a2) (local.get $rowA)))
+          (local.set $kend (i32.add (local.get $a0) (i32.shl (local.get $K) (i32.const 2))))
+          (local.set $bp (i32.add (local.get $b) (i32.shl (local.get $j) (i32.const 2))))
+          (loop $ks
+            (local.set $b0 (v128.load (local.get $bp)))
+            (local.set $b1 (v128.load offset=16 (local.get $bp)))
+            (local.set $av (v128.load32_splat (local.get $a0)))
+            (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $av) (local.get $b0))))
+            (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $av) (local.get $b1))))
+            (local.set $av (v128.load32_splat (local.get $a1)))
+            (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $av) (local.get $b0))))
+            (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $av) (local.get $b1))))
+            (local.set $av (v128.load32_splat (local.get $a2)))
+            (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $av) (local.get $b0))))
+            (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $av) (local.get $b1))))
+            (local.set $av (v128.load32_splat (local.get $a3)))
+            (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $av) (local.get $b0))))
+            (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $av) (local.get $b1))))
+            (local.set $a0 (i32.add (local.get $a0) (i32.const 4)))
+            (local.set $a1 (i32.add (local.get $a1) (i32.const 4)))
+            (local.set $a2 (i32.add (local.get $a2) (i32.const 4)))
+            (local.set $a3 (i32.add (local.get $a3) (i32.const 4)))
+            (local.set $bp (i32.add (local.get $bp) (local.get $rowB)))
+            (br_if $ks (i32.lt_u (local.get $a0) (local.get $kend))))
+          (v128.store (local.get $cp) (local.get $c00))
+          (v128.store offset=16 (local.get $cp) (local.get $c01))
+          (local.set $cp (i32.add (local.get $cp) (local.get $rowC)))
+          (v128.store (local.get $cp) (local.get $c10))
+          (v128.store offset=16 (local.get $cp) (local.get $c11))
+          (local.set $cp (i32.add (local.get $cp) (local.get $rowC)))
+          (v128.store (local.get $cp) (local.get $c20))
+          (v128.store offset=16 (local.get $cp) (local.get $c21))
+          (local.set $cp (i32.add (local.get $cp) (local.get $rowC)))
+          (v128.store (local.get $cp) (local.get $c30))
+          (v128.store offset=16 (local.get $cp) (local.get $c31))
+          (local.set $j (i32.add (local.get $j) (i32.const 8)))
+          (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
+        (local.set $i (i32.add (local.get $i) (i32.const 4)))
+        (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))))
+
+  (func (export "gemm_parts")
+    (param $a i32) (param $lda i32) (param $b i32) (param $ldb i32) (param $tab i32)
+    (param $M i32) (param $N i32) (param $K i32)
+    (local $i i32) (local $j i32)
+    (local $a0 i32) (local $a1 i32) (local $a2 i32) (local $a3 i32) (local $kend i32)
+    (local $bp i32) (local $cp i32) (local $rowA i32) (local $rowB i32) (local $rowC i32) (local $ent i32) (local $bias i32)
+    (local $c00 v128) (local $c01 v128) (local $c10 v128) (local $c11 v128)
+    (local $c20 v128) (local $c21 v128) (local $c30 v128) (local $c31 v128)
+    (local $b0 v128) (local $b1 v128) (local $av v128)
+    (local.set $rowA (i32.shl (local.get $lda) (i32.const 2)))
+    (local.set $rowB (i32.shl (local.get $ldb) (i32.const 2)))
+    (block $done
+      (br_if $done (i32.le_s (local.get $M) (i32.const 0)))
+      (br_if $done (i32.le_s (local.get $N) (i32.const 0)))
+      (br_if $done (i32.le_s (local.get $K) (i32.const 0)))
+      (loop $rows
+        (local.set $j (i32.const 0))
+        (loop $cols
+          ;; this 8-column block's entry: its output's address (column 0 of the block, row 0), row bytes, bias or 0
+          (local.set $ent (i32.add (local.get $tab) (i32.mul (i32.shr_u (local.get $j) (i32.const 3)) (i32.const 12))))
+          (local.set $rowC (i32.load offset=4 (local.get $ent)))
+          (local.set $cp (i32.add (i32.load (local.get $ent)) (i32.mul (local.get $i) (local.get $rowC))))
+          (local.set $bias (i32.load offset=8 (local.get $ent)))
+          (if (local.get $bias)
+            (then
+              (local.set $c00 (v128.load (local.get $bias))) (local.set $c01 (v128.load offset=16 (local.get $bias)))
+              (local.set $c10 (local.get $c00)) (local.set $c11 (local.get $c01))
+              (local.set $c20 (local.get $c00)) (local.set $c21 (local.get $c01))
+              (local.set $c30 (local.get $c00)) (local.set $c31 (local.get $c01)))
             (else
               (local.set $c00 (v128.const i32x4 0 0 0 0)) (local.set $c01 (v128.const i32x4 0 0 0 0))
               (local.set $c10 (v128.const i32x4 0 0 0 0)) (local.set $c11 (v128.const i32x4 0 0 0 0))

@@ -219,14 +219,18 @@ function gemmWith(M: number, N: number, K: number, packA: (mem: Float32Array, at
 
 /**
  * concat_linear's forward: x [T, K] times the row stack of `weights` (each [n_i, K]) transposed, written as
- * column blocks to `outs` (out j is [T, outWidths[j]], the next Σ outWidths columns): no stacked copy of the
- * weights, no split of the product.
+ * column blocks to `outs` (out j is [T, outWidths[j]], the next Σ outWidths columns), plus biases[j] where
+ * given: no stacked copy of the weights, no split of the product.
  */
-export function linearPartsInto(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[]): void {
+export function linearPartsInto(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[], biases: (Float32Array | undefined)[] = []): void {
   const N = outWidths.reduce((a, b) => a + b, 0);
   if (T === 0 || N === 0) return;
-  if (K === 0) return outs.forEach((o) => o.fill(0));
-  if (linearPartsOnHeap(x, T, K, weights, outs, outWidths)) return;
+  const addBiases = () => outs.forEach((o, j) => biases[j] && addRowsInto(o, biases[j]!, T, outWidths[j]!));
+  if (K === 0) {
+    outs.forEach((o) => o.fill(0));
+    return addBiases();
+  }
+  if (linearPartsOnHeap(x, T, K, weights, outs, outWidths, biases)) return;
   gemmWith(
     T,
     N,
@@ -248,6 +252,12 @@ export function linearPartsInto(x: Float32Array, T: number, K: number, weights: 
       });
     },
   );
+  addBiases();
+}
+
+/** y[t, :] += b over T rows of w. */
+function addRowsInto(y: Float32Array, b: Float32Array, T: number, w: number): void {
+  for (let t = 0, o = 0; t < T; t++, o += w) for (let j = 0; j < w; j++) y[o + j] = y[o + j]! + b[j]!;
 }
 
 /**
