@@ -5,7 +5,8 @@
  * dYᵀ·X backward) and attention's batched products. Exits 1 if ours is slower on any shape. Then the GEMM
  * itself on one thread against `--threads N` (default 2; src/runtime/tfjs/gemm-threads.ts, what MCPC_THREADS=N
  * runs) on a [2048,256]·[256,256] product, alternating, median ms. Last, products whose B outgrows the caches,
- * in one pass against in blocks of B (what gemm.ts does past 4 MiB of B).
+ * in one pass against in blocks of B (what gemm.ts does past 4 MiB of B). Before those, the products of the
+ * training step in place on the heap (gemm-heap.ts) against the copying path, alternating.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -63,6 +64,46 @@ cases.forEach((c, i) => {
   if (ratio < 1) slower++;
   console.log(`  ${c.name.padEnd(34)} ${theirs[i]!.toFixed(2).padStart(8)} ms (${g(theirs[i]!).padStart(5)})  ${ours[i]!.toFixed(2).padStart(8)} ms (${g(ours[i]!).padStart(5)})  ${ratio.toFixed(2)}x`);
 });
+
+// In place on tfjs-wasm's heap (gemm-heap.ts: operands read where the tensors lie, C written into the output, a
+// transposed A in panels of 128 rows of K) against the copying path (the same product on plain arrays: packed
+// into the GEMM's own memory, C copied out), at the training step's 2048 tokens, alternating.
+{
+  const Tk = 2048;
+  const heapCases: Case[] = [
+    { name: 'x·Wᵀ   [2048,64]·[176,64]ᵀ', a: [Tk, 64], b: [176, 64], tA: false, tB: true, flops: 2 * Tk * 64 * 176 },
+    { name: 'dY·W   [2048,176]·[176,64]', a: [Tk, 176], b: [176, 64], tA: false, tB: false, flops: 2 * Tk * 64 * 176 },
+    { name: 'dYᵀ·X  [2048,176]ᵀ·[2048,64]', a: [Tk, 176], b: [Tk, 64], tA: true, tB: false, flops: 2 * Tk * 64 * 176 },
+    { name: 'dYᵀ·X  [2048,64]ᵀ·[2048,176]', a: [Tk, 64], b: [Tk, 176], tA: true, tB: false, flops: 2 * Tk * 64 * 176 },
+  ];
+  const backend = tf.backend() as unknown as { typedArrayFromHeap(t: tf.TensorInfo): Float32Array };
+  console.log('in place on the heap vs the copying path, median ms (GFLOP/s), alternating:');
+  for (const c of heapCases) {
+    const [a, b] = [tf.randomNormal(c.a), tf.randomNormal(c.b)];
+    const M = c.tA ? c.a[1]! : c.a[0]!;
+    const N = c.tB ? c.b[0]! : c.b[1]!;
+    const K = c.tA ? c.a[0]! : c.a[1]!;
+    const out = tf.zeros([M, N]);
+    const shape = { batchA: 1, batchB: 1, M, N, K, transposeA: c.tA, transposeB: c.tB };
+    const plain = [a, b].map((t) => Float32Array.from(t.dataSync()));
+    const plainOut = new Float32Array(M * N);
+    const ts: number[][] = [[], []];
+    for (let r = 0; r < 3 * reps + 2; r++) {
+      for (const [j, run] of [
+        () => matmulInto(backend.typedArrayFromHeap(a), backend.typedArrayFromHeap(b), backend.typedArrayFromHeap(out), shape),
+        () => matmulInto(plain[0]!, plain[1]!, plainOut, shape),
+      ].entries()) {
+        const t = performance.now();
+        run();
+        if (r >= 2) ts[j]!.push(performance.now() - t);
+      }
+    }
+    const [inPlace, copying] = ts.map((x) => x.sort((p, q) => p - q)[Math.floor(x.length / 2)]!) as [number, number];
+    const g = (ms: number) => (c.flops / ms / 1e6).toFixed(1);
+    console.log(`  ${c.name.padEnd(34)} copying ${copying.toFixed(2)} ms (${g(copying)})  in place ${inPlace.toFixed(2)} ms (${g(inPlace)})  ${(copying / inPlace).toFixed(2)}x`);
+    tf.dispose([a, b, out]);
+  }
+}
 
 // One thread against N on the same packed operands (the engines' own memories; the row-block split is
 // bit-identical, test/runtime/tfjs/gemm-threads.test.ts).
