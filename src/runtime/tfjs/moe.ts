@@ -40,7 +40,6 @@ interface MoeExports {
   dh_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, rP: number, bp: number, g: number, u: number, h: number, dh: number, ldh: number, dg: number, s: number): void;
   db_experts(dy: number, out: number, outP: number, tab: number, idx: number, gts: number, E: number, r: number, h: number, ldh: number, at: number, g: number, c: number, db: number, s: number): void;
   nn(a: number, lda: number, b: number, ldb: number, K: number, N: number, c: number, ldc: number, idx: number, n: number, sc: number, cs: number, mode: number, h: number, dg: number, ldg: number, tmp: number): void;
-  zero_unrouted(g: number, T: number, E: number, r: number, dst: number, ld: number): void;
 }
 
 /** The module's memory, its GEMMs (./gemm.wat: `gemm` C = A·B, `gemm_tn` C = Aᵀ·B) and moe.wat's exports. */
@@ -67,7 +66,7 @@ export function moeModule(): Module {
 }
 
 /**
- * moe.wasm over tfjs-backend-wasm's heap, for the in-place kernels (nn, tn, zero_unrouted: no GEMM import is
+ * moe.wasm over tfjs-backend-wasm's heap, for the in-place kernels (nn, tn: no GEMM import is
  * called), with the heap's malloc and free for scratch.
  */
 export interface Heap {
@@ -429,13 +428,15 @@ export function moeUpDhHeap(dy: Float32Array, h: Float32Array, gates: Float32Arr
   const hp = heapFor([dy, h, gates, be, bsh, dh, dg]);
   if (!hp) return false;
   const W = R + E * r;
-  const [DY, H, G, BE, BSH, DH, DG] = [ptr(dy), ptr(h), ptr(gates), ptr(be), ptr(bsh), ptr(dh), ptr(dg)];
+  const [DY, H, BE, BSH, DH, DG] = [ptr(dy), ptr(h), ptr(be), ptr(bsh), ptr(dh), ptr(dg)];
   const rt = routesOf(gates, T, E, key);
   const sc = heapScratch(hp, rt, 0);
   if (!sc) return false;
   const m = hp.moe;
   new Float32Array(hp.memory.buffer, DG, T * E).fill(0);
-  m.zero_unrouted(G, T, E, r, DH + 4 * R, W);
+  // dh is 0 off the routed (t, e): all of it zeroed first (one memset; see moeDownForwardHeap), the shared
+  // columns and the routed blocks then stored.
+  new Float32Array(hp.memory.buffer, DH, T * W).fill(0);
   if (R > 0) m.nn(DY, out, BSH, R, out, R, DH, W, 0, T, 0, scale, 0, 0, 0, 0, sc.tmp);
   for (let e = 0; e < E; e++) {
     const n = rt.off[e + 1]! - rt.off[e]!;

@@ -390,7 +390,6 @@
 ;;     scratch. Tiles of 4 rows x 8 columns in registers, A's rows read where they are (no gathered copy). For
 ;;     K = 16 (moe_up_grouped's forward) the per-tile cost makes it slower than gather + mm + scatter_add (~86 vs
 ;;     ~69 µs per expert at n 512, out 176), so only the long-K products (dh, moe_down_routed's forward) use it.
-;;   zero_unrouted(g, T, E, r, dst, ld)   dst[t, e·r .. (e+1)·r) = 0 where g[t, e] = 0 (r a multiple of 4)
 
   (func $flush (param $tmp i32) (param $i i32) (param $j i32) (param $c i32) (param $ldc i32) (param $idx i32) (param $n i32)
     (param $sc i32) (param $cs f32) (param $mode i32) (param $h i32) (param $dg i32) (param $ldg i32)
@@ -510,31 +509,4 @@
           (local.set $j (i32.add (local.get $j) (i32.const 8)))
           (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br_if $tiles (i32.lt_s (local.get $i) (local.get $n))))))
-
-  (func (export "zero_unrouted")
-    (param $g i32) (param $T i32) (param $E i32) (param $r i32) (param $dst i32) (param $ld i32)
-    (local $t i32) (local $e i32) (local $j i32) (local $p i32)
-    (block $done
-      (br_if $done (i32.le_s (local.get $T) (i32.const 0)))
-      (br_if $done (i32.le_s (local.get $E) (i32.const 0)))
-      (br_if $done (i32.le_s (local.get $r) (i32.const 0)))
-      (loop $ts
-        (local.set $e (i32.const 0))
-        (loop $es
-          (if (f32.eq (f32.load (local.get $g)) (f32.const 0))
-            (then
-              (local.set $p (i32.add (local.get $dst) (i32.shl (i32.add (i32.mul (local.get $t) (local.get $ld))
-                (i32.mul (local.get $e) (local.get $r))) (i32.const 2))))
-              (local.set $j (i32.const 0))
-              (loop $zs
-                (v128.store (local.get $p) (v128.const i32x4 0 0 0 0))
-                (local.set $p (i32.add (local.get $p) (i32.const 16)))
-                (local.set $j (i32.add (local.get $j) (i32.const 4)))
-                (br_if $zs (i32.lt_s (local.get $j) (local.get $r))))))
-          (local.set $g (i32.add (local.get $g) (i32.const 4)))
-          (local.set $e (i32.add (local.get $e) (i32.const 1)))
-          (br_if $es (i32.lt_s (local.get $e) (local.get $E))))
-        (local.set $t (i32.add (local.get $t) (i32.const 1)))
-        (br_if $ts (i32.lt_s (local.get $t) (local.get $T))))))
-)
+        (br_if $tiles (i32.lt_s (local.get $i) (local.get $n)))))))
