@@ -24,6 +24,7 @@ import { share } from '../tfjs/share.js';
 import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
+import { softmaxRowsWasm } from './cpu-xent.js';
 import { ropeOnHeap } from '../tfjs/rope.js';
 import { adamwScalars, type AdamWStep } from '../optimizer.js';
 import type { CompiledFused } from './fused-js.js';
@@ -178,6 +179,7 @@ function activateRows(y: Float32Array, T: number, w: number, act: PartActivation
     for (let i = 0; i < T * w; i++) y[i] = 1 / (1 + Math.exp(-y[i]!));
     return;
   }
+  if (softmaxRowsWasm(y, T, w)) return;
   for (let t = 0, o = 0; t < T; t++, o += w) {
     let m = -Infinity;
     for (let j = 0; j < w; j++) if (y[o + j]! > m) m = y[o + j]!;

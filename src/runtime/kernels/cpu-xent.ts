@@ -66,6 +66,27 @@ function wasmBlocks(R: number, V: number): WasmBlocks | null {
   return { m, z: f.subarray(zAt, zAt + R * V), zAt: 4 * zAt, st: f.subarray(stAt, stAt + 2 * R), stAt: 4 * stAt, L: f.subarray(LAt, LAt + R), LAt: 4 * LAt, w: f.subarray(wAt, wAt + R), wAt: 4 * wAt };
 }
 
+/**
+ * Each row of y [T, w] replaced by its softmax with the row kernels of ../tfjs/xent.wat: per row m = max and
+ * s = Σ exp(z − m) (lse), then exp(z − L) with L = m + log s (dlogits with weight 1), in that module's memory
+ * (y copied in and back). False, having done nothing, where they do not apply (w not a multiple of 4, no SIMD,
+ * MCPC_XENT_WASM=0): the caller then takes its own loop. concat_linear's router parts use it
+ * (./cpu-ops.ts): Math.exp per element cost ~0.35 ms a site at 2048 x 8, this ~0.1.
+ */
+export function softmaxRowsWasm(y: Float32Array, T: number, w: number): boolean {
+  const wb = T > 0 ? wasmBlocks(T, w) : null;
+  if (!wb) return false;
+  wb.z.set(y);
+  wb.m.lse(wb.zAt, T, w, wb.stAt);
+  for (let t = 0; t < T; t++) {
+    wb.L[t] = wb.st[2 * t]! + Math.log(wb.st[2 * t + 1]!);
+    wb.w[t] = 1;
+  }
+  wb.m.dlogits(wb.zAt, T, w, wb.LAt, wb.wAt);
+  y.set(wb.z);
+  return true;
+}
+
 /** The logits of rows [r0, r1) into `z` ([r1 − r0, V]). */
 function logits(x: Float32Array, W: HeadWeight, r0: number, r1: number, d: number, V: number, z: Float32Array): void {
   if (W.t) matmulInto(x.subarray(r0 * d, r1 * d), W.t, z, { batchA: 1, batchB: 1, M: r1 - r0, N: V, K: d, transposeA: false, transposeB: false });
