@@ -146,12 +146,10 @@ function dlogits(z: Float32Array, r0: number, r1: number, V: number, labels: Int
 }
 
 /**
- * The logits of x·Wᵀ chunk by chunk (x [T, d], W [V, d] from the kernel's infos): `body(z, r0, r1, wb)` for
+ * The logits of x·Wᵀ chunk by chunk (x [T, d], W [V, d]): `body(z, r0, r1, wb)` for
  * rows [r0, r1), z holding their logits (in the WebAssembly row kernels' memory where they apply, `wb`).
  */
-function eachChunk(x: Float32Array, W: Float32Array, infos: tf.TensorInfo[], body: (z: Float32Array, r0: number, r1: number, wb: WasmBlocks | null) => void): void {
-  const [T, d] = infos[0]!.shape as [number, number];
-  const V = infos[1]!.shape[0]!;
+function eachChunk(x: Float32Array, W: Float32Array, T: number, d: number, V: number, body: (z: Float32Array, r0: number, r1: number, wb: WasmBlocks | null) => void): void {
   const R = Math.min(T, chunkRows(V));
   const wb = wasmBlocks(R, V);
   const z = wb ? wb.z : block(R * V);
@@ -164,14 +162,87 @@ function eachChunk(x: Float32Array, W: Float32Array, infos: tf.TensorInfo[], bod
 }
 
 /** The backward's chunks: `body(dlogits, r0, r1)` with dlogits of rows [r0, r1) in place of their logits. */
-function eachDlogitsChunk(ins: (Float32Array | Int32Array)[], infos: tf.TensorInfo[], body: (z: Float32Array, r0: number, r1: number) => void): void {
-  const [x, W, labels, mask, lse, dy] = ins;
-  const V = infos[1]!.shape[0]!;
-  const coef = dy![0]! / maskCount(mask!);
-  eachChunk(x as Float32Array, W as Float32Array, infos, (z, r0, r1, wb) => {
-    dlogits(z, r0, r1, V, labels!, mask!, lse as Float32Array, coef, wb);
+function eachDlogitsChunk(r: Rows, W: Float32Array, d: number, V: number, coef: number, body: (z: Float32Array, r0: number, r1: number) => void): void {
+  eachChunk(r.x, W, r.T, d, V, (z, r0, r1, wb) => {
+    dlogits(z, r0, r1, V, r.labels, r.mask, r.lse!, coef, wb);
     body(z, r0, r1);
   });
+}
+
+/** The rows a kernel works on: x [T, d] with their labels, mask and (backward) logsumexp. */
+interface Rows {
+  x: Float32Array;
+  labels: Int32Array | Float32Array;
+  mask: Float32Array | Int32Array;
+  lse?: Float32Array;
+  T: number;
+}
+
+/**
+ * The rows that reach the loss (a label in [0, V), mask != 0) gathered, or null when every row does. The others
+ * add nothing to the loss and get no gradient, so neither their logits nor their logsumexp is formed (at 8x256
+ * with 70% of the tokens in the loss, 30% of the head's GEMMs and exponentials; prompt tokens masked out in SFT,
+ * more): their lse is stored as 0 and their dx is 0. The reference differs only where a row outside the loss
+ * has non-finite logits (its 0·NaN term makes the reference's loss NaN); MCPC_XENT_COMPACT=0 forms every row.
+ */
+function lossRows(x: Float32Array, d: number, labels: Int32Array | Float32Array, mask: Float32Array | Int32Array, V: number, lse?: Float32Array): { rows: Int32Array; r: Rows } | null {
+  if (process.env.MCPC_XENT_COMPACT === '0') return null;
+  const T = labels.length;
+  let n = 0;
+  for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) n++;
+  if (n === T) return null;
+  const rows = new Int32Array(n);
+  for (let t = 0, i = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) rows[i++] = t;
+  const r: Rows = { x: new Float32Array(n * d), labels: new Int32Array(n), mask: new Float32Array(n), T: n, ...(lse ? { lse: new Float32Array(n) } : {}) };
+  gatherRows(x, d, rows, r.x);
+  for (let i = 0; i < n; i++) {
+    const t = rows[i]!;
+    r.labels[i] = labels[t]!;
+    r.mask[i] = mask[t]!;
+    if (lse) r.lse![i] = lse[t]!;
+  }
+  return { rows, r };
+}
+
+/** dst row i = src row rows[i] (rows of d floats). */
+function gatherRows(src: Float32Array, d: number, rows: Int32Array, dst: Float32Array): void {
+  for (let i = 0; i < rows.length; i++) for (let j = 0, s = rows[i]! * d, o = i * d; j < d; j++) dst[o + j] = src[s + j]!;
+}
+
+/** dst row rows[i] = src row i; dst's other rows 0. */
+function scatterRows(src: Float32Array, d: number, rows: Int32Array, dst: Float32Array): void {
+  dst.fill(0);
+  for (let i = 0; i < rows.length; i++) for (let j = 0, s = i * d, o = rows[i]! * d; j < d; j++) dst[o + j] = src[s + j]!;
+}
+
+/** Σ_t mask_t·(lse_t − z_t[label_t]) over the rows (the loss before its division), their lse into `lse`. */
+function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Array): number {
+  let sum = 0;
+  const { labels, mask } = r;
+  eachChunk(r.x, W, r.T, d, V, (z, r0, r1, wb) => {
+    if (wb) {
+      wb.m.lse(wb.zAt, r1 - r0, V, wb.stAt);
+      for (let t = r0; t < r1; t++) {
+        const L = wb.st[2 * (t - r0)]! + Math.log(wb.st[2 * (t - r0) + 1]!);
+        lse[t] = L;
+        const label = labels[t]!;
+        if (label >= 0 && label < V) sum += mask[t]! * (L - z[(t - r0) * V + label]!);
+      }
+      return;
+    }
+    for (let t = r0; t < r1; t++) {
+      const o = (t - r0) * V;
+      let m = -Infinity;
+      for (let v = 0; v < V; v++) if (z[o + v]! > m) m = z[o + v]!;
+      let s = 0;
+      for (let v = 0; v < V; v++) s += Math.exp(z[o + v]! - m);
+      const L = m + Math.log(s);
+      lse[t] = L;
+      const label = labels[t]!;
+      if (label >= 0 && label < V) sum += mask[t]! * (L - z[o + label]!);
+    }
+  });
+  return sum;
 }
 
 function register(): void {
@@ -181,32 +252,18 @@ function register(): void {
       shapes: (ins) => [[], [ins[0]!.shape[0]!]],
       writesAll: true,
       run: ([x, W, labels, mask], [loss, lse], infos) => {
+        const d = infos[0]!.shape[1]!;
         const V = infos[1]!.shape[0]!;
-        let sum = 0;
-        eachChunk(x as Float32Array, W as Float32Array, infos, (z, r0, r1, wb) => {
-          if (wb) {
-            wb.m.lse(wb.zAt, r1 - r0, V, wb.stAt);
-            for (let t = r0; t < r1; t++) {
-              const L = wb.st[2 * (t - r0)]! + Math.log(wb.st[2 * (t - r0) + 1]!);
-              lse![t] = L;
-              const label = labels![t]!;
-              if (label >= 0 && label < V) sum += mask![t]! * (L - z[(t - r0) * V + label]!);
-            }
-            return;
-          }
-          for (let t = r0; t < r1; t++) {
-            const o = (t - r0) * V;
-            let m = -Infinity;
-            for (let v = 0; v < V; v++) if (z[o + v]! > m) m = z[o + v]!;
-            let s = 0;
-            for (let v = 0; v < V; v++) s += Math.exp(z[o + v]! - m);
-            const L = m + Math.log(s);
-            lse![t] = L;
-            const label = labels![t]!;
-            if (label >= 0 && label < V) sum += mask![t]! * (L - z[o + label]!);
-          }
-        });
-        loss![0] = sum / maskCount(mask!);
+        const all: Rows = { x: x as Float32Array, labels: labels!, mask: mask!, T: infos[0]!.shape[0]! };
+        const c = lossRows(all.x, d, all.labels, all.mask, V);
+        if (!c) {
+          loss![0] = lossSum(all, W as Float32Array, d, V, lse!) / maskCount(mask!);
+          return;
+        }
+        const lseA = new Float32Array(c.r.T);
+        loss![0] = (c.r.T ? lossSum(c.r, W as Float32Array, d, V, lseA) : 0) / maskCount(mask!);
+        lse!.fill(0);
+        c.rows.forEach((t, i) => (lse![t] = lseA[i]!));
       },
     },
     {
@@ -229,24 +286,33 @@ function register(): void {
     shapes: (ins) => [ins[0]!.shape as number[]],
     writesAll: true,
     run: (ins, [dx], infos) => {
+      const [x, W, labels, mask, lse, dy] = ins as [Float32Array, Float32Array, Int32Array, Float32Array, Float32Array, Float32Array];
       const d = infos[0]!.shape[1]!;
       const V = infos[1]!.shape[0]!;
-      const W = ins[1] as Float32Array;
-      eachDlogitsChunk(ins, infos, (z, r0, r1) => matmulInto(z, W, dx!.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
+      const coef = dy[0]! / maskCount(mask);
+      const c = lossRows(x, d, labels, mask, V, lse);
+      const r = c ? c.r : { x, labels, mask, lse, T: infos[0]!.shape[0]! };
+      const out = c ? new Float32Array(r.T * d) : dx!;
+      if (r.T) eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => matmulInto(z, W, out.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
+      if (c) scatterRows(out, d, c.rows, dx!);
     },
   });
   registerCpuKernel('McpcLmHeadXentDw', {
     shapes: (ins) => [ins[1]!.shape as number[]],
     run: (ins, [dW], infos) => {
+      const [x, W, labels, mask, lse, dy] = ins as [Float32Array, Float32Array, Int32Array, Float32Array, Float32Array, Float32Array];
       const d = infos[0]!.shape[1]!;
       const V = infos[1]!.shape[0]!;
-      const x = ins[0] as Float32Array;
+      const coef = dy[0]! / maskCount(mask);
+      const c = lossRows(x, d, labels, mask, V, lse);
+      const r = c ? c.r : { x, labels, mask, lse, T: infos[0]!.shape[0]! };
       const part = new Float32Array(V * d);
-      eachDlogitsChunk(ins, infos, (z, r0, r1) => {
-        // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn); dW starts zeroed.
-        matmulInto(z, x.subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
-        for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;
-      });
+      if (r.T)
+        eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => {
+          // dW += dlogitsᵀ·x over the chunk (dlogits read as stored: gemm_tn); dW starts zeroed.
+          matmulInto(z, r.x.subarray(r0 * d, r1 * d), part, { batchA: 1, batchB: 1, M: V, N: d, K: r1 - r0, transposeA: true, transposeB: false });
+          for (let i = 0; i < part.length; i++) dW![i] = dW![i]! + part[i]!;
+        });
     },
   });
 }

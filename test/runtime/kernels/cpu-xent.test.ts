@@ -85,6 +85,23 @@ describe('lm_head_xent on the CPU table', () => {
     }
   });
 
+  it('rows outside the loss (mask 0) are not formed: a NaN there leaves the loss and dx finite, dx 0 on that row', async () => {
+    await initBackend('wasm');
+    const x = tf.tensor2d([0.1, NaN, 0.3, 0.4], [2, 2]);
+    const W = tf.tensor2d(Float32Array.from({ length: 16 }, (_, i) => i / 10), [8, 2]);
+    const labels = tf.tensor1d([1, 2], 'int32');
+    const mask = tf.tensor1d([0, 1]);
+    const [loss, dx] = tf.tidy(() => {
+      const f = (a: Tensor) => table.lm_head_xent([a, W, labels, mask], step, ctx)[0]! as tf.Scalar;
+      const { value, grads } = tf.valueAndGrads(f)([x]);
+      return [value.dataSync()[0]!, Array.from(grads[0]!.dataSync())];
+    }) as [number, number[]];
+    expect(Number.isFinite(loss)).toBe(true);
+    expect(dx.slice(0, 2)).toEqual([0, 0]);
+    expect(dx.slice(2).every(Number.isFinite)).toBe(true);
+    tf.dispose([x, W, labels, mask]);
+  });
+
   it('runs one kernel forward and only the gradients asked for', async () => {
     await initBackend('wasm');
     const x = tf.tensor2d([0.1, -0.2, 0.3, 0.4, 0.5, -0.6], [3, 2]);
