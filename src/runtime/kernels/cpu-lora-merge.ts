@@ -18,8 +18,8 @@ import { registerCpuKernel } from './cpu-ops.js';
 const f = Math.fround;
 
 /**
- * dst = s·src. A module-level function of typed-array arguments: written inline in the kernel's closure (over
- * reassigned views), this loop took 0.13 ms a call inside a training step, as this function 0.019.
+ * dst = s·src. A module-level function of typed-array arguments: written inline in the kernel's closure over
+ * reassigned views, this loop took 0.13 ms a call inside a training step, as this function 0.019.
  */
 function scaleInto(dst: Float32Array, src: Float32Array, s: number): void {
   for (let i = 0; i < dst.length; i++) dst[i] = src[i]! * s;
@@ -62,14 +62,13 @@ function register(): void {
       const [O, I] = infos[0]!.shape as [number, number];
       const R = infos[1]!.shape[0]!;
       const s = f(attrs.scale as number);
-      let [gv, av, bv, out] = [g, A, B, d!] as Float32Array[];
       // s·g in scratch on the wasm heap where the operands lie there, so that the product runs in place
       // (../tfjs/gemm-heap.ts); in a JavaScript array otherwise. The malloc may grow the heap (and so detach the
       // views): they are taken again after it.
-      const hp = heapFor([gv!, av!, bv!, out!]);
-      const again = heapViews([gv!, av!, bv!, out!]);
+      const hp = heapFor([g, A, B, d!] as Float32Array[]);
+      const again = heapViews([g, A, B, d!] as Float32Array[]);
       const at = hp ? hp.malloc(4 * O * I) : 0;
-      [gv, av, bv, out] = again();
+      const [gv, av, bv, out] = again();
       const gs = hp && at ? new Float32Array(hp.memory.buffer, at, O * I) : new Float32Array(O * I);
       scaleInto(gs, gv!, s);
       if (attrs.which === 'A') matmulInto(bv!, gs, out!, { batchA: 1, batchB: 1, M: R, N: I, K: O, transposeA: true, transposeB: false });

@@ -179,6 +179,7 @@ function register(): void {
   });
 }
 
+/** Whether the kernel takes p: float32 [T, E], T, E >= 1, and an integer k >= 1. */
 export function topkGateCpuFits(p: Tensor, k: number): boolean {
   return p.dtype === 'float32' && p.rank === 2 && p.shape[0]! >= 1 && p.shape[1]! >= 1 && Number.isInteger(k) && k >= 1;
 }

@@ -188,11 +188,11 @@ interface Rows {
 function lossRows(x: Float32Array, d: number, labels: Int32Array | Float32Array, mask: Float32Array | Int32Array, V: number, lse?: Float32Array): { rows: Int32Array; r: Rows } | null {
   if (process.env.MCPC_XENT_COMPACT === '0') return null;
   const T = labels.length;
+  const all = new Int32Array(T);
   let n = 0;
-  for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) n++;
+  for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) all[n++] = t;
   if (n === T) return null;
-  const rows = new Int32Array(n);
-  for (let t = 0, i = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) rows[i++] = t;
+  const rows = all.subarray(0, n);
   const r: Rows = { x: new Float32Array(n * d), labels: new Int32Array(n), mask: new Float32Array(n), T: n, ...(lse ? { lse: new Float32Array(n) } : {}) };
   gatherRows(x, d, rows, r.x);
   for (let i = 0; i < n; i++) {
@@ -286,12 +286,7 @@ function register(): void {
     shapes: (ins) => [ins[0]!.shape as number[]],
     writesAll: true,
     run: (ins, [dx], infos) => {
-      const [x, W, labels, mask, lse, dy] = ins as [Float32Array, Float32Array, Int32Array, Float32Array, Float32Array, Float32Array];
-      const d = infos[0]!.shape[1]!;
-      const V = infos[1]!.shape[0]!;
-      const coef = dy[0]! / maskCount(mask);
-      const c = lossRows(x, d, labels, mask, V, lse);
-      const r = c ? c.r : { x, labels, mask, lse, T: infos[0]!.shape[0]! };
+      const { W, d, V, coef, c, r } = backwardRows(ins, infos);
       const out = c ? new Float32Array(r.T * d) : dx!;
       if (r.T) eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => matmulInto(z, W, out.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
       if (c) scatterRows(out, d, c.rows, dx!);
@@ -300,12 +295,7 @@ function register(): void {
   registerCpuKernel('McpcLmHeadXentDw', {
     shapes: (ins) => [ins[1]!.shape as number[]],
     run: (ins, [dW], infos) => {
-      const [x, W, labels, mask, lse, dy] = ins as [Float32Array, Float32Array, Int32Array, Float32Array, Float32Array, Float32Array];
-      const d = infos[0]!.shape[1]!;
-      const V = infos[1]!.shape[0]!;
-      const coef = dy[0]! / maskCount(mask);
-      const c = lossRows(x, d, labels, mask, V, lse);
-      const r = c ? c.r : { x, labels, mask, lse, T: infos[0]!.shape[0]! };
+      const { W, d, V, coef, r } = backwardRows(ins, infos);
       const part = new Float32Array(V * d);
       if (r.T)
         eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => {
@@ -315,6 +305,16 @@ function register(): void {
         });
     },
   });
+}
+
+/** The gradients' inputs (x, W, labels, mask, lse, dy): sizes, dlogits' scale, and the rows they work on (lossRows). */
+function backwardRows(ins: (Float32Array | Int32Array)[], infos: tf.TensorInfo[]) {
+  const [x, W, labels, mask, lse, dy] = ins as [Float32Array, Float32Array, Int32Array, Float32Array, Float32Array, Float32Array];
+  const d = infos[0]!.shape[1]!;
+  const V = infos[1]!.shape[0]!;
+  const c = lossRows(x, d, labels, mask, V, lse);
+  const r: Rows = c ? c.r : { x, labels, mask, lse, T: infos[0]!.shape[0]! };
+  return { W, d, V, coef: dy[0]! / maskCount(mask), c, r };
 }
 
 /** Whether the kernel takes these inputs: x [T, d], W [V, d] float32, labels [T] int32 (the executor's; float labels go to the reference, which truncates them), mask [T] float32. */

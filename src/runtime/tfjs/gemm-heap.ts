@@ -1,7 +1,7 @@
 /**
- * concat_linear's products in place on tfjs-backend-wasm's heap: ./gemm-ld.wat (gemm.wat's micro-kernel with row
- * strides and an accumulate flag) instantiated over that heap reads the tensors where they lie and writes each
- * output where its tensor lies. ./gemm.ts's copying path packs both operands into the GEMM's own memory and
+ * Matrix products in place on tfjs-backend-wasm's heap (concat_linear's forward, dX and dW, and ./gemm.ts
+ * matmulInto's, the wasm BatchMatMul): ./gemm-ld.wat (gemm.wat's micro-kernel with row strides and an accumulate
+ * flag) instantiated over that heap reads the tensors where they lie and writes each output where its tensor lies. ./gemm.ts's copying path packs both operands into the GEMM's own memory and
  * copies C out, which at the demo shape cost about as much as the arithmetic (a [2048, 64] x [64, 176] product
  * is ~1.2 ms of multiply-adds and ~1 ms of copies); here only the forward's weights are transposed, into heap
  * scratch (a few thousand floats).
@@ -12,7 +12,7 @@
  */
 import type { MatmulShape } from './gemm.js';
 import { heapFor } from './moe.js';
-import { heapExports, wasmHeap } from './wasm-extra.js';
+import { heapExports } from './wasm-extra.js';
 
 interface GemmLd {
   gemm_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
@@ -35,8 +35,17 @@ const TN_PANEL = 128;
 
 /** The GEMM over the heap every array lies in, else null. */
 function gemmOn(arrays: Float32Array[]): GemmLd | null {
-  const heap = wasmHeap();
-  return heap && arrays.every((a) => a.buffer === heap.buffer) ? ldFor(heap) : null;
+  const hp = heapFor(arrays);
+  return hp ? ldFor(hp.memory) : null;
+}
+
+/**
+ * C [M, N] = Aᵀ·B with A stored [K, M] (row stride lda), in panels of TN_PANEL rows of K summed into C: a panel's
+ * rows of A and B stay in cache while every block of C is computed over them (over all of K at once, B was read
+ * from memory again for every 4 rows of C).
+ */
+function tnInPanels(g: GemmLd, a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number): void {
+  for (let k0 = 0; k0 < K; k0 += TN_PANEL) g.gemm_tn_ld(a + 4 * k0 * lda, lda, b + 4 * k0 * ldb, ldb, c, ldc, M, N, Math.min(TN_PANEL, K - k0), k0 > 0 ? 1 : 0);
 }
 
 /**
@@ -47,7 +56,7 @@ function gemmOn(arrays: Float32Array[]): GemmLd | null {
  */
 export function linearPartsOnHeap(x: Float32Array, T: number, K: number, weights: Float32Array[], outs: Float32Array[], outWidths: number[], biases: (Float32Array | undefined)[] = []): boolean {
   const bs = biases.filter((b): b is Float32Array => !!b);
-  if (T % 4 !== 0 || outWidths.some((w) => w % 8 !== 0) || !gemmOn([x, ...weights, ...outs, ...bs])) return false;
+  if (T % 4 !== 0 || outWidths.some((w) => w % 8 !== 0)) return false;
   const hp = heapFor([x, ...weights, ...outs, ...bs]);
   if (!hp) return false;
   const N = outWidths.reduce((a, b) => a + b, 0);
@@ -109,9 +118,7 @@ export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: 
   const g = gemmOn([dy, x, out]);
   if (!g) return false;
   if (T === 0) out.fill(0);
-  // In panels of TN_PANEL tokens summed into out: a panel's rows of dy and x stay in cache while every block of
-  // out is computed over them (over all T at once, x was read from memory again for every 4 rows of out).
-  for (let k0 = 0; k0 < T; k0 += TN_PANEL) g.gemm_tn_ld(ptr(dy) + 4 * (k0 * ld + col), ld, ptr(x) + 4 * k0 * K, K, ptr(out), K, width, K, Math.min(TN_PANEL, T - k0), k0 > 0 ? 1 : 0);
+  tnInPanels(g, ptr(dy) + 4 * col, ld, ptr(x), K, ptr(out), K, width, K, T);
   heapGemmCalls.dw++;
   return true;
 }
@@ -123,7 +130,7 @@ export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: 
  */
 export function matmulOnHeap(A: Float32Array, B: Float32Array, out: Float32Array, s: MatmulShape): boolean {
   const { M, N, K, transposeA, transposeB } = s;
-  if (M % 4 !== 0 || N % 8 !== 0 || !gemmOn([A, B, out])) return false;
+  if (M % 4 !== 0 || N % 8 !== 0) return false;
   const hp = heapFor([A, B, out]);
   if (!hp) return false;
   const batch = Math.max(s.batchA, s.batchB);
@@ -141,7 +148,7 @@ export function matmulOnHeap(A: Float32Array, B: Float32Array, out: Float32Array
     const b = (transposeB ? bt : pb) + 4 * (s.batchB === 1 ? 0 : t) * K * N;
     const c = pc + 4 * t * M * N;
     if (!transposeA) g.gemm_ld(a, K, b, N, c, N, M, N, K, 0);
-    else for (let k0 = 0; k0 < K; k0 += TN_PANEL) g.gemm_tn_ld(a + 4 * k0 * M, M, b + 4 * k0 * N, N, c, N, M, N, Math.min(TN_PANEL, K - k0), k0 > 0 ? 1 : 0);
+    else tnInPanels(g, a, M, b, N, c, N, M, N, K);
   }
   if (bt) hp.free(bt);
   heapGemmCalls.matmul++;
