@@ -17,10 +17,7 @@ import { registerCpuKernel } from './cpu-ops.js';
 
 const f = Math.fround;
 
-/**
- * dst = s·src. A module-level function of typed-array arguments: written inline in the kernel's closure over
- * reassigned views, this loop took 0.13 ms a call inside a training step, as this function 0.019.
- */
+/** dst = s·src (a module-level function of typed-array arguments, which V8 optimises early). */
 function scaleInto(dst: Float32Array, src: Float32Array, s: number): void {
   for (let i = 0; i < dst.length; i++) dst[i] = src[i]! * s;
 }

@@ -91,9 +91,9 @@ export const topTwoCalls = { n: 0 };
 const top2For = heapExports<{ top2(p: number, T: number, E: number, idx: number): void }>('topk.wasm');
 
 /**
- * Each row's two largest entries of p [T, E] as index pairs [2T] (../tfjs/topk.wat: no branches on the data,
- * which the router's probabilities, new each step, made mispredict: 0.45 ms a call at 2048 x 8 on fresh random
- * rows, 0.09 on rows seen before), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap. The
+ * Each row's two largest entries of p [T, E] as index pairs [2T] (../tfjs/topk.wat: no branches on the data; on
+ * fresh random rows at 2048 x 8, what training sees, 0.33-0.38 ms a call against the JavaScript pick's 0.52-0.59,
+ * `npx tsx bench/topk-gate.ts`), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap. The
  * module writes the pairs into `out` (the kernel's output, [T, E] with E >= 2: room for 2T i32, overwritten by
  * the caller after), so nothing is allocated on the heap (a malloc that grew it would detach the kernel's views).
  */

@@ -28,8 +28,9 @@ export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0 };
 const ptr = (a: Float32Array) => a.byteOffset;
 
 /**
- * Tokens per panel of a transposed-A product (dW = dYᵀ·x, K = tokens): [2048, 176]ᵀ·[2048, 64] ran at 35 GFLOP/s
- * in one pass, 49 in panels of 128 (64: 48, 256: 44 on the 2-core EPYC; see BENCHMARKS.md).
+ * Tokens per panel of a transposed-A product (dW = dYᵀ·x, K = tokens). In panels of 128, [2048, 176]ᵀ·[2048, 64]
+ * runs at 48 GFLOP/s, the copying path (one pass, shuffled broadcasts) at 37 (`npx tsx bench/wasm-gemm.ts`,
+ * BENCHMARKS.md); 128 was the best of 64-2048 in a sweep on the 2-core EPYC.
  */
 const TN_PANEL = 128;
 

@@ -6,8 +6,8 @@
 ;;                        the row holds a NaN (the caller decides those rows itself)
 ;;
 ;; Without branches on the data: comparisons are i32 0/1 and every choice a `select` on i32 (an f32's bits),
-;; because router probabilities change every step and a branching pick mispredicts (JavaScript's ran 0.45 ms
-;; a call at 2048 x 8 on new random rows, 0.09 on rows it had seen).
+;; because router probabilities change every step and a branching pick mispredicts (at 2048 x 8 on fresh random
+;; rows the JavaScript pick ran 0.52-0.59 ms a call, this module's path 0.33-0.38: bench/topk-gate.ts).
 (module
   (import "e" "m" (memory 1))
   (func (export "top2") (param $p i32) (param $T i32) (param $E i32) (param $idx i32)

@@ -1,0 +1,36 @@
+/**
+ * `npx tsx bench/topk-gate.ts [--reps N]`: the CPU table's topk_gate forward (src/runtime/kernels/cpu-topk.ts) on
+ * the `wasm` backend at a training step's router shape (2048 tokens x 8 experts, softmax rows), median ms a call:
+ * on the same rows every call and on fresh random rows every call (what training sees: router probabilities change
+ * each step), for k = 2 (each row's two largest by src/runtime/tfjs/topk.wat, branch-free) and k = 3 (the
+ * JavaScript insertion pick, which branches on the data). New rows cost both paths more than repeated ones; the
+ * JavaScript pick, whose branches follow the data, more than topk.wat's selects.
+ */
+import { parseArgs } from 'node:util';
+import { topkGateCpu } from '../src/runtime/kernels/cpu-topk.js';
+import { initBackend, tf } from '../src/runtime/tfjs/index.js';
+
+const { values } = parseArgs({ options: { reps: { type: 'string', default: '100' } } });
+const reps = Number(values.reps);
+await initBackend('wasm');
+const [T, E] = [2048, 8];
+const rows = () => tf.softmax(tf.randomNormal([T, E]));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+console.log(`topk_gate forward on wasm, [${T}, ${E}], median ms a call over ${reps}:`);
+for (const k of [2, 3]) {
+  const fixed = rows();
+  const time = (fresh: boolean) => {
+    const ts: number[] = [];
+    for (let i = 0; i < reps + 10; i++) {
+      const p = fresh ? rows() : fixed;
+      const t = performance.now();
+      topkGateCpu(p, k, true).dispose();
+      if (i >= 10) ts.push(performance.now() - t);
+      if (fresh) p.dispose();
+    }
+    return median(ts);
+  };
+  const [same, fresh] = [time(false), time(true)];
+  console.log(`  k = ${k} (${k === 2 ? 'topk.wat' : 'JavaScript'}): same rows ${same.toFixed(3)}, fresh rows ${fresh.toFixed(3)} (${(fresh / same).toFixed(2)}x)`);
+  fixed.dispose();
+}
