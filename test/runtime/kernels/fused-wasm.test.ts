@@ -320,7 +320,7 @@ describe('the fused kernels of a compiled plan', () => {
       }
     });
 
-    it('through tfjs (fusedOp and its gradient): MCPC_FUSED_WASM on and off agree', () => {
+    it('through tfjs (fusedOp and its gradient, on a heap of freed NaNs): MCPC_FUSED_WASM on and off agree', () => {
       const was = process.env.MCPC_FUSED_WASM;
       try {
         for (const { name, expr, cols } of kernels) {
@@ -330,6 +330,9 @@ describe('the fused kernels of a compiled plan', () => {
           const dys = expr.forward.roots.map(() => randn(rows * cols));
           const run = () =>
             tf.tidy(() => {
+              // Freed NaNs where the kernels' outputs will be allocated: McpcFused and McpcFusedGrad write every
+              // element (writesAll: no zero fill), so none may survive into a result.
+              tf.dispose(tf.fill([4 * rows * cols + 64], NaN));
               const xs = ins.map((a, i) => (expr.inputs[i] === 'vec' ? tf.tensor1d(a) : tf.tensor2d(a, [rows, cols])));
               const f = (...t: Tensor[]) => {
                 const outs = fusedOp(p, t, rows, cols);
