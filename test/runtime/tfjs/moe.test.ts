@@ -5,7 +5,7 @@
  * an expert nobody is routed to, sharedRank 0 and > 0.
  */
 import { describe, expect, it } from 'vitest';
-import { moeUpDbe, moeUpDh, moeUpForward, type MoeUpShape } from '../../../src/runtime/tfjs/moe.js';
+import { moeUpDbe, moeUpDh, moeUpForward, routeByScan, routesOf, type MoeUpShape } from '../../../src/runtime/tfjs/moe.js';
 import { lcg, relErr } from '../executor/helpers.js';
 
 const rnd = lcg(97);
@@ -101,5 +101,48 @@ describe('moe_up_grouped over the top-k only (moe.wat)', () => {
       moeUpDbe(dy, h, g, dbe, s);
       expect(relErr(dbe, want.dbe)).toBeLessThan(1e-5);
     }
+  });
+});
+
+describe('routesOf: each expert\'s routed tokens', () => {
+  /** The definition: gate != 0 routes (NaN does, ±0 does not); per expert in token order; bit 31 on all but a token's first. */
+  function plain(g: Float32Array, T: number, E: number) {
+    const lists: number[][] = Array.from({ length: E }, () => []);
+    const gts: number[][] = Array.from({ length: E }, () => []);
+    const unrouted: number[] = [];
+    for (let t = 0; t < T; t++) {
+      let first = true;
+      for (let e = 0; e < E; e++) {
+        const v = g[t * E + e]!;
+        if (v === 0) continue;
+        lists[e]!.push(first ? t : (t | 0x80000000) | 0);
+        gts[e]!.push(v);
+        first = false;
+      }
+      if (first) unrouted.push(t);
+    }
+    return { idx: lists.flat(), gts: gts.flat(), counts: lists.map((l) => l.length), unrouted };
+  }
+
+  it('equals the definition for 1, 8, 31, 32 experts (bit masks) and 33 (a scan): NaN, -0, denormals, unrouted tokens', () => {
+    for (const E of [1, 8, 31, 32, 33])
+      for (const T of [1, 7, 300]) {
+        const g = new Float32Array(T * E);
+        for (let k = 0; k < g.length; k++) {
+          const u = rnd();
+          g[k] = u < 0.55 ? 0 : u < 0.6 ? -0 : u < 0.62 ? NaN : u < 0.64 ? 1e-45 : u < 0.66 ? -rnd() : rnd();
+        }
+        for (let e = 0; e < E; e++) g[e] = 0; // token 0 routed nowhere
+        const want = plain(g, T, E);
+        const got = routesOf(g, T, E);
+        const what = `E ${E}, T ${T}`;
+        expect(Array.from(got.idx), what).toEqual(want.idx);
+        expect(Array.from(got.gts), what).toEqual(want.gts);
+        expect(Array.from(got.off.slice(1)).map((o, e) => o - got.off[e]!), what).toEqual(want.counts);
+        expect(got.unrouted, what).toEqual(want.unrouted);
+        expect(got.total, what).toBe(want.idx.length);
+        expect(got.maxN, what).toBe(Math.max(...want.counts));
+        if (E <= 32) expect(routeByScan(g, T, E), `${what}: the scan`).toEqual({ off: got.off, idx: got.idx, gts: got.gts, unrouted: got.unrouted });
+      }
   });
 });
