@@ -18,12 +18,14 @@ interface GemmLd {
   gemm_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
   gemm_tn_ld(a: number, lda: number, b: number, ldb: number, c: number, ldc: number, M: number, N: number, K: number, acc: number): void;
   gemm_parts(a: number, lda: number, b: number, ldb: number, tab: number, M: number, N: number, K: number): void;
+  scale(dst: number, src: number, n: number, s: number): void;
+  add_scaled(y: number, w: number, n: number, s: number): void;
 }
 
 const ldFor = heapExports<GemmLd>('gemm-ld.wasm');
 
 /** Products run on the heap so far (how tests see that the in-place path ran). */
-export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0 };
+export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0, scale: 0, addScaled: 0 };
 
 const ptr = (a: Float32Array) => a.byteOffset;
 
@@ -153,5 +155,23 @@ export function matmulOnHeap(A: Float32Array, B: Float32Array, out: Float32Array
   }
   if (bt) hp.free(bt);
   heapGemmCalls.matmul++;
+  return true;
+}
+
+/** dst = src·s elementwise (f32), in place on the heap; false where an array is off it. */
+export function scaleOnHeap(dst: Float32Array, src: Float32Array, s: number): boolean {
+  const g = gemmOn([dst, src]);
+  if (!g || dst.length !== src.length) return false;
+  g.scale(ptr(dst), ptr(src), dst.length, s);
+  heapGemmCalls.scale++;
+  return true;
+}
+
+/** y = w + y·s elementwise (each operation rounded to f32), in place on the heap; false where an array is off it. */
+export function addScaledOnHeap(y: Float32Array, w: Float32Array, s: number): boolean {
+  const g = gemmOn([y, w]);
+  if (!g || y.length !== w.length) return false;
+  g.add_scaled(ptr(y), ptr(w), y.length, s);
+  heapGemmCalls.addScaled++;
   return true;
 }

@@ -14,6 +14,11 @@
 ;;                                                     that output's row length in BYTES, the address of its 8
 ;;                                                     bias floats or 0); concat_linear's parts in one pass
 ;;
+;;   scale(dst, src, n, s)                            dst[i] = src[i]·s        (f32 products, as JavaScript's
+;;   add_scaled(y, w, n, s)                           y[i] = w[i] + y[i]·s      rounding into a Float32Array)
+;;                                                     over n floats, 4 at a time, then one at a time: lora_merge's
+;;                                                     scale and sum (../kernels/cpu-lora-merge.ts)
+;;
 ;; Addresses are byte offsets, strides in elements (f32). M a multiple of 4, N of 8 (a 4 x 8 block of C in eight
 ;; f32x4 accumulators, as in gemm.wat), K >= 1; strides and addresses need no alignment.
 (module
@@ -243,4 +248,40 @@
           (local.set $j (i32.add (local.get $j) (i32.const 8)))
           (br_if $cols (i32.lt_s (local.get $j) (local.get $N))))
         (local.set $i (i32.add (local.get $i) (i32.const 4)))
-        (br_if $rows (i32.lt_s (local.get $i) (local.get $M)))))))
+        (br_if $rows (i32.lt_s (local.get $i) (local.get $M))))))
+  (func (export "scale") (param $dst i32) (param $src i32) (param $n i32) (param $s f32)
+    (local $end i32) (local $end4 i32) (local $sv v128)
+    (local.set $sv (f32x4.splat (local.get $s)))
+    (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $end4 (i32.add (local.get $src) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $v (loop $l
+      (br_if $v (i32.ge_u (local.get $src) (local.get $end4)))
+      (v128.store (local.get $dst) (f32x4.mul (v128.load (local.get $src)) (local.get $sv)))
+      (local.set $src (i32.add (local.get $src) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+      (br $l)))
+    (block $t (loop $l
+      (br_if $t (i32.ge_u (local.get $src) (local.get $end)))
+      (f32.store (local.get $dst) (f32.mul (f32.load (local.get $src)) (local.get $s)))
+      (local.set $src (i32.add (local.get $src) (i32.const 4)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 4)))
+      (br $l))))
+
+  (func (export "add_scaled") (param $y i32) (param $w i32) (param $n i32) (param $s f32)
+    (local $end i32) (local $end4 i32) (local $sv v128)
+    (local.set $sv (f32x4.splat (local.get $s)))
+    (local.set $end (i32.add (local.get $y) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $end4 (i32.add (local.get $y) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $v (loop $l
+      (br_if $v (i32.ge_u (local.get $y) (local.get $end4)))
+      (v128.store (local.get $y) (f32x4.add (v128.load (local.get $w)) (f32x4.mul (v128.load (local.get $y)) (local.get $sv))))
+      (local.set $y (i32.add (local.get $y) (i32.const 16)))
+      (local.set $w (i32.add (local.get $w) (i32.const 16)))
+      (br $l)))
+    (block $t (loop $l
+      (br_if $t (i32.ge_u (local.get $y) (local.get $end)))
+      (f32.store (local.get $y) (f32.add (f32.load (local.get $w)) (f32.mul (f32.load (local.get $y)) (local.get $s))))
+      (local.set $y (i32.add (local.get $y) (i32.const 4)))
+      (local.set $w (i32.add (local.get $w) (i32.const 4)))
+      (br $l))))
+)
