@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { PlanOp } from '../../../src/plan/types.js';
-import { reference, type KernelContext } from '../../../src/runtime/kernels/reference.js';
+import { reference, ropeTables, type KernelContext } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import { lcg, relErr } from '../executor/helpers.js';
 
@@ -156,6 +156,22 @@ describe('reference kernels match direct formulas', () => {
     // Position 0 is the identity.
     expect(ctx.positions[0]).toBe(0);
     close(arr(qr).slice(0, H * d), arr(q).slice(0, H * d), 1e-7);
+  });
+
+  it('rope tables: each token’s row is cos/sin of its position’s angles, bit for bit, as positions grow between batches', () => {
+    const d = 6;
+    // rows kept per position across calls: small positions first, then larger ones (the rows grow), repeats, one past the cap
+    for (const positions of [[0, 1, 2, 1], [5, 40, 3, 0, 39], [1000, 7, 1000], [70000, 2]]) {
+      const ctx = { rows: 1, seqLen: positions.length, positions: Int32Array.from(positions), segments: new Int32Array(positions.length).fill(1), cache: new Map<string, Tensor>() };
+      const [cos, sin] = ropeTables(ctx, d, 5000, 2);
+      const [c, sn] = [arr(cos), arr(sin)];
+      positions.forEach((p, t) => {
+        for (let i = 0; i < d / 2; i++) {
+          const a = Math.fround(p * Math.fround(1 / Math.pow(5000, (2 * i) / d)));
+          expect([c[t * (d / 2) + i], sn[t * (d / 2) + i]], `position ${p}, frequency ${i}`).toEqual([Math.fround(Math.cos(a)), Math.fround(Math.sin(a))]);
+        }
+      });
+    }
   });
 
   it('attention: causal, grouped-query, packed segments (against a naive loop)', () => {
