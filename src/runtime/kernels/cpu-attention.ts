@@ -96,11 +96,13 @@ function ensureRegistered(): void {
     {
       shapes: (_, a) => fwdShapes(a),
       writesAll: true,
-      run: (ins, [o, st], _, a, outInfos) => {
-        const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a)) : 0;
+      run: (ins, [o, st], inInfos, a, outInfos) => {
+        // the ranges' dataId keys the pair tables (../tfjs/attention.ts pairsInto): one per micro-batch
+        const key = inInfos[3]!.dataId;
+        const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a), key) : 0;
         if (n) sweepP();
         const p = n ? allocProbs(n) : undefined;
-        attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p);
+        attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p, key);
         if (p) savedP.set(outInfos[1]!.dataId, p);
       },
     },
@@ -145,6 +147,7 @@ function ensureRegistered(): void {
         dk!,
         dv!,
         p,
+        inInfos[5]!.dataId,
       );
       if (p) freeProbs(p);
     },

@@ -113,6 +113,23 @@ describe('fused attention (cpu-attention.ts)', () => {
         for (const [rows, S, segs, pad, H, KV, d, causal] of cases) check(packed(rows, S, segs, pad), H, KV, d, causal);
       });
 
+      it('pair tables kept per ranges tensor: calls sharing one (other head counts, again, forward and backward) match the reference', () => {
+        const ctx = packed(2, 37, 3, 5);
+        const T = ctx.rows * ctx.seqLen;
+        const table = cpuKernels({ kernels: [] });
+        for (const [H, KV, d] of [[4, 2, 16], [2, 1, 6], [4, 2, 16], [6, 3, 16]] as const) {
+          const xs = [tf.tensor2d(randn(T * H * d), [T, H * d]), tf.tensor2d(randn(T * KV * d), [T, KV * d]), tf.tensor2d(randn(T * KV * d), [T, KV * d])];
+          const R = tf.tensor2d(randn(T * H * d), [T, H * d]);
+          const st = step(H, KV, d, true);
+          // ctx.cache is not cleared: every call reads the same ranges tensor
+          const run = (k: Kernel) => tf.tidy(() => [k(xs, st, ctx)[0]!, ...tf.grads((...x: Tensor[]) => tf.sum(tf.mul(k(x, st, ctx)[0]!, R)) as tf.Scalar)(xs)].map((t) => Float32Array.from(t.dataSync())));
+          const [a, b] = [run(reference.attention), run(table.attention)];
+          a.forEach((v, i) => expect(relErr(b[i]!, v), `H ${H} KV ${KV}: ${['output', 'dq', 'dk', 'dv'][i]}`).toBeLessThan(2e-5));
+          tf.dispose([...xs, R]);
+        }
+        for (const t of ctx.cache.values()) t.dispose();
+      });
+
       it('matches the reference with scores far apart (weights below e^−87 of the largest: 0, no denormals)', () => {
         for (const save of ['1', '0']) {
           process.env.MCPC_ATTENTION_SAVE_P = save;
