@@ -23,6 +23,7 @@ import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
+import { activationGradOnHeap, columnSumsOnHeap } from '../tfjs/gemm-heap.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
 import { softmaxRowsWasm } from './cpu-xent.js';
 import { ropeOnHeap } from '../tfjs/rope.js';
@@ -195,6 +196,9 @@ function activateRows(y: Float32Array, T: number, w: number, act: PartActivation
 
 /** The gradient through activateRows from its output y and the upstream dy, into dz. */
 function activationGrad(y: Float32Array, dy: Float32Array, dz: Float32Array, T: number, w: number, act: PartActivation): void {
+  // WebAssembly SIMD on the wasm heap (../tfjs/gemm-heap.ts; ~1 ms of the -O1 aggregate step's 12 router rows in
+  // JavaScript); these loops elsewhere
+  if ((act === 'softmax' || act === 'sigmoid') && activationGradOnHeap(y, dy, dz, T, w, act)) return;
   if (act === 'sigmoid') {
     for (let i = 0; i < T * w; i++) dz[i] = dy[i]! * y[i]! * (1 - y[i]!);
     return;
@@ -208,6 +212,7 @@ function activationGrad(y: Float32Array, dy: Float32Array, dz: Float32Array, T: 
 
 /** out[j] = Σ_t z[t, j] (a bias's gradient), summed in f64. */
 function columnSums(z: Float32Array, out: Float32Array, T: number, w: number): void {
+  if (columnSumsOnHeap(z, out, T, w)) return; // the same f64 sums in WebAssembly on the wasm heap
   const acc = new Float64Array(w);
   for (let t = 0, o = 0; t < T; t++, o += w) for (let j = 0; j < w; j++) acc[j] += z[o + j]!;
   out.set(acc);

@@ -20,12 +20,15 @@ interface GemmLd {
   gemm_parts(a: number, lda: number, b: number, ldb: number, tab: number, M: number, N: number, K: number): void;
   scale(dst: number, src: number, n: number, s: number): void;
   add_scaled(y: number, w: number, n: number, s: number): void;
+  softmax_grad(y: number, dy: number, dz: number, T: number, w: number): void;
+  sigmoid_grad(y: number, dy: number, dz: number, n: number): void;
+  col_sums(z: number, out: number, T: number, w: number): void;
 }
 
 const ldFor = heapExports<GemmLd>('gemm-ld.wasm');
 
 /** Products run on the heap so far (how tests see that the in-place path ran). */
-export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0, scale: 0, addScaled: 0 };
+export const heapGemmCalls = { forward: 0, dx: 0, dw: 0, matmul: 0, scale: 0, addScaled: 0, activationGrad: 0, columnSums: 0 };
 
 const ptr = (a: Float32Array) => a.byteOffset;
 
@@ -173,5 +176,27 @@ export function addScaledOnHeap(y: Float32Array, w: Float32Array, s: number): bo
   if (!g || y.length !== w.length) return false;
   g.add_scaled(ptr(y), ptr(w), y.length, s);
   heapGemmCalls.addScaled++;
+  return true;
+}
+
+/**
+ * The gradient at a router part's product, dz from its output y and dy [T, w]: softmax rows (w a multiple of 4),
+ * y ⊙ (dy − rowsum(dy ⊙ y)) in f32, or sigmoid, dy ⊙ y ⊙ (1 − y); in place on the heap, false where not applicable.
+ */
+export function activationGradOnHeap(y: Float32Array, dy: Float32Array, dz: Float32Array, T: number, w: number, act: 'softmax' | 'sigmoid'): boolean {
+  const g = gemmOn([y, dy, dz]);
+  if (!g || (act === 'softmax' && w % 4 !== 0)) return false;
+  if (act === 'softmax') g.softmax_grad(ptr(y), ptr(dy), ptr(dz), T, w);
+  else g.sigmoid_grad(ptr(y), ptr(dy), ptr(dz), T * w);
+  heapGemmCalls.activationGrad++;
+  return true;
+}
+
+/** out[j] = Σ_t z[t, j] summed in f64 (w even), in place on the heap; false where not applicable. */
+export function columnSumsOnHeap(z: Float32Array, out: Float32Array, T: number, w: number): boolean {
+  const g = gemmOn([z, out]);
+  if (!g || w % 2 !== 0) return false;
+  g.col_sums(ptr(z), ptr(out), T, w);
+  heapGemmCalls.columnSums++;
   return true;
 }

@@ -18,6 +18,12 @@
 ;;   add_scaled(y, w, n, s)                           y[i] = w[i] + y[i]·s      rounding into a Float32Array)
 ;;                                                     over n floats, 4 at a time, then one at a time: lora_merge's
 ;;                                                     scale and sum (../kernels/cpu-lora-merge.ts)
+;;   softmax_grad(y, dy, dz, T, w)                    dz = y ⊙ (dy − Σ_row dy ⊙ y) per row of w (w a multiple of 4;
+;;                                                     the row sum in f32x4 lanes, then across them)
+;;   sigmoid_grad(y, dy, dz, n)                       dz = dy ⊙ y ⊙ (1 − y) over n floats
+;;   col_sums(z, out, T, w)                           out[j] = Σ_t z[t, j] summed in f64 (pairs of columns in
+;;                                                     f64x2, each column's sum in row order), w even;
+;;                                                     concat_linear's router parts (../kernels/cpu-ops.ts)
 ;;
 ;; Addresses are byte offsets, strides in elements (f32). M a multiple of 4, N of 8 (a 4 x 8 block of C in eight
 ;; f32x4 accumulators, as in gemm.wat), K >= 1; strides and addresses need no alignment.
@@ -284,4 +290,74 @@
       (local.set $y (i32.add (local.get $y) (i32.const 4)))
       (local.set $w (i32.add (local.get $w) (i32.const 4)))
       (br $l))))
+
+  (func (export "softmax_grad") (param $y i32) (param $dy i32) (param $dz i32) (param $T i32) (param $w i32)
+    (local $row i32) (local $end i32) (local $j i32) (local $acc v128) (local $dot v128)
+    (local.set $row (i32.shl (local.get $w) (i32.const 2)))
+    (local.set $end (i32.add (local.get $y) (i32.mul (local.get $T) (local.get $row))))
+    (block $done (loop $rows
+      (br_if $done (i32.ge_u (local.get $y) (local.get $end)))
+      (local.set $acc (v128.const i32x4 0 0 0 0))
+      (local.set $j (i32.const 0))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $j) (local.get $row)))
+        (local.set $acc (f32x4.add (local.get $acc)
+          (f32x4.mul (v128.load (i32.add (local.get $dy) (local.get $j))) (v128.load (i32.add (local.get $y) (local.get $j))))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $l)))
+      (local.set $dot (f32x4.splat (f32.add
+        (f32.add (f32x4.extract_lane 0 (local.get $acc)) (f32x4.extract_lane 1 (local.get $acc)))
+        (f32.add (f32x4.extract_lane 2 (local.get $acc)) (f32x4.extract_lane 3 (local.get $acc))))))
+      (local.set $j (i32.const 0))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $j) (local.get $row)))
+        (v128.store (i32.add (local.get $dz) (local.get $j))
+          (f32x4.mul (v128.load (i32.add (local.get $y) (local.get $j)))
+            (f32x4.sub (v128.load (i32.add (local.get $dy) (local.get $j))) (local.get $dot))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br $l)))
+      (local.set $y (i32.add (local.get $y) (local.get $row)))
+      (local.set $dy (i32.add (local.get $dy) (local.get $row)))
+      (local.set $dz (i32.add (local.get $dz) (local.get $row)))
+      (br $rows))))
+
+  (func (export "sigmoid_grad") (param $y i32) (param $dy i32) (param $dz i32) (param $n i32)
+    (local $end i32) (local $end4 i32) (local $v v128) (local $f f32)
+    (local.set $end (i32.add (local.get $y) (i32.shl (local.get $n) (i32.const 2))))
+    (local.set $end4 (i32.add (local.get $y) (i32.shl (i32.and (local.get $n) (i32.const -4)) (i32.const 2))))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $y) (local.get $end4)))
+      (local.set $v (v128.load (local.get $y)))
+      (v128.store (local.get $dz) (f32x4.mul (f32x4.mul (v128.load (local.get $dy)) (local.get $v))
+        (f32x4.sub (f32x4.splat (f32.const 1)) (local.get $v))))
+      (local.set $y (i32.add (local.get $y) (i32.const 16)))
+      (local.set $dy (i32.add (local.get $dy) (i32.const 16)))
+      (local.set $dz (i32.add (local.get $dz) (i32.const 16)))
+      (br $l)))
+    (block $d (loop $l
+      (br_if $d (i32.ge_u (local.get $y) (local.get $end)))
+      (local.set $f (f32.load (local.get $y)))
+      (f32.store (local.get $dz) (f32.mul (f32.mul (f32.load (local.get $dy)) (local.get $f)) (f32.sub (f32.const 1) (local.get $f))))
+      (local.set $y (i32.add (local.get $y) (i32.const 4)))
+      (local.set $dy (i32.add (local.get $dy) (i32.const 4)))
+      (local.set $dz (i32.add (local.get $dz) (i32.const 4)))
+      (br $l))))
+
+  (func (export "col_sums") (param $z i32) (param $out i32) (param $T i32) (param $w i32)
+    (local $j i32) (local $p i32) (local $end i32) (local $row i32) (local $acc v128)
+    (local.set $row (i32.shl (local.get $w) (i32.const 2)))
+    (local.set $end (i32.add (local.get $z) (i32.mul (local.get $T) (local.get $row))))
+    (block $done (loop $cols
+      (br_if $done (i32.ge_u (local.get $j) (local.get $row)))
+      (local.set $acc (v128.const i32x4 0 0 0 0))
+      (local.set $p (i32.add (local.get $z) (local.get $j)))
+      (block $d (loop $l
+        (br_if $d (i32.ge_u (local.get $p) (local.get $end)))
+        (local.set $acc (f64x2.add (local.get $acc) (f64x2.promote_low_f32x4 (v128.load64_zero (local.get $p)))))
+        (local.set $p (i32.add (local.get $p) (local.get $row)))
+        (br $l)))
+      (v128.store64_lane 0 (i32.add (local.get $out) (local.get $j))
+        (f32x4.demote_f64x2_zero (local.get $acc)))
+      (local.set $j (i32.add (local.get $j) (i32.const 8)))
+      (br $cols))))
 )

@@ -323,14 +323,15 @@ describe('concat_linear', () => {
   });
 
   it('in place on the wasm heap where rows are a multiple of 4 and widths of 8: the same forward and gradients', async () => {
-    // Widths 16, 8, 4 + 4 (two stacked weights in one part: dW of each read at its columns), 8; x [16, 8].
+    // Widths 16, 8, 4 + 4 (two stacked weights in one part: dW of each read at its columns), 8, 8; x [16, 8].
     const aligned = [
       { kind: 'linear', out: 16, params: ['W'], node: 'a', bias: 'b', attrs: { out: 16 } },
       { kind: 'lora_down', out: 8, params: ['A'], node: 'c', adapter: 'l', attrs: { rank: 8 } },
       { kind: 'moe_down_batched', out: 8, params: ['Ash', 'Ae'], node: 'd', adapter: 'm', attrs: { rows: 8, sharedRank: 4, rank: 2, experts: 2 } },
       { kind: 'router', out: 8, params: ['Wr'], node: 'e', adapter: 'm', bias: 'br', activation: 'softmax', attrs: { experts: 8, activation: 'softmax' } },
+      { kind: 'router', out: 8, params: ['Ws'], node: 'f', adapter: 'n', bias: 'bs', activation: 'sigmoid', attrs: { experts: 8, activation: 'sigmoid' } },
     ];
-    const xs = (T: number, inF: number) => [T2(T, inF), T2(16, inF), tf.tensor1d(randn(16)), T2(8, inF), T2(4, inF), tf.tensor3d(randn(2 * 2 * inF), [2, 2, inF]), T2(8, inF), tf.tensor1d(randn(8))];
+    const xs = (T: number, inF: number) => [T2(T, inF), T2(16, inF), tf.tensor1d(randn(16)), T2(8, inF), T2(4, inF), tf.tensor3d(randn(2 * 2 * inF), [2, 2, inF]), T2(8, inF), tf.tensor1d(randn(8)), T2(8, inF), tf.tensor1d(randn(8))];
     await initBackend('wasm');
     try {
       const before = { ...heapGemmCalls };
@@ -338,7 +339,10 @@ describe('concat_linear', () => {
       // [16, 8] and [4, 16] run every product in place; [12, 3] (K = 3) the forward only.
       expect(heapGemmCalls.forward - before.forward).toBeGreaterThanOrEqual(3);
       expect(heapGemmCalls.dx - before.dx).toBeGreaterThanOrEqual(2);
-      expect(heapGemmCalls.dw - before.dw).toBeGreaterThanOrEqual(2 * 5);
+      expect(heapGemmCalls.dw - before.dw).toBeGreaterThanOrEqual(2 * 6);
+      // the routers' softmax and sigmoid gradients and the biases' column sums in WebAssembly on the heap, every case
+      expect(heapGemmCalls.activationGrad - before.activationGrad).toBeGreaterThanOrEqual(3 * 2);
+      expect(heapGemmCalls.columnSums - before.columnSums).toBeGreaterThanOrEqual(3 * 3);
     } finally {
       await initBackend('cpu');
     }
