@@ -161,23 +161,20 @@ export function matmulOnHeap(A: Float32Array, B: Float32Array, out: Float32Array
   return true;
 }
 
-/** dst = src·s elementwise (f32), in place on the heap; false where an array is off it. */
-export function scaleOnHeap(dst: Float32Array, src: Float32Array, s: number): boolean {
-  const g = gemmOn([dst, src]);
-  if (!g || dst.length !== src.length) return false;
-  g.scale(ptr(dst), ptr(src), dst.length, s);
-  heapGemmCalls.scale++;
+/** gemm-ld.wat's f(out, in, n, s) over two heap arrays of one length; false where either is off the heap. */
+function pairOnHeap(f: 'scale' | 'add_scaled', counter: 'scale' | 'addScaled', out: Float32Array, inp: Float32Array, s: number): boolean {
+  const g = gemmOn([out, inp]);
+  if (!g || out.length !== inp.length) return false;
+  g[f](ptr(out), ptr(inp), out.length, s);
+  heapGemmCalls[counter]++;
   return true;
 }
 
+/** dst = src·s elementwise (f32), in place on the heap; false where an array is off it. */
+export const scaleOnHeap = (dst: Float32Array, src: Float32Array, s: number): boolean => pairOnHeap('scale', 'scale', dst, src, s);
+
 /** y = w + y·s elementwise (each operation rounded to f32), in place on the heap; false where an array is off it. */
-export function addScaledOnHeap(y: Float32Array, w: Float32Array, s: number): boolean {
-  const g = gemmOn([y, w]);
-  if (!g || y.length !== w.length) return false;
-  g.add_scaled(ptr(y), ptr(w), y.length, s);
-  heapGemmCalls.addScaled++;
-  return true;
-}
+export const addScaledOnHeap = (y: Float32Array, w: Float32Array, s: number): boolean => pairOnHeap('add_scaled', 'addScaled', y, w, s);
 
 /**
  * The gradient at a router part's product, dz from its output y and dy [T, w]: softmax rows (w a multiple of 4),
