@@ -198,10 +198,12 @@ export function ropeTables(ctx: KernelContext, headDim: number, theta: number, r
     const byPos = ropeByPosition(headDim, theta, ctx.positions);
     for (let t = 0; t < T; t++) {
       const p = ctx.positions[t]!;
-      if (p >= 0 && p < byPos.positions) {
-        c.set(byPos.cos.subarray(p * half, p * half + half), t * half);
-        s.set(byPos.sin.subarray(p * half, p * half + half), t * half);
-      } else ropeRow(p, headDim, theta, c, s, t * half);
+      if (p >= 0 && p < byPos.positions)
+        for (let i = 0, a = p * half, b = t * half; i < half; i++) {
+          c[b + i] = byPos.cos[a + i]!;
+          s[b + i] = byPos.sin[a + i]!;
+        }
+      else ropeRow(p, headDim, theta, c, s, t * half);
     }
     const shape = rank === 3 ? [T, 1, half] : [T, half];
     cos = tf.tensor(c, shape);
