@@ -25,6 +25,21 @@ const chunkRows = (V: number) => Math.max(1, Math.floor((1 << 20) / Math.max(1, 
 let scratch = new Float32Array(0);
 const block = (n: number) => (scratch.length >= n ? scratch : (scratch = new Float32Array(n)));
 
+/**
+ * Grow-only buffers for a kernel call's gathered rows (lossRows) and compact dx: a fresh Float32Array of a few
+ * hundred KB a call is a zeroed allocation of new pages, and garbage after (~1 ms of a training step's loss in a
+ * CPU profile at 8x256). Each call uses them only while it runs.
+ */
+const kept = { x: new Float32Array(0), dx: new Float32Array(0), labels: new Int32Array(0), mask: new Float32Array(0), lse: new Float32Array(0) };
+function keptF32(k: 'x' | 'dx' | 'mask' | 'lse', n: number): Float32Array {
+  if (kept[k].length < n) kept[k] = new Float32Array(Math.max(n, 2 * kept[k].length));
+  return kept[k].subarray(0, n);
+}
+function keptLabels(n: number): Int32Array {
+  if (kept.labels.length < n) kept.labels = new Int32Array(Math.max(n, 2 * kept.labels.length));
+  return kept.labels.subarray(0, n);
+}
+
 interface XentExports {
   memory: WebAssembly.Memory;
   lse(z: number, rows: number, V: number, st: number): void;
@@ -193,7 +208,7 @@ function lossRows(x: Float32Array, d: number, labels: Int32Array | Float32Array,
   for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) all[n++] = t;
   if (n === T) return null;
   const rows = all.subarray(0, n);
-  const r: Rows = { x: new Float32Array(n * d), labels: new Int32Array(n), mask: new Float32Array(n), T: n, ...(lse ? { lse: new Float32Array(n) } : {}) };
+  const r: Rows = { x: keptF32('x', n * d), labels: keptLabels(n), mask: keptF32('mask', n), T: n, ...(lse ? { lse: keptF32('lse', n) } : {}) };
   gatherRows(x, d, rows, r.x);
   for (let i = 0; i < n; i++) {
     const t = rows[i]!;
@@ -287,7 +302,7 @@ function register(): void {
     writesAll: true,
     run: (ins, [dx], infos) => {
       const { W, d, V, coef, c, r } = backwardRows(ins, infos);
-      const out = c ? new Float32Array(r.T * d) : dx!;
+      const out = c ? keptF32('dx', r.T * d) : dx!;
       if (r.T) eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => matmulInto(z, W, out.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
       if (c) scatterRows(out, d, c.rows, dx!);
     },
