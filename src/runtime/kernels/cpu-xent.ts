@@ -230,10 +230,19 @@ function scatterRows(src: Float32Array, d: number, rows: Int32Array, dst: Float3
   for (let i = 0; i < rows.length; i++) for (let j = 0, s = i * d, o = rows[i]! * d; j < d; j++) dst[o + j] = src[s + j]!;
 }
 
-/** Σ_t mask_t·(lse_t − z_t[label_t]) over the rows (the loss before its division), their lse into `lse`. */
-function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Array): number {
+/**
+ * Σ_t mask_t·(lse_t − z_t[label_t]) over the rows (the loss before its division), their lse into `lse`; with
+ * `keep` ([T, V]), also each chunk's dlogits for an upstream gradient of 1 (coef = 1/Σ mask) into it, formed in
+ * place on the logits the forward has anyway (what the backward would recompute: see savedDlogits).
+ */
+function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Array, keep?: { D: Float32Array; coef: number }): number {
   let sum = 0;
   const { labels, mask } = r;
+  const kept = (z: Float32Array, r0: number, r1: number, wb: WasmBlocks | null) => {
+    if (!keep) return;
+    dlogits(z, r0, r1, V, labels, mask, lse, keep.coef, wb);
+    keep.D.set(z.subarray(0, (r1 - r0) * V), r0 * V);
+  };
   eachChunk(r.x, W, r.T, d, V, (z, r0, r1, wb) => {
     if (wb) {
       wb.m.lse(wb.zAt, r1 - r0, V, wb.stAt);
@@ -243,6 +252,7 @@ function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Arr
         const label = labels[t]!;
         if (label >= 0 && label < V) sum += mask[t]! * (L - z[(t - r0) * V + label]!);
       }
+      kept(z, r0, r1, wb);
       return;
     }
     for (let t = r0; t < r1; t++) {
@@ -256,9 +266,44 @@ function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Arr
       const label = labels[t]!;
       if (label >= 0 && label < V) sum += mask[t]! * (L - z[o + label]!);
     }
+    kept(z, r0, r1, null);
   });
   return sum;
 }
+
+/**
+ * The forward's dlogits for an upstream gradient of 1, kept for McpcLmHeadXentDx by the dataId of the forward's
+ * lse output (the gradient gets that output back as its saved copy, sharing the dataId, as attention's P): the
+ * backward then multiplies them by W and by dy, and forms neither the logits nor their exponentials again nor
+ * gathers the rows (at 8x256, V 256: the logits' GEMM and exp, ~1-1.5 ms of a step's loss). Kept only under a
+ * gradient tape (attr saveD), up to SAVED_D floats a call (above: recomputed); an entry whose backward never
+ * comes (x off the gradient path) goes at the next forward once its lse is gone. MCPC_XENT_SAVE=0: recomputed.
+ */
+const savedD = new Map<object, { D: Float32Array; rows: Int32Array | null }>();
+const SAVED_D = 1 << 24;
+/** Buffers handed back by the backward (or the sweep), reused by the next forwards: no fresh pages each step. */
+const spareD: Float32Array[] = [];
+function takeD(n: number): Float32Array {
+  const i = spareD.findIndex((b) => b.length >= n);
+  return i >= 0 ? spareD.splice(i, 1)[0]!.subarray(0, n) : new Float32Array(n);
+}
+function giveD(D: Float32Array): void {
+  spareD.push(new Float32Array(D.buffer));
+  if (spareD.length > 1) spareD.shift();
+}
+function sweepD(): void {
+  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
+  for (const [id, k] of savedD)
+    if (!live.has(id)) {
+      savedD.delete(id);
+      giveD(k.D);
+    }
+}
+
+/** How McpcLmHeadXentDx got its dlogits, counted for tests: kept by the forward or recomputed. */
+export const xentDlogitsCounts = { saved: 0, recomputed: 0 };
+/** Forwards' dlogits kept now (for tests: none outlives its backward and the next forward). */
+export const keptDlogits = (): number => savedD.size;
 
 function register(): void {
   registerCpuKernel(
@@ -266,19 +311,23 @@ function register(): void {
     {
       shapes: (ins) => [[], [ins[0]!.shape[0]!]],
       writesAll: true,
-      run: ([x, W, labels, mask], [loss, lse], infos) => {
+      run: ([x, W, labels, mask], [loss, lse], infos, a, outInfos) => {
         const d = infos[0]!.shape[1]!;
         const V = infos[1]!.shape[0]!;
         const all: Rows = { x: x as Float32Array, labels: labels!, mask: mask!, T: infos[0]!.shape[0]! };
         const c = lossRows(all.x, d, all.labels, all.mask, V);
-        if (!c) {
-          loss![0] = lossSum(all, W as Float32Array, d, V, lse!) / maskCount(mask!);
-          return;
+        const r = c ? c.r : all;
+        const count = maskCount(mask!);
+        if (savedD.size) sweepD();
+        const keep = a.saveD && process.env.MCPC_XENT_SAVE !== '0' && r.T > 0 && r.T * V <= SAVED_D ? { D: takeD(r.T * V), coef: 1 / count } : undefined;
+        if (!c) loss![0] = lossSum(all, W as Float32Array, d, V, lse!, keep) / count;
+        else {
+          const lseA = new Float32Array(c.r.T);
+          loss![0] = (c.r.T ? lossSum(c.r, W as Float32Array, d, V, lseA, keep) : 0) / count;
+          lse!.fill(0);
+          c.rows.forEach((t, i) => (lse![t] = lseA[i]!));
         }
-        const lseA = new Float32Array(c.r.T);
-        loss![0] = (c.r.T ? lossSum(c.r, W as Float32Array, d, V, lseA) : 0) / maskCount(mask!);
-        lse!.fill(0);
-        c.rows.forEach((t, i) => (lse![t] = lseA[i]!));
+        if (keep) savedD.set(outInfos[1]!.dataId, { D: keep.D, rows: c ? c.rows.slice() : null });
       },
     },
     {
@@ -301,6 +350,22 @@ function register(): void {
     shapes: (ins) => [ins[0]!.shape as number[]],
     writesAll: true,
     run: (ins, [dx], infos) => {
+      const kept = savedD.get(infos[4]!.dataId);
+      savedD.delete(infos[4]!.dataId);
+      xentDlogitsCounts[kept ? 'saved' : 'recomputed']++;
+      if (kept) {
+        // dx = dy·(D·W), D the forward's dlogits for dy = 1 (the same products as below when dy is 1)
+        const d = infos[0]!.shape[1]!;
+        const V = infos[1]!.shape[0]!;
+        const g = (ins[5] as Float32Array)[0]!;
+        const n = kept.D.length / V;
+        const out = kept.rows ? keptF32('dx', n * d) : dx!;
+        matmulInto(kept.D, ins[1] as Float32Array, out, { batchA: 1, batchB: 1, M: n, N: d, K: V, transposeA: false, transposeB: false });
+        if (g !== 1) for (let i = 0; i < n * d; i++) out[i] = out[i]! * g;
+        if (kept.rows) scatterRows(out, d, kept.rows, dx!);
+        giveD(kept.D);
+        return;
+      }
       const { W, d, V, coef, c, r } = backwardRows(ins, infos);
       const out = c ? keptF32('dx', r.T * d) : dx!;
       if (r.T) eachDlogitsChunk(r, W, d, V, coef, (z, r0, r1) => matmulInto(z, W, out.subarray(r0 * d, r1 * d), { batchA: 1, batchB: 1, M: r1 - r0, N: d, K: V, transposeA: false, transposeB: false }));
@@ -340,6 +405,7 @@ export function lmHeadXentFits(x: Tensor, W: Tensor, labels: Tensor, mask: Tenso
 /** The mean masked cross-entropy of softmax(x·Wᵀ) against `labels` (a scalar), its gradient lazy per input. */
 export function lmHeadXentCpu(x: Tensor, W: Tensor, labels: Tensor, mask: Tensor): Tensor {
   register();
-  const [loss] = tf.engine().runKernel('McpcLmHeadXent', [x, W, labels, mask] as unknown as tf.NamedTensorMap) as Tensor[];
+  // dlogits kept for the backward only when a gradient tape records this call (tf.grads, engine.gradients)
+  const [loss] = tf.engine().runKernel('McpcLmHeadXent', [x, W, labels, mask] as unknown as tf.NamedTensorMap, { saveD: tf.engine().isTapeOn() } as unknown as tf.NamedAttrMap) as Tensor[];
   return loss!;
 }

@@ -4,10 +4,12 @@
  * backends, with the rows' exponentials in WebAssembly (V a multiple of 4: odd and even vector counts) and in
  * JavaScript (other V, and MCPC_XENT_WASM=0), for one token, several chunks (V large), labels outside [0, V),
  * zero masks, an all-zero mask, logits in the hundreds; a NaN logit makes the loss NaN on both paths; and
- * only the gradients autodiff asks for run.
+ * only the gradients autodiff asks for run. dx from the dlogits the forward kept (under a tape) and recomputed
+ * (MCPC_XENT_SAVE=0) alike, for an upstream gradient other than 1 too.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { cpuKernels } from '../../../src/runtime/kernels/cpu.js';
+import { keptDlogits, xentDlogitsCounts } from '../../../src/runtime/kernels/cpu-xent.js';
 import { reference, type KernelStep } from '../../../src/runtime/kernels/reference.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 
@@ -71,6 +73,42 @@ describe('lm_head_xent on the CPU table', () => {
       }
       delete process.env.MCPC_XENT_WASM;
     });
+
+  it('dx from the dlogits the forward kept equals the recomputed one and the reference, dy = 1 and dy = 3; nothing kept outlives it', async () => {
+    for (const backend of ['wasm', 'cpu'] as const) {
+      await initBackend(backend);
+      const r = rnd(11);
+      for (const [T, d, V, scale] of [[40, 6, 20, 3], [64, 8, 256, 1], [300, 6, 4000, 3], [5, 4, 9, 1]] as const) {
+        const x = tf.tensor2d(Float32Array.from({ length: T * d }, r), [T, d]);
+        const W = tf.tensor2d(Float32Array.from({ length: V * d }, () => r() * 2), [V, d]);
+        const labels = tf.tensor1d(Int32Array.from({ length: T }, () => Math.floor(Math.abs(r()) * V) % V), 'int32');
+        const mask = tf.tensor1d(Float32Array.from({ length: T }, (_, t) => (t % 3 === 2 ? 0 : 1)));
+        const dx = (kernel: typeof reference.lm_head_xent) => tf.tidy(() => Float32Array.from(tf.grad((a: Tensor) => tf.mul(kernel([a, W, labels, mask], step, ctx)[0]!, scale) as tf.Scalar)(x).dataSync()));
+        const before = { ...xentDlogitsCounts };
+        const kept = dx(table.lm_head_xent);
+        expect(xentDlogitsCounts.saved - before.saved, `${backend} T=${T} V=${V}: kept`).toBe(1);
+        process.env.MCPC_XENT_SAVE = '0';
+        const again = dx(table.lm_head_xent);
+        delete process.env.MCPC_XENT_SAVE;
+        expect(xentDlogitsCounts.recomputed - before.recomputed).toBe(1);
+        const want = dx(reference.lm_head_xent);
+        // dy = 1: the same products in the same order
+        if (scale === 1) expect(Array.from(kept), `${backend} T=${T} V=${V}: kept vs recomputed`).toEqual(Array.from(again));
+        expect(relErr(kept, again), `${backend} T=${T} V=${V}`).toBeLessThan(1e-5); // dy after the product, not before
+        expect(relErr(kept, want), `${backend} T=${T} V=${V}: reference`).toBeLessThan(2e-5);
+        tf.dispose([x, W, labels, mask]);
+      }
+      // a forward under a tape whose backward never comes (no gradient of x asked): swept by the next forward
+      const x = tf.tensor2d([0.1, 0.2, 0.3, 0.4], [2, 2]);
+      const W = tf.tensor2d([1, 2, 3, 4, 5, 6, 7, 8], [4, 2]);
+      const labels = tf.tensor1d([1, 2], 'int32');
+      const mask = tf.tensor1d([1, 1]);
+      tf.tidy(() => tf.grad((w: Tensor) => table.lm_head_xent([x, w, labels, mask], step, ctx)[0]! as tf.Scalar)(W));
+      tf.dispose(table.lm_head_xent([x, W, labels, mask], step, ctx)[0]!);
+      expect(keptDlogits(), backend).toBe(0);
+      tf.dispose([x, W, labels, mask]);
+    }
+  });
 
   it('a NaN logit makes the loss NaN, in WebAssembly and JavaScript rows alike', async () => {
     await initBackend('wasm');
