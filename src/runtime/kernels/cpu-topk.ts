@@ -85,62 +85,69 @@ function chosen(p: Float32Array, o: number, E: number, k: number, idx: Int32Arra
   return n;
 }
 
-/** Calls that took topTwoOnHeap (how tests see that the WebAssembly path ran). */
+/** Calls that took topk.wat (how tests see that the WebAssembly path ran). */
 export const topTwoCalls = { n: 0 };
 
-const top2For = heapExports<{ top2(p: number, T: number, E: number, idx: number): void }>('topk.wasm');
+interface Topk {
+  gates2(p: number, T: number, E: number, g: number, renorm: number): number;
+  gates2_grad(p: number, dg: number, T: number, E: number, dp: number, renorm: number): number;
+}
+const topkFor = heapExports<Topk>('topk.wasm');
 
 /**
- * Each row's two largest entries of p [T, E] as index pairs [2T] (../tfjs/topk.wat: no branches on the data; on
- * fresh random rows at 2048 x 8, what training sees, 0.33-0.38 ms a call against the JavaScript pick's 0.52-0.59,
- * `npx tsx bench/topk-gate.ts`), pair[2t] = -1 for a row holding NaN; null off tfjs-backend-wasm's heap. The
- * module writes the pairs into `out` (the kernel's output, [T, E] with E >= 2: room for 2T i32, overwritten by
- * the caller after), so nothing is allocated on the heap (a malloc that grew it would detach the kernel's views).
+ * For k = 2 on tfjs-backend-wasm's heap, ../tfjs/topk.wat's whole kernel (each row's two largest without a branch
+ * on the data, then the kept gates or their gradient, in f64 in this file's order, 0 elsewhere): on fresh random
+ * rows at 2048 x 8, what training sees, the JavaScript pick ran 0.52-0.59 ms a call against topk.wat's
+ * 0.33-0.38 (`npx tsx bench/topk-gate.ts`), and the rows' arithmetic here in JavaScript cost as much again. Null
+ * where it does not apply. Rows holding a NaN are left to the JavaScript rule (nanRows below).
  */
-function topTwoOnHeap(p: Float32Array, T: number, E: number, out: Float32Array): Int32Array | null {
+function topkOnHeap(arrays: Float32Array[], k: number, E: number): Topk | null {
   const heap = wasmHeap();
-  if (!heap || p.buffer !== heap.buffer || out.buffer !== heap.buffer || T === 0) return null;
-  top2For(heap).top2(p.byteOffset, T, E, out.byteOffset);
+  if (k !== 2 || E < 2 || !heap || arrays.some((a) => a.buffer !== heap.buffer)) return null;
   topTwoCalls.n++;
-  return new Int32Array(heap.buffer, out.byteOffset, 2 * T).slice();
+  return topkFor(heap);
 }
 
-/** Row t's chosen experts into idx: from `pairs` (topTwoOnHeap) where it has them, else as chosen() picks. */
-function rowChoice(pairs: Int32Array | null, t: number, p: Float32Array, o: number, E: number, k: number, idx: Int32Array, mask: Uint8Array): number {
-  if (pairs && pairs[2 * t]! >= 0) {
-    idx[0] = pairs[2 * t]!;
-    idx[1] = pairs[2 * t + 1]!;
-    return 2;
-  }
-  return chosen(p, o, E, k, idx, mask);
+/** Calls `row(o)` for each row of p [T, E] holding a NaN (topk.wat leaves those rows to JavaScript). */
+function nanRows(p: Float32Array, T: number, E: number, row: (o: number) => void): void {
+  for (let o = 0; o < T * E; o += E)
+    for (let j = 0; j < E; j++)
+      if (p[o + j] !== p[o + j]) {
+        row(o);
+        break;
+      }
 }
 
 /** g [T, E] = p masked to each row's k largest, renormalised over them when asked. */
 function gatesForward(p: Float32Array, g: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
   const idx = new Int32Array(E);
   const mask = new Uint8Array(E);
-  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E, g) : null;
-  g.fill(0);
-  for (let t = 0, o = 0; t < T; t++, o += E) {
-    const n = rowChoice(pairs, t, p, o, E, k, idx, mask);
+  const row = (o: number) => {
+    g.fill(0, o, o + E);
+    const n = chosen(p, o, E, k, idx, mask);
     let s = 0;
     for (let i = 0; i < n; i++) s += p[o + idx[i]!]!;
     const inv = renormalize ? 1 / s : 1;
     for (let i = 0; i < n; i++) g[o + idx[i]!] = p[o + idx[i]!]! * inv;
+  };
+  const wasm = topkOnHeap([p, g], k, E);
+  if (wasm) {
+    if (wasm.gates2(p.byteOffset, T, E, g.byteOffset, renormalize ? 1 : 0) > 0) nanRows(p, T, E, row);
+    return;
   }
+  for (let o = 0; o < T * E; o += E) row(o);
 }
 
 /** dp [T, E] from p and dg (see the header), the mask recomputed from p. */
 function gatesBackward(p: Float32Array, dg: Float32Array, dp: Float32Array, T: number, E: number, k: number, renormalize: boolean): void {
   const idx = new Int32Array(E);
   const mask = new Uint8Array(E);
-  const pairs = k === 2 && E >= 2 ? topTwoOnHeap(p, T, E, dp) : null;
-  dp.fill(0);
-  for (let t = 0, o = 0; t < T; t++, o += E) {
-    const n = rowChoice(pairs, t, p, o, E, k, idx, mask);
+  const row = (o: number) => {
+    dp.fill(0, o, o + E);
+    const n = chosen(p, o, E, k, idx, mask);
     if (!renormalize) {
       for (let i = 0; i < n; i++) dp[o + idx[i]!] = dg[o + idx[i]!]!;
-      continue;
+      return;
     }
     let s = 0;
     for (let i = 0; i < n; i++) s += p[o + idx[i]!]!;
@@ -148,7 +155,13 @@ function gatesBackward(p: Float32Array, dg: Float32Array, dp: Float32Array, T: n
     let dot = 0;
     for (let i = 0; i < n; i++) dot += dg[o + idx[i]!]! * p[o + idx[i]!]! * inv;
     for (let i = 0; i < n; i++) dp[o + idx[i]!] = (dg[o + idx[i]!]! - dot) * inv;
+  };
+  const wasm = topkOnHeap([p, dg, dp], k, E);
+  if (wasm) {
+    if (wasm.gates2_grad(p.byteOffset, dg.byteOffset, T, E, dp.byteOffset, renormalize ? 1 : 0) > 0) nanRows(p, T, E, row);
+    return;
   }
+  for (let o = 0; o < T * E; o += E) row(o);
 }
 
 function register(): void {

@@ -64,6 +64,30 @@ describe('topk_gate on the CPU table', () => {
     tf.dispose([p, g]);
   });
 
+  it('k = 2 on the wasm heap (topk.wat, gates and gradient) equals the JavaScript rows of the cpu backend bit for bit, NaN rows included', async () => {
+    let x = 7;
+    const rnd = () => ((x = (Math.imul(x, 1103515245) + 12345) | 0) >>> 8) / 2 ** 23;
+    const [T, E] = [300, 8];
+    const data = Float32Array.from({ length: T * E }, () => rnd() + 1e-3);
+    data[5 * E + 3] = NaN; // a row holding NaN: the JavaScript rule on both backends
+    data[17 * E + 2] = data[17 * E + 6] = 0.999; // a tie
+    const R = Float32Array.from({ length: T * E }, () => rnd() - 0.5);
+    for (const renormalize of [true, false]) {
+      const run = async (backend: 'cpu' | 'wasm') => {
+        await initBackend(backend);
+        const [p, r] = [tf.tensor2d(data, [T, E]), tf.tensor2d(R, [T, E])];
+        const out = gatesAndGrad(table.topk_gate, stepOf(2, renormalize), p, r);
+        tf.dispose([p, r]);
+        return out;
+      };
+      const before = topTwoCalls.n;
+      const wasm = await run('wasm');
+      expect(topTwoCalls.n - before).toBe(3);
+      const js = await run('cpu');
+      ['gates', 'dp'].forEach((what, i) => expect(Array.from(wasm[i]!), `${what}, renormalize ${renormalize}`).toEqual(Array.from(js[i]!)));
+    }
+  });
+
   it('runs one kernel forward', async () => {
     await initBackend('wasm');
     const p = tf.tensor2d([0.1, 0.5, 0.4, 0.3, 0.3, 0.4], [2, 3]);
