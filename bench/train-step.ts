@@ -29,16 +29,13 @@
  * (`--profile-shapes BatchMatMul,...`: those kernels apart per input shapes and transposes)
  * (kernels called from inside other kernels count in both), the largest first: where each plan's step goes.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { compileFile, nodeHost } from '../src/compiler/index.js';
 import { passes } from '../src/compiler/4-optimize/index.js';
-import type { MicroBatch } from '../src/runtime/data/batch.js';
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
 import type { Plan } from '../src/plan/types.js';
 import { tf } from '../src/runtime/tfjs/index.js';
+import { benchMicroBatch, compileBench } from './support/step.js';
 
 const { values } = parseArgs({
   options: {
@@ -65,80 +62,11 @@ const target = Number(values.target);
 const ab = values.ab;
 const without = values['without-pass'];
 
-const PIPELINE = `pipeline bench
-model base = builtin("qwen2-tiny", hidden: 64, ffn: 176, heads: 4, kv_heads: 2)
-data mixed = jsonl("d.jsonl")
-
-adapter attn      = lora(r: 16, alpha: 32)                           at layers[*].attn.{q, k, v, o}
-adapter knowledge = lora(r: 16, alpha: 32, experts: 2)               at layers[*].mlp.{gate, up, down}
-adapter noise     = moe_lora(experts: 8, top_k: 2, r: 16, alpha: 32) at layers[*].mlp.{gate, up, down}
-
-stage aggregate {
-  train attn, knowledge, noise on mixed
-  steps 100
-  lr 2e-4
-  schedule constant
-  batch ${rows}
-  micro_batch ${rows}
-  max_len ${seq}
-  then {
-    merge attn into base
-    drop noise
-    freeze knowledge
-  }
-}
-
-stage align {
-  adapter align = lora(r: 32, alpha: 32) at layers[*].mlp.{gate, up, down}
-  train align on mixed
-  steps 100
-  lr 2e-4
-  schedule constant
-  batch ${rows}
-  micro_batch ${rows}
-  max_len ${seq}
-  constrain orthogonal(align.A, knowledge.A) weight 1.0 norm l1
-}
-`;
 
 /** Plans 0 and 1: -O0 and -O1, or with --without-pass NAME the -O1 plan without that pass and the full -O1 plan. */
 function compileBoth(): Plan[] {
-  const dir = mkdtempSync(join(tmpdir(), 'mcpc-bench-step-'));
   if (without && !passes.some((p) => p.name === without)) throw new Error(`--without-pass: no pass '${without}' (passes: ${passes.map((p) => p.name).join(', ')})`);
-  try {
-    writeFileSync(join(dir, 'd.jsonl'), JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] }) + '\n');
-    writeFileSync(join(dir, 'p.mcp'), PIPELINE);
-    return ([0, 1] as const).map((i) => {
-      const opts = without ? { optLevel: 1 as const, ...(i === 0 ? { passes: passes.filter((p) => p.name !== without) } : {}) } : { optLevel: i };
-      const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, opts);
-      if (!res.plan) throw new Error(`the bench pipeline does not compile:\n${res.diagnostics.map((d) => d.message).join('\n')}`);
-      return res.plan;
-    });
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** A packed micro-batch of random bytes: two examples per row, 3 padding positions, ~70% of targets in the loss. */
-function microBatch(seed: number): MicroBatch {
-  let s = seed >>> 0;
-  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
-  const T = rows * seq;
-  const mb: MicroBatch = { rows, seqLen: seq, tokens: new Int32Array(T), labels: new Int32Array(T), mask: new Float32Array(T), positions: new Int32Array(T), segments: new Int32Array(T), packed: true, examples: [], lossTokens: 0 };
-  for (let r = 0; r < rows; r++) {
-    const split = Math.floor((seq - 3) / 2);
-    for (let t = 0; t < seq; t++) {
-      const i = r * seq + t;
-      mb.tokens[i] = Math.floor(rnd() * 256);
-      mb.labels[i] = Math.floor(rnd() * 256);
-      if (t >= seq - 3) continue;
-      mb.segments[i] = t < split ? 1 : 2;
-      mb.positions[i] = t < split ? t : t - split;
-      mb.mask[i] = rnd() < 0.7 ? 1 : 0;
-      mb.lossTokens += mb.mask[i]!;
-    }
-  }
-  return mb;
+  return compileBench(rows, seq, without ? [{ optLevel: 1, passes: passes.filter((p) => p.name !== without) }, { optLevel: 1 }] : [{ optLevel: 0 }, { optLevel: 1 }]);
 }
 
 const median = (xs: number[]) => {
@@ -156,7 +84,7 @@ const setEnv = (i: number) => {
   if (i === 0) process.env[ab] = '0';
   else delete process.env[ab];
 };
-const mbs = [microBatch(1)];
+const mbs = [benchMicroBatch(rows, seq, 1)];
 
 /** --profile-shapes NAME,...: these kernels profiled per input shapes and transposes (which products cost). */
 const byShape = new Set((values['profile-shapes'] ?? '').split(',').filter(Boolean));

@@ -103,6 +103,7 @@ import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
 import { clipFactor, flat, globalNorm, learningRate, needsTotal, unflat, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
 import { readableCopy } from './tfjs/share.js';
+import { heapView } from './tfjs/wasm-extra.js';
 import { loadBaseParameters } from './weights/hf.js';
 import { initParameter } from './weights/init.js';
 import { mergeLora } from './weights/merge.js';
@@ -560,8 +561,19 @@ class Runner implements StageRunner {
       throw e;
     }
     try {
-      const gateData = await readAll(gates.map((g) => g.gates));
-      if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, gateData[i], g.segments));
+      // On the wasm heap the gates are counted where they lie (heapView: nothing allocated, so the views stay
+      // valid through the counting); elsewhere read back first.
+      const views = gates.map((g) => heapView(g.gates));
+      if (views.every((v) => v !== null)) {
+        try {
+          if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, views[i]!, g.segments));
+        } finally {
+          tf.dispose(gates.map((g) => g.gates));
+        }
+      } else {
+        const gateData = await readAll(gates.map((g) => g.gates));
+        if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, gateData[i]!, g.segments));
+      }
       return { parts: await this.readParts(partTs), grads };
     } catch (e) {
       tf.dispose([...partTs, ...grads]);

@@ -19,6 +19,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import { allocProbs, attentionBackward, attentionForward, freeProbs, savedProbsSize, type AttentionShape, type ProbsSlot } from '../tfjs/attention.js';
 import { registerCpuKernel } from './cpu-ops.js';
+import { tensorScratch } from '../tfjs/wasm-extra.js';
 import type { KernelContext } from './reference.js';
 
 type Attrs = Record<string, unknown>;
@@ -32,7 +33,7 @@ export function attentionRanges(ctx: KernelContext, causal: boolean): Tensor | n
   const hit = ctx.cache.get(key);
   if (hit && !hit.isDisposed) return hit;
   const { rows, seqLen: S, segments } = ctx;
-  const rng = new Int32Array(rows * S * 2);
+  const rng = tensorScratch('attention-ranges', Int32Array, rows * S * 2); // every element written below
   for (let r = 0; r < rows; r++) {
     const seen = new Set<number>();
     let a = 0;

@@ -56,6 +56,7 @@ import type { PlanOp } from '../../plan/types.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { absSign, dims, noGrad } from './autodiff.js';
 import { evalFused } from './fused.js';
+import { tensorScratch } from '../tfjs/wasm-extra.js';
 
 /** What a kernel sees of the step it runs. A `PlanStep` is one. */
 export interface KernelStep {
@@ -193,8 +194,8 @@ export function ropeTables(ctx: KernelContext, headDim: number, theta: number, r
   if (!cos || !sin || cos.isDisposed || sin.isDisposed) {
     const half = headDim / 2;
     const T = ctx.positions.length;
-    const c = new Float32Array(T * half);
-    const s = new Float32Array(T * half);
+    const c = tensorScratch('rope-cos', Float32Array, T * half);
+    const s = tensorScratch('rope-sin', Float32Array, T * half);
     const byPos = ropeByPosition(headDim, theta, ctx.positions);
     for (let t = 0; t < T; t++) {
       const p = ctx.positions[t]!;

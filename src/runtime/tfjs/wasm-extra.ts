@@ -36,6 +36,30 @@ export function wasmHeap(): WebAssembly.Memory | null {
 }
 
 /**
+ * On the wasm backend, a view of a float32 tensor's data where it lies in the heap (no copy; read it before the
+ * heap can grow: before any tfjs op or malloc), else null (read with data()). Reading back with data() there
+ * copies into a fresh array, and fresh arrays are dear on this kind of machine (page faults and the collector:
+ * ~2 us a KB for arrays of tens of KB).
+ */
+export function heapView(t: tf.Tensor): Float32Array | null {
+  if (t.dtype !== 'float32' || tf.getBackend() !== 'wasm' || !wasmHeap()) return null;
+  return (tf.backend() as unknown as WasmBackendLike).typedArrayFromHeap(t) as Float32Array;
+}
+
+const scratch = new Map<string, Float32Array | Int32Array>();
+/**
+ * An array of n elements to fill and hand to tf.tensor: on the wasm backend, whose write copies the values into
+ * its heap, one kept per `name` and reused (fresh arrays are dear here, see heapView); elsewhere a new one (the
+ * cpu and webgpu backends keep the array they are given). Its contents are stale: fill every element.
+ */
+export function tensorScratch<T extends Float32Array | Int32Array>(name: string, make: new (n: number) => T, n: number): T {
+  if (tf.getBackend() !== 'wasm') return new make(n);
+  let a = scratch.get(name) as T | undefined;
+  if (!a || a.length < n || a.constructor !== make) scratch.set(name, (a = new make(n)));
+  return a.subarray(0, n) as T;
+}
+
+/**
  * The exports of a module of ours (a .wasm beside this file that imports its memory as `e.m`), instantiated over
  * tfjs-backend-wasm's heap: `heapExports<T>('gemm-ld.wasm')` returns a lookup of those exports for a memory
  * (`wasmHeap()`'s), compiled once and instantiated once per memory (the memory object survives the heap's

@@ -185,6 +185,22 @@ describe('training with the reference executor', () => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
+  it('router load on the wasm backend (gates counted where they lie in its heap) equals the cpu backend\'s', async () => {
+    const [plan] = compileInline(MOE, [1]).plans;
+    const mbs = [syntheticBatch(2, 32, 31), syntheticBatch(2, 32, 32)];
+    const load = async (backend: 'cpu' | 'wasm') => {
+      const r = await createStageRunner(plan, 'one', { backend });
+      await r.step(mbs);
+      const l = r.routerLoad().map((x) => ({ site: x.site, counts: [...x.counts] }));
+      r.dispose();
+      return l;
+    };
+    const [wasm, cpu] = [await load('wasm'), await load('cpu')];
+    expect(wasm.length).toBe(2);
+    expect(wasm).toEqual(cpu);
+    expect(wasm.every((l) => l.counts.reduce((x, y) => x + y, 0) === 2 * 58)).toBe(true);
+  });
+
   it('drop X.experts where load < v: the under-used experts of each site leave the routing for good', async () => {
     const [plan] = compileInline(MOE, [1]).plans;
     const one = await createStageRunner(plan, 'one');
