@@ -100,7 +100,8 @@ if (profile) {
   const self = new Map<string, number>();
   profile.samples.forEach((id, i) => {
     const { functionName, url } = byId.get(id)!.callFrame;
-    if (url.startsWith('wasm://') || functionName === '(idle)' || functionName === '(program)') return;
+    // WebAssembly, idle time, and natives other than the collector (the profiler's own stop shows as `dispatch`)
+    if (url.startsWith('wasm://') || (!url && functionName !== '(garbage collector)')) return;
     const where = url ? `${functionName || '(anonymous)'} ${url.split('/').slice(-2).join('/')}` : functionName;
     self.set(where, (self.get(where) ?? 0) + (profile.timeDeltas[i] ?? 0) / 1000);
   });
