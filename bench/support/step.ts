@@ -12,7 +12,10 @@ import type { Pass } from '../../src/compiler/4-optimize/pass.js';
 import type { MicroBatch } from '../../src/runtime/data/batch.js';
 import type { Plan } from '../../src/plan/types.js';
 
-export const benchPipeline = (rows: number, seq: number): string => `pipeline bench
+/** The pipeline's source at micro-batch rows x seq (both stages take the same settings). */
+export function benchPipeline(rows: number, seq: number): string {
+  const settings = ['steps 100', 'lr 2e-4', 'schedule constant', `batch ${rows}`, `micro_batch ${rows}`, `max_len ${seq}`].join('\n  ');
+  return `pipeline bench
 model base = builtin("qwen2-tiny", hidden: 64, ffn: 176, heads: 4, kv_heads: 2)
 data mixed = jsonl("d.jsonl")
 
@@ -22,12 +25,7 @@ adapter noise     = moe_lora(experts: 8, top_k: 2, r: 16, alpha: 32) at layers[*
 
 stage aggregate {
   train attn, knowledge, noise on mixed
-  steps 100
-  lr 2e-4
-  schedule constant
-  batch ${rows}
-  micro_batch ${rows}
-  max_len ${seq}
+  ${settings}
   then {
     merge attn into base
     drop noise
@@ -38,15 +36,11 @@ stage aggregate {
 stage align {
   adapter align = lora(r: 32, alpha: 32) at layers[*].mlp.{gate, up, down}
   train align on mixed
-  steps 100
-  lr 2e-4
-  schedule constant
-  batch ${rows}
-  micro_batch ${rows}
-  max_len ${seq}
+  ${settings}
   constrain orthogonal(align.A, knowledge.A) weight 1.0 norm l1
 }
 `;
+}
 
 /** The bench pipeline compiled with each of `opts` (optimization level, and the pass list where given). */
 export function compileBench(rows: number, seq: number, opts: { optLevel: 0 | 1; passes?: Pass[] }[]): Plan[] {
