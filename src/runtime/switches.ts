@@ -31,6 +31,7 @@ export const SWITCHES: readonly Switch[] = [
   { name: 'MCPC_MOE_DOWN_TOPK', what: "0: the routed experts' A side dense on the CPU (moe_down_routed through the reference)", take: flag },
   { name: 'MCPC_ADAMW_WASM', what: "0: the fused optimizer's AdamW on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
   { name: 'MCPC_XENT_WASM', what: "0: the loss's softmax rows on the CPU in JavaScript instead of WebAssembly SIMD", take: flag },
+  { name: 'MCPC_FUSED_KEEP', what: "0: a fused kernel's backward computes its sigmoid again instead of taking the one its forward kept (SwiGLU)", take: flag },
   { name: 'MCPC_XENT_SAVE', what: "0: the CPU loss kernel's backward forms the logits again instead of taking the dlogits its forward kept", take: flag },
   { name: 'MCPC_XENT_COMPACT', what: "0: the CPU loss kernel forms every row's logits, those outside the loss (mask 0) too, as the reference does", take: flag },
   { name: 'MCPC_THREADS', what: 'threads for the CPU matrix products (default 1)', take: { kind: 'int', min: 1, max: 256 } },

@@ -22,6 +22,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
+import { heapFor } from '../tfjs/moe.js';
 import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
 import { activationGradOnHeap, columnSumsOnHeap } from '../tfjs/gemm-heap.js';
 import { adamwOnHeap } from '../tfjs/adamw.js';
@@ -144,8 +145,29 @@ export function releaseFusedGrads(): void {
  */
 export function fusedOp(p: CompiledFused, inputs: Tensor[], rows: number, cols: number): Tensor[] {
   ensureCpuOps();
-  return runN('McpcFused', inputs, { program: programId(p), rows, cols });
+  // the logistic kept for the backward (keptLogistic) only when a gradient tape records this call
+  return runN('McpcFused', inputs, { program: programId(p), rows, cols, keep: tf.engine().isTapeOn() });
 }
+
+/**
+ * The logistic a fused forward kept for its backward (./fused-js.ts keepLogistic: a SwiGLU's σ(gate)), in
+ * tfjs-wasm's heap (malloc), by the dataId of the forward's first output: the gradient gets that output back
+ * as its saved copy, which shares the dataId (../tfjs/share.ts), as attention's P and the loss's dlogits are
+ * kept. The backward then reads σ instead of computing exp and a division per element again (MCPC_FUSED_KEEP=0:
+ * it does). An entry goes when its output's data is gone (at the next forward: the first layer's backward in the
+ * align stage never comes), its block handed back to the heap.
+ */
+const keptLogistic = new Map<object, { at: number; free: () => void }>();
+function sweepKept(): void {
+  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
+  for (const [id, k] of keptLogistic)
+    if (!live.has(id)) {
+      keptLogistic.delete(id);
+      k.free();
+    }
+}
+/** Kept logistic blocks now (for tests). */
+export const keptLogisticCount = (): number => keptLogistic.size;
 
 // --- rope ------------------------------------------------------------------------------------------
 
@@ -283,7 +305,25 @@ export function ensureCpuOps(): void {
       shapes: (ins, a) => program(a).outputs.map(() => [a.rows as number, a.cols as number]),
       // Every forward root is elementwise (reduce 'none'): each output element is stored.
       writesAll: true,
-      run: (ins, outs, _i, a) => program(a).forward(a.rows as number, a.cols as number, ins as Float32Array[], outs),
+      run: (ins, outs, _i, a, outInfos) => {
+        const p = program(a);
+        const [rows, cols] = [a.rows as number, a.cols as number];
+        if (keptLogistic.size) sweepKept();
+        const hp = a.keep && p.keep && process.env.MCPC_FUSED_KEEP !== '0' ? heapFor([...(ins as Float32Array[]), ...outs]) : null;
+        if (hp && p.keep) {
+          // the block's malloc may grow the heap: the views are taken again after it
+          const again = heapViews([...(ins as Float32Array[]), ...outs]);
+          const at = hp.malloc(4 * rows * cols);
+          if (at) {
+            const views = again();
+            const sig = new Float32Array(hp.memory.buffer, at, rows * cols);
+            p.keep.forward(rows, cols, views.slice(0, ins.length), [...views.slice(ins.length), sig]);
+            keptLogistic.set(outInfos[0]!.dataId, { at, free: () => hp.free(at) });
+            return;
+          }
+        }
+        p.forward(rows, cols, ins as Float32Array[], outs);
+      },
     },
     {
       saveAllInputs: true,
@@ -332,12 +372,21 @@ export function ensureCpuOps(): void {
     // slot before accumulating into it: no zero fill first (a SwiGLU's two [T, ff] slots cost ~0.7 ms a call
     // to zero, out of cache, before being written again).
     writesAll: true,
-    run: (ins, outs, _i, a) => {
+    run: (ins, outs, infos, a) => {
       const p = program(a);
       const n = p.inputs.length;
       const k = p.outputs.length;
       const v = ins as Float32Array[];
-      p.backwardSlots(a.slots as number[])(a.rows as number, a.cols as number, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs);
+      const [rows, cols] = [a.rows as number, a.cols as number];
+      // the forward's kept logistic, by its first output's dataId (the saved copy shares it)
+      const kept = p.keep && keptLogistic.get(infos[n]!.dataId);
+      const hp = kept ? heapFor(v) : null;
+      if (kept && hp && p.keep) {
+        const sig = new Float32Array(hp.memory.buffer, kept.at, rows * cols);
+        p.keep.backwardSlots(a.slots as number[])(rows, cols, [...v.slice(0, n), sig], v.slice(n, n + k), v.slice(n + k), outs);
+        return;
+      }
+      p.backwardSlots(a.slots as number[])(rows, cols, v.slice(0, n), v.slice(n, n + k), v.slice(n + k), outs);
     },
   });
 

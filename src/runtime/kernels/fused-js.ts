@@ -24,8 +24,8 @@
  * (./fused-wasm.ts: ~10x faster, f32 arithmetic, in place on tfjs-backend-wasm's heap) where WebAssembly
  * SIMD is available, and this JavaScript otherwise or with MCPC_FUSED_WASM=0.
  */
-import type { FusedExprAttrs, FusedInputKind, FusedSerialNode } from '../../plan/fused.js';
-import { CONST, ROW, programShape, type FusedRoot } from './fused-program.js';
+import type { FusedExprAttrs, FusedInputKind, FusedSerialNode, FusedSerialProgram } from '../../plan/fused.js';
+import { CONST, ELEM, ROW, isLeaf, programShape, type FusedRoot } from './fused-program.js';
 import { emitFused, fusedWasmEnabled, instantiateFused } from './fused-wasm.js';
 
 /** (rows, cols, inputs, saved outputs, upstream gradients, results) */
@@ -46,6 +46,61 @@ export interface CompiledFused {
   backwardSlots(slots: readonly number[]): FusedFn;
   slots: { inputs: number[]; reduce: 'none' | 'cols'; identityOf?: number }[];
   grads: (number | null)[];
+  /** The logistic the backward can take from the forward, where the expression has one (keepLogistic). */
+  keep?: KeptLogistic;
+}
+
+/**
+ * σ(x) of an elem input x that both programs compute (a SwiGLU's silu(gate) forward, σ(gate) backward), kept
+ * by the forward for the backward: `forward` writes it as one more output (the last; silu(x) becomes x·σ(x)
+ * there, as the WebAssembly backward already computes it), and `backwardSlots` takes it as one more elem input
+ * (the last) in place of computing exp and a division again. The caller keeps the array between the two.
+ */
+export interface KeptLogistic {
+  forward: (rows: number, cols: number, ins: Float32Array[], outs: Float32Array[]) => void;
+  backwardSlots(slots: readonly number[]): FusedFn;
+}
+
+/**
+ * The programs of KeptLogistic, or null where the forward and the backward share no sigmoid/silu of one elem
+ * subexpression (matched by structure: the same ops over the same inputs). Nodes are rewritten in order (node i
+ * refers only to nodes before it): that sigmoid becomes the kept value (forward: one sigmoid node, also an extra
+ * root; backward: a new `in` leaf, first), that silu the argument times it.
+ */
+export function keepLogistic(expr: FusedExprAttrs): { forward: FusedSerialProgram; backward: FusedSerialProgram; input: number } | null {
+  const bw = expr.backward?.program;
+  if (!bw) return null;
+  // a node's structure as a string (memoised per program)
+  const keys = (nodes: readonly FusedSerialNode[]) => {
+    const k: string[] = [];
+    nodes.forEach(([op, ...a], i) => (k[i] = isLeaf(op) ? `${op}:${a.join(',')}` : `${op}(${a.map((j) => k[j]).join(',')})`));
+    return k;
+  };
+  const [fk, bk] = [keys(expr.forward.nodes), keys(bw.nodes)];
+  const fcls = programShape(expr.forward.nodes, expr.inputs, expr.forward.roots.map((node) => ({ node, reduce: 'none' as const }))).cls;
+  const logisticArgs = (nodes: readonly FusedSerialNode[], k: string[], elem: (i: number) => boolean) =>
+    new Set(nodes.flatMap(([op, a]) => ((op === 'sigmoid' || op === 'silu') && elem(a!) ? [k[a!]!] : [])));
+  const inBwd = logisticArgs(bw.nodes, bk, () => true);
+  const arg = [...logisticArgs(expr.forward.nodes, fk, (i) => fcls[i] === ELEM)].find((x) => inBwd.has(x));
+  if (arg === undefined) return null;
+  const n = expr.inputs.length;
+  const rewrite = (nodes: readonly FusedSerialNode[], k: string[], first: FusedSerialNode[]) => {
+    const out: FusedSerialNode[] = [...first];
+    const map: number[] = [];
+    let sig = first.length ? 0 : -1;
+    nodes.forEach((node, i) => {
+      const [op, ...args] = node;
+      if ((op === 'sigmoid' || op === 'silu') && k[args[0]!] === arg) {
+        const x = map[args[0]!]!;
+        if (sig < 0) sig = out.push(['sigmoid', x]) - 1;
+        map[i] = op === 'sigmoid' ? sig : out.push(['mul', x, sig]) - 1;
+      } else map[i] = out.push(isLeaf(op) ? node : ([op, ...args.map((a) => map[a]!)] as FusedSerialNode)) - 1;
+    });
+    return { out, map, sig };
+  };
+  const f = rewrite(expr.forward.nodes, fk, []);
+  const b = rewrite(bw.nodes, bk, [['in', n]]);
+  return { forward: { nodes: f.out, roots: [...expr.forward.roots.map((r) => f.map[r]!), f.sig] }, backward: { nodes: b.out, roots: bw.roots.map((r) => b.map[r]!) }, input: n };
 }
 
 
@@ -211,6 +266,24 @@ export function compileFused(expr: FusedExprAttrs): CompiledFused {
     slots: bw.slots.map((s) => ({ ...s })),
     grads: [...bw.grads],
   };
+  const kept = keepLogistic(expr);
+  if (kept) {
+    const kinds = [...expr.inputs, 'elem' as const];
+    let kf: FusedFn | undefined;
+    const kb = new Map<string, FusedFn>();
+    compiled.keep = {
+      forward: (rows, cols, ins, outs) => (kf ??= compileProgram(kept.forward.nodes, expr.inputs, kept.forward.roots.map((node) => ({ node, reduce: 'none' as const }))))(rows, cols, ins, [], [], outs),
+      backwardSlots(slots) {
+        const key = slots.join(',');
+        let f = kb.get(key);
+        if (!f) {
+          f = compileProgram(kept.backward.nodes, kinds, slots.map((slot): Root => ({ node: kept.backward.roots[slot]!, reduce: bw.slots[slot]!.reduce })));
+          kb.set(key, f);
+        }
+        return f;
+      },
+    };
+  }
   cache.set(key, compiled);
   return compiled;
 }

@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { FusedExprAttrs, FusedInputKind, FusedSerialNode, FusedUnaryOp } from '../../../src/plan/fused.js';
 import type { Plan } from '../../../src/plan/types.js';
-import { fusedOp, releaseFusedGrads } from '../../../src/runtime/kernels/cpu-ops.js';
-import { compileFused, compileFusedJs } from '../../../src/runtime/kernels/fused-js.js';
+import { fusedOp, keptLogisticCount, releaseFusedGrads } from '../../../src/runtime/kernels/cpu-ops.js';
+import { compileFused, compileFusedJs, keepLogistic } from '../../../src/runtime/kernels/fused-js.js';
 import { emitFused, fusedWasmCalls, fusedWasmEnabled, instantiateFused, shareLogistic, type WasmRoot } from '../../../src/runtime/kernels/fused-wasm.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
 import type { WasmBackendLike } from '../../../src/runtime/tfjs/wasm-extra.js';
@@ -283,9 +283,60 @@ describe('the fused kernels of a compiled plan', () => {
       }
   });
 
+  it('the SwiGLU kernels keep their logistic (keepLogistic); with it given, the backward equals the one that computes it, the forward within 2 ulp', () => {
+    const keeps = kernels.filter((k) => keepLogistic(k.expr));
+    expect(keeps.map((k) => k.name.split('.')[1]).sort()).toEqual(['add2_swiglu', 'swiglu']);
+    expect(kernels.filter((k) => k.name.includes('rmsnorm')).every((k) => !keepLogistic(k.expr))).toBe(true);
+    for (const { name, expr, cols: planCols } of keeps)
+      for (const [rows, cols] of [[7, planCols], [3, 5], [2, 17]] as const) {
+        const c = compileFused(expr);
+        const { ins, ys, dys } = data(expr, rows, cols);
+        c.forward(rows, cols, ins, ys);
+        const sig = new Float32Array(rows * cols).fill(NaN);
+        const ys2 = expr.forward.roots.map(() => new Float32Array(rows * cols));
+        c.keep!.forward(rows, cols, ins, [...ys2, sig]);
+        ys2.forEach((y, k) => expect(mismatch(y, ys[k]!, 3e-7, 1e-7), `${name} forward ${k} at ${rows}x${cols}`).toBeNull());
+        expect(sig.every((v) => v >= 0 && v <= 1), `${name}: the kept logistic is written`).toBe(true);
+        const slots = c.slots.map((_, i) => i);
+        const size = (sl: number) => (c.slots[sl]!.reduce === 'cols' ? cols : rows * cols);
+        const [o1, o2] = [slots.map((sl) => new Float32Array(size(sl))), slots.map((sl) => new Float32Array(size(sl)))];
+        c.backwardSlots(slots)(rows, cols, ins, ys, dys, o1);
+        c.keep!.backwardSlots(slots)(rows, cols, [...ins, sig], ys, dys, o2);
+        o2.forEach((o, k) => expect(mismatch(o, o1[k]!, 0, 0), `${name} slot ${k} at ${rows}x${cols}`).toBeNull());
+      }
+  });
+
   describe('on the wasm backend', () => {
     beforeAll(() => initBackend('wasm'));
     afterAll(() => initBackend('cpu'));
+
+    it('through tfjs under a tape the forward keeps the logistic for its backward: the same gradients as MCPC_FUSED_KEEP=0, the blocks freed', () => {
+      const { expr, cols } = kernels.find((k) => k.name.includes('.swiglu'))!;
+      const rows = 12;
+      const p = compileFused(expr);
+      const ins = expr.inputs.map(() => randn(rows * cols));
+      const dy = randn(rows * cols);
+      const run = () =>
+        tf.tidy(() => {
+          const xs = ins.map((a) => tf.tensor2d(a, [rows, cols]));
+          const f = (...t: Tensor[]) => tf.sum(tf.mul(fusedOp(p, t, rows, cols)[0]!, tf.tensor2d(dy, [rows, cols])));
+          return tf.grads(f)(xs).map((g) => Float32Array.from(g.dataSync()));
+        });
+      const kept = run();
+      expect(keptLogisticCount(), 'kept until the next forward sweeps it').toBe(1);
+      process.env.MCPC_FUSED_KEEP = '0';
+      let plain: Float32Array[];
+      try {
+        plain = run();
+      } finally {
+        delete process.env.MCPC_FUSED_KEEP;
+      }
+      expect(keptLogisticCount(), 'swept by the next forward').toBe(0);
+      kept.forEach((g, i) => expect(mismatch(g, plain[i]!, 0, 0), `gradient ${i}`).toBeNull());
+      // no tape: nothing kept
+      tf.tidy(() => fusedOp(p, ins.map((a) => tf.tensor2d(a, [rows, cols])), rows, cols));
+      expect(keptLogisticCount()).toBe(0);
+    });
 
     it('runs in place on the heap (same results as through the copy)', () => {
       const backend = tf.backend() as unknown as WasmBackendLike;
