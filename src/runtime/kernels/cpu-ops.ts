@@ -314,13 +314,12 @@ export function ensureCpuOps(): void {
           // the block's malloc may grow the heap: the views are taken again after it
           const again = heapViews([...(ins as Float32Array[]), ...outs]);
           const at = hp.malloc(4 * rows * cols);
-          if (at) {
-            const views = again();
-            const sig = new Float32Array(hp.memory.buffer, at, rows * cols);
-            p.keep.forward(rows, cols, views.slice(0, ins.length), [...views.slice(ins.length), sig]);
-            keptLogistic.set(outInfos[0]!.dataId, { at, free: () => hp.free(at) });
-            return;
-          }
+          const views = again();
+          if (!at) return p.forward(rows, cols, views.slice(0, ins.length), views.slice(ins.length));
+          const sig = new Float32Array(hp.memory.buffer, at, rows * cols);
+          p.keep.forward(rows, cols, views.slice(0, ins.length), [...views.slice(ins.length), sig]);
+          keptLogistic.set(outInfos[0]!.dataId, { at, free: () => hp.free(at) });
+          return;
         }
         p.forward(rows, cols, ins as Float32Array[], outs);
       },
