@@ -19,6 +19,7 @@
 import { tf, type Tensor } from '../tfjs/index.js';
 import { allocProbs, attentionBackward, attentionForward, freeProbs, savedProbsSize, type AttentionShape, type ProbsSlot } from '../tfjs/attention.js';
 import { registerCpuKernel } from './cpu-ops.js';
+import { KeptForGradient } from '../tfjs/share.js';
 import { tensorScratch } from '../tfjs/wasm-extra.js';
 import type { KernelContext } from './reference.js';
 
@@ -67,18 +68,10 @@ const shapeOf = (a: Attrs): AttentionShape => ({ rows: a.rows as number, S: a.S 
  * than P saves). Taken by the backward, which frees the slot; one not found (no tape, past the cap, a copying
  * Identity) is recomputed there. A forward whose backward never comes (a layer below every trainable
  * parameter: the align stage's first layer) has its slot freed by the next forward once the stats' data is
- * gone (sweepP): waiting for garbage collection left one fresh slot per step, the module's memory growing and
+ * gone (KeptForGradient's sweep): waiting for garbage collection left one fresh slot per step, the module's memory growing and
  * the calls' arrays above the slots moving onto untouched pages each step (the backward 7 -> 14 ms a step).
  */
-const savedP = new Map<object, ProbsSlot>();
-function sweepP(): void {
-  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
-  for (const [id, slot] of savedP)
-    if (!live.has(id)) {
-      savedP.delete(id);
-      freeProbs(slot);
-    }
-}
+const savedP = new KeptForGradient<ProbsSlot>(freeProbs);
 
 /** How the backward got P, counted for tests: taken from the forward or recomputed. */
 export const attentionPCounts = { saved: 0, recomputed: 0 };
@@ -101,7 +94,7 @@ function ensureRegistered(): void {
         // the ranges' dataId keys the pair tables (../tfjs/attention.ts pairsInto): one per micro-batch
         const key = inInfos[3]!.dataId;
         const n = a.saveP ? savedProbsSize(ins[3] as Int32Array, shapeOf(a), key) : 0;
-        if (n) sweepP();
+        if (n) savedP.sweep();
         const p = n ? allocProbs(n) : undefined;
         attentionForward(ins[0] as Float32Array, ins[1] as Float32Array, ins[2] as Float32Array, ins[3] as Int32Array, shapeOf(a), o!, st!, p, key);
         if (p) savedP.set(outInfos[1]!.dataId, p);
@@ -132,8 +125,7 @@ function ensureRegistered(): void {
     },
     writesAll: true,
     run: (ins, [dq, dk, dv], inInfos, a) => {
-      const p = savedP.get(inInfos[4]!.dataId);
-      savedP.delete(inInfos[4]!.dataId);
+      const p = savedP.take(inInfos[4]!.dataId);
       attentionPCounts[p ? 'saved' : 'recomputed']++;
       attentionBackward(
         ins[0] as Float32Array,

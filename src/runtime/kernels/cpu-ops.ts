@@ -20,7 +20,7 @@
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
 import { tf, type Tensor } from '../tfjs/index.js';
-import { share } from '../tfjs/share.js';
+import { KeptForGradient, share } from '../tfjs/share.js';
 import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { heapFor } from '../tfjs/moe.js';
 import { linearPartsInto, partsTimesInto, sliceTnInto } from '../tfjs/gemm.js';
@@ -157,15 +157,7 @@ export function fusedOp(p: CompiledFused, inputs: Tensor[], rows: number, cols: 
  * it does). An entry goes when its output's data is gone (at the next forward: the first layer's backward in the
  * align stage never comes), its block handed back to the heap.
  */
-const keptLogistic = new Map<object, { at: number; free: () => void }>();
-function sweepKept(): void {
-  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
-  for (const [id, k] of keptLogistic)
-    if (!live.has(id)) {
-      keptLogistic.delete(id);
-      k.free();
-    }
-}
+const keptLogistic = new KeptForGradient<{ at: number; free: () => void }>((k) => k.free());
 /** Kept logistic blocks now (for tests). */
 export const keptLogisticCount = (): number => keptLogistic.size;
 
@@ -308,7 +300,7 @@ export function ensureCpuOps(): void {
       run: (ins, outs, _i, a, outInfos) => {
         const p = program(a);
         const [rows, cols] = [a.rows as number, a.cols as number];
-        if (keptLogistic.size) sweepKept();
+        keptLogistic.sweep();
         const hp = a.keep && p.keep && process.env.MCPC_FUSED_KEEP !== '0' ? heapFor([...(ins as Float32Array[]), ...outs]) : null;
         if (hp && p.keep) {
           // the block's malloc may grow the heap: the views are taken again after it

@@ -16,6 +16,7 @@ import { matmulInto } from '../tfjs/gemm.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { wasmSimdSupported } from '../tfjs/wasm-emit.js';
 import { registerCpuKernel } from './cpu-ops.js';
+import { KeptForGradient } from '../tfjs/share.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -233,7 +234,7 @@ function scatterRows(src: Float32Array, d: number, rows: Int32Array, dst: Float3
 /**
  * Σ_t mask_t·(lse_t − z_t[label_t]) over the rows (the loss before its division), their lse into `lse`; with
  * `keep` ([T, V]), also each chunk's dlogits for an upstream gradient of 1 (coef = 1/Σ mask) into it, formed in
- * place on the logits the forward has anyway (what the backward would recompute: see savedDlogits).
+ * place on the logits the forward has anyway (what the backward would recompute: see savedD).
  */
 function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Array, keep?: { D: Float32Array; coef: number }): number {
   let sum = 0;
@@ -279,7 +280,6 @@ function lossSum(r: Rows, W: Float32Array, d: number, V: number, lse: Float32Arr
  * gradient tape (attr saveD), up to SAVED_D floats a call (above: recomputed); an entry whose backward never
  * comes (x off the gradient path) goes at the next forward once its lse is gone. MCPC_XENT_SAVE=0: recomputed.
  */
-const savedD = new Map<object, { D: Float32Array; rows: Int32Array | null }>();
 const SAVED_D = 1 << 24;
 /** Buffers handed back by the backward (or the sweep), reused by the next forwards: no fresh pages each step. */
 const spareD: Float32Array[] = [];
@@ -291,14 +291,7 @@ function giveD(D: Float32Array): void {
   spareD.push(new Float32Array(D.buffer));
   if (spareD.length > 1) spareD.shift();
 }
-function sweepD(): void {
-  const live = (tf.engine() as unknown as { state: { tensorInfo: WeakMap<object, unknown> } }).state.tensorInfo;
-  for (const [id, k] of savedD)
-    if (!live.has(id)) {
-      savedD.delete(id);
-      giveD(k.D);
-    }
-}
+const savedD = new KeptForGradient<{ D: Float32Array; rows: Int32Array | null }>((k) => giveD(k.D));
 
 /** How McpcLmHeadXentDx got its dlogits, counted for tests: kept by the forward or recomputed. */
 export const xentDlogitsCounts = { saved: 0, recomputed: 0 };
@@ -318,7 +311,7 @@ function register(): void {
         const c = lossRows(all.x, d, all.labels, all.mask, V);
         const r = c ? c.r : all;
         const count = maskCount(mask!);
-        if (savedD.size) sweepD();
+        savedD.sweep();
         const keep = a.saveD && process.env.MCPC_XENT_SAVE !== '0' && r.T > 0 && r.T * V <= SAVED_D ? { D: takeD(r.T * V), coef: 1 / count } : undefined;
         if (!c) loss![0] = lossSum(all, W as Float32Array, d, V, lse!, keep) / count;
         else {
@@ -350,8 +343,7 @@ function register(): void {
     shapes: (ins) => [ins[0]!.shape as number[]],
     writesAll: true,
     run: (ins, [dx], infos) => {
-      const kept = savedD.get(infos[4]!.dataId);
-      savedD.delete(infos[4]!.dataId);
+      const kept = savedD.take(infos[4]!.dataId);
       xentDlogitsCounts[kept ? 'saved' : 'recomputed']++;
       if (kept) {
         // dx = dy·(D·W), D the forward's dlogits for dy = 1 (the same products as below when dy is 1)

@@ -45,3 +45,42 @@ export function shareSavedTensors(): void {
   const clone = e.clone.bind(e);
   e.clone = (x: Tensor): Tensor => (SHARING.has(e.backendName) ? share(x) : clone(x));
 }
+
+/**
+ * Values a kernel keeps for its gradient by the dataId of one of its outputs (attention's P, the loss's dlogits,
+ * a fused kernel's sigmoid): the gradient gets that output back as its saved copy, which shares the dataId
+ * (`share` above), and looks the value up there. Not an extra output: autodiff would hand an output no gradient
+ * reaches a zero-filled dy of its size. A value whose backward never comes (a layer below every trainable
+ * parameter) is released by `sweep`, which the next forward calls, once the output's data is gone: waiting for
+ * garbage collection would leave one block per step behind.
+ */
+export class KeptForGradient<V> {
+  private readonly kept = new Map<object, V>();
+  constructor(private readonly release: (v: V) => void) {}
+
+  set(id: object, v: V): void {
+    this.kept.set(id, v);
+  }
+  get(id: object): V | undefined {
+    return this.kept.get(id);
+  }
+  /** The value, no longer kept (the caller releases it). */
+  take(id: object): V | undefined {
+    const v = this.kept.get(id);
+    this.kept.delete(id);
+    return v;
+  }
+  get size(): number {
+    return this.kept.size;
+  }
+  /** Releases the values whose output's data is gone. */
+  sweep(): void {
+    if (!this.kept.size) return;
+    const live = eng().state.tensorInfo as WeakMap<object, unknown>;
+    for (const [id, v] of this.kept)
+      if (!live.has(id)) {
+        this.kept.delete(id);
+        this.release(v);
+      }
+  }
+}
