@@ -564,15 +564,12 @@ class Runner implements StageRunner {
       // On the wasm heap the gates are counted where they lie (heapView: nothing allocated, so the views stay
       // valid through the counting); elsewhere read back first.
       const views = gates.map((g) => heapView(g.gates));
-      if (views.every((v) => v !== null)) {
-        try {
-          if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, views[i]!, g.segments));
-        } finally {
-          tf.dispose(gates.map((g) => g.gates));
-        }
-      } else {
-        const gateData = await readAll(gates.map((g) => g.gates));
+      const onHeap = views.every((v) => v !== null);
+      const gateData = onHeap ? (views as Float32Array[]) : await readAll(gates.map((g) => g.gates));
+      try {
         if (routed) gates.forEach((g, i) => countRouting(routed, g.step, g.gates.shape[1] as number, gateData[i]!, g.segments));
+      } finally {
+        if (onHeap) tf.dispose(gates.map((g) => g.gates)); // readAll disposed them otherwise
       }
       return { parts: await this.readParts(partTs), grads };
     } catch (e) {

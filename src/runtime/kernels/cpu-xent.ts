@@ -16,6 +16,7 @@ import { matmulInto } from '../tfjs/gemm.js';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { wasmSimdSupported } from '../tfjs/wasm-emit.js';
 import { registerCpuKernel } from './cpu-ops.js';
+import { scratchArray } from '../tfjs/wasm-extra.js';
 import { KeptForGradient } from '../tfjs/share.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
@@ -23,23 +24,13 @@ import { KeptForGradient } from '../tfjs/share.js';
 /** Rows per chunk: the chunk's logits stay under 2^20 floats (4 MiB). */
 const chunkRows = (V: number) => Math.max(1, Math.floor((1 << 20) / Math.max(1, V)));
 
-let scratch = new Float32Array(0);
-const block = (n: number) => (scratch.length >= n ? scratch : (scratch = new Float32Array(n)));
-
 /**
- * Grow-only buffers for a kernel call's gathered rows (lossRows) and compact dx: a fresh Float32Array of a few
- * hundred KB a call is a zeroed allocation of new pages, and garbage after (~1 ms of a training step's loss in a
- * CPU profile at 8x256). Each call uses them only while it runs.
+ * A kernel call's logits block (JavaScript rows), gathered rows (lossRows) and compact dx in arrays reused from
+ * call to call (scratchArray): a fresh Float32Array of a few hundred KB a call is a zeroed allocation of new
+ * pages, and garbage after (~1 ms of a training step's loss in a CPU profile at 8x256).
  */
-const kept = { x: new Float32Array(0), dx: new Float32Array(0), labels: new Int32Array(0), mask: new Float32Array(0), lse: new Float32Array(0) };
-function keptF32(k: 'x' | 'dx' | 'mask' | 'lse', n: number): Float32Array {
-  if (kept[k].length < n) kept[k] = new Float32Array(Math.max(n, 2 * kept[k].length));
-  return kept[k].subarray(0, n);
-}
-function keptLabels(n: number): Int32Array {
-  if (kept.labels.length < n) kept.labels = new Int32Array(Math.max(n, 2 * kept.labels.length));
-  return kept.labels.subarray(0, n);
-}
+const block = (n: number) => scratchArray('xent-z', Float32Array, n);
+const keptF32 = (k: 'x' | 'dx' | 'mask' | 'lse', n: number) => scratchArray(`xent-${k}`, Float32Array, n);
 
 interface XentExports {
   memory: WebAssembly.Memory;
@@ -209,7 +200,7 @@ function lossRows(x: Float32Array, d: number, labels: Int32Array | Float32Array,
   for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) all[n++] = t;
   if (n === T) return null;
   const rows = all.subarray(0, n);
-  const r: Rows = { x: keptF32('x', n * d), labels: keptLabels(n), mask: keptF32('mask', n), T: n, ...(lse ? { lse: keptF32('lse', n) } : {}) };
+  const r: Rows = { x: keptF32('x', n * d), labels: scratchArray('xent-labels', Int32Array, n), mask: keptF32('mask', n), T: n, ...(lse ? { lse: keptF32('lse', n) } : {}) };
   gatherRows(x, d, rows, r.x);
   for (let i = 0; i < n; i++) {
     const t = rows[i]!;

@@ -48,15 +48,22 @@ export function heapView(t: tf.Tensor): Float32Array | null {
 
 const scratch = new Map<string, Float32Array | Int32Array>();
 /**
+ * An array of n elements kept per `name` and reused, grown as needed (fresh arrays are dear here, see heapView):
+ * for a kernel's own use while it runs. Its contents are stale: fill what is read.
+ */
+export function scratchArray<T extends Float32Array | Int32Array>(name: string, make: new (n: number) => T, n: number): T {
+  let a = scratch.get(name) as T | undefined;
+  if (!a || a.length < n || a.constructor !== make) scratch.set(name, (a = new make(Math.max(n, 2 * (a?.length ?? 0)))));
+  return a.subarray(0, n) as T;
+}
+
+/**
  * An array of n elements to fill and hand to tf.tensor: on the wasm backend, whose write copies the values into
- * its heap, one kept per `name` and reused (fresh arrays are dear here, see heapView); elsewhere a new one (the
- * cpu and webgpu backends keep the array they are given). Its contents are stale: fill every element.
+ * its heap, scratchArray's (reused); elsewhere a new one (the cpu and webgpu backends keep the array they are
+ * given). Its contents are stale: fill every element.
  */
 export function tensorScratch<T extends Float32Array | Int32Array>(name: string, make: new (n: number) => T, n: number): T {
-  if (tf.getBackend() !== 'wasm') return new make(n);
-  let a = scratch.get(name) as T | undefined;
-  if (!a || a.length < n || a.constructor !== make) scratch.set(name, (a = new make(n)));
-  return a.subarray(0, n) as T;
+  return tf.getBackend() === 'wasm' ? scratchArray(name, make, n) : new make(n);
 }
 
 /**
