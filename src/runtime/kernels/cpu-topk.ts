@@ -99,7 +99,7 @@ const topkFor = heapExports<Topk>('topk.wasm');
  * on the data, then the kept gates or their gradient, in f64 in this file's order, 0 elsewhere): on fresh random
  * rows at 2048 x 8, what training sees, the JavaScript pick ran 0.52-0.59 ms a call against topk.wat's
  * 0.33-0.38 (`npx tsx bench/topk-gate.ts`), and the rows' arithmetic here in JavaScript cost as much again. Null
- * where it does not apply. Rows holding a NaN are left to the JavaScript rule (nanRows below).
+ * where it does not apply. Rows holding a NaN are left to the JavaScript rule (eachRow below).
  */
 function topkOnHeap(arrays: Float32Array[], k: number, E: number): Topk | null {
   const heap = wasmHeap();
@@ -108,14 +108,14 @@ function topkOnHeap(arrays: Float32Array[], k: number, E: number): Topk | null {
   return topkFor(heap);
 }
 
-/** Calls `row(o)` for each row of p [T, E] holding a NaN (topk.wat leaves those rows to JavaScript). */
-function nanRows(p: Float32Array, T: number, E: number, row: (o: number) => void): void {
-  for (let o = 0; o < T * E; o += E)
-    for (let j = 0; j < E; j++)
-      if (p[o + j] !== p[o + j]) {
-        row(o);
-        break;
-      }
+/**
+ * `row(o)` for every row of p [T, E]; where `onHeap` applies (topk.wat's kernel, returning how many rows held a
+ * NaN and were left unwritten), only for the rows holding a NaN.
+ */
+function eachRow(p: Float32Array, T: number, E: number, onHeap: (() => number) | null, row: (o: number) => void): void {
+  if (onHeap && onHeap() === 0) return;
+  const hasNaN = (o: number) => p.subarray(o, o + E).some((x) => x !== x);
+  for (let o = 0; o < T * E; o += E) if (!onHeap || hasNaN(o)) row(o);
 }
 
 /** g [T, E] = p masked to each row's k largest, renormalised over them when asked. */
@@ -131,11 +131,7 @@ function gatesForward(p: Float32Array, g: Float32Array, T: number, E: number, k:
     for (let i = 0; i < n; i++) g[o + idx[i]!] = p[o + idx[i]!]! * inv;
   };
   const wasm = topkOnHeap([p, g], k, E);
-  if (wasm) {
-    if (wasm.gates2(p.byteOffset, T, E, g.byteOffset, renormalize ? 1 : 0) > 0) nanRows(p, T, E, row);
-    return;
-  }
-  for (let o = 0; o < T * E; o += E) row(o);
+  eachRow(p, T, E, wasm && (() => wasm.gates2(p.byteOffset, T, E, g.byteOffset, renormalize ? 1 : 0)), row);
 }
 
 /** dp [T, E] from p and dg (see the header), the mask recomputed from p. */
@@ -157,11 +153,7 @@ function gatesBackward(p: Float32Array, dg: Float32Array, dp: Float32Array, T: n
     for (let i = 0; i < n; i++) dp[o + idx[i]!] = (dg[o + idx[i]!]! - dot) * inv;
   };
   const wasm = topkOnHeap([p, dg, dp], k, E);
-  if (wasm) {
-    if (wasm.gates2_grad(p.byteOffset, dg.byteOffset, T, E, dp.byteOffset, renormalize ? 1 : 0) > 0) nanRows(p, T, E, row);
-    return;
-  }
-  for (let o = 0; o < T * E; o += E) row(o);
+  eachRow(p, T, E, wasm && (() => wasm.gates2_grad(p.byteOffset, dg.byteOffset, T, E, dp.byteOffset, renormalize ? 1 : 0)), row);
 }
 
 function register(): void {

@@ -67,7 +67,7 @@ export interface KeptLogistic {
  * refers only to nodes before it): that sigmoid becomes the kept value (forward: one sigmoid node, also an extra
  * root; backward: a new `in` leaf, first), that silu the argument times it.
  */
-export function keepLogistic(expr: FusedExprAttrs): { forward: FusedSerialProgram; backward: FusedSerialProgram; input: number } | null {
+export function keepLogistic(expr: FusedExprAttrs): { forward: FusedSerialProgram; backward: FusedSerialProgram } | null {
   const bw = expr.backward?.program;
   if (!bw) return null;
   // a node's structure as a string (memoised per program)
@@ -100,7 +100,7 @@ export function keepLogistic(expr: FusedExprAttrs): { forward: FusedSerialProgra
   };
   const f = rewrite(expr.forward.nodes, fk, []);
   const b = rewrite(bw.nodes, bk, [['in', n]]);
-  return { forward: { nodes: f.out, roots: [...expr.forward.roots.map((r) => f.map[r]!), f.sig] }, backward: { nodes: b.out, roots: bw.roots.map((r) => b.map[r]!) }, input: n };
+  return { forward: { nodes: f.out, roots: [...expr.forward.roots.map((r) => f.map[r]!), f.sig] }, backward: { nodes: b.out, roots: bw.roots.map((r) => b.map[r]!) } };
 }
 
 

@@ -173,8 +173,8 @@ function ropeByPosition(headDim: number, theta: number, positions: ArrayLike<num
   const want = Math.min(max + 1, 1 << 16);
   if (want > have.positions) {
     const half = headDim / 2;
-    const n = Math.max(want, 2 * have.positions);
-    const next = { positions: Math.min(n, 1 << 16), cos: new Float32Array(Math.min(n, 1 << 16) * half), sin: new Float32Array(Math.min(n, 1 << 16) * half) };
+    const n = Math.min(Math.max(want, 2 * have.positions), 1 << 16);
+    const next = { positions: n, cos: new Float32Array(n * half), sin: new Float32Array(n * half) };
     next.cos.set(have.cos);
     next.sin.set(have.sin);
     for (let p = have.positions; p < next.positions; p++) ropeRow(p, headDim, theta, next.cos, next.sin, p * half);

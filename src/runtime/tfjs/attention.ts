@@ -204,13 +204,15 @@ function pairTable(i: Int32Array, at: number, ranges: Int32Array, s: AttentionSh
 
 /** Pair tables made, by the ranges tensor's dataId: a micro-batch's layers, forward and backward, share one. */
 const pairCache = new WeakMap<object, { shape: string; recs: Int32Array; np: number; rowP: number[] }>();
+/** The shape a pair table depends on (besides the ranges). */
+const pairShape = (s: AttentionShape) => `${s.rows}:${s.S}:${s.H}:${s.KV}`;
 
 /**
  * pairTable's records at i32 index `at` of `i`: made once per ranges tensor (`key`, its dataId) and shape, then
  * copied (the loop over every pair cost ~0.4 ms of a training step at 8x256, 7 calls on the same ranges).
  */
 function pairsInto(i: Int32Array, at: number, ranges: Int32Array, s: AttentionShape, key?: object): { np: number; rowP: number[] } {
-  const shape = `${s.rows}:${s.S}:${s.H}:${s.KV}`;
+  const shape = pairShape(s);
   const hit = key && pairCache.get(key);
   if (hit && hit.shape === shape) {
     i.set(hit.recs, at);
@@ -234,7 +236,7 @@ export function savedProbsSize(ranges: Int32Array, s: AttentionShape, key?: obje
   const { rows, S, H, KV } = s;
   const hit = key && pairCache.get(key);
   let total = 0;
-  if (hit && hit.shape === `${rows}:${S}:${H}:${KV}`) for (const n of hit.rowP) total += n;
+  if (hit && hit.shape === pairShape(s)) for (const n of hit.rowP) total += n;
   else {
     const G = H / KV;
     const E = S * G;

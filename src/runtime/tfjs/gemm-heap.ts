@@ -118,12 +118,11 @@ export function partsTimesOnHeap(dys: Float32Array[], widths: number[], T: numbe
   return true;
 }
 
-/** out [width, K] = dy[:, col .. col + width)ᵀ · x (dy [T, ld], x [T, K]): a weight's gradient, read in place. */
+/** out [width, K] = dy[:, col .. col + width)ᵀ · x (dy [T, ld], x [T, K], T >= 1: ./gemm.ts sliceTnInto): a weight's gradient, read in place. */
 export function sliceTnOnHeap(dy: Float32Array, ld: number, col: number, width: number, x: Float32Array, T: number, K: number, out: Float32Array): boolean {
   if (width % 4 !== 0 || K % 8 !== 0) return false;
   const g = gemmOn([dy, x, out]);
   if (!g) return false;
-  if (T === 0) out.fill(0);
   tnInPanels(g, ptr(dy) + 4 * col, ld, ptr(x), K, ptr(out), K, width, K, T);
   heapGemmCalls.dw++;
   return true;

@@ -132,6 +132,12 @@ export function routesOf(gates: Float32Array, T: number, E: number, key?: object
 /** A routing's tables (routesOf adds the totals and caches it). */
 export type Placed = Pick<Routes, 'off' | 'idx' | 'gts' | 'unrouted'>;
 
+/** The tables to fill from per-expert counts off[e + 1] (made cumulative here), and each expert's next place. */
+function tablesFor(off: Int32Array, E: number): Placed & { at: Int32Array } {
+  for (let e = 0; e < E; e++) off[e + 1] += off[e]!;
+  return { off, idx: new Int32Array(off[E]!), gts: new Float32Array(off[E]!), unrouted: [], at: off.slice(0, E) };
+}
+
 /**
  * The routing for E <= 32: each token's routed experts as a bit mask (bit e: gate != 0, from the gate's bits
  * without a branch), then the experts of each mask in turn (popcount iterations: top_k for every token, a
@@ -151,11 +157,7 @@ export function routeByMasks(gates: Float32Array, T: number, E: number): Placed 
     masks[t] = m;
     for (let r = m; r !== 0; r &= r - 1) off[32 - Math.clz32(r & -r)]++;
   }
-  for (let e = 0; e < E; e++) off[e + 1] += off[e]!;
-  const idx = new Int32Array(off[E]!);
-  const gts = new Float32Array(off[E]!);
-  const at = off.slice(0, E);
-  const unrouted: number[] = [];
+  const { idx, gts, unrouted, at } = tablesFor(off, E);
   for (let t = 0; t < T; t++) {
     let m = masks[t]!;
     if (m === 0) {
@@ -178,11 +180,7 @@ export function routeByMasks(gates: Float32Array, T: number, E: number): Placed 
 export function routeByScan(gates: Float32Array, T: number, E: number): Placed {
   const off = new Int32Array(E + 1);
   for (let t = 0, k = 0; t < T; t++) for (let e = 0; e < E; e++, k++) if (gates[k] !== 0) off[e + 1]++;
-  for (let e = 0; e < E; e++) off[e + 1] += off[e]!;
-  const idx = new Int32Array(off[E]!);
-  const gts = new Float32Array(off[E]!);
-  const at = off.slice(0, E);
-  const unrouted: number[] = [];
+  const { idx, gts, unrouted, at } = tablesFor(off, E);
   for (let t = 0, k = 0; t < T; t++) {
     let flag = 0;
     for (let e = 0; e < E; e++, k++) {
