@@ -35,6 +35,8 @@ describe('MCPC_* switches', () => {
 
   it.each([
     ['MCPC_FUSED_WASM', 'off', "MCPC_FUSED_WASM takes 0 or 1 (got 'off')"],
+    ['MCPC_FUSED_KEEP', 'no', "MCPC_FUSED_KEEP takes 0 or 1 (got 'no')"],
+    ['MCPC_XENT_SAVE', 'false', "MCPC_XENT_SAVE takes 0 or 1 (got 'false')"],
     ['MCPC_THREADS', 'two', "MCPC_THREADS takes a whole number from 1 to 256 (got 'two')"],
     ['MCPC_THREADS', '0', "MCPC_THREADS takes a whole number from 1 to 256 (got '0')"],
     ['MCPC_THREADS', '1.5', "MCPC_THREADS takes a whole number from 1 to 256 (got '1.5')"],

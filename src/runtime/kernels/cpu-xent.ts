@@ -25,9 +25,10 @@ import { KeptForGradient } from '../tfjs/share.js';
 const chunkRows = (V: number) => Math.max(1, Math.floor((1 << 20) / Math.max(1, V)));
 
 /**
- * A kernel call's logits block (JavaScript rows), gathered rows (lossRows) and compact dx in arrays reused from
- * call to call (scratchArray): a fresh Float32Array of a few hundred KB a call is a zeroed allocation of new
- * pages, and garbage after (~1 ms of a training step's loss in a CPU profile at 8x256).
+ * A kernel call's logits block (JavaScript rows), gathered rows (lossRows: their indices, x, labels, mask, lse)
+ * and compact dx in arrays reused from call to call (scratchArray): a fresh Float32Array of a few hundred KB a
+ * call is a zeroed allocation of new pages, and garbage after (~1 ms of a training step's loss in a CPU profile
+ * at 8x256).
  */
 const block = (n: number) => scratchArray('xent-z', Float32Array, n);
 const keptF32 = (k: 'x' | 'dx' | 'mask' | 'lse', n: number) => scratchArray(`xent-${k}`, Float32Array, n);
@@ -195,7 +196,7 @@ interface Rows {
 function lossRows(x: Float32Array, d: number, labels: Int32Array | Float32Array, mask: Float32Array | Int32Array, V: number, lse?: Float32Array): { rows: Int32Array; r: Rows } | null {
   if (process.env.MCPC_XENT_COMPACT === '0') return null;
   const T = labels.length;
-  const all = new Int32Array(T);
+  const all = scratchArray('xent-rows', Int32Array, T);
   let n = 0;
   for (let t = 0; t < T; t++) if (labels[t]! >= 0 && labels[t]! < V && mask[t] !== 0) all[n++] = t;
   if (n === T) return null;
@@ -306,7 +307,7 @@ function register(): void {
         const keep = a.saveD && process.env.MCPC_XENT_SAVE !== '0' && r.T > 0 && r.T * V <= SAVED_D ? { D: takeD(r.T * V), coef: 1 / count } : undefined;
         if (!c) loss![0] = lossSum(all, W as Float32Array, d, V, lse!, keep) / count;
         else {
-          const lseA = new Float32Array(c.r.T);
+          const lseA = scratchArray('xent-lse-rows', Float32Array, c.r.T);
           loss![0] = (c.r.T ? lossSum(c.r, W as Float32Array, d, V, lseA, keep) : 0) / count;
           lse!.fill(0);
           c.rows.forEach((t, i) => (lse![t] = lseA[i]!));
