@@ -1,5 +1,5 @@
 /**
- * `npm run bench` (or `npx tsx bench/train-step.ts [--quick] [--backend wasm|cpu] [--reps N] [--rows R] [--seq S]`):
+ * `npm run bench` (or `npx tsx bench/train-step.ts [--quick] [--backend wasm|cpu] [--reps N] [--warmup N] [--rows R] [--seq S]`):
  * the training step of a tiny MedCare-like pipeline (the demo base model's shape: Qwen2, hidden 64, 4 layers,
  * 4 query / 2 KV heads, SwiGLU 176, byte vocabulary; MedCare's adapters: attention LoRA r16, a 2-expert
  * shared LoRA r16 and an 8-expert top-2 mixture r16 in stage one; an r32 alignment LoRA held orthogonal to
@@ -54,8 +54,10 @@ const { values } = parseArgs({
 });
 const quick = values.quick!;
 const backend = values.backend!;
-const reps = Number(values.reps ?? (quick ? 3 : 7));
-const warmup = Number(values.warmup ?? (quick ? 1 : 2));
+// Defaults: 15 timed steps a plan after 3 warm-up (7 after 2 with --quick). The shared 2-core host has slow phases
+// of tens of seconds; with 7 (or 3) steps one of them moved the median of a plan by 10-50%.
+const reps = Number(values.reps ?? (quick ? 7 : 15));
+const warmup = Number(values.warmup ?? (quick ? 2 : 3));
 const rows = Number(values.rows ?? (quick ? 2 : 8));
 const seq = Number(values.seq ?? (quick ? 128 : 256));
 const target = Number(values.target);
