@@ -1,6 +1,6 @@
 /**
  * `npx tsx bench/stage-profile.ts [--stage align|aggregate] [-O0] [--steps N] [--rows R] [--seq S]
- *   [--kernels REGEX] [--js N] [--ab VAR=VALUE] [--sequence]`:
+ *   [--kernels REGEX] [--js N] [--ab VAR=VALUE] [--rerun REGEX] [--sequence]`:
  * one plan's stage of the training bench (./support/step.ts: bench/train-step.ts's pipeline and micro-batch,
  * default 8x256, -O1, stage align) run alone in this process on the wasm backend, after 3 warm-up steps, and
  * where its step goes:
@@ -14,6 +14,12 @@
  *   - with `--ab VAR=VALUE`: the steps alternate VAR=VALUE and VAR unset (a switch read per call, e.g.
  *     `--ab MCPC_XENT_SAVE=0`), each column's median and kernel times: an A/B in one process, kernel by kernel,
  *     where bench/train-step.ts --ab compares whole steps;
+ *   - with `--rerun REGEX`: each call of a kernel matching REGEX runs twice in its place in the step, the first
+ *     result freed: the first call's wall time is listed as NAME#1 (what it costs where the step calls it, its
+ *     inputs as cold as they are there), the second as NAME (the same call again, its data now in cache). The gap is
+ *     what the step's memory traffic costs that kernel (`--rerun Moe`: the mixture kernels). For kernels that keep
+ *     nothing for their gradient (not attention, the loss or fused elementwise kernels, whose kept data is
+ *     keyed by the first, freed, output); the step's own time includes both calls;
  *   - with `--sequence`: every timed step's ms in order (the shared machine's slow phases show as runs).
  *
  * No target: a tool for finding where a step goes (BENCHMARKS.md's figures marked *profile*).
@@ -34,6 +40,7 @@ const { values } = parseArgs({
     kernels: { type: 'string', default: '.' },
     js: { type: 'string' },
     ab: { type: 'string' },
+    rerun: { type: 'string' },
     sequence: { type: 'boolean', default: false },
   },
 });
@@ -51,13 +58,21 @@ for (let i = 0; i < 3; i++) await runner.step(mbs);
 
 // Kernel wall times: every kernel the backend has, wrapped (the runner registered its own by now).
 let into: Map<string, number> | undefined;
+const rerun = values.rerun ? new RegExp(values.rerun) : undefined;
+const addTime = (name: string, since: number) => into!.set(name, (into!.get(name) ?? 0) + performance.now() - since);
 for (const k of tf.getKernelsForBackend('wasm')) {
   const f = k.kernelFunc;
   (k as { kernelFunc: typeof f }).kernelFunc = ((args: Parameters<typeof f>[0]) => {
     if (!into) return f(args);
+    if (rerun?.test(k.kernelName)) {
+      const t = performance.now();
+      const first = f(args);
+      addTime(`${k.kernelName}#1`, t);
+      for (const o of Array.isArray(first) ? first : [first]) (args.backend as { disposeData(id: object): void }).disposeData(o.dataId);
+    }
     const t = performance.now();
     const out = f(args);
-    into.set(k.kernelName, (into.get(k.kernelName) ?? 0) + performance.now() - t);
+    addTime(k.kernelName, t);
     return out;
   }) as typeof f;
 }
