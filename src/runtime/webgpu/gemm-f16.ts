@@ -35,6 +35,14 @@ import { cachePath, deviceKey, readTileCache, shapeClass, tuningEnabled, writeTi
  */
 export type MatrixSyntax = 'templated' | 'bool' | 'emulated';
 
+/**
+ * How a GEMM asks for the emulated spelling: `true` keeps the operands' f32 values (the kernel's indexing checked
+ * exactly against an f32 product); `'f16'` rounds them to f16 in the cast, as the tensor-core path stores them,
+ * so the products see the f16 path's arithmetic (f16 inputs, exact products, f32 sums) on any adapter: how CI
+ * checks the f16 path's training quality on llvmpipe.
+ */
+export type Emulation = boolean | 'f16';
+
 export interface F16Tile {
   variant: 'staged' | 'direct';
   /** 16×16 result tiles per subgroup along M and N. */
@@ -266,9 +274,13 @@ export function f16TileProblem(t: F16Tile): string | undefined {
 /**
  * cast: f32 src (logical [rows, cols] = [R, K]; `trans` means stored [K, R]) → f16 [Rp, Kp] row-major,
  * zero-padded, written two halves per invocation. Bindings: src; out (as vec2<f16>; vec2<f32> emulated).
+ * `round` (emulated only): each value rounded to f16 and back (pack2x16float, core WGSL: no shader-f16 needed;
+ * round to nearest even on llvmpipe; past f16's range WGSL leaves the result indeterminate, as an f16 cast is).
  */
-export function castWgsl(R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): string {
+export function castWgsl(R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false, round = false): string {
   const H = emulated ? 'f32' : 'f16';
+  const pair = `load_src(r, c), load_src(r, c + 1u)`;
+  const value = emulated && round ? `unpack2x16float(pack2x16float(vec2<f32>(${pair})))` : `vec2<${H}>(${H}(load_src(r, c)), ${H}(load_src(r, c + 1u)))`;
   const ld = trans ? R : K;
   const at = (r: string, c: string) => (trans ? `${c} * ${u(ld)} + ${r}` : `${r} * ${u(ld)} + ${c}`);
   return `${emulated ? '' : 'enable f16;\n'}@group(0) @binding(0) var<storage, read> src: array<f32>;
@@ -283,7 +295,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   if (i >= ${u((Rp * Kp) / 2)}) { return; }
   let r = (2u * i) / ${u(Kp)};
   let c = (2u * i) % ${u(Kp)};
-  dst[i] = vec2<${H}>(${H}(load_src(r, c)), ${H}(load_src(r, c + 1u)));
+  dst[i] = ${value};
 }
 `;
 }
@@ -542,8 +554,8 @@ interface F16Attrs {
   transA: boolean;
   transB: boolean;
   tile?: F16Tile;
-  /** The emulated spelling (tests on adapters without subgroup matrices). */
-  emulate?: boolean;
+  /** The emulated spelling (tests on adapters without subgroup matrices; 'f16': operands rounded to f16). */
+  emulate?: Emulation;
 }
 
 // --- which tile: forced, tuned and cached per device and shape class, or the default --------------------------
@@ -608,12 +620,12 @@ export function resetF16Tiles(): void {
   f16Cache = undefined;
 }
 
-function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false): TensorInfo {
+function castTo16(backend: WebGpuBackendLike, x: TensorInfo, R: number, K: number, Rp: number, Kp: number, trans: boolean, emulated = false, round = false): TensorInfo {
   const halves = Rp * Kp;
   const groups = Math.ceil(halves / 2 / 256);
   const gx = Math.min(groups, 65535);
   return runWgsl(backend, {
-    code: castWgsl(R, K, Rp, Kp, trans, emulated),
+    code: castWgsl(R, K, Rp, Kp, trans, emulated, round),
     inputs: [x],
     // f16 data in a float32 tensor of half the element count: tfjs sees bytes, the kernel halves.
     outputs: [{ shape: [emulated ? halves : halves / 2], dtype: 'float32' }],
@@ -675,36 +687,40 @@ export function gemmF16Info(
   b: TensorInfo,
   transA: boolean,
   transB: boolean,
-  opts: { tile?: F16Tile; frozenB?: boolean; emulate?: boolean } = {},
+  opts: { tile?: F16Tile; frozenB?: boolean; emulate?: Emulation } = {},
 ): TensorInfo {
   const sup = support(backend, opts.emulate);
+  const round = rounds(opts.emulate);
   const M = transA ? a.shape[1] : a.shape[0];
   const K = transA ? a.shape[0] : a.shape[1];
   const N = transB ? b.shape[0] : b.shape[1];
   const tile = opts.tile ?? f16TileFor(backend.device, M, N, K);
   const d = f16Dims(M, N, K, tile);
   const emu = sup.syntax === 'emulated';
-  const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA, emu);
+  const a16 = castTo16(backend, a, M, K, d.mp, d.kp, transA, emu, round);
   // B as [N, K] with k contiguous: a stored [N, K] (transB) is already so; a stored [K, N] is read transposed.
-  const castB = () => castTo16(backend, b, N, K, d.np, d.kp, !transB, emu);
-  const b16 = opts.frozenB ? cachedCopy(backend, b, `f16 ${N} ${K} ${d.np} ${d.kp} ${+!transB} ${+emu}`, castB) : castB();
+  const castB = () => castTo16(backend, b, N, K, d.np, d.kp, !transB, emu, round);
+  const b16 = opts.frozenB ? cachedCopy(backend, b, `f16 ${N} ${K} ${d.np} ${d.kp} ${+!transB} ${+emu} ${+round}`, castB) : castB();
   const out = matmulPacked(backend, sup, a16, b16, M, N, K, tile);
   disposeInfo(backend, a16);
   if (!opts.frozenB) disposeInfo(backend, b16);
   return out;
 }
 
-let emulateAll = false;
+let emulateAll: Emulation = false;
 /**
  * Every f16 GEMM in the emulated spelling (tests: the callers of the f16 path, e.g. the MoE-LoRA tensor-core
- * base, run their plumbing on llvmpipe). Off by default; never on a GPU run.
+ * base, run their plumbing on llvmpipe; 'f16': with the operands rounded to f16). Off by default; never on a GPU run.
  */
-export function emulateF16(on: boolean): void {
+export function emulateF16(on: Emulation): void {
   emulateAll = on;
 }
 
+/** Whether an emulated GEMM rounds its operands to f16 (asked for by the call or by emulateF16). */
+const rounds = (emulate?: Emulation): boolean => emulate === 'f16' || (!emulate && emulateAll === 'f16');
+
 /** The spelling to use: the device's (after probeF16), or the emulated one where asked for. */
-function support(backend: WebGpuBackendLike, emulate?: boolean): F16Support {
+function support(backend: WebGpuBackendLike, emulate?: Emulation): F16Support {
   if (emulate || emulateAll) return { ok: true, syntax: 'emulated', enableSubgroups: false, subgroupSize: EMULATED_SUBGROUP };
   const sup = known.get(backend.device);
   if (!sup?.ok) throw new Error(`f16 subgroup-matrix GEMM unavailable: ${sup?.why ?? 'call probeF16(device) first'}`);
@@ -727,15 +743,16 @@ function matmulPacked(backend: WebGpuBackendLike, sup: F16Support, a16: TensorIn
  * "f16-input" GEMM): `castF16` writes op(x) as the kernel's padded f16 operand (`role` a: the M×K left
  * operand; b: the N×K right one, k contiguous), `gemmF16Packed` multiplies two such operands.
  */
-export function castF16(x: Tensor, role: 'a' | 'b', m: number, n: number, k: number, trans: boolean, tileArg?: F16Tile, emulate = false): Tensor {
+export function castF16(x: Tensor, role: 'a' | 'b', m: number, n: number, k: number, trans: boolean, tileArg?: F16Tile, emulate: Emulation = false): Tensor {
   const backend = tf.backend() as unknown as WebGpuBackendLike;
   const tile = tileArg ?? f16TileFor(backend.device, m, n, k);
   const d = f16Dims(m, n, k, tile);
-  const info = role === 'a' ? castTo16(backend, x as unknown as TensorInfo, m, k, d.mp, d.kp, trans, emulate) : castTo16(backend, x as unknown as TensorInfo, n, k, d.np, d.kp, trans, emulate);
+  const [R, Rp] = role === 'a' ? [m, d.mp] : [n, d.np];
+  const info = castTo16(backend, x as unknown as TensorInfo, R, k, Rp, d.kp, trans, !!emulate, emulate === 'f16');
   return tf.engine().makeTensorFromTensorInfo(info) as Tensor;
 }
 
-export function gemmF16Packed(a16: Tensor, b16: Tensor, m: number, n: number, k: number, tileArg?: F16Tile, emulate = false): Tensor {
+export function gemmF16Packed(a16: Tensor, b16: Tensor, m: number, n: number, k: number, tileArg?: F16Tile, emulate: Emulation = false): Tensor {
   const backend = tf.backend() as unknown as WebGpuBackendLike;
   const tile = tileArg ?? f16TileFor(backend.device, m, n, k);
   const info = matmulPacked(backend, support(backend, emulate), a16 as unknown as TensorInfo, b16 as unknown as TensorInfo, m, n, k, tile);
@@ -771,9 +788,9 @@ export function registerGemmF16(): void {
 
 /**
  * C = op(a)·op(b) with f16 inputs and f32 accumulation (after `await probeF16(device)` said ok); `emulate`
- * runs the same kernel in the emulated spelling (f32, any adapter: tests).
+ * runs the same kernel in the emulated spelling (any adapter: tests; see Emulation).
  */
-export function gemmF16(a: Tensor, b: Tensor, transA = false, transB = false, tile?: F16Tile, emulate = false): Tensor {
+export function gemmF16(a: Tensor, b: Tensor, transA = false, transB = false, tile?: F16Tile, emulate: Emulation = false): Tensor {
   registerGemmF16();
   return tf.engine().runKernel(GEMM_F16_KERNEL, [a, b] as any, { transA, transB, ...(tile ? { tile } : {}), ...(emulate ? { emulate } : {}) } as any) as Tensor;
 }

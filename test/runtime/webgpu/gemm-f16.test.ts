@@ -3,8 +3,10 @@
  * the same generator, with each subgroup-matrix builtin replaced by plain WGSL that computes whole 16×16
  * fragments in every lane (f32 in place of f16). llvmpipe has neither shader-f16 nor subgroup matrices, so
  * this is how CI checks the indexing of every tile feature (staging, register prefetch, double-buffered
- * slices, swizzled workgroup order, 8-subgroup blocks, edge tiles) against tfjs's product; the f16
- * arithmetic itself is checked on a GPU (bench/gpu.ts, gemm.test.ts where the adapter offers it).
+ * slices, swizzled workgroup order, 8-subgroup blocks, edge tiles) against tfjs's product. The 'f16' emulation
+ * rounds the operands to f16 in the cast, as the GPU path stores them: its products are checked against the
+ * product of f16-rounded operands (and matmul-f16.test.ts trains with it); the tensor cores themselves are
+ * checked on a GPU (bench/gpu.ts, gemm.test.ts where the adapter offers it).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +18,7 @@ import {
   F16_CANDIDATES,
   F16_EMULATION_TILES,
   f16CachePath,
+  f16Dims,
   f16SharedBytes,
   f16TileFor,
   f16TileName,
@@ -28,7 +31,7 @@ import {
   setF16Tile,
   type F16Tile,
 } from '../../../src/runtime/webgpu/gemm-f16.js';
-import { compare, describeGpu, randn, relErr } from './kernels-support.js';
+import { compare, describeGpu, randn, relErr, roundToF16 } from './kernels-support.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
 
 const TILES = F16_EMULATION_TILES;
@@ -90,6 +93,69 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
       // Well under a second alone; one run beside a CPU benchmark took a minute (llvmpipe shares the cores).
     }, 180_000);
   }
+
+  it('roundToF16 (the tests\' reference) rounds to the nearest f16, ties to even, subnormals, overflow', () => {
+    expect(roundToF16(1 + 2 ** -11)).toBe(1); // a tie: the even neighbour
+    expect(roundToF16(1 + 3 * 2 ** -11)).toBe(1 + 2 ** -9); // a tie: up to the even neighbour
+    expect(roundToF16(1 + 2 ** -11 + 2 ** -20)).toBe(1 + 2 ** -10);
+    expect(roundToF16(-0.1)).toBe(-0.0999755859375); // 0x2e66
+    expect(roundToF16(65504)).toBe(65504);
+    expect(roundToF16(65519)).toBe(65504);
+    expect(roundToF16(65520)).toBe(Infinity);
+    expect(roundToF16(2 ** -24)).toBe(2 ** -24);
+    expect(roundToF16(1.5 * 2 ** -24)).toBe(2 ** -23);
+    expect(roundToF16(2 ** -25)).toBe(0);
+    expect(roundToF16(3 * 2 ** -26)).toBe(2 ** -24);
+    expect(roundToF16(2 ** -14 + 2 ** -25)).toBe(2 ** -14); // the smallest normal's spacing is the subnormals'
+  });
+
+  it("the 'f16' emulation's cast rounds every operand as f16 does: bit for bit the reference, padding zero", async () => {
+    const special = [1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -20, -0.1, 65504, 65519, 2 ** -24, 1.5 * 2 ** -24, 2 ** -25, 3 * 2 ** -26, -(2 ** -14 + 2 ** -25), 0];
+    const r = randn(21, [45]).data as Float32Array;
+    const values = Float32Array.from([...special, ...Array.from(r, (v) => v * 7)]);
+    const [m, k] = [values.length / 19, 19]; // 57 values: 3 rows of 19
+    const t = TILES[0]!;
+    const x = tf.tensor(values, [m, k]);
+    const a16 = castF16(x, 'a', m, 16, k, false, t, 'f16');
+    const got = await a16.data();
+    const { mp, kp } = f16Dims(m, 16, k, t); // the cast pads rows to the block and K to the slice
+    expect(got.length).toBe(mp * kp);
+    let bad = 0;
+    for (let i = 0; i < got.length; i++) {
+      const [row, col] = [Math.floor(i / kp), i % kp];
+      const want = row < m && col < k ? roundToF16(values[row * k + col]!) : 0;
+      if (!Object.is(got[i], want) && !(want === 0 && got[i] === 0)) bad++;
+    }
+    expect(bad).toBe(0);
+    tf.dispose([x, a16]);
+  });
+
+  it("the 'f16' emulation: op(a)·op(b) equals the product of the f16-rounded operands, not the f32 one", async () => {
+    const t = TILES[3]!;
+    const [m, n, k] = [70, 45, 50];
+    for (const [tA, tB] of [[false, true], [true, false]] as const) {
+      const a = randn(31, tA ? [k, m] : [m, k]).data as Float32Array;
+      const b = randn(32, tB ? [n, k] : [k, n]).data as Float32Array;
+      const A = (i: number, p: number) => (tA ? a[p * m + i]! : a[i * k + p]!);
+      const B = (p: number, j: number) => (tB ? b[j * k + p]! : b[p * n + j]!);
+      const rounded = new Float64Array(m * n);
+      const exact = new Float64Array(m * n);
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < n; j++)
+          for (let p = 0; p < k; p++) {
+            rounded[i * n + j] += roundToF16(A(i, p)) * roundToF16(B(p, j));
+            exact[i * n + j] += A(i, p) * B(p, j);
+          }
+      const [x, y] = [tf.tensor(a, tA ? [k, m] : [m, k]), tf.tensor(b, tB ? [n, k] : [k, n])];
+      const c = gemmF16(x, y, tA, tB, t, 'f16');
+      const got = await c.data();
+      expect(relErr(got, rounded), `tA ${tA} tB ${tB}`).toBeLessThan(1e-5);
+      // f16 keeps 11 significant bits: the product moves by ~2^-11 of its terms' scale from the f32 one
+      expect(relErr(got, exact)).toBeGreaterThan(1e-4);
+      expect(relErr(got, exact)).toBeLessThan(5e-3);
+      tf.dispose([x, y, c]);
+    }
+  });
 
   it('gradients through the kernel (each a product of the same kernel) equal tfjs\'s', async () => {
     const t = TILES[3]!;

@@ -134,3 +134,22 @@ export async function compare(ours: (xs: Tensor[]) => Tensor[], ref: (xs: Tensor
   if (g.outs.length !== r.outs.length) return { worst: Infinity, what: 'output count', ref: r, gpu: g };
   return { worst, what, ref: r, gpu: g };
 }
+
+/**
+ * x rounded to the nearest f16 value (ties to even; subnormals down to 2^-24; at or past 65520, ±Infinity), as a
+ * double: the reference for the f16 path's operands (Node 20 has no Math.f16round).
+ */
+export function roundToF16(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const a = Math.abs(x);
+  if (a >= 65520) return Math.sign(x) * Infinity;
+  let e = Math.floor(Math.log2(a));
+  while (2 ** e > a) e--;
+  while (2 ** (e + 1) <= a) e++;
+  const q = 2 ** (Math.max(e, -14) - 10); // f16's spacing at a: 10 fraction bits, subnormal below 2^-14
+  const n = a / q; // exact: q is a power of two
+  let r = Math.floor(n);
+  const frac = n - r;
+  if (frac > 0.5 || (frac === 0.5 && r % 2 === 1)) r += 1;
+  return Math.sign(x) * r * q;
+}
