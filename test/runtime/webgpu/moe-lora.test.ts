@@ -184,6 +184,22 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
     }
   });
 
+  it('the tensor-core base path with its operands rounded to f16 (the GPU\'s arithmetic): within f16\'s rounding of the f32 reference', async () => {
+    emulateF16('f16');
+    setF16Tile(F16_EMULATION_TILES[3]!);
+    try {
+      // bench/gpu.ts checks the FFN layer's tensor-core path against the f32 one at 4.7e-4 on an H200; here the same
+      // kind of check on llvmpipe: the base product's x and W rounded to f16, sums in f32, routing in f32.
+      const c = cases[2]!;
+      const { worst, what } = await compare(ours(c, 'f16'), planOps(c), args(c, 33), 9);
+      expect(worst, `${c.name}: ${what}`).toBeLessThan(5e-3); // 3.1e-4 here (a gradient)
+      expect(worst).toBeGreaterThan(1e-5); // the rounding took effect: the exact emulation above is within 2e-4
+    } finally {
+      emulateF16(false);
+      setF16Tile(undefined);
+    }
+  });
+
   it('only the gradients asked for: x alone (adapters frozen), the adapters alone (x needs none), fused and apart', async () => {
     const c = cases[5]!;
     for (const baseMode of ['fused', 'f32'] as const) {
