@@ -208,25 +208,29 @@ function emulation(A: string, B: string, stores: string[], copies: [string, stri
   return [
     // A fragment staged to workgroup memory (fs): each lane copies its elements from the fragment's source.
     ...copies.map(([src, dst]) => `fn emuCopy_${src}_${dst}(f: vec2<u32>, off: u32, stride: u32) {
-  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+  for (var i = 0u; i < ${u(EMU_PER_LANE)} * emu_one; i++) {
     let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
     ${dst}[off + (e / 16u) * stride + e % 16u] = ${src}[f.x + (e / 16u) * f.y + e % 16u];
   }
 }`),
     'var<private> emu_lane: u32;',
+    // 1 at run time (the dispatch's z), unknown when the shader compiles: the helpers' loops stay loops. With
+    // constant trip counts llvmpipe unrolled every inlined fragment product (8 x 16 multiply-adds a call) and
+    // took minutes to compile one kernel on a cold shader cache (a 2x2 tile's test timed out).
+    'var<private> emu_one: u32;',
     // left: element (row, k) at off + row·stride + k; right (column-major): element (k, col) at off + col·stride + k.
     `fn emuMma_${A}(l: vec2<u32>, r: vec2<u32>, c: ${R}) -> ${R} {
   var o = c;
-  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+  for (var i = 0u; i < ${u(EMU_PER_LANE)} * emu_one; i++) {
     let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
     var s = o[i];
-    for (var k = 0u; k < 16u; k++) { s += f32(${A}[l.x + (e / 16u) * l.y + k]) * f32(${B}[r.x + (e % 16u) * r.y + k]); }
+    for (var k = 0u; k < 16u * emu_one; k++) { s += f32(${A}[l.x + (e / 16u) * l.y + k]) * f32(${B}[r.x + (e % 16u) * r.y + k]); }
     o[i] = s;
   }
   return o;
 }`,
     ...stores.map((c) => `fn emuStore_${c}(off: u32, v: ${R}, stride: u32) {
-  for (var i = 0u; i < ${u(EMU_PER_LANE)}; i++) {
+  for (var i = 0u; i < ${u(EMU_PER_LANE)} * emu_one; i++) {
     let e = emu_lane + i * ${u(EMULATED_SUBGROUP)};
     ${c}[off + (e / 16u) * stride + e % 16u] = v[i];
   }
@@ -477,9 +481,9 @@ ${step(
     : `  let m0 = wid.y * ${u(bm)};
   let n0 = wid.x * ${u(bn)};`;
   const ids = emu
-    ? `  let sg = tid / ${u(sgSize)};\n  let lane = tid % ${u(sgSize)};\n  emu_lane = lane;`
+    ? `  let sg = tid / ${u(sgSize)};\n  let lane = tid % ${u(sgSize)};\n  emu_lane = lane;\n  emu_one = nwg.z;`
     : '';
-  const builtins = emu ? '' : `,\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32`;
+  const builtins = emu ? `, @builtin(num_workgroups) nwg: vec3<u32>` : `,\n        @builtin(subgroup_id) sg: u32, @builtin(subgroup_invocation_id) lane: u32`;
   const [aName, bName] = t.variant === 'staged' ? ['As', 'Bs'] : ['a', 'b'];
   // Storage read as vec4s by the staged copy; as scalars by fragment loads (direct, fs).
   const vec4s = t.variant === 'staged' && !t.fs;
