@@ -582,9 +582,10 @@ if (parts.has('moe')) await section('MoE-LoRA FFN layer', async () => {
   targets.push({ what: 'MoE-LoRA FFN forward+backward <= 13 ms (f32 path)', ok: quick ? undefined : ffnFB! <= 13, detail: `${ffnFB!.toFixed(2)} ms wall${fbGpu ? `, ${fbGpu.toFixed(2)} ms GPU time` : ''}` });
   // The tensor-core path: each site's frozen base product x·Wᵀ (and dy·W) in f16 on subgroup matrices with f32
   // accumulation, the adapters (shared, router, routed top-k) in the fused f32 kernels. --emulate-f16: the
-  // emulated spelling, with a tile that fits llvmpipe (exercises this section; timings mean nothing).
+  // emulated spelling with the operands rounded to f16, with a tile that fits llvmpipe (exercises this section
+  // and its check against the f32 path; timings mean nothing).
   if (values['emulate-f16']) {
-    emulateF16(true);
+    emulateF16('f16');
     setF16Tile(F16_EMULATION_TILES[3]!);
   }
   const sup: F16Support = values['emulate-f16'] ? { ok: true } : await probeF16(gpu.device);
@@ -683,7 +684,10 @@ if (parts.has('step')) await section('training step', async () => {
 // The f16 path in training: the same stage, the same batches and initial weights, trained with every linear
 // product in f16 on tensor cores (f32 accumulation and master weights) and in f32; both loss curves.
 if (parts.has('curve')) await section('f16 training curve', async () => {
-  const sup = await probeF16(gpu.device);
+  // --emulate-f16: the f16 GEMM in its emulated spelling with the operands rounded to f16 (the tensor cores'
+  // arithmetic on any adapter; exercises this section on llvmpipe, the curves meaningful, the timings not).
+  const emulate = !!values['emulate-f16'];
+  const sup: F16Support = emulate ? { ok: true } : await probeF16(gpu.device);
   if (!sup.ok) {
     report(`f16 training curve: not run (${sup.why})`);
     return;
@@ -695,7 +699,13 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
   const steps = quick ? 4 : 20;
   const batches = [1, 2, 3, 4].map((k) => syntheticBatch(rows, seqLen, 10 + k));
   const curve = async (f16: boolean) => {
-    const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: steps, matmul: f16 ? 'f16' : 'f32' });
+    if (f16 && emulate) {
+      emulateF16('f16');
+      setF16Tile(F16_EMULATION_TILES[0]!);
+      useF16Matmul(true);
+    }
+    const matmul = emulate ? (f16 ? 'keep' : 'f32') : f16 ? 'f16' : 'f32';
+    const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: steps, matmul });
     const losses: number[] = [];
     const t0 = performance.now();
     for (let i = 0; i < steps; i++) losses.push((await runner.step([batches[(2 * i) % 4]!, batches[(2 * i + 1) % 4]!])).loss);
@@ -703,6 +713,10 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
     runner.dispose();
     const products = f16MatmulCount();
     useF16Matmul(false);
+    if (emulate) {
+      emulateF16(false);
+      setF16Tile(undefined);
+    }
     return { losses, ms, products };
   };
   const a = await curve(false);
