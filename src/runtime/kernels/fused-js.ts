@@ -231,6 +231,33 @@ function compileProgram(nodes: readonly FusedSerialNode[], kinds: readonly Fused
   };
 }
 
+/** A program whose roots are all elementwise outputs (a forward). */
+const elementwise = (program: FusedSerialProgram, kinds: readonly FusedInputKind[]): FusedFn =>
+  compileProgram(program.nodes, kinds, program.roots.map((node) => ({ node, reduce: 'none' as const })));
+
+/**
+ * A backward program's gradient slots (`slots[i]`: root i's reduction) as one FusedFn per set of slots asked
+ * for together, compiled on first use.
+ */
+function slotsCompiler(program: FusedSerialProgram, kinds: readonly FusedInputKind[], slots: readonly { reduce: Root['reduce'] }[]): (asked: readonly number[]) => FusedFn {
+  const memo = new Map<string, FusedFn>();
+  return (asked) => {
+    const key = asked.join(',');
+    let f = memo.get(key);
+    if (!f) {
+      if (!asked.length) throw new Error('fused backward: no slots');
+      const roots = asked.map((slot): Root => {
+        const s = slots[slot];
+        if (!s) throw new Error(`fused backward: no slot ${slot}`);
+        return { node: program.roots[slot]!, reduce: s.reduce };
+      });
+      f = compileProgram(program.nodes, kinds, roots);
+      memo.set(key, f);
+    }
+    return f;
+  };
+}
+
 /**
  * Compile a fused expression that carries its generated backward (the plan's kernel table copy:
  * `plan.kernels[].attrs.expr`). Compiled programs are cached by the expression's text.
@@ -241,47 +268,22 @@ export function compileFused(expr: FusedExprAttrs): CompiledFused {
   const hit = cache.get(key);
   if (hit) return hit;
   const bw = expr.backward;
-  const fwd = compileProgram(expr.forward.nodes, expr.inputs, expr.forward.roots.map((node) => ({ node, reduce: 'none' as const })));
-  const bwd = new Map<string, FusedFn>();
+  const fwd = elementwise(expr.forward, expr.inputs);
   const compiled: CompiledFused = {
     inputs: [...expr.inputs],
     outputs: [...expr.forward.roots],
     forward: (rows, cols, ins, outs) => fwd(rows, cols, ins, [], [], outs),
     backward: (slot) => compiled.backwardSlots([slot]),
-    backwardSlots(slots) {
-      const key = slots.join(',');
-      let f = bwd.get(key);
-      if (!f) {
-        if (!slots.length) throw new Error('fused backward: no slots');
-        const roots = slots.map((slot): Root => {
-          const s = bw.slots[slot];
-          if (!s) throw new Error(`fused backward: no slot ${slot}`);
-          return { node: bw.program.roots[slot]!, reduce: s.reduce };
-        });
-        f = compileProgram(bw.program.nodes, expr.inputs, roots);
-        bwd.set(key, f);
-      }
-      return f;
-    },
+    backwardSlots: slotsCompiler(bw.program, expr.inputs, bw.slots),
     slots: bw.slots.map((s) => ({ ...s })),
     grads: [...bw.grads],
   };
   const kept = keepLogistic(expr);
   if (kept) {
-    const kinds = [...expr.inputs, 'elem' as const];
     let kf: FusedFn | undefined;
-    const kb = new Map<string, FusedFn>();
     compiled.keep = {
-      forward: (rows, cols, ins, outs) => (kf ??= compileProgram(kept.forward.nodes, expr.inputs, kept.forward.roots.map((node) => ({ node, reduce: 'none' as const }))))(rows, cols, ins, [], [], outs),
-      backwardSlots(slots) {
-        const key = slots.join(',');
-        let f = kb.get(key);
-        if (!f) {
-          f = compileProgram(kept.backward.nodes, kinds, slots.map((slot): Root => ({ node: kept.backward.roots[slot]!, reduce: bw.slots[slot]!.reduce })));
-          kb.set(key, f);
-        }
-        return f;
-      },
+      forward: (rows, cols, ins, outs) => (kf ??= elementwise(kept.forward, expr.inputs))(rows, cols, ins, [], [], outs),
+      backwardSlots: slotsCompiler(kept.backward, [...expr.inputs, 'elem'], bw.slots),
     };
   }
   cache.set(key, compiled);
