@@ -6,6 +6,7 @@
 import { describe, it } from 'vitest';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
+import { f16BitsToFloat32, float32ToF16Bits } from '../../../src/runtime/io/float16.js';
 
 process.env.EGL_PLATFORM ??= 'surfaceless';
 
@@ -136,20 +137,7 @@ export async function compare(ours: (xs: Tensor[]) => Tensor[], ref: (xs: Tensor
 }
 
 /**
- * x rounded to the nearest f16 value (ties to even; subnormals down to 2^-24; at or past 65520, ±Infinity), as a
- * double: the reference for the f16 path's operands (Node 20 has no Math.f16round).
+ * x rounded to float32, then to the nearest f16 value (ties to even, subnormals, ±Infinity past the range), as a
+ * number: the reference for the f16 path's operands (the project's binary16 conversion, src/runtime/io/float16.ts).
  */
-export function roundToF16(x: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const a = Math.abs(x);
-  if (a >= 65520) return Math.sign(x) * Infinity;
-  let e = Math.floor(Math.log2(a));
-  while (2 ** e > a) e--;
-  while (2 ** (e + 1) <= a) e++;
-  const q = 2 ** (Math.max(e, -14) - 10); // f16's spacing at a: 10 fraction bits, subnormal below 2^-14
-  const n = a / q; // exact: q is a power of two
-  let r = Math.floor(n);
-  const frac = n - r;
-  if (frac > 0.5 || (frac === 0.5 && r % 2 === 1)) r += 1;
-  return Math.sign(x) * r * q;
-}
+export const roundToF16 = (x: number): number => f16BitsToFloat32(float32ToF16Bits(x));
