@@ -29,7 +29,7 @@ import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
-import { f16MatmulCount, useF16Matmul } from '../src/runtime/webgpu/matmul-f16.js';
+import { f16MatmulCount, useF16Matmul, useF16MatmulEmulated } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
 import { createStageRunner, type StageRunner } from '../src/runtime/executor.js';
@@ -699,11 +699,7 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
   const steps = quick ? 4 : 20;
   const batches = [1, 2, 3, 4].map((k) => syntheticBatch(rows, seqLen, 10 + k));
   const curve = async (f16: boolean) => {
-    if (f16 && emulate) {
-      emulateF16('f16');
-      setF16Tile(F16_EMULATION_TILES[0]!);
-      useF16Matmul(true);
-    }
+    if (f16 && emulate) useF16MatmulEmulated(true);
     const matmul = emulate ? (f16 ? 'keep' : 'f32') : f16 ? 'f16' : 'f32';
     const runner = await createStageRunner(plan, stage.name, { backend: 'webgpu', root: dir, totalSteps: steps, matmul });
     const losses: number[] = [];
@@ -712,11 +708,8 @@ if (parts.has('curve')) await section('f16 training curve', async () => {
     const ms = (performance.now() - t0) / steps;
     runner.dispose();
     const products = f16MatmulCount();
-    useF16Matmul(false);
-    if (emulate) {
-      emulateF16(false);
-      setF16Tile(undefined);
-    }
+    if (emulate) useF16MatmulEmulated(false);
+    else useF16Matmul(false);
     return { losses, ms, products };
   };
   const a = await curve(false);

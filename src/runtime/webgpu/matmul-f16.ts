@@ -9,7 +9,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf } from '../tfjs/index.js';
-import { gemmF16Kernel } from './gemm-f16.js';
+import { emulateF16, F16_EMULATION_TILES, gemmF16Kernel, setF16Tile } from './gemm-f16.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs kernel plumbing. */
 
@@ -46,6 +46,18 @@ export function useF16Matmul(on: boolean, kernel: GemmKernelFunc = gemmF16Kernel
     tf.registerKernel(saved);
     saved = undefined;
   }
+}
+
+/**
+ * The f16 path on any adapter (tests; bench/gpu.ts --emulate-f16): useF16Matmul with every product through the
+ * f16 GEMM's emulated spelling, its operands rounded to f16 (the tensor cores' arithmetic), on the smallest
+ * emulation tile (llvmpipe compiles a kernel per product shape). false: the replacement, the emulation and the
+ * forced tile all off.
+ */
+export function useF16MatmulEmulated(on: boolean): void {
+  emulateF16(on ? 'f16' : false);
+  setF16Tile(on ? F16_EMULATION_TILES[0] : undefined);
+  useF16Matmul(on);
 }
 
 function batchMatMulF16(args: { inputs: any; backend: any; attrs: any }): TensorInfo {

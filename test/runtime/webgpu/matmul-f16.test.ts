@@ -8,8 +8,7 @@
 import { afterEach, beforeAll, expect, it } from 'vitest';
 import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
 import { gemmKernel } from '../../../src/runtime/webgpu/gemm.js';
-import { f16MatmulCount, useF16Matmul } from '../../../src/runtime/webgpu/matmul-f16.js';
-import { emulateF16, F16_EMULATION_TILES, setF16Tile } from '../../../src/runtime/webgpu/gemm-f16.js';
+import { f16MatmulCount, useF16Matmul, useF16MatmulEmulated } from '../../../src/runtime/webgpu/matmul-f16.js';
 import { createStageRunner } from '../../../src/runtime/executor.js';
 import { compileInline, syntheticBatch, TINY } from '../executor/helpers.js';
 import { compare, describeGpu, randn } from './kernels-support.js';
@@ -113,11 +112,7 @@ stage aggregate {
     ).plans[0]!;
     const batches = [1, 2, 3, 4].map((k) => syntheticBatch(2, 48, 20 + k));
     const curve = async (f16: boolean) => {
-      if (f16) {
-        emulateF16('f16');
-        setF16Tile(F16_EMULATION_TILES[0]!); // the simplest tile: the default one's f32 staging exceeds llvmpipe's 32 KiB, and llvmpipe compiles each product's shader
-        useF16Matmul(true);
-      }
+      if (f16) useF16MatmulEmulated(true);
       try {
         const runner = await createStageRunner(plan, 'aggregate', { backend: 'webgpu', seed: 5, matmul: 'keep' });
         const losses: number[] = [];
@@ -125,9 +120,7 @@ stage aggregate {
         runner.dispose();
         return { losses, products: f16MatmulCount() };
       } finally {
-        useF16Matmul(false);
-        emulateF16(false);
-        setF16Tile(undefined);
+        useF16MatmulEmulated(false);
       }
     };
     const f32 = await curve(false);
