@@ -13,7 +13,7 @@ import { moeLoraLinear, moeLoraLinearPair } from '../../../src/runtime/webgpu/mo
 import { CANDIDATES, forceTile } from '../../../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, type Arg } from './kernels-support.js';
-import { cachedCopy, cachedCopyCount, emulateF16, F16_EMULATION_TILES, releaseCachedCopies, setF16Tile } from '../../../src/runtime/webgpu/gemm-f16.js';
+import { cachedCopy, cachedCopyCount, emulateF16, F16_EMULATION_TILES, releaseCachedCopies, setF16Tile, type Emulation } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { runWgsl } from '../../../src/runtime/webgpu/program.js';
 
 interface Case {
@@ -123,6 +123,18 @@ function planPair(c1: Case, c2: Case) {
   };
 }
 
+/** fn with every f16 GEMM in the emulated spelling (`mode`, see Emulation) on a tile whose f32 staging fits llvmpipe's 32 KiB (the default's does not). */
+async function emulatingF16(mode: Emulation, fn: () => Promise<void>): Promise<void> {
+  emulateF16(mode);
+  setF16Tile(F16_EMULATION_TILES[3]!);
+  try {
+    await fn();
+  } finally {
+    emulateF16(false);
+    setF16Tile(undefined);
+  }
+}
+
 describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
   cases.forEach((c, i) => {
     it(`${c.name}: y, p, gates and every gradient equal the plan's reference ops`, async () => {
@@ -166,9 +178,7 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
   });
 
   it('the tensor-core base path (the f16 GEMM in its emulated spelling, W\'s cached copy), single sites and pairs: outputs and every gradient', async () => {
-    emulateF16(true);
-    setF16Tile(F16_EMULATION_TILES[3]!); // the default tile's f32 staging exceeds llvmpipe's 32 KiB
-    try {
+    await emulatingF16(true, async () => {
       // Emulated modules compile slowly on llvmpipe: shared + routed experts, one token with top_k = experts,
       // and the pair of sites of several tiles.
       for (const c of [cases[2]!, cases[3]!]) {
@@ -179,26 +189,18 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
       const b = { ...c1, dout: 61, bias: false, routerBias: false };
       const r = await compare(oursPair(c1, b, 'f16'), planPair(c1, b), pairArgs(c1, b, 74), 8);
       expect(r.worst, `pair: ${r.what}`).toBeLessThan(2e-4);
-    } finally {
-      emulateF16(false);
-      setF16Tile(undefined);
-    }
+    });
   });
 
   it('the tensor-core base path with its operands rounded to f16 (the GPU\'s arithmetic): within f16\'s rounding of the f32 reference', async () => {
-    emulateF16('f16');
-    setF16Tile(F16_EMULATION_TILES[3]!);
-    try {
+    await emulatingF16('f16', async () => {
       // bench/gpu.ts checks the FFN layer's tensor-core path against the f32 one at 4.7e-4 on an H200; here the same
       // kind of check on llvmpipe: the base product's x and W rounded to f16, sums in f32, routing in f32.
       const c = cases[2]!;
       const { worst, what } = await compare(ours(c, 'f16'), planOps(c), args(c, 33), 9);
       expect(worst, `${c.name}: ${what}`).toBeLessThan(5e-3); // 3.1e-4 here (a gradient)
-      expect(worst).toBeGreaterThan(1e-5); // the rounding took effect: the exact emulation above is within 2e-4
-    } finally {
-      emulateF16(false);
-      setF16Tile(undefined);
-    }
+      expect(worst).toBeGreaterThan(1e-5); // the rounding took effect: without it the two differ by f32 rounding only
+    });
   });
 
   it('only the gradients asked for: x alone (adapters frozen), the adapters alone (x needs none), fused and apart', async () => {
