@@ -136,15 +136,16 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     for (const [tA, tB] of [[false, true], [true, false]] as const) {
       const a = randn(31, tA ? [k, m] : [m, k]).data as Float32Array;
       const b = randn(32, tB ? [n, k] : [k, n]).data as Float32Array;
-      const A = (i: number, p: number) => (tA ? a[p * m + i]! : a[i * k + p]!);
-      const B = (p: number, j: number) => (tB ? b[j * k + p]! : b[p * n + j]!);
+      const [ra, rb] = [Float64Array.from(a, roundToF16), Float64Array.from(b, roundToF16)];
+      const at = (i: number, p: number) => (tA ? p * m + i : i * k + p);
+      const bt = (p: number, j: number) => (tB ? j * k + p : p * n + j);
       const rounded = new Float64Array(m * n);
       const exact = new Float64Array(m * n);
       for (let i = 0; i < m; i++)
         for (let j = 0; j < n; j++)
           for (let p = 0; p < k; p++) {
-            rounded[i * n + j] += roundToF16(A(i, p)) * roundToF16(B(p, j));
-            exact[i * n + j] += A(i, p) * B(p, j);
+            rounded[i * n + j] += ra[at(i, p)]! * rb[bt(p, j)]!;
+            exact[i * n + j] += a[at(i, p)]! * b[bt(p, j)]!;
           }
       const [x, y] = [tf.tensor(a, tA ? [k, m] : [m, k]), tf.tensor(b, tB ? [n, k] : [k, n])];
       const c = gemmF16(x, y, tA, tB, t, 'f16');
