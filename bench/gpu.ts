@@ -10,7 +10,8 @@
  *   - f32 GEMM 4096³ (ours: register-tiled WGSL, tile tuned first; PyTorch: fp32 with TF32 off, and for
  *     context TF32 and bf16)
  *   - f16-input, f32-accumulate GEMM 4096³ on subgroup matrices (ours: checked against an f32 product first,
- *     every tile candidate timed; PyTorch: fp16 matmul)
+ *     every tile candidate timed; PyTorch: fp16 matmul), then where the winner's time goes: the same tile
+ *     with one part taken out (cross / nostage / hoist probes, F16Tile.probe) and its time against K
  *   - the MoE-LoRA FFN layer of shared/gpu/README.md: T=2048, d=1024, ff=2816, SwiGLU; gate, up and down
  *     each a frozen base + shared LoRA 2×16 + 8 routed rank-16 experts (softmax router, top-2,
  *     renormalised), scale 2; forward and forward+backward (gradients of x and every adapter and router
@@ -28,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
-import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, f16TileProblem, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul, useF16MatmulEmulated } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
@@ -373,6 +374,52 @@ if (parts.has('gemm')) await section('f32 GEMM', async () => {
   targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32best) >= 30, detail: `${tflops(gemmFlop, f32best).toFixed(1)} TFLOP/s (${f32gpu ? 'GPU time' : 'wall'})` });
 });
 
+/**
+ * Where the f16 winner's time goes, for the next kernel change to aim at: the same tile with one part taken out
+ * (F16Tile.probe: products wrong by design, never checked or cached), and the kernel at shorter K (the intercept
+ * of time against K is what a workgroup pays outside its K loop: launch, prologue, the stores of its results).
+ * GPU time where the adapter has timestamps, else wall.
+ */
+async function f16Probes(t: F16Tile, emu: boolean): Promise<void> {
+  const ms = async (tile: F16Tile, k: number) => {
+    const a16 = castF16(k === G ? a : tf.slice(a, [0, 0], [G, k]), 'a', G, G, k, false, tile, emu);
+    const b16 = castF16(k === G ? b : tf.slice(b, [0, 0], [k, G]), 'b', G, G, k, true, tile, emu);
+    try {
+      const f = () => gemmF16Packed(a16, b16, G, G, k, tile, emu);
+      return (await gpuTime(f, 3)) ?? (await time(f, 3));
+    } finally {
+      tf.dispose([a16, b16]);
+    }
+  };
+  const full = await ms(t, G);
+  const products = t.tm * t.tn;
+  const what: Record<NonNullable<F16Tile['probe']>, string> = {
+    cross: `each loaded fragment multiplied once (${t.tm + t.tn - 1} of ${products} products)`,
+    nostage: 'no global loads or workgroup stores',
+    hoist: 'no fragment loads in the K loop',
+  };
+  const rows = [`full ${full.toFixed(3)}`];
+  for (const probe of ['cross', 'nostage', 'hoist'] as const) {
+    const pt: F16Tile = { ...t, probe };
+    // (cross with one fragment row or column is the full kernel.)
+    if (f16TileProblem(pt) || (probe === 'cross' && (t.tm === 1 || t.tn === 1))) continue;
+    const p = await ms(pt, G);
+    rows.push(`${probe} (${what[probe]}) ${p.toFixed(3)} (${(100 * (1 - p / full)).toFixed(0)}% less)`);
+  }
+  report(`f16 probes (${f16TileName(t)}, ${G}^3 on f16 operands, ms; products wrong by design): ${rows.join('; ')}`);
+  const ks = [G / 8, G / 4, G / 2, G].filter((k) => k >= 64);
+  const byK = [];
+  for (const k of ks) byK.push({ k, ms: k === G ? full : await ms(t, k) });
+  // Least squares ms = c + s·K: c is the per-call cost outside the K loop.
+  const mk = byK.reduce((x, r) => x + r.k, 0) / byK.length;
+  const mm = byK.reduce((x, r) => x + r.ms, 0) / byK.length;
+  const slope = byK.reduce((x, r) => x + (r.k - mk) * (r.ms - mm), 0) / byK.reduce((x, r) => x + (r.k - mk) ** 2, 0);
+  const c = mm - slope * mk;
+  report(
+    `f16 ${G}x${G}xK (${f16TileName(t)}): ${byK.map((r) => `K ${r.k} ${r.ms.toFixed(3)} ms = ${tflops(2 * G * G * r.k, r.ms).toPrecision(3)} TFLOP/s`).join(', ')}; fit ms = ${c.toFixed(3)} + K x ${(slope * 1000).toFixed(3)}e-3 (the K loop alone: ${tflops(2 * G * G, slope).toPrecision(3)} TFLOP/s)`,
+  );
+}
+
 // f16 subgroup-matrix GEMM
 if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
   // --emulate-f16: the same kernels in their emulated spelling (f32, any adapter): exercises this section on
@@ -478,6 +525,7 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
       report(`ours  f16 subgroup-matrix GEMM ${G}^3, f16 operands (${f16TileName(best!.t)}): ${fmt(kMs, gemmFlop)}; ${gfmt(f16gpu, gemmFlop)}`);
       report(`ours  f16 subgroup-matrix GEMM ${G}^3 from f32 operands (both cast passes included): ${fmt(f16ms, gemmFlop)}; ${gfmt(withCasts, gemmFlop)}`);
       f16ms = kMs;
+      await f16Probes(best!.t, emu);
     }
     const f16best = f16gpu ?? f16ms;
     targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: quick || f16best === undefined ? undefined : tflops(gemmFlop, f16best) >= 300, detail: f16best ? `${tflops(gemmFlop, f16best).toFixed(1)} TFLOP/s (f16 operands, ${f16gpu ? 'GPU time' : 'wall'})` : 'not timed (check failed)' });

@@ -80,12 +80,21 @@ export interface F16Tile {
    * fragment and row i's products (TM + TN fragments live become 1 + TN: fewer registers, more occupancy).
    */
   il?: boolean;
+  /**
+   * A timing probe, never a candidate (bench/gpu.ts times the tuner's winner with each): the kernel with one part
+   * taken out, its product wrong by design, so that what that part costs shows as the difference. `cross`: each
+   * K-step multiplies every loaded fragment once (tm + tn - 1 products instead of tm·tn; every load kept);
+   * `nostage` (staged only): no global loads and no stores to workgroup memory (barriers and fragment loads kept);
+   * `hoist`: each subgroup's fragments are loaded once before the K loop (at k 0), the loop keeps the staging
+   * and the products but loads no fragment. The tile cache neither stores nor reads a probe.
+   */
+  probe?: 'cross' | 'nostage' | 'hoist';
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}${t.probe ? ` probe:${t.probe}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -265,6 +274,8 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   const bk = t.bk ?? BK_DEFAULT;
   if (bk % 16 || bk < 16) return 'bk must be a multiple of 16';
   if (t.pad !== undefined && !(t.pad >= 0 && t.pad % 8 === 0)) return 'pad must be a multiple of 8 halves (rows 16-byte aligned)';
+  if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
+  if (t.probe === 'nostage' && t.variant !== 'staged') return 'probe nostage needs a staged tile';
   if (t.fs) {
     if (t.variant !== 'staged') return 'fs needs a staged tile';
     const [sgm, sgn] = t.sg ?? [2, 2];
@@ -321,12 +332,25 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   const decl = rng(t.tm)
     .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: ${emu ? `array<f32, ${EMU_PER_LANE}>` : 'subgroup_matrix_result<f32, 16, 16>'};`))
     .join('\n');
+  // The fragment loads of one K-step (`hoist`: emitted once before the loop, at k 0, instead).
+  const loads = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => ({
+    ls: rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`),
+    rs: rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`),
+  });
   const step = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => {
-    const ls = rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`);
-    const rs = rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`);
-    const row = (i: number) => rng(t.tn).map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`);
+    const { ls, rs } = loads(A, aOff, aStride, B, bOff, bStride, kk);
+    const row = (i: number) =>
+      rng(t.tn)
+        .filter((j) => t.probe !== 'cross' || i === 0 || j === 0)
+        .map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`);
+    if (t.probe === 'hoist') return `  {\n${rng(t.tm).flatMap(row).join('\n')}\n  }`;
     if (t.il) return `  {\n${[...rs, ...rng(t.tm).flatMap((i) => [ls[i]!, ...row(i)])].join('\n')}\n  }`;
     return `  {\n${[...ls, ...rs, ...rng(t.tm).flatMap(row)].join('\n')}\n  }`;
+  };
+  const hoisted = (...args: Parameters<typeof loads>) => {
+    if (t.probe !== 'hoist') return '';
+    const { ls, rs } = loads(...args);
+    return `${[...ls, ...rs].map((x) => x.slice(2)).join('\n')}\n`;
   };
   let loop: string;
   let shared = '';
@@ -418,34 +442,37 @@ ${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src,
       }
     }
     const par = dbl ? `    let ao = ((k0 / ${u(BK)}) & 1u) * ${u(bm * LDA)};\n    let bo = ((k0 / ${u(BK)}) & 1u) * ${u(bn * LDA)};\n` : '';
-    loop = `${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
+    // Fragment offsets in the staged slices (`hoist` loads before the loop, from the first copy).
+    const at = (copy: string, s: number): Parameters<typeof loads> => [
+      '&As',
+      (i, kk) => `${copy && 'ao + '}(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(kk)}`,
+      u(LDA),
+      '&Bs',
+      (j, kk) => `${copy && 'bo + '}(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(kk)}`,
+      u(LDA),
+      s * 16,
+    ];
+    // nostage: the operands stay bound (a phony read keeps them in the pipeline's layout).
+    if (t.probe === 'nostage') [pre, fill, next] = [t.fs ? '  _ = a[0];\n  _ = b[0];\n' : '  _ = a4[0];\n  _ = b4[0];\n', '', ''];
+    loop = `${hoisted(...at('', 0))}${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
 ${par}${fill}
     workgroupBarrier();
 ${next}${rng(BK / 16)
-  .map((s) =>
-    step(
-      '&As',
-      (i, kk) => `${dbl ? 'ao + ' : ''}(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(kk)}`,
-      u(LDA),
-      '&Bs',
-      (j, kk) => `${dbl ? 'bo + ' : ''}(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(kk)}`,
-      u(LDA),
-      s * 16,
-    ),
-  )
+  .map((s) => step(...at(dbl ? 'ao' : '', s)))
   .join('\n')}
 ${dbl ? '' : '    workgroupBarrier();\n'}  }`;
   } else {
-    loop = `  for (var k0 = 0u; k0 < ${u(kp)}; k0 += 16u) {
-${step(
-  '&a',
-  (i) => `(m0 + sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(kp)} + k0`,
-  u(kp),
-  '&b',
-  (j) => `(n0 + sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(kp)} + k0`,
-  u(kp),
-  0,
-)}
+    const at = (k: string): Parameters<typeof loads> => [
+      '&a',
+      (i) => `(m0 + sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(kp)} + ${k}`,
+      u(kp),
+      '&b',
+      (j) => `(n0 + sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(kp)} + ${k}`,
+      u(kp),
+      0,
+    ];
+    loop = `${hoisted(...at('0u'))}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += 16u) {
+${step(...at('k0'))}
   }`;
   }
   const stores = rng(t.tm)
@@ -613,6 +640,7 @@ export function f16TileFor(device: any, m: number, n: number, k: number): F16Til
 
 /** Record `t` as the tile for this shape class on `device` (bench/gpu.ts, after a sweep); the cache file's path, or undefined when not written. */
 export function rememberF16Tile(device: any, m: number, n: number, k: number, t: F16Tile): string | undefined {
+  if (t.probe) throw new Error(`f16 tile ${f16TileName(t)}: a timing probe is not a tuning result`);
   if (!tuningEnabled()) return undefined;
   const cache = loadF16Cache();
   cache[`${deviceKey(device)}#${shapeClass(m, n, k)}`] = t;

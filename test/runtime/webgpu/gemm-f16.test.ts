@@ -216,7 +216,54 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     }
   });
 
+  // The probes bench/gpu.ts times beside the tuner's winner: each takes out what it says and nothing else.
+  it('timing probes: cross multiplies each loaded fragment once, hoist loads the k 0 fragments only, nostage stages nothing', async () => {
+    const [m, n, k] = [64, 64, 48];
+    const a = tf.tensor(randn(21, [m, k]).data, [m, k]);
+    const b = tf.tensor(randn(22, [n, k]).data, [n, k]);
+    const full = await tf.matMul(a, b, false, true).data();
+    const run = async (t: F16Tile) => {
+      const seen = deviceErrors.length;
+      const out = gemmF16(a, b, false, true, t, true);
+      const got = await out.data();
+      out.dispose();
+      expect(deviceErrors.slice(seen), f16TileName(t)).toEqual([]);
+      return got;
+    };
+    // cross, 2x2 fragments a subgroup: fragment (i, j) of each subgroup's 32x32 is multiplied only when i or j is 0.
+    const cross = await run({ variant: 'staged', tm: 2, tn: 2, probe: 'cross' });
+    let kept = 0;
+    for (let r = 0; r < m; r++) {
+      for (let c = 0; c < n; c++) {
+        const inner = Math.floor((r % 32) / 16) === 0 || Math.floor((c % 32) / 16) === 0;
+        const want = inner ? full[r * n + c]! : 0;
+        kept += +inner;
+        expect(Math.abs(cross[r * n + c]! - want), `cross ${r},${c}`).toBeLessThan(1e-4 * (1 + Math.abs(want)));
+      }
+    }
+    expect(kept).toBe((m * n * 3) / 4);
+    // hoist, direct loads: every K-step multiplies the k 0 fragments, (K padded to 64) / 16 = 4 times.
+    const hoist = await run({ variant: 'direct', tm: 1, tn: 2, probe: 'hoist' });
+    const [ad, bd] = [await a.data(), await b.data()];
+    for (let r = 0; r < m; r++) {
+      for (let c = 0; c < n; c++) {
+        let s = 0;
+        for (let q = 0; q < 16; q++) s += ad[r * k + q]! * bd[c * k + q]!;
+        expect(Math.abs(hoist[r * n + c]! - 4 * s), `hoist ${r},${c}`).toBeLessThan(1e-4 * (1 + Math.abs(4 * s)));
+      }
+    }
+    // nostage: the fragments read workgroup memory nothing wrote, which Dawn zeroes on a software adapter.
+    expect(Math.max(...(await run({ variant: 'staged', tm: 2, tn: 2, pf: true, probe: 'nostage' })).map(Math.abs))).toBe(0);
+    // hoist from staged, double-buffered slices generates and runs (what it reads is not checked: the emulated
+    // spelling reads a fragment's elements at the multiply, after the loop has staged the slices).
+    expect((await run({ variant: 'staged', tm: 2, tn: 1, pf: true, db: true, probe: 'hoist' })).every(Number.isFinite)).toBe(true);
+    tf.dispose([a, b]);
+  });
+
   it('refuses tiles it cannot generate, naming the problem', () => {
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, probe: 'nostage' }, 'emulated', 32)).toThrow(/nostage needs a staged tile/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, probe: 'half' as F16Tile['probe'] }, 'emulated', 32)).toThrow(/probe must be/);
+    expect(() => rememberF16Tile({}, 64, 64, 64, { variant: 'staged', tm: 1, tn: 1, probe: 'cross' })).toThrow(/not a tuning result/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, db: true }, 'emulated', 32)).toThrow(/db needs .*pf/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, bk: 24 }, 'emulated', 32)).toThrow(/bk must be a multiple of 16/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sw: 0 }, 'emulated', 32)).toThrow(/sw/);
