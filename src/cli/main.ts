@@ -11,7 +11,7 @@ const commands: Record<string, { load: () => Promise<Command>; summary: string }
   fmt: { load: async () => (await import('./commands/fmt.js')).fmtCommand, summary: 'rewrite pipelines in the canonical layout (--check: exit 1 when a file would change)' },
   compile: { load: async () => (await import('./commands/compile.js')).compileCommand, summary: 'compile a pipeline to its execution plan (<out>/<pipeline>.plan.json)' },
   explain: { load: async () => (await import('./commands/explain.js')).explainCommand, summary: 'show per stage what trains, what is folded, merged, dropped, the kernels, FLOPs and memory' },
-  run: { load: async () => (await import('./commands/run.js')).runCommand, summary: 'train every stage of a plan (CPU), with checkpoints, --resume, metrics and the exports' },
+  run: { load: async () => (await import('./commands/run.js')).runCommand, summary: 'train every stage of a plan (WebGPU or CPU backends), with checkpoints, --resume, metrics and the exports' },
   models: { load: async () => (await import('./commands/models.js')).modelsCommand, summary: 'list the built-in model configurations' },
 };
 
