@@ -81,6 +81,12 @@ export interface F16Tile {
    */
   il?: boolean;
   /**
+   * staged, not fs: the slices are read from storage 16 bytes at a time (vec4<u32>, eight halves, split with
+   * bitcast) instead of 8 (vec4<f16>): half the global load instructions, and each thread's eight stores to
+   * workgroup memory contiguous and 16-byte aligned.
+   */
+  w16?: boolean;
+  /**
    * A timing probe, never a candidate (bench/gpu.ts times the tuner's winner with each): the kernel with one part
    * taken out, its product wrong by design, so that what that part costs shows as the difference. `cross`: each
    * K-step multiplies every loaded fragment once (tm + tn - 1 products instead of tm·tn; every load kept);
@@ -94,7 +100,7 @@ export interface F16Tile {
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}${t.probe ? ` probe:${t.probe}` : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}${t.w16 ? ' w16' : ''}${t.probe ? ` probe:${t.probe}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -133,6 +139,12 @@ export const F16_CANDIDATES: F16Tile[] = [
   // closest stay in the sweep for other devices.
   { variant: 'staged', tm: 4, tn: 4, pf: true, fs: true },
   { variant: 'staged', tm: 4, tn: 4, pf: true, fs: true, sw: 8 },
+  // 16-byte global loads (half the load instructions of vec4<f16>; a thread's stores 16 contiguous bytes), on
+  // the two best tiles of 2026-11-28 (staged 4x4 sw8, staged 4x4 pf) and their pf / sw8 neighbours.
+  { variant: 'staged', tm: 4, tn: 4, w16: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, w16: true },
+  { variant: 'staged', tm: 4, tn: 4, sw: 8, w16: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, w16: true },
 ];
 
 /**
@@ -155,6 +167,9 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, pad: 0 },
   { variant: 'staged', tm: 2, tn: 2, pad: 16 },
   { variant: 'staged', tm: 2, tn: 2, pf: true, il: true },
+  // 16-byte units: prefetched and double-buffered; and staged directly with a partial last pass (B: 64 units, 128 threads).
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, w16: true },
+  { variant: 'staged', tm: 2, tn: 1, bk: 16, sw: 3, w16: true },
 ];
 
 export interface F16Support {
@@ -276,6 +291,7 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   if (t.pad !== undefined && !(t.pad >= 0 && t.pad % 8 === 0)) return 'pad must be a multiple of 8 halves (rows 16-byte aligned)';
   if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
   if (t.probe === 'nostage' && t.variant !== 'staged') return 'probe nostage needs a staged tile';
+  if (t.w16 && (t.variant !== 'staged' || t.fs)) return 'w16 needs a staged tile without fs';
   if (t.fs) {
     if (t.variant !== 'staged') return 'fs needs a staged tile';
     const [sgm, sgn] = t.sg ?? [2, 2];
@@ -361,16 +377,23 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
     const copies = dbl ? 2 : 1;
     shared = `var<workgroup> As: array<${H}, ${copies * bm * LDA}>;
 var<workgroup> Bs: array<${H}, ${copies * bn * LDA}>;`;
-    const unitsA = (bm * BK) / 4;
-    const unitsB = (bn * BK) / 4;
-    const put = (dst: string, base: string) => `${dst}[${base}d] = v.x; ${dst}[${base}d + 1u] = v.y; ${dst}[${base}d + 2u] = v.z; ${dst}[${base}d + 3u] = v.w;`;
+    // Staged units: E consecutive halves of a row (E = 4: one vec4<H> load; w16: E = 8, one vec4<u32> load on a
+    // GPU, two vec4<f32> emulated, through the helpers ld8_<a|b> / st8_<As|Bs>).
+    const E = t.w16 ? 8 : 4;
+    const unitsA = (bm * BK) / E;
+    const unitsB = (bn * BK) / E;
+    const [srcA, srcB] = t.w16 && !emu ? ['a8', 'b8'] : ['a4', 'b4'];
+    const get = (src: string, idx: string) => (t.w16 ? `ld8_${src[0]}(${idx})` : `${src}[${idx}]`);
+    const put = (dst: string, base: string) =>
+      t.w16 ? `st8_${dst}(${base}d, v);` : `${dst}[${base}d] = v.x; ${dst}[${base}d + 1u] = v.y; ${dst}[${base}d + 2u] = v.z; ${dst}[${base}d + 3u] = v.w;`;
+    const unit = t.w16 ? 'U8' : `vec4<${H}>`;
     const copy = (dst: string, src: string, units: number, row0: string) =>
       rng(Math.ceil(units / WG))
         .map(
           (i) => `    { let q = tid + ${u(i * WG)};${units % WG ? ` if (q < ${u(units)}) {` : ''}
-      let row = q / ${u(BK / 4)}; let c4 = q % ${u(BK / 4)};
-      let v = ${src}[((${row0} + row) * ${u(kp)} + k0) / 4u + c4];
-      let d = row * ${u(LDA)} + 4u * c4;
+      let row = q / ${u(BK / E)}; let c4 = q % ${u(BK / E)};
+      let v = ${get(src, `((${row0} + row) * ${u(kp)} + k0) / ${u(E)} + c4`)};
+      let d = row * ${u(LDA)} + ${u(E)} * c4;
       ${put(dst, '')}${units % WG ? ' }' : ''} }`,
         )
         .join('\n');
@@ -379,34 +402,43 @@ var<workgroup> Bs: array<${H}, ${copies * bn * LDA}>;`;
     if (dbl && !pf && !t.fs) throw new Error(`f16 tile ${f16TileName(t)}: db needs whole prefetch units per thread (${unitsA}, ${unitsB} units, ${WG} threads)`);
     const pfLoad = (reg: string, src: string, units: number, row0: string, kBase: string) =>
       rng(units / WG)
-        .map((i) => `      { let q = tid + ${u(i * WG)}; ${reg}${i} = ${src}[((${row0} + q / ${u(BK / 4)}) * ${u(kp)} + ${kBase}) / 4u + q % ${u(BK / 4)}]; }`)
+        .map((i) => `      { let q = tid + ${u(i * WG)}; ${reg}${i} = ${get(src, `((${row0} + q / ${u(BK / E)}) * ${u(kp)} + ${kBase}) / ${u(E)} + q % ${u(BK / E)}`)}; }`)
         .join('\n');
     const pfStore = (reg: string, dst: string, units: number, base: string) =>
       rng(units / WG)
         .map(
           (i) => `    { let q = tid + ${u(i * WG)}; let v = ${reg}${i};
-      let d = (q / ${u(BK / 4)}) * ${u(LDA)} + 4u * (q % ${u(BK / 4)});
+      let d = (q / ${u(BK / E)}) * ${u(LDA)} + ${u(E)} * (q % ${u(BK / E)});
       ${put(dst, base)} }`,
         )
         .join('\n');
     let fill = pf
       ? `${pfStore('pA', 'As', unitsA, dbl ? 'ao + ' : '')}\n${pfStore('pB', 'Bs', unitsB, dbl ? 'bo + ' : '')}`
-      : `${copy('As', 'a4', unitsA, 'm0')}\n${copy('Bs', 'b4', unitsB, 'n0')}`;
+      : `${copy('As', srcA, unitsA, 'm0')}\n${copy('Bs', srcB, unitsB, 'n0')}`;
     let pre = pf
-      ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: vec4<${H}>;`), ...rng(unitsB / WG).map((i) => `  var pB${i}: vec4<${H}>;`)].join('\n')}
+      ? `${[...rng(unitsA / WG).map((i) => `  var pA${i}: ${unit};`), ...rng(unitsB / WG).map((i) => `  var pB${i}: ${unit};`)].join('\n')}
   {
-${pfLoad('pA', 'a4', unitsA, 'm0', '0u')}
-${pfLoad('pB', 'b4', unitsB, 'n0', '0u')}
+${pfLoad('pA', srcA, unitsA, 'm0', '0u')}
+${pfLoad('pB', srcB, unitsB, 'n0', '0u')}
   }
 `
       : '';
     let next = pf
       ? `    if (k0 + ${u(BK)} < ${u(kp)}) {
-${pfLoad('pA', 'a4', unitsA, 'm0', `k0 + ${u(BK)}`)}
-${pfLoad('pB', 'b4', unitsB, 'n0', `k0 + ${u(BK)}`)}
+${pfLoad('pA', srcA, unitsA, 'm0', `k0 + ${u(BK)}`)}
+${pfLoad('pB', srcB, unitsB, 'n0', `k0 + ${u(BK)}`)}
     }
 `
       : '';
+    if (t.w16) {
+      // Eight halves a unit: on a GPU one 16-byte load, split into four pairs; emulated, two vec4<f32> loads.
+      const halves = (v: string) => (emu ? rng(8).map((e) => `${v}[${e >> 2}].${'xyzw'[e & 3]}`) : rng(8).map((e) => `h${e >> 1}.${'xy'[e & 1]}`));
+      const st = (dst: string) => `fn st8_${dst}(d: u32, v: U8) {
+${emu ? '' : `  ${rng(4).map((j) => `let h${j} = bitcast<vec2<f16>>(v.${'xyzw'[j]});`).join(' ')}\n`}  ${halves('v').map((x, e) => `${dst}[d${e ? ` + ${u(e)}` : ''}] = ${x};`).join(' ')}
+}`;
+      const ld = (src: 'a' | 'b') => (emu ? `fn ld8_${src}(o: u32) -> U8 { return U8(${src}4[2u * o], ${src}4[2u * o + 1u]); }` : `fn ld8_${src}(o: u32) -> U8 { return ${src}8[o]; }`);
+      shared += `\nalias U8 = ${emu ? 'array<vec4<f32>, 2>' : 'vec4<u32>'};\n${ld('a')}\n${ld('b')}\n${st('As')}\n${st('Bs')}`;
+    }
     if (t.fs) {
       // Fragment f of a slice: block row f / KB, K-fragment f % KB; subgroup sg stages f = sg, sg + S, ...
       // (subgroup-uniform offsets). A and B alike: rows of 16 with k contiguous, copied row-major.
@@ -453,7 +485,7 @@ ${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src,
       s * 16,
     ];
     // nostage: the operands stay bound (a phony read keeps them in the pipeline's layout).
-    if (t.probe === 'nostage') [pre, fill, next] = [t.fs ? '  _ = a[0];\n  _ = b[0];\n' : '  _ = a4[0];\n  _ = b4[0];\n', '', ''];
+    if (t.probe === 'nostage') [pre, fill, next] = [t.fs ? '  _ = a[0];\n  _ = b[0];\n' : `  _ = ${srcA}[0];\n  _ = ${srcB}[0];\n`, '', ''];
     loop = `${hoisted(...at('', 0))}${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
 ${par}${fill}
     workgroupBarrier();
@@ -514,9 +546,10 @@ ${step(...at('k0'))}
   const [aName, bName] = t.variant === 'staged' ? ['As', 'Bs'] : ['a', 'b'];
   // Storage read as vec4s by the staged copy; as scalars by fragment loads (direct, fs).
   const vec4s = t.variant === 'staged' && !t.fs;
+  const wide = vec4s && t.w16 && !emu;
   return `${emu ? '' : header(enableSubgroups)}
-@group(0) @binding(0) var<storage, read> ${vec4s ? `a4: array<vec4<${H}>>` : `a: array<${H}>`};
-@group(0) @binding(1) var<storage, read> ${vec4s ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
+@group(0) @binding(0) var<storage, read> ${wide ? 'a8: array<vec4<u32>>' : vec4s ? `a4: array<vec4<${H}>>` : `a: array<${H}>`};
+@group(0) @binding(1) var<storage, read> ${wide ? 'b8: array<vec4<u32>>' : vec4s ? `b4: array<vec4<${H}>>` : `b: array<${H}>`};
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 ${shared}
 ${edges ? `var<workgroup> Cs: array<f32, ${sgm * sgn * 256}>;` : ''}
@@ -623,6 +656,7 @@ function asF16Tile(v: unknown): F16Tile | undefined {
   if (o.fs === true) t.fs = true;
   if (whole(o.pad, 0)) t.pad = o.pad as number;
   if (o.il === true) t.il = true;
+  if (o.w16 === true) t.w16 = true;
   return f16TileProblem(t) ? undefined : t;
 }
 

@@ -60,6 +60,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(has((t) => !!t.fs && !!t.pf)).toBe(true);
     expect(has((t) => t.pad === 0)).toBe(true);
     expect(has((t) => !!t.il)).toBe(true);
+    expect(has((t) => !!t.w16 && !!t.pf)).toBe(true);
     // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
     for (const t of F16_CANDIDATES) {
       expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
@@ -270,5 +271,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, sg: [4, 2], fs: true }, 'emulated', 32)).toThrow(/fs needs the fragments/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, fs: true }, 'emulated', 32)).toThrow(/fs needs a staged tile/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, pad: 4 }, 'emulated', 32)).toThrow(/pad must be a multiple of 8/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, fs: true, w16: true }, 'emulated', 32)).toThrow(/w16 needs a staged tile without fs/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, w16: true }, 'emulated', 32)).toThrow(/w16 needs/);
   });
 });
