@@ -29,7 +29,9 @@ import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
-import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, f16TileProblem, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
+import { forceTile } from '../src/runtime/webgpu/gemm-tune.js';
+import type { Tile } from '../src/runtime/webgpu/gemm-wgsl.js';
+import { castF16, emulateF16, F16_CANDIDATES, F16_EMULATION_TILES, f16TileName, gemmF16, gemmF16Packed, probeF16, rememberF16Tile, setF16Tile, type F16Support, type F16Tile } from '../src/runtime/webgpu/gemm-f16.js';
 import { f16MatmulCount, useF16Matmul, useF16MatmulEmulated } from '../src/runtime/webgpu/matmul-f16.js';
 import { moeLoraLinear, moeLoraLinearPair, type MoeLoraWeights } from '../src/runtime/webgpu/moe-lora.js';
 import { swiglu } from '../src/runtime/webgpu/kernels/swiglu.js';
@@ -370,9 +372,85 @@ if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const f32gpu = await gpuTime(() => gemm(a, b));
   report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms!, gemmFlop)}; ${gfmt(f32gpu, gemmFlop)}`);
   report(`tfjs  f32 matMul ${G}^3 (tfjs-backend-webgpu): ${fmt(tfjsMs, gemmFlop)}; ${gfmt(await gpuTime(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)), gemmFlop)}`);
+  await f32Probes(tuned.best).catch((e: unknown) => report(`f32 probes failed: ${e instanceof Error ? e.message.slice(0, 300) : String(e)}`));
   const f32best = f32gpu ?? f32ms!;
   targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32best) >= 30, detail: `${tflops(gemmFlop, f32best).toFixed(1)} TFLOP/s (${f32gpu ? 'GPU time' : 'wall'})` });
 });
+
+/** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */
+async function probeMs(f: () => Tensor): Promise<number> {
+  // A probe whose pipeline does not build would time an empty dispatch: its errors first.
+  const device = (gpu as { device: GPUDevice }).device; // (opened: this runs after the adapter check)
+  device.pushErrorScope('validation');
+  device.pushErrorScope('internal');
+  tf.dispose(f());
+  const internal = await device.popErrorScope();
+  const validation = await device.popErrorScope();
+  if (internal || validation) throw new Error(String((validation ?? internal)!.message).split('\n')[0]);
+  return (await gpuTime(f, 3)) ?? (await time(f, 3));
+}
+
+/** `name (what) ms (n% less)` per probe, a failed one named with its error. */
+async function probeRows(full: number, probes: { name: string; what: string; ms: () => Promise<number> }[]): Promise<string[]> {
+  const rows = [`full ${full.toFixed(3)}`];
+  for (const p of probes) {
+    try {
+      const ms = await p.ms();
+      const less = Math.round(100 * (1 - ms / full));
+      rows.push(`${p.name} (${p.what}) ${ms.toFixed(3)} (${less >= 0 ? `${less}% less` : `${-less}% more`})`);
+    } catch (e) {
+      rows.push(`${p.name} failed (${e instanceof Error ? e.message.slice(0, 200) : String(e)})`);
+    }
+  }
+  return rows;
+}
+
+/** Times at K = G/8 … G and the least-squares fit ms = c + s·K: c is what a call pays outside its K loop. */
+async function kScaling(what: string, full: number, at: (k: number) => Promise<number>): Promise<void> {
+  const byK: { k: number; ms: number }[] = [];
+  for (const k of [G / 8, G / 4, G / 2, G].filter((x) => x >= 64)) byK.push({ k, ms: k === G ? full : await at(k) });
+  const mk = byK.reduce((x, r) => x + r.k, 0) / byK.length;
+  const mm = byK.reduce((x, r) => x + r.ms, 0) / byK.length;
+  const slope = byK.reduce((x, r) => x + (r.k - mk) * (r.ms - mm), 0) / byK.reduce((x, r) => x + (r.k - mk) ** 2, 0);
+  const c = mm - slope * mk;
+  report(
+    `${what} ${G}x${G}xK: ${byK.map((r) => `K ${r.k} ${r.ms.toFixed(3)} ms = ${tflops(2 * G * G * r.k, r.ms).toPrecision(3)} TFLOP/s`).join(', ')}; fit ms = ${c.toFixed(3)} + K x ${(slope * 1000).toFixed(3)}e-3 (the K loop alone: ${tflops(2 * G * G, slope).toPrecision(3)} TFLOP/s)`,
+  );
+}
+
+/**
+ * Where the tuned f32 tile's time goes: the same tile with one part taken out (Tile.probe: products wrong by
+ * design, never checked or cached), and its time against K.
+ */
+async function f32Probes(t: Tile): Promise<void> {
+  const withTile = async <T>(tile: Tile, f: () => Promise<T>): Promise<T> => {
+    forceTile(tile);
+    try {
+      return await f();
+    } finally {
+      forceTile(undefined);
+    }
+  };
+  const atK = (tile: Tile, k: number) =>
+    withTile(tile, async () => {
+      const [ak, bk] = k === G ? [a, b] : [tf.slice(a, [0, 0], [G, k]), tf.slice(b, [0, 0], [k, G])];
+      try {
+        return await probeMs(() => gemm(ak, bk));
+      } finally {
+        if (k !== G) tf.dispose([ak, bk]);
+      }
+    });
+  const full = await atK(t, G);
+  const name = `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}`;
+  const fmas = (t.tm * t.tn) / 4;
+  const rows = await probeRows(full, [
+    ...(t.tn > 4 ? [{ name: 'cross', what: `each value read feeds one FMA (${t.tm + t.tn / 4 - 1} of ${fmas} vec4 FMAs a k)`, ms: () => atK({ ...t, probe: 'cross' }, G) }] : []),
+    { name: 'nostage', what: 'no global loads or workgroup stores', ms: () => atK({ ...t, probe: 'nostage' }, G) },
+    { name: 'hoist', what: 'no workgroup reads in the K loop', ms: () => atK({ ...t, probe: 'hoist' }, G) },
+  ]);
+  report(`f32 probes (${name}, ${G}^3, ms; products wrong by design): ${rows.join('; ')}`);
+  await kScaling(`f32 (${name})`, full, (k) => atK(t, k));
+}
 
 /**
  * Where the f16 winner's time goes, for the next kernel change to aim at: the same tile with one part taken out
@@ -385,52 +463,21 @@ async function f16Probes(t: F16Tile, emu: boolean): Promise<void> {
     const a16 = castF16(k === G ? a : tf.slice(a, [0, 0], [G, k]), 'a', G, G, k, false, tile, emu);
     const b16 = castF16(k === G ? b : tf.slice(b, [0, 0], [k, G]), 'b', G, G, k, true, tile, emu);
     try {
-      const f = () => gemmF16Packed(a16, b16, G, G, k, tile, emu);
-      // A probe whose pipeline does not build would time an empty dispatch: its errors first.
-      const device = (gpu as { device: GPUDevice }).device; // (opened: this runs after the adapter check)
-      device.pushErrorScope('validation');
-      device.pushErrorScope('internal');
-      tf.dispose(f());
-      const internal = await device.popErrorScope();
-      const validation = await device.popErrorScope();
-      if (internal || validation) throw new Error(String((validation ?? internal)!.message).split('\n')[0]);
-      return (await gpuTime(f, 3)) ?? (await time(f, 3));
+      return await probeMs(() => gemmF16Packed(a16, b16, G, G, k, tile, emu));
     } finally {
       tf.dispose([a16, b16]);
     }
   };
   const full = await ms(t, G);
-  const products = t.tm * t.tn;
-  const what: Record<NonNullable<F16Tile['probe']>, string> = {
-    cross: `each loaded fragment multiplied once (${t.tm + t.tn - 1} of ${products} products)`,
-    nostage: 'no global loads or workgroup stores',
-    hoist: 'no fragment loads in the K loop',
-  };
-  const rows = [`full ${full.toFixed(3)}`];
-  for (const probe of ['cross', 'nostage', 'hoist'] as const) {
-    const pt: F16Tile = { ...t, probe };
+  const probe = (p: NonNullable<F16Tile['probe']>, what: string) => ({ name: p, what, ms: () => ms({ ...t, probe: p }, G) });
+  const rows = await probeRows(full, [
     // (cross with one fragment row or column is the full kernel.)
-    if (f16TileProblem(pt) || (probe === 'cross' && (t.tm === 1 || t.tn === 1))) continue;
-    try {
-      const p = await ms(pt, G);
-      const less = Math.round(100 * (1 - p / full));
-      rows.push(`${probe} (${what[probe]}) ${p.toFixed(3)} (${less >= 0 ? `${less}% less` : `${-less}% more`})`);
-    } catch (e) {
-      rows.push(`${probe} failed (${e instanceof Error ? e.message.slice(0, 200) : String(e)})`);
-    }
-  }
+    ...(t.tm > 1 && t.tn > 1 ? [probe('cross', `each loaded fragment multiplied once (${t.tm + t.tn - 1} of ${t.tm * t.tn} products)`)] : []),
+    ...(t.variant === 'staged' ? [probe('nostage', 'no global loads or workgroup stores')] : []),
+    probe('hoist', 'no fragment loads in the K loop'),
+  ]);
   report(`f16 probes (${f16TileName(t)}, ${G}^3 on f16 operands, ms; products wrong by design): ${rows.join('; ')}`);
-  const ks = [G / 8, G / 4, G / 2, G].filter((k) => k >= 64);
-  const byK = [];
-  for (const k of ks) byK.push({ k, ms: k === G ? full : await ms(t, k) });
-  // Least squares ms = c + s·K: c is the per-call cost outside the K loop.
-  const mk = byK.reduce((x, r) => x + r.k, 0) / byK.length;
-  const mm = byK.reduce((x, r) => x + r.ms, 0) / byK.length;
-  const slope = byK.reduce((x, r) => x + (r.k - mk) * (r.ms - mm), 0) / byK.reduce((x, r) => x + (r.k - mk) ** 2, 0);
-  const c = mm - slope * mk;
-  report(
-    `f16 ${G}x${G}xK (${f16TileName(t)}): ${byK.map((r) => `K ${r.k} ${r.ms.toFixed(3)} ms = ${tflops(2 * G * G * r.k, r.ms).toPrecision(3)} TFLOP/s`).join(', ')}; fit ms = ${c.toFixed(3)} + K x ${(slope * 1000).toFixed(3)}e-3 (the K loop alone: ${tflops(2 * G * G, slope).toPrecision(3)} TFLOP/s)`,
-  );
+  await kScaling(`f16 (${f16TileName(t)})`, full, (k) => ms(t, k));
 }
 
 // f16 subgroup-matrix GEMM

@@ -40,6 +40,14 @@ export interface Tile {
    * so the workgroups in flight share slices of A and B in L2. Prologues must locate their block by m0/n0.
    */
   sw?: number;
+  /**
+   * A timing probe, never tuned or cached (bench/gpu.ts times the tuned tile with each): the kernel with one part
+   * taken out, its product wrong by design, so that what that part costs shows as the difference. `cross`:
+   * every value read from workgroup memory feeds one FMA (TM + TN/4 − 1 vec4 FMAs a k instead of TM·TN/4);
+   * `nostage`: no global loads and no stores to workgroup memory (barriers and reads kept); `hoist`: each
+   * thread's reads of workgroup memory happen once, before the K loop, and the loop only stages and multiplies.
+   */
+  probe?: 'cross' | 'nostage' | 'hoist';
 }
 
 /** A part of an operand stored in one input binding. */
@@ -142,6 +150,7 @@ export function checkTile(t: Tile): string | undefined {
   if (t.bk % 4) return 'bk must be a multiple of 4';
   const threads = tileThreads(t);
   if (threads > 256 || threads < 16) return `${threads} threads per workgroup (16 to 256)`;
+  if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
   return undefined;
 }
 
@@ -269,7 +278,8 @@ export function f32lit(x: number): string {
 }
 
 /** Code that stages one operand's BK-slice into workgroup memory `dst` (k-major, `ext4` vec4s per k). */
-function stage(dst: 'As' | 'Bs', fn: string, op: Operand, tileExt: number, bk: number, threads: number, origin: string): string {
+function stage(dst: 'As' | 'Bs', fn: string, op: Operand, tileExt: number, bk: number, threads: number, origin: string, probe?: Tile['probe']): string {
+  if (probe === 'nostage') return '';
   const units = stageUnits(op, tileExt, bk);
   if (units % threads === 0) {
     return rng(units / threads)
@@ -361,16 +371,26 @@ ${rng(TM4 * 4 * TN4)
   .map((i) => `  var acc${i} = vec4<f32>(0.0);`)
   .join('\n')}`);
   if (spec.prologue) main.push(spec.prologue);
+  // nostage: the inputs stay bound (phony reads keep them in the pipeline's layout).
+  if (t.probe === 'nostage') main.push(spec.inputs.map((_, i) => `  _ = in${i}[0];`).join('\n'));
   spec.segments.forEach((s, si) => {
     if (s.k === 0) return;
+    // hoist: each segment in a block of its own (its hoisted reads are function-scope names).
+    const block = (code: string) => (t.probe === 'hoist' ? `  {\n${code}\n  }` : code);
     const fma: string[] = [];
     const dbl = !!(t.pf && t.db && canPrefetch([s], t));
-    fma.push(rng(TM4).map((i) => `      let a${i} = As[${dbl ? 'ao + ' : ''}k * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`).join('\n'));
-    fma.push(rng(TN4).map((j) => `      let b${j} = Bs[${dbl ? 'bo + ' : ''}k * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`).join('\n'));
+    const reads = (k: string, copy: boolean) => [
+      ...rng(TM4).map((i) => `      let a${i} = As[${copy ? 'ao + ' : ''}${k} * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`),
+      ...rng(TN4).map((j) => `      let b${j} = Bs[${copy ? 'bo + ' : ''}${k} * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`),
+    ];
+    // hoist: the first k's reads once, before the K loop (from the first copy).
+    const hoisted = t.probe === 'hoist' ? `${reads('0u', false).map((l) => l.slice(4)).join('\n')}\n` : '';
+    if (t.probe !== 'hoist') fma.push(reads('k', dbl).join('\n'));
     for (let i = 0; i < TM4; i++) {
       for (let c = 0; c < 4; c++) {
         for (let j = 0; j < TN4; j++) {
           const acc = (i * 4 + c) * TN4 + j;
+          if (t.probe === 'cross' && j !== 0 && (i !== 0 || c !== 0)) continue;
           fma.push(`      acc${acc} = fma(vec4<f32>(a${i}.${'xyzw'[c]}), b${j}, acc${acc});`);
         }
       }
@@ -380,18 +400,20 @@ ${rng(TM4 * 4 * TN4)
       const ua = stageUnits(s.a, t.bm, t.bk) / NT;
       const ub = stageUnits(s.b, t.bn, t.bk) / NT;
       const loads = (kBase: string) =>
-        [
+        t.probe === 'nostage'
+          ? ''
+          : [
           ...rng(ua).map((i) => `      { let q = tid + ${u(i * NT)}; pa${si}_${i} = ${stageLoad(`loadA${si}`, s.a, t.bm, t.bk, 'm0', kBase)}; }`),
           ...rng(ub).map((i) => `      { let q = tid + ${u(i * NT)}; pb${si}_${i} = ${stageLoad(`loadB${si}`, s.b, t.bn, t.bk, 'n0', kBase)}; }`),
         ].join('\n');
-      const stores = [
+      const stores = (t.probe === 'nostage' ? [] : [
         ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk, dbl ? 'ao + ' : '')} }`),
         ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk, dbl ? 'bo + ' : '')} }`),
-      ].join('\n');
+      ]).join('\n');
       // Double buffered: slice i lives in copy i mod 2; the barrier after the stores also orders this slice's
       // writes after every thread's reads of the other copy two slices ago, so one barrier per slice suffices
       // (and one after the loop, before anything else touches the tiles).
-      main.push(`${[...rng(ua).map((i) => `  var pa${si}_${i}: vec4<f32>;`), ...rng(ub).map((i) => `  var pb${si}_${i}: vec4<f32>;`)].join('\n')}
+      main.push(block(`${hoisted}${[...rng(ua).map((i) => `  var pa${si}_${i}: vec4<f32>;`), ...rng(ub).map((i) => `  var pb${si}_${i}: vec4<f32>;`)].join('\n')}
   {
 ${loads('0u')}
   }
@@ -404,18 +426,18 @@ ${loads(`k0 + ${u(t.bk)}`)}
     for (var k = 0u; k < ${u(t.bk)}; k++) {
 ${fma.join('\n')}
     }
-${dbl ? '' : '    workgroupBarrier();\n'}  }${dbl ? '\n  workgroupBarrier();' : ''}`);
+${dbl ? '' : '    workgroupBarrier();\n'}  }${dbl ? '\n  workgroupBarrier();' : ''}`));
       return;
     }
-    main.push(`  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
-${stage('As', `loadA${si}`, s.a, t.bm, t.bk, NT, 'm0')}
-${stage('Bs', `loadB${si}`, s.b, t.bn, t.bk, NT, 'n0')}
+    main.push(block(`${hoisted}  for (var k0 = 0u; k0 < ${u(s.k)}; k0 += ${u(t.bk)}) {
+${stage('As', `loadA${si}`, s.a, t.bm, t.bk, NT, 'm0', t.probe)}
+${stage('Bs', `loadB${si}`, s.b, t.bn, t.bk, NT, 'n0', t.probe)}
     workgroupBarrier();
     for (var k = 0u; k < ${u(t.bk)}; k++) {
 ${fma.join('\n')}
     }
     workgroupBarrier();
-  }`);
+  }`));
   });
   // Epilogue: per row of the thread's block.
   const outVec4 = !spec.store && spec.outputs[0] === 'vec4';

@@ -10,10 +10,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
-import { GEMM_KERNEL, gemm, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
+import { GEMM_KERNEL, gemm, gemmSpec, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
 import { F16_CANDIDATES, gemmF16, probeF16 } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
-import type { Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
+import { gemmWgsl, type Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, run, type Arg, type Result } from './kernels-support.js';
 
 const TOL = 1e-4;
@@ -91,6 +91,56 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     const bt = randn(14, [K, 48], 1, false);
     const refT = await refProduct(at, bt, true, false);
     for (const tile of CANDIDATES) expect(await tileError(at, bt, true, false, tile, refT), `k-major ${JSON.stringify(tile)}`).toBeLessThan(1e-4);
+  });
+
+  // The probes bench/gpu.ts times beside the tuned tile: each takes out what it says and nothing else.
+  it('timing probes: cross keeps one FMA per value read, nostage stages nothing, hoist reads the tiles once before the K loop', async () => {
+    const [M, N, K] = [64, 128, 48];
+    const a = randn(15, [M, K], 1, false);
+    const b = randn(16, [N, K], 1, false);
+    const ref = (await refProduct(a, b, false, true)).outs[0]!;
+    const product = async (tile: Tile) =>
+      (
+        await run(
+          'webgpu',
+          ([x, w]) => {
+            registerGemm();
+            return [tf.engine().runKernel(GEMM_KERNEL, [x, w] as never, { transA: false, transB: true, tile } as never) as Tensor];
+          },
+          [a, b],
+        )
+      ).outs[0]!;
+    for (const base of [{ bm: 32, bn: 64, bk: 16, tm: 4, tn: 8 }, { bm: 32, bn: 64, bk: 16, tm: 4, tn: 8, pf: true, db: true }] as Tile[]) {
+      // cross, one row group (tm 4) and two column groups (tn 8, 8 threads across): a row keeps every column where
+      // it is the first of its four (a0.x), else only its first column group's (b0: the first 32 of each 64).
+      const cross = await product({ ...base, probe: 'cross' });
+      for (let r = 0; r < M; r++) {
+        for (let c = 0; c < N; c++) {
+          const want = r % 4 === 0 || c % 64 < 32 ? ref[r * N + c]! : 0;
+          expect(Math.abs(cross[r * N + c]! - want), `${JSON.stringify(base)} cross ${r},${c}`).toBeLessThan(1e-4);
+        }
+      }
+      // nostage and hoist multiply whatever workgroup memory holds (Dawn's zeroing is off: device.ts), so their
+      // text is checked: nostage neither loads an operand nor writes a tile; hoist reads the tiles once, before
+      // the K loop, which still stages. Both build and run without a device error.
+      const spec = (probe: Tile['probe']) => gemmWgsl(gemmSpec([M, K], [N, K], false, true, { ...base, probe }, false));
+      const main = (code: string) => code.slice(code.indexOf('fn main'));
+      const staging = /loadA0\(|loadB0\(|[AB]s\[[^\]]*\](\[[^\]]*\])?\s*=[^=]/;
+      expect(main(spec(undefined))).toMatch(staging);
+      const nostage = main(spec('nostage'));
+      expect(nostage).not.toMatch(staging);
+      expect(nostage).toMatch(/let a0 = As\[/);
+      const hoist = main(spec('hoist'));
+      expect(hoist.match(/let a0 = As\[/g)).toHaveLength(1);
+      expect(hoist.indexOf('let a0 = As[')).toBeLessThan(hoist.indexOf('for (var k0'));
+      expect(hoist.slice(hoist.indexOf('for (var k0'))).toMatch(/As\[[^\]]*\](\[[^\]]*\])?\s*=[^=]/);
+      const device = (tf.findBackend('webgpu') as unknown as { device: GPUDevice }).device;
+      for (const probe of ['nostage', 'hoist'] as const) {
+        device.pushErrorScope('validation');
+        expect(await product({ ...base, probe })).toHaveLength(M * N);
+        expect(await device.popErrorScope(), `${JSON.stringify(base)} ${probe}`).toBeNull();
+      }
+    }
   });
 
   it('the f16 subgroup-matrix GEMM runs where the adapter offers it (checked against f32), and says why not elsewhere', async () => {
