@@ -87,6 +87,12 @@ export interface F16Tile {
    */
   w16?: boolean;
   /**
+   * staged only: load ahead: every fragment of a slice (all its K-steps) is loaded before the slice's first
+   * product, so the loads of step s + 1 are in flight during step s's products (more fragment registers live:
+   * (tm + tn) × BK/16 instead of tm + tn).
+   */
+  lp?: boolean;
+  /**
    * A timing probe, never a candidate (bench/gpu.ts times the tuner's winner with each): the kernel with one part
    * taken out, its product wrong by design, so that what that part costs shows as the difference. `cross`: each
    * K-step multiplies every loaded fragment once (tm + tn - 1 products instead of tm·tn; every load kept);
@@ -100,7 +106,7 @@ export interface F16Tile {
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
 export function f16TileName(t: F16Tile): string {
   const sg = t.sg && (t.sg[0] !== 2 || t.sg[1] !== 2) ? ` sg${t.sg[0]}x${t.sg[1]}` : '';
-  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}${t.w16 ? ' w16' : ''}${t.probe ? ` probe:${t.probe}` : ''}`;
+  return `${t.variant} ${t.tm}x${t.tn}${sg}${t.pf ? ' pf' : ''}${t.bk && t.bk !== BK_DEFAULT ? ` bk${t.bk}` : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.fs ? ' fs' : ''}${t.pad !== undefined && t.pad !== PAD ? ` pad${t.pad}` : ''}${t.il ? ' il' : ''}${t.w16 ? ' w16' : ''}${t.lp ? ' lp' : ''}${t.probe ? ` probe:${t.probe}` : ''}`;
 }
 
 export const F16_CANDIDATES: F16Tile[] = [
@@ -145,6 +151,12 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 4, tn: 4, pf: true, w16: true },
   { variant: 'staged', tm: 4, tn: 4, sw: 8, w16: true },
   { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, w16: true },
+  // Load ahead: a slice's fragments all loaded before its first product (the next step's loads in flight
+  // during this step's products; more registers live).
+  { variant: 'staged', tm: 4, tn: 4, lp: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, lp: true },
+  { variant: 'staged', tm: 4, tn: 4, sw: 8, lp: true },
+  { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, w16: true, lp: true },
 ];
 
 /**
@@ -170,6 +182,9 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   // 16-byte units: prefetched and double-buffered; and staged directly with a partial last pass (B: 64 units, 128 threads).
   { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, w16: true },
   { variant: 'staged', tm: 2, tn: 1, bk: 16, sw: 3, w16: true },
+  // Load ahead over four K-steps, and over two with 16-byte units, prefetch and double buffering.
+  { variant: 'staged', tm: 1, tn: 2, bk: 64, lp: true },
+  { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, w16: true, lp: true },
 ];
 
 export interface F16Support {
@@ -292,6 +307,7 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
   if (t.probe === 'nostage' && t.variant !== 'staged') return 'probe nostage needs a staged tile';
   if (t.w16 && (t.variant !== 'staged' || t.fs)) return 'w16 needs a staged tile without fs';
+  if (t.lp && (t.variant !== 'staged' || t.il)) return 'lp needs a staged tile without il';
   if (t.fs) {
     if (t.variant !== 'staged') return 'fs needs a staged tile';
     const [sgm, sgn] = t.sg ?? [2, 2];
@@ -353,12 +369,14 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
     ls: rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`),
     rs: rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`),
   });
+  // The products of one K-step, on fragments named l<tag><i> / r<tag><j>.
+  const products = (i: number, A: string, B: string, tag = '') =>
+    rng(t.tn)
+      .filter((j) => t.probe !== 'cross' || i === 0 || j === 0)
+      .map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${tag}${i}`, `r${tag}${j}`, acc(i, j), A, B)};`);
   const step = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => {
     const { ls, rs } = loads(A, aOff, aStride, B, bOff, bStride, kk);
-    const row = (i: number) =>
-      rng(t.tn)
-        .filter((j) => t.probe !== 'cross' || i === 0 || j === 0)
-        .map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${i}`, `r${j}`, acc(i, j), A, B)};`);
+    const row = (i: number) => products(i, A, B);
     if (t.probe === 'hoist') return `  {\n${rng(t.tm).flatMap(row).join('\n')}\n  }`;
     if (t.il) return `  {\n${[...rs, ...rng(t.tm).flatMap((i) => [ls[i]!, ...row(i)])].join('\n')}\n  }`;
     return `  {\n${[...ls, ...rs, ...rng(t.tm).flatMap(row)].join('\n')}\n  }`;
@@ -486,12 +504,24 @@ ${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src,
     ];
     // nostage: the operands stay bound (a phony read keeps them in the pipeline's layout).
     if (t.probe === 'nostage') [pre, fill, next] = [t.fs ? '  _ = a[0];\n  _ = b[0];\n' : `  _ = ${srcA}[0];\n  _ = ${srcB}[0];\n`, '', ''];
+    // lp: the slice's loads (fragments of step s named l<s>_<i>, r<s>_<j>), then its products step by step.
+    const lp = t.lp && t.probe !== 'hoist';
+    const slice = lp
+      ? `  {\n${rng(BK / 16)
+          .flatMap((s) => {
+            const { ls, rs } = loads(...at(dbl ? 'ao' : '', s));
+            return [...ls, ...rs].map((x) => x.replace(/let ([lr])(\d+) =/, `let $1${s}_$2 =`));
+          })
+          .join('\n')}\n${rng(BK / 16)
+          .flatMap((s) => rng(t.tm).flatMap((i) => products(i, '&As', '&Bs', `${s}_`)))
+          .join('\n')}\n  }`
+      : rng(BK / 16)
+          .map((s) => step(...at(dbl ? 'ao' : '', s)))
+          .join('\n');
     loop = `${hoisted(...at('', 0))}${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
 ${par}${fill}
     workgroupBarrier();
-${next}${rng(BK / 16)
-  .map((s) => step(...at(dbl ? 'ao' : '', s)))
-  .join('\n')}
+${next}${slice}
 ${dbl ? '' : '    workgroupBarrier();\n'}  }`;
   } else {
     const at = (k: string): Parameters<typeof loads> => [
@@ -657,6 +687,7 @@ function asF16Tile(v: unknown): F16Tile | undefined {
   if (whole(o.pad, 0)) t.pad = o.pad as number;
   if (o.il === true) t.il = true;
   if (o.w16 === true) t.w16 = true;
+  if (o.lp === true) t.lp = true;
   return f16TileProblem(t) ? undefined : t;
 }
 

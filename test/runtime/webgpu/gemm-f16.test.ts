@@ -61,6 +61,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(has((t) => t.pad === 0)).toBe(true);
     expect(has((t) => !!t.il)).toBe(true);
     expect(has((t) => !!t.w16 && !!t.pf)).toBe(true);
+    expect(has((t) => !!t.lp)).toBe(true);
     // The GPU candidates all generate, and fit an H100/H200's 48 KiB of workgroup memory in f16.
     for (const t of F16_CANDIDATES) {
       expect(f16TileProblem(t), f16TileName(t)).toBeUndefined();
@@ -187,7 +188,7 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
       resetF16Tiles();
       const device = { adapterInfo: { vendor: 'nvidia', architecture: 'hopper', device: '', description: 'H200' }, limits: { maxComputeWorkgroupStorageSize: 49152 } };
       const dflt = f16TileFor(device, 4096, 4096, 4096);
-      const tuned: F16Tile = { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, pad: 0 };
+      const tuned: F16Tile = { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, pad: 0, w16: true, lp: true };
       expect(rememberF16Tile(device, 4096, 4096, 4096, tuned)).toBe(f16CachePath());
       resetF16Tiles(); // a fresh process reads it back
       expect(f16TileFor(device, 4000, 3000, 2000)).toEqual(tuned); // same shape class
@@ -286,5 +287,6 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, pad: 4 }, 'emulated', 32)).toThrow(/pad must be a multiple of 8/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, fs: true, w16: true }, 'emulated', 32)).toThrow(/w16 needs a staged tile without fs/);
     expect(() => matmulWgsl(64, 64, 64, { variant: 'direct', tm: 1, tn: 1, w16: true }, 'emulated', 32)).toThrow(/w16 needs/);
+    expect(() => matmulWgsl(64, 64, 64, { variant: 'staged', tm: 1, tn: 1, il: true, lp: true }, 'emulated', 32)).toThrow(/lp needs a staged tile without il/);
   });
 });
