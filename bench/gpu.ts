@@ -366,7 +366,7 @@ const b = tf.randomNormal([G, G]);
 // f32 GEMM
 if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const tuned = await tuneGemm(G, G, G);
-  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${t.tile.bm}x${t.tile.bn}x${t.tile.bk}/${t.tile.tm}x${t.tile.tn}${t.tile.pf ? "pf" : ""}${t.tile.db ? "db" : ""} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+  report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${f32TileName(t.tile)} ${t.ms.toFixed(2)}`).join(', ')} ms`);
   f32ms = await time(() => gemm(a, b));
   const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
   const f32gpu = await gpuTime(() => gemm(a, b));
@@ -376,6 +376,9 @@ if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const f32best = f32gpu ?? f32ms!;
   targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32best) >= 30, detail: `${tflops(gemmFlop, f32best).toFixed(1)} TFLOP/s (${f32gpu ? 'GPU time' : 'wall'})` });
 });
+
+/** `128x128x8/8x8 pf db sw8 ur`: an f32 tile in reports. */
+const f32TileName = (t: Tile) => `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.ur ? ' ur' : ''}`;
 
 /** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */
 async function probeMs(f: () => Tensor): Promise<number> {
@@ -441,7 +444,7 @@ async function f32Probes(t: Tile): Promise<void> {
       }
     });
   const full = await atK(t, G);
-  const name = `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}`;
+  const name = f32TileName(t);
   const fmas = (t.tm * t.tn) / 4;
   const rows = await probeRows(full, [
     ...(t.tn > 4 ? [{ name: 'cross', what: `each value read feeds one FMA (${t.tm + t.tn / 4 - 1} of ${fmas} vec4 FMAs a k)`, ms: () => atK({ ...t, probe: 'cross' }, G) }] : []),

@@ -41,6 +41,10 @@ export const CANDIDATES: Tile[] = [
   { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, sw: 8 },
   { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true, db: true, sw: 8 },
   { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8, pf: true, db: true, sw: 8 },
+  // The K-slice's steps written out (ur) on the tiles the H200 picked (128x128x8, with and without prefetch).
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, ur: true },
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true, ur: true },
+  { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8, pf: true, db: true, ur: true },
 ];
 
 export function tuningEnabled(): boolean {
@@ -134,6 +138,7 @@ function asTile(v: unknown): Tile | undefined {
     ...(t.pf === true ? { pf: true } : {}),
     ...(t.db === true ? { db: true } : {}),
     ...(Number.isInteger(t.sw) && t.sw! >= 1 ? { sw: t.sw } : {}),
+    ...(t.ur === true ? { ur: true } : {}),
   };
 }
 

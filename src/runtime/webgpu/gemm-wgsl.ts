@@ -41,6 +41,11 @@ export interface Tile {
    */
   sw?: number;
   /**
+   * The BK steps of a slice written out one after another (each with its k a constant) instead of a loop: every
+   * workgroup-memory index folds to a constant offset, whatever the driver's compiler does with loops.
+   */
+  ur?: boolean;
+  /**
    * A timing probe, never tuned or cached (bench/gpu.ts times the tuned tile with each): the kernel with one part
    * taken out, its product wrong by design, so that what that part costs shows as the difference. `cross`:
    * every value read from workgroup memory feeds one FMA (TM + TN/4 − 1 vec4 FMAs a k instead of TM·TN/4);
@@ -384,6 +389,8 @@ ${rng(TM4 * 4 * TN4)
       ...rng(TN4).map((j) => `      let b${j} = Bs[${copy ? 'bo + ' : ''}${k} * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`),
     ];
     // hoist: the first k's reads once, before the K loop (from the first copy).
+    const innerOf = (lines: string[]) =>
+      t.ur ? rng(t.bk).map((k) => `    {\n      let k = ${u(k)};\n${lines.join('\n')}\n    }`).join('\n') : `    for (var k = 0u; k < ${u(t.bk)}; k++) {\n${lines.join('\n')}\n    }`;
     const hoisted = t.probe === 'hoist' ? `${reads('0u', false).map((l) => l.slice(4)).join('\n')}\n` : '';
     if (t.probe !== 'hoist') fma.push(reads('k', dbl).join('\n'));
     for (let i = 0; i < TM4; i++) {
@@ -395,6 +402,7 @@ ${rng(TM4 * 4 * TN4)
         }
       }
     }
+    const inner = innerOf(fma);
     if (t.pf && canPrefetch([s], t)) {
       // Registers pa*/pb* hold the next slice: loaded before this slice's FMAs, stored after the barrier.
       const ua = stageUnits(s.a, t.bm, t.bk) / NT;
@@ -423,9 +431,7 @@ ${dbl ? `    let par = (k0 / ${u(t.bk)}) & 1u;\n    let ao = par * ${u((t.bk * t
     if (k0 + ${u(t.bk)} < ${u(s.k)}) {
 ${loads(`k0 + ${u(t.bk)}`)}
     }
-    for (var k = 0u; k < ${u(t.bk)}; k++) {
-${fma.join('\n')}
-    }
+${inner}
 ${dbl ? '' : '    workgroupBarrier();\n'}  }${dbl ? '\n  workgroupBarrier();' : ''}`));
       return;
     }
@@ -433,9 +439,7 @@ ${dbl ? '' : '    workgroupBarrier();\n'}  }${dbl ? '\n  workgroupBarrier();' : 
 ${stage('As', `loadA${si}`, s.a, t.bm, t.bk, NT, 'm0', t.probe)}
 ${stage('Bs', `loadB${si}`, s.b, t.bn, t.bk, NT, 'n0', t.probe)}
     workgroupBarrier();
-    for (var k = 0u; k < ${u(t.bk)}; k++) {
-${fma.join('\n')}
-    }
+${inner}
     workgroupBarrier();
   }`));
   });

@@ -196,15 +196,15 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     expect(tileFor(device, 40, 24, 16)).toEqual(defaultTile(40, 24));
   });
 
-  it('a cached tile keeps every option (prefetch, double buffering, swizzle); malformed options are dropped', async () => {
+  it('a cached tile keeps every option (prefetch, double buffering, swizzle, unrolled steps); malformed options and probes are dropped', async () => {
     process.env.XDG_CACHE_HOME = cacheDir;
     delete process.env.MCPC_GEMM_TUNE;
     await initBackend('webgpu');
     const device = (tf.backend() as unknown as { device: unknown }).device;
-    const tile = { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, pf: true, db: true, sw: 8 };
+    const tile = { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, pf: true, db: true, sw: 8, ur: true };
     const key = (m: number) => `${deviceKey(device)}#${shapeClass(m, 24, 16)}`;
     mkdirSync(dirname(cachePath()), { recursive: true });
-    writeFileSync(cachePath(), JSON.stringify({ [key(40)]: tile, [key(400)]: { ...tile, sw: -1, db: 'yes' } }));
+    writeFileSync(cachePath(), JSON.stringify({ [key(40)]: tile, [key(400)]: { ...tile, sw: -1, db: 'yes', ur: 1, probe: 'cross' } }));
     resetTuning();
     expect(tileFor(device, 40, 24, 16)).toEqual(tile);
     expect(tileFor(device, 400, 24, 16)).toEqual({ bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, pf: true });

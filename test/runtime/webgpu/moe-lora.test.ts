@@ -154,8 +154,9 @@ describeGpu('fused mixture-of-LoRA linear on WebGPU', () => {
         CANDIDATES.find((t) => t.pf && t.bk === 32),
         CANDIDATES.find((t) => t.db && t.bk === 16),
         CANDIDATES.find((t) => t.db && t.tn === 16),
-        // Swizzled order: the router writes its outputs from the first column of blocks, found by n0.
-        { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw: 2 },
+        // Swizzled order: the router writes its outputs from the first column of blocks, found by n0; with the
+        // K-slice's steps written out (ur) in every segment.
+        { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4, sw: 2, ur: true },
       ];
       expect(kinds.every(Boolean)).toBe(true);
       for (const tile of kinds as Tile[]) {
