@@ -388,9 +388,10 @@ ${rng(TM4 * 4 * TN4)
       ...rng(TM4).map((i) => `      let a${i} = As[${copy ? 'ao + ' : ''}${k} * ${u(t.bm / 4)} + ty + ${u(i * NTY)}];`),
       ...rng(TN4).map((j) => `      let b${j} = Bs[${copy ? 'bo + ' : ''}${k} * ${u(t.bn / 4)} + tx + ${u(j * NTX)}];`),
     ];
-    // hoist: the first k's reads once, before the K loop (from the first copy).
+    // The slice's BK steps: a loop over k, or (ur) written out with k a constant in each.
     const innerOf = (lines: string[]) =>
       t.ur ? rng(t.bk).map((k) => `    {\n      let k = ${u(k)};\n${lines.join('\n')}\n    }`).join('\n') : `    for (var k = 0u; k < ${u(t.bk)}; k++) {\n${lines.join('\n')}\n    }`;
+    // hoist: the first k's reads once, before the K loop (from the first copy).
     const hoisted = t.probe === 'hoist' ? `${reads('0u', false).map((l) => l.slice(4)).join('\n')}\n` : '';
     if (t.probe !== 'hoist') fma.push(reads('k', dbl).join('\n'));
     for (let i = 0; i < TM4; i++) {
@@ -407,17 +408,21 @@ ${rng(TM4 * 4 * TN4)
       // Registers pa*/pb* hold the next slice: loaded before this slice's FMAs, stored after the barrier.
       const ua = stageUnits(s.a, t.bm, t.bk) / NT;
       const ub = stageUnits(s.b, t.bn, t.bk) / NT;
+      // (nostage: neither.)
+      const staged = t.probe !== 'nostage';
       const loads = (kBase: string) =>
-        t.probe === 'nostage'
-          ? ''
-          : [
-          ...rng(ua).map((i) => `      { let q = tid + ${u(i * NT)}; pa${si}_${i} = ${stageLoad(`loadA${si}`, s.a, t.bm, t.bk, 'm0', kBase)}; }`),
-          ...rng(ub).map((i) => `      { let q = tid + ${u(i * NT)}; pb${si}_${i} = ${stageLoad(`loadB${si}`, s.b, t.bn, t.bk, 'n0', kBase)}; }`),
-        ].join('\n');
-      const stores = (t.probe === 'nostage' ? [] : [
-        ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk, dbl ? 'ao + ' : '')} }`),
-        ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk, dbl ? 'bo + ' : '')} }`),
-      ]).join('\n');
+        staged
+          ? [
+              ...rng(ua).map((i) => `      { let q = tid + ${u(i * NT)}; pa${si}_${i} = ${stageLoad(`loadA${si}`, s.a, t.bm, t.bk, 'm0', kBase)}; }`),
+              ...rng(ub).map((i) => `      { let q = tid + ${u(i * NT)}; pb${si}_${i} = ${stageLoad(`loadB${si}`, s.b, t.bn, t.bk, 'n0', kBase)}; }`),
+            ].join('\n')
+          : '';
+      const stores = staged
+        ? [
+            ...rng(ua).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pa${si}_${i};\n      ${stageStore('As', s.a, t.bm, t.bk, dbl ? 'ao + ' : '')} }`),
+            ...rng(ub).map((i) => `    { let q = tid + ${u(i * NT)}; let v = pb${si}_${i};\n      ${stageStore('Bs', s.b, t.bn, t.bk, dbl ? 'bo + ' : '')} }`),
+          ].join('\n')
+        : '';
       // Double buffered: slice i lives in copy i mod 2; the barrier after the stores also orders this slice's
       // writes after every thread's reads of the other copy two slices ago, so one barrier per slice suffices
       // (and one after the loop, before anything else touches the tiles).
