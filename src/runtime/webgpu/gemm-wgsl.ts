@@ -55,6 +55,15 @@ export interface Tile {
   probe?: 'cross' | 'nostage' | 'hoist';
 }
 
+/**
+ * A tile as a cache key: every field, so two tiles that generate different WGSL never share a spec or a module
+ * (spec caches keyed by the five sizes and pf/db alone once made the tuner's swizzled candidates time the
+ * unswizzled kernel). test/runtime/webgpu/gemm.test.ts holds a tile with every field (Required<Tile>).
+ */
+export function tileKey(t: Tile): string {
+  return `${t.bm},${t.bn},${t.bk},${t.tm},${t.tn},${+!!t.pf},${+!!t.db},${t.sw ?? 0},${+!!t.ur},${t.probe ?? ''}`;
+}
+
 /** A part of an operand stored in one input binding. */
 export interface Part {
   /** Index of the input binding. */

@@ -12,7 +12,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec, type Tile } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, tileKey, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { pendingShapes, tileFor, tune, type TuneResult } from './gemm-tune.js';
 import { runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
@@ -56,7 +56,7 @@ export function gemmSpec(aShape: number[], bShape: number[], transA: boolean, tr
 /** Specs by shape, tile and flags: gemmWgsl caches the module per spec object, so a call with a known shape builds nothing. */
 const specs = new Map<string, GemmSpec>();
 function specOf(aShape: number[], bShape: number[], transA: boolean, transB: boolean, tile: Tile, bias: boolean, scale: number): GemmSpec {
-  const key = `${aShape}|${bShape}|${+transA}${+transB}${+bias}|${scale}|${tile.bm},${tile.bn},${tile.bk},${tile.tm},${tile.tn},${+!!tile.pf},${+!!tile.db}`;
+  const key = `${aShape}|${bShape}|${+transA}${+transB}${+bias}|${scale}|${tileKey(tile)}`;
   let s = specs.get(key);
   if (!s) {
     if (specs.size > 4096) specs.clear();

@@ -18,7 +18,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, tileKey, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { kernelRegistrar, runKernel1, runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
 
@@ -63,7 +63,7 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   const [T, K] = x!.shape as [number, number];
   const N = s.experts * s.rank;
   const tile = tileFor(backend.device, T, N, K);
-  const spec = cached(`f|${s.experts},${s.rank}|${T}|${K}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`f|${s.experts},${s.rank}|${T}|${K}|${tileKey(tile)}`, () => ({
     m: T,
     n: N,
     tile,
@@ -89,7 +89,7 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const K = a!.shape[2]!;
   const N = s.experts * s.rank;
   const tile = tileFor(backend.device, T, K, N);
-  const spec = cached(`x|${s.experts},${s.rank}|${T}|${K}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`x|${s.experts},${s.rank}|${T}|${K}|${tileKey(tile)}`, () => ({
     m: T,
     n: K,
     tile,
@@ -115,7 +115,7 @@ function daKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const [T, K] = x!.shape as [number, number];
   const N = s.experts * s.rank;
   const tile = tileFor(backend.device, N, K, T);
-  const spec = cached(`a|${s.experts},${s.rank}|${T}|${K}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`a|${s.experts},${s.rank}|${T}|${K}|${tileKey(tile)}`, () => ({
     m: N,
     n: K,
     tile,

@@ -26,7 +26,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { reference as ref, type KernelContext, type KernelStep } from '../kernels/reference.js';
 import { gemm, gemmSpec } from './gemm.js';
-import { gemmDispatch, gemmWgsl, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, tileKey, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { BACK_THREADS, backWgsl, cols, dASpec, dBSpec, downSpec, dxSpec, inputIndex, routerBiasSumWgsl, upSpec, type MoeShape } from './moe-lora-wgsl.js';
 import { gemmF16, gemmF16Info } from './gemm-f16.js';
@@ -108,7 +108,6 @@ function intern<A extends object>(a: A): A {
   }
   return v;
 }
-const tileKey = (t: Tile) => `${t.bm},${t.bn},${t.bk},${t.tm},${t.tn},${+!!t.pf},${+!!t.db}`;
 
 const tileOf = (backend: WebGpuBackendLike, spec: { m: number; n: number }, k: number): Tile => tileFor(backend.device, spec.m, spec.n, k);
 

@@ -20,7 +20,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, tileKey, type GemmSpec } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { keepUntilBackwardEnds, kernelRegistrar, runKernel1, runKernelSaving, runWgsl, share, type WebGpuBackendLike } from './program.js';
 
@@ -101,7 +101,7 @@ function forwardKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGp
   const out = ins[ins.length - 1]!.shape[1]!;
   const tile = tileFor(backend.device, T, out, W);
   const n: Names = { h: 'in0', g: 'in1', bsh: 'in2', be: s.sharedRank ? 'in3' : 'in2' };
-  const spec = cached(`f|${shapeKey(s)}|${T}|${out}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`f|${shapeKey(s)}|${T}|${out}|${tileKey(tile)}`, () => ({
     m: T,
     n: out,
     tile,
@@ -132,7 +132,7 @@ function uKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBacke
   const n: Names = { bsh: 'in1', be: R ? 'in2' : 'in1' };
   const g = `in${ins.length - 1}`;
   const gate = `${g}[r * ${u(s.experts)} + (c - ${u(R)}) / ${u(s.rank)}]`;
-  const spec = cached(`u|${shapeKey(s)}|${T}|${out}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`u|${shapeKey(s)}|${T}|${out}|${tileKey(tile)}`, () => ({
     m: T,
     n: W,
     tile,
@@ -206,7 +206,7 @@ function dbKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const experts = s.part === 'experts';
   const N = experts ? s.experts * s.rank : R;
   const tile = tileFor(backend.device, out, N, T);
-  const spec = cached(`b${s.part}|${shapeKey(s)}|${T}|${out}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`b${s.part}|${shapeKey(s)}|${T}|${out}|${tileKey(tile)}`, () => ({
     m: out,
     n: N,
     tile,

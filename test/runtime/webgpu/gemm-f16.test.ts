@@ -254,7 +254,8 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
         expect(Math.abs(hoist[r * n + c]! - 4 * s), `hoist ${r},${c}`).toBeLessThan(1e-4 * (1 + Math.abs(4 * s)));
       }
     }
-    // nostage and staged hoist multiply whatever workgroup memory holds (Dawn's zeroing is off: device.ts), so
+    // nostage and staged hoist multiply workgroup memory this workgroup did not write (on llvmpipe, what an earlier
+    // workgroup left there: nothing to compare against), so
     // their text is checked: nostage neither loads an operand nor writes a slice; hoist loads each fragment once,
     // before the K loop, which still stages. Both build and run without a device error.
     const main = (t: F16Tile) => {

@@ -13,7 +13,7 @@ import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js
 import { GEMM_KERNEL, gemm, gemmSpec, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
 import { F16_CANDIDATES, gemmF16, probeF16 } from '../../../src/runtime/webgpu/gemm-f16.js';
 import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
-import { gemmWgsl, type Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
+import { gemmWgsl, tileKey, type Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, run, type Arg, type Result } from './kernels-support.js';
 
 const TOL = 1e-4;
@@ -120,7 +120,8 @@ describeGpu('WGSL GEMM on WebGPU', () => {
           expect(Math.abs(cross[r * N + c]! - want), `${JSON.stringify(base)} cross ${r},${c}`).toBeLessThan(1e-4);
         }
       }
-      // nostage and hoist multiply whatever workgroup memory holds (Dawn's zeroing is off: device.ts), so their
+      // nostage and hoist multiply workgroup memory this workgroup did not write (on llvmpipe, what an earlier
+      // workgroup left there: nothing to compare against), so their
       // text is checked: nostage neither loads an operand nor writes a tile; hoist reads the tiles once, before
       // the K loop, which still stages. Both build and run without a device error.
       const spec = (probe: Tile['probe']) => gemmWgsl(gemmSpec([M, K], [N, K], false, true, { ...base, probe }, false));
@@ -140,7 +141,20 @@ describeGpu('WGSL GEMM on WebGPU', () => {
         expect(await product({ ...base, probe })).toHaveLength(M * N);
         expect(await device.popErrorScope(), `${JSON.stringify(base)} ${probe}`).toBeNull();
       }
+      // The tile without a probe, after them, is its own kernel again (specs were once cached by the tile's sizes
+      // and pf/db alone, so a probe or a swizzled tile ran whichever kernel of those sizes came first).
+      const full = await product(base);
+      expect(Math.max(...Array.from(full, (x, i) => Math.abs(x - ref[i]!))), JSON.stringify(base)).toBeLessThan(1e-4);
     }
+  });
+
+  it('tileKey tells apart tiles that differ in any one field (spec and module caches key on it)', () => {
+    // Required<Tile>: a field added to Tile must be added here (tsc), and then to tileKey for this to pass.
+    const full: Required<Tile> = { bm: 64, bn: 64, bk: 16, tm: 8, tn: 8, pf: true, db: true, sw: 4, ur: true, probe: 'cross' };
+    const other: Required<Tile> = { bm: 32, bn: 32, bk: 8, tm: 4, tn: 4, pf: false, db: false, sw: 2, ur: false, probe: 'hoist' };
+    for (const f of Object.keys(full) as (keyof Tile)[]) expect(tileKey({ ...full, [f]: other[f] }), f).not.toBe(tileKey(full));
+    // Absent and off are the same tile.
+    expect(tileKey({ bm: 64, bn: 64, bk: 16, tm: 8, tn: 8 })).toBe(tileKey({ bm: 64, bn: 64, bk: 16, tm: 8, tn: 8, pf: false, db: false, ur: false }));
   });
 
   it('the f16 subgroup-matrix GEMM runs where the adapter offers it (checked against f32), and says why not elsewhere', async () => {
