@@ -27,7 +27,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, type GemmSpec, type Segment } from './gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, tileKey, type GemmSpec, type Segment } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { disposeInfo, keepUntilBackwardEnds, runKernel1, runWgsl, type WebGpuBackendLike } from './program.js';
 
@@ -192,7 +192,7 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
 function forwardSpec(backend: WebGpuBackendLike, id: number, l: ConcatLayout, nInputs: number, rowsOf: number[], T: number, K: number): GemmSpec {
   const N = l.parts.reduce((s, p) => s + p.out, 0);
   const tile = tileFor(backend.device, T, N, K);
-  return cachedSpec(`f${id}|${T}|${K}|${JSON.stringify(tile)}`, () => {
+  return cachedSpec(`f${id}|${T}|${K}|${tileKey(tile)}`, () => {
     const bparts = l.parts.flatMap((p) => p.weights.map((w) => ({ input: w, count: rowsOf[w]!, ld: K, off: 0 })));
     const biases = new Set(l.parts.flatMap((p) => (p.bias !== undefined ? [p.bias] : [])));
     let start = 0;
@@ -262,7 +262,7 @@ function dxKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const K = ws[0]!.shape[ws[0]!.shape.length - 1]!;
   const totalRows = ws.reduce((s, w) => s + rows(w), 0);
   const tile = tileFor(backend.device, T, K, totalRows);
-  const spec = cachedSpec(`dx${attrs.layout}|${T}|${K}|${ws.map(rows).join(',')}|${JSON.stringify(tile)}`, () => {
+  const spec = cachedSpec(`dx${attrs.layout}|${T}|${K}|${ws.map(rows).join(',')}|${tileKey(tile)}`, () => {
     const segments: Segment[] = [];
     let j = 0;
     l.parts.forEach((p, i) => {
@@ -286,7 +286,7 @@ function dwKernel({ inputs, backend, attrs }: { inputs: any; backend: WebGpuBack
   const K = x!.shape[1]!;
   const R = shape.length === 3 ? shape[0]! * shape[1]! : shape[0]!;
   const tile = tileFor(backend.device, R, K, T);
-  const spec = cachedSpec(`dw|${T}|${out}|${K}|${R}|${col}|${JSON.stringify(tile)}`, () => ({
+  const spec = cachedSpec(`dw|${T}|${out}|${K}|${R}|${col}|${tileKey(tile)}`, () => ({
     m: R,
     n: K,
     tile,

@@ -25,7 +25,7 @@
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../../tfjs/index.js';
-import { gemmDispatch, gemmWgsl, specCache, type GemmSpec } from '../gemm-wgsl.js';
+import { gemmDispatch, gemmWgsl, specCache, tileKey, type GemmSpec } from '../gemm-wgsl.js';
 import { tileFor } from '../gemm-tune.js';
 import { disposeInfo, kernelRegistrar, runKernel1, runKernelSaving, runWgsl, spread, type WebGpuBackendLike } from '../program.js';
 import { wgslReduceSum } from './run.js';
@@ -68,7 +68,7 @@ const cached = specCache();
 function logitsChunk(backend: WebGpuBackendLike, x: TensorInfo, w: TensorInfo, o: number, c: number): TensorInfo {
   const [T, D] = x.shape as [number, number];
   const tile = tileFor(backend.device, T, c, D);
-  const spec = cached(`l|${T}|${D}|${o}|${c}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`l|${T}|${D}|${o}|${c}|${tileKey(tile)}`, () => ({
     m: T,
     n: c,
     tile,
@@ -209,7 +209,7 @@ function dxChunk(backend: WebGpuBackendLike, g: TensorInfo, w: TensorInfo, prev:
   const [T, c] = g.shape as [number, number];
   const D = w.shape[1]!;
   const tile = tileFor(backend.device, T, D, c);
-  const spec = cached(`x|${T}|${D}|${o}|${c}|${+!!prev}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`x|${T}|${D}|${o}|${c}|${+!!prev}|${tileKey(tile)}`, () => ({
     m: T,
     n: D,
     tile,
@@ -227,7 +227,7 @@ function dwChunk(backend: WebGpuBackendLike, g: TensorInfo, x: TensorInfo, dw: T
   const [T, c] = g.shape as [number, number];
   const D = x.shape[1]!;
   const tile = tileFor(backend.device, c, D, T);
-  const spec = cached(`w|${T}|${D}|${o}|${c}|${JSON.stringify(tile)}`, () => ({
+  const spec = cached(`w|${T}|${D}|${o}|${c}|${tileKey(tile)}`, () => ({
     m: c,
     n: D,
     tile,
