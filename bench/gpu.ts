@@ -377,8 +377,10 @@ if (parts.has('gemm')) await section('f32 GEMM', async () => {
   targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32best) >= 30, detail: `${tflops(gemmFlop, f32best).toFixed(1)} TFLOP/s (${f32gpu ? 'GPU time' : 'wall'})` });
 });
 
-/** `128x128x8/8x8 pf db sw8 ur`: an f32 tile in reports. */
-const f32TileName = (t: Tile) => `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.ur ? ' ur' : ''}`;
+/** `128x128x8/8x8 pf db sw8 ur`: an f32 tile in reports (a declaration: the f32 section above runs first). */
+function f32TileName(t: Tile): string {
+  return `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.ur ? ' ur' : ''}`;
+}
 
 /** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */
 async function probeMs(f: () => Tensor): Promise<number> {
