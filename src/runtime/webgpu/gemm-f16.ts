@@ -24,6 +24,7 @@ import type { TensorInfo } from '@tensorflow/tfjs-core';
 import { tf, type Tensor } from '../tfjs/index.js';
 import { runWgsl, disposeInfo, type WebGpuBackendLike } from './program.js';
 import { cachePath, deviceKey, readTileCache, shapeClass, tuningEnabled, writeTileCache } from './gemm-tune.js';
+import { probeProblem, type GemmProbe } from './gemm-wgsl.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects and tfjs kernel plumbing. */
 
@@ -100,7 +101,7 @@ export interface F16Tile {
    * `hoist`: each subgroup's fragments are loaded once before the K loop (at k 0), the loop keeps the staging
    * and the products but loads no fragment. The tile cache neither stores nor reads a probe.
    */
-  probe?: 'cross' | 'nostage' | 'hoist';
+  probe?: GemmProbe;
 }
 
 /** A short name for reports: `staged 4x4`, `staged 4x4 sg4x2 pf`. */
@@ -304,7 +305,8 @@ export function f16TileProblem(t: F16Tile): string | undefined {
   const bk = t.bk ?? BK_DEFAULT;
   if (bk % 16 || bk < 16) return 'bk must be a multiple of 16';
   if (t.pad !== undefined && !(t.pad >= 0 && t.pad % 8 === 0)) return 'pad must be a multiple of 8 halves (rows 16-byte aligned)';
-  if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
+  const probe = probeProblem(t.probe);
+  if (probe) return probe;
   if (t.probe === 'nostage' && t.variant !== 'staged') return 'probe nostage needs a staged tile';
   if (t.w16 && (t.variant !== 'staged' || t.fs)) return 'w16 needs a staged tile without fs';
   if (t.lp && (t.variant !== 'staged' || t.il)) return 'lp needs a staged tile without il';
@@ -364,26 +366,35 @@ export function matmulWgsl(m: number, n: number, k: number, t: F16Tile, syntax: 
   const decl = rng(t.tm)
     .flatMap((i) => rng(t.tn).map((j) => `  var ${acc(i, j)}: ${emu ? `array<f32, ${EMU_PER_LANE}>` : 'subgroup_matrix_result<f32, 16, 16>'};`))
     .join('\n');
-  // The fragment loads of one K-step (`hoist`: emitted once before the loop, at k 0, instead).
-  const loads = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => ({
-    ls: rng(t.tm).map((i) => `    let l${i} = ${leftLoad(syntax, A, aOff(i, kk), aStride)};`),
-    rs: rng(t.tn).map((j) => `    let r${j} = ${rightLoad(syntax, B, bOff(j, kk), bStride)};`),
+  // One K-step's fragments: the arrays they are loaded from, the offset of left fragment i / right fragment j, strides.
+  interface KStep {
+    A: string;
+    aOff: (i: number) => string;
+    aStride: string;
+    B: string;
+    bOff: (j: number) => string;
+    bStride: string;
+  }
+  // The fragment loads of a K-step, named l<tag><i> / r<tag><j> (`hoist`: emitted once before the loop instead).
+  const loads = (f: KStep, tag = '') => ({
+    ls: rng(t.tm).map((i) => `    let l${tag}${i} = ${leftLoad(syntax, f.A, f.aOff(i), f.aStride)};`),
+    rs: rng(t.tn).map((j) => `    let r${tag}${j} = ${rightLoad(syntax, f.B, f.bOff(j), f.bStride)};`),
   });
-  // The products of one K-step, on fragments named l<tag><i> / r<tag><j>.
-  const products = (i: number, A: string, B: string, tag = '') =>
+  // Row i's products of a K-step, on the fragments named with `tag`.
+  const products = (i: number, f: KStep, tag = '') =>
     rng(t.tn)
       .filter((j) => t.probe !== 'cross' || i === 0 || j === 0)
-      .map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${tag}${i}`, `r${tag}${j}`, acc(i, j), A, B)};`);
-  const step = (A: string, aOff: (i: number, kk: number) => string, aStride: string, B: string, bOff: (j: number, kk: number) => string, bStride: string, kk: number) => {
-    const { ls, rs } = loads(A, aOff, aStride, B, bOff, bStride, kk);
-    const row = (i: number) => products(i, A, B);
+      .map((j) => `    ${acc(i, j)} = ${mma(syntax, `l${tag}${i}`, `r${tag}${j}`, acc(i, j), f.A, f.B)};`);
+  const step = (f: KStep) => {
+    const { ls, rs } = loads(f);
+    const row = (i: number) => products(i, f);
     if (t.probe === 'hoist') return `  {\n${rng(t.tm).flatMap(row).join('\n')}\n  }`;
     if (t.il) return `  {\n${[...rs, ...rng(t.tm).flatMap((i) => [ls[i]!, ...row(i)])].join('\n')}\n  }`;
     return `  {\n${[...ls, ...rs, ...rng(t.tm).flatMap(row)].join('\n')}\n  }`;
   };
-  const hoisted = (...args: Parameters<typeof loads>) => {
+  const hoisted = (f: KStep) => {
     if (t.probe !== 'hoist') return '';
-    const { ls, rs } = loads(...args);
+    const { ls, rs } = loads(f);
     return `${[...ls, ...rs].map((x) => x.slice(2)).join('\n')}\n`;
   };
   let loop: string;
@@ -493,15 +504,14 @@ ${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src,
     }
     const par = dbl ? `    let ao = ((k0 / ${u(BK)}) & 1u) * ${u(bm * LDA)};\n    let bo = ((k0 / ${u(BK)}) & 1u) * ${u(bn * LDA)};\n` : '';
     // Fragment offsets in the staged slices (`hoist` loads before the loop, from the first copy).
-    const at = (copy: string, s: number): Parameters<typeof loads> => [
-      '&As',
-      (i, kk) => `${copy && 'ao + '}(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(kk)}`,
-      u(LDA),
-      '&Bs',
-      (j, kk) => `${copy && 'bo + '}(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(kk)}`,
-      u(LDA),
-      s * 16,
-    ];
+    const at = (copy: string, s: number): KStep => ({
+      A: '&As',
+      aOff: (i) => `${copy && 'ao + '}(sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(LDA)} + ${u(s * 16)}`,
+      aStride: u(LDA),
+      B: '&Bs',
+      bOff: (j) => `${copy && 'bo + '}(sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(LDA)} + ${u(s * 16)}`,
+      bStride: u(LDA),
+    });
     // nostage: the operands stay bound (a phony read keeps them in the pipeline's layout).
     if (t.probe === 'nostage') [pre, fill, next] = [t.fs ? '  _ = a[0];\n  _ = b[0];\n' : `  _ = ${srcA}[0];\n  _ = ${srcB}[0];\n`, '', ''];
     // lp: the slice's loads (fragments of step s named l<s>_<i>, r<s>_<j>), then its products step by step.
@@ -509,32 +519,31 @@ ${ab.flatMap((o) => frags(o.n).map((f, i) => `      ${o.reg}${i} = ${load(o.src,
     const slice = lp
       ? `  {\n${rng(BK / 16)
           .flatMap((s) => {
-            const { ls, rs } = loads(...at(dbl ? 'ao' : '', s));
-            return [...ls, ...rs].map((x) => x.replace(/let ([lr])(\d+) =/, `let $1${s}_$2 =`));
+            const { ls, rs } = loads(at(dbl ? 'ao' : '', s), `${s}_`);
+            return [...ls, ...rs];
           })
           .join('\n')}\n${rng(BK / 16)
-          .flatMap((s) => rng(t.tm).flatMap((i) => products(i, '&As', '&Bs', `${s}_`)))
+          .flatMap((s) => rng(t.tm).flatMap((i) => products(i, at(dbl ? 'ao' : '', s), `${s}_`)))
           .join('\n')}\n  }`
       : rng(BK / 16)
-          .map((s) => step(...at(dbl ? 'ao' : '', s)))
+          .map((s) => step(at(dbl ? 'ao' : '', s)))
           .join('\n');
-    loop = `${hoisted(...at('', 0))}${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
+    loop = `${hoisted(at('', 0))}${pre}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += ${u(BK)}) {
 ${par}${fill}
     workgroupBarrier();
 ${next}${slice}
 ${dbl ? '' : '    workgroupBarrier();\n'}  }`;
   } else {
-    const at = (k: string): Parameters<typeof loads> => [
-      '&a',
-      (i) => `(m0 + sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(kp)} + ${k}`,
-      u(kp),
-      '&b',
-      (j) => `(n0 + sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(kp)} + ${k}`,
-      u(kp),
-      0,
-    ];
-    loop = `${hoisted(...at('0u'))}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += 16u) {
-${step(...at('k0'))}
+    const at = (k: string): KStep => ({
+      A: '&a',
+      aOff: (i) => `(m0 + sm * ${u(t.tm * 16)} + ${u(i * 16)}) * ${u(kp)} + ${k}`,
+      aStride: u(kp),
+      B: '&b',
+      bOff: (j) => `(n0 + sn * ${u(t.tn * 16)} + ${u(j * 16)}) * ${u(kp)} + ${k}`,
+      bStride: u(kp),
+    });
+    loop = `${hoisted(at('0u'))}  for (var k0 = 0u; k0 < ${u(kp)}; k0 += 16u) {
+${step(at('k0'))}
   }`;
   }
   const stores = rng(t.tm)

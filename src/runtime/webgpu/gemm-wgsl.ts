@@ -18,6 +18,15 @@
  * Bindings: the spec's inputs in order (0 …), then its outputs (read_write), as ./program.ts runs them.
  */
 
+/** The timing probes of the f32 and f16 GEMM generators (Tile.probe, gemm-f16.ts F16Tile.probe). */
+export const GEMM_PROBES = ['cross', 'nostage', 'hoist'] as const;
+export type GemmProbe = (typeof GEMM_PROBES)[number];
+
+/** Why `probe` is not one of GEMM_PROBES (undefined when it is, or absent). */
+export function probeProblem(probe: unknown): string | undefined {
+  return probe === undefined || (GEMM_PROBES as readonly unknown[]).includes(probe) ? undefined : `probe must be ${GEMM_PROBES.join(', ')} (not ${String(probe)})`;
+}
+
 /** A tile configuration. BM, BN multiples of TM, TN; TM, TN multiples of 4; BK a multiple of 4. */
 export interface Tile {
   bm: number;
@@ -52,7 +61,7 @@ export interface Tile {
    * `nostage`: no global loads and no stores to workgroup memory (barriers and reads kept); `hoist`: each
    * thread's reads of workgroup memory happen once, before the K loop, and the loop only stages and multiplies.
    */
-  probe?: 'cross' | 'nostage' | 'hoist';
+  probe?: GemmProbe;
 }
 
 /**
@@ -164,8 +173,7 @@ export function checkTile(t: Tile): string | undefined {
   if (t.bk % 4) return 'bk must be a multiple of 4';
   const threads = tileThreads(t);
   if (threads > 256 || threads < 16) return `${threads} threads per workgroup (16 to 256)`;
-  if (t.probe !== undefined && !['cross', 'nostage', 'hoist'].includes(t.probe)) return `probe must be cross, nostage or hoist (not ${String(t.probe)})`;
-  return undefined;
+  return probeProblem(t.probe);
 }
 
 /** Bytes of workgroup memory a whole module declares (`var<workgroup> x: array<T, N>` and scalars of 4 bytes). */
