@@ -372,7 +372,7 @@ if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const f32gpu = await gpuTime(() => gemm(a, b));
   report(`ours  f32 GEMM ${G}^3 (WGSL, tuned tile): ${fmt(f32ms!, gemmFlop)}; ${gfmt(f32gpu, gemmFlop)}`);
   report(`tfjs  f32 matMul ${G}^3 (tfjs-backend-webgpu): ${fmt(tfjsMs, gemmFlop)}; ${gfmt(await gpuTime(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D)), gemmFlop)}`);
-  await f32Probes(tuned.best).catch((e: unknown) => report(`f32 probes failed: ${e instanceof Error ? e.message.slice(0, 300) : String(e)}`));
+  await f32Probes(tuned.best).catch((e: unknown) => report(`f32 probes failed: ${why(e, 300)}`));
   const f32best = f32gpu ?? f32ms!;
   targets.push({ what: `f32 GEMM 4096^3 >= 30 TFLOP/s`, ok: quick ? undefined : tflops(gemmFlop, f32best) >= 30, detail: `${tflops(gemmFlop, f32best).toFixed(1)} TFLOP/s (${f32gpu ? 'GPU time' : 'wall'})` });
 });
@@ -382,17 +382,43 @@ function f32TileName(t: Tile): string {
   return `${t.bm}x${t.bn}x${t.bk}/${t.tm}x${t.tn}${t.pf ? ' pf' : ''}${t.db ? ' db' : ''}${t.sw ? ` sw${t.sw}` : ''}${t.ur ? ' ur' : ''}`;
 }
 
-/** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */
-async function probeMs(f: () => Tensor): Promise<number> {
-  // A probe whose pipeline does not build would time an empty dispatch: its errors first.
+/** An error's message for a report line, cut to n characters (a declaration: the sections above call it). */
+function why(e: unknown, n = 200): string {
+  return e instanceof Error ? e.message.slice(0, n) : String(e);
+}
+
+/**
+ * `f()` with Dawn's validation and internal errors scoped to it, thrown as the first line of the message: a
+ * pipeline that fails to build writes nothing (and dispatches nothing), and the output buffer tfjs hands out may
+ * be a recycled one holding an earlier, correct, product.
+ */
+async function dawnChecked<T>(f: () => T | Promise<T>): Promise<T> {
   const device = (gpu as { device: GPUDevice }).device; // (opened: this runs after the adapter check)
   device.pushErrorScope('validation');
   device.pushErrorScope('internal');
-  tf.dispose(f());
+  const out = await f();
   const internal = await device.popErrorScope();
   const validation = await device.popErrorScope();
   if (internal || validation) throw new Error(String((validation ?? internal)!.message).split('\n')[0]);
+  return out;
+}
+
+/** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */
+async function probeMs(f: () => Tensor): Promise<number> {
+  // A probe whose pipeline does not build would time an empty dispatch.
+  await dawnChecked(() => tf.dispose(f()));
   return (await gpuTime(f, 3)) ?? (await time(f, 3));
+}
+
+/** `f` on a [G, k] and b [k, G] (the first k columns / rows of the benchmark's operands), slices freed after. */
+async function atK<T>(k: number, f: (ak: Tensor, bk: Tensor) => Promise<T>): Promise<T> {
+  if (k === G) return f(a, b);
+  const [ak, bk] = [tf.slice(a, [0, 0], [G, k]), tf.slice(b, [0, 0], [k, G])];
+  try {
+    return await f(ak, bk);
+  } finally {
+    tf.dispose([ak, bk]);
+  }
 }
 
 /** `name (what) ms (n% less)` per probe, a failed one named with its error. */
@@ -404,7 +430,7 @@ async function probeRows(full: number, probes: { name: string; what: string; ms:
       const less = Math.round(100 * (1 - ms / full));
       rows.push(`${p.name} (${p.what}) ${ms.toFixed(3)} (${less >= 0 ? `${less}% less` : `${-less}% more`})`);
     } catch (e) {
-      rows.push(`${p.name} failed (${e instanceof Error ? e.message.slice(0, 200) : String(e)})`);
+      rows.push(`${p.name} failed (${why(e)})`);
     }
   }
   return rows;
@@ -436,25 +462,17 @@ async function f32Probes(t: Tile): Promise<void> {
       forceTile(undefined);
     }
   };
-  const atK = (tile: Tile, k: number) =>
-    withTile(tile, async () => {
-      const [ak, bk] = k === G ? [a, b] : [tf.slice(a, [0, 0], [G, k]), tf.slice(b, [0, 0], [k, G])];
-      try {
-        return await probeMs(() => gemm(ak, bk));
-      } finally {
-        if (k !== G) tf.dispose([ak, bk]);
-      }
-    });
-  const full = await atK(t, G);
+  const ms = (tile: Tile, k: number) => withTile(tile, () => atK(k, (ak, bk) => probeMs(() => gemm(ak, bk))));
+  const full = await ms(t, G);
   const name = f32TileName(t);
   const fmas = (t.tm * t.tn) / 4;
   const rows = await probeRows(full, [
-    ...(t.tn > 4 ? [{ name: 'cross', what: `each value read feeds one FMA (${t.tm + t.tn / 4 - 1} of ${fmas} vec4 FMAs a k)`, ms: () => atK({ ...t, probe: 'cross' }, G) }] : []),
-    { name: 'nostage', what: 'no global loads or workgroup stores', ms: () => atK({ ...t, probe: 'nostage' }, G) },
-    { name: 'hoist', what: 'no workgroup reads in the K loop', ms: () => atK({ ...t, probe: 'hoist' }, G) },
+    ...(t.tn > 4 ? [{ name: 'cross', what: `each value read feeds one FMA (${t.tm + t.tn / 4 - 1} of ${fmas} vec4 FMAs a k)`, ms: () => ms({ ...t, probe: 'cross' }, G) }] : []),
+    { name: 'nostage', what: 'no global loads or workgroup stores', ms: () => ms({ ...t, probe: 'nostage' }, G) },
+    { name: 'hoist', what: 'no workgroup reads in the K loop', ms: () => ms({ ...t, probe: 'hoist' }, G) },
   ]);
   report(`f32 probes (${name}, ${G}^3, ms; products wrong by design): ${rows.join('; ')}`);
-  await kScaling(`f32 (${name})`, full, (k) => atK(t, k));
+  await kScaling(`f32 (${name})`, full, (k) => ms(t, k));
 }
 
 /**
@@ -464,15 +482,16 @@ async function f32Probes(t: Tile): Promise<void> {
  * GPU time where the adapter has timestamps, else wall.
  */
 async function f16Probes(t: F16Tile, emu: boolean): Promise<void> {
-  const ms = async (tile: F16Tile, k: number) => {
-    const a16 = castF16(k === G ? a : tf.slice(a, [0, 0], [G, k]), 'a', G, G, k, false, tile, emu);
-    const b16 = castF16(k === G ? b : tf.slice(b, [0, 0], [k, G]), 'b', G, G, k, true, tile, emu);
-    try {
-      return await probeMs(() => gemmF16Packed(a16, b16, G, G, k, tile, emu));
-    } finally {
-      tf.dispose([a16, b16]);
-    }
-  };
+  const ms = (tile: F16Tile, k: number) =>
+    atK(k, async (ak, bk) => {
+      const a16 = castF16(ak, 'a', G, G, k, false, tile, emu);
+      const b16 = castF16(bk, 'b', G, G, k, true, tile, emu);
+      try {
+        return await probeMs(() => gemmF16Packed(a16, b16, G, G, k, tile, emu));
+      } finally {
+        tf.dispose([a16, b16]);
+      }
+    });
   const full = await ms(t, G);
   const probe = (p: NonNullable<F16Tile['probe']>, what: string) => ({ name: p, what, ms: () => ms({ ...t, probe: p }, G) });
   const rows = await probeRows(full, [
@@ -509,16 +528,13 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
     const checks: string[] = [];
     for (const t of candidates) {
       try {
-        // Errors scoped to this tile: a pipeline that fails to build writes nothing, and the output buffer
-        // tfjs hands out may be a recycled one holding the previous tile's (correct) product.
-        gpu.device.pushErrorScope('validation');
-        gpu.device.pushErrorScope('internal');
-        const out = f16(x, w, false, true, t);
-        const got = await out.data();
-        out.dispose();
-        const internal = await gpu.device.popErrorScope();
-        const validation = await gpu.device.popErrorScope();
-        if (internal || validation) throw new Error(String((validation ?? internal).message).split('\n')[0]);
+        // Errors scoped to this tile (dawnChecked).
+        const got = await dawnChecked(async () => {
+          const out = f16(x, w, false, true, t);
+          const d = await out.data();
+          out.dispose();
+          return d;
+        });
         let err = 0;
         let scale = 0;
         for (let i = 0; i < m; i++) {
@@ -533,7 +549,7 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
         checks.push(`${f16TileName(t)} ${rel.toExponential(2)}`);
         if (rel < 5e-3) good.push(t);
       } catch (e) {
-        checks.push(`${f16TileName(t)} failed (${e instanceof Error ? e.message.slice(0, 200) : String(e)})`);
+        checks.push(`${f16TileName(t)} failed (${why(e)})`);
       }
     }
     tf.dispose([x, w]);
@@ -591,7 +607,7 @@ if (parts.has('f16')) await section('f16 subgroup-matrix GEMM', async () => {
       report(`ours  f16 subgroup-matrix GEMM ${G}^3 from f32 operands (both cast passes included): ${fmt(f16ms, gemmFlop)}; ${gfmt(withCasts, gemmFlop)}`);
       f16ms = kMs;
       // The probes are diagnostics: a failure there is reported and the target's figure still counts.
-      await f16Probes(best!.t, emu).catch((e: unknown) => report(`f16 probes failed: ${e instanceof Error ? e.message.slice(0, 300) : String(e)}`));
+      await f16Probes(best!.t, emu).catch((e: unknown) => report(`f16 probes failed: ${why(e, 300)}`));
     }
     const f16best = f16gpu ?? f16ms;
     targets.push({ what: 'f16 subgroup-matrix GEMM 4096^3 >= 300 TFLOP/s', ok: quick || f16best === undefined ? undefined : tflops(gemmFlop, f16best) >= 300, detail: f16best ? `${tflops(gemmFlop, f16best).toFixed(1)} TFLOP/s (f16 operands, ${f16gpu ? 'GPU time' : 'wall'})` : 'not timed (check failed)' });
