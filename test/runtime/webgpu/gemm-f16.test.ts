@@ -255,9 +255,9 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
       }
     }
     // nostage and staged hoist multiply workgroup memory this workgroup did not write (on llvmpipe, what an earlier
-    // workgroup left there: nothing to compare against), so
-    // their text is checked: nostage neither loads an operand nor writes a slice; hoist loads each fragment once,
-    // before the K loop, which still stages. Both build and run without a device error.
+    // workgroup left there: nothing to compare against), so their text is checked: nostage neither loads an
+    // operand nor writes a slice; hoist loads each fragment once, before the K loop, which still stages. Both
+    // build and run without a device error.
     const main = (t: F16Tile) => {
       const code = matmulWgsl(m, n, k, t, 'templated', 32);
       return code.slice(code.indexOf('fn main'));
