@@ -201,6 +201,10 @@ describeGpu('f16 subgroup-matrix GEMM, emulated spelling', () => {
       writeFileSync(f16CachePath(), JSON.stringify({ [key]: { variant: 'staged', tm: 4, tn: 4, db: true } }));
       resetF16Tiles();
       expect(f16TileFor(device, 4096, 4096, 4096)).toEqual(dflt);
+      // Options not spelled as the generator takes them, and a timing probe, are dropped from an entry.
+      writeFileSync(f16CachePath(), JSON.stringify({ [key]: { variant: 'staged', tm: 4, tn: 4, pf: true, w16: 'yes', lp: 1, probe: 'cross' } }));
+      resetF16Tiles();
+      expect(f16TileFor(device, 4096, 4096, 4096)).toEqual({ variant: 'staged', tm: 4, tn: 4, pf: true });
       // Forced beats the cache; off (MCPC_GEMM_TUNE=0) neither reads nor writes.
       setF16Tile(TILES[0]);
       expect(f16TileFor(device, 4096, 4096, 4096)).toEqual(TILES[0]);
