@@ -48,6 +48,7 @@ import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
 import { runExports, type ExportResult } from './weights/export.js';
+import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, type GpuFault } from './webgpu/faults.js';
 
 
 export interface RunOptions {
@@ -72,6 +73,11 @@ export interface RunOptions {
   write: (text: string) => void;
   /** Testing: stop (as if killed) after this many optimizer steps of this invocation. */
   stopAfter?: number;
+  /**
+   * Called after each optimizer step (`step` 1-based within its stage), before the step is checked for GPU
+   * faults and recorded: tests inject faults here.
+   */
+  afterStep?: (at: { stage: string; step: number }) => void | Promise<void>;
 }
 
 export interface StageSummary {
@@ -108,6 +114,37 @@ export class RunError extends Error {
     super(message);
     this.name = 'RunError';
   }
+}
+
+/**
+ * The GPU device reported a fault (out of memory, a validation or internal error, its loss: ./webgpu/faults.ts)
+ * during the run: the run stopped there and saved nothing computed after it; the message says what the device
+ * said, where, which checkpoint is the last good one and what to do.
+ */
+export class GpuFaultError extends RunError {
+  constructor(
+    readonly fault: GpuFault,
+    readonly at: string,
+    readonly lastCheckpoint: string | undefined,
+  ) {
+    super(describeGpuFault(fault, at, lastCheckpoint));
+    this.name = 'GpuFaultError';
+  }
+}
+
+/** The message of a GpuFaultError. */
+export function describeGpuFault(f: GpuFault, at: string, lastCheckpoint: string | undefined): string {
+  const what =
+    f.kind === 'lost' ? `the GPU device was lost (${f.message})`
+    : `the GPU reported ${f.kind === 'out-of-memory' ? 'running out of memory' : f.kind === 'validation' ? 'a validation error' : f.kind === 'internal' ? 'an internal error' : 'an error'}: ${f.message}`;
+  const more = f.more ? ` (and ${f.more} more error${f.more === 1 ? '' : 's'} after it)` : '';
+  const saved = `nothing computed after it was saved; ${lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint}` : 'no checkpoint was written yet'}`;
+  const rerun = lastCheckpoint ? 'rerun with --resume' : 'rerun';
+  const hint =
+    f.kind === 'out-of-memory' ? `Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or use a GPU with more memory; then ${rerun}.`
+    : f.kind === 'lost' ? `A driver reset, a kernel that ran too long or another process can take the device away: ${rerun} (a new process opens it again).`
+    : `That is a bug in one of mcpc's kernels or in the driver: ${rerun}; to tell which, MCPC_DAWN_ROBUSTNESS=1 keeps Dawn's bounds checks and MCPC_GEMM_WGSL=0 / MCPC_FUSED_WGSL=0 run the products / fused groups as plain tfjs ops. Please report the message above.`;
+  return `${what}${more}, during ${at}; ${saved}. ${hint}`;
 }
 
 interface RunState {
@@ -154,7 +191,34 @@ interface StageRecord {
   evalsHash?: string;
 }
 
+/**
+ * Train every stage of `plan` (see the top of this file). A fault the GPU device reports stops the run with a
+ * GpuFaultError: checked after every step, evaluation and checkpoint read, and on any exception (a read after
+ * a device loss rejects with an empty message: the fault is what the user needs to see).
+ */
 export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> {
+  const mark = gpuFaultMark();
+  const where = { at: 'start-up' };
+  const ckptRoot = join(resolve(opts.runDir), 'checkpoints');
+  const stop = (f: GpuFault) => new GpuFaultError(f, where.at, findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir);
+  const check = () => {
+    const f = gpuFaultSince(mark);
+    if (f) throw stop(f);
+  };
+  const release = takeGpuErrors();
+  try {
+    return await trainStages(plan, opts, where, check);
+  } catch (e) {
+    if (e instanceof GpuFaultError) throw e;
+    const f = await settleGpuFaults(mark);
+    if (f) throw stop(f);
+    throw e;
+  } finally {
+    release();
+  }
+}
+
+async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, gpuCheck: () => void): Promise<RunResult> {
   const w = opts.write;
   const root = resolve(opts.root);
   const runDir = resolve(opts.runDir);
@@ -194,8 +258,10 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
   /** Measures probes on the runner's model: metrics lines, one message line each. */
   const evaluate = async (runner: StageRunner, names: readonly string[], step: number, newline: boolean): Promise<ProbeResult[]> => {
     let results: ProbeResult[];
+    where.at = `stage ${runner.stage.name}, evaluation after step ${step + 1}`;
     try {
       results = await probes.run(runner, names, runner.stage.settings.microBatch);
+      gpuCheck();
     } catch (e) {
       if (e instanceof ProbeError) throw new RunError(`stage ${runner.stage.name}: ${e.message}`);
       throw e;
@@ -291,6 +357,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
     resumeFrom = undefined;
 
     w(`stage ${stage.name}: ${total} step${total === 1 ? '' : 's'}, ${examples.length} examples, batch ${s.batch} (micro ${s.microBatch}), max_len ${s.maxLen}${s.packing ? ', packed' : ''}\n`);
+    where.at = `stage ${stage.name}, its start (weights to the device)`;
     const runner = await createStageRunner(plan, stage.name, { root, totalSteps: total, ...(opts.seed !== undefined ? { seed: opts.seed } : {}), ...(params ? { parameters: params } : {}), ...(opts.backend ? { backend: opts.backend } : {}) });
     if (s.precision !== 'f32') {
       w(
@@ -303,6 +370,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       if (opt) runner.loadOptimizerState(opt);
       const every = s.checkpointEvery;
       const save = (stageDone: boolean, p: Map<string, Float32Array>, o: OptimizerState, c: DataCursor): Checkpoint => {
+        // Parameters read back from a faulted device are not written over a good checkpoint's successor.
+        gpuCheck();
         seq += 1;
         const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps };
         const mo = new Map<string, Float32Array>();
@@ -332,8 +401,12 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
       for (const ts of loader.steps(cursor, epochs)) {
         if (stepsDone >= total) break;
         const t1 = performance.now();
+        where.at = `stage ${stage.name}, step ${stepsDone + 1}`;
         const r = await runner.step(ts.microBatches);
         const secs = (performance.now() - t1) / 1000;
+        await opts.afterStep?.({ stage: stage.name, step: stepsDone + 1 });
+        // A step that ran on a faulted device is neither recorded nor saved.
+        gpuCheck();
         const stepTokens = ts.microBatches.reduce((a, mb) => a + mb.rows * mb.seqLen, 0);
         tokens += stepTokens;
         stepsDone += 1;
@@ -384,6 +457,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
         }
       }
       const trainSecs = (performance.now() - tStart) / 1000 - evalSecs;
+      where.at = `stage ${stage.name}, its end (probes, exit transitions, merge check)`;
       // The stage's probes, on the model as trained (before the exit transitions).
       const evals = stageProbes(stage).length ? await evaluate(runner, stageProbes(stage), stepsDone - 1, false) : undefined;
       const secs = (performance.now() - t0) / 1000;
@@ -435,6 +509,8 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
     }
   }
 
+  where.at = 'the exports';
+  gpuCheck();
   const exports = runExports(plan, params!, root);
   for (const e of exports) w(`exported ${e.format} -> ${e.path}\n`);
   return { code: 0, stages: summaries, exports };

@@ -15,6 +15,7 @@
  */
 import { tf } from '../tfjs/index.js';
 import { shareSavedTensors } from '../tfjs/share.js';
+import { watchDevice } from './faults.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU types come from the optional native package. */
 export type GPUDeviceLike = any;
@@ -111,6 +112,9 @@ async function open(): Promise<OpenResult> {
       for (const l of WANTED_LIMITS) if (typeof adapter.limits[l] === 'number') requiredLimits[l] = adapter.limits[l];
       const device = await adapter.requestDevice({ requiredFeatures: features, requiredLimits });
       keepAlive.push(device);
+      // Out-of-memory, validation and internal errors and a device loss are recorded (./faults.ts): the run
+      // stops on one instead of training on what an invalid buffer reads back.
+      watchDevice(device);
       // tfjs-backend-webgpu checks for navigator.gpu (Node 20 has no navigator).
       const g = globalThis as any;
       g.navigator ??= {};
