@@ -28,6 +28,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
+import { gpuFaultMark, settleGpuFaults } from '../src/runtime/webgpu/faults.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { forceTile } from '../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../src/runtime/webgpu/gemm-wgsl.js';
@@ -333,14 +334,21 @@ const report = (s: string) => {
   lines.push(s);
 };
 const targets: { what: string; ok: boolean | undefined; detail: string }[] = [];
-/** One part of the run: a failure is reported and the next part still runs (GPU time is scarce). */
+/**
+ * One part of the run: a failure is reported and the next part still runs (GPU time is scarce). An error the
+ * device raised outside an error scope (src/runtime/webgpu/faults.ts: a kernel that failed validation runs as
+ * nothing and times fast) marks the section's figures as suspect.
+ */
 async function section(name: string, body: () => Promise<void>): Promise<void> {
   const t0 = performance.now();
+  const mark = gpuFaultMark();
   try {
     await body();
   } catch (e) {
     report(`FAILED ${name}: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 4).join(' | ') : String(e)}`);
   }
+  const fault = await settleGpuFaults(mark, 0);
+  if (fault) report(`DEVICE ERROR in ${name}: ${fault.kind}: ${fault.message}${fault.more ? ` (and ${fault.more} more)` : ''}; this section's figures are suspect`);
   console.log(`(${name}: ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 }
 
