@@ -99,6 +99,8 @@ import { reference, type Kernel, type KernelContext } from './kernels/reference.
 import { webgpuKernelTable } from './kernels/webgpu.js';
 import { adamwFlat } from './webgpu/kernels/adamw.js';
 import { probeF16 } from './webgpu/gemm-f16.js';
+import { openDawn } from './webgpu/device.js';
+import { limitsProblem } from './webgpu/limits.js';
 import { f16MatmulOn, useF16Matmul } from './webgpu/matmul-f16.js';
 import { clipFactor, flat, globalNorm, learningRate, needsTotal, unflat, update, zeroState, type AdamWStep, type SlotState } from './optimizer.js';
 import { initBackend, tf, type BackendName, type Tensor } from './tfjs/index.js';
@@ -218,6 +220,12 @@ export interface StageRunner {
 /** Creates the runner of `stageName` (see the file head). Selects and initialises the backend first. */
 export async function createStageRunner(plan: Plan, stageName: string, opts: StageRunnerOptions = {}): Promise<StageRunner> {
   await initBackend(opts.backend ?? 'cpu');
+  if (tf.getBackend() === 'webgpu') {
+    // Every tensor must fit one storage binding: refused here, naming them, before any weight is uploaded.
+    const gpu = await openDawn();
+    const why = 'unavailable' in gpu ? undefined : limitsProblem(plan, stageName, gpu.limits);
+    if (why) throw new RunnerError(why);
+  }
   if (tf.getBackend() === 'webgpu' && opts.matmul !== 'keep') await chooseMatmul(plan.stages.find((s) => s.name === stageName)?.settings.precision ?? 'f32', opts.matmul ?? 'auto');
   const runner = new Runner(plan, stageName, opts);
   try {

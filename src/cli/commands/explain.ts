@@ -3,7 +3,7 @@
  * adapters are trainable, frozen, folded, merged and dropped (parameters and bytes), the constraints, the
  * kernels with their FLOPs, the estimated peak memory; and what each pass changed.
  */
-import { fmtBytes as bytes } from '../../compiler/util/units.js';
+import { fmtBytes as bytes } from '../../plan/units.js';
 import type { Plan, PlanStage } from '../../plan/types.js';
 import { parse } from '../args.js';
 import { compileInput, takeOptLevel } from '../compile-input.js';

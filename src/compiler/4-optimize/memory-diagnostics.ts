@@ -7,7 +7,7 @@
 import type { Composed } from '../2-check/compose.js';
 import type { Diagnostics } from '../diagnostics/diagnostic.js';
 import type { IR } from '../ir/types.js';
-import { fmtBytes } from '../util/units.js';
+import { fmtBytes } from '../../plan/units.js';
 
 export function reportMemoryBudgets(ir: IR, composed: Composed, diags: Diagnostics): void {
   for (const st of ir.stages) {

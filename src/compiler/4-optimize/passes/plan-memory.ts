@@ -39,7 +39,7 @@
  * result identical (same gradient sum over the same batch).
  * changes = buffers saved by reuse, plus 1 per stage whose micro-batch or recompute setting changed.
  */
-import { fmtBytes } from '../../util/units.js';
+import { fmtBytes } from '../../../plan/units.js';
 import { forwardFlops, gradValues } from '../../ir/cost.js';
 import { paramBytes } from '../../ir/memory.js';
 import type { Buffer, Graph, IR, MemoryPlan, Node, StageIR } from '../../ir/types.js';

@@ -1,4 +1,4 @@
-/** Human-readable sizes for messages and `mcpc explain`. */
+/** Human-readable sizes for messages, `mcpc explain` and the runtime's (shared by compiler and runtime). */
 
 /** Bytes in binary units: `512 B`, `1.5 KiB`, `147.7 MiB`, `71.1 GiB`. */
 export function fmtBytes(n: number): string {
