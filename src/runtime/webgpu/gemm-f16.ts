@@ -158,6 +158,11 @@ export const F16_CANDIDATES: F16Tile[] = [
   { variant: 'staged', tm: 4, tn: 4, pf: true, lp: true },
   { variant: 'staged', tm: 4, tn: 4, sw: 8, lp: true },
   { variant: 'staged', tm: 4, tn: 4, pf: true, sw: 8, w16: true, lp: true },
+  // The layout of NVIDIA's own KHR cooperative-matrix sample (vk_cooperative_matrix_perf, shmem.comp): eight
+  // subgroups, 2 high and 4 wide, each 4x2 fragments of a 128x128 block, 16-byte staging loads prefetched into
+  // registers. (It stages through a uvec4 workgroup array, which WGSL's f16 matrix loads do not take.)
+  { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true, w16: true },
+  { variant: 'staged', tm: 4, tn: 2, sg: [2, 4], pf: true, w16: true, sw: 8 },
 ];
 
 /**
@@ -186,6 +191,8 @@ export const F16_EMULATION_TILES: F16Tile[] = [
   // Load ahead over four K-steps, and over two with 16-byte units, prefetch and double buffering.
   { variant: 'staged', tm: 1, tn: 2, bk: 64, lp: true },
   { variant: 'staged', tm: 1, tn: 1, pf: true, db: true, w16: true, lp: true },
+  // Eight subgroups two high and four wide (256 threads) with prefetched 16-byte units: the sample-shaped candidates.
+  { variant: 'staged', tm: 1, tn: 1, sg: [2, 4], pf: true, w16: true },
 ];
 
 export interface F16Support {
