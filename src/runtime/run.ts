@@ -258,10 +258,12 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
   /** Measures probes on the runner's model: metrics lines, one message line each. */
   const evaluate = async (runner: StageRunner, names: readonly string[], step: number, newline: boolean): Promise<ProbeResult[]> => {
     let results: ProbeResult[];
+    const at = where.at;
     where.at = `stage ${runner.stage.name}, evaluation after step ${step + 1}`;
     try {
       results = await probes.run(runner, names, runner.stage.settings.microBatch);
       gpuCheck();
+      where.at = at;
     } catch (e) {
       if (e instanceof ProbeError) throw new RunError(`stage ${runner.stage.name}: ${e.message}`);
       throw e;
@@ -370,7 +372,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
       if (opt) runner.loadOptimizerState(opt);
       const every = s.checkpointEvery;
       const save = (stageDone: boolean, p: Map<string, Float32Array>, o: OptimizerState, c: DataCursor): Checkpoint => {
-        // Parameters read back from a faulted device are not written over a good checkpoint's successor.
+        // Nothing read back from a faulted device becomes a checkpoint.
         gpuCheck();
         seq += 1;
         const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps };
