@@ -141,7 +141,7 @@ export function describeGpuFault(f: GpuFault, at: string, lastCheckpoint: string
   const saved = `nothing computed after it was saved; ${lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint}` : 'no checkpoint was written yet'}`;
   const rerun = lastCheckpoint ? 'rerun with --resume' : 'rerun';
   const hint =
-    f.kind === 'out-of-memory' ? `Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or use a GPU with more memory; then ${rerun}.`
+    f.kind === 'out-of-memory' ? `Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or state the GPU's memory (\`memory 80GB\` in the stage, or \`memory:\` in mcpc.yaml: the compiler then picks the largest micro_batch that fits and recomputes activations if it must); then ${rerun}.`
     : f.kind === 'lost' ? `A driver reset, a kernel that ran too long or another process can take the device away: ${rerun} (a new process opens it again).`
     : `That is a bug in one of mcpc's kernels or in the driver: ${rerun}; to tell which, MCPC_DAWN_ROBUSTNESS=1 keeps Dawn's bounds checks and MCPC_GEMM_WGSL=0 / MCPC_FUSED_WGSL=0 run the products / fused groups as plain tfjs ops. Please report the message above.`;
   return `${what}${more}, during ${at}; ${saved}. ${hint}`;

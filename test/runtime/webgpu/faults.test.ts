@@ -68,7 +68,8 @@ describe('GPU faults', () => {
     const oom = describeGpuFault({ kind: 'out-of-memory', message: 'Out of memory.', more: 3 }, 'stage one, step 4', 'checkpoints/step-000003');
     expect(oom).toBe(
       'the GPU reported running out of memory: Out of memory. (and 3 more errors after it), during stage one, step 4; nothing computed after it was saved; the last good checkpoint is checkpoints/step-000003. ' +
-        "Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or use a GPU with more memory; then rerun with --resume.",
+        "Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or state the GPU's memory (`memory 80GB` in the stage, or `memory:` in mcpc.yaml: " +
+        'the compiler then picks the largest micro_batch that fits and recomputes activations if it must); then rerun with --resume.',
     );
     const lost = describeGpuFault({ kind: 'lost', message: 'reason unknown', more: 0 }, 'stage two, step 1', undefined);
     expect(lost).toMatch(/^the GPU device was lost \(reason unknown\), during stage two, step 1; nothing computed after it was saved; no checkpoint was written yet\. .*: rerun \(a new process opens it again\)\.$/);
