@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
-import { gpuFaultMark, settleGpuFaults } from '../src/runtime/webgpu/faults.js';
+import { gpuFaultMark, settleGpuFaults, withErrorScopes } from '../src/runtime/webgpu/faults.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { forceTile } from '../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../src/runtime/webgpu/gemm-wgsl.js';
@@ -375,6 +375,7 @@ const b = tf.randomNormal([G, G]);
 if (parts.has('gemm')) await section('f32 GEMM', async () => {
   const tuned = await tuneGemm(G, G, G);
   report(`tuner (f32 ${G}^3): best ${JSON.stringify(tuned.best)}; ${tuned.timings.map((t) => `${f32TileName(t.tile)} ${t.ms.toFixed(2)}`).join(', ')} ms`);
+  for (const f of tuned.failed) report(`tuner (f32 ${G}^3): ${f32TileName(f.tile)} left out: ${f.error}`);
   f32ms = await time(() => gemm(a, b));
   const tfjsMs = await time(() => tf.matMul(a as tf.Tensor2D, b as tf.Tensor2D));
   const f32gpu = await gpuTime(() => gemm(a, b));
@@ -396,19 +397,15 @@ function why(e: unknown, n = 200): string {
 }
 
 /**
- * `f()` with Dawn's validation and internal errors scoped to it, thrown as the first line of the message: a
- * pipeline that fails to build writes nothing (and dispatches nothing), and the output buffer tfjs hands out may
- * be a recycled one holding an earlier, correct, product.
+ * `f()` with Dawn's validation, out-of-memory and internal errors scoped to it (webgpu/faults.ts), the first
+ * thrown as its kind and first line: a pipeline that fails to build writes nothing (and dispatches nothing), and
+ * the output buffer tfjs hands out may be a recycled one holding an earlier, correct, product.
  */
 async function dawnChecked<T>(f: () => T | Promise<T>): Promise<T> {
   const device = (gpu as { device: GPUDevice }).device; // (opened: this runs after the adapter check)
-  device.pushErrorScope('validation');
-  device.pushErrorScope('internal');
-  const out = await f();
-  const internal = await device.popErrorScope();
-  const validation = await device.popErrorScope();
-  if (internal || validation) throw new Error(String((validation ?? internal)!.message).split('\n')[0]);
-  return out;
+  const { value, error } = await withErrorScopes(device, f);
+  if (error) throw new Error(`${error.kind}: ${error.message}`);
+  return value as T;
 }
 
 /** GPU ms of `f` (wall where the adapter has no timestamps), after one call checked for Dawn errors. */

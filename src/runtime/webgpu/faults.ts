@@ -109,3 +109,31 @@ export async function settleGpuFaults(mark = 0, ms = 100): Promise<GpuFault | un
   }
   return gpuFaultSince(mark);
 }
+
+/**
+ * `f` inside error scopes for validation, out-of-memory and internal errors: what the device raised during it
+ * (the first, as classifyGpuError reads it) is returned, not left uncaptured (so not recorded as a fault),
+ * beside f's value. For trials that may fail on some device: a GEMM tile the tuner times, a probe kernel. An
+ * exception from `f` is rethrown once the scopes are popped. Without error scopes (not a WebGPU device) it
+ * just runs `f`.
+ */
+export async function withErrorScopes<T>(device: any, f: () => T | Promise<T>): Promise<{ value?: T; error?: { kind: GpuFaultKind; message: string } }> {
+  if (typeof device?.pushErrorScope !== 'function') return { value: await f() };
+  const kinds = ['validation', 'out-of-memory', 'internal'] as const;
+  for (const k of kinds) device.pushErrorScope(k);
+  let value: T | undefined;
+  let thrown: { e: unknown } | undefined;
+  try {
+    value = await f();
+  } catch (e) {
+    thrown = { e };
+  }
+  let error: { kind: GpuFaultKind; message: string } | undefined;
+  // Popped innermost first: internal, out-of-memory, validation; the first error in that order is kept.
+  for (let i = 0; i < kinds.length; i++) {
+    const e = await device.popErrorScope();
+    if (e && !error) error = classifyGpuError(e);
+  }
+  if (thrown) throw thrown.e;
+  return error ? { value, error } : { value };
+}

@@ -12,7 +12,8 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { checkTile, tileSharedBytes, type Tile } from './gemm-wgsl.js';
+import { checkTile, tileKey, tileSharedBytes, type Tile } from './gemm-wgsl.js';
+import { withErrorScopes } from './faults.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- WebGPU objects. */
 
@@ -179,6 +180,8 @@ export interface TuneResult {
   best: Tile;
   /** Median milliseconds per run of each candidate. */
   timings: { tile: Tile; ms: number }[];
+  /** Candidates left out: the device raised an error running them (a failed kernel would time as nothing). */
+  failed: { tile: Tile; error: string }[];
 }
 
 /**
@@ -190,8 +193,15 @@ export interface TuneResult {
 export async function tune(device: any, m: number, n: number, k: number, run: (tile: Tile, times: number) => Promise<void>, reps = 3, batch = 4): Promise<TuneResult> {
   const key = `${deviceKey(device)}#${shapeClass(m, n, k)}`;
   const timings: { tile: Tile; ms: number }[] = [];
+  const failed: { tile: Tile; error: string }[] = [];
   for (const tile of candidatesFor(device)) {
-    await run(tile, 1); // compile and warm up
+    // Compile and warm up, in error scopes: a tile this device cannot run is left out, not timed (its
+    // dispatches would do nothing, fast) and not left to stop the run as an uncaptured error.
+    const { error } = await withErrorScopes(device, () => run(tile, 1));
+    if (error) {
+      failed.push({ tile, error: `${error.kind}: ${error.message}` });
+      continue;
+    }
     const ts: number[] = [];
     for (let i = 0; i < reps; i++) {
       const t0 = performance.now();
@@ -201,13 +211,14 @@ export async function tune(device: any, m: number, n: number, k: number, run: (t
     ts.sort((a, b) => a - b);
     timings.push({ tile, ms: ts[ts.length >> 1] });
   }
+  if (!timings.length) throw new Error(`no GEMM tile runs on this device (${failed.map((f) => `${tileKey(f.tile)}: ${f.error}`).join('; ')})`);
   const best = timings.reduce((a, b) => (b.ms < a.ms ? b : a)).tile;
   if (tuningEnabled()) {
     load()[key] = best;
     save();
   }
   pending.delete(key);
-  return { key, best, timings };
+  return { key, best, timings, failed };
 }
 
 /** Shapes seen by `tileFor` whose class has no cached choice yet. */

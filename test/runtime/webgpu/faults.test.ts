@@ -12,7 +12,7 @@ import { describe, expect, it } from 'vitest';
 import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { describeGpuFault, GpuFaultError, RunError, runPlan } from '../../../src/runtime/run.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
-import { classifyGpuError, gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, watchDevice } from '../../../src/runtime/webgpu/faults.js';
+import { classifyGpuError, gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, watchDevice, withErrorScopes } from '../../../src/runtime/webgpu/faults.js';
 import { SafetensorsReader } from '../../../src/runtime/io/safetensors.js';
 import { describeGpu, relErr } from './kernels-support.js';
 
@@ -106,6 +106,28 @@ stage two {
   checkpoint_every 1
 }
 `;
+
+describeGpu('withErrorScopes on llvmpipe', () => {
+  it('returns what the device raised during f (not recorded as a fault), f\'s value, and rethrows with the scopes popped', async () => {
+    const gpu = await openDawn();
+    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    const device = gpu.device;
+    const mark = gpuFaultMark();
+    expect(await withErrorScopes(device, () => 7)).toEqual({ value: 7 });
+    const bad = await withErrorScopes(device, async () => {
+      device.createBuffer({ size: 2 ** 40, usage: 0x80 });
+      return 'made';
+    });
+    expect(bad.value).toBe('made');
+    expect(bad.error).toEqual({ kind: 'validation', message: expect.stringMatching(/^Buffer size \(1099511627776\) exceeds/) });
+    await expect(withErrorScopes(device, () => Promise.reject(new Error('boom')))).rejects.toThrow('boom');
+    expect(gpuFaultSince(mark)).toBeUndefined();
+    // Every scope was popped: an error after them is uncaptured again, and recorded.
+    device.createBuffer({ size: 2 ** 40, usage: 0x80 });
+    expect(gpuFaultSince(mark)).toMatchObject({ kind: 'validation', more: 0 });
+    expect(await withErrorScopes({}, () => 3)).toEqual({ value: 3 });
+  });
+});
 
 describeGpu('a run on webgpu that the device faults', () => {
   it('stops before the faulted step is recorded or saved; --resume ends where an uninterrupted run ends', async () => {

@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { initBackend, tf, type Tensor } from '../../../src/runtime/tfjs/index.js';
-import { GEMM_KERNEL, gemm, gemmSpec, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
+import { GEMM_KERNEL, gemm, gemmSpec, gpuSync, linear, registerGemm, tuneGemm } from '../../../src/runtime/webgpu/gemm.js';
+import { gpuFaultMark, gpuFaultSince } from '../../../src/runtime/webgpu/faults.js';
 import { F16_CANDIDATES, gemmF16, probeF16 } from '../../../src/runtime/webgpu/gemm-f16.js';
-import { CANDIDATES, cachePath, defaultTile, deviceKey, resetTuning, shapeClass, tileFor } from '../../../src/runtime/webgpu/gemm-tune.js';
+import { CANDIDATES, cachePath, candidatesFor, defaultTile, deviceKey, resetTuning, shapeClass, tileFor, tune } from '../../../src/runtime/webgpu/gemm-tune.js';
 import { gemmWgsl, tileKey, type Tile } from '../../../src/runtime/webgpu/gemm-wgsl.js';
 import { compare, describeGpu, randn, run, type Arg, type Result } from './kernels-support.js';
 
@@ -208,6 +209,46 @@ describeGpu('WGSL GEMM on WebGPU', () => {
     process.env.MCPC_GEMM_TUNE = '0';
     resetTuning();
     expect(tileFor(device, 40, 24, 16)).toEqual(defaultTile(40, 24));
+  });
+
+  it('a tile the device raises an error on is left out of the tuning (not timed as nothing), and stops nothing', async () => {
+    process.env.XDG_CACHE_HOME = cacheDir;
+    process.env.MCPC_GEMM_TUNE = '0'; // time, but write no cache
+    resetTuning();
+    await initBackend('webgpu');
+    registerGemm();
+    const device = (tf.backend() as unknown as { device: GPUDevice }).device;
+    const bad = candidatesFor(device)[0]!;
+    const a = tf.randomUniform([40, 16]);
+    const b = tf.randomUniform([24, 16]);
+    const mark = gpuFaultMark();
+    try {
+      // The first candidate's runs also ask for a buffer past the device's limit: Dawn raises a validation error.
+      const res = await tune(device, 40, 24, 16, async (tile, times) => {
+        if (tile === bad) device.createBuffer({ size: 2 ** 40, usage: 0x80 });
+        for (let i = 0; i < times; i++) tf.dispose(tf.engine().runKernel(GEMM_KERNEL, [a, b] as never, { transA: false, transB: true, tile } as never) as Tensor);
+        await gpuSync();
+      });
+      expect(res.failed).toHaveLength(1);
+      expect(res.failed[0]!.tile).toBe(bad);
+      expect(res.failed[0]!.error).toMatch(/^validation: Buffer size \(1099511627776\) exceeds/);
+      expect(res.timings.map((t) => t.tile)).not.toContain(bad);
+      expect(res.timings.length).toBe(candidatesFor(device).length - 1);
+      expect(res.best).not.toBe(bad);
+      // Captured by the tuner's error scopes: nothing for a run to stop on.
+      expect(gpuFaultSince(mark)).toBeUndefined();
+      // A device on which no tile runs: the tuner says so, naming the errors.
+      await expect(
+        tune(device, 40, 24, 16, async () => {
+          device.createBuffer({ size: 2 ** 40, usage: 0x80 });
+        }),
+      ).rejects.toThrow(/^no GEMM tile runs on this device \(.*validation: Buffer size/);
+      expect(gpuFaultSince(mark)).toBeUndefined();
+    } finally {
+      tf.dispose([a, b]);
+      delete process.env.MCPC_GEMM_TUNE;
+      resetTuning();
+    }
   });
 
   it('a cached tile keeps every option (prefetch, double buffering, swizzle, unrolled steps); malformed options and probes are dropped', async () => {
