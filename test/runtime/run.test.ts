@@ -9,34 +9,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { compileFile, nodeHost } from '../../src/compiler/index.js';
 import type { Plan } from '../../src/plan/types.js';
 import { runPlan, type RunOptions } from '../../src/runtime/run.js';
+import { TWO_STAGES as PIPELINE } from './executor/helpers.js';
 
-const PIPELINE = `pipeline small
-model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
-data d = jsonl("d.jsonl")
-adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
-stage one {
-  train a on d
-  steps 2
-  lr 1e-2
-  batch 4
-  micro_batch 2
-  max_len 32
-  max_bad_steps 2
-  then {
-    merge a into base
-  }
-}
-stage two {
-  adapter b = lora(r: 2, alpha: 4) at layers[*].mlp.up
-  train b on d
-  steps 3
-  lr 1e-2
-  batch 4
-  micro_batch 2
-  max_len 32
-  checkpoint_every 1
-}
-`;
 
 const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i * 3}.` }] });
 

@@ -11,6 +11,38 @@ import { expect } from 'vitest';
 /** The smallest model the tests train: one layer, hidden 32, two heads sharing one kv head. */
 export const TINY = 'builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)';
 
+/**
+ * Two stages on TINY for run-level tests: LoRA on q, v merged into the base after two steps (max_bad_steps 2),
+ * then an MLP LoRA for three steps with a checkpoint after each.
+ */
+export const TWO_STAGES = `pipeline small
+model base = ${TINY}
+data d = jsonl("d.jsonl")
+adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
+stage one {
+  train a on d
+  steps 2
+  lr 1e-2
+  batch 4
+  micro_batch 2
+  max_len 32
+  max_bad_steps 2
+  then {
+    merge a into base
+  }
+}
+stage two {
+  adapter b = lora(r: 2, alpha: 4) at layers[*].mlp.up
+  train b on d
+  steps 3
+  lr 1e-2
+  batch 4
+  micro_batch 2
+  max_len 32
+  checkpoint_every 1
+}
+`;
+
 /** A few chat records. */
 export const RECORDS = [
   ['What is a first-line drug for hypertension?', 'A thiazide diuretic.'],

@@ -4,53 +4,34 @@
  * lost, where, the last good checkpoint, rerun with --resume. Its own file (its own process under vitest's
  * forks pool): a destroyed device does not come back, and openDawn keeps one device per process.
  */
-import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { GpuFaultError, runPlan } from '../../../src/runtime/run.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
+import { compileInline, TWO_STAGES } from '../executor/helpers.js';
 import { describeGpu } from './kernels-support.js';
 
 describeGpu('a run on webgpu whose device is lost', () => {
   it('stops with the loss, where it happened and the last good checkpoint, not an empty AbortError', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mcpc-gpu-lost-'));
-    writeFileSync(
-      join(dir, 'p.mcp'),
-      `pipeline small
-model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
-data d = jsonl("d.jsonl")
-adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
-stage one {
-  train a on d
-  steps 4
-  lr 1e-2
-  batch 2
-  micro_batch 2
-  max_len 32
-  checkpoint_every 1
-}
-`,
-    );
-    const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i * 3}.` }] });
-    writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 8 }, (_, i) => record(i)).join('\n') + '\n');
-    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
-    if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
+    const {
+      dir,
+      plans: [plan],
+    } = compileInline(TWO_STAGES, [1]);
     const gpu = await openDawn();
     if ('unavailable' in gpu) throw new Error(gpu.unavailable);
     let text = '';
-    const err = await runPlan(res.plan, {
+    const err = await runPlan(plan!, {
       root: dir,
       runDir: join(dir, 'run'),
       backend: 'webgpu',
       write: (t) => void (text += t),
-      // After step 2 has run (its loss read back): the device goes, and a read (as the checkpoint's would)
-      // rejects with an empty AbortError before the loss is recorded (the exception path; when the loss is
-      // recorded first, the check before the checkpoint stops the run with the same message).
-      afterStep: async ({ step }) => {
-        if (step !== 2) return;
+      // After stage two's step 2 has run (its loss read back): the device goes, and a read (as the checkpoint's
+      // would) rejects with an empty AbortError before the loss is recorded (the exception path; when the loss
+      // is recorded first, the check before the checkpoint stops the run with the same message).
+      afterStep: async ({ stage, step }) => {
+        if (stage !== 'two' || step !== 2) return;
         gpu.device.destroy();
         const t = tf.tidy(() => tf.matMul(tf.ones([4, 4]), tf.ones([4, 4])));
         try {
@@ -66,8 +47,8 @@ stage one {
     expect(err, text).toBeInstanceOf(GpuFaultError);
     const f = err as GpuFaultError;
     expect(f.fault.kind).toBe('lost');
-    expect(f.message).toMatch(/^the GPU device was lost \(reason destroyed.*\), during stage one, step 2; nothing computed after it was saved; the last good checkpoint is .*step-000001\. .*rerun with --resume \(a new process opens it again\)\.$/);
-    // Step 1's checkpoint, and nothing read back from the lost device.
-    expect(readdirSync(join(dir, 'run/checkpoints')).sort()).toEqual(['step-000001']);
+    expect(f.message).toMatch(/^the GPU device was lost \(reason destroyed.*\), during stage two, step 2; nothing computed after it was saved; the last good checkpoint is .*step-000002\. .*rerun with --resume \(a new process opens it again\)\.$/);
+    // Stage one's end and stage two's step 1, nothing read back from the lost device.
+    expect(readdirSync(join(dir, 'run/checkpoints')).sort()).toEqual(['step-000001', 'step-000002']);
   });
 });

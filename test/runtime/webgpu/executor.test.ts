@@ -19,7 +19,7 @@ import { createStageRunner } from '../../../src/runtime/executor.js';
 import { wgslOps } from '../../../src/runtime/kernels/webgpu.js';
 import { runPlan } from '../../../src/runtime/run.js';
 import { initBackend, tf } from '../../../src/runtime/tfjs/index.js';
-import { compileInline, syntheticBatch, TINY } from '../executor/helpers.js';
+import { compileInline, syntheticBatch, TINY, TWO_STAGES } from '../executor/helpers.js';
 import { describeGpu, relErr } from './kernels-support.js';
 
 const PIPELINE = `pipeline gpu
@@ -137,34 +137,7 @@ describeGpu('the stage runner on webgpu (WGSL kernel table, one-dispatch AdamW) 
 
   it('runPlan (mcpc run --backend webgpu): a two-stage pipeline with a merge trains to the cpu losses', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcpc-webgpu-run-'));
-    writeFileSync(
-      join(dir, 'p.mcp'),
-      `pipeline small
-model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
-data d = jsonl("d.jsonl")
-adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
-stage one {
-  train a on d
-  steps 2
-  lr 1e-2
-  batch 4
-  micro_batch 2
-  max_len 32
-  then {
-    merge a into base
-  }
-}
-stage two {
-  adapter b = lora(r: 2, alpha: 4) at layers[*].mlp.up
-  train b on d
-  steps 2
-  lr 1e-2
-  batch 2
-  micro_batch 2
-  max_len 32
-}
-`,
-    );
+    writeFileSync(join(dir, 'p.mcp'), TWO_STAGES);
     const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i * 3}.` }] });
     writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 8 }, (_, i) => record(i)).join('\n') + '\n');
     const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
@@ -176,7 +149,7 @@ stage two {
     expect(text).toMatch(/stage one merge check: .* ok/);
     const cpu = await runPlan(res.plan, { root: dir, runDir: join(dir, 'cpu'), backend: 'cpu', write: () => {} });
     expect(cpu.code).toBe(0);
-    expect(losses('gpu')).toHaveLength(4);
+    expect(losses('gpu')).toHaveLength(5);
     expect(relErr(losses('gpu'), losses('cpu'))).toBeLessThan(1e-3);
   });
 });

@@ -5,15 +5,14 @@
  * two steps of a real run stops it before that step is recorded or saved, and `--resume` then ends where an
  * uninterrupted run ends. (A device loss: device-lost.test.ts, its own process: the device does not come back.)
  */
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import { describeGpuFault, GpuFaultError, RunError, runPlan } from '../../../src/runtime/run.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { classifyGpuError, gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, watchDevice, withErrorScopes } from '../../../src/runtime/webgpu/faults.js';
 import { SafetensorsReader } from '../../../src/runtime/io/safetensors.js';
+import { compileInline, TWO_STAGES } from '../executor/helpers.js';
 import { describeGpu, relErr } from './kernels-support.js';
 
 class GPUOutOfMemoryError extends Error {}
@@ -80,32 +79,6 @@ describe('GPU faults', () => {
   });
 });
 
-const PIPELINE = `pipeline small
-model base = builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
-data d = jsonl("d.jsonl")
-adapter a = lora(r: 4, alpha: 8) at layers[*].attn.{q, v}
-stage one {
-  train a on d
-  steps 2
-  lr 1e-2
-  batch 2
-  micro_batch 2
-  max_len 32
-  then {
-    merge a into base
-  }
-}
-stage two {
-  adapter b = lora(r: 2, alpha: 4) at layers[*].mlp.up
-  train b on d
-  steps 3
-  lr 1e-2
-  batch 2
-  micro_batch 2
-  max_len 32
-  checkpoint_every 1
-}
-`;
 
 describeGpu('withErrorScopes on llvmpipe', () => {
   it('returns what the device raised during f (not recorded as a fault), f\'s value, and rethrows with the scopes popped', async () => {
@@ -131,13 +104,10 @@ describeGpu('withErrorScopes on llvmpipe', () => {
 
 describeGpu('a run on webgpu that the device faults', () => {
   it('stops before the faulted step is recorded or saved; --resume ends where an uninterrupted run ends', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mcpc-gpu-fault-'));
-    writeFileSync(join(dir, 'p.mcp'), PIPELINE);
-    const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i * 3}.` }] });
-    writeFileSync(join(dir, 'd.jsonl'), Array.from({ length: 8 }, (_, i) => record(i)).join('\n') + '\n');
-    const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
-    if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
-    const plan = res.plan;
+    const {
+      dir,
+      plans: [plan],
+    } = compileInline(TWO_STAGES, [1]);
     const gpu = await openDawn();
     if ('unavailable' in gpu) throw new Error(gpu.unavailable);
     const finalParams = (runDir: string) => {
@@ -146,13 +116,13 @@ describeGpu('a run on webgpu that the device faults', () => {
       return new Map(r.names.map((k) => [k, Float32Array.from(r.readFloat32(k))]));
     };
 
-    const full = await runPlan(plan, { root: dir, runDir: join(dir, 'full'), backend: 'webgpu', write: () => {} });
+    const full = await runPlan(plan!, { root: dir, runDir: join(dir, 'full'), backend: 'webgpu', write: () => {} });
     expect(full.code).toBe(0);
 
     // Between stage two's second step and its checks, a buffer larger than the device allows: Dawn raises an
     // uncaptured validation error (an allocation that fails for want of memory takes the same path).
     let text = '';
-    const failed = runPlan(plan, {
+    const failed = runPlan(plan!, {
       root: dir,
       runDir: join(dir, 'cut'),
       backend: 'webgpu',
@@ -178,7 +148,7 @@ describeGpu('a run on webgpu that the device faults', () => {
 
     // A later run in the same process (the device itself is fine) resumes from that checkpoint.
     let resumedText = '';
-    const resumed = await runPlan(plan, { root: dir, runDir: join(dir, 'cut'), backend: 'webgpu', resume: true, write: (t) => void (resumedText += t) });
+    const resumed = await runPlan(plan!, { root: dir, runDir: join(dir, 'cut'), backend: 'webgpu', resume: true, write: (t) => void (resumedText += t) });
     expect(resumed.code, resumedText).toBe(0);
     expect(resumedText).toMatch(/stage two: resuming at step 1\/3/);
     expect(existsSync(join(dir, 'cut/stages/two.json'))).toBe(true);

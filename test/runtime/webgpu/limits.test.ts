@@ -3,25 +3,18 @@
  * largest storage binding, with T = micro_batch · max_len, largest first; the message names them and what
  * shrinks them; on llvmpipe (128 MiB bindings) `createStageRunner` refuses such a stage before uploading a weight.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { compileFile, nodeHost } from '../../../src/compiler/index.js';
 import type { Plan } from '../../../src/plan/types.js';
 import { createStageRunner, RunnerError } from '../../../src/runtime/executor.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
 import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { bindingLimit, limitsProblem, oversizedTensors } from '../../../src/runtime/webgpu/limits.js';
+import { compileInline } from '../executor/helpers.js';
 import { describeGpu } from './kernels-support.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'mcpc-limits-'));
-writeFileSync(join(dir, 'd.jsonl'), JSON.stringify({ messages: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'a' }] }) + '\n');
-
+/** A one-stage pipeline on `model` with LoRA on attention (compiled at -O1 in a fresh folder). */
 function compile(model: string, microBatch: number, maxLen: number): Plan {
-  writeFileSync(
-    join(dir, 'p.mcp'),
-    `pipeline big
+  const text = `pipeline big
 model base = ${model}
 data d = jsonl("d.jsonl")
 adapter a = lora(r: 16, alpha: 32) at layers[*].attn.{q, k, v, o}
@@ -32,11 +25,8 @@ stage one {
   micro_batch ${microBatch}
   max_len ${maxLen}
 }
-`,
-  );
-  const res = compileFile(join(dir, 'p.mcp'), nodeHost(dir, dir), {}, { optLevel: 1 });
-  if (!res.plan) throw new Error(res.diagnostics.map((d) => d.message).join('\n'));
-  return res.plan;
+`;
+  return compileInline(text, [1]).plans[0]!;
 }
 
 const H200 = { maxStorageBufferBindingSize: 2 ** 31, maxBufferSize: 2 ** 31 };
