@@ -74,6 +74,12 @@ export interface RunOptions {
   /** Testing: stop (as if killed) after this many optimizer steps of this invocation. */
   stopAfter?: number;
   /**
+   * When aborted (the CLI: the first Ctrl-C or SIGTERM), the run stops after the step in flight: it writes a
+   * checkpoint of that step (the same as a periodic one, so `--resume` ends where an uninterrupted run ends)
+   * and returns code 130. Between stages it stops before the next one starts.
+   */
+  signal?: AbortSignal;
+  /**
    * Called after each optimizer step (`step` 1-based within its stage), before the step is checked for GPU
    * faults and recorded: tests inject faults here.
    */
@@ -101,7 +107,7 @@ export interface StageSummary {
 }
 
 export interface RunResult {
-  /** 0 done, 1 stopped (bad steps, bad data, interrupted by stopAfter). */
+  /** 0 done, 1 stopped (bad steps, bad data, interrupted by stopAfter), 130 interrupted (`signal`). */
   code: number;
   stages: StageSummary[];
   exports: ExportResult[];
@@ -288,6 +294,11 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
   }
 
   for (const stage of plan.stages) {
+    if (opts.signal) await new Promise<void>((r) => setImmediate(r));
+    if (opts.signal?.aborted) {
+      const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
+      return { code: 130, stages: summaries, exports: [], message: `interrupted before stage ${stage.name}${latest ? `: the last checkpoint is ${latest.dir}` : ''}; the same command with --resume continues` };
+    }
     const t0 = performance.now();
     const seed = opts.seed ?? stage.settings.seed;
     const data = await loadStageData(plan, stage, root, tokenizer, opts);
@@ -453,7 +464,16 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
           await evaluate(runner, [...new Set(due)], stepsDone - 1, opts.tty === true);
           evalSecs += (performance.now() - te) / 1000;
         }
-        if (every > 0 && stepsDone % every === 0 && stepsDone < total && badSteps === 0) save(false, await runner.parameters(), await runner.optimizerState(), cursor);
+        // A step on the CPU backends resolves without a turn of the event loop: one turn here lets a signal
+        // handler (the CLI's Ctrl-C) run between steps, not only at the next file or timer.
+        if (opts.signal) await new Promise<void>((r) => setImmediate(r));
+        const interrupted = opts.signal?.aborted === true && stepsDone < total;
+        let ck: Checkpoint | undefined;
+        if (((every > 0 && stepsDone % every === 0) || interrupted) && stepsDone < total && badSteps === 0) ck = save(false, await runner.parameters(), await runner.optimizerState(), cursor);
+        if (interrupted) {
+          const kept = ck ? `checkpoint ${ck.dir} written` : `no checkpoint of it (${badSteps} non-finite step${badSteps === 1 ? '' : 's'} in a row); the last good one is ${findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir ?? 'none'}`;
+          return { code: 130, stages: summaries, exports: [], message: `interrupted in stage ${stage.name} after step ${stepsDone}/${total}: ${kept}; the same command with --resume continues` };
+        }
         if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {
           return { code: 1, stages: summaries, exports: [], message: `stopped after ${stepsThisRun} steps (stopAfter)` };
         }

@@ -65,6 +65,27 @@ describe('runPlan', () => {
     expect(finalParams('cut').equals(finalParams('full'))).toBe(true);
   });
 
+  it('an aborted signal (Ctrl-C) stops after the step in flight with a checkpoint of it, or before the next stage; --resume ends bit-identical', async () => {
+    expect((await runPlan(plan, opts('full2'))).code).toBe(0);
+    // Mid-stage, in stage one, which writes no periodic checkpoints: the interrupt writes one of step 1.
+    const stop = new AbortController();
+    const mid = await runPlan(plan, opts('int', { signal: stop.signal, afterStep: ({ stage, step }) => void (stage === 'one' && step === 1 && stop.abort()) }));
+    expect(mid.code).toBe(130);
+    expect(mid.message).toMatch(/^interrupted in stage one after step 1\/2: checkpoint .*step-000001 written; the same command with --resume continues$/);
+    expect(existsSync(join(dir, 'int/checkpoints/step-000001/COMPLETE'))).toBe(true);
+    // At a stage's last step: the stage ends (its checkpoint, exit transitions), the next one does not start.
+    const late = new AbortController();
+    const resumed = opts('int', { resume: true, signal: late.signal, afterStep: ({ stage, step }) => void (stage === 'one' && step === 2 && late.abort()) });
+    const between = await runPlan(plan, resumed);
+    expect(between.code).toBe(130);
+    expect(between.message).toMatch(/^interrupted before stage two: the last checkpoint is .*step-000002; the same command with --resume continues$/);
+    expect(existsSync(join(dir, 'int/stages/one.json'))).toBe(true);
+    expect(existsSync(join(dir, 'int/stages/two.json'))).toBe(false);
+    const done = await runPlan(plan, opts('int', { resume: true }));
+    expect(done.code).toBe(0);
+    expect(finalParams('int').equals(finalParams('full2'))).toBe(true);
+  });
+
   it('with LoRA dropout, a resumed run is still bit-identical (the masks are a pure function of the step)', async () => {
     expect(dropoutPlan.adapters.map((a) => a.dropout)).toEqual([0.2, 0.3]);
     expect((await runPlan(dropoutPlan, opts('dfull'))).code).toBe(0);

@@ -41,6 +41,9 @@ options:
                          \`python train.py --init-from FILE\` of \`mcpc compile --target torch\`
   --project FILE         project file
 
+Ctrl-C (or SIGTERM) stops after the step in flight with a checkpoint of it (exit 130; --resume continues to
+the weights an uninterrupted run ends with); a second Ctrl-C stops at once.
+
 environment switches (checked before anything runs: a value a switch does not take stops the run,
 an MCPC_* name that is no switch is a warning):
 ${SWITCHES.filter((s) => s.name !== 'MCPC_DEBUG')
@@ -137,6 +140,19 @@ export const runCommand: Command = async (argv, io) => {
     return 1;
   }
   io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${backend.why}\n${switches.set.length ? `switches ${switches.set.join(' ')}\n` : ''}run folder ${relative(io.cwd, runDir) || runDir}\n`);
+  // The first Ctrl-C (or SIGTERM, as schedulers send before a kill) ends the run after the step in flight, with a
+  // checkpoint of it; a second one ends the process at once (the checkpoints written so far stand).
+  const interrupt = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupt.signal.aborted) {
+      io.stderr(`\nmcpc run: ${sig} again: stopping now; the last complete checkpoint stands (the same command with --resume continues from it)\n`);
+      process.exit(130);
+    }
+    interrupt.abort();
+    io.stderr(`\nmcpc run: ${sig}: finishing the step in flight and writing a checkpoint of it (${sig} again stops at once)\n`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     if (values['save-init'] !== undefined) {
       const { saveInitialWeights } = await import('../save-init.js');
@@ -155,6 +171,7 @@ export const runCommand: Command = async (argv, io) => {
       ...(maxSteps !== undefined ? { maxSteps } : {}),
       ...(seed !== undefined ? { seed } : {}),
       ...(stopAfter !== undefined ? { stopAfter } : {}),
+      signal: interrupt.signal,
     });
     if (r.code !== 0) {
       io.stderr(`mcpc run: ${r.message ?? 'stopped'}\n`);
@@ -173,6 +190,9 @@ export const runCommand: Command = async (argv, io) => {
       return 1;
     }
     throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 };
 
