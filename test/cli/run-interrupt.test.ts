@@ -4,8 +4,7 @@
  * exits 130; `--resume` then ends with weights bit-identical to an uninterrupted run (cpu backend). SIGTERM
  * (what a scheduler sends before killing) does the same.
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,42 +12,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { TWO_STAGES } from '../runtime/executor/helpers.js';
 import { memoryIO } from '../support/memory-io.js';
+import { lossLines, runAndSignal } from '../support/signal.js';
 import { stageParams } from '../support/run-folder.js';
 
 const bin = fileURLToPath(new URL('../../bin/mcpc.js', import.meta.url));
 
 /** Stage one long enough to be interrupted in (40 steps, no checkpoint_every: only its end is saved). */
 const PIPELINE = TWO_STAGES.replace('  steps 2\n', '  steps 40\n');
-
-function lossSteps(runDir: string): number {
-  const f = join(runDir, 'metrics.jsonl');
-  if (!existsSync(f)) return 0;
-  return readFileSync(f, 'utf8')
-    .split('\n')
-    .filter((l) => l.includes('"loss"')).length;
-}
-
-/** `mcpc run` in a child process; `sig` once metrics.jsonl has `after` loss lines. */
-function runAndSignal(dir: string, args: string[], sig: NodeJS.Signals, after: number): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, 'run', 'p.mcp', ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (err += d));
-    const runDir = join(dir, args[args.indexOf('--out') + 1]!);
-    const timer = setInterval(() => {
-      if (lossSteps(runDir) < after) return;
-      clearInterval(timer);
-      child.kill(sig);
-    }, 10);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      clearInterval(timer);
-      resolve({ code, signal, out, err });
-    });
-  });
-}
 
 describe('Ctrl-C / SIGTERM during mcpc run', () => {
   let dir: string;
@@ -64,7 +34,7 @@ describe('Ctrl-C / SIGTERM during mcpc run', () => {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     it(`${sig} finishes the step in flight, checkpoints it, exits 130; --resume ends bit-identical`, async () => {
       const out = `cut-${sig}`;
-      const r = await runAndSignal(dir, ['--out', out, '--backend', 'cpu'], sig, 3);
+      const r = await runAndSignal(process.execPath, [bin, 'run', 'p.mcp', '--out', out, '--backend', 'cpu'], dir, sig, () => lossLines(join(dir, out, 'metrics.jsonl')) >= 3);
       expect(r.signal, r.err).toBeNull();
       expect(r.code, r.err).toBe(130);
       expect(r.err).toMatch(new RegExp(`mcpc run: ${sig}: finishing the step in flight and writing a checkpoint of it`));
@@ -74,7 +44,7 @@ describe('Ctrl-C / SIGTERM during mcpc run', () => {
       expect(step).toBeGreaterThanOrEqual(3);
       expect(step).toBeLessThan(40);
       // The checkpoint holds that step: the metrics file has exactly its loss lines.
-      expect(lossSteps(join(dir, out))).toBe(step);
+      expect(lossLines(join(dir, out, 'metrics.jsonl'))).toBe(step);
       expect(readdirSync(join(dir, out, 'checkpoints'))).toEqual(['step-000001']);
       const io = memoryIO(dir);
       expect(await main(['run', 'p.mcp', '--out', out, '--backend', 'cpu', '--resume'], io)).toBe(0);

@@ -31,6 +31,7 @@ import { createTokenizer } from '../../../../src/runtime/tokenizer/index.js';
 import { loadHfCheckpoint } from '../../../../src/runtime/weights/hf.js';
 import { importPeftAdapter } from '../../../../src/runtime/weights/peft.js';
 import { repoRoot } from '../../../support/pipelines.js';
+import { lossLines, runAndSignal } from '../../../support/signal.js';
 
 const PIPELINE = `pipeline diff
 model base = builtin("qwen2-micro", layers: 2, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)
@@ -249,6 +250,22 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     const got = await tsForward(loaded);
     expect(relErr(own.get('x.final')!, got.get('x.final')!)).toBeLessThan(TOL);
     expect(relErr(own.get('loss')!, got.get('loss')!)).toBeLessThan(TOL);
+  });
+
+  it('SIGTERM (preemption) ends the step in flight with a checkpoint of it, exit 130; --resume ends bit-identical', async () => {
+    const args = ['--max-steps', '12', '--init-from', 'init.safetensors'];
+    python([...args, '--out', join(dir, 'py12'), '--export-root', join(dir, 'py12-exports')]);
+    const cut = join(dir, 'py12-cut');
+    const r = await runAndSignal(py, [join(dir, 'torch', 'train.py'), ...args, '--out', cut, '--export-root', join(dir, 'py12-cut-exports')], dir, 'SIGTERM', () => lossLines(join(cut, 'metrics.jsonl')) >= 3);
+    expect(r.signal, r.err).toBeNull();
+    expect(r.code, `${r.out}\n${r.err}`).toBe(130);
+    expect(r.err).toMatch(/SIGTERM: finishing the step in flight and writing a checkpoint of it/);
+    const m = /interrupted in stage aggregate after step (\d+)\/12: checkpoint \S+step-000001 written; the same command with --resume continues/.exec(r.out);
+    expect(m, r.out).not.toBeNull();
+    expect(lossLines(join(cut, 'metrics.jsonl'))).toBe(Number(m![1]));
+    python([...args, '--out', cut, '--export-root', join(dir, 'py12-cut-exports'), '--resume']);
+    expect(readFileSync(finalParams(cut)).equals(readFileSync(finalParams(join(dir, 'py12'))))).toBe(true);
+    expect(metrics(join(cut, 'metrics.jsonl')).map((x) => x.loss)).toEqual(metrics(join(dir, 'py12', 'metrics.jsonl')).map((x) => x.loss));
   });
 
   it('gives the same losses with --nproc 2 (two processes, gloo) as with one', () => {

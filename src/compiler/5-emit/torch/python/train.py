@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -111,7 +112,24 @@ def free_port():
 
 def spawned(local_rank, args, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local_rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
-    run(args)
+    code = run(args)
+    if code:
+        sys.exit(code)  # the parent exits with it (a worker's return value is dropped by mp.spawn)
+
+
+# Ctrl-C / SIGTERM (a scheduler's preemption notice, forwarded to every worker by torchrun): the first ends
+# the run after the step in flight, with a checkpoint of it, exit 130; a second ends the process at once.
+INTERRUPTED = []
+
+
+def on_interrupt(signum, frame):
+    name = signal.Signals(signum).name
+    if INTERRUPTED:
+        print(f"{name} again: stopping now; the last complete checkpoint stands (the same command with --resume continues from it)", file=sys.stderr, flush=True)
+        os._exit(130)
+    INTERRUPTED.append(name)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\n{name}: finishing the step in flight and writing a checkpoint of it ({name} again stops at once)", file=sys.stderr, flush=True)
 
 
 def main():
@@ -120,12 +138,30 @@ def main():
     if args.nproc > 1 and not under_torchrun:
         import torch.multiprocessing as mp
 
-        mp.spawn(spawned, args=(args, args.nproc, free_port()), nprocs=args.nproc, join=True)
+        ctx = mp.spawn(spawned, args=(args, args.nproc, free_port()), nprocs=args.nproc, join=False)
+
+        # The workers handle the signal; the parent passes a SIGTERM sent to it alone on (a terminal's Ctrl-C
+        # reaches the whole process group already) and reports their exit code.
+        def forward(signum, frame):
+            if signum == signal.SIGTERM:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        os.kill(p.pid, signum)
+
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
+        try:
+            while not ctx.join():
+                pass
+        except mp.ProcessExitedException as e:
+            sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
         return
     sys.exit(run(args))
 
 
 def run(args):
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -399,6 +435,9 @@ class Trainer:
         for stage in PLAN["stages"]:
             if stage["index"] <= done_through or (resume and resume[1]["stageIndex"] > stage["index"]):
                 continue
+            if self.d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0:
+                self.log(f"interrupted before stage {stage['name']}; the same command with --resume continues")
+                return 130
             code = self.train_stage(stage, metrics, ckpt_root, resume if resume and resume[1]["stageIndex"] == stage["index"] else None)
             resume = None
             if code:
@@ -527,8 +566,20 @@ class Trainer:
                 self.log(f"stopped: {bad} consecutive NaN/Inf steps in stage {stage['name']} (max_bad_steps {s['maxBadSteps']}); lower the learning rate or check the data, then rerun with --resume")
                 return 1
             every = s["checkpointEvery"]
-            if every > 0 and steps_done % every == 0 and steps_done < total:
+            # Every process stops at the same step: the interrupt is summed over them.
+            interrupted = steps_done < total and d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0
+            if ((every > 0 and steps_done % every == 0) or interrupted) and steps_done < total and (bad == 0 or not interrupted):
                 self.save(ckpt_root, stage, False, steps_done, t_applied, schedule_step, cursor, bad, self.read_back(model, wrapped), opt, model)
+            if interrupted:
+                if self.mode == "fsdp":
+                    kept = "no checkpoint of it (FSDP writes stage-end checkpoints only)"
+                elif bad:
+                    kept = f"no checkpoint of it ({bad} non-finite step{'s' if bad != 1 else ''} in a row)"
+                else:
+                    kept = f"checkpoint {os.path.join(ckpt_root, f'step-{self.seq:06d}')} written"
+                latest = wt.latest_checkpoint(ckpt_root) if self.d.main else None
+                self.log(f"interrupted in stage {stage['name']} after step {steps_done}/{total}: {kept}; {'the last complete checkpoint is ' + latest + '; ' if latest and 'written' not in kept else ''}the same command with --resume continues")
+                return 130
         self.params.update(self.read_back(model, wrapped))
         self.report_constraints(stage)
         self.apply_exit(stage, routing)
