@@ -25,9 +25,12 @@ export interface GpuFault {
 
 /** Faults in the order they came; a run reads those after its mark. */
 const faults: { kind: GpuFaultKind; message: string }[] = [];
-/** Faults beyond the ones kept (a failing kernel in a loop reports thousands). */
+/**
+ * Faults beyond the ones kept: a failing kernel in a loop reports one per call; the first 10,000 of a process
+ * are kept (a few MB at most), so every run in a long-lived process still finds the first fault after its mark.
+ */
 let dropped = 0;
-const KEEP = 64;
+const KEEP = 10_000;
 const lostPromises: Promise<unknown>[] = [];
 const watched = new WeakSet<object>();
 /** While above 0, a consumer reports the faults itself (a run): Dawn's own stderr print of each is taken. */
@@ -92,7 +95,7 @@ export function gpuFaultMark(): number {
 export function gpuFaultSince(mark = 0): GpuFault | undefined {
   const total = faults.length + dropped;
   if (total <= mark) return undefined;
-  if (mark >= faults.length) return { kind: 'error', message: `${total - mark} GPU errors (not kept: more than ${KEEP} in this process)`, more: 0 };
+  if (mark >= faults.length) return { kind: 'error', message: `${total - mark} GPU error${total - mark === 1 ? '' : 's'} (not kept: more than ${KEEP} in this process)`, more: 0 };
   const first = faults[mark]!;
   return { ...first, more: total - mark - 1 };
 }
