@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { initBackend, tf, type Tensor } from '../src/runtime/tfjs/index.js';
 import { describeDevice, openDawn } from '../src/runtime/webgpu/device.js';
-import { gpuFaultMark, settleGpuFaults, withErrorScopes } from '../src/runtime/webgpu/faults.js';
+import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, withErrorScopes } from '../src/runtime/webgpu/faults.js';
 import { gemm, gpuSync, tuneGemm, tunePending } from '../src/runtime/webgpu/gemm.js';
 import { forceTile } from '../src/runtime/webgpu/gemm-tune.js';
 import type { Tile } from '../src/runtime/webgpu/gemm-wgsl.js';
@@ -45,8 +45,8 @@ import { routeExpertDown } from '../src/compiler/4-optimize/passes/route-expert-
 const { values } = parseArgs({
   options: { quick: { type: 'boolean' }, full: { type: 'boolean' }, reps: { type: 'string' }, 'no-torch': { type: 'boolean' }, only: { type: 'string' }, profile: { type: 'boolean' }, 'submit-batch': { type: 'string' }, host: { type: 'boolean' }, 'emulate-f16': { type: 'boolean' } },
 });
-/** `--only torch,gemm,f16,moe,step,curve`: the parts to run (default all). */
-const parts = new Set((values.only ?? 'torch,gemm,f16,moe,step,curve').split(','));
+/** `--only torch,faults,gemm,f16,moe,step,curve`: the parts to run (default all). */
+const parts = new Set((values.only ?? 'torch,faults,gemm,f16,moe,step,curve').split(','));
 process.env.EGL_PLATFORM ??= 'surfaceless';
 const gpu = await openDawn();
 if ('unavailable' in gpu) {
@@ -339,7 +339,7 @@ const targets: { what: string; ok: boolean | undefined; detail: string }[] = [];
  * device raised outside an error scope (src/runtime/webgpu/faults.ts: a kernel that failed validation runs as
  * nothing and times fast) marks the section's figures as suspect.
  */
-async function section(name: string, body: () => Promise<void>): Promise<void> {
+async function section(name: string, body: () => Promise<void>, raisesErrors = false): Promise<void> {
   const t0 = performance.now();
   const mark = gpuFaultMark();
   try {
@@ -347,7 +347,7 @@ async function section(name: string, body: () => Promise<void>): Promise<void> {
   } catch (e) {
     report(`FAILED ${name}: ${e instanceof Error ? (e.stack ?? e.message).split('\n').slice(0, 4).join(' | ') : String(e)}`);
   }
-  const fault = await settleGpuFaults(mark, 0);
+  const fault = raisesErrors ? undefined : await settleGpuFaults(mark, 0);
   if (fault) report(`DEVICE ERROR in ${name}: ${fault.kind}: ${fault.message}${fault.more ? ` (and ${fault.more} more)` : ''}; this section's figures are suspect`);
   console.log(`(${name}: ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
 }
@@ -370,6 +370,34 @@ let ffnFB: number | undefined;
 const gemmFlop = 2 * G * G * G;
 const a = tf.randomNormal([G, G]);
 const b = tf.randomNormal([G, G]);
+
+// The fault watch on this device (src/runtime/webgpu/faults.ts), which a run relies on: a buffer one word past
+// the device's limit raises a validation error, captured inside error scopes (the tuner's trials) and, outside
+// them, recorded before createBuffer returns (a run checks right after each step).
+if (parts.has('faults'))
+  await section(
+    'fault watch',
+    async () => {
+      const device = (gpu as { device: GPUDevice }).device;
+      const tooBig = { size: Number(gpu.limits.maxBufferSize) + 4, usage: GPUBufferUsage.STORAGE };
+      const mark = gpuFaultMark();
+      const scoped = await withErrorScopes(device, () => device.createBuffer(tooBig));
+      const leaked = gpuFaultSince(mark);
+      const mark2 = gpuFaultMark();
+      const release = takeGpuErrors();
+      try {
+        device.createBuffer(tooBig);
+      } finally {
+        release();
+      }
+      const now = gpuFaultSince(mark2);
+      report(
+        `fault watch: inside error scopes ${scoped.error ? `captured (${scoped.error.kind})` : 'NOT captured'}, ${leaked ? 'but ALSO recorded as a fault' : 'not recorded as a fault'}; ` +
+          `outside them ${now ? `recorded at once (${now.kind}: ${now.message.slice(0, 80)})` : 'NOT recorded at once'}`,
+      );
+    },
+    true,
+  );
 
 // f32 GEMM
 if (parts.has('gemm')) await section('f32 GEMM', async () => {
