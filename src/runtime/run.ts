@@ -381,6 +381,12 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
     }
     try {
       if (opt) runner.loadOptimizerState(opt);
+      // Uploading the weights is where a device too small runs out of memory: said as such, not as step 1's.
+      gpuCheck();
+      if (opts.signal?.aborted) {
+        const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
+        return { code: 130, stages: summaries, exports: [], message: `interrupted at the start of stage ${stage.name}${latest ? `: the last checkpoint is ${latest.dir}` : ''}; the same command with --resume continues` };
+      }
       const every = s.checkpointEvery;
       const save = (stageDone: boolean, p: Map<string, Float32Array>, o: OptimizerState, c: DataCursor): Checkpoint => {
         // Nothing read back from a faulted device becomes a checkpoint.
@@ -469,7 +475,10 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         if (opts.signal) await new Promise<void>((r) => setImmediate(r));
         const interrupted = opts.signal?.aborted === true && stepsDone < total;
         let ck: Checkpoint | undefined;
-        if (((every > 0 && stepsDone % every === 0) || interrupted) && stepsDone < total && badSteps === 0) ck = save(false, await runner.parameters(), await runner.optimizerState(), cursor);
+        if (((every > 0 && stepsDone % every === 0) || interrupted) && stepsDone < total && badSteps === 0) {
+          where.at = `stage ${stage.name}, the checkpoint after step ${stepsDone}`;
+          ck = save(false, await runner.parameters(), await runner.optimizerState(), cursor);
+        }
         if (interrupted) {
           const kept = ck ? `checkpoint ${ck.dir} written` : `no checkpoint of it (${badSteps} non-finite step${badSteps === 1 ? '' : 's'} in a row); the last good one is ${findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir ?? 'none'}`;
           return { code: 130, stages: summaries, exports: [], message: `interrupted in stage ${stage.name} after step ${stepsDone}/${total}: ${kept}; the same command with --resume continues` };

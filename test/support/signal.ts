@@ -10,10 +10,11 @@ export interface Ended {
 }
 
 /**
- * Run `cmd args` in `cwd` and send it `sig` once `ready()` says so (polled every 10 ms). Resolves with how
- * the child ended and what it printed.
+ * Run `cmd args` in `cwd` and send it `sig` (`times` times, 50 ms apart: one key press that npm also
+ * forwards) once `ready()` says so (polled every 10 ms). Resolves with how the child ended and everything it
+ * printed (on 'close': its output drained); a child still running after `timeoutMs` is killed.
  */
-export function runAndSignal(cmd: string, args: string[], cwd: string, sig: NodeJS.Signals, ready: () => boolean): Promise<Ended> {
+export function runAndSignal(cmd: string, args: string[], cwd: string, sig: NodeJS.Signals, ready: () => boolean, times = 1, timeoutMs = 90_000): Promise<Ended> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -23,11 +24,14 @@ export function runAndSignal(cmd: string, args: string[], cwd: string, sig: Node
     const timer = setInterval(() => {
       if (!ready()) return;
       clearInterval(timer);
-      child.kill(sig);
+      // Repeats 50 ms apart, as a forwarding parent's copy arrives (sent at once, the OS would merge them).
+      for (let i = 0; i < times; i++) setTimeout(() => child.kill(sig), 50 * i);
     }, 10);
+    const guard = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('error', reject);
-    child.on('exit', (code, signal) => {
+    child.on('close', (code, signal) => {
       clearInterval(timer);
+      clearTimeout(guard);
       resolve({ code, signal, out, err });
     });
   });

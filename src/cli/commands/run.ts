@@ -41,8 +41,8 @@ options:
                          \`python train.py --init-from FILE\` of \`mcpc compile --target torch\`
   --project FILE         project file
 
-Ctrl-C (or SIGTERM) stops after the step in flight with a checkpoint of it (exit 130; --resume continues to
-the weights an uninterrupted run ends with); a second Ctrl-C stops at once.
+Ctrl-C (or SIGTERM) stops after the step in flight with a checkpoint of it (exit 130; --resume continues
+from it); another one, a second or more later, stops without waiting for the step.
 
 environment switches (checked before anything runs: a value a switch does not take stops the run,
 an MCPC_* name that is no switch is a warning):
@@ -141,15 +141,20 @@ export const runCommand: Command = async (argv, io) => {
   }
   io.stdout(`run ${plan.pipeline}: ${plan.stages.length} stage${plan.stages.length === 1 ? '' : 's'} on ${backend.why}\n${switches.set.length ? `switches ${switches.set.join(' ')}\n` : ''}run folder ${relative(io.cwd, runDir) || runDir}\n`);
   // The first Ctrl-C (or SIGTERM, as schedulers send before a kill) ends the run after the step in flight, with a
-  // checkpoint of it; a second one ends the process at once (the checkpoints written so far stand).
+  // checkpoint of it; a later one ends the process without waiting (the checkpoints written so far stand). One
+  // press often arrives twice (the terminal signals the process group, and npm / npx forward it to their child):
+  // a repeat within a second counts as the same.
   const interrupt = new AbortController();
+  let first = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupt.signal.aborted) {
+      if (Date.now() - first < 1000) return;
       io.stderr(`\nmcpc run: ${sig} again: stopping now; the last complete checkpoint stands (the same command with --resume continues from it)\n`);
       process.exit(130);
     }
+    first = Date.now();
     interrupt.abort();
-    io.stderr(`\nmcpc run: ${sig}: finishing the step in flight and writing a checkpoint of it (${sig} again stops at once)\n`);
+    io.stderr(`\nmcpc run: ${sig}: finishing the step in flight and writing a checkpoint of it (${sig} again stops without it)\n`);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);

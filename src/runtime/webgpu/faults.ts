@@ -31,7 +31,8 @@ const faults: { kind: GpuFaultKind; message: string }[] = [];
  */
 let dropped = 0;
 const KEEP = 10_000;
-const lostPromises: Promise<unknown>[] = [];
+/** The `lost` promises of watched devices not lost yet (a lost one leaves the set). */
+const pendingLost = new Set<Promise<unknown>>();
 const watched = new WeakSet<object>();
 /** While above 0, a consumer reports the faults itself (a run): Dawn's own stderr print of each is taken. */
 let taken = 0;
@@ -63,13 +64,13 @@ export function watchDevice(device: any): void {
   if (typeof device.addEventListener === 'function') device.addEventListener('uncapturederror', onError);
   else device.onuncapturederror = onError;
   if (device.lost && typeof device.lost.then === 'function') {
-    lostPromises.push(
-      device.lost.then((info: any) => {
-        const reason = String(info?.reason ?? 'unknown');
-        const msg = String(info?.message ?? '').split('\n')[0]!.trim();
-        record({ kind: 'lost', message: `reason ${reason}${msg ? `: ${msg}` : ''}` });
-      }),
-    );
+    const p: Promise<unknown> = device.lost.then((info: any) => {
+      const reason = String(info?.reason ?? 'unknown');
+      const msg = String(info?.message ?? '').split('\n')[0]!.trim();
+      record({ kind: 'lost', message: `reason ${reason}${msg ? `: ${msg}` : ''}` });
+      pendingLost.delete(p);
+    });
+    pendingLost.add(p);
   }
 }
 
@@ -105,9 +106,9 @@ export function gpuFaultSince(mark = 0): GpuFault | undefined {
  * can reject before the `lost` promise settles), then the first fault since `mark`.
  */
 export async function settleGpuFaults(mark = 0, ms = 100): Promise<GpuFault | undefined> {
-  if (!gpuFaultSince(mark) && lostPromises.length) {
+  if (!gpuFaultSince(mark) && pendingLost.size) {
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([...lostPromises, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+    await Promise.race([...pendingLost, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
     clearTimeout(timer);
   }
   return gpuFaultSince(mark);

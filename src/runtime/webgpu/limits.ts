@@ -6,9 +6,10 @@
  * the tensors that do not fit and what shrinks them.
  *
  * Checked: the parameters the stage holds, the plan's values with T = micro_batch · max_len (the most a
- * micro-batch holds) and the flat optimizer buffers (./kernels/adamw.ts: every trainable tensor in one
- * vector). Kernel temporaries are smaller than the values they come from (the loss never forms [T, vocab]
- * logits; attention never forms [S, S] scores per head outside a tile), so these are the largest tensors.
+ * micro-batch holds) and, for AdamW, the flat optimizer buffers (./kernels/adamw.ts: every trainable tensor
+ * in one vector). Not checked: kernel temporaries, which the fused kernels keep small (the loss forms its
+ * logits in chunks, attention its scores per tile) but a fallback to the reference ops may not (a loss that
+ * forms [T, vocab] logits); one of those past the limit still stops the run, as a GPU fault (./faults.ts).
  */
 import type { Plan } from '../../plan/types.js';
 import { fmtBytes } from '../../plan/units.js';
@@ -54,9 +55,11 @@ export function oversizedTensors(plan: Plan, stageName: string, limits: DeviceLi
     if (v.kind === 'param' || params.has(v.id)) continue;
     add(v.id, v.shape.map((d) => (d === 'T' ? T : d)), 'activation');
   }
-  const sizes = new Map(plan.parameters.map((p) => [p.id, p.shape.reduce((a, b) => a * b, 1)]));
-  const flat = stage.optimizer.params.reduce((a, id) => a + (sizes.get(id) ?? 0), 0);
-  add('optimizer (flat parameters, gradients and moments of every trainable tensor)', [flat], 'optimizer');
+  if (stage.settings.optimizer.kind === 'adamw') {
+    const sizes = new Map(plan.parameters.map((p) => [p.id, p.shape.reduce((a, b) => a * b, 1)]));
+    const flat = stage.optimizer.params.reduce((a, id) => a + (sizes.get(id) ?? 0), 0);
+    add('optimizer (flat parameters, gradients and moments of every trainable tensor)', [flat], 'optimizer');
+  }
   return out.sort((a, b) => b.bytes - a.bytes);
 }
 

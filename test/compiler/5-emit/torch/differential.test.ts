@@ -256,7 +256,7 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     const args = ['--max-steps', '12', '--init-from', 'init.safetensors'];
     python([...args, '--out', join(dir, 'py12'), '--export-root', join(dir, 'py12-exports')]);
     const cut = join(dir, 'py12-cut');
-    const r = await runAndSignal(py, [join(dir, 'torch', 'train.py'), ...args, '--out', cut, '--export-root', join(dir, 'py12-cut-exports')], dir, 'SIGTERM', () => lossLines(join(cut, 'metrics.jsonl')) >= 3);
+    const r = await runAndSignal(py, [join(dir, 'torch', 'train.py'), ...args, '--out', cut, '--export-root', join(dir, 'py12-cut-exports')], dir, 'SIGTERM', () => lossLines(join(cut, 'metrics.jsonl')) >= 1);
     expect(r.signal, r.err).toBeNull();
     expect(r.code, `${r.out}\n${r.err}`).toBe(130);
     expect(r.err).toMatch(/SIGTERM: finishing the step in flight and writing a checkpoint of it/);

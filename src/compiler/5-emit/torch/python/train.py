@@ -118,16 +118,20 @@ def spawned(local_rank, args, world, port):
 
 
 # Ctrl-C / SIGTERM (a scheduler's preemption notice, forwarded to every worker by torchrun): the first ends
-# the run after the step in flight, with a checkpoint of it, exit 130; a second ends the process at once.
+# the run after the step in flight, with a checkpoint of it, exit 130; a later one ends the process at once.
+# One signal often arrives twice (the terminal or scheduler signals the process group and torchrun forwards it
+# too): a repeat within a second counts as the same.
 INTERRUPTED = []
 
 
 def on_interrupt(signum, frame):
     name = signal.Signals(signum).name
     if INTERRUPTED:
+        if time.time() - INTERRUPTED[0][1] < 1.0:
+            return
         print(f"{name} again: stopping now; the last complete checkpoint stands (the same command with --resume continues from it)", file=sys.stderr, flush=True)
         os._exit(130)
-    INTERRUPTED.append(name)
+    INTERRUPTED.append((name, time.time()))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\n{name}: finishing the step in flight and writing a checkpoint of it ({name} again stops at once)", file=sys.stderr, flush=True)
 
@@ -160,8 +164,9 @@ def main():
 
 
 def run(args):
-    signal.signal(signal.SIGINT, on_interrupt)
-    signal.signal(signal.SIGTERM, on_interrupt)
+    if not args.eval_params:
+        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGTERM, on_interrupt)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -436,7 +441,7 @@ class Trainer:
             if stage["index"] <= done_through or (resume and resume[1]["stageIndex"] > stage["index"]):
                 continue
             if self.d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0:
-                self.log(f"interrupted before stage {stage['name']}; the same command with --resume continues")
+                self.log(f"interrupted before stage {stage['name']}; {self.resume_hint()}")
                 return 130
             code = self.train_stage(stage, metrics, ckpt_root, resume if resume and resume[1]["stageIndex"] == stage["index"] else None)
             resume = None
@@ -446,6 +451,10 @@ class Trainer:
             root = os.path.abspath(self.args.export_root) if self.args.export_root else self.args.root
             wt.run_exports(PLAN, self.params, root, self.tokenizer, self.log, self.args.root)
         return 0
+
+    def resume_hint(self):
+        # --resume is refused under FSDP; the checkpoint format is the same under DDP.
+        return "the same command with --dist ddp --resume continues" if self.mode == "fsdp" else "the same command with --resume continues"
 
     def stage_loader(self, stage, seed):
         s = stage["settings"]
@@ -578,7 +587,10 @@ class Trainer:
                 else:
                     kept = f"checkpoint {os.path.join(ckpt_root, f'step-{self.seq:06d}')} written"
                 latest = wt.latest_checkpoint(ckpt_root) if self.d.main else None
-                self.log(f"interrupted in stage {stage['name']} after step {steps_done}/{total}: {kept}; {'the last complete checkpoint is ' + latest + '; ' if latest and 'written' not in kept else ''}the same command with --resume continues")
+                self.log(f"interrupted in stage {stage['name']} after step {steps_done}/{total}: {kept}; {'the last complete checkpoint is ' + latest + '; ' if latest and 'written' not in kept else ''}{self.resume_hint()}")
+                # No process exits before the main one has written the checkpoint: a launcher that sees one
+                # worker end signals the others, which would cut the write short.
+                d.all_sum([0.0])
                 return 130
         self.params.update(self.read_back(model, wrapped))
         self.report_constraints(stage)
