@@ -9,9 +9,8 @@ import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { GpuFaultError, runPlan } from '../../../src/runtime/run.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
-import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { compileInline, TWO_STAGES } from '../executor/helpers.js';
-import { describeGpu } from './kernels-support.js';
+import { dawn, describeGpu } from './kernels-support.js';
 
 describeGpu('a run on webgpu whose device is lost', () => {
   it('stops with the loss, where it happened and the last good checkpoint, not an empty AbortError', async () => {
@@ -19,8 +18,7 @@ describeGpu('a run on webgpu whose device is lost', () => {
       dir,
       plans: [plan],
     } = compileInline(TWO_STAGES, [1]);
-    const gpu = await openDawn();
-    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    const gpu = dawn();
     let text = '';
     const err = await runPlan(plan!, {
       root: dir,

@@ -9,11 +9,10 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { describeGpuFault, GpuFaultError, RunError, runPlan } from '../../../src/runtime/run.js';
-import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { classifyGpuError, gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, watchDevice, withErrorScopes } from '../../../src/runtime/webgpu/faults.js';
 import { SafetensorsReader } from '../../../src/runtime/io/safetensors.js';
 import { compileInline, TWO_STAGES } from '../executor/helpers.js';
-import { describeGpu, relErr } from './kernels-support.js';
+import { dawn, describeGpu, relErr } from './kernels-support.js';
 
 class GPUOutOfMemoryError extends Error {}
 class GPUValidationError extends Error {}
@@ -82,8 +81,7 @@ describe('GPU faults', () => {
 
 describeGpu('withErrorScopes on llvmpipe', () => {
   it('returns what the device raised during f (not recorded as a fault), f\'s value, and rethrows with the scopes popped', async () => {
-    const gpu = await openDawn();
-    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    const gpu = dawn();
     const device = gpu.device;
     const mark = gpuFaultMark();
     expect(await withErrorScopes(device, () => 7)).toEqual({ value: 7 });
@@ -108,8 +106,7 @@ describeGpu('a run on webgpu that the device faults', () => {
       dir,
       plans: [plan],
     } = compileInline(TWO_STAGES, [1]);
-    const gpu = await openDawn();
-    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    const gpu = dawn();
     const finalParams = (runDir: string) => {
       const rec = JSON.parse(readFileSync(join(dir, runDir, 'stages/two.json'), 'utf8')) as { checkpoint: number };
       const r = SafetensorsReader.fromBytes(readFileSync(join(dir, runDir, 'checkpoints', `step-${String(rec.checkpoint).padStart(6, '0')}`, 'params.safetensors')), 'params');

@@ -14,6 +14,12 @@ const opened = await openDawn();
 /** Why there is no WebGPU device, or undefined when there is one. */
 export const unavailable: string | undefined = 'unavailable' in opened ? opened.unavailable : undefined;
 
+/** The opened Dawn device and its limits (inside `describeGpu`, where there is one). */
+export function dawn(): { device: GPUDevice; limits: Record<string, number> } {
+  if ('unavailable' in opened) throw new Error(opened.unavailable);
+  return { device: opened.device as GPUDevice, limits: opened.limits };
+}
+
 /**
  * `describe` for tests that need WebGPU: skipped (saying why) without an adapter, except under CI, where a
  * missing adapter is a failure (CI installs Mesa so llvmpipe is always there).

@@ -7,10 +7,9 @@ import { describe, expect, it } from 'vitest';
 import type { Plan } from '../../../src/plan/types.js';
 import { createStageRunner, RunnerError } from '../../../src/runtime/executor.js';
 import { tf } from '../../../src/runtime/tfjs/index.js';
-import { openDawn } from '../../../src/runtime/webgpu/device.js';
 import { bindingLimit, limitsProblem, oversizedTensors } from '../../../src/runtime/webgpu/limits.js';
 import { compileInline } from '../executor/helpers.js';
-import { describeGpu } from './kernels-support.js';
+import { dawn, describeGpu } from './kernels-support.js';
 
 /** A one-stage pipeline on `model` with LoRA on attention (compiled at -O1 in a fresh folder). */
 function compile(model: string, microBatch: number, maxLen: number): Plan {
@@ -65,8 +64,7 @@ describe('WebGPU binding limits', () => {
 
 describeGpu('the pre-flight on llvmpipe', () => {
   it('createStageRunner on webgpu refuses a stage whose activations exceed the device\'s bindings, uploading nothing', async () => {
-    const gpu = await openDawn();
-    if ('unavailable' in gpu) throw new Error(gpu.unavailable);
+    const gpu = dawn();
     const limit = bindingLimit(gpu.limits);
     // T = 64 · 1024 tokens of a 1024-wide FFN: 256 MiB a [T, 1024] activation, over llvmpipe's 128 MiB.
     const plan = compile('builtin("qwen2-micro", hidden: 64, ffn: 1024)', 64, 1024);
