@@ -268,6 +268,43 @@ describe.runIf(found.python || process.env.CI)('--target torch against the TypeS
     expect(metrics(join(cut, 'metrics.jsonl')).map((x) => x.loss)).toEqual(metrics(join(dir, 'py12', 'metrics.jsonl')).map((x) => x.loss));
   });
 
+  it('an out-of-memory error is told as such (where, the last good checkpoint, what to change), not as a traceback', () => {
+    const code = [
+      'import sys',
+      'sys.path.insert(0, sys.argv[1])',
+      'import torch, train',
+      'oom = getattr(torch.cuda, "OutOfMemoryError", RuntimeError)',
+      'e = oom("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)\\nmore detail")',
+      'print(train.is_oom(e), train.is_oom(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 9 GB")), train.is_oom(RuntimeError("shape mismatch")), train.is_oom(ValueError("out of memory")))',
+      'print(train.oom_message(e, "stage aggregate, step 7", "/r/checkpoints/step-000003"))',
+      'print(train.oom_message(e, "start-up", None, "host"))',
+      // The wiring: a Trainer whose run() runs out of memory mid-step; run() prints the message and returns 1.
+      'class Boom(train.Trainer):',
+      '    def run(self):',
+      '        self.where = "stage aggregate, step 3"',
+      '        raise e',
+      'train.Trainer = Boom',
+      'sys.argv = ["train.py", "--out", sys.argv[2]]',
+      'sys.stderr = sys.stdout',
+      'print("code", train.run(train.parse_args()))',
+    ].join('\n');
+    const r = spawnSync(py, ['-c', code, join(dir, 'torch'), join(dir, 'py-oom')], { encoding: 'utf8', timeout: 120_000, cwd: dir });
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    const [kinds, withCkpt, without] = lines;
+    // (The trainer prints its set-up lines before the message.)
+    expect(lines.filter((l) => l.startsWith('error: out of host memory during stage aggregate, step 3 (CUDA out of memory. '))).toHaveLength(1);
+    expect(lines.filter((l) => l.startsWith('Traceback'))).toHaveLength(0);
+    expect(lines[lines.length - 1]).toBe('code 1');
+    expect(kinds).toBe('True True False False');
+    expect(withCkpt).toBe(
+      'error: out of GPU memory during stage aggregate, step 7 (CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)); nothing computed after it was saved; ' +
+        "the last good checkpoint is /r/checkpoints/step-000003. Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or state the GPU's memory " +
+        '(`memory 80GB` in the stage, or `memory:` in mcpc.yaml) and compile again: the planner then picks micro_batch and recomputes activations if it must; then rerun with --resume.',
+    );
+    expect(without).toMatch(/^error: out of host memory during start-up \(.*\); nothing computed after it was saved; no checkpoint was written yet\. .*; then rerun\.$/);
+  });
+
   it('gives the same losses with --nproc 2 (two processes, gloo) as with one', () => {
     const outText = python(['--max-steps', String(STEPS), '--init-from', 'init.safetensors', '--nproc', '2', '--out', join(dir, 'py2'), '--export-root', join(dir, 'py2-exports')]);
     expect(outText).toMatch(/data parallel: (DDP|FSDP)/);

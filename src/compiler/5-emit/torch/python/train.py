@@ -177,10 +177,18 @@ def run(args):
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
     d = Dist(rank, world, local_rank, device)
+    trainer = None
     try:
-        return Trainer(args, d).run()
+        trainer = Trainer(args, d)
+        return trainer.run()
     except (data_mod.DataError, wt.WeightsError, RunError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        last = wt.latest_checkpoint(os.path.join(args.out, "checkpoints"))
+        print(oom_message(e, trainer.where if trainer else "start-up", last, "GPU" if device.type == "cuda" else "host"), file=sys.stderr, flush=True)
         return 1
     finally:
         if world > 1 and dist.is_initialized():
@@ -189,6 +197,24 @@ def run(args):
 
 class RunError(Exception):
     pass
+
+
+def is_oom(e):
+    """Whether `e` is PyTorch running out of memory: torch.cuda.OutOfMemoryError (a RuntimeError "CUDA out of
+    memory" in older versions), or the CPU allocator's "not enough memory"."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and ("out of memory" in str(e) or "not enough memory" in str(e)))
+
+
+def oom_message(e, where, last_checkpoint, device="GPU"):
+    """What to print when the device runs out of memory: where, what was kept, what to change."""
+    first = str(e).strip().split("\n")[0][:300]
+    kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+    rerun = "rerun with --resume" if last_checkpoint else "rerun"
+    return (f"error: out of {device} memory during {where} ({first}); nothing computed after it was saved; {kept}. "
+            "Lower the stage's micro_batch (batch stays: more micro-batches a step) or max_len, or state the GPU's memory "
+            "(`memory 80GB` in the stage, or `memory:` in mcpc.yaml) and compile again: the planner then picks micro_batch "
+            f"and recomputes activations if it must; then {rerun}.")
 
 
 def fsdp_support():
@@ -307,6 +333,7 @@ def learning_rate(settings, step, total):
 class Trainer:
     def __init__(self, args, d):
         self.args, self.d = args, d
+        self.where = "start-up"  # for an out-of-memory message
         self.info = {p["id"]: p for p in PLAN["parameters"]}
         self.params = {}  # every tensor by plan id, on the CPU, carried from stage to stage
         self.init_file = None
@@ -468,6 +495,7 @@ class Trainer:
 
     def train_stage(self, stage, metrics, ckpt_root, resume):
         args, d, s = self.args, self.d, stage["settings"]
+        self.where = f"stage {stage['name']}, its start (weights to the device)"
         seed = args.seed if args.seed is not None else s["seed"]
         init_seed = args.seed if args.seed is not None else PLAN["stages"][0]["settings"]["seed"]
         loader, n_examples = self.stage_loader(stage, seed)
@@ -512,6 +540,7 @@ class Trainer:
             if steps_done >= total:
                 break
             t1 = time.time()
+            self.where = f"stage {stage['name']}, step {steps_done + 1}"
             lr = learning_rate(s, schedule_step, total)
             mine = micro_batches[d.rank :: d.world]
             if not mine:
@@ -592,6 +621,7 @@ class Trainer:
                 # worker end signals the others, which would cut the write short.
                 d.all_sum([0.0])
                 return 130
+        self.where = f"stage {stage['name']}, its end (exit transitions, checkpoint)"
         self.params.update(self.read_back(model, wrapped))
         self.report_constraints(stage)
         self.apply_exit(stage, routing)
