@@ -225,8 +225,8 @@ export async function createStageRunner(plan: Plan, stageName: string, opts: Sta
     const gpu = await openDawn();
     const why = 'unavailable' in gpu ? undefined : limitsProblem(plan, stageName, gpu.limits);
     if (why) throw new RunnerError(why);
+    if (opts.matmul !== 'keep') await chooseMatmul(plan.stages.find((s) => s.name === stageName)?.settings.precision ?? 'f32', opts.matmul ?? 'auto');
   }
-  if (tf.getBackend() === 'webgpu' && opts.matmul !== 'keep') await chooseMatmul(plan.stages.find((s) => s.name === stageName)?.settings.precision ?? 'f32', opts.matmul ?? 'auto');
   const runner = new Runner(plan, stageName, opts);
   try {
     await runner.buildFolded();

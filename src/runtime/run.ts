@@ -153,6 +153,14 @@ export function describeGpuFault(f: GpuFault, at: string, lastCheckpoint: string
   return `${what}${more}, during ${at}; ${saved}. ${hint}`;
 }
 
+/** The folder of the newest complete checkpoint under `ckptRoot` (sizes checked), or undefined: what a stopped run names. */
+function lastCheckpoint(ckptRoot: string): string | undefined {
+  return findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir;
+}
+
+/** One turn of the event loop: a signal handler (the CLI's Ctrl-C) runs, which a chain of resolved promises does not allow. */
+const turn = () => new Promise<void>((r) => setImmediate(r));
+
 interface RunState {
   format: 'mcpc-run-state';
   version: 1;
@@ -206,7 +214,7 @@ export async function runPlan(plan: Plan, opts: RunOptions): Promise<RunResult> 
   const mark = gpuFaultMark();
   const where = { at: 'start-up' };
   const ckptRoot = join(resolve(opts.runDir), 'checkpoints');
-  const stop = (f: GpuFault) => new GpuFaultError(f, where.at, findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir);
+  const stop = (f: GpuFault) => new GpuFaultError(f, where.at, lastCheckpoint(ckptRoot));
   const check = () => {
     const f = gpuFaultSince(mark);
     if (f) throw stop(f);
@@ -293,12 +301,15 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
     }
   }
 
+  /** The result of an interrupt that came before a stage's first step (`when`: 'before', 'at the start of'). */
+  const interruptedBefore = (when: string, stage: string): RunResult => {
+    const last = lastCheckpoint(ckptRoot);
+    return { code: 130, stages: summaries, exports: [], message: `interrupted ${when} stage ${stage}${last ? `: the last checkpoint is ${last}` : ''}; the same command with --resume continues` };
+  };
+
   for (const stage of plan.stages) {
-    if (opts.signal) await new Promise<void>((r) => setImmediate(r));
-    if (opts.signal?.aborted) {
-      const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
-      return { code: 130, stages: summaries, exports: [], message: `interrupted before stage ${stage.name}${latest ? `: the last checkpoint is ${latest.dir}` : ''}; the same command with --resume continues` };
-    }
+    if (opts.signal) await turn();
+    if (opts.signal?.aborted) return interruptedBefore('before', stage.name);
     const t0 = performance.now();
     const seed = opts.seed ?? stage.settings.seed;
     const data = await loadStageData(plan, stage, root, tokenizer, opts);
@@ -383,10 +394,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
       if (opt) runner.loadOptimizerState(opt);
       // Uploading the weights is where a device too small runs out of memory: said as such, not as step 1's.
       gpuCheck();
-      if (opts.signal?.aborted) {
-        const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
-        return { code: 130, stages: summaries, exports: [], message: `interrupted at the start of stage ${stage.name}${latest ? `: the last checkpoint is ${latest.dir}` : ''}; the same command with --resume continues` };
-      }
+      if (opts.signal?.aborted) return interruptedBefore('at the start of', stage.name);
       const every = s.checkpointEvery;
       const save = (stageDone: boolean, p: Map<string, Float32Array>, o: OptimizerState, c: DataCursor): Checkpoint => {
         // Nothing read back from a faulted device becomes a checkpoint.
@@ -443,12 +451,12 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
           badSteps += 1;
           w(`${opts.tty ? '\n' : ''}warning: stage ${stage.name} step ${stepsDone}: skipped (${r.skipped ?? 'non-finite loss or gradient'}); ${badSteps} in a row\n`);
           if (badSteps >= s.maxBadSteps) {
-            const { latest } = findLatestCheckpoint(ckptRoot, { verify: 'size' });
+            const latest = lastCheckpoint(ckptRoot);
             return {
               code: 1,
               stages: summaries,
               exports: [],
-              message: `stopped: ${badSteps} consecutive NaN/Inf steps in stage ${stage.name} (max_bad_steps ${s.maxBadSteps}); ${latest ? `the last good checkpoint is ${latest.dir}; lower the learning rate or check the data, then rerun with --resume` : 'no checkpoint was written yet'}`,
+              message: `stopped: ${badSteps} consecutive NaN/Inf steps in stage ${stage.name} (max_bad_steps ${s.maxBadSteps}); ${latest ? `the last good checkpoint is ${latest}; lower the learning rate or check the data, then rerun with --resume` : 'no checkpoint was written yet'}`,
             };
           }
         }
@@ -470,9 +478,9 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
           await evaluate(runner, [...new Set(due)], stepsDone - 1, opts.tty === true);
           evalSecs += (performance.now() - te) / 1000;
         }
-        // A step on the CPU backends resolves without a turn of the event loop: one turn here lets a signal
-        // handler (the CLI's Ctrl-C) run between steps, not only at the next file or timer.
-        if (opts.signal) await new Promise<void>((r) => setImmediate(r));
+        // A step on the CPU backends resolves without a turn of the event loop: one here lets the CLI's Ctrl-C
+        // handler run between steps, not only at the next file or timer.
+        if (opts.signal) await turn();
         const interrupted = opts.signal?.aborted === true && stepsDone < total;
         let ck: Checkpoint | undefined;
         if (((every > 0 && stepsDone % every === 0) || interrupted) && stepsDone < total && badSteps === 0) {
@@ -480,7 +488,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
           ck = save(false, await runner.parameters(), await runner.optimizerState(), cursor);
         }
         if (interrupted) {
-          const kept = ck ? `checkpoint ${ck.dir} written` : `no checkpoint of it (${badSteps} non-finite step${badSteps === 1 ? '' : 's'} in a row); the last good one is ${findLatestCheckpoint(ckptRoot, { verify: 'size' }).latest?.dir ?? 'none'}`;
+          const kept = ck ? `checkpoint ${ck.dir} written` : `no checkpoint of it (${badSteps} non-finite step${badSteps === 1 ? '' : 's'} in a row); the last good one is ${lastCheckpoint(ckptRoot) ?? 'none'}`;
           return { code: 130, stages: summaries, exports: [], message: `interrupted in stage ${stage.name} after step ${stepsDone}/${total}: ${kept}; the same command with --resume continues` };
         }
         if (opts.stopAfter !== undefined && stepsThisRun >= opts.stopAfter && stepsDone < total) {

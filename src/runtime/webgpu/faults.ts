@@ -61,8 +61,7 @@ export function watchDevice(device: any): void {
     if (taken > 0) ev?.preventDefault?.();
     record(classifyGpuError(ev?.error));
   };
-  if (typeof device.addEventListener === 'function') device.addEventListener('uncapturederror', onError);
-  else device.onuncapturederror = onError;
+  device.addEventListener('uncapturederror', onError);
   if (device.lost && typeof device.lost.then === 'function') {
     const p: Promise<unknown> = device.lost.then((info: any) => {
       const reason = String(info?.reason ?? 'unknown');

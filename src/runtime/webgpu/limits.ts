@@ -34,6 +34,8 @@ export function bindingLimit(limits: DeviceLimits): number {
   return Math.min(limits.maxStorageBufferBindingSize ?? Infinity, limits.maxBufferSize ?? Infinity);
 }
 
+const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
 /** The tensors of `stageName` that exceed the device's binding limit, largest first. */
 export function oversizedTensors(plan: Plan, stageName: string, limits: DeviceLimits): Oversized[] {
   const limit = bindingLimit(limits);
@@ -42,22 +44,15 @@ export function oversizedTensors(plan: Plan, stageName: string, limits: DeviceLi
   const T = stage.settings.microBatch * stage.settings.maxLen;
   const out: Oversized[] = [];
   const add = (id: string, shape: number[], what: Oversized['what']) => {
-    const bytes = shape.reduce((a, b) => a * b, 1) * 4; // f32 and i32 alike
+    const bytes = numel(shape) * 4; // f32 and i32 alike
     if (bytes > limit) out.push({ id, shape, bytes, what });
   };
-  const params = new Set<string>();
-  for (const p of plan.parameters) {
-    if (!HELD.has(p.states[stage.name] ?? 'absent')) continue;
-    params.add(p.id);
-    add(p.id, p.shape, 'parameter');
-  }
-  for (const v of stage.values) {
-    if (v.kind === 'param' || params.has(v.id)) continue;
-    add(v.id, v.shape.map((d) => (d === 'T' ? T : d)), 'activation');
-  }
+  for (const p of plan.parameters) if (HELD.has(p.states[stage.name] ?? 'absent')) add(p.id, p.shape, 'parameter');
+  // Parameters are values of kind 'param' too: counted above.
+  for (const v of stage.values) if (v.kind !== 'param') add(v.id, v.shape.map((d) => (d === 'T' ? T : d)), 'activation');
   if (stage.settings.optimizer.kind === 'adamw') {
-    const sizes = new Map(plan.parameters.map((p) => [p.id, p.shape.reduce((a, b) => a * b, 1)]));
-    const flat = stage.optimizer.params.reduce((a, id) => a + (sizes.get(id) ?? 0), 0);
+    const shapes = new Map(plan.parameters.map((p) => [p.id, p.shape]));
+    const flat = stage.optimizer.params.reduce((a, id) => a + numel(shapes.get(id) ?? []), 0);
     add('optimizer (flat parameters, gradients and moments of every trainable tensor)', [flat], 'optimizer');
   }
   return out.sort((a, b) => b.bytes - a.bytes);
@@ -67,12 +62,11 @@ export function oversizedTensors(plan: Plan, stageName: string, limits: DeviceLi
 export function limitsProblem(plan: Plan, stageName: string, limits: DeviceLimits): string | undefined {
   const over = oversizedTensors(plan, stageName, limits);
   if (!over.length) return undefined;
-  const stage = plan.stages.find((s) => s.name === stageName)!;
-  const T = stage.settings.microBatch * stage.settings.maxLen;
+  const { microBatch, maxLen } = plan.stages.find((s) => s.name === stageName)!.settings;
   const shown = over.slice(0, 5).map((o) => `${o.id} [${o.shape.join(', ')}] ${fmtBytes(o.bytes)} (${o.what})`);
   const more = over.length > shown.length ? `; and ${over.length - shown.length} more` : '';
   const hints: string[] = [];
-  if (over.some((o) => o.what === 'activation')) hints.push(`activations shrink with micro_batch (${stage.settings.microBatch}) and max_len (${stage.settings.maxLen}): T = ${T} tokens a micro-batch`);
+  if (over.some((o) => o.what === 'activation')) hints.push(`activations shrink with micro_batch (${microBatch}) and max_len (${maxLen}): T = ${microBatch * maxLen} tokens a micro-batch`);
   if (over.some((o) => o.what !== 'activation')) hints.push('a parameter or the optimizer state that size needs a device with a larger limit, `--backend tensorflow` or `mcpc compile --target torch`');
   return (
     `stage ${stageName} cannot run on this WebGPU device: ${over.length} tensor${over.length === 1 ? '' : 's'} exceed${over.length === 1 ? 's' : ''} the largest buffer one kernel can bind ` +

@@ -467,7 +467,7 @@ class Trainer:
         for stage in PLAN["stages"]:
             if stage["index"] <= done_through or (resume and resume[1]["stageIndex"] > stage["index"]):
                 continue
-            if self.d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0:
+            if self.interrupted():
                 self.log(f"interrupted before stage {stage['name']}; {self.resume_hint()}")
                 return 130
             code = self.train_stage(stage, metrics, ckpt_root, resume if resume and resume[1]["stageIndex"] == stage["index"] else None)
@@ -478,6 +478,10 @@ class Trainer:
             root = os.path.abspath(self.args.export_root) if self.args.export_root else self.args.root
             wt.run_exports(PLAN, self.params, root, self.tokenizer, self.log, self.args.root)
         return 0
+
+    def interrupted(self):
+        # Summed over the processes, so that every one stops at the same step.
+        return self.d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0
 
     def resume_hint(self):
         # --resume is refused under FSDP; the checkpoint format is the same under DDP.
@@ -604,8 +608,7 @@ class Trainer:
                 self.log(f"stopped: {bad} consecutive NaN/Inf steps in stage {stage['name']} (max_bad_steps {s['maxBadSteps']}); lower the learning rate or check the data, then rerun with --resume")
                 return 1
             every = s["checkpointEvery"]
-            # Every process stops at the same step: the interrupt is summed over them.
-            interrupted = steps_done < total and d.all_sum([1.0 if INTERRUPTED else 0.0])[0] > 0
+            interrupted = steps_done < total and self.interrupted()
             if ((every > 0 and steps_done % every == 0) or interrupted) and steps_done < total and (bad == 0 or not interrupted):
                 self.save(ckpt_root, stage, False, steps_done, t_applied, schedule_step, cursor, bad, self.read_back(model, wrapped), opt, model)
             if interrupted:
