@@ -47,7 +47,7 @@ import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
 import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
-import { runExports, type ExportResult } from './weights/export.js';
+import { ALREADY_MERGED, runExports, type ExportResult } from './weights/export.js';
 import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, type GpuFault } from './webgpu/faults.js';
 
 
@@ -551,8 +551,25 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
   where.at = 'the exports';
   gpuCheck();
   const exports = runExports(plan, params!, root);
-  for (const e of exports) w(`exported ${e.format} -> ${e.path}\n`);
+  for (const e of exports) {
+    w(`exported ${e.format} -> ${e.path}${exportedWhat(e)}\n`);
+    for (const n of exportGaps(e)) w(`warning: export ${e.format} ${e.path}: ${n.adapter} is not in it: ${n.reason}\n`);
+  }
   return { code: 0, stages: summaries, exports };
+}
+
+/** What an export holds, as printed after its path: ` (attn, knowledge, align)`; empty for merged. */
+export function exportedWhat(e: ExportResult): string {
+  if (e.format === 'peft') return ` (${e.result.adapters.map((a) => a.adapter).join(', ')})`;
+  if (e.format === 'safetensors') return ` (${e.result.map((a) => a.adapter).join(', ')})`;
+  return e.result.merged.length ? ` (merged in: ${e.result.merged.join(', ')})` : '';
+}
+
+/** Adapters of the trained model an export leaves out (a merged export: those it cannot merge), with why. */
+export function exportGaps(e: ExportResult): { adapter: string; reason: string }[] {
+  if (e.format === 'peft') return e.result.notExported;
+  if (e.format === 'merged') return e.result.skipped.filter((s) => s.reason !== ALREADY_MERGED && !/at the end of the pipeline$/.test(s.reason));
+  return [];
 }
 
 /** A measured constraint as printed: `sum |A_t A_o^T| = 1.541e+2` (or `|B_t^T B_o|`). */

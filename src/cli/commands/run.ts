@@ -10,7 +10,7 @@ import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
 import { DataError } from '../../runtime/data/errors.js';
 import { BACKENDS, startBackend, type BackendChoice, type ChosenBackend } from '../../runtime/backend.js';
-import { constraintValue, RunError, runPlan, type RunResult } from '../../runtime/run.js';
+import { constraintValue, exportedWhat, exportGaps, RunError, runPlan, type RunResult } from '../../runtime/run.js';
 import { RunnerError } from '../../runtime/executor.js';
 import { checkSwitches, SWITCHES } from '../../runtime/switches.js';
 import { AtomicWriteError } from '../../runtime/io/atomic.js';
@@ -219,7 +219,10 @@ export function formatSummary(r: RunResult, backend: string, wallSecs: number, r
     for (const c of s.constraints) out.push(`  ${s.stage}: orthogonality ${c.target} vs ${c.other}: ${constraintValue(c)}`);
     if (s.mergeCheck) out.push(`  ${s.stage}: merge check max |merged - unmerged| = ${s.mergeCheck.maxAbsDiff.toExponential(2)} ${s.mergeCheck.ok ? 'ok' : 'FAILED'}`);
   }
-  for (const e of r.exports) out.push(`  export ${e.format}: ${rel(e.path)}`);
+  for (const e of r.exports) {
+    out.push(`  export ${e.format}: ${rel(e.path)}${exportedWhat(e)}`);
+    for (const n of exportGaps(e)) out.push(`    not in it: ${n.adapter} (${n.reason})`);
+  }
   return out.join('\n') + '\n';
 }
 

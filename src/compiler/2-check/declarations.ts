@@ -71,12 +71,16 @@ export function checkModel(ctx: Ctx, d: A.Decl): void {
     try {
       json = JSON.parse(read.text);
     } catch (err) {
-      ctx.diags.report('model_config_invalid', pv.span, `\`${pv.path}/config.json\` is not valid JSON: ${(err as Error).message}`);
+      ctx.diags.report('model_config_invalid', pv.span, `\`${pv.path}/config.json\` is not valid JSON: ${(err as Error).message}`, {
+        hint: 'config.json is the Hugging Face model config, a JSON object (`model_type`, `hidden_size`, ...); restore it from the model\'s release',
+      });
       return;
     }
     const res = configFromHf(json);
     if (!res.config) {
-      ctx.diags.report('model_config_invalid', pv.span, `\`${pv.path}/config.json\`: ${res.problems.join('; ')}`);
+      ctx.diags.report('model_config_invalid', pv.span, `\`${pv.path}/config.json\`: ${res.problems.join('; ')}`, {
+        hint: 'mcpc trains Qwen2 and Llama decoders computed as transformers computes them; a config it cannot reproduce is refused rather than trained as another model (`mcpc models` lists built-in configurations)',
+      });
       return;
     }
     config = res.config;

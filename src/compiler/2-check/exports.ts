@@ -1,11 +1,17 @@
 /**
  * Checker for exports: what is exported must exist after the last stage, and no two exports may write
  * the same thing or the same place.
+ *
+ * `export peft` with no list writes every adapter the trained model is made of that PEFT can hold: the plain
+ * LoRAs alive at the end, those merged into the base during the pipeline (MedCare's `attn`: the later adapters
+ * were trained on top of it, so the model source plus the folders reproduces the trained model only with it),
+ * and mixtures whose routed experts were dropped (their shared experts are one LoRA). Named, a merged adapter
+ * or such a mixture is accepted too; a mixture with a live router is not a LoRA.
  */
 import { resolve } from 'node:path';
 import type * as A from '../1-parse/ast.js';
 import { didYouMean } from '../util/suggest.js';
-import type { CheckedExport } from './checked.js';
+import type { CheckedAdapter, CheckedExport } from './checked.js';
 import type { Ctx } from './context.js';
 
 const formats = ['peft', 'merged', 'safetensors'] as const;
@@ -36,7 +42,12 @@ export function checkExports(ctx: Ctx, exports: A.Export[]): CheckedExport[] {
       }
       ctx.used.add(id.name);
       const st = ctx.status.get(id.name);
+      // A merged adapter's factors live on (the runtime keeps them): PEFT and mcpc's layout can write them.
       if (st && (st.status === 'dropped' || st.status === 'merged')) {
+        if (st.status === 'merged' && format !== 'merged') {
+          names.push(id.name);
+          continue;
+        }
         ctx.diags.report('unreachable_export', id.span, `adapter \`${id.name}\` no longer exists at the end of the pipeline: it was ${st.status}`, {
           notes: st.span ? [{ message: `${st.status} here`, span: st.span }] : [],
           hint: st.status === 'merged' ? 'its weights are in the base now: `export merged "path"` writes them' : 'export it from a pipeline that keeps it, or do not drop it',
@@ -45,8 +56,10 @@ export function checkExports(ctx: Ctx, exports: A.Export[]): CheckedExport[] {
         continue;
       }
       const a = ctx.adapters.get(id.name);
-      if (format === 'peft' && a?.type === 'moe_lora') {
-        ctx.diags.report('invalid_value', id.span, `\`${id.name}\` is a mixture of experts; PEFT's LoRA format cannot hold a router`, { hint: `use \`export safetensors ${id.name} "path"\`` });
+      if (format === 'peft' && a?.type === 'moe_lora' && !sharedOnly(ctx, a)) {
+        ctx.diags.report('invalid_value', id.span, `\`${id.name}\` is a mixture of experts; PEFT's LoRA format cannot hold a router`, {
+          hint: a.shared > 0 ? `use \`export safetensors ${id.name} "path"\`, or drop its routed experts first (\`drop ${id.name}.experts\`): its shared experts are a LoRA` : `use \`export safetensors ${id.name} "path"\``,
+        });
         ok = false;
         continue;
       }
@@ -55,17 +68,20 @@ export function checkExports(ctx: Ctx, exports: A.Export[]): CheckedExport[] {
     if (!ok) continue;
 
     if (format !== 'merged' && !e.adapters.length) {
-      const alive = [...ctx.adapters.values()].filter((a) => {
+      const chosen = [...ctx.adapters.values()].filter((a) => {
         const s = ctx.status.get(a.name)?.status;
-        return s !== 'dropped' && s !== 'merged' && (format === 'safetensors' || a.type === 'lora');
+        if (s === 'dropped') return false;
+        if (format === 'safetensors') return s !== 'merged';
+        return a.type === 'lora' || sharedOnly(ctx, a);
       });
-      if (!alive.length) {
-        ctx.diags.report('unreachable_export', e.span, `nothing to export as ${format}: every ${format === 'peft' ? 'plain LoRA ' : ''}adapter was merged or dropped by the end of the pipeline`, {
-          hint: 'export merged "path" writes the model with merged adapters',
+      if (!chosen.length) {
+        const peft = format === 'peft';
+        ctx.diags.report('unreachable_export', e.span, `nothing to export as ${format}: ${peft ? 'no adapter is a LoRA at the end of the pipeline (each was dropped, or is a mixture with a router)' : 'every adapter was merged or dropped by the end of the pipeline'}`, {
+          hint: peft ? '`export safetensors "path"` writes mixtures; `export merged "path"` the whole model' : 'export merged "path" writes the model with merged adapters',
         });
         continue;
       }
-      names.push(...alive.map((a) => a.name));
+      names.push(...chosen.map((a) => a.name));
     }
 
     const key = abs ?? resolve(ctx.host.root, e.path.value);
@@ -85,4 +101,9 @@ export function checkExports(ctx: Ctx, exports: A.Export[]): CheckedExport[] {
     out.push({ format, adapters: names, path: e.path.value, span: e.span });
   }
   return out;
+}
+
+/** A mixture whose routed experts were dropped and that has shared experts: one LoRA of rank r · shared. */
+function sharedOnly(ctx: Ctx, a: CheckedAdapter): boolean {
+  return a.type === 'moe_lora' && a.shared > 0 && ctx.routedDropped.has(a.name);
 }

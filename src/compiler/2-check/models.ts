@@ -57,7 +57,7 @@ export function configFromHf(json: unknown): { config?: ModelConfig; problems: s
     const v = o[k];
     if (v === undefined && !required) return NaN;
     if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
-      problems.push(`\`${k}\` must be a positive integer, found ${JSON.stringify(v)}`);
+      problems.push(v === undefined ? `\`${k}\` is missing (a positive integer)` : `\`${k}\` must be a positive integer, found ${JSON.stringify(v)}`);
       return NaN;
     }
     // The bounds of builtin()'s overrides: a corrupt or hostile config must not build a module tree of a
@@ -87,9 +87,30 @@ export function configFromHf(json: unknown): { config?: ModelConfig; problems: s
     rmsEps: typeof o.rms_norm_eps === 'number' ? o.rms_norm_eps : 1e-6,
     maxPositions: typeof o.max_position_embeddings === 'number' ? o.max_position_embeddings : 2048,
   };
+  problems.push(...unsupportedSettings(o));
   if (Number.isFinite(hidden) && Number.isFinite(heads) && o.head_dim === undefined && hidden % heads !== 0) problems.push('hidden_size is not divisible by num_attention_heads');
   if (Number.isFinite(heads) && Number.isFinite(kv) && heads % kv !== 0) problems.push('num_attention_heads is not divisible by num_key_value_heads');
   return problems.length ? { problems } : { config: cfg, problems };
+}
+
+/**
+ * Settings of a Qwen2 / Llama config.json that change what the model computes and that mcpc does not
+ * implement. Training such a model with mcpc's plain decoder would fit another function than the one the
+ * checkpoint was trained as (and `export merged` would hand it back under the original config), so each is a
+ * problem, not a silent default: RoPE scaling (linear, dynamic, yarn, llama3, ...), an activation other than
+ * SiLU, sliding-window attention, biases on the MLP projections.
+ */
+function unsupportedSettings(o: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  const rs = o.rope_scaling;
+  if (rs !== undefined && rs !== null) {
+    const kind = typeof rs === 'object' && !Array.isArray(rs) ? ((rs as Record<string, unknown>).rope_type ?? (rs as Record<string, unknown>).type) : undefined;
+    if (kind !== 'default') out.push(`\`rope_scaling\` is ${JSON.stringify(rs)}: mcpc implements plain rotary embeddings (\`rope_theta\`), not scaled ones`);
+  }
+  if (o.hidden_act !== undefined && o.hidden_act !== 'silu' && o.hidden_act !== 'swish') out.push(`\`hidden_act\` is ${JSON.stringify(o.hidden_act)}: mcpc's MLP is SwiGLU with SiLU ("silu")`);
+  if (o.use_sliding_window === true) out.push('`use_sliding_window` is true: mcpc implements full causal attention, not sliding-window attention');
+  if (o.mlp_bias === true) out.push('`mlp_bias` is true: mcpc\'s MLP projections have no bias');
+  return out;
 }
 
 /** The config.json a Hugging Face loader expects for a ModelConfig (the inverse of configFromHf). */

@@ -80,7 +80,7 @@ export const catalogue = {
   stage_trains_nothing: lint('warning', 'Stage trains nothing', 'A stage has no `train` statement, so it updates no weights.', 'add `train <adapter> on <data>`'),
   data_never_used: lint('warning', 'Data never used', 'A data source is declared but no stage trains on it and no probe reads it.', 'use it in `train ... on`, in a probe, or remove it'),
   unused_declaration: lint('warning', 'Declaration never used', 'A tokenizer or probe is declared but never referenced.'),
-  unreachable_export: lint('error', 'Unreachable export', 'An export names something that does not exist at the end of the pipeline (dropped, merged, or nothing to export).'),
+  unreachable_export: lint('error', 'Unreachable export', 'An export names an adapter dropped by the end of the pipeline, or has nothing to export.'),
   duplicate_export: lint('error', 'Duplicate export', 'Two exports write the same thing or to the same path; the second would overwrite the first.', 'remove one, or give each its own path'),
   lr_out_of_range: lint('error', 'Learning rate out of range', 'A learning rate is not in (0, 1]; adapter training uses values around 1e-5 to 1e-3.'),
   warmup_out_of_range: lint('error', 'Warmup out of range', 'A warmup is negative, above 100% of the stage, or longer than the stage.'),

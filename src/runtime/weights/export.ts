@@ -2,7 +2,8 @@
  * The plan's exports, run after the last stage on the final parameters:
  *   - `export peft "dir"`: one folder per adapter, `dir/<adapter>/`, in PEFT's layout (peft.ts) for LoRAs and
  *     in mcpc's layout (adapter-file.ts) for mixtures that are not LoRAs; plus `dir/mcpc_export.json`, which
- *     says what each folder holds and what base it applies to;
+ *     says what each folder holds and how they rebuild the trained model from the model source (the adapters
+ *     merged into the base during the pipeline are exported from their factors, kept after the merge);
  *   - `export safetensors "dir"`: one folder per adapter in mcpc's layout, `dir/<adapter>/`;
  *   - `export merged "dir"`: the base with every surviving LoRA merged in (W += s B A), as a Hugging Face
  *     checkpoint (hf.ts).
@@ -23,6 +24,9 @@ import { findAdapter, loraViews, mergeLora } from './merge.js';
 import { adapterEndState, exportPeftAdapter, finalStage, peftExportable, type PeftExportOptions, type PeftExportResult } from './peft.js';
 
 export const EXPORT_MANIFEST = 'mcpc_export.json';
+
+/** `export merged`'s reason for not merging an adapter the pipeline already merged. */
+export const ALREADY_MERGED = 'already merged into the base by the pipeline';
 
 /** Adapters already merged into the base weights by the end of the pipeline. */
 export function mergedIntoBase(plan: Plan): string[] {
@@ -52,9 +56,27 @@ export interface PeftExportAllResult {
   dir: string;
   adapters: PeftFolderResult[];
   manifest: string;
+  /** Adapters the trained model is made of that this export does not hold, and why. */
+  notExported: { adapter: string; reason: string }[];
 }
 
-/** `export peft`: a folder per adapter under `dir`, then `dir/mcpc_export.json`. */
+/** Stages that train base weights (full-parameter training): adapters exported after them apply to the trained base. */
+export function baseTrainedIn(plan: Plan): string[] {
+  return plan.stages.filter((s) => plan.parameters.some((p) => p.owner === 'base' && p.states[s.name] === 'trainable')).map((s) => s.name);
+}
+
+/** Why adapter `name`, part of the trained model, is not in an export that does not name it. */
+function whyNotExported(plan: Plan, name: string): string {
+  const can = peftExportable(plan, name);
+  return can.ok ? 'not in this export\'s adapter list' : `${can.reason}; \`export safetensors ${name} "path"\` writes it in mcpc's layout, \`export merged\` cannot hold it either`;
+}
+
+/**
+ * `export peft`: a folder per adapter under `dir`, then `dir/mcpc_export.json`, which says how the folders
+ * rebuild the trained model: the model source plus every adapter in `apply_together` (LoRA updates add up,
+ * so merging the folders one after another, in any order, gives the trained weights), the adapters merged
+ * into the base during the pipeline among them.
+ */
 export function exportPeft(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, adapters: readonly string[], options: PeftExportOptions = {}): PeftExportAllResult {
   mkdirSync(dir, { recursive: true });
   const results: PeftFolderResult[] = [];
@@ -68,27 +90,38 @@ export function exportPeft(plan: Plan, params: ReadonlyMap<string, Float32Array>
   }
   const merged = mergedIntoBase(plan);
   const live = liveAdapters(plan);
+  const parts = [...merged, ...live.filter((x) => !merged.includes(x))];
+  const exported = new Set(results.map((r) => r.adapter));
+  const notExported = parts.filter((x) => !exported.has(x)).map((x) => ({ adapter: x, reason: whyNotExported(plan, x) }));
+  const trained = baseTrainedIn(plan);
   const manifest = {
     format: 'mcpc-export',
     version: 1,
     pipeline: plan.pipeline,
     base: plan.model.source,
+    ...(trained.length ? { base_trained_in: trained } : {}),
     merged_into_base: merged,
+    apply_together: parts.filter((x) => exported.has(x)),
+    not_exported: notExported,
     note:
-      (merged.length ? `The base these adapters apply to is the model source with ${merged.join(', ')} merged in (W += s B A). ` : '') +
-      'Each adapter was trained together with the other adapters alive at the end of the pipeline; apply them together to reproduce the trained model.',
+      (trained.length
+        ? `The base weights were trained in stage ${trained.join(', ')}: these adapters apply to that trained base, which only \`export merged\` writes, not to the model source. `
+        : `The trained model is the model source with every adapter in apply_together applied at once; LoRA updates add up, so merging the folders one after another (PEFT: PeftModel.from_pretrained(model, folder).merge_and_unload()) gives the same weights. `) +
+      (merged.length ? `${merged.join(', ')} ${merged.length === 1 ? 'was' : 'were'} merged into the base during the pipeline; the adapters after ${merged.length === 1 ? 'it' : 'them'} were trained on top of ${merged.length === 1 ? 'it' : 'them'}. ` : '') +
+      (notExported.length ? `Not in this export: ${notExported.map((n) => n.adapter).join(', ')} (see not_exported); without ${notExported.length === 1 ? 'it' : 'them'} the folders do not reproduce the trained model.` : ''),
     adapters: results.map((r) => ({
       name: r.adapter,
       folder: r.adapter,
       layout: r.layout,
       ...(r.peft ? { peft: { r: r.peft.r, lora_alpha: r.peft.loraAlpha, use_rslora: r.peft.useRslora }, plan: { r: r.peft.planR, alpha: r.peft.planAlpha, scale: r.peft.scale }, ...(r.peft.rankNote ? { rank_note: r.peft.rankNote } : {}) } : {}),
       ...(r.reason ? { reason: r.reason } : {}),
-      apply_with: live.filter((x) => x !== r.adapter),
+      ...(merged.includes(r.adapter) ? { merged_into_base: true } : {}),
+      apply_with: parts.filter((x) => x !== r.adapter),
     })),
   };
   const file = join(dir, EXPORT_MANIFEST);
-  writeJsonAtomic(file, manifest);
-  return { dir, adapters: results, manifest: file };
+  writeJsonAtomic(file, { ...manifest, note: manifest.note.trim() });
+  return { dir, adapters: results, manifest: file, notExported };
 }
 
 /** `export safetensors`: a folder per adapter under `dir`, in mcpc's layout. */
@@ -131,7 +164,7 @@ export function mergedBaseParameters(plan: Plan, params: ReadonlyMap<string, Flo
   for (const name of names) {
     const st = adapterEndState(plan, name);
     if (st.lowRank === 'merged') {
-      skipped.push({ adapter: name, reason: 'already merged into the base by the pipeline' });
+      skipped.push({ adapter: name, reason: ALREADY_MERGED });
       continue;
     }
     if (!live.has(name)) {

@@ -59,6 +59,36 @@ export function hfConfig(c: PlanModelConfig, dtype: SaveDtype = 'F32'): Record<s
 }
 
 /**
+ * The config.json a save writes: the model source's own config.json when it has one, with the keys mcpc
+ * computes (the shapes, which equal the source's, and the dtype of the saved tensors) over it, so what mcpc
+ * does not read (bos/eos ids, use_cache, transformers_version, initializer_range, ...) is kept, not dropped;
+ * else the computed keys alone. Newer transformers name the dtype `dtype`: a source that does gets it too.
+ */
+export function savedConfig(c: PlanModelConfig, dtype: SaveDtype, source?: { [k: string]: Plain }): Record<string, unknown> {
+  const own = hfConfig(c, dtype);
+  if (!source) return own;
+  const out: Record<string, unknown> = { ...source, ...own };
+  if ('dtype' in source) out.dtype = TORCH_DTYPE[dtype];
+  return out;
+}
+
+/**
+ * The model source's config.json (parsed) and generation_config.json (bytes), for an `hf("dir")` model whose
+ * folder has them; nothing for a built-in model.
+ */
+export function sourceModelFiles(plan: Plan, root: string): { config?: { [k: string]: Plain }; generation?: Buffer } {
+  const src = plan.model.source;
+  if (src.kind !== 'hf') return {};
+  const dir = isAbsolute(src.path) ? src.path : resolve(root, src.path);
+  const cfg = join(dir, 'config.json');
+  const gen = join(dir, 'generation_config.json');
+  return {
+    ...(existsSync(cfg) ? { config: readJsonObject(cfg) } : {}),
+    ...(existsSync(gen) ? { generation: readFileSync(gen) } : {}),
+  };
+}
+
+/**
  * Differences between a checkpoint's config.json and the plan's model config, as `key: file says X, the plan
  * Y` lines (empty when they agree). Defaults are those transformers and the compiler apply to absent keys.
  */
@@ -280,6 +310,8 @@ const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tok
  */
 export function saveHfCheckpoint(plan: Plan, params: ReadonlyMap<string, Float32Array>, dir: string, options: HfSaveOptions = {}): HfSaveResult {
   const dtype = options.dtype ?? 'F32';
+  // Read before anything is written: the destination may be the model source itself.
+  const source = sourceModelFiles(plan, options.root ?? '.');
   mkdirSync(dir, { recursive: true });
   // config.json is written last: removing an old one first leaves an interrupted save visibly incomplete.
   const cfg = join(dir, 'config.json');
@@ -360,13 +392,18 @@ export function saveHfCheckpoint(plan: Plan, params: ReadonlyMap<string, Float32
       }
     }
   }
-  const gen = generationConfig(plan, options.root ?? '.');
-  if (gen) {
-    const f = join(dir, 'generation_config.json');
-    writeJsonAtomic(f, gen);
-    files.push(f);
+  const genFile = join(dir, 'generation_config.json');
+  if (source.generation !== undefined) {
+    writeFileAtomicSync(genFile, source.generation);
+    files.push(genFile);
+  } else {
+    const gen = generationConfig(plan, options.root ?? '.');
+    if (gen) {
+      writeJsonAtomic(genFile, gen);
+      files.push(genFile);
+    }
   }
-  writeJsonAtomic(cfg, hfConfig(plan.model.config, dtype));
+  writeJsonAtomic(cfg, savedConfig(plan.model.config, dtype, source.config));
   files.push(cfg);
   return { files, removed };
 }

@@ -35,18 +35,27 @@ export peft "out/x"`));
     expect(r.diagnostics[0].notes.map((n) => [n.message, n.span?.start.line])).toEqual([['frozen here', 5]]);
   });
 
-  it('merge, then export peft of the merged adapter: unreachable_export', () => {
+  it('merge, then export peft of the merged adapter: its factors are exported (the later adapters trained on top of it)', () => {
     const r = checkText(pipeline(`${attn}\n${mlp}\nstage one { train a, b on d; then { merge a into base } }\nexport peft a "out/a"\nexport peft b "out/b"`));
-    expect(r.codes).toEqual(['unreachable_export']);
-    expect(r.diagnostics[0].message).toBe('adapter `a` no longer exists at the end of the pipeline: it was merged');
+    expect(r.codes).toEqual([]);
+    expect(r.pipeline?.exports.map((e) => e.adapters)).toEqual([['a'], ['b']]);
     expect(r.pipeline?.final).toEqual({ a: 'merged', b: 'trainable' });
+    const dropped = checkText(pipeline(`${attn}\n${mlp}\nstage one { train a, b on d; then { drop a } }\nexport peft a "out/a"\nexport peft b "out/b"`));
+    expect(dropped.codes).toEqual(['unreachable_export']);
+    expect(dropped.diagnostics[0].message).toBe('adapter `a` no longer exists at the end of the pipeline: it was dropped');
   });
 
-  it('export peft with no list takes the surviving plain LoRAs, and is unreachable when none survive', () => {
+  it('export peft with no list takes what the trained model is made of: live and merged LoRAs, mixtures reduced to shared experts', () => {
     const some = checkText(pipeline(`${attn}\n${mlp}\n${moe}\nstage one { train a, b, m on d; then { merge a into base; drop m } }\nexport peft "out/p"`));
     expect(some.codes).toEqual([]);
-    expect(some.pipeline?.exports[0].adapters).toEqual(['b']);
-    const none = checkText(pipeline(`${attn}\nstage one { train a on d; then { merge a into base } }\nexport peft "out/p"`));
+    expect(some.pipeline?.exports[0].adapters).toEqual(['a', 'b']);
+    const shared = checkText(pipeline(`${moeShared}\n${mlp}\nstage one { train m, b on d; then { drop m.experts } }\nexport peft "out/p"\nexport peft m "out/m"`));
+    expect(shared.codes).toEqual([]);
+    expect(shared.pipeline?.exports.map((e) => e.adapters)).toEqual([['m', 'b'], ['m']]);
+    const routed = checkText(pipeline(`${moeShared}\nstage one { train m on d }\nexport peft m "out/m"`));
+    expect(routed.codes).toEqual(['invalid_value']);
+    expect(routed.diagnostics[0].hint).toMatch(/drop its routed experts first \(`drop m.experts`\)/);
+    const none = checkText(pipeline(`${attn}\n${moe}\nstage one { train a, m on d; then { drop a } }\nexport peft "out/p"`));
     expect(none.codes).toEqual(['unreachable_export']);
   });
 

@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { builtinModels, configToHf } from '../../../src/compiler/2-check/models.js';
+import { builtinModels, configFromHf, configToHf } from '../../../src/compiler/2-check/models.js';
 import type { Plan } from '../../../src/plan/types.js';
 import { SafetensorsReader, readSafetensorsFile, tensorFromFloat32, toFloat32, writeSafetensorsFile } from '../../../src/runtime/io/safetensors.js';
 import { WeightsError } from '../../../src/runtime/weights/errors.js';
@@ -187,6 +187,40 @@ describe('saveHfCheckpoint -> loadHfCheckpoint', () => {
     expect(readdirSync(out).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']);
     expect(readFileSync(join(out, 'tokenizer.json'), 'utf8')).toBe(readFileSync(join(dir, 'tokenizer.json'), 'utf8'));
     expect(JSON.parse(readFileSync(join(out, 'generation_config.json'), 'utf8'))).toEqual({ eos_token_id: tok.ids['<|im_end|>'], pad_token_id: tok.ids['<|endoftext|>'] });
+  });
+});
+
+describe('a merged save keeps what the model source says and mcpc does not compute', () => {
+  it('config.json: the source\'s keys (eos ids, use_cache, transformers_version, dtype) with mcpc\'s over them', () => {
+    const src = { ...hfConfig(microConfig()), bos_token_id: 1, eos_token_id: [2, 3], use_cache: true, initializer_range: 0.02, transformers_version: '4.57.1', dtype: 'bfloat16', torch_dtype: 'bfloat16' };
+    const { plan, root } = hfProject(src, { 'm/generation_config.json': '{\n  "do_sample": true,\n  "eos_token_id": [2, 3],\n  "temperature": 0.7\n}\n' });
+    const out = join(root, 'out', 'model');
+    saveHfCheckpoint(plan, baseValues(plan), out, { root });
+    const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
+    expect(cfg).toMatchObject({ bos_token_id: 1, eos_token_id: [2, 3], use_cache: true, initializer_range: 0.02, transformers_version: '4.57.1', model_type: 'qwen2' });
+    // The tensors are saved as F32: both spellings of the dtype say so.
+    expect(cfg.torch_dtype).toBe('float32');
+    expect(cfg.dtype).toBe('float32');
+    expect(Object.keys(cfg).slice(0, 3)).toEqual(Object.keys(src).slice(0, 3));
+    // generation_config.json is the source's, byte for byte (sampling settings, every eos id).
+    expect(readFileSync(join(out, 'generation_config.json'), 'utf8')).toBe('{\n  "do_sample": true,\n  "eos_token_id": [2, 3],\n  "temperature": 0.7\n}\n');
+    // Saved into the source folder itself: the same keys (read before anything is written).
+    saveHfCheckpoint(plan, baseValues(plan), join(root, 'm'), { root });
+    expect(JSON.parse(readFileSync(join(root, 'm', 'config.json'), 'utf8'))).toEqual(cfg);
+  });
+
+  it('settings that change what the model computes and that mcpc does not implement are refused', () => {
+    const base = hfConfig(microConfig());
+    const problems = (extra: Record<string, unknown>) => configFromHf({ ...base, ...extra }).problems;
+    expect(problems({ rope_scaling: { type: 'linear', factor: 4 } })).toEqual(['`rope_scaling` is {"type":"linear","factor":4}: mcpc implements plain rotary embeddings (`rope_theta`), not scaled ones']);
+    expect(problems({ rope_scaling: { rope_type: 'llama3', factor: 8 } })).toHaveLength(1);
+    expect(problems({ hidden_act: 'gelu' })).toEqual(['`hidden_act` is "gelu": mcpc\'s MLP is SwiGLU with SiLU ("silu")']);
+    expect(problems({ use_sliding_window: true, sliding_window: 4096 })).toHaveLength(1);
+    expect(problems({ mlp_bias: true })).toHaveLength(1);
+    // What released Qwen2 configs say is fine.
+    expect(problems({ rope_scaling: null, hidden_act: 'silu', use_sliding_window: false, sliding_window: 32768, max_window_layers: 21 })).toEqual([]);
+    expect(problems({ rope_scaling: { rope_type: 'default' } })).toEqual([]);
+    expect(configFromHf({ ...base, hidden_size: undefined }).problems).toEqual(['`hidden_size` is missing (a positive integer)']);
   });
 });
 

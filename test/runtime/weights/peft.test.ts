@@ -65,14 +65,20 @@ describe('export peft: MedCare stage-2 adapters', () => {
   const res = exportPeft(plan, params, dir, peft.adapters);
 
   it('writes one PEFT folder per adapter and a manifest', () => {
-    expect(peft.adapters).toEqual(['knowledge', 'align']);
-    expect(readdirSync(dir).sort()).toEqual(['align', 'knowledge', 'mcpc_export.json']);
-    for (const a of ['knowledge', 'align']) expect(readdirSync(join(dir, a)).sort()).toEqual([PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]);
-    expect(res.adapters.map((r) => r.layout)).toEqual(['peft', 'peft']);
+    // attn was merged into the base between the stages: the later adapters were trained on top of it, so the
+    // model source plus the folders is the trained model only with it (test/runtime/weights/export-rebuild.test.ts).
+    expect(peft.adapters).toEqual(['attn', 'knowledge', 'align']);
+    expect(readdirSync(dir).sort()).toEqual(['align', 'attn', 'knowledge', 'mcpc_export.json']);
+    for (const a of ['attn', 'knowledge', 'align']) expect(readdirSync(join(dir, a)).sort()).toEqual([PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE]);
+    expect(res.adapters.map((r) => r.layout)).toEqual(['peft', 'peft', 'peft']);
     const manifest = readJson(join(dir, 'mcpc_export.json'));
     expect(manifest.merged_into_base).toEqual(['attn']);
-    expect(manifest.adapters.find((a: { name: string }) => a.name === 'align').apply_with).toEqual(['knowledge']);
-    expect(manifest.adapters[0]).toMatchObject({ name: 'knowledge', peft: { r: 32, lora_alpha: 64, use_rslora: false }, plan: { r: 16, alpha: 32, scale: 2 } });
+    expect(manifest.apply_together).toEqual(['attn', 'knowledge', 'align']);
+    expect(manifest.not_exported).toEqual([]);
+    expect(manifest.adapters.find((a: { name: string }) => a.name === 'align').apply_with).toEqual(['attn', 'knowledge']);
+    expect(manifest.adapters[0]).toMatchObject({ name: 'attn', merged_into_base: true, peft: { r: 16, lora_alpha: 32 } });
+    expect(readJson(join(dir, 'attn', PEFT_CONFIG_FILE)).target_modules).toEqual(['q_proj', 'k_proj', 'v_proj', 'o_proj']);
+    expect(manifest.adapters[1]).toMatchObject({ name: 'knowledge', peft: { r: 32, lora_alpha: 64, use_rslora: false }, plan: { r: 16, alpha: 32, scale: 2 } });
   });
 
   it('adapter_config.json: PEFT 0.18 fields; knowledge (2 experts of r 16) is r 32 with lora_alpha 64 so PEFT\'s scale stays 2', () => {
@@ -175,6 +181,7 @@ describe('export peft: MedCare stage-2 adapters', () => {
     for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) copyFileSync(join(repoRoot, 'models/tiny-med-base', f), join(root, 'models/tiny-med-base', f));
     const results = runExports(plan, params, root);
     expect(results.map((r) => r.format)).toEqual(['peft', 'merged']);
+    expect(existsSync(join(root, 'out/medcare/adapters/attn/adapter_config.json'))).toBe(true);
     expect(existsSync(join(root, 'out/medcare/adapters/knowledge/adapter_config.json'))).toBe(true);
     expect(existsSync(join(root, 'out/medcare/adapters/align/adapter_model.safetensors'))).toBe(true);
     expect(readdirSync(join(root, 'out/medcare/model')).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']);

@@ -270,7 +270,19 @@ HF_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens
 
 
 def save_hf_checkpoint(folder, plan, weights, tokenizer, root, dtype="F32"):
-    """The base weights as a Hugging Face checkpoint; config.json is written last."""
+    """The base weights as a Hugging Face checkpoint; config.json is written last. The model source's own
+    config.json and generation_config.json, when an hf() model has them, are kept (src/runtime/weights/hf.ts
+    savedConfig, sourceModelFiles)."""
+    src_cfg, src_gen = None, None
+    source = plan["model"]["source"]
+    if source["kind"] == "hf":
+        src_dir = source["path"] if os.path.isabs(source["path"]) else os.path.join(root, source["path"])
+        if os.path.exists(os.path.join(src_dir, "config.json")):
+            with open(os.path.join(src_dir, "config.json"), encoding="utf-8") as f:
+                src_cfg = json.load(f)
+        if os.path.exists(os.path.join(src_dir, "generation_config.json")):
+            with open(os.path.join(src_dir, "generation_config.json"), "rb") as f:
+                src_gen = f.read()
     os.makedirs(folder, exist_ok=True)
     cfg = os.path.join(folder, "config.json")
     if os.path.exists(cfg):
@@ -310,14 +322,23 @@ def save_hf_checkpoint(folder, plan, weights, tokenizer, root, dtype="F32"):
         for name in HF_TOKENIZER_FILES:
             if name not in written and os.path.exists(os.path.join(folder, name)):
                 os.unlink(os.path.join(folder, name))
-    if tokenizer is not None:
+    if src_gen is not None:
+        write_atomic(os.path.join(folder, "generation_config.json"), src_gen)
+    elif tokenizer is not None:
         gen = {}
         if tokenizer.bos is not None:
             gen["bos_token_id"] = tokenizer.bos
         gen["eos_token_id"] = tokenizer.eos
         gen["pad_token_id"] = tokenizer.pad
         write_json(os.path.join(folder, "generation_config.json"), gen)
-    write_json(cfg, hf_config(plan["model"]["config"], dtype))
+    own = hf_config(plan["model"]["config"], dtype)
+    if src_cfg is not None:
+        merged = dict(src_cfg)
+        merged.update(own)
+        if "dtype" in src_cfg:
+            merged["dtype"] = own["torch_dtype"]
+        own = merged
+    write_json(cfg, own)
 
 
 # --- merges ---------------------------------------------------------------------------------------
@@ -396,6 +417,43 @@ def live_adapters(plan):
 
 def merged_into_base(plan):
     return [a["name"] for a in plan["adapters"] if adapter_end_state(plan, a["name"])[0] == "merged"]
+
+
+def base_trained_in(plan):
+    """Stages that train base weights: adapters exported after them apply to the trained base."""
+    return [s["name"] for s in plan["stages"] if any(p["owner"] == "base" and p["states"].get(s["name"]) == "trainable" for p in plan["parameters"])]
+
+
+def peft_manifest(plan, entries):
+    """mcpc_export.json of an `export peft` (the TypeScript runtime's exportPeft writes the same bytes)."""
+    merged = merged_into_base(plan)
+    parts = merged + [x for x in live_adapters(plan) if x not in merged]
+    exported = [e["name"] for e in entries]
+    not_exported = []
+    for x in parts:
+        if x in exported:
+            continue
+        reason = peft_exportable(plan, x)
+        not_exported.append({"adapter": x, "reason": "not in this export's adapter list" if reason is None else
+                             f"{reason}; `export safetensors {x} \"path\"` writes it in mcpc's layout, `export merged` cannot hold it either"})
+    trained = base_trained_in(plan)
+    one = len(merged) == 1
+    note = (f"The base weights were trained in stage {', '.join(trained)}: these adapters apply to that trained base, which only `export merged` writes, not to the model source. " if trained else
+            "The trained model is the model source with every adapter in apply_together applied at once; LoRA updates add up, so merging the folders one after another "
+            "(PEFT: PeftModel.from_pretrained(model, folder).merge_and_unload()) gives the same weights. ")
+    if merged:
+        note += f"{', '.join(merged)} {'was' if one else 'were'} merged into the base during the pipeline; the adapters after {'it' if one else 'them'} were trained on top of {'it' if one else 'them'}. "
+    if not_exported:
+        note += f"Not in this export: {', '.join(n['adapter'] for n in not_exported)} (see not_exported); without {'it' if len(not_exported) == 1 else 'them'} the folders do not reproduce the trained model."
+    for e in entries:
+        if e["name"] in merged:
+            e["merged_into_base"] = True
+        e["apply_with"] = [x for x in parts if x != e["name"]]
+    out = {"format": "mcpc-export", "version": 1, "pipeline": plan["pipeline"], "base": plan["model"]["source"]}
+    if trained:
+        out["base_trained_in"] = trained
+    out.update({"merged_into_base": merged, "apply_together": [x for x in parts if x in exported], "not_exported": not_exported, "note": note.strip(), "adapters": entries})
+    return out, not_exported
 
 
 # --- PEFT -----------------------------------------------------------------------------------------
@@ -575,20 +633,23 @@ def run_exports(plan, params, root, tokenizer, log, project_root=None):
                     entry["reason"] = reason
                 else:
                     raise WeightsError(os.path.join(path, name), f"cannot export adapter {name}: {reason}")
-                entry["apply_with"] = [x for x in live_adapters(plan) if x != name]
                 entries.append(entry)
-            merged = merged_into_base(plan)
-            note = (f"The base these adapters apply to is the model source with {', '.join(merged)} merged in (W += s B A). " if merged else "") + \
-                "Each adapter was trained together with the other adapters alive at the end of the pipeline; apply them together to reproduce the trained model."
-            write_json(os.path.join(path, "mcpc_export.json"), {"format": "mcpc-export", "version": 1, "pipeline": plan["pipeline"], "base": plan["model"]["source"],
-                                                                "merged_into_base": merged, "note": note, "adapters": entries})
+            manifest, gaps = peft_manifest(plan, entries)
+            write_json(os.path.join(path, "mcpc_export.json"), manifest)
+            log(f"exported peft -> {path} ({', '.join(e['name'] for e in entries)})")
+            for n in gaps:
+                log(f"warning: export peft {path}: {n['adapter']} is not in it: {n['reason']}")
+            continue
         elif e["format"] == "safetensors":
             for name in e["adapters"]:
                 export_adapter_file(plan, params, name, os.path.join(path, name))
+            log(f"exported safetensors -> {path} ({', '.join(e['adapters'])})")
+            continue
         elif e["format"] == "merged":
             weights = {p["id"]: params[p["id"]] for p in plan["parameters"] if p["owner"] == "base" and "hfName" in p}
             explicit = bool(e["adapters"])
             live = live_adapters(plan)
+            done, gaps = [], []
             for name in e["adapters"] or [a["name"] for a in plan["adapters"]]:
                 low, routed = adapter_end_state(plan, name)
                 problem = "already merged" if low == "merged" else None if name in live else "gone"
@@ -596,12 +657,17 @@ def run_exports(plan, params, root, tokenizer, log, project_root=None):
                 if problem:
                     if explicit and problem != "already merged":
                         raise WeightsError("(plan)", f"cannot merge adapter {name} into the base: {problem}")
+                    if problem not in ("already merged", "gone"):
+                        gaps.append((name, problem))
                     continue
                 a = next(x for x in plan["adapters"] if x["name"] == name)
                 for site, w, A, B in lora_views(plan, name):
                     weights[w["id"]] = merge_lora(weights[w["id"]], params[A["id"]], params[B["id"]], a["scale"])
+                done.append(name)
             save_hf_checkpoint(path, plan, weights, tokenizer, project_root or root)
-        log(f"exported {e['format']} -> {path}")
+            log(f"exported merged -> {path}" + (f" (merged in: {', '.join(done)})" if done else ""))
+            for name, problem in gaps:
+                log(f"warning: export merged {path}: {name} is not in it: {problem}")
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
