@@ -47,6 +47,8 @@ export interface Dataset {
   tokens: number;
   /** Targets in the loss over all examples. */
   lossTokens: number;
+  /** Examples with no target in the loss (a response cut away by max_len): they train nothing. */
+  noLoss: number;
 }
 
 /** Loads one data entry of a plan. Throws {@link DataError} naming the file (and line) on bad input. */
@@ -92,12 +94,26 @@ export async function loadDataSource(spec: DataSpec, opts: LoadDataOptions): Pro
   let tokens = 0;
   let lossTokens = 0;
   let truncated = 0;
+  let noLoss = 0;
   for (const ex of examples) {
     tokens += ex.tokens.length;
-    for (const m of ex.mask) lossTokens += m;
+    let own = 0;
+    for (const m of ex.mask) own += m;
+    lossTokens += own;
+    if (own === 0) noLoss++;
     if (ex.truncated !== 'none') truncated++;
   }
-  return { name: spec.name, file, examples, records, skipped: warnings.length, warnings, truncated, tokens, lossTokens };
+  // Training on it would take steps of loss 0 and move nothing (and report success).
+  if (lossTokens === 0) {
+    throw new DataError(
+      file,
+      0,
+      `no example has a token in the loss at max_len ${opts.maxLen}` +
+        (truncated ? ` (${truncated} of ${examples.length} were cut to fit, and what was kept of each is prompt or turn markers)` : opts.lossOn === 'all' ? '' : ' (the records have no assistant response to learn)') +
+        (truncated ? '; raise the stage\'s max_len' : ''),
+    );
+  }
+  return { name: spec.name, file, examples, records, skipped: warnings.length, warnings, truncated, tokens, lossTokens, noLoss };
 }
 
 /** The examples of several sources, in the order given (a stage trained on several data entries). */

@@ -33,6 +33,17 @@ describe('loadDataSource', () => {
     expect(d.lossTokens).toBe(d.examples.reduce((a, e) => a + e.mask.reduce((x, y) => x + y, 0), 0));
   });
 
+  it('a max_len that leaves no response token in the loss is an error, not a run of loss-0 steps; examples that keep none are counted', async () => {
+    // The byte tokenizer's assistant marker alone is longer than 2 positions: every example keeps markers only.
+    await expect(loadDataSource(spec('data/medcare/stage2.jsonl', { maxRecords: 4 }), { root: '.', tokenizer, maxLen: 2 })).rejects.toThrow(
+      /^data\/medcare\/stage2\.jsonl: no example has a token in the loss at max_len 2 \(4 of 4 were cut to fit, and what was kept of each is prompt or turn markers\); raise the stage's max_len$/,
+    );
+    const ok = await loadDataSource(spec('data/medcare/stage2.jsonl', { maxRecords: 10 }), { root: '.', tokenizer, maxLen: 64 });
+    expect(ok.noLoss).toBe(ok.examples.filter((e) => e.mask.every((m) => m === 0)).length);
+    // Loss on every target: even two positions train.
+    expect((await loadDataSource(spec('data/medcare/stage2.jsonl', { maxRecords: 4 }), { root: '.', tokenizer, maxLen: 2, lossOn: 'all' })).lossTokens).toBe(8);
+  });
+
   it('names the file and line of a bad record; with skipBadRecords counts reading and encoding problems', async () => {
     const root = project({ 'd.jsonl': [line('q', 'a'), '{nope', line('q', 'bad \u0003 eos'), line('q', 'a')].join('\n') });
     await expect(loadDataSource(spec('d.jsonl'), { root, tokenizer, maxLen: 64 })).rejects.toThrow(/^d\.jsonl:2: invalid JSON/);
@@ -47,7 +58,7 @@ describe('loadDataSource', () => {
     const outside = project({ 'o.jsonl': line('q', 'a') });
     await expect(loadDataSource(spec('../x.jsonl'), { root, tokenizer, maxLen: 8 })).rejects.toThrow(/^\.\.\/x\.jsonl: the path leaves the project root/);
     await expect(loadDataSource(spec(join(outside, 'o.jsonl')), { root, tokenizer, maxLen: 8 })).rejects.toThrow(DataError);
-    expect((await loadDataSource(spec(join(outside, 'o.jsonl')), { root, tokenizer, maxLen: 8, allowOutsideRoot: true })).examples).toHaveLength(1);
+    expect((await loadDataSource(spec(join(outside, 'o.jsonl')), { root, tokenizer, maxLen: 64, allowOutsideRoot: true })).examples).toHaveLength(1);
     await expect(loadDataSource(spec('nope.jsonl'), { root, tokenizer, maxLen: 8 })).rejects.toThrow(/^nope\.jsonl: cannot open: no such file/);
     await expect(loadDataSource(spec('nope.txt', { kind: 'text', format: 'text' }), { root, tokenizer, maxLen: 8 })).rejects.toThrow(/^nope\.txt: cannot read: no such file/);
     await expect(loadDataSource(spec('empty.jsonl'), { root, tokenizer, maxLen: 8 })).rejects.toThrow(/^empty\.jsonl: no usable records$/);

@@ -240,13 +240,14 @@ def check_record(obj, fmt):
 
 
 class Example:
-    __slots__ = ("tokens", "labels", "mask", "source")
+    __slots__ = ("tokens", "labels", "mask", "source", "truncated")
 
-    def __init__(self, ids, loss, start, end, source):
+    def __init__(self, ids, loss, start, end, source, truncated=False):
         self.tokens = ids[start : end - 1]
         self.labels = ids[start + 1 : end]
         self.mask = loss[start + 1 : end]
         self.source = source
+        self.truncated = truncated
 
 
 def encode_record(tok, template, messages, max_len, loss_on, source):
@@ -262,7 +263,7 @@ def encode_record(tok, template, messages, max_len, loss_on, source):
         else:
             start = max(0, last_turn)  # from the last turn, cut on the right
             end = start + span
-    return Example(ids, loss, start, end, source)
+    return Example(ids, loss, start, end, source, start > 0 or end < len(ids))
 
 
 def load_data_source(spec, root, tok, max_len, loss_on, skip_bad_records=False):
@@ -325,6 +326,12 @@ def load_data_source(spec, root, tok, max_len, loss_on, skip_bad_records=False):
                     raise DataError(file, n, problem + " (or rerun with --skip-bad-records)")
     if not examples:
         raise DataError(file, 0, "no usable records")
+    if not any(any(e.mask) for e in examples):
+        # Training on it would take steps of loss 0 (src/runtime/data/source.ts says the same).
+        cut = sum(1 for e in examples if e.truncated)
+        raise DataError(file, 0, f"no example has a token in the loss at max_len {max_len}" +
+                        (f" ({cut} of {len(examples)} were cut to fit, and what was kept of each is prompt or turn markers); raise the stage's max_len" if cut else
+                         "" if loss_on == "all" else " (the records have no assistant response to learn)"))
     return examples
 
 
