@@ -22,7 +22,7 @@ export function checkFile(path: string, host: CheckHost, levels: Partial<Record<
   const shown = displayPath(host, abs);
   if ('error' in read) {
     const src = new SourceFile(shown, '');
-    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${describeReadError(read.error)}`);
+    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${describeReadError(read.error)}`, { hint: 'check the path (relative to the current folder) and that the file is readable' });
     return { diagnostics: diags.items, sources: new Map([[shown, src]]) };
   }
   const res = check(abs, read.text, host, diags);

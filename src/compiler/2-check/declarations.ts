@@ -44,13 +44,13 @@ export function checkModel(ctx: Ctx, d: A.Decl): void {
     config = { ...base, layers: o.layers ?? base.layers, hidden: o.hidden ?? base.hidden, ffn: o.ffn ?? base.ffn, heads: o.heads ?? base.heads, kvHeads: o.kv_heads ?? base.kvHeads, vocab: o.vocab ?? base.vocab };
     if (o.hidden !== undefined || o.heads !== undefined) {
       if (config.hidden % config.heads !== 0) {
-        ctx.diags.report('invalid_value', v.span, `hidden ${config.hidden} is not divisible by heads ${config.heads}`);
+        ctx.diags.report('invalid_value', v.span, `hidden ${config.hidden} is not divisible by heads ${config.heads}`, { hint: 'each head takes hidden / heads dimensions: pick heads that divide hidden' });
         return;
       }
       config.headDim = config.hidden / config.heads;
     }
     if (config.heads % config.kvHeads !== 0) {
-      ctx.diags.report('invalid_value', v.span, `heads ${config.heads} is not divisible by kv_heads ${config.kvHeads}`);
+      ctx.diags.report('invalid_value', v.span, `heads ${config.heads} is not divisible by kv_heads ${config.kvHeads}`, { hint: 'grouped-query attention shares each kv head among heads / kv_heads query heads: pick kv_heads that divides heads' });
       return;
     }
     ctx.model.source = { kind: 'builtin', name };

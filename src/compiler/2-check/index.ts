@@ -63,7 +63,7 @@ export function check(entryAbs: string, text: string, host: CheckHost, diags: Di
         locals.set(d.stageIndex, l);
       }
     } else if (d.decl.placement) {
-      diags.report('invalid_placement', d.decl.placement.span, `a ${d.decl.declKind} has no placement; only adapters are placed with \`at\``);
+      diags.report('invalid_placement', d.decl.placement.span, `a ${d.decl.declKind} has no placement; only adapters are placed with \`at\``, { hint: 'remove the `at ...` part' });
     }
   }
 

@@ -96,7 +96,7 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
     if (!item.value) continue;
     // lr gets its own rule (lr_out_of_range) instead of a generic type error.
     if (name === 'lr') {
-      if (item.value.kind !== 'number') ctx.diags.report('invalid_value', item.value.span, `\`lr\` must be a number, found ${describeExpr(item.value)}`);
+      if (item.value.kind !== 'number') ctx.diags.report('invalid_value', item.value.span, `\`lr\` must be a number, found ${describeExpr(item.value)}`, { hint: 'a learning rate is a plain number, e.g. `lr 2e-4`' });
       else if (!(item.value.value > 0 && item.value.value <= 1)) {
         ctx.diags.report('lr_out_of_range', item.value.span, `learning rate ${item.value.text} is outside (0, 1]`, { hint: 'LoRA stages typically use 1e-5 to 1e-3 (MedCare: 2e-4)' });
       } else v.lr = item.value.value;
@@ -148,7 +148,7 @@ function checkSettings(ctx: Ctx, s: A.Stage): StageSettings {
   const maxLen = (v.max_len as number | undefined) ?? (def('max_len') as number);
   const maxPos = ctx.model?.config?.maxPositions;
   if (spans.max_len && maxPos !== undefined && maxLen > maxPos) {
-    ctx.diags.report('invalid_value', spans.max_len.value!.span, `max_len ${maxLen} exceeds the model's ${maxPos} positions`);
+    ctx.diags.report('invalid_value', spans.max_len.value!.span, `max_len ${maxLen} exceeds the model's ${maxPos} positions`, { hint: `use max_len ${maxPos} or less (the model's max_position_embeddings); longer examples are truncated to fit` });
   }
   const get = <T>(n: string): T => (v[n] ?? def(n)) as T;
   return {
@@ -192,7 +192,7 @@ function checkTrain(ctx: Ctx, t: A.Train, stage: CheckedStage): void {
       continue;
     }
     if (stage.train.includes(name)) {
-      ctx.diags.report('duplicate_argument', id.span, `\`${name}\` is listed twice`);
+      ctx.diags.report('duplicate_argument', id.span, `\`${name}\` is listed twice`, { hint: 'list it once' });
       continue;
     }
     stage.train.push(name);
@@ -229,7 +229,7 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
   const written = flattenArgs(c.call.args.filter((a) => !a.name));
   for (const e of written) {
     if (e.kind !== 'ref' || e.path.length > 2) {
-      ctx.diags.report('invalid_value', e.span, `orthogonal() takes adapter references such as \`align.A\`, found ${describeExpr(e)}`);
+      ctx.diags.report('invalid_value', e.span, `orthogonal() takes adapter references such as \`align.A\`, found ${describeExpr(e)}`, { hint: 'write `constrain orthogonal(align.A, knowledge.A)`: the adapter the penalty moves first' });
       continue;
     }
     const part = e.path[1]?.name;
@@ -240,7 +240,7 @@ function checkConstrain(ctx: Ctx, c: A.Constrain, stage: CheckedStage): CheckedC
     refs.push({ name: e.path[0].name, part, expr: e });
   }
   const parts = new Set(refs.map((r) => r.part ?? 'A'));
-  if (parts.size > 1) ctx.diags.report('invalid_value', c.call.span, 'mix of `.A` and `.B`: compare the same matrix of every adapter');
+  if (parts.size > 1) ctx.diags.report('invalid_value', c.call.span, 'mix of `.A` and `.B`: compare the same matrix of every adapter', { hint: 'use `.A` everywhere (the input subspaces, as MedCare does) or `.B` everywhere' });
   if (refs.length < 2) {
     // Arguments that were written but rejected above are reported already.
     if (written.length >= 2) return undefined;
@@ -377,7 +377,7 @@ function checkTransition(ctx: Ctx, t: A.Transition, stage: CheckedStage): void {
           continue;
         }
         if (part?.name === 'shared') {
-          ctx.diags.report('invalid_reference', part.span, `\`${name}\` has no shared experts to merge`, { notes: [{ message: 'declared here', span: a.span }] });
+          ctx.diags.report('invalid_reference', part.span, `\`${name}\` has no shared experts to merge`, { notes: [{ message: 'declared here', span: a.span }], hint: `declare it with shared experts (\`moe_lora(..., shared: 2)\`), or drop it instead` });
           continue;
         }
         ctx.diags.report('merge_routed_mixture', ref.span, `\`${name}\` is a routed mixture (moe_lora): its output depends on the input, so it cannot be merged into static weights`, {
@@ -422,13 +422,13 @@ function checkDrop(ctx: Ctx, t: A.Drop, ref: A.RefExpr, name: string, stage: Che
     return undefined;
   }
   if (part && a && a.type !== 'moe_lora') {
-    ctx.diags.report('invalid_reference', part.span, `\`${name}\` is a plain LoRA; it has no routed experts`, { notes: [{ message: 'declared here', span: a.span }] });
+    ctx.diags.report('invalid_reference', part.span, `\`${name}\` is a plain LoRA; it has no routed experts`, { notes: [{ message: 'declared here', span: a.span }], hint: `write \`drop ${name}\` to drop the whole adapter` });
     return undefined;
   }
   let condition: { metric: 'load'; op: A.Condition['op']; value: number } | undefined;
   if (t.condition) {
     if (a && a.type !== 'moe_lora') {
-      ctx.diags.report('invalid_drop_condition', t.condition.span, `a condition selects routed experts, but \`${name}\` is a plain LoRA`, { notes: [{ message: 'declared here', span: a.span }] });
+      ctx.diags.report('invalid_drop_condition', t.condition.span, `a condition selects routed experts, but \`${name}\` is a plain LoRA`, { notes: [{ message: 'declared here', span: a.span }], hint: `write \`drop ${name}\` without a condition, or put the condition on a mixture's experts` });
       return undefined;
     }
     const m = t.condition.metric;

@@ -94,12 +94,14 @@ export class Evaluator {
     switch (t.t) {
       case 'int':
       case 'number': {
-        if (e.kind !== 'number') return bad();
+        if (e.kind !== 'number') return bad(e.kind === 'string' && e.value.trim() !== '' && Number.isFinite(Number(e.value)) ? `write the number without quotes: ${e.value.trim()}` : undefined);
         const v = e.value;
-        if (!Number.isFinite(v)) return bad();
-        if (t.t === 'int' && !Number.isInteger(v)) return bad();
-        if (t.min !== undefined && (v < t.min || (t.t === 'number' && t.exclusiveMin && v === t.min))) return bad();
-        if (t.max !== undefined && v > t.max) return bad();
+        if (!Number.isFinite(v)) return bad('write a finite number');
+        // The nearest value the slot takes, as the hint of a number out of range or not whole.
+        const near = (x: number) => Math.min(t.max ?? Infinity, Math.max(t.min ?? -Infinity, x));
+        if (t.t === 'int' && !Number.isInteger(v)) return bad(`write a whole number, e.g. ${near(Math.round(v))}`);
+        if (t.min !== undefined && (v < t.min || (t.t === 'number' && t.exclusiveMin && v === t.min))) return bad(t.t === 'number' && t.exclusiveMin ? `write a number above ${t.min}` : `the smallest value it takes is ${t.min}`);
+        if (t.max !== undefined && v > t.max) return bad(`the largest value it takes is ${near(v)}`);
         return v;
       }
       case 'bool':
@@ -115,13 +117,13 @@ export class Evaluator {
         return s;
       }
       case 'warmup':
-        if (e.kind === 'percent') return e.value >= 0 ? ({ percent: e.value } satisfies Warmup) : bad();
+        if (e.kind === 'percent') return e.value >= 0 && Number.isFinite(e.value) ? ({ percent: e.value } satisfies Warmup) : bad('a share of the stage\'s steps, e.g. `3%`, or a number of steps');
         if (e.kind === 'number' && Number.isInteger(e.value) && e.value >= 0) return { steps: e.value } satisfies Warmup;
         return bad();
       case 'fraction':
         if (e.kind === 'percent' && e.value >= 0 && e.value <= 100) return e.value / 100;
         if (e.kind === 'number' && e.value >= 0 && e.value <= 1) return e.value;
-        return bad();
+        return bad('a share from 0 to 1, or a percentage such as `25%`');
       case 'size':
         return e.kind === 'size' && Number.isFinite(e.bytes) ? e.bytes : bad();
       case 'ref': {
@@ -185,7 +187,7 @@ export class Evaluator {
       }
       const prev = given.get(param.name);
       if (prev) {
-        this.diags.report('duplicate_argument', a.span, `\`${param.name}\` is given twice`, { notes: [{ message: 'first given here', span: prev.span }] });
+        this.diags.report('duplicate_argument', a.span, `\`${param.name}\` is given twice`, { notes: [{ message: 'first given here', span: prev.span }], hint: 'keep one of them' });
         continue;
       }
       given.set(param.name, a);

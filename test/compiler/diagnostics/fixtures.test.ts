@@ -70,4 +70,14 @@ describe('diagnostic fixtures', () => {
     const stale = readdirSync(dir).filter((f) => f.endsWith('.txt') && !written.has(f));
     expect(stale, 'delete fixtures whose example is gone').toEqual([]);
   });
+
+  it('gives every diagnostic a hint: what to do, not only what is wrong', () => {
+    const missing: string[] = [];
+    for (const f of readdirSync(dir).filter((x) => x.endsWith('.txt'))) {
+      // A diagnostic runs from its `error[...]` / `warning[...]` line to the next one (notes belong to it).
+      const blocks = readFileSync(join(dir, f), 'utf8').split(/^(?=(?:error|warning)\[)/m).filter((b) => /^(?:error|warning)\[/.test(b));
+      for (const b of blocks) if (!/^\s*= hint: \S/m.test(b)) missing.push(`${f}: ${b.split('\n')[0]}`);
+    }
+    expect(missing).toEqual([]);
+  });
 });
