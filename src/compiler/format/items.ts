@@ -35,13 +35,13 @@ export class ItemPrinter {
     const printed = b.entries.map((e) => this.entry(e, indent, align.get(e)));
     const widths = commentColumns(b.entries, printed);
     b.entries.forEach((e, i) => {
-      for (const c of e.before) emit(c.blank, [indent + c.comment.text]);
+      for (const c of e.before) emit(c.blank, [indent + commentText(c.comment)]);
       const lines = printed[i];
       lines[lines.length - 1] = withComments(lines[lines.length - 1], e.trailing, widths.get(e));
       emit(e.blank, lines);
       if (topLevel && isHeader(e.node)) forceBlank = true;
     });
-    for (const c of b.dangling) emit(c.blank, [indent + c.comment.text]);
+    for (const c of b.dangling) emit(c.blank, [indent + commentText(c.comment)]);
   }
 
   /** The lines of an entry, without its trailing comments. */
@@ -114,7 +114,12 @@ function stageHead(s: A.Stage): string {
 
 /** `line // comment`: one space before the comments, or padded to `width` to line up with neighbours. */
 function withComments(line: string, comments: A.Comment[], width = 0): string {
-  return comments.length ? `${line.padEnd(width)} ${comments.map((c) => c.text).join(' ')}` : line;
+  return comments.length ? `${line.padEnd(width)} ${comments.map(commentText).join(' ')}` : line;
+}
+
+/** A comment as printed: a line comment without the spaces that trailed it (invisible, and flagged by editors). */
+export function commentText(c: A.Comment): string {
+  return c.text.startsWith('//') ? c.text.replace(/[ \t]+$/, '') : c.text;
 }
 
 /**

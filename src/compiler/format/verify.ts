@@ -1,8 +1,10 @@
 /**
  * What "the formatter changed nothing that matters" means: the AST without spans (and without the file's
- * comment list) is the same, and the comments are the same texts in the same order.
+ * comment list) is the same, and the comments are the same texts in the same order (a line comment's trailing
+ * spaces aside: the formatter drops them).
  */
 import type * as A from '../1-parse/ast.js';
+import { commentText } from './items.js';
 
 /** A deep copy of an AST value without `span` fields; `comments` of a file are dropped too. */
 export function stripSpans(value: unknown): unknown {
@@ -21,7 +23,7 @@ export function stripSpans(value: unknown): unknown {
 /** True when two files hold the same program and the same comments in the same order. */
 export function sameProgram(a: A.PipelineFile, b: A.PipelineFile): boolean {
   if (a.comments.length !== b.comments.length) return false;
-  if (a.comments.some((c, i) => c.text !== b.comments[i].text)) return false;
+  if (a.comments.some((c, i) => commentText(c) !== commentText(b.comments[i]))) return false;
   return sameValue(a, b);
 }
 

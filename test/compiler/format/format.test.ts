@@ -71,6 +71,13 @@ describe('formatSource', () => {
     }
   });
 
+  it('drops the spaces after a line comment (own-line, trailing and dangling), keeping block comments verbatim', () => {
+    const out = fmt('pipeline p   \n// own line   \nmodel base = builtin("qwen2-micro") // trailing \t \n/* block   \n   kept   */\n// last  \n');
+    expect(out).toBe('pipeline p\n\n// own line\nmodel base = builtin("qwen2-micro") // trailing\n/* block   \n   kept   */\n// last\n');
+    expect(out.split('\n').filter((l) => /[ \t]$/.test(l) && !l.includes('block') && !l.includes('kept'))).toEqual([]);
+    expect(fmt(out)).toBe(out);
+  });
+
   it('prints a header-only file as one line', () => {
     expect(fmt('pipeline p')).toBe('pipeline p\n');
     expect(fmt('\n\n  pipeline   p   extends   "b.mcp"  \n\n\n')).toBe('pipeline p extends "b.mcp"\n');

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { commentText } from '../../../src/compiler/format/items.js';
 import { parse } from '../../../src/compiler/1-parse/index.js';
 import { Diagnostics } from '../../../src/compiler/diagnostics/diagnostic.js';
 import { formatSource } from '../../../src/compiler/format/index.js';
@@ -87,7 +88,8 @@ describe('formatter properties on random valid pipelines', () => {
     fc.assert(
       fc.property(pipelineText, (x) => {
         const out = format(x);
-        const comments = parseClean(x).file.comments.map((c) => c.text);
+        // As printed: a line comment loses the spaces after it, nothing else.
+        const comments = parseClean(x).file.comments.map(commentText);
         expect(parseClean(out).file.comments.map((c) => c.text)).toEqual(comments);
         for (const t of new Set(comments)) expect(occurrences(out, t)).toBeGreaterThanOrEqual(comments.filter((c) => c === t).length);
       }),
