@@ -10,8 +10,20 @@ export function parse<T extends NonNullable<ParseArgsConfig['options']>>(argv: s
   }
 }
 
-export function intOption(value: string | undefined, name: string): number | undefined {
+/** The most a whole-number flag takes unless it says otherwise (larger numbers lose digits in JavaScript). */
+export const MAX_INT_OPTION = Number.MAX_SAFE_INTEGER;
+
+/**
+ * A whole-number flag, `min` to `max` inclusive (default 0 to 2^53 - 1); anything else is a usage error that
+ * names the flag, the range and what was given.
+ */
+export function intOption(value: string | undefined, name: string, range: { min?: number; max?: number } = {}): number | undefined {
   if (value === undefined) return undefined;
-  if (!/^\d+$/.test(value)) throw new UsageError(`${name} takes a whole number, got '${value}'`);
-  return Number(value);
+  const min = range.min ?? 0;
+  const max = range.max ?? MAX_INT_OPTION;
+  const between = max === MAX_INT_OPTION ? `${min} or more` : `from ${min} to ${max}`;
+  const shown = value.length > 40 ? `${value.slice(0, 40)}...` : value;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min || n > max) throw new UsageError(`${name} takes a whole number ${between} (got '${shown}')`);
+  return n;
 }

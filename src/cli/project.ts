@@ -2,12 +2,13 @@
  * The project file `mcpc.yaml`: parsed strictly with `yaml` (no custom tags, no duplicate keys, no unknown
  * keys, no aliases to merge keys), every problem a diagnostic with a line and column.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
 import { catalogue, isCode, type Level } from '../compiler/diagnostics/catalogue.js';
 import type { Diagnostics } from '../compiler/diagnostics/diagnostic.js';
 import { parseSize } from '../compiler/1-parse/to-ast.js';
+import { describeReadError } from '../compiler/2-check/host.js';
 import { SourceFile } from '../compiler/source.js';
 import { closest } from '../compiler/util/suggest.js';
 
@@ -74,7 +75,13 @@ export function loadProject(cwd: string, diags: Diagnostics, explicit?: string):
     text = readFileSync(path, 'utf8');
   } catch (err) {
     const src = new SourceFile(shown, '');
-    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    const hint =
+      code === 'ENOENT' ? (explicit ? 'check the --project path (relative to the current folder); without --project, mcpc.yaml is looked for here and in the folders above' : 'check that the file exists')
+      : code === 'EISDIR' ? 'give --project the mcpc.yaml file inside that folder'
+      : code === 'EACCES' || code === 'EPERM' ? 'make the file readable'
+      : 'check the path and that the file is readable';
+    diags.report('unreadable_file', src.span(0, 0), `cannot read ${shown}: ${code ? describeReadError(code) : String(err)}`, { hint });
     return cfg;
   }
   const src = new SourceFile(shown, text);
@@ -88,36 +95,41 @@ export function loadProject(cwd: string, diags: Diagnostics, explicit?: string):
   const doc = parseDocument(text, { lineCounter: lc, uniqueKeys: true, strict: true, prettyErrors: false, customTags: [], merge: false, schema: 'core' });
   for (const err of [...doc.errors, ...doc.warnings]) {
     const [a, b] = err.pos;
-    diags.report('project_file_invalid', src.span(a, b), err.message.split('\n')[0], err.code === 'TAG_RESOLVE_FAILED' ? { hint: 'custom YAML tags are not allowed in mcpc.yaml' } : {});
+    diags.report('project_file_invalid', src.span(a, b), err.message.split('\n')[0], { hint: yamlHint(err.code) });
   }
   if (doc.errors.length || doc.warnings.length) return cfg;
   const root = doc.contents;
   if (root === null || root === undefined) return cfg;
   if (!isMap(root)) {
-    bad(root as YamlNode, 'mcpc.yaml must be a mapping of settings');
+    bad(root as YamlNode, 'mcpc.yaml must be a mapping of settings', `write one \`key: value\` per line, e.g. \`pipeline: pipelines/medcare.mcp\` (keys: ${topKeys.join(', ')})`);
     return cfg;
   }
 
   const str = (n: unknown): string | undefined => (isScalar(n) && typeof n.value === 'string' ? n.value : undefined);
   const strList = (n: unknown, key: string): string[] | undefined => {
     if (str(n) !== undefined) return [str(n)!];
-    if (!isSeq(n)) return bad(n as YamlNode, `\`${key}\` must be a string or a list of strings`), undefined;
+    const example = key === 'exclude' ? 'examples/broken' : 'pipelines/**/*.mcp';
+    if (!isSeq(n)) return bad(n as YamlNode, `\`${key}\` must be a string or a list of strings`, `e.g. \`${key}: [${example}]\`, paths and globs relative to the folder of mcpc.yaml`), undefined;
     const out: string[] = [];
     for (const it of n.items) {
       const s = str(it);
-      if (s === undefined) bad(it as YamlNode, `\`${key}\` entries must be strings`);
+      if (s === undefined) bad(it as YamlNode, `\`${key}\` entries must be strings`, `write each entry as a path or glob, e.g. \`- ${example}\` (quote one that YAML reads as a number or true/false)`);
       else out.push(s);
     }
     return out;
   };
 
   for (const item of root.items) {
-    const key = isScalar(item.key) ? String(item.key.value) : '';
+    if (!isScalar(item.key)) {
+      bad(item.key as YamlNode, 'a key of mcpc.yaml must be a plain name, not a list or a mapping', `known keys: ${topKeys.join(', ')}`);
+      continue;
+    }
+    const key = String(item.key.value);
     const v = item.value;
     switch (key) {
       case 'pipeline': {
         const s = str(v);
-        if (s === undefined) bad(v as YamlNode, '`pipeline` must be a path string');
+        if (s === undefined) bad(v as YamlNode, '`pipeline` must be a path string', 'e.g. `pipeline: pipelines/medcare.mcp`, relative to the folder of mcpc.yaml');
         else cfg.pipeline = s;
         break;
       }
@@ -129,50 +141,61 @@ export function loadProject(cwd: string, diags: Diagnostics, explicit?: string):
       }
       case 'out': {
         const s = str(v);
-        if (s === undefined) bad(v as YamlNode, '`out` must be a path string');
+        if (s === undefined) bad(v as YamlNode, '`out` must be a path string', 'e.g. `out: out`, the folder (relative to mcpc.yaml\'s) that plans and runs are written to');
         else cfg.out = s;
         break;
       }
       case 'backend': {
         const s = str(v);
-        if (!s || !(backends as readonly string[]).includes(s)) bad(v as YamlNode, `\`backend\` must be one of ${backends.join(', ')}`);
+        if (!s || !(backends as readonly string[]).includes(s)) {
+          const near = s === undefined ? undefined : /gpu|cuda/i.test(s) ? 'webgpu' : closest(s, [...backends]);
+          bad(v as YamlNode, `\`backend\` must be one of ${backends.join(', ')}`, near ? `did you mean \`${near}\`?` : '`auto` takes a hardware WebGPU adapter when there is one, else the fastest CPU path');
+        }
         else cfg.backend = s as ProjectConfig['backend'];
         break;
       }
       case 'allow_outside_root':
-        if (!isScalar(v) || typeof v.value !== 'boolean') bad(v as YamlNode, '`allow_outside_root` must be true or false');
+        if (!isScalar(v) || typeof v.value !== 'boolean') bad(v as YamlNode, '`allow_outside_root` must be true or false', 'write `true` or `false`: yes, no, on and off are strings in mcpc.yaml');
         else cfg.allowOutsideRoot = v.value;
         break;
       case 'memory': {
         // Written like the language's sizes: 8GB, 80GB, 512MiB (YAML reads them as strings).
         const s = str(v);
         const bytes = s === undefined ? NaN : parseSize(s.trim());
-        if (!Number.isFinite(bytes) || bytes <= 0) bad(v as YamlNode, '`memory` must be a size such as 8GB or 512MiB', isScalar(v) && typeof v.value === 'number' ? 'give the unit: `memory: 8GB`' : undefined);
+        if (!Number.isFinite(bytes) || bytes <= 0) bad(v as YamlNode, '`memory` must be a size such as 8GB or 512MiB', isScalar(v) && typeof v.value === 'number' ? 'give the unit: `memory: 8GB`' : bytes === 0 ? 'give a size above zero, e.g. `memory: 8GB`' : 'a number and a unit, KB, MB, GB or TB (or KiB, MiB, GiB, TiB), e.g. `memory: 8GB`');
         else cfg.memory = bytes;
         break;
       }
       case 'lint':
         if (!isMap(v)) {
-          bad(v as YamlNode, '`lint` must be a mapping with `max_warnings` and `rules`');
+          bad(v as YamlNode, '`lint` must be a mapping with `max_warnings` and `rules`', 'e.g. `lint: {max_warnings: 0, rules: {data_never_used: off}}`, or the two keys on indented lines below `lint:`');
           break;
         }
         for (const li of v.items) {
-          const lk = isScalar(li.key) ? String(li.key.value) : '';
+          if (!isScalar(li.key)) {
+            bad(li.key as YamlNode, 'a key of `lint` must be a plain name, not a list or a mapping', `known keys: ${lintKeys.join(', ')}`);
+            continue;
+          }
+          const lk = String(li.key.value);
           const lv = li.value;
           if (lk === 'max_warnings') {
-            if (!isScalar(lv) || typeof lv.value !== 'number' || !Number.isInteger(lv.value) || lv.value < 0) bad(lv as YamlNode, '`max_warnings` must be a whole number, 0 or more');
+            if (!isScalar(lv) || typeof lv.value !== 'number' || !Number.isInteger(lv.value) || lv.value < 0) bad(lv as YamlNode, '`max_warnings` must be a whole number, 0 or more', 'e.g. `max_warnings: 0` to fail on any warning; leave it out for no limit');
             else cfg.lint.maxWarnings = lv.value;
           } else if (lk === 'rules') {
             if (!isMap(lv)) {
-              bad(lv as YamlNode, '`rules` must map rule codes to error, warning or off');
+              bad(lv as YamlNode, '`rules` must map rule codes to error, warning or off', 'e.g. `rules: {data_never_used: off}`; docs/reference.md lists the lint rules');
               continue;
             }
             for (const ri of lv.items) {
               const code = isScalar(ri.key) ? String(ri.key.value) : '';
               const level = str(ri.value);
-              if (!isCode(code)) bad(ri.key as YamlNode, `unknown rule \`${code}\``, suggest(code, Object.keys(catalogue)));
-              else if (catalogue[code].kind !== 'lint') bad(ri.key as YamlNode, `\`${code}\` is an error, not a lint rule; its level cannot be changed`);
-              else if (level !== 'error' && level !== 'warning' && level !== 'off') bad(ri.value as YamlNode, 'a rule level is `error`, `warning` or `off`');
+              const lintRules = Object.keys(catalogue).filter((c) => isCode(c) && catalogue[c].kind === 'lint');
+              if (!isCode(code)) bad(ri.key as YamlNode, `unknown rule \`${code}\``, closest(code, lintRules) ? `did you mean \`${closest(code, lintRules)}\`?` : 'docs/reference.md lists the lint rules');
+              else if (catalogue[code].kind !== 'lint') bad(ri.key as YamlNode, `\`${code}\` is an error, not a lint rule; its level cannot be changed`, 'remove the line: only lint rules take a level; docs/reference.md lists them');
+              else if (level !== 'error' && level !== 'warning' && level !== 'off') {
+                const near = level !== undefined ? closest(level, ['error', 'warning', 'off']) : undefined;
+                bad(ri.value as YamlNode, 'a rule level is `error`, `warning` or `off`', near ? `did you mean \`${near}\`?` : `e.g. \`${code}: off\``);
+              }
               else cfg.lint.rules[code] = level;
             }
           } else bad(li.key as YamlNode, `unknown key \`lint.${lk}\``, suggest(lk, lintKeys));
@@ -185,19 +208,51 @@ export function loadProject(cwd: string, diags: Diagnostics, explicit?: string):
   return cfg;
 }
 
+/** What to do about a YAML syntax error, by the parser's code. */
+function yamlHint(code: string): string {
+  switch (code) {
+    case 'TAG_RESOLVE_FAILED':
+    case 'MULTIPLE_TAGS':
+      return 'custom YAML tags are not allowed in mcpc.yaml';
+    case 'DUPLICATE_KEY':
+      return 'each key may appear once: remove one of them, or merge the two';
+    case 'TAB_AS_INDENT':
+      return 'indent with spaces, not tabs';
+    case 'BAD_INDENT':
+    case 'BLOCK_AS_IMPLICIT_KEY':
+    case 'MULTILINE_IMPLICIT_KEY':
+      return 'check the indentation and brackets: the keys of one mapping line up, nested keys are indented further with spaces, each `key: value` is on one line, and every `[` or `{` is closed';
+    case 'MULTIPLE_DOCS':
+      return 'mcpc.yaml holds one document: remove the `---` and what follows it, or merge the two';
+    case 'BAD_ALIAS':
+    case 'ALIAS_PROPS':
+    case 'MULTIPLE_ANCHORS':
+      return 'write the values out instead of using anchors (&) and aliases (*)';
+    default:
+      return 'mcpc.yaml is YAML: one `key: value` per line, nested keys indented with spaces, lists as `[a, b]` or one `- item` per line; quote a value with `: ` or ` #` in it';
+  }
+}
+
 function suggest(word: string, options: string[]): string {
   const best = closest(word, options);
   return best ? `did you mean \`${best}\`?` : `known keys: ${options.join(', ')}`;
 }
 
-/** Expand the project's pipeline globs into sorted root-relative paths. */
+/**
+ * Expand the project's pipeline globs into sorted root-relative paths. A folder reached again through a link
+ * (a loop, or a second way in) is searched once; a broken link that matches is kept, to be reported as unreadable.
+ */
 export function projectPipelines(cfg: ProjectConfig): string[] {
   const inc = cfg.pipelines.map(globToRegExp);
   const exc = cfg.exclude.map(globToRegExp);
   const out: string[] = [];
+  const seen = new Set<string>();
   const walk = (dir: string) => {
     let entries: string[];
     try {
+      const real = realpathSync(dir);
+      if (seen.has(real)) return;
+      seen.add(real);
       entries = readdirSync(dir);
     } catch {
       return;
@@ -206,14 +261,16 @@ export function projectPipelines(cfg: ProjectConfig): string[] {
       if (name === 'node_modules' || name.startsWith('.')) continue;
       const abs = join(dir, name);
       const rel = relative(cfg.root, abs).split(sep).join('/');
+      const wanted = () => inc.some((r) => r.test(rel)) && !exc.some((r) => r.test(rel));
       let st;
       try {
         st = statSync(abs);
       } catch {
+        if (name.endsWith('.mcp') && wanted()) out.push(rel);
         continue;
       }
       if (st.isDirectory()) walk(abs);
-      else if (inc.some((r) => r.test(rel)) && !exc.some((r) => r.test(rel))) out.push(rel);
+      else if (wanted()) out.push(rel);
     }
   };
   walk(cfg.root);

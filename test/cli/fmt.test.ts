@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -53,5 +53,55 @@ describe('mcpc fmt', () => {
     expect(await main(['fmt', '--stdout', 'p.mcp'], io)).toBe(0);
     expect(io.out).toContain('stage s {\n  lr 2e-4\n');
     expect(readFileSync(join(d, 'p.mcp'), 'utf8')).toBe(messy);
+  });
+
+  it('through a link, rewrites the target and keeps the link; keeps the permissions', async () => {
+    const d = dir({ 'p.mcp': messy });
+    mkdirSync(join(d, 'real'));
+    writeFileSync(join(d, 'real/t.mcp'), messy);
+    symlinkSync('real/t.mcp', join(d, 'link.mcp'));
+    chmodSync(join(d, 'p.mcp'), 0o640);
+    expect(await main(['fmt', 'p.mcp', 'link.mcp'], memoryIO(d))).toBe(0);
+    expect(lstatSync(join(d, 'link.mcp')).isSymbolicLink()).toBe(true);
+    expect(readFileSync(join(d, 'real/t.mcp'), 'utf8')).toMatch(/^pipeline p\n\nmodel base = builtin/);
+    expect(statSync(join(d, 'p.mcp')).mode & 0o777).toBe(0o640);
+    expect(readFileSync(join(d, 'p.mcp'), 'utf8')).toMatch(/^pipeline p\n\nmodel base = builtin/);
+  });
+
+  it('a file that cannot be written is an error naming it, and is left as it was', async () => {
+    const d = dir({ 'p.mcp': messy, 'q.mcp': messy });
+    mkdirSync(join(d, `p.mcp.${process.pid}.tmp`)); // in the way of the temporary file
+    const io = memoryIO(d);
+    expect(await main(['fmt', 'p.mcp', 'q.mcp'], io)).toBe(1);
+    expect(io.err).toBe(`mcpc fmt: cannot open p.mcp.${process.pid}.tmp: EEXIST (a file of that name is in the way: move it away); p.mcp was left as it was\n`);
+    expect(io.out).toBe('formatted q.mcp\n');
+    expect(readFileSync(join(d, 'p.mcp'), 'utf8')).toBe(messy);
+    if (process.getuid?.() !== 0) {
+      // (root writes anywhere)
+      const ro = dir({ 'p.mcp': messy });
+      chmodSync(ro, 0o555);
+      const io2 = memoryIO(ro);
+      expect(await main(['fmt', 'p.mcp'], io2)).toBe(1);
+      chmodSync(ro, 0o755);
+      expect(io2.err).toMatch(/^mcpc fmt: cannot write p\.mcp: EACCES \(no permission/);
+      expect(readdirSync(ro).sort()).toEqual(['mcpc.yaml', 'p.mcp']);
+    }
+  });
+
+  it('reports broken links and loops in a folder and formats the rest', async () => {
+    const d = dir({});
+    mkdirSync(join(d, 'p'));
+    writeFileSync(join(d, 'p/a.mcp'), messy);
+    symlinkSync('nowhere', join(d, 'p/dangling'));
+    symlinkSync('loop', join(d, 'p/loop'));
+    symlinkSync('..', join(d, 'p/up'));
+    symlinkSync('gone.mcp', join(d, 'p/b.mcp'));
+    const io = memoryIO(d);
+    expect(await main(['fmt', 'p'], io)).toBe(1); // the broken p/b.mcp
+    expect(io.err).toContain('mcpc fmt: warning: skipped p/dangling: a link to something that does not exist (ENOENT)\n');
+    expect(io.err).toContain('mcpc fmt: warning: skipped p/loop: a loop of links (ELOOP)\n');
+    expect(io.err).toContain('mcpc fmt: warning: skipped p/up/p: it is p again, reached through a link\n');
+    expect(io.err).toContain('error[unreadable_file]: cannot read p/b.mcp: it does not exist');
+    expect(io.out).toBe('formatted p/a.mcp\n');
   });
 });

@@ -1,4 +1,4 @@
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -119,5 +119,62 @@ describe('mcpc lint', () => {
     const io = memoryIO(ok);
     expect(await main(['frobnicate'], io)).toBe(2);
     expect(io.err).toContain("unknown command 'frobnicate'");
+  });
+
+  it('with a broken project file, --format sarif and json still print a document carrying its problems (exit 2)', async () => {
+    const dir = project({ 'mcpc.yaml': 'pipelines: [p.mcp]\nbackedn: cpu\n', 'p.mcp': clean, 'd.txt': 'x' });
+    const sarif = await lint(dir, '--format', 'sarif');
+    expect(sarif.code).toBe(2);
+    const log = JSON.parse(sarif.out);
+    expect(log.version).toBe('2.1.0');
+    expect(log.runs[0].results).toHaveLength(1);
+    const res = log.runs[0].results[0];
+    expect(res).toMatchObject({ ruleId: 'project_file_invalid', level: 'error', message: { text: 'unknown key `backedn`. Hint: did you mean `backend`?' } });
+    expect(res.locations[0].physicalLocation).toMatchObject({ artifactLocation: { uri: 'mcpc.yaml', uriBaseId: '%SRCROOT%' }, region: { startLine: 2, startColumn: 1 } });
+    const json = await lint(dir, '--format', 'json');
+    expect(json.code).toBe(2);
+    expect(JSON.parse(json.out)).toEqual([expect.objectContaining({ file: 'mcpc.yaml', line: 2, code: 'project_file_invalid' })]);
+    // A --project that cannot be read, too.
+    const missing = await lint(dir, '--format', 'sarif', '--project', 'nope.yaml');
+    expect(missing.code).toBe(2);
+    expect(JSON.parse(missing.out).runs[0].results[0]).toMatchObject({ ruleId: 'unreadable_file' });
+    // text: on stderr, as before.
+    const text = await lint(dir);
+    expect(text).toMatchObject({ code: 2, out: '' });
+    expect(text.err).toContain('error[project_file_invalid]: unknown key `backedn`');
+  });
+
+  it('reports broken links and loops in a folder as warnings and lints the rest', async () => {
+    const dir = project({ 'mcpc.yaml': '', 'p/a.mcp': clean, 'd.txt': 'x' });
+    symlinkSync('nowhere', join(dir, 'p/dangling'));
+    symlinkSync('loop', join(dir, 'p/loop'));
+    symlinkSync('.', join(dir, 'p/again'));
+    const r = await lint(dir, 'p', '--format', 'json');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toEqual([]);
+    expect(r.err).toBe(
+      'mcpc lint: warning: skipped p/again: it is p again, reached through a link\n' +
+        'mcpc lint: warning: skipped p/dangling: a link to something that does not exist (ENOENT)\n' +
+        'mcpc lint: warning: skipped p/loop: a loop of links (ELOOP)\n',
+    );
+  });
+
+  it('says what to do when no pipeline is named', async () => {
+    const empty = project({ 'mcpc.yaml': 'pipelines: []\n' });
+    expect(await lint(empty)).toEqual({ code: 2, out: '', err: 'mcpc lint: `pipelines` in mcpc.yaml is empty: give files or folders on the command line, or list globs under it\n' });
+    const none = project({ 'mcpc.yaml': 'pipelines: [x/*.mcp]\n' });
+    expect((await lint(none)).err).toBe('mcpc lint: no pipelines match x/*.mcp (from mcpc.yaml): give files or folders on the command line, or change `pipelines` there\n');
+  });
+
+  it('mcpc models takes no arguments or unknown flags', async () => {
+    for (const args of [['--bogus'], ['qwen2-micro']]) {
+      const io = memoryIO(repo);
+      expect(await main(['models', ...args], io), args.join(' ')).toBe(2);
+      expect(io.out).toBe('');
+      expect(io.err).toMatch(/^mcpc models: /);
+    }
+    const io = memoryIO(repo);
+    expect(await main(['models', '--help'], io)).toBe(0);
+    expect(io.out).toMatch(/^usage: mcpc models/);
   });
 });

@@ -39,9 +39,10 @@ describe('mcpc.yaml memory', () => {
 
   it('rejects what is not a positive size', () => {
     expect(project('memory: 8\n').diags).toEqual(['project_file_invalid 1:9 `memory` must be a size such as 8GB or 512MiB (give the unit: `memory: 8GB`)']);
-    expect(project('memory: lots\n').diags).toEqual(['project_file_invalid 1:9 `memory` must be a size such as 8GB or 512MiB']);
-    expect(project('memory: 0GB\n').diags).toEqual(['project_file_invalid 1:9 `memory` must be a size such as 8GB or 512MiB']);
-    expect(project('memory: [8GB]\n').diags).toEqual(['project_file_invalid 1:9 `memory` must be a size such as 8GB or 512MiB']);
+    const units = ' (a number and a unit, KB, MB, GB or TB (or KiB, MiB, GiB, TiB), e.g. `memory: 8GB`)';
+    expect(project('memory: lots\n').diags).toEqual([`project_file_invalid 1:9 \`memory\` must be a size such as 8GB or 512MiB${units}`]);
+    expect(project('memory: 0GB\n').diags).toEqual(['project_file_invalid 1:9 `memory` must be a size such as 8GB or 512MiB (give a size above zero, e.g. `memory: 8GB`)']);
+    expect(project('memory: [8GB]\n').diags).toEqual([`project_file_invalid 1:9 \`memory\` must be a size such as 8GB or 512MiB${units}`]);
     expect(project('memroy: 8GB\n').diags).toEqual(['project_file_invalid 1:1 unknown key `memroy` (did you mean `memory`?)']);
   });
 

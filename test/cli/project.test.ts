@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -38,13 +38,62 @@ describe('mcpc.yaml', () => {
   it('rejects wrong types and values, and errors that cannot be downgraded', () => {
     const { diags } = project('backend: gpu\nallow_outside_root: yes\nlint:\n  max_warnings: -1\n  rules:\n    unknown_name: off\n    no_such_rule: off\n    data_never_used: loud\n');
     expect(diags).toEqual([
-      'project_file_invalid 1:10 `backend` must be one of auto, webgpu, cpu, wasm, tensorflow',
-      'project_file_invalid 2:21 `allow_outside_root` must be true or false',
-      'project_file_invalid 4:17 `max_warnings` must be a whole number, 0 or more',
-      'project_file_invalid 6:5 `unknown_name` is an error, not a lint rule; its level cannot be changed',
-      expect.stringMatching(/^project_file_invalid 7:5 unknown rule `no_such_rule`/),
-      'project_file_invalid 8:22 a rule level is `error`, `warning` or `off`',
+      'project_file_invalid 1:10 `backend` must be one of auto, webgpu, cpu, wasm, tensorflow (did you mean `webgpu`?)',
+      'project_file_invalid 2:21 `allow_outside_root` must be true or false (write `true` or `false`: yes, no, on and off are strings in mcpc.yaml)',
+      'project_file_invalid 4:17 `max_warnings` must be a whole number, 0 or more (e.g. `max_warnings: 0` to fail on any warning; leave it out for no limit)',
+      'project_file_invalid 6:5 `unknown_name` is an error, not a lint rule; its level cannot be changed (remove the line: only lint rules take a level; docs/reference.md lists them)',
+      'project_file_invalid 7:5 unknown rule `no_such_rule` (docs/reference.md lists the lint rules)',
+      'project_file_invalid 8:22 a rule level is `error`, `warning` or `off` (e.g. `data_never_used: off`)',
     ]);
+  });
+
+  it('gives every problem of the project file a hint, and names a key that is not a name', () => {
+    const cases = [
+      'pipeline: [a, b]\n',
+      'pipelines: {a: 1}\n',
+      'pipelines: [1]\n',
+      'out: 3\n',
+      'memory: lots\n',
+      'lint: 3\n',
+      'lint:\n  rules: [a]\n',
+      'lint:\n  rules:\n    data_never_used: of\n',
+      '- a\n',
+      'out: a\n\tbackend: cpu\n',
+      'out: [a\n',
+      'a: 1\n---\nb: 2\n',
+    ];
+    for (const yaml of cases) {
+      const { diags } = project(yaml);
+      expect(diags.length, yaml).toBeGreaterThan(0);
+      for (const d of diags) expect(d, yaml).toMatch(/^project_file_invalid \d+:\d+ .+ \(.+\)$/);
+    }
+    expect(project('lint:\n  rules:\n    data_never_used: of\n').diags).toEqual(['project_file_invalid 3:22 a rule level is `error`, `warning` or `off` (did you mean `off`?)']);
+    expect(project('[a, b]: 1\n').diags).toEqual(['project_file_invalid 1:1 a key of mcpc.yaml must be a plain name, not a list or a mapping (known keys: pipeline, pipelines, exclude, out, backend, allow_outside_root, memory, lint)']);
+    expect(project('lint:\n  {a: 1}: 2\n').diags[0]).toMatch(/^project_file_invalid 2:3 a key of `lint` must be a plain name/);
+  });
+
+  it('says what to do when --project cannot be read', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mcpc-proj-'));
+    const diags = new Diagnostics();
+    loadProject(dir, diags, 'nope.yaml');
+    expect(diags.items).toHaveLength(1);
+    expect(diags.items[0]).toMatchObject({ code: 'unreadable_file', message: 'cannot read nope.yaml: it does not exist' });
+    expect(diags.items[0]!.hint).toMatch(/check the --project path/);
+    const folder = new Diagnostics();
+    loadProject(dir, folder, '.');
+    expect(folder.items[0]).toMatchObject({ code: 'unreadable_file', hint: 'give --project the mcpc.yaml file inside that folder' });
+  });
+
+  it('searches a folder reached twice through links once, and a loop of links ends', () => {
+    const { dir } = project('pipelines: ["**/*.mcp"]\n');
+    mkdirSync(join(dir, 'p'));
+    writeFileSync(join(dir, 'p/a.mcp'), '');
+    symlinkSync('..', join(dir, 'p/up'));
+    symlinkSync('self', join(dir, 'p/self'));
+    symlinkSync('nowhere.mcp', join(dir, 'p/gone.mcp'));
+    symlinkSync('nowhere', join(dir, 'p/dangling'));
+    const cfg = loadProject(dir, new Diagnostics());
+    expect(projectPipelines(cfg)).toEqual(['p/a.mcp', 'p/gone.mcp']);
   });
 
   it('does not let __proto__ reach the config object', () => {

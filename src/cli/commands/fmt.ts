@@ -1,13 +1,16 @@
 /**
  * `mcpc fmt [files|folders...] [--check]`: rewrite pipelines in the canonical layout. A file with syntax
- * errors is never rewritten (its diagnostics are printed). Files are replaced atomically.
+ * errors is never rewritten (its diagnostics are printed). Files are replaced atomically: a link's target is
+ * rewritten (the link stays), with the file's permissions.
  */
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { relative, resolve } from 'node:path';
+import { describeReadError } from '../../compiler/2-check/host.js';
 import { Diagnostics, type Diagnostic } from '../../compiler/diagnostics/diagnostic.js';
 import { formatSource } from '../../compiler/format/index.js';
 import { SourceFile } from '../../compiler/source.js';
 import { parse } from '../args.js';
+import { fsErrorLine, writeAtomically } from '../fs.js';
 import { pipelineFiles } from '../inputs.js';
 import type { Command } from '../io.js';
 import { loadProject } from '../project.js';
@@ -42,10 +45,11 @@ export const fmtCommand: Command = async (argv, io) => {
     io.stderr(renderDiagnostics('text', projDiags.items, cfg.sources, { color, cwd: io.cwd }));
     return 2;
   }
-  const files = pipelineFiles(positionals, cfg, io.cwd);
+  const files = pipelineFiles(positionals, cfg, io.cwd, (w) => io.stderr(`mcpc fmt: warning: ${w}\n`));
   const problems: Diagnostic[] = [];
   const sources = new Map<string, SourceFile>();
   const changed: string[] = [];
+  const unwritable: string[] = [];
   for (const f of files) {
     const abs = resolve(io.cwd, f);
     let text: string;
@@ -54,7 +58,9 @@ export const fmtCommand: Command = async (argv, io) => {
     } catch (err) {
       const src = new SourceFile(f, '');
       const d = new Diagnostics();
-      d.report('unreadable_file', src.span(0, 0), `cannot read ${f} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+      const code = (err as NodeJS.ErrnoException).code;
+      const why = code === 'ELOOP' ? 'a loop of links' : code ? describeReadError(code) : String(err);
+      d.report('unreadable_file', src.span(0, 0), `cannot read ${f}: ${why}`, { hint: 'check the path (relative to the current folder) and that the file is readable' });
       problems.push(...d.items);
       sources.set(f, src);
       continue;
@@ -70,19 +76,27 @@ export const fmtCommand: Command = async (argv, io) => {
       continue;
     }
     if (res.output === text) continue;
-    changed.push(f);
     if (!values.check) {
-      const tmp = `${abs}.mcpc-fmt-${process.pid}.tmp`;
-      writeFileSync(tmp, res.output);
-      renameSync(tmp, abs);
+      // Through a link, its target is rewritten; the file keeps its permissions.
+      try {
+        const real = realpathSync(abs);
+        writeAtomically(real, res.output, statSync(real).mode & 0o7777);
+      } catch (err) {
+        const line = fsErrorLine(err, (p) => relative(io.cwd, p) || p);
+        if (!line) throw err;
+        unwritable.push(`mcpc fmt: ${line}; ${f} was left as it was\n`);
+        continue;
+      }
     }
+    changed.push(f);
   }
   if (problems.length) io.stderr(renderDiagnostics('text', problems, sources, { color, cwd: io.cwd }));
+  for (const u of unwritable) io.stderr(u);
   if (values.check) {
     for (const f of changed) io.stdout(`would reformat ${f}\n`);
     if (!changed.length && !problems.length) io.stdout(`${files.length} file${files.length === 1 ? '' : 's'} already formatted\n`);
     return changed.length || problems.length ? 1 : 0;
   }
   if (!values.stdout) for (const f of changed) io.stdout(`formatted ${f}\n`);
-  return problems.length ? 1 : 0;
+  return problems.length || unwritable.length ? 1 : 0;
 };

@@ -45,12 +45,16 @@ export const lintCommand: Command = async (argv, io) => {
   const projDiags = new Diagnostics();
   const cfg = loadProject(io.cwd, projDiags, values.project);
   const color = format === 'text' && useColor(io);
+  const render = (diags: Diagnostic[], sources: Map<string, SourceFile>) => renderDiagnostics(format, diags, sources, { color, root: cfg.root, cwd: io.cwd, toolVersion: version });
   if (projDiags.items.length) {
-    io.stderr(renderDiagnostics('text', projDiags.items, cfg.sources, { color: useColor({ isTTY: false, env: io.env }) && color, cwd: io.cwd }));
+    // Nothing is linted with a broken project file. json and sarif still print a document, carrying its problems
+    // (a code-scanning upload of an empty file fails and shows nothing); text goes to stderr as usage errors do.
+    if (format === 'text') io.stderr(renderDiagnostics('text', projDiags.items, cfg.sources, { color: useColor({ isTTY: false, env: io.env }) && color, cwd: io.cwd }));
+    else io.stdout(render(projDiags.items, cfg.sources));
     return 2;
   }
   const host = nodeHost(cfg.root, io.cwd, cfg.allowOutsideRoot);
-  const files = pipelineFiles(positionals, cfg, io.cwd);
+  const files = pipelineFiles(positionals, cfg, io.cwd, (w) => io.stderr(`mcpc lint: warning: ${w}\n`));
 
   const all: Diagnostic[] = [];
   const sources = new Map<string, SourceFile>();
@@ -70,7 +74,7 @@ export const lintCommand: Command = async (argv, io) => {
   }
 
   if (values['show-sites'] && format === 'text') io.stdout(sites.join('\n') + '\n');
-  io.stdout(renderDiagnostics(format, all, sources, { color, root: cfg.root, cwd: io.cwd, toolVersion: version }));
+  io.stdout(render(all, sources));
   const errors = all.filter((d) => d.severity === 'error').length;
   const warnings = all.length - errors;
   const maxWarnings = maxFlag ?? cfg.lint.maxWarnings;

@@ -1,8 +1,21 @@
 /** `mcpc models`: the built-in model configurations with their shapes and parameter counts. */
 import { builtinModels, parameterCount } from '../../compiler/2-check/models.js';
-import type { Command } from '../io.js';
+import { parse } from '../args.js';
+import { UsageError, type Command } from '../io.js';
 
-export const modelsCommand: Command = async (_argv, io) => {
+export const modelsHelp = `usage: mcpc models
+
+List the built-in model configurations (layers, hidden size, heads, vocabulary, parameters),
+as named in \`model base = builtin("NAME")\`.
+`;
+
+export const modelsCommand: Command = async (argv, io) => {
+  const { values, positionals } = parse(argv, { help: { type: 'boolean', short: 'h', default: false } });
+  if (values.help) {
+    io.stdout(modelsHelp);
+    return 0;
+  }
+  if (positionals.length) throw new UsageError(`takes no arguments, got '${positionals[0]}' (mcpc models lists every built-in model)`);
   const rows = Object.entries(builtinModels).map(([name, c]) => [
     name,
     String(c.layers),

@@ -4,7 +4,7 @@
  * A .mcp is compiled first; with no argument, the plan `mcpc compile` wrote for the project's pipeline.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { relative, resolve } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { Diagnostics } from '../../compiler/diagnostics/diagnostic.js';
 import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
@@ -14,11 +14,13 @@ import { constraintValue, exportedWhat, exportGaps, RunError, runPlan, type RunR
 import { RunnerError } from '../../runtime/executor.js';
 import { checkSwitches, SWITCHES } from '../../runtime/switches.js';
 import { AtomicWriteError } from '../../runtime/io/atomic.js';
-import { CheckpointError } from '../../runtime/io/checkpoint.js';
+import { CheckpointError, listCheckpoints } from '../../runtime/io/checkpoint.js';
+import { SafetensorsError, SafetensorsReader } from '../../runtime/io/safetensors.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
 import { WeightsError } from '../../runtime/weights/errors.js';
 import { intOption, parse } from '../args.js';
 import { compileInput } from '../compile-input.js';
+import { folderProblem, fsErrorLine } from '../fs.js';
 import { UsageError, type Command } from '../io.js';
 import { loadProject } from '../project.js';
 import { renderDiagnostics, useColor } from '../report/index.js';
@@ -36,7 +38,7 @@ options:
   --max-steps N          at most N optimizer steps per stage (smoke runs)
   --resume               continue from the newest complete checkpoint in the run folder
   --skip-bad-records     skip and count bad data records instead of stopping at the first
-  --seed N               override every stage's seed
+  --seed N               override every stage's seed (0 to 2147483647)
   --save-init FILE       first write the initial weights (safetensors by plan id), e.g. for
                          \`python train.py --init-from FILE\` of \`mcpc compile --target torch\`
   --project FILE         project file
@@ -69,10 +71,9 @@ export const runCommand: Command = async (argv, io) => {
     return 0;
   }
   if (!(BACKENDS as readonly string[]).includes(values.backend)) throw new UsageError(`unknown backend '${values.backend}' (${BACKENDS.join(', ')})`);
-  const maxSteps = intOption(values['max-steps'], '--max-steps');
-  if (maxSteps === 0) throw new UsageError('--max-steps must be at least 1');
-  const seed = intOption(values.seed, '--seed');
-  const stopAfter = intOption(values['stop-after'], '--stop-after');
+  const maxSteps = intOption(values['max-steps'], '--max-steps', { min: 1 });
+  const seed = intOption(values.seed, '--seed', { max: MAX_SEED });
+  const stopAfter = intOption(values['stop-after'], '--stop-after', { min: 1 });
   if (positionals.length > 1) throw new UsageError('give one plan or pipeline file');
   const switches = checkSwitches(io.env);
   for (const w of switches.warnings) io.stderr(`mcpc run: warning: ${w}\n`);
@@ -131,6 +132,12 @@ export const runCommand: Command = async (argv, io) => {
     return 2;
   }
   const runDir = values.out ? resolve(io.cwd, values.out) : resolve(out, plan.pipeline);
+  const rel = (f: string) => relative(io.cwd, f) || f;
+  const blocked = folderProblem(runDir, rel);
+  if (blocked) {
+    io.stderr(`mcpc run: cannot use ${rel(runDir)} as the run folder: ${blocked}; give --out another folder, or move the file away\n`);
+    return 1;
+  }
   const t0 = performance.now();
   let backend: ChosenBackend;
   try {
@@ -185,13 +192,23 @@ export const runCommand: Command = async (argv, io) => {
     io.stdout(formatSummary(r, backend.name, (performance.now() - t0) / 1000, (f) => relative(io.cwd, f) || f));
     return 0;
   } catch (e) {
+    if (e instanceof SafetensorsError) {
+      io.stderr(`mcpc run: ${damagedSafetensors(e, runDir, rel)}\n`);
+      return 1;
+    }
     if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError || e instanceof AtomicWriteError) {
       const hint =
-        e instanceof DataError ? ' (--skip-bad-records skips and counts bad records)'
+        e instanceof DataError ? (skippable(e, plan, values['skip-bad-records']) ? ' (--skip-bad-records skips and counts bad records)' : '')
         : e instanceof AtomicWriteError ? ' (check that the folder exists and is writable; nothing was replaced)'
         : e instanceof WeightsError && /has neither model\.safetensors/.test(e.message) ? '\nThe model has no weights yet: produce them first (for models/tiny-med-base: `mcpc run pipelines/pretrain.mcp`).'
         : '';
       io.stderr(`mcpc run: ${e.message}${hint}\n`);
+      return 1;
+    }
+    // A file or folder the run writes that the system refused (a file where a folder goes, no permission, a full disk).
+    const fs = fsErrorLine(e, rel);
+    if (fs) {
+      io.stderr(`mcpc run: ${fs}\n`);
       return 1;
     }
     throw e;
@@ -200,6 +217,44 @@ export const runCommand: Command = async (argv, io) => {
     process.off('SIGTERM', onSignal);
   }
 };
+
+/** The language's cap on `seed` (docs/reference.md). */
+const MAX_SEED = 2 ** 31 - 1;
+
+/** Whether --skip-bad-records would have got past this error: one record of a JSONL data file, the flag off. */
+function skippable(e: DataError, plan: Plan, skipping: boolean): boolean {
+  if (skipping || e.line === 0 || /^(cannot read|probe )/.test(e.problem)) return false;
+  return plan.data.some((d) => d.path === e.file && d.kind === 'jsonl' && d.format !== 'text');
+}
+
+/**
+ * A safetensors file that does not parse: the model's weights (a path), or a file of a checkpoint, which the
+ * runtime reads by its name alone; then the checkpoint whose copy of it does not open is named.
+ */
+export function damagedSafetensors(e: SafetensorsError, runDir: string, rel: (f: string) => string): string {
+  const what = `${e.tensor !== undefined ? `tensor ${JSON.stringify(e.tensor)}: ` : ''}${e.detail}`;
+  if (isAbsolute(e.file)) {
+    return `${rel(e.file)}: ${what}\nThe file is damaged or not a safetensors file: download or export it again (an interrupted copy leaves it short).`;
+  }
+  const ckptRoot = join(runDir, 'checkpoints');
+  let bad: { dir: string } | undefined;
+  try {
+    bad = listCheckpoints(ckptRoot).find((c) => {
+      try {
+        SafetensorsReader.open(join(c.dir, e.file)).close();
+        return false;
+      } catch (err) {
+        return err instanceof SafetensorsError && err.code !== 'IO';
+      }
+    });
+  } catch {
+    /* the folder cannot be listed: named as a whole below */
+  }
+  if (bad) {
+    return `checkpoint ${rel(join(bad.dir, e.file))} is damaged: ${what}\nRemove the folder ${rel(bad.dir)}: --resume then continues from the newest complete checkpoint before it (a stage whose stage-end checkpoint it was is trained again).`;
+  }
+  return `a checkpoint in ${rel(ckptRoot)} is damaged: ${e.file}: ${what}\nRemove the newest step-N folder there: --resume then continues from the complete checkpoint before it; or give --out a new folder to start afresh.`;
+}
 
 const secs = (x: number): string => (x >= 60 ? `${Math.floor(x / 60)}m${String(Math.round(x % 60)).padStart(2, '0')}s` : `${x.toFixed(1)}s`);
 
