@@ -14,17 +14,30 @@
  *                                its probe results (so a reused stage still reports them)
  *
  * Checkpoint numbers are a sequence over the run folder (not optimizer steps), so a stage-end checkpoint never
- * collides with a periodic one. Periodic checkpoints (`checkpoint_every`) beyond the newest two are pruned;
- * stage-end checkpoints are kept (stage reuse reads them).
+ * collides with a periodic one. Periodic checkpoints (`checkpoint_every`) beyond the newest two are pruned
+ * (io/checkpoint.ts pruneCheckpoints: renamed to trash, then deleted); stage-end checkpoints are kept (stage reuse
+ * reads them), and so is the furthest mid-stage checkpoint of a stage that a run without --resume starts over,
+ * until the new run passes it. A run starts by removing what a killed one left (a checkpoint's staging folder,
+ * trash, temp files; one writer per run folder, so those of processes that are gone), and says so.
+ *
+ * What is read back is checked before it is used, not only against its COMPLETE manifest: state.json's shape
+ * and ranges (a stage of this plan, steps within it, a cursor on a step boundary of its data, the seed), every
+ * tensor the stage holds in params.safetensors (and, mid-stage, every moment) at its shape's size. --resume
+ * skips a checkpoint that fails, with a warning, for the next older one. A stage whose record is missing or
+ * unusable takes the newest checkpoint whose state.json says it finished with its current inputs as its end
+ * (the record is written again, said); with --resume, a stage before the checkpoint resumed from needs no end
+ * at all (that checkpoint holds every tensor, and its hash chains the stage's).
  *
  * Determinism: the reference executor has no dropout or noise, and the data order is a pure function of
  * (seed, epoch) (data/shuffle.ts), so the RNG state is the seed and the cursor's epoch. Parameters and
  * moments are saved as exact f32, so on the CPU backend a resumed run ends with bit-identical weights.
  *
- * Stage reuse: a stage's input hash chains the previous stage's hash, the stage's plan section, the model,
- * parameter and adapter sections, the contents of its data files (and of the model folder for pretrained
- * weights) and the step limit. A stage whose hash matches its stages/<stage>.json record is not retrained:
- * its stage-end checkpoint's parameters are used.
+ * Stage reuse: a stage's input hash chains the previous stage's hash, the stage's plan section (less what cannot
+ * change its weights: `checkpoint_every`, its `eval` probes, the estimates), the model, parameter and adapter
+ * sections, the contents of its data files (and of the model folder for pretrained weights) and the step limit.
+ * A stage whose hash matches its stages/<stage>.json record is not retrained: its stage-end checkpoint's
+ * parameters are used. The hash older versions computed (the whole plan stage) is accepted as well. Records and
+ * state.json carry the hash's parts, so a refused --resume says which input changed.
  *
  * Evaluation (`eval` in a stage; eval/probes.ts says what each probe measures): every `every N` optimizer
  * steps, and at the end of the stage, before its exit transitions: the model as the stage trained it (a
@@ -35,16 +48,16 @@
  * count only the steps after the resume).
  */
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { Plan, PlanStage } from '../plan/types.js';
 import { DataLoader, concatDatasets, loadDataSource, type DataCursor, type Dataset } from './data/index.js';
 import type { MicroBatch } from './data/batch.js';
 import { createStageRunner, matmulPrecision, type OptimizerState, type StageRunner } from './executor.js';
 import type { BackendName } from './tfjs/index.js';
-import { findLatestCheckpoint, listCheckpoints, readCheckpointFile, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
-import { encodeSafetensors, SafetensorsReader } from './io/safetensors.js';
-import { writeFileAtomicSync } from './io/atomic.js';
+import { CheckpointError, findLatestCheckpoint, listCheckpoints, pruneCheckpoints, readCheckpointFile, removeLeftovers, stepDirName, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
+import { encodeSafetensors, SafetensorsError, SafetensorsReader } from './io/safetensors.js';
+import { removeStaleTempFiles, writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
 import { ALREADY_MERGED, runExports, type ExportResult } from './weights/export.js';
@@ -175,7 +188,28 @@ interface RunState {
   rng: { seed: number; epoch: number };
   stageHash: string;
   badSteps: number;
+  /** What the hash covers, part by part (absent in checkpoints of older versions): says what changed. */
+  inputs?: InputsRecord;
 }
+
+/** The inputs of a stage and of every stage before it, by part (hashes), as recorded with a checkpoint or record. */
+interface InputsRecord {
+  /** Model, parameter and adapter sections, model files, --seed, --max-steps. */
+  run: string;
+  stages: { name: string; hash: string; settings: string; data: Record<string, string> }[];
+}
+
+/** A stage's input hash (see the top of the file), that of older versions, and its parts. */
+interface StageInputs {
+  hash: string;
+  /** The hash as versions before checkpoint_every / eval were left out computed it: a folder they wrote still matches. */
+  legacy: string;
+  settings: string;
+  data: Record<string, string>;
+}
+
+/** A checkpoint (or record) that cannot be used, and why, naming the file at fault. */
+class BadCheckpoint extends Error {}
 
 const sha = (x: string | Uint8Array) => createHash('sha256').update(x).digest('hex');
 
@@ -203,6 +237,11 @@ interface StageRecord {
   /** The stage-end probe results, and the hash of the probes' definitions and data they were measured with. */
   evals?: ProbeResult[];
   evalsHash?: string;
+  /** The same per probe (newer records): a probe removed from the stage's `eval` leaves the others' results usable. */
+  probeHashes?: Record<string, string>;
+  inputs?: InputsRecord;
+  /** Written from the stage-end checkpoint's state.json after the record was lost: no probe results. */
+  rebuilt?: boolean;
 }
 
 /**
@@ -241,32 +280,46 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
   mkdirSync(ckptRoot, { recursive: true });
   mkdirSync(stagesDir, { recursive: true });
   const metricsFile = join(runDir, 'metrics.jsonl');
+  cleanLeftovers(runDir, ckptRoot, stagesDir, w);
   const tokenizer = createTokenizer(plan.model.tokenizer, root);
   const probes = new ProbeSuite(plan, { root, tokenizer, skipBadRecords: opts.skipBadRecords ?? false, allowOutsideRoot: opts.allowOutsideRoot ?? false });
 
   let seq = Math.max(0, ...listCheckpoints(ckptRoot).map((c) => c.step));
   const summaries: StageSummary[] = [];
   let params: Map<string, Float32Array> | undefined;
-  let prevHash = sha(JSON.stringify({ model: plan.model, parameters: plan.parameters, adapters: plan.adapters, seed: opts.seed ?? null, maxSteps: opts.maxSteps ?? null, modelFiles: modelFilesHash(plan, root) }));
+  const { run: runHash, stages: inputs } = stageInputs(plan, root, opts);
+  const inputsUpTo = (index: number): InputsRecord => ({ run: runHash, stages: inputs.slice(0, index + 1).map((x, i) => ({ name: plan.stages[i]!.name, hash: x.hash, settings: x.settings, data: x.data })) });
+  const sameInputs = (index: number, h: string) => h === inputs[index]!.hash || h === inputs[index]!.legacy;
   let stepsThisRun = 0;
+  const recordFile = (stage: PlanStage) => join(stagesDir, `${stage.name}.json`);
+  // Stage-end checkpoints are never pruned: those of this run and those its records name for the current inputs
+  // (a later stage's, reused when the run gets there).
   const stageEnds = new Set<number>();
+  for (const stage of plan.stages) {
+    const r = readStageRecord(recordFile(stage));
+    if (r.rec && sameInputs(stage.index, r.rec.hash)) stageEnds.add(r.rec.checkpoint);
+  }
   // Metrics lines kept from earlier runs: those of reused stages and of the resumed part of a stage.
   const keptMetrics: string[] = [];
   const oldMetrics = existsSync(metricsFile) ? readFileSync(metricsFile, 'utf8').split('\n').filter(Boolean) : [];
-  const oldFor = (stage: string, below: number) => oldMetrics.filter((l) => {
+  const oldLines = (stage: string) => oldMetrics.flatMap((l) => {
     try {
-      const o = JSON.parse(l) as { stage: string; step: number };
-      return o.stage === stage && o.step < below;
+      const o = JSON.parse(l) as { stage: string; step: number; loss?: number };
+      return o.stage === stage ? [{ line: l, o }] : [];
     } catch {
-      return false;
+      return [];
     }
   });
+  const oldFor = (stage: string, below: number) => oldLines(stage).filter((x) => x.o.step < below).map((x) => x.line);
   let metricsOpen = false;
+  const openMetrics = () => {
+    if (metricsOpen) return;
+    // A rewrite (the lines kept from earlier runs), so atomic: a kill here leaves the old file or the new one.
+    writeFileAtomicSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
+    metricsOpen = true;
+  };
   const metric = (line: object) => {
-    if (!metricsOpen) {
-      writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
-      metricsOpen = true;
-    }
+    openMetrics();
     appendFileSync(metricsFile, JSON.stringify(line) + '\n');
   };
   /** Measures probes on the runner's model: metrics lines, one message line each. */
@@ -289,16 +342,228 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
     return results;
   };
 
-  // --resume: the newest complete checkpoint decides where we are.
-  let resumeFrom: { ckpt: Checkpoint; state: RunState } | undefined;
-  if (opts.resume) {
-    const { latest, rejected } = findLatestCheckpoint(ckptRoot);
-    for (const r of rejected) w(`warning: skipping checkpoint ${r.dir}: ${r.error.detail}\n`);
-    if (!latest) w(`no complete checkpoint in ${ckptRoot}: starting from the beginning\n`);
-    else {
-      const state = JSON.parse(readCheckpointFile(latest, 'state.json').toString('utf8')) as RunState;
-      resumeFrom = { ckpt: latest, state };
+  // A stage's data, loader and step count: loaded once (the resume checks below may need them before the stage runs).
+  interface Prepared { data: Dataset[]; loader?: DataLoader; total?: number; epochs?: number; seed: number }
+  const prepared = new Map<number, Prepared>();
+  const loadData = async (stage: PlanStage): Promise<Prepared> => {
+    let p = prepared.get(stage.index);
+    if (!p) {
+      p = { data: await loadStageData(plan, stage, root, tokenizer, opts), seed: opts.seed ?? stage.settings.seed };
+      prepared.set(stage.index, p);
     }
+    return p;
+  };
+  const prepare = async (stage: PlanStage): Promise<Required<Prepared>> => {
+    const p = await loadData(stage);
+    if (!p.loader) {
+      const s = stage.settings;
+      const examples = concatDatasets(p.data);
+      p.loader = new DataLoader(examples, {
+        microBatch: s.microBatch,
+        accumulation: Math.max(1, Math.round(s.batch / s.microBatch)),
+        maxLen: s.maxLen,
+        layout: s.packing ? 'pack' : 'pad-longest',
+        seed: p.seed,
+        shuffle: s.shuffle,
+        padId: tokenizer.pad,
+      });
+      p.epochs = s.steps !== undefined ? Infinity : s.epochs;
+      let total = s.steps ?? p.loader.totalSteps(s.epochs);
+      if (opts.maxSteps !== undefined) total = Math.min(total, opts.maxSteps);
+      if (total < 1) throw new RunError(`stage ${stage.name}: no optimizer step fits the data (${examples.length} examples, batch ${s.batch})`);
+      p.total = total;
+    }
+    return p as Required<Prepared>;
+  };
+
+  /** A checkpoint's state.json, checked (shape, ranges, the stage's plan); throws BadCheckpoint. */
+  const stateOf = (ck: Checkpoint): RunState => {
+    let text: string;
+    try {
+      text = readCheckpointFile(ck, 'state.json').toString('utf8');
+    } catch (e) {
+      if (e instanceof CheckpointError) throw new BadCheckpoint(`state.json: ${e.detail}`);
+      throw e;
+    }
+    return parseRunState(text, plan);
+  };
+  /** The checks of a state that need the stage's data: steps within the stage, the data cursor, the seed. */
+  const checkAgainstStage = async (st: RunState): Promise<void> => {
+    const stage = plan.stages[st.stageIndex]!;
+    const p = await prepare(stage);
+    const bad = (what: string): never => {
+      throw new BadCheckpoint(`state.json: ${what}`);
+    };
+    if (st.stageDone ? st.stepsDone < 1 || st.stepsDone > p.total : st.stepsDone >= p.total) bad(`${st.stepsDone} steps done${st.stageDone ? ' at the stage end' : ' mid-stage'}, but stage ${stage.name} has ${p.total}`);
+    if (st.rng.seed !== p.seed) bad(`seed ${st.rng.seed}, but stage ${stage.name} runs with seed ${p.seed}`);
+    if (st.stageDone) return;
+    if (st.badSteps >= stage.settings.maxBadSteps) bad(`${st.badSteps} non-finite steps in a row, at or over the stage's max_bad_steps ${stage.settings.maxBadSteps}`);
+    let first: IteratorResult<unknown>;
+    try {
+      const it = p.loader.steps(st.cursor, p.epochs);
+      first = it.next();
+      it.return(undefined);
+    } catch (e) {
+      if (e instanceof RangeError) bad(e.message);
+      throw e;
+    }
+    if (first!.done) bad(`the data cursor {epoch: ${st.cursor.epoch}, index: ${st.cursor.index}} is past the end of the stage's data`);
+  };
+  const describeChange = (old: InputsRecord | undefined, index: number) => explainChange(plan, old, runHash, inputs, index);
+  /** The mid-stage checkpoint of `stage` with its current inputs that got furthest (size-checked), if any. */
+  const furthestMidStage = async (stage: PlanStage): Promise<{ ckpt: Checkpoint; stepsDone: number } | undefined> => {
+    let best: { ckpt: Checkpoint; stepsDone: number } | undefined;
+    for (const c of listCheckpoints(ckptRoot)) {
+      if (!c.hasMarker) continue;
+      try {
+        const ck = verifyCheckpoint(c.dir, { verify: 'size' });
+        const st = stateOf(ck);
+        if (st.stageDone || st.stageIndex !== stage.index || !sameInputs(stage.index, st.stageHash) || (best && best.stepsDone >= st.stepsDone)) continue;
+        await checkAgainstStage(st);
+        best = { ckpt: ck, stepsDone: st.stepsDone };
+      } catch (e) {
+        if (!(e instanceof BadCheckpoint || e instanceof CheckpointError)) throw e;
+      }
+    }
+    return best;
+  };
+  /** The tensors of a checkpoint (a stage end: `atEnd`), checked against the plan; throws BadCheckpoint. */
+  const paramsOf = (ck: Checkpoint, st: RunState, atEnd: boolean) => {
+    const p = readTensors(ck, 'params.safetensors');
+    checkParams(plan, st.stageIndex, atEnd, p);
+    return p;
+  };
+
+  /**
+   * A stage's end to reuse: the checkpoint its record names when the record's inputs are the current ones, else
+   * (the record missing, unreadable, of other inputs, or its checkpoint damaged) the newest checkpoint whose
+   * state.json says the stage finished with the current inputs, whose record is then written (said). `problem`:
+   * why the record did not serve (undefined: no record).
+   */
+  const findStageEnd = async (stage: PlanStage, known?: { ckpt: Checkpoint; state: RunState; params: Map<string, Float32Array> }): Promise<{ end?: { ckpt: Checkpoint; state: RunState; params: Map<string, Float32Array>; rec?: StageRecord }; problem?: string }> => {
+    const file = recordFile(stage);
+    const r = readStageRecord(file);
+    let problem = r.problem;
+    const tried = new Set<number>();
+    const usable = (st: RunState) => st.stageDone && st.stepsDone >= 1 && st.stageIndex === stage.index && sameInputs(stage.index, st.stageHash);
+    if (r.rec) {
+      const rec = r.rec;
+      if (!sameInputs(stage.index, rec.hash)) problem = `its inputs changed since it ran: ${describeChange(rec.inputs, stage.index)}`;
+      else if (known && known.ckpt.step === rec.checkpoint) return { end: { ...known, rec } };
+      else {
+        tried.add(rec.checkpoint);
+        const dir = join(ckptRoot, stepDirName(rec.checkpoint));
+        try {
+          let ck: Checkpoint;
+          try {
+            ck = verifyCheckpoint(dir);
+          } catch (e) {
+            if (e instanceof CheckpointError) throw new BadCheckpoint(e.code === 'NO_MARKER' && !existsSync(dir) ? 'the folder is missing' : `${e.fileName && e.code !== 'NO_MARKER' ? `${e.fileName}: ` : ''}${e.detail}`);
+            throw e;
+          }
+          const st = stateOf(ck);
+          if (!usable(st)) throw new BadCheckpoint(`state.json is not stage ${stage.name}'s end with its current inputs`);
+          await checkAgainstStage(st);
+          return { end: { ckpt: ck, state: st, params: paramsOf(ck, st, true), rec } };
+        } catch (e) {
+          if (!(e instanceof BadCheckpoint)) throw e;
+          problem = `its stage-end checkpoint ${dir} (named by ${file}) cannot be used: ${e.message}`;
+        }
+      }
+    }
+    // No usable record: a stage-end checkpoint of the current inputs stands for it.
+    let found: { ckpt: Checkpoint; state: RunState; params: Map<string, Float32Array> } | undefined = known;
+    for (const c of found ? [] : listCheckpoints(ckptRoot)) {
+      if (tried.has(c.step) || !c.hasMarker) continue;
+      try {
+        const st = stateOf(verifyCheckpoint(c.dir, { verify: 'size' }));
+        if (!usable(st)) continue;
+        await checkAgainstStage(st);
+        const ck = verifyCheckpoint(c.dir);
+        found = { ckpt: ck, state: st, params: paramsOf(ck, st, true) };
+        break;
+      } catch (e) {
+        if (!(e instanceof BadCheckpoint || e instanceof CheckpointError)) throw e;
+      }
+    }
+    if (!found) return problem ? { problem } : {};
+    writeRecord(stage, found.ckpt.step, undefined, { rebuilt: true } as StageRecord);
+    w(`stage ${stage.name}: ${problem ?? `no record ${file}`}; ${found.ckpt.dir} is its stage end (its state.json says the stage finished, with its current inputs): wrote ${file}\n`);
+    return { end: found };
+  };
+  const writeRecord = (stage: PlanStage, checkpoint: number, evals?: ProbeResult[], keep?: StageRecord) => {
+    const rec: StageRecord = {
+      stage: stage.name,
+      hash: inputs[stage.index]!.hash,
+      checkpoint,
+      ...(evals ? { evals, evalsHash: evalsHash(plan, stage, root), probeHashes: Object.fromEntries(stageProbes(stage).map((n) => [n, probeHash(plan, stage, n, root)])) } : {}),
+      ...(keep && !evals ? { ...(keep.evals ? { evals: keep.evals } : {}), ...(keep.evalsHash ? { evalsHash: keep.evalsHash } : {}), ...(keep.probeHashes ? { probeHashes: keep.probeHashes } : {}) } : {}),
+      inputs: inputsUpTo(stage.index),
+      ...(keep?.rebuilt && !evals ? { rebuilt: true } : {}),
+    };
+    writeFileAtomicSync(recordFile(stage), JSON.stringify(rec, null, 1) + '\n');
+  };
+  /** Takes a finished stage's end as this run's: parameters, summary (with its recorded probe results), metrics lines. */
+  const reuse = (stage: PlanStage, end: { ckpt: Checkpoint; state: RunState; params: Map<string, Float32Array>; rec?: StageRecord }) => {
+    w(`stage ${stage.name} unchanged, reusing ${end.ckpt.dir}\n`);
+    params = end.params;
+    stageEnds.add(end.ckpt.step);
+    keptMetrics.push(...oldFor(stage.name, Infinity));
+    const rec = end.rec;
+    // A record from before checkpoint_every and eval were left out of the hash: rewritten with today's.
+    if (rec && rec.hash !== inputs[stage.index]!.hash) writeRecord(stage, rec.checkpoint, undefined, rec);
+    const wanted = stageProbes(stage);
+    let evals: ProbeResult[] | undefined;
+    if (rec?.evals && rec.probeHashes) evals = rec.evals.filter((x) => wanted.includes(x.probe) && rec.probeHashes![x.probe] === probeHash(plan, stage, x.probe, root));
+    else if (rec?.evals && rec.evalsHash === evalsHash(plan, stage, root)) evals = rec.evals;
+    const missing = wanted.filter((n) => !evals?.some((x) => x.probe === n));
+    if (missing.length) w(`stage ${stage.name}: no probe results recorded for ${missing.join(', ')} as the stage now defines ${missing.length === 1 ? 'it' : 'them'} (${!rec || rec.rebuilt ? 'its record was rebuilt from its checkpoint' : 'added or changed since the stage ran'}); remove ${recordFile(stage)} and ${end.ckpt.dir} to retrain and measure it\n`);
+    summaries.push({ stage: stage.name, reused: true, steps: end.state.stepsDone, constraints: constraintSums(stage, plan, params), ...(evals?.length ? { evals } : {}), secs: 0 });
+  };
+
+  // --resume: the newest usable checkpoint decides where we are. One that is damaged (files, state.json, tensors)
+  // is skipped, with a warning, for the next older one; one whose stage's inputs changed is refused.
+  let resumeFrom: { ckpt: Checkpoint; state: RunState; params: Map<string, Float32Array>; opt?: OptimizerState } | undefined;
+  if (opts.resume) {
+    for (const c of listCheckpoints(ckptRoot)) {
+      try {
+        let ck: Checkpoint;
+        try {
+          ck = verifyCheckpoint(c.dir);
+        } catch (e) {
+          if (e instanceof CheckpointError) throw new BadCheckpoint(`${e.fileName && e.code !== 'NO_MARKER' ? `${e.fileName}: ` : ''}${e.detail}`);
+          throw e;
+        }
+        const st = stateOf(ck);
+        const stage = plan.stages[st.stageIndex]!;
+        if (!sameInputs(st.stageIndex, st.stageHash)) {
+          throw new RunError(`cannot resume from ${ck.dir}: ${describeChange(st.inputs, st.stageIndex)} since it was written; run without --resume to train again (stages whose inputs did not change are reused)`);
+        }
+        await checkAgainstStage(st);
+        const p = paramsOf(ck, st, st.stageDone);
+        let opt: OptimizerState | undefined;
+        if (!st.stageDone) {
+          const o = readTensors(ck, 'optimizer.safetensors');
+          checkMoments(plan, stage, o);
+          const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
+          for (const [k, v] of o) {
+            const [which, ...rest] = k.split('.');
+            const id = rest.join('.');
+            const slot = slots.get(id) ?? { m: new Float32Array(0) };
+            if (which === 'm') slot.m = v;
+            else slot.v = v;
+            slots.set(id, slot);
+          }
+          opt = { t: st.t, scheduleStep: st.scheduleStep, slots };
+        }
+        resumeFrom = { ckpt: ck, state: st, params: p, ...(opt ? { opt } : {}) };
+        break;
+      } catch (e) {
+        if (!(e instanceof BadCheckpoint)) throw e;
+        w(`warning: skipping checkpoint ${c.dir}: ${e.message}\n`);
+      }
+    }
+    if (!resumeFrom) w(`no usable checkpoint in ${ckptRoot}: starting from the beginning\n`);
   }
 
   /** The result of an interrupt that came before a stage's first step (`when`: 'before', 'at the start of'). */
@@ -311,74 +576,78 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
     if (opts.signal) await turn();
     if (opts.signal?.aborted) return interruptedBefore('before', stage.name);
     const t0 = performance.now();
-    const seed = opts.seed ?? stage.settings.seed;
-    const data = await loadStageData(plan, stage, root, tokenizer, opts);
-    const hash = sha(JSON.stringify({ prev: prevHash, stage, data: data.map((d) => d.hash) }));
-    prevHash = hash;
+    const hash = inputs[stage.index]!.hash;
+    const resumeAt = resumeFrom?.state.stageIndex ?? -1;
+    await loadData(stage);
 
-    // Reuse: a completed stage with the same inputs.
-    const rec = readStageRecord(stagesDir, stage.name);
-    const reusable = rec && rec.hash === hash ? tryVerify(ckptRoot, rec.checkpoint) : undefined;
-    const resumedHere = resumeFrom && resumeFrom.state.stageIndex === stage.index;
-    if (reusable && !(resumedHere && !resumeFrom!.state.stageDone)) {
-      w(`stage ${stage.name} unchanged, reusing ${reusable.dir}\n`);
-      params = unpackTensors(readCheckpointFile(reusable, 'params.safetensors'), 'params.safetensors');
-      stageEnds.add(reusable.step);
+    if (resumeFrom && stage.index < resumeAt) {
+      // Before the checkpoint resumed from, whose hash chains this stage's: its inputs are unchanged, and that
+      // checkpoint holds every tensor. Its end is reused when it can be; when not, the stage needs no training.
+      const found = await findStageEnd(stage);
+      prepared.delete(stage.index);
+      if (found.end) {
+        reuse(stage, found.end);
+        continue;
+      }
+      const from = resumeFrom;
+      w(`stage ${stage.name}: ${found.problem ?? `no record ${recordFile(stage)} and no stage-end checkpoint`}; not needed to resume: ${from.ckpt.dir} (stage ${from.state.stage}) holds every tensor, and this stage's inputs are unchanged (a run without --resume trains it again)\n`);
       keptMetrics.push(...oldFor(stage.name, Infinity));
-      const evals = rec!.evals && rec!.evalsHash === evalsHash(plan, stage, root) ? rec!.evals : undefined;
-      if (stageProbes(stage).length && !evals) w(`stage ${stage.name}: no probe results recorded for its current probes (their definitions or data changed since it ran); remove ${join(stagesDir, `${stage.name}.json`)} to retrain and measure it\n`);
-      const doneSteps = (JSON.parse(readCheckpointFile(reusable, 'state.json').toString('utf8')) as RunState).stepsDone;
-      summaries.push({ stage: stage.name, reused: true, steps: doneSteps, constraints: constraintSums(stage, plan, params), ...(evals ? { evals } : {}), secs: 0 });
-      if (resumeFrom && resumeFrom.state.stageIndex <= stage.index) resumeFrom = undefined;
+      const steps = Math.max(0, ...oldLines(stage.name).filter((x) => x.o.loss !== undefined).map((x) => x.o.step + 1));
+      summaries.push({ stage: stage.name, reused: true, steps, constraints: [], secs: 0 });
       continue;
     }
+    if (resumeFrom && stage.index === resumeAt && resumeFrom.state.stageDone) {
+      // The checkpoint resumed from is this stage's end (its record is written if missing).
+      const found = await findStageEnd(stage, resumeFrom);
+      resumeFrom = undefined;
+      prepared.delete(stage.index);
+      if (found.end) {
+        reuse(stage, found.end);
+        continue;
+      }
+    }
+    const resumeHere = resumeFrom && stage.index === resumeAt ? resumeFrom : undefined;
+    resumeFrom = undefined;
+    if (!resumeHere) {
+      // Reuse: a completed stage with the same inputs.
+      const found = await findStageEnd(stage);
+      if (found.end) {
+        prepared.delete(stage.index);
+        reuse(stage, found.end);
+        continue;
+      }
+      if (found.problem) w(`stage ${stage.name}: ${found.problem}; training it again\n`);
+    }
 
-    const examples = concatDatasets(data.map((d) => d.set));
+    const { loader, total, epochs, seed } = await prepare(stage);
+    const examples = loader.examples;
     const s = stage.settings;
-    const loader = new DataLoader(examples, {
-      microBatch: s.microBatch,
-      accumulation: Math.max(1, Math.round(s.batch / s.microBatch)),
-      maxLen: s.maxLen,
-      layout: s.packing ? 'pack' : 'pad-longest',
-      seed,
-      shuffle: s.shuffle,
-      padId: tokenizer.pad,
-    });
-    const epochs = s.steps !== undefined ? Infinity : s.epochs;
-    let total = s.steps ?? loader.totalSteps(s.epochs);
-    if (opts.maxSteps !== undefined) total = Math.min(total, opts.maxSteps);
-    if (total < 1) throw new RunError(`stage ${stage.name}: no optimizer step fits the data (${examples.length} examples, batch ${s.batch})`);
 
     // Where this stage starts: a mid-stage checkpoint of it (resume), else its first step.
     let cursor: DataCursor = { epoch: 0, index: 0 };
     let stepsDone = 0;
     let badSteps = 0;
     let opt: OptimizerState | undefined;
-    if (resumeFrom && resumeFrom.state.stageIndex === stage.index && !resumeFrom.state.stageDone) {
-      const st = resumeFrom.state;
-      if (st.stageHash !== hash) throw new RunError(`cannot resume: the inputs of stage ${stage.name} changed since checkpoint ${resumeFrom.ckpt.dir} (plan, data or options such as --max-steps/--seed); run without --resume to start the stage again`);
-      params = unpackTensors(readCheckpointFile(resumeFrom.ckpt, 'params.safetensors'), 'params.safetensors');
-      const o = unpackTensors(readCheckpointFile(resumeFrom.ckpt, 'optimizer.safetensors'), 'optimizer.safetensors');
-      const slots = new Map<string, { m: Float32Array; v?: Float32Array }>();
-      for (const [k, v] of o) {
-        const [which, ...rest] = k.split('.');
-        const id = rest.join('.');
-        const slot = slots.get(id) ?? { m: new Float32Array(0) };
-        if (which === 'm') slot.m = v;
-        else slot.v = v;
-        slots.set(id, slot);
-      }
-      opt = { t: st.t, scheduleStep: st.scheduleStep, slots };
+    /** A mid-stage checkpoint of an earlier run over the same inputs that this run started over: kept until passed. */
+    let earlier: { step: number; stepsDone: number } | undefined;
+    if (resumeHere) {
+      const st = resumeHere.state;
+      params = resumeHere.params;
+      opt = resumeHere.opt;
       cursor = st.cursor;
       stepsDone = st.stepsDone;
       badSteps = st.badSteps;
       keptMetrics.push(...oldFor(stage.name, stepsDone));
-      w(`stage ${stage.name}: resuming at step ${stepsDone}/${total} from ${resumeFrom.ckpt.dir}\n`);
-    } else if (resumeFrom && resumeFrom.state.stageIndex > stage.index) {
-      // The checkpoint is past this stage but its record does not match: the inputs changed.
-      throw new RunError(`cannot resume: stage ${stage.name} has no stage-end checkpoint that matches its current inputs; run without --resume`);
+      w(`stage ${stage.name}: resuming at step ${stepsDone}/${total} from ${resumeHere.ckpt.dir}\n`);
+    } else {
+      const e = await furthestMidStage(stage);
+      if (e) {
+        earlier = { step: e.ckpt.step, stepsDone: e.stepsDone };
+        const newest = listCheckpoints(ckptRoot)[0]?.step === e.ckpt.step;
+        w(`stage ${stage.name}: ${e.ckpt.dir} holds step ${e.stepsDone}/${total} of this stage from an earlier run${newest ? ', and --resume would continue from it' : ''}; without --resume the stage starts over (that checkpoint is kept until this run passes step ${e.stepsDone})\n`);
+      }
     }
-    resumeFrom = undefined;
+    prepared.delete(stage.index);
 
     w(`stage ${stage.name}: ${total} step${total === 1 ? '' : 's'}, ${examples.length} examples, batch ${s.batch} (micro ${s.microBatch}), max_len ${s.maxLen}${s.packing ? ', packed' : ''}\n`);
     where.at = `stage ${stage.name}, its start (weights to the device)`;
@@ -400,7 +669,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         // Nothing read back from a faulted device becomes a checkpoint.
         gpuCheck();
         seq += 1;
-        const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps };
+        const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps, inputs: inputsUpTo(stage.index) };
         const mo = new Map<string, Float32Array>();
         for (const [id, sl] of o.slots) {
           mo.set(`m.${id}`, sl.m);
@@ -408,7 +677,10 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         }
         const shapes = new Map(plan.parameters.map((q) => [q.id, q.shape]));
         const ck = writeCheckpoint(ckptRoot, seq, { 'params.safetensors': packTensors(p, shapes), 'optimizer.safetensors': packTensors(mo), 'state.json': JSON.stringify(state, null, 1) + '\n' });
-        prune(ckptRoot, stageEnds, ck.step);
+        if (stageDone) stageEnds.add(ck.step);
+        if (earlier && (stageDone || stepsDone >= earlier.stepsDone)) earlier = undefined;
+        // The newest two periodic checkpoints stay, and every stage end; older ones go (renamed to trash first).
+        pruneCheckpoints(ckptRoot, 2, ck.step, { pinned: earlier ? [...stageEnds, earlier.step] : stageEnds });
         return ck;
       };
 
@@ -421,10 +693,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
       const stepsAtStart = stepsDone;
       let lastLine = performance.now();
       let evalSecs = 0;
-      if (!metricsOpen) {
-        writeFileSync(metricsFile, keptMetrics.map((l) => l + '\n').join(''));
-        metricsOpen = true;
-      }
+      openMetrics();
       for (const ts of loader.steps(cursor, epochs)) {
         if (stepsDone >= total) break;
         const t1 = performance.now();
@@ -523,8 +792,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         if (!mergeCheck.ok) throw new RunError(`stage ${stage.name}: the merged model's outputs differ from the unmerged model's by ${mergeCheck.maxAbsDiff} (tolerance 1e-4)`);
       }
       const ck = save(true, params, await runner.optimizerState(), cursor);
-      stageEnds.add(ck.step);
-      writeFileAtomicSync(join(stagesDir, `${stage.name}.json`), JSON.stringify({ stage: stage.name, hash, checkpoint: ck.step, ...(evals ? { evals, evalsHash: evalsHash(plan, stage, root) } : {}) } satisfies StageRecord, null, 1) + '\n');
+      writeRecord(stage, ck.step, evals);
       const ran = stepsDone - stepsAtStart;
       const summary: StageSummary = {
         stage: stage.name,
@@ -590,42 +858,215 @@ function fmtSecs(s: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
-function tryVerify(ckptRoot: string, step: number): Checkpoint | undefined {
+/** Reads a stage record: `rec`, or `problem` when it exists but cannot be used (undefined both: no record). */
+function readStageRecord(file: string): { rec?: StageRecord; problem?: string } {
+  let text: string;
   try {
-    return verifyCheckpoint(join(ckptRoot, `step-${String(step).padStart(6, '0')}`));
-  } catch {
-    return undefined;
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? {} : { problem: `its record ${file} cannot be read (${(e as Error).message})` };
   }
-}
-
-function readStageRecord(dir: string, stage: string): StageRecord | undefined {
   try {
-    const r = JSON.parse(readFileSync(join(dir, `${stage}.json`), 'utf8')) as StageRecord;
-    return typeof r.hash === 'string' && typeof r.checkpoint === 'number' ? r : undefined;
-  } catch {
-    return undefined;
+    const r = JSON.parse(text) as StageRecord;
+    if (r && typeof r === 'object' && typeof r.hash === 'string' && Number.isSafeInteger(r.checkpoint) && r.checkpoint >= 0) return { rec: r };
+    return { problem: `its record ${file} is not a stage record (no hash and checkpoint number)` };
+  } catch (e) {
+    return { problem: `its record ${file} is unreadable: not JSON (${(e as Error).message})` };
   }
 }
 
-/** Removes periodic checkpoints beyond the newest two; stage-end checkpoints and `keep` stay. */
-function prune(ckptRoot: string, stageEnds: ReadonlySet<number>, keep: number): void {
-  let periodic = 0;
-  for (const c of listCheckpoints(ckptRoot)) {
-    if (stageEnds.has(c.step) || c.step === keep) continue;
-    if (++periodic <= 2) continue;
-    rmSync(c.dir, { recursive: true, force: true });
+/** Removes what a killed run leaves in the run folder (see io/checkpoint.ts removeLeftovers), saying so. */
+function cleanLeftovers(runDir: string, ckptRoot: string, stagesDir: string, w: (text: string) => void): void {
+  const { removed, inUse } = removeLeftovers(ckptRoot);
+  const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
+  for (const r of removed) {
+    w(`removed ${join(ckptRoot, r.name)}: ${r.kind === 'staging' ? 'an unfinished checkpoint write' : 'a checkpoint deletion'} of a run that was killed (${mb(r.bytes)})\n`);
+  }
+  for (const u of inUse) {
+    w(`warning: ${join(ckptRoot, u.name)} is a checkpoint being written by process ${u.pid}, which is running: is another mcpc run using ${runDir}? Left alone (remove it if no other run is)\n`);
+  }
+  for (const dir of [runDir, stagesDir]) for (const name of removeStaleTempFiles(dir)) w(`removed ${join(dir, name)}: an unfinished write of a run that was killed\n`);
+}
+
+/** The parts of a plan stage that decide its trained weights: all but checkpoint_every, its probes and the estimates. */
+function trainingPart(stage: PlanStage): unknown {
+  const s: Record<string, unknown> = { ...stage, settings: { ...stage.settings } };
+  delete s.evals;
+  delete s.estimates;
+  delete (s.settings as Record<string, unknown>).checkpointEvery;
+  return s;
+}
+
+/** Every stage's input hash (see the top of the file), computed before any stage runs. */
+function stageInputs(plan: Plan, root: string, opts: RunOptions): { run: string; stages: StageInputs[] } {
+  const run = sha(JSON.stringify({ model: plan.model, parameters: plan.parameters, adapters: plan.adapters, seed: opts.seed ?? null, maxSteps: opts.maxSteps ?? null, modelFiles: modelFilesHash(plan, root) }));
+  let prev = run;
+  let prevLegacy = run;
+  const stages = plan.stages.map((stage) => {
+    const data: Record<string, string> = {};
+    for (const name of stage.data) {
+      const spec = plan.data.find((d) => d.name === name);
+      let h = 'missing';
+      if (spec) {
+        try {
+          h = sha(JSON.stringify(spec) + sha(readFileSync(isAbsolute(spec.path) ? spec.path : resolve(root, spec.path))));
+        } catch {
+          h = 'unreadable'; // loading the data says why
+        }
+      }
+      data[name] = h;
+    }
+    const list = stage.data.map((n) => data[n]!);
+    const part = trainingPart(stage);
+    const hash = sha(JSON.stringify({ v: 2, prev, stage: part, data: list }));
+    const legacy = sha(JSON.stringify({ prev: prevLegacy, stage, data: list }));
+    prev = hash;
+    prevLegacy = legacy;
+    return { hash, legacy, settings: sha(JSON.stringify(part)), data };
+  });
+  return { run, stages };
+}
+
+/** What differs between recorded inputs and the current ones, up to stage `index`, in words. */
+function explainChange(plan: Plan, old: InputsRecord | undefined, run: string, cur: readonly StageInputs[], index: number): string {
+  const name = plan.stages[index]!.name;
+  if (!old || !Array.isArray(old.stages)) return `the inputs of stage ${name} changed (its plan section, its data, an earlier stage's, the model, --seed or --max-steps)`;
+  if (old.run !== run) return 'the model, its parameters or adapters, the model files, --seed or --max-steps changed';
+  for (let j = 0; j <= index; j++) {
+    const o = old.stages[j];
+    const c = cur[j]!;
+    const st = plan.stages[j]!;
+    if (!o || o.name !== st.name) return `the pipeline's stages changed (stage ${j + 1} was ${o ? `'${o.name}'` : 'not there'}, now '${st.name}')`;
+    if (o.hash === c.hash) continue;
+    if (o.settings !== c.settings) return `the plan section of stage ${st.name} changed (settings, adapters, transitions or graph)`;
+    for (const d of new Set([...Object.keys(o.data ?? {}), ...Object.keys(c.data)])) {
+      if (o.data?.[d] === c.data[d]) continue;
+      const spec = plan.data.find((x) => x.name === d);
+      return `${spec ? `data ${d} (${spec.path})` : `data ${d}`} of stage ${st.name} changed`;
+    }
+  }
+  return `the inputs of stage ${name} changed`;
+}
+
+const HELD = new Set(['trainable', 'frozen', 'folded']);
+const ROUTED_PARTS = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
+const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+
+/**
+ * The tensors a checkpoint of stage `index` must hold (`atEnd`: after its exit transitions): every parameter a
+ * stage up to it held, less those an exit `drop` removed (a runner passes every tensor it is given on).
+ */
+function expectedTensors(plan: Plan, index: number, atEnd: boolean): Set<string> {
+  const out = new Set<string>();
+  for (let j = 0; j <= index; j++) {
+    const st = plan.stages[j]!;
+    for (const p of plan.parameters) if (HELD.has(p.states[st.name] ?? 'absent')) out.add(p.id);
+    if (j === index && !atEnd) break;
+    for (const tr of st.exit) {
+      if (tr.op !== 'drop' || tr.condition) continue;
+      for (const p of plan.parameters) if (p.owner === tr.adapter && (tr.part !== 'experts' || ROUTED_PARTS.has(p.id.slice(p.id.lastIndexOf('.') + 1)))) out.delete(p.id);
+    }
+  }
+  return out;
+}
+
+const some = (ids: readonly string[]) => `${ids.slice(0, 5).join(', ')}${ids.length > 5 ? ` and ${ids.length - 5} more` : ''}`;
+
+/** A checkpoint's parameters against the plan: none missing, each of its shape's size. Throws BadCheckpoint. */
+function checkParams(plan: Plan, index: number, atEnd: boolean, params: ReadonlyMap<string, Float32Array>): void {
+  const missing = [...expectedTensors(plan, index, atEnd)].filter((id) => !params.has(id));
+  if (missing.length) throw new BadCheckpoint(`params.safetensors lacks ${missing.length} tensor${missing.length === 1 ? '' : 's'} that stage ${plan.stages[index]!.name} holds: ${some(missing)}`);
+  for (const p of plan.parameters) {
+    const a = params.get(p.id);
+    if (a && a.length !== numel(p.shape)) throw new BadCheckpoint(`params.safetensors: ${p.id} has ${a.length} values, its shape [${p.shape.join(', ')}] has ${numel(p.shape)}`);
   }
 }
 
-async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokenizer: ReturnType<typeof createTokenizer>, opts: RunOptions): Promise<{ set: Dataset; hash: string }[]> {
-  const out: { set: Dataset; hash: string }[] = [];
+/** A mid-stage checkpoint's moments: `m.<id>` (and `v.<id>` for AdamW) of every trainable tensor, nothing else. */
+function checkMoments(plan: Plan, stage: PlanStage, moments: ReadonlyMap<string, Float32Array>): void {
+  const sizes = new Map(plan.parameters.map((p) => [p.id, numel(p.shape)]));
+  const want = new Map<string, number>();
+  for (const id of stage.optimizer.params) {
+    want.set(`m.${id}`, sizes.get(id) ?? -1);
+    if (stage.settings.optimizer.kind === 'adamw') want.set(`v.${id}`, sizes.get(id) ?? -1);
+  }
+  const missing = [...want.keys()].filter((k) => !moments.has(k));
+  if (missing.length) throw new BadCheckpoint(`optimizer.safetensors lacks ${missing.length} moment${missing.length === 1 ? '' : 's'} of stage ${stage.name}'s trainable tensors: ${some(missing)}`);
+  const extra = [...moments.keys()].filter((k) => !want.has(k));
+  if (extra.length) throw new BadCheckpoint(`optimizer.safetensors holds moments that are none of stage ${stage.name}'s trainable tensors: ${some(extra)}`);
+  for (const [k, n] of want) if (moments.get(k)!.length !== n) throw new BadCheckpoint(`optimizer.safetensors: ${k} has ${moments.get(k)!.length} values, its tensor ${n}`);
+}
+
+/** The tensors of a checkpoint file; a damaged one throws BadCheckpoint. */
+function readTensors(ck: Checkpoint, name: string): Map<string, Float32Array> {
+  try {
+    return unpackTensors(readCheckpointFile(ck, name), name);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw new BadCheckpoint(`${name}: ${e.detail}`);
+    if (e instanceof SafetensorsError) throw new BadCheckpoint(`${name} is not valid safetensors: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Parses and checks a checkpoint's state.json (shape, ranges, a stage of this plan). Throws BadCheckpoint. */
+function parseRunState(text: string, plan: Plan): RunState {
+  const bad = (what: string): never => {
+    throw new BadCheckpoint(`state.json: ${what}`);
+  };
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(text) as Record<string, unknown>;
+  } catch (e) {
+    return bad(`not JSON (${(e as Error).message})`);
+  }
+  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+  if (!isObj(o)) return bad('not a JSON object');
+  if (o.format !== 'mcpc-run-state' || o.version !== 1) bad('not an mcpc run state (format mcpc-run-state, version 1)');
+  const count = (v: unknown, what: string): number => (Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : bad(`${what} is ${JSON.stringify(v) ?? 'missing'}, not a count`));
+  const stageIndex = count(o.stageIndex, '"stageIndex"');
+  const stage = plan.stages[stageIndex];
+  if (typeof o.stage !== 'string') bad(`"stage" is ${JSON.stringify(o.stage) ?? 'missing'}, not a stage name`);
+  if (!stage || stage.name !== o.stage) bad(`it is of stage '${o.stage as string}' (number ${stageIndex + 1}), which this pipeline does not have there (a different pipeline, or its stages changed)`);
+  const stepsDone = count(o.stepsDone, '"stepsDone"');
+  if (typeof o.stageDone !== 'boolean') bad(`"stageDone" is ${JSON.stringify(o.stageDone) ?? 'missing'}, not true or false`);
+  const t = count(o.t, '"t"');
+  const scheduleStep = count(o.scheduleStep, '"scheduleStep"');
+  const badSteps = count(o.badSteps, '"badSteps"');
+  if (!isObj(o.cursor)) return bad(`"cursor" is ${JSON.stringify(o.cursor) ?? 'missing'}, not {epoch, index}`);
+  const cursor = { epoch: count(o.cursor.epoch, '"cursor.epoch"'), index: count(o.cursor.index, '"cursor.index"') };
+  if (!isObj(o.rng) || typeof o.rng.seed !== 'number' || !Number.isFinite(o.rng.seed)) return bad(`"rng" is ${JSON.stringify(o.rng) ?? 'missing'}, not {seed, epoch}`);
+  if (o.rng.epoch !== cursor.epoch) bad(`"rng.epoch" (${JSON.stringify(o.rng.epoch)}) is not the cursor's epoch ${cursor.epoch}`);
+  if (typeof o.stageHash !== 'string' || !/^[0-9a-f]{64}$/.test(o.stageHash)) bad('"stageHash" is not a sha256');
+  if (t > stepsDone) bad(`AdamW's step count "t" ${t} is over the ${stepsDone} steps done`);
+  if (scheduleStep !== stepsDone) bad(`the schedule position ${scheduleStep} is not the ${stepsDone} steps done`);
+  if (badSteps > stepsDone) bad(`${badSteps} non-finite steps in a row, over the ${stepsDone} steps done`);
+  const inputs = isObj(o.inputs) && typeof o.inputs.run === 'string' && Array.isArray(o.inputs.stages) ? (o.inputs as unknown as InputsRecord) : undefined;
+  return {
+    format: 'mcpc-run-state',
+    version: 1,
+    stageIndex,
+    stage: stage!.name,
+    stepsDone,
+    stageDone: o.stageDone as boolean,
+    t,
+    scheduleStep,
+    cursor,
+    rng: { seed: o.rng.seed, epoch: cursor.epoch },
+    stageHash: o.stageHash as string,
+    badSteps,
+    ...(inputs ? { inputs } : {}),
+  };
+}
+
+async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokenizer: ReturnType<typeof createTokenizer>, opts: RunOptions): Promise<Dataset[]> {
+  const out: Dataset[] = [];
   for (const name of stage.data) {
     const spec = plan.data.find((d) => d.name === name);
     if (!spec) throw new RunError(`stage ${stage.name}: no data entry '${name}' in the plan`);
     const set = await loadDataSource(spec, { root, tokenizer, maxLen: stage.settings.maxLen, lossOn: stage.settings.loss, skipBadRecords: opts.skipBadRecords ?? false, allowOutsideRoot: opts.allowOutsideRoot ?? false });
     if (set.skipped) opts.write(`${spec.path}: skipped ${set.skipped} bad record${set.skipped === 1 ? '' : 's'} (--skip-bad-records); first: ${set.warnings[0]?.message ?? ''}\n`);
-    const path = isAbsolute(spec.path) ? spec.path : resolve(root, spec.path);
-    out.push({ set, hash: sha(JSON.stringify(spec) + sha(readFileSync(path))) });
+    out.push(set);
   }
   return out;
 }
@@ -633,6 +1074,19 @@ async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokeniz
 /** The probes a stage measures at its end: every probe of its `eval` lines, once each. */
 function stageProbes(stage: PlanStage): string[] {
   return [...new Set(stage.evals.flatMap((e) => e.probes))];
+}
+
+/** Hash of what one probe's results depend on besides the weights: its definition, data file, max_len, tokenizer. */
+function probeHash(plan: Plan, stage: PlanStage, name: string, root: string): string {
+  const spec = plan.probes.find((p) => p.name === name);
+  const data = plan.data.find((d) => d.name === spec?.data);
+  let content = '';
+  try {
+    if (data) content = sha(readFileSync(isAbsolute(data.path) ? data.path : resolve(root, data.path)));
+  } catch {
+    /* unreadable: the probe itself reports it */
+  }
+  return sha(JSON.stringify({ spec, data, content, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
 }
 
 /** Hash of what a stage's probe results depend on besides its weights: the probes' definitions and data files. */

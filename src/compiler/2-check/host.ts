@@ -40,6 +40,7 @@ export function describeReadError(code: string): string {
     EPERM: 'permission denied',
     EISDIR: 'it is a directory',
     ENOTDIR: 'a folder on its path is a file',
+    ELOOP: 'its links form a loop',
   };
   return words[code] ?? code;
 }

@@ -12,7 +12,9 @@
 import {
   closeSync,
   fsyncSync,
+  lstatSync,
   openSync,
+  readdirSync,
   renameSync,
   unlinkSync,
   writeSync,
@@ -49,6 +51,50 @@ export function isTempName(name: string): boolean {
 
 export function tempPathFor(path: string): string {
   return join(dirname(path), `${TEMP_PREFIX}${basename(path)}.${process.pid}.${randomBytes(6).toString('hex')}`);
+}
+
+/**
+ * Whether a leftover named with process id `pid` (a temp file, a checkpoint's staging folder) can no longer
+ * be written to: its process is gone, or it is this process, which calls this only when it has no write of
+ * its own in flight (every write here is synchronous). A live process of another user (EPERM) counts as alive.
+ */
+export function writerGone(pid: number): boolean {
+  if (pid === process.pid) return true;
+  if (!Number.isSafeInteger(pid) || pid <= 0) return true;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'EPERM';
+  }
+}
+
+const TEMP_FILE_RE = /^\.tmp-.+\.(\d+)\.[0-9a-f]{12}$/;
+
+/**
+ * Removes the temp files `writeFileAtomicSync` left in `dir` when its process was killed between creating
+ * and renaming one (only those whose process is gone: see `writerGone`). Returns the names removed.
+ */
+export function removeStaleTempFiles(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const m = TEMP_FILE_RE.exec(name);
+    if (!m || !writerGone(Number(m[1]))) continue;
+    try {
+      if (!lstatSync(join(dir, name)).isFile()) continue;
+      unlinkSync(join(dir, name));
+      removed.push(name);
+    } catch {
+      /* gone already, or not ours to remove: left alone */
+    }
+  }
+  return removed;
 }
 
 function* chunksOf(content: FileContent): Iterable<Uint8Array> {

@@ -13,6 +13,9 @@
  *      removed before a newer complete one exists.
  * A kill at any moment leaves either no `step-000123` folder or a complete one. Folders without a
  * valid `COMPLETE` (from other writers, older versions, or tampering) are ignored by the reader.
+ * What a kill can leave besides: the staging folder of step 1-3 and a `.trash-...` folder of step 5.
+ * `removeLeftovers` (a writer's start) and `pruneCheckpoints` remove both: trash always, a staging folder
+ * when the process its name carries is gone (or is the caller, which has no write in flight then).
  *
  * Reading (`findLatestCheckpoint`): the newest `step-N` folder whose `COMPLETE` parses and whose
  * files match the manifest (sizes, and sha256 unless `verify: 'size'`). Newer folders that fail are
@@ -24,6 +27,7 @@ import {
   closeSync,
   existsSync,
   fstatSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readSync,
@@ -34,7 +38,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
-import { fsyncDir, writeFileAtomicSync, type FileContent, AtomicWriteError } from './atomic.js';
+import { fsyncDir, writeFileAtomicSync, writerGone, type FileContent, AtomicWriteError } from './atomic.js';
 import { JsonNumber, StrictJsonError, isJsonObject, jsonTypeName, parseStrictJson } from './strict-json.js';
 
 export const COMPLETE_MARKER = 'COMPLETE';
@@ -42,6 +46,8 @@ export const MANIFEST_FORMAT = 'mcpc-checkpoint';
 export const MANIFEST_VERSION = 1;
 const STAGING_PREFIX = '.tmp-step-';
 const TRASH_PREFIX = '.trash-step-';
+/** A staging folder's name: `.tmp-step-<step>.<pid>.<random>`. */
+const STAGING_RE = /^\.tmp-step-\d+\.(\d+)\.[0-9a-f]+$/;
 const STEP_DIR_RE = /^step-(\d{6,15})$/;
 /** Largest manifest read (a manifest lists file names; megabytes would already be absurd). */
 const MAX_MANIFEST_BYTES = 16 * 1024 * 1024;
@@ -403,17 +409,20 @@ export function readCheckpointFile(ckpt: Checkpoint, name: string): Buffer {
 /**
  * Keeps the newest `keepLast` valid checkpoints (checked by size, so a truncated one does not count)
  * and removes every step folder older than the oldest kept one, plus leftover staging and trash
- * folders. Folders newer than the newest valid checkpoint are left alone. `mustKeep` (the step just
- * written) is always kept and counted. Returns the removed folder names.
+ * folders (see `removeLeftovers`). Folders newer than the newest valid checkpoint are left alone.
+ * `mustKeep` (the step just written) is always kept and counted; `pinned` steps are kept and not
+ * counted (a caller's stage-end checkpoints). Returns the removed folder names.
  */
-export function pruneCheckpoints(root: string, keepLast: number, mustKeep?: number): string[] {
+export function pruneCheckpoints(root: string, keepLast: number, mustKeep?: number, options: { pinned?: Iterable<number> } = {}): string[] {
   if (!Number.isSafeInteger(keepLast) || keepLast < 1) {
     throw new CheckpointError('INVALID_ARGUMENT', root, `keepLast must be an integer >= 1, got ${keepLast}`);
   }
+  const pinned = new Set(options.pinned ?? []);
   const all = listCheckpoints(root);
   const kept: number[] = [];
   for (const c of all) {
     if (kept.length >= keepLast) break;
+    if (pinned.has(c.step) && c.step !== mustKeep) continue;
     if (c.step === mustKeep) {
       kept.push(c.step);
       continue;
@@ -430,17 +439,63 @@ export function pruneCheckpoints(root: string, keepLast: number, mustKeep?: numb
   if (kept.length === 0) return removed;
   const oldestKept = kept[kept.length - 1];
   for (const c of all) {
-    if (c.step < oldestKept && c.step !== mustKeep) {
+    if (c.step < oldestKept && c.step !== mustKeep && !pinned.has(c.step)) {
       const name = stepDirName(c.step);
       discard(root, name);
       removed.push(name);
     }
   }
-  for (const name of readdirSync(root)) {
-    if (name.startsWith(TRASH_PREFIX) || (name.startsWith(STAGING_PREFIX) && !name.includes(`.${process.pid}.`))) {
-      rmSync(join(root, name), { recursive: true, force: true });
-      removed.push(name);
-    }
-  }
+  for (const l of removeLeftovers(root).removed) removed.push(l.name);
   return removed;
+}
+
+export interface Leftovers {
+  /** Removed: trash folders and staging folders of writers that are gone, with their size in bytes. */
+  readonly removed: readonly { name: string; bytes: number; kind: 'staging' | 'trash' }[];
+  /** Staging folders left alone: the process named in them is alive (another writer on this root?). */
+  readonly inUse: readonly { name: string; pid: number }[];
+}
+
+/**
+ * Removes what a killed writer leaves under `root`: `.trash-step-*` folders (a delete cut short) and
+ * `.tmp-step-*` staging folders (a checkpoint write cut short) whose process is gone or is this one
+ * (call it when this process has no write in flight). Staging folders of live processes are reported.
+ */
+export function removeLeftovers(root: string): Leftovers {
+  let names: string[];
+  try {
+    names = readdirSync(root);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { removed: [], inUse: [] };
+    throw new CheckpointError('IO', root, `cannot list: ${(e as Error).message}`);
+  }
+  const removed: { name: string; bytes: number; kind: 'staging' | 'trash' }[] = [];
+  const inUse: { name: string; pid: number }[] = [];
+  for (const name of names.sort()) {
+    const trash = name.startsWith(TRASH_PREFIX);
+    if (!trash && !name.startsWith(STAGING_PREFIX)) continue;
+    const m = STAGING_RE.exec(name);
+    if (!trash && m && !writerGone(Number(m[1]))) {
+      inUse.push({ name, pid: Number(m[1]) });
+      continue;
+    }
+    const path = join(root, name);
+    const bytes = sizeOf(path);
+    rmSync(path, { recursive: true, force: true });
+    removed.push({ name, bytes, kind: trash ? 'trash' : 'staging' });
+  }
+  return { removed, inUse };
+}
+
+/** Bytes under a path (files only; what cannot be read counts 0). */
+function sizeOf(path: string): number {
+  try {
+    const st = lstatSync(path);
+    if (!st.isDirectory()) return st.isFile() ? st.size : 0;
+    let n = 0;
+    for (const name of readdirSync(path)) n += sizeOf(join(path, name));
+    return n;
+  } catch {
+    return 0;
+  }
 }
