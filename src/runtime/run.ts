@@ -47,20 +47,19 @@
  * Not here: the router load of a stage interrupted and resumed restarts from zero (conditional expert drops
  * count only the steps after the resume).
  */
-import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { isAbsolute, join, resolve } from 'node:path';
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Plan, PlanStage } from '../plan/types.js';
 import { DataLoader, concatDatasets, loadDataSource, type DataCursor, type Dataset } from './data/index.js';
 import type { MicroBatch } from './data/batch.js';
 import { createStageRunner, matmulPrecision, type OptimizerState, type StageRunner } from './executor.js';
 import type { BackendName } from './tfjs/index.js';
-import { CheckpointError, findLatestCheckpoint, listCheckpoints, pruneCheckpoints, readCheckpointFile, removeLeftovers, stepDirName, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
-import { encodeSafetensors, SafetensorsError, SafetensorsReader } from './io/safetensors.js';
-import { removeStaleTempFiles, writeFileAtomicSync } from './io/atomic.js';
+import { CheckpointError, findLatestCheckpoint, listCheckpoints, pruneCheckpoints, readCheckpointFile, stepDirName, verifyCheckpoint, writeCheckpoint, type Checkpoint } from './io/checkpoint.js';
+import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
 import { ALREADY_MERGED, runExports, type ExportResult } from './weights/export.js';
+import { BadCheckpoint, checkMoments, checkParams, cleanLeftovers, evalsHash, explainChange, type InputsRecord, packTensors, parseRunState, probeHash, readStageRecord, readTensors, type RunState, stageInputs, stageProbes, type StageRecord } from './run-state.js';
 import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, type GpuFault } from './webgpu/faults.js';
 
 
@@ -173,76 +172,6 @@ function lastCheckpoint(ckptRoot: string): string | undefined {
 
 /** One turn of the event loop: a signal handler (the CLI's Ctrl-C) runs, which a chain of resolved promises does not allow. */
 const turn = () => new Promise<void>((r) => setImmediate(r));
-
-interface RunState {
-  format: 'mcpc-run-state';
-  version: 1;
-  stageIndex: number;
-  stage: string;
-  /** Optimizer steps taken in the stage (applied or skipped). */
-  stepsDone: number;
-  stageDone: boolean;
-  t: number;
-  scheduleStep: number;
-  cursor: DataCursor;
-  rng: { seed: number; epoch: number };
-  stageHash: string;
-  badSteps: number;
-  /** What the hash covers, part by part (absent in checkpoints of older versions): says what changed. */
-  inputs?: InputsRecord;
-}
-
-/** The inputs of a stage and of every stage before it, by part (hashes), as recorded with a checkpoint or record. */
-interface InputsRecord {
-  /** Model, parameter and adapter sections, model files, --seed, --max-steps. */
-  run: string;
-  stages: { name: string; hash: string; settings: string; data: Record<string, string> }[];
-}
-
-/** A stage's input hash (see the top of the file), that of older versions, and its parts. */
-interface StageInputs {
-  hash: string;
-  /** The hash as versions before checkpoint_every / eval were left out computed it: a folder they wrote still matches. */
-  legacy: string;
-  settings: string;
-  data: Record<string, string>;
-}
-
-/** A checkpoint (or record) that cannot be used, and why, naming the file at fault. */
-class BadCheckpoint extends Error {}
-
-const sha = (x: string | Uint8Array) => createHash('sha256').update(x).digest('hex');
-
-/** Serialises tensors (exact f32) by name. */
-function packTensors(m: ReadonlyMap<string, Float32Array>, shapes?: ReadonlyMap<string, number[]>): Uint8Array {
-  const t = new Map<string, { dtype: 'F32'; shape: number[]; data: Uint8Array }>();
-  for (const id of [...m.keys()].sort()) {
-    const a = m.get(id)!;
-    t.set(id, { dtype: 'F32', shape: shapes?.get(id) ?? [a.length], data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) });
-  }
-  return encodeSafetensors(t);
-}
-
-function unpackTensors(bytes: Uint8Array, name: string): Map<string, Float32Array> {
-  const r = SafetensorsReader.fromBytes(bytes, name);
-  const out = new Map<string, Float32Array>();
-  for (const key of r.names) out.set(key, Float32Array.from(r.readFloat32(key)));
-  return out;
-}
-
-interface StageRecord {
-  stage: string;
-  hash: string;
-  checkpoint: number;
-  /** The stage-end probe results, and the hash of the probes' definitions and data they were measured with. */
-  evals?: ProbeResult[];
-  evalsHash?: string;
-  /** The same per probe (newer records): a probe removed from the stage's `eval` leaves the others' results usable. */
-  probeHashes?: Record<string, string>;
-  inputs?: InputsRecord;
-  /** Written from the stage-end checkpoint's state.json after the record was lost: no probe results. */
-  rebuilt?: boolean;
-}
 
 /**
  * Train every stage of `plan` (see the top of this file). A fault the GPU device reports stops the run with a
@@ -858,207 +787,6 @@ function fmtSecs(s: number): string {
   return `${Math.floor(s / 3600)}h${String(Math.round((s % 3600) / 60)).padStart(2, '0')}m`;
 }
 
-/** Reads a stage record: `rec`, or `problem` when it exists but cannot be used (undefined both: no record). */
-function readStageRecord(file: string): { rec?: StageRecord; problem?: string } {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return code === 'ENOENT' ? {} : { problem: `its record ${file} cannot be read (${(e as Error).message})` };
-  }
-  try {
-    const r = JSON.parse(text) as StageRecord;
-    if (r && typeof r === 'object' && typeof r.hash === 'string' && Number.isSafeInteger(r.checkpoint) && r.checkpoint >= 0) return { rec: r };
-    return { problem: `its record ${file} is not a stage record (no hash and checkpoint number)` };
-  } catch (e) {
-    return { problem: `its record ${file} is unreadable: not JSON (${(e as Error).message})` };
-  }
-}
-
-/** Removes what a killed run leaves in the run folder (see io/checkpoint.ts removeLeftovers), saying so. */
-function cleanLeftovers(runDir: string, ckptRoot: string, stagesDir: string, w: (text: string) => void): void {
-  const { removed, inUse } = removeLeftovers(ckptRoot);
-  const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
-  for (const r of removed) {
-    w(`removed ${join(ckptRoot, r.name)}: ${r.kind === 'staging' ? 'an unfinished checkpoint write' : 'a checkpoint deletion'} of a run that was killed (${mb(r.bytes)})\n`);
-  }
-  for (const u of inUse) {
-    w(`warning: ${join(ckptRoot, u.name)} is a checkpoint being written by process ${u.pid}, which is running: is another mcpc run using ${runDir}? Left alone (remove it if no other run is)\n`);
-  }
-  for (const dir of [runDir, stagesDir]) for (const name of removeStaleTempFiles(dir)) w(`removed ${join(dir, name)}: an unfinished write of a run that was killed\n`);
-}
-
-/** The parts of a plan stage that decide its trained weights: all but checkpoint_every, its probes and the estimates. */
-function trainingPart(stage: PlanStage): unknown {
-  const s: Record<string, unknown> = { ...stage, settings: { ...stage.settings } };
-  delete s.evals;
-  delete s.estimates;
-  delete (s.settings as Record<string, unknown>).checkpointEvery;
-  return s;
-}
-
-/** Every stage's input hash (see the top of the file), computed before any stage runs. */
-function stageInputs(plan: Plan, root: string, opts: RunOptions): { run: string; stages: StageInputs[] } {
-  const run = sha(JSON.stringify({ model: plan.model, parameters: plan.parameters, adapters: plan.adapters, seed: opts.seed ?? null, maxSteps: opts.maxSteps ?? null, modelFiles: modelFilesHash(plan, root) }));
-  let prev = run;
-  let prevLegacy = run;
-  const stages = plan.stages.map((stage) => {
-    const data: Record<string, string> = {};
-    for (const name of stage.data) {
-      const spec = plan.data.find((d) => d.name === name);
-      let h = 'missing';
-      if (spec) {
-        try {
-          h = sha(JSON.stringify(spec) + sha(readFileSync(isAbsolute(spec.path) ? spec.path : resolve(root, spec.path))));
-        } catch {
-          h = 'unreadable'; // loading the data says why
-        }
-      }
-      data[name] = h;
-    }
-    const list = stage.data.map((n) => data[n]!);
-    const part = trainingPart(stage);
-    const hash = sha(JSON.stringify({ v: 2, prev, stage: part, data: list }));
-    const legacy = sha(JSON.stringify({ prev: prevLegacy, stage, data: list }));
-    prev = hash;
-    prevLegacy = legacy;
-    return { hash, legacy, settings: sha(JSON.stringify(part)), data };
-  });
-  return { run, stages };
-}
-
-/** What differs between recorded inputs and the current ones, up to stage `index`, in words. */
-function explainChange(plan: Plan, old: InputsRecord | undefined, run: string, cur: readonly StageInputs[], index: number): string {
-  const name = plan.stages[index]!.name;
-  if (!old || !Array.isArray(old.stages)) return `the inputs of stage ${name} changed (its plan section, its data, an earlier stage's, the model, --seed or --max-steps)`;
-  if (old.run !== run) return 'the model, its parameters or adapters, the model files, --seed or --max-steps changed';
-  for (let j = 0; j <= index; j++) {
-    const o = old.stages[j];
-    const c = cur[j]!;
-    const st = plan.stages[j]!;
-    if (!o || o.name !== st.name) return `the pipeline's stages changed (stage ${j + 1} was ${o ? `'${o.name}'` : 'not there'}, now '${st.name}')`;
-    if (o.hash === c.hash) continue;
-    if (o.settings !== c.settings) return `the plan section of stage ${st.name} changed (settings, adapters, transitions or graph)`;
-    for (const d of new Set([...Object.keys(o.data ?? {}), ...Object.keys(c.data)])) {
-      if (o.data?.[d] === c.data[d]) continue;
-      const spec = plan.data.find((x) => x.name === d);
-      return `${spec ? `data ${d} (${spec.path})` : `data ${d}`} of stage ${st.name} changed`;
-    }
-  }
-  return `the inputs of stage ${name} changed`;
-}
-
-const HELD = new Set(['trainable', 'frozen', 'folded']);
-const ROUTED_PARTS = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
-const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-
-/**
- * The tensors a checkpoint of stage `index` must hold (`atEnd`: after its exit transitions): every parameter a
- * stage up to it held, less those an exit `drop` removed (a runner passes every tensor it is given on).
- */
-function expectedTensors(plan: Plan, index: number, atEnd: boolean): Set<string> {
-  const out = new Set<string>();
-  for (let j = 0; j <= index; j++) {
-    const st = plan.stages[j]!;
-    for (const p of plan.parameters) if (HELD.has(p.states[st.name] ?? 'absent')) out.add(p.id);
-    if (j === index && !atEnd) break;
-    for (const tr of st.exit) {
-      if (tr.op !== 'drop' || tr.condition) continue;
-      for (const p of plan.parameters) if (p.owner === tr.adapter && (tr.part !== 'experts' || ROUTED_PARTS.has(p.id.slice(p.id.lastIndexOf('.') + 1)))) out.delete(p.id);
-    }
-  }
-  return out;
-}
-
-const some = (ids: readonly string[]) => `${ids.slice(0, 5).join(', ')}${ids.length > 5 ? ` and ${ids.length - 5} more` : ''}`;
-
-/** A checkpoint's parameters against the plan: none missing, each of its shape's size. Throws BadCheckpoint. */
-function checkParams(plan: Plan, index: number, atEnd: boolean, params: ReadonlyMap<string, Float32Array>): void {
-  const missing = [...expectedTensors(plan, index, atEnd)].filter((id) => !params.has(id));
-  if (missing.length) throw new BadCheckpoint(`params.safetensors lacks ${missing.length} tensor${missing.length === 1 ? '' : 's'} that stage ${plan.stages[index]!.name} holds: ${some(missing)}`);
-  for (const p of plan.parameters) {
-    const a = params.get(p.id);
-    if (a && a.length !== numel(p.shape)) throw new BadCheckpoint(`params.safetensors: ${p.id} has ${a.length} values, its shape [${p.shape.join(', ')}] has ${numel(p.shape)}`);
-  }
-}
-
-/** A mid-stage checkpoint's moments: `m.<id>` (and `v.<id>` for AdamW) of every trainable tensor, nothing else. */
-function checkMoments(plan: Plan, stage: PlanStage, moments: ReadonlyMap<string, Float32Array>): void {
-  const sizes = new Map(plan.parameters.map((p) => [p.id, numel(p.shape)]));
-  const want = new Map<string, number>();
-  for (const id of stage.optimizer.params) {
-    want.set(`m.${id}`, sizes.get(id) ?? -1);
-    if (stage.settings.optimizer.kind === 'adamw') want.set(`v.${id}`, sizes.get(id) ?? -1);
-  }
-  const missing = [...want.keys()].filter((k) => !moments.has(k));
-  if (missing.length) throw new BadCheckpoint(`optimizer.safetensors lacks ${missing.length} moment${missing.length === 1 ? '' : 's'} of stage ${stage.name}'s trainable tensors: ${some(missing)}`);
-  const extra = [...moments.keys()].filter((k) => !want.has(k));
-  if (extra.length) throw new BadCheckpoint(`optimizer.safetensors holds moments that are none of stage ${stage.name}'s trainable tensors: ${some(extra)}`);
-  for (const [k, n] of want) if (moments.get(k)!.length !== n) throw new BadCheckpoint(`optimizer.safetensors: ${k} has ${moments.get(k)!.length} values, its tensor ${n}`);
-}
-
-/** The tensors of a checkpoint file; a damaged one throws BadCheckpoint. */
-function readTensors(ck: Checkpoint, name: string): Map<string, Float32Array> {
-  try {
-    return unpackTensors(readCheckpointFile(ck, name), name);
-  } catch (e) {
-    if (e instanceof CheckpointError) throw new BadCheckpoint(`${name}: ${e.detail}`);
-    if (e instanceof SafetensorsError) throw new BadCheckpoint(`${name} is not valid safetensors: ${e.message}`);
-    throw e;
-  }
-}
-
-/** Parses and checks a checkpoint's state.json (shape, ranges, a stage of this plan). Throws BadCheckpoint. */
-function parseRunState(text: string, plan: Plan): RunState {
-  const bad = (what: string): never => {
-    throw new BadCheckpoint(`state.json: ${what}`);
-  };
-  let o: Record<string, unknown>;
-  try {
-    o = JSON.parse(text) as Record<string, unknown>;
-  } catch (e) {
-    return bad(`not JSON (${(e as Error).message})`);
-  }
-  const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-  if (!isObj(o)) return bad('not a JSON object');
-  if (o.format !== 'mcpc-run-state' || o.version !== 1) bad('not an mcpc run state (format mcpc-run-state, version 1)');
-  const count = (v: unknown, what: string): number => (Number.isSafeInteger(v) && (v as number) >= 0 ? (v as number) : bad(`${what} is ${JSON.stringify(v) ?? 'missing'}, not a count`));
-  const stageIndex = count(o.stageIndex, '"stageIndex"');
-  const stage = plan.stages[stageIndex];
-  if (typeof o.stage !== 'string') bad(`"stage" is ${JSON.stringify(o.stage) ?? 'missing'}, not a stage name`);
-  if (!stage || stage.name !== o.stage) bad(`it is of stage '${o.stage as string}' (number ${stageIndex + 1}), which this pipeline does not have there (a different pipeline, or its stages changed)`);
-  const stepsDone = count(o.stepsDone, '"stepsDone"');
-  if (typeof o.stageDone !== 'boolean') bad(`"stageDone" is ${JSON.stringify(o.stageDone) ?? 'missing'}, not true or false`);
-  const t = count(o.t, '"t"');
-  const scheduleStep = count(o.scheduleStep, '"scheduleStep"');
-  const badSteps = count(o.badSteps, '"badSteps"');
-  if (!isObj(o.cursor)) return bad(`"cursor" is ${JSON.stringify(o.cursor) ?? 'missing'}, not {epoch, index}`);
-  const cursor = { epoch: count(o.cursor.epoch, '"cursor.epoch"'), index: count(o.cursor.index, '"cursor.index"') };
-  if (!isObj(o.rng) || typeof o.rng.seed !== 'number' || !Number.isFinite(o.rng.seed)) return bad(`"rng" is ${JSON.stringify(o.rng) ?? 'missing'}, not {seed, epoch}`);
-  if (o.rng.epoch !== cursor.epoch) bad(`"rng.epoch" (${JSON.stringify(o.rng.epoch)}) is not the cursor's epoch ${cursor.epoch}`);
-  if (typeof o.stageHash !== 'string' || !/^[0-9a-f]{64}$/.test(o.stageHash)) bad('"stageHash" is not a sha256');
-  if (t > stepsDone) bad(`AdamW's step count "t" ${t} is over the ${stepsDone} steps done`);
-  if (scheduleStep !== stepsDone) bad(`the schedule position ${scheduleStep} is not the ${stepsDone} steps done`);
-  if (badSteps > stepsDone) bad(`${badSteps} non-finite steps in a row, over the ${stepsDone} steps done`);
-  const inputs = isObj(o.inputs) && typeof o.inputs.run === 'string' && Array.isArray(o.inputs.stages) ? (o.inputs as unknown as InputsRecord) : undefined;
-  return {
-    format: 'mcpc-run-state',
-    version: 1,
-    stageIndex,
-    stage: stage!.name,
-    stepsDone,
-    stageDone: o.stageDone as boolean,
-    t,
-    scheduleStep,
-    cursor,
-    rng: { seed: o.rng.seed, epoch: cursor.epoch },
-    stageHash: o.stageHash as string,
-    badSteps,
-    ...(inputs ? { inputs } : {}),
-  };
-}
-
 async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokenizer: ReturnType<typeof createTokenizer>, opts: RunOptions): Promise<Dataset[]> {
   const out: Dataset[] = [];
   for (const name of stage.data) {
@@ -1066,59 +794,10 @@ async function loadStageData(plan: Plan, stage: PlanStage, root: string, tokeniz
     if (!spec) throw new RunError(`stage ${stage.name}: no data entry '${name}' in the plan`);
     const set = await loadDataSource(spec, { root, tokenizer, maxLen: stage.settings.maxLen, lossOn: stage.settings.loss, skipBadRecords: opts.skipBadRecords ?? false, allowOutsideRoot: opts.allowOutsideRoot ?? false });
     if (set.skipped) opts.write(`${spec.path}: skipped ${set.skipped} bad record${set.skipped === 1 ? '' : 's'} (--skip-bad-records); first: ${set.warnings[0]?.message ?? ''}\n`);
+    if (set.noLoss) opts.write(`warning: ${spec.path}: ${set.noLoss} of ${set.examples.length} examples keep no token in the loss at max_len ${stage.settings.maxLen} (what is left of them is prompt): they train nothing; a larger max_len keeps them\n`);
     out.push(set);
   }
   return out;
-}
-
-/** The probes a stage measures at its end: every probe of its `eval` lines, once each. */
-function stageProbes(stage: PlanStage): string[] {
-  return [...new Set(stage.evals.flatMap((e) => e.probes))];
-}
-
-/** Hash of what one probe's results depend on besides the weights: its definition, data file, max_len, tokenizer. */
-function probeHash(plan: Plan, stage: PlanStage, name: string, root: string): string {
-  const spec = plan.probes.find((p) => p.name === name);
-  const data = plan.data.find((d) => d.name === spec?.data);
-  let content = '';
-  try {
-    if (data) content = sha(readFileSync(isAbsolute(data.path) ? data.path : resolve(root, data.path)));
-  } catch {
-    /* unreadable: the probe itself reports it */
-  }
-  return sha(JSON.stringify({ spec, data, content, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
-}
-
-/** Hash of what a stage's probe results depend on besides its weights: the probes' definitions and data files. */
-function evalsHash(plan: Plan, stage: PlanStage, root: string): string {
-  const parts = stageProbes(stage).map((name) => {
-    const spec = plan.probes.find((p) => p.name === name);
-    const data = plan.data.find((d) => d.name === spec?.data);
-    let content = '';
-    try {
-      if (data) content = sha(readFileSync(isAbsolute(data.path) ? data.path : resolve(root, data.path)));
-    } catch {
-      /* unreadable: the probe itself reports it */
-    }
-    return { spec, data, content };
-  });
-  return sha(JSON.stringify({ parts, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
-}
-
-/** Content hash of the model folder when the plan loads pretrained weights (else ''). */
-function modelFilesHash(plan: Plan, root: string): string {
-  if (!plan.parameters.some((p) => p.init.kind === 'pretrained')) return '';
-  const src = plan.model.source;
-  if (src.kind !== 'hf') return '';
-  const dir = isAbsolute(src.path) ? src.path : resolve(root, src.path);
-  if (!existsSync(dir)) return '';
-  const h = createHash('sha256');
-  const files = statSync(dir).isDirectory() ? readdirSync(dir).sort().map((f) => join(dir, f)) : [dir];
-  for (const f of files) {
-    if (!statSync(f).isFile()) continue;
-    h.update(f).update(readFileSync(f));
-  }
-  return h.digest('hex');
 }
 
 /** Sum of |A_t A_o^T| (or |B_t^T B_o|) over the constraint's sites, from parameter values. */
