@@ -168,7 +168,7 @@ export interface ExitReport {
   /** Parameter ids removed. */
   dropped: string[];
   /** Conditional drops: per site, the experts dropped and every expert's load. */
-  droppedExperts: { adapter: string; site: string; experts: number[]; load: number[] }[];
+  droppedExperts: { adapter: string; site: string; experts: number[]; load: number[]; kept?: number[] }[];
   frozen: string[];
   unfrozen: string[];
 }
@@ -257,6 +257,8 @@ export function matmulPrecision(): 'f32' | 'f16' {
 const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 const HELD = new Set(['trainable', 'frozen', 'folded']);
+/** A router bias at or below this is an expert a `drop X.experts where ...` barred (it sets -1e9). */
+const BARRED = -1e8;
 /** Ops whose first input is the adapter branch's x (dropped in training). */
 const DROPPED_INPUT = new Set<PlanStep['op']>(['lora_down', 'expert_down', 'moe_down_batched', 'moe_down_routed']);
 
@@ -392,8 +394,14 @@ class Runner implements StageRunner {
     const st = this.stage;
     for (const tr of st.entry) {
       if (tr.op !== 'fold') continue;
+      // Rebuilt after the exit transitions (merges change the base): an adapter the exit dropped adds nothing.
+      const gone = this.exited && this.plan.parameters.some((p) => p.owner === tr.adapter && !this.params.has(p.id));
       for (const site of tr.sites) {
         const id = `${site}.weight.folded`;
+        if (gone) {
+          if (!this.consts.has(id)) this.consts.set(id, tf.keep(this.heldTensor(`base.${site}.weight`, `fold ${tr.adapter}`).clone()));
+          continue;
+        }
         const W = this.consts.get(id) ?? this.heldTensor(`base.${site}.weight`, `fold ${tr.adapter}`);
         const next = tf.keep(await this.merged(W, tr.adapter, site, 'A', 'B', `fold ${tr.adapter}`));
         this.consts.get(id)?.dispose();
@@ -809,35 +817,46 @@ class Runner implements StageRunner {
     return report;
   }
 
-  /** `drop X.experts where load <op> v`: per site, zero the matching experts and bar the router from them. */
+  /**
+   * `drop X.experts where load <op> v`: per site, zero the matching experts and bar the router from them. A site
+   * keeps at least top_k live experts (fewer would leave the router choosing among barred experts, tied at -1e9:
+   * no defined routing): when more match, the most loaded of them are kept (`kept`) and the run says so.
+   * Experts an earlier drop barred are not counted again.
+   */
   private dropByLoad(adapter: string, cond: { metric: 'load'; op: string; value: number }): ExitReport['droppedExperts'] {
     if (cond.metric !== 'load') throw new RunnerError(`drop ${adapter}: unknown metric '${cond.metric}'`);
     const cmp: Record<string, (a: number, b: number) => boolean> = { '<': (a, b) => a < b, '<=': (a, b) => a <= b, '>': (a, b) => a > b, '>=': (a, b) => a >= b, '==': (a, b) => a === b, '!=': (a, b) => a !== b };
     const test = cmp[cond.op];
     if (!test) throw new RunnerError(`drop ${adapter}: unknown comparison '${cond.op}'`);
     const out: ExitReport['droppedExperts'] = [];
-    const sites = this.plan.adapters.find((a) => a.name === adapter)?.sites ?? [];
+    const spec = this.plan.adapters.find((a) => a.name === adapter);
+    const sites = spec?.sites ?? [];
     for (const site of sites) {
       const ids = { A: `${adapter}.${site}.expert_A`, B: `${adapter}.${site}.expert_B`, b: `${adapter}.${site}.router_b` };
       const [A, B, b] = [this.params.get(ids.A), this.params.get(ids.B), this.params.get(ids.b)];
       if (!A || !B || !b) continue;
       const E = b.shape[0] as number;
       const share = this.load.get(`${adapter}@${site}`)?.share ?? new Array<number>(E).fill(0);
-      const drop = share.map((l, e) => (test(l, cond.value) ? e : -1)).filter((e) => e >= 0);
-      out.push({ adapter, site, experts: drop, load: [...share] });
+      const bias = b.dataSync();
+      const live = Array.from({ length: E }, (_, e) => e).filter((e) => bias[e]! > BARRED);
+      let drop = live.filter((e) => test(share[e]!, cond.value));
+      const floor = Math.min(spec?.topK ?? 1, live.length);
+      const kept = live.length - drop.length < floor ? [...drop].sort((x, y) => share[y]! - share[x]! || x - y).slice(0, floor - (live.length - drop.length)) : [];
+      drop = drop.filter((e) => !kept.includes(e));
+      out.push({ adapter, site, experts: drop, load: [...share], ...(kept.length ? { kept: kept.sort((x, y) => x - y) } : {}) });
       if (!drop.length) continue;
       const keep = new Float32Array(E).fill(1);
-      const bias = new Float32Array(E);
+      const bar = new Float32Array(E);
       for (const e of drop) {
         keep[e] = 0;
-        bias[e] = -1e9;
+        bar[e] = -1e9;
       }
       const next = tf.tidy(() => {
         const k = tf.tensor1d(keep);
         return {
           A: tf.mul(A, tf.reshape(k, [E, 1, 1])),
           B: tf.mul(B, tf.reshape(k, [E, 1, 1])),
-          b: tf.add(tf.mul(b, k), tf.tensor1d(bias)),
+          b: tf.add(tf.mul(b, k), tf.tensor1d(bar)),
         };
       });
       for (const [key, t] of Object.entries(next) as ['A' | 'B' | 'b', Tensor][]) {

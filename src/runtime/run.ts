@@ -712,7 +712,10 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
       const ex: string[] = [];
       for (const m of report.merged) ex.push(`merged ${m.adapter}${m.part ? `.${m.part}` : ''} (${m.sites.length} sites)`);
       if (report.dropped.length) ex.push(`dropped ${report.dropped.length} tensors`);
-      for (const d of report.droppedExperts) if (d.experts.length) ex.push(`dropped experts ${d.experts.join(',')} of ${d.adapter} at ${d.site}`);
+      for (const d of report.droppedExperts) {
+        if (d.experts.length) ex.push(`dropped experts ${d.experts.join(',')} of ${d.adapter} at ${d.site}`);
+        if (d.kept) w(`warning: stage ${stage.name}: the drop condition of ${d.adapter} matched ${d.kept.length + d.experts.length} of the live experts at ${d.site}; kept ${d.kept.length === 1 ? 'expert' : 'experts'} ${d.kept.join(',')}, the most loaded (loads ${d.load.map((l) => `${(100 * l).toFixed(1)}%`).join(', ')}), so that top_k experts remain to route to\n`);
+      }
       if (report.frozen.length) ex.push(`froze ${report.frozen.join(', ')}`);
       if (ex.length) w(`stage ${stage.name} exit: ${ex.join('; ')}\n`);
       if (merges.length && !mergeCheck) w(`stage ${stage.name}: merge check skipped (${!sample ? 'no step ran' : !probeId ? 'the stage has no x.final value' : 'mixture merges are not checked yet'})\n`);

@@ -2,7 +2,10 @@
  * eliminate-dead-adapters: an adapter that has never been trained and is not trained in this stage still
  * has B = 0, so its contribution is exactly zero: its ops leave the stage graph and its tensors are not
  * loaded for the stage. (Dropped and merged adapters never enter a stage graph: lowering leaves them out.)
- * Contract: removes only terms whose value is identically zero; rewires the sums that read them.
+ * Contract: removes only terms whose value is identically zero; rewires the sums that read them. Not dead,
+ * though B = 0: an adapter the stage's exit transitions read (a merge or fold needs its tensors; a freeze or
+ * unfreeze keeps them for later stages; `drop X.experts where load ...` needs the loads its router measured in
+ * the stage) and a mixture whose router adds a load-balancing term to the loss.
  */
 import { GraphEditor } from '../../ir/edit.js';
 import type { Node } from '../../ir/types.js';
@@ -15,7 +18,9 @@ export const eliminateDeadAdapters: Pass = {
     let changes = 0;
     const notes: string[] = [];
     for (const st of ir.stages) {
-      const dead = new Set(st.adapters.inactive);
+      const exitReads = new Set(st.exit.filter((t) => t.op !== 'drop' || t.condition).map((t) => t.adapter));
+      const routerLoss = new Set(ir.pipeline.adapters.filter((a) => a.type === 'moe_lora' && a.loadBalance > 0).map((a) => a.name));
+      const dead = new Set(st.adapters.inactive.filter((a) => !exitReads.has(a) && !routerLoss.has(a)));
       if (!dead.size) continue;
       const ed = new GraphEditor(st.graph);
       const doomed = st.graph.nodes.filter((n) => n.adapter && dead.has(n.adapter));

@@ -685,7 +685,16 @@ class Trainer:
             counts = routing.get((a["name"], site), torch.zeros(E, dtype=torch.float64))
             tot = float(counts.sum())
             share = [float(c) / tot if tot > 0 else 0.0 for c in counts]
-            drop = [e for e in range(E) if test(share[e], cond["value"])]
+            # As the TypeScript runtime (executor.ts dropByLoad): experts barred before are not counted again, and
+            # a site keeps at least top_k live experts (the most loaded of those the condition matched).
+            bias = self.params[ids["router_b"]].detach().cpu()
+            live = [e for e in range(E) if float(bias[e]) > -1e8]
+            drop = [e for e in live if test(share[e], cond["value"])]
+            floor = min(a["topK"], len(live))
+            if len(live) - len(drop) < floor:
+                kept = sorted(sorted(drop, key=lambda e: (-share[e], e))[: floor - (len(live) - len(drop))])
+                drop = [e for e in drop if e not in kept]
+                notes.append(f"warning: kept experts {','.join(map(str, kept))} of {a['name']} at {site}, the most loaded, so that top_k experts remain to route to")
             if not drop:
                 continue
             keep = torch.ones(E)
