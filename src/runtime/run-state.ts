@@ -296,8 +296,8 @@ export function stageProbes(stage: PlanStage): string[] {
   return [...new Set(stage.evals.flatMap((e) => e.probes))];
 }
 
-/** Hash of what one probe's results depend on besides the weights: its definition, data file, max_len, tokenizer. */
-export function probeHash(plan: Plan, stage: PlanStage, name: string, root: string): string {
+/** A probe's definition, its data entry and the sha256 of that file's content ('' when unreadable: the probe reports it). */
+function probeInputs(plan: Plan, name: string, root: string): { spec: unknown; data: unknown; content: string } {
   const spec = plan.probes.find((p) => p.name === name);
   const data = plan.data.find((d) => d.name === spec?.data);
   let content = '';
@@ -306,22 +306,17 @@ export function probeHash(plan: Plan, stage: PlanStage, name: string, root: stri
   } catch {
     /* unreadable: the probe itself reports it */
   }
-  return sha(JSON.stringify({ spec, data, content, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
+  return { spec, data, content };
 }
 
-/** Hash of what a stage's probe results depend on besides its weights: the probes' definitions and data files. */
+/** Hash of what one probe's results depend on besides the weights: its definition, data file, max_len, tokenizer. */
+export function probeHash(plan: Plan, stage: PlanStage, name: string, root: string): string {
+  return sha(JSON.stringify({ ...probeInputs(plan, name, root), maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
+}
+
+/** Hash of what a stage's probe results depend on besides its weights, as records before per-probe hashes kept it. */
 export function evalsHash(plan: Plan, stage: PlanStage, root: string): string {
-  const parts = stageProbes(stage).map((name) => {
-    const spec = plan.probes.find((p) => p.name === name);
-    const data = plan.data.find((d) => d.name === spec?.data);
-    let content = '';
-    try {
-      if (data) content = sha(readFileSync(isAbsolute(data.path) ? data.path : resolve(root, data.path)));
-    } catch {
-      /* unreadable: the probe itself reports it */
-    }
-    return { spec, data, content };
-  });
+  const parts = stageProbes(stage).map((name) => probeInputs(plan, name, root));
   return sha(JSON.stringify({ parts, maxLen: stage.settings.maxLen, tokenizer: plan.model.tokenizer }));
 }
 

@@ -3,15 +3,13 @@
  * folder that cannot be one, and the --skip-bad-records hint only where skipping would help. Each is one
  * message naming the file and what to do, never an internal error.
  */
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { damagedSafetensors } from '../../src/cli/commands/run.js';
-import { main } from '../../src/cli/main.js';
 import { SafetensorsError } from '../../src/runtime/io/safetensors.js';
-import { memoryIO } from '../support/memory-io.js';
+import { cliProject, mcpcIn } from '../support/memory-io.js';
 
 const repo = new URL('../..', import.meta.url).pathname;
 
@@ -33,19 +31,9 @@ ${stage('one')}`;
 
 const record = (i: number) => JSON.stringify({ messages: [{ role: 'user', content: `Q${i}?` }, { role: 'assistant', content: `A${i}.` }] });
 
-function project(p: string, records = [0, 1, 2, 3].map(record)): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcpc-run-errors-'));
-  writeFileSync(join(dir, 'mcpc.yaml'), 'pipeline: p.mcp\nout: out\n');
-  writeFileSync(join(dir, 'p.mcp'), p);
-  writeFileSync(join(dir, 'd.jsonl'), records.join('\n') + '\n');
-  return dir;
-}
+const project = (p: string, records = [0, 1, 2, 3].map(record)) => cliProject(p, records, 'mcpc-run-errors-');
 
-async function run(dir: string, ...args: string[]) {
-  const io = memoryIO(dir);
-  const code = await main(['run', ...args], io);
-  return { code, out: io.out, err: io.err };
-}
+const run = (dir: string, ...args: string[]) => mcpcIn(dir, ['run', ...args]);
 
 /** A safetensors file with its header rewritten (the data left as it is). */
 function rewriteHeader(file: string, edit: (h: Record<string, { shape: number[] }>) => void): void {

@@ -2,8 +2,7 @@
  * `mcpc run` end to end on a tiny two-stage pipeline in a temporary project: metrics, exports that load
  * back, bit-identical resume, reuse of unchanged stages, bad data records.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
@@ -12,7 +11,7 @@ import type { Plan } from '../../src/plan/types.js';
 import { SafetensorsReader } from '../../src/runtime/io/safetensors.js';
 import { importPeftAdapter } from '../../src/runtime/weights/peft.js';
 import { loadHfCheckpoint } from '../../src/runtime/weights/hf.js';
-import { memoryIO } from '../support/memory-io.js';
+import { cliProject, mcpcIn, memoryIO } from '../support/memory-io.js';
 import { stageParams } from '../support/run-folder.js';
 
 const PIPELINE = `pipeline tiny
@@ -52,19 +51,9 @@ export merged "exports/merged"
 
 const lines = Array.from({ length: 16 }, (_, i) => JSON.stringify({ messages: [{ role: 'user', content: `Question ${i}?` }, { role: 'assistant', content: `Answer ${i * 7}.` }] }));
 
-function project(records: string[] = lines): string {
-  const dir = mkdtempSync(join(tmpdir(), 'mcpc-run-'));
-  writeFileSync(join(dir, 'mcpc.yaml'), 'pipeline: p.mcp\nout: out\n');
-  writeFileSync(join(dir, 'p.mcp'), PIPELINE);
-  writeFileSync(join(dir, 'd.jsonl'), records.join('\n') + '\n');
-  return dir;
-}
+const project = (records: string[] = lines) => cliProject(PIPELINE, records, 'mcpc-run-');
 
-async function run(dir: string, ...args: string[]) {
-  const io = memoryIO(dir);
-  const code = await main(['run', ...args], io);
-  return { code, out: io.out, err: io.err };
-}
+const run = (dir: string, ...args: string[]) => mcpcIn(dir, ['run', ...args]);
 
 
 describe('mcpc run', () => {
