@@ -107,6 +107,12 @@ export function compileTorch(positionals: string[], io: CliIO, out: string | und
   const stages = emitted.stages.map((s) => `${s.name}: ${s.steps} steps in ${s.blocks} blocks${s.recompute ? ', recomputed' : ''}`).join('; ');
   io.stdout(`compiled ${plan.pipeline} -> ${shown}/train.py (PyTorch, from the -O0 step list; ${stages})\n`);
   io.stdout(`run: python ${join(shown, 'train.py')} [--max-steps N] [--nproc N] [--init-from FILE]   (or torchrun --nproc_per_node N ${join(shown, 'train.py')})\n`);
+  // The program trains without them (README, train.py's docstring): said where a user reads, not only there.
+  for (const a of plan.adapters) {
+    for (const [what, v] of [['dropout', a.dropout], ['router_noise', a.routerNoise]] as const) {
+      if (v > 0) io.stderr(`warning: adapter ${a.name} has ${what} ${v}, which the PyTorch program does not apply (mcpc run does): the two engines train it differently\n`);
+    }
+  }
   if (!existsSync(join(outDir, 'train.py'))) return 2;
   return 0;
 }

@@ -23,7 +23,7 @@
  *   await runner.parameters()                  every tensor by plan parameter id, as Float32Arrays (copies)
  *   await runner.loadParameters(map)           replace tensors by plan id (rebuilds the folded stage weights)
  *   await runner.optimizerState() / loadOptimizerState(s)   AdamW moments, step count, schedule position
- *   runner.routerLoad()                        the share of routed tokens each expert received so far
+ *   runner.routerLoad() / loadRouterLoad(l)    the share of routed tokens each expert received so far (kept in checkpoints)
  *   runner.dispose()                           free every tensor the runner holds
  *
  * Reads: values leave the backend only through `await tensor.data()`. tfjs-backend-webgpu's synchronous read
@@ -214,6 +214,8 @@ export interface StageRunner {
   optimizerState(): Promise<OptimizerState>;
   loadOptimizerState(s: OptimizerState): void;
   routerLoad(): RouterLoad[];
+  /** The counts routerLoad() gave at a checkpoint: a resumed stage's conditional drops count every step. */
+  loadRouterLoad(loads: readonly { adapter: string; site: string; counts: readonly number[] }[]): void;
   dispose(): void;
 }
 
@@ -792,7 +794,7 @@ class Runner implements StageRunner {
         }
         report.merged.push({ adapter: tr.adapter, ...(tr.part ? { part: tr.part } : {}), sites: [...tr.sites] });
       } else if (tr.op === 'drop' && tr.condition) {
-        report.droppedExperts.push(...this.dropByLoad(tr.adapter, tr.condition));
+        report.droppedExperts.push(...(await this.dropByLoad(tr.adapter, tr.condition)));
       } else if (tr.op === 'drop') {
         const routedParts = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
         for (const p of this.plan.parameters) {
@@ -823,7 +825,7 @@ class Runner implements StageRunner {
    * no defined routing): when more match, the most loaded of them are kept (`kept`) and the run says so.
    * Experts an earlier drop barred are not counted again.
    */
-  private dropByLoad(adapter: string, cond: { metric: 'load'; op: string; value: number }): ExitReport['droppedExperts'] {
+  private async dropByLoad(adapter: string, cond: { metric: 'load'; op: string; value: number }): Promise<ExitReport['droppedExperts']> {
     if (cond.metric !== 'load') throw new RunnerError(`drop ${adapter}: unknown metric '${cond.metric}'`);
     const cmp: Record<string, (a: number, b: number) => boolean> = { '<': (a, b) => a < b, '<=': (a, b) => a <= b, '>': (a, b) => a > b, '>=': (a, b) => a >= b, '==': (a, b) => a === b, '!=': (a, b) => a !== b };
     const test = cmp[cond.op];
@@ -837,7 +839,7 @@ class Runner implements StageRunner {
       if (!A || !B || !b) continue;
       const E = b.shape[0] as number;
       const share = this.load.get(`${adapter}@${site}`)?.share ?? new Array<number>(E).fill(0);
-      const bias = b.dataSync();
+      const bias = (await b.data()) as Float32Array;
       const live = Array.from({ length: E }, (_, e) => e).filter((e) => bias[e]! > BARRED);
       let drop = live.filter((e) => test(share[e]!, cond.value));
       const floor = Math.min(spec?.topK ?? 1, live.length);
@@ -922,6 +924,11 @@ class Runner implements StageRunner {
 
   routerLoad(): RouterLoad[] {
     return [...this.load.values()].map((r) => ({ ...r, share: [...r.share], counts: [...r.counts] }));
+  }
+
+  loadRouterLoad(loads: readonly { adapter: string; site: string; counts: readonly number[] }[]): void {
+    this.load.clear();
+    for (const l of loads) this.load.set(`${l.adapter}@${l.site}`, { adapter: l.adapter, site: l.site, counts: [...l.counts], share: shares([...l.counts]) });
   }
 
   dispose(): void {

@@ -36,6 +36,8 @@ export interface RunState {
   badSteps: number;
   /** What the hash covers, part by part (absent in checkpoints of older versions): says what changed. */
   inputs?: InputsRecord;
+  /** Routed tokens counted per mixture site so far in the stage (absent: none, or an older version). */
+  routerLoad?: { adapter: string; site: string; counts: number[] }[];
 }
 
 /** The inputs of a stage and of every stage before it, by part (hashes), as recorded with a checkpoint or record. */
@@ -274,6 +276,17 @@ export function parseRunState(text: string, plan: Plan): RunState {
   if (scheduleStep !== stepsDone) bad(`the schedule position ${scheduleStep} is not the ${stepsDone} steps done`);
   if (badSteps > stepsDone) bad(`${badSteps} non-finite steps in a row, over the ${stepsDone} steps done`);
   const inputs = isObj(o.inputs) && typeof o.inputs.run === 'string' && Array.isArray(o.inputs.stages) ? (o.inputs as unknown as InputsRecord) : undefined;
+  let routerLoad: RunState['routerLoad'];
+  if (o.routerLoad !== undefined) {
+    if (!Array.isArray(o.routerLoad)) return bad('"routerLoad" is not a list');
+    routerLoad = o.routerLoad.map((l, i) => {
+      const site = plan.adapters.find((a) => isObj(l) && a.name === l.adapter)?.sites.includes(isObj(l) ? (l.site as string) : '');
+      if (!isObj(l) || typeof l.adapter !== 'string' || typeof l.site !== 'string' || !site) return bad(`"routerLoad"[${i}] names no mixture site of this plan`);
+      const experts = plan.adapters.find((a) => a.name === l.adapter)!.experts;
+      if (!Array.isArray(l.counts) || l.counts.length !== experts) return bad(`"routerLoad"[${i}].counts is not ${experts} counts`);
+      return { adapter: l.adapter, site: l.site, counts: l.counts.map((c, e) => count(c, `"routerLoad"[${i}].counts[${e}]`)) };
+    });
+  }
   return {
     format: 'mcpc-run-state',
     version: 1,
@@ -288,6 +301,7 @@ export function parseRunState(text: string, plan: Plan): RunState {
     stageHash: o.stageHash as string,
     badSteps,
     ...(inputs ? { inputs } : {}),
+    ...(routerLoad ? { routerLoad } : {}),
   };
 }
 

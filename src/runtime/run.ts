@@ -44,8 +44,8 @@
  * dropped adapter still counts; the next stage's probes see the transitions). `step` of a probe line is the
  * last optimizer step taken (0-based, like the loss lines).
  *
- * Not here: the router load of a stage interrupted and resumed restarts from zero (conditional expert drops
- * count only the steps after the resume).
+ * A checkpoint keeps the router load counted so far in the stage (state.json `routerLoad`), so the conditional
+ * expert drops of a resumed stage count every step of it, as an uninterrupted run's do.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -590,6 +590,8 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
     }
     try {
       if (opt) runner.loadOptimizerState(opt);
+      // The routed tokens counted before the checkpoint: a `drop X.experts where load ...` counts the whole stage.
+      if (resumeHere?.state.routerLoad) runner.loadRouterLoad(resumeHere.state.routerLoad);
       // Uploading the weights is where a device too small runs out of memory: said as such, not as step 1's.
       gpuCheck();
       if (opts.signal?.aborted) return interruptedBefore('at the start of', stage.name);
@@ -598,7 +600,8 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         // Nothing read back from a faulted device becomes a checkpoint.
         gpuCheck();
         seq += 1;
-        const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps, inputs: inputsUpTo(stage.index) };
+        const load = runner.routerLoad().map(({ adapter, site, counts }) => ({ adapter, site, counts }));
+        const state: RunState = { format: 'mcpc-run-state', version: 1, stageIndex: stage.index, stage: stage.name, stepsDone, stageDone, t: o.t, scheduleStep: o.scheduleStep, cursor: c, rng: { seed, epoch: c.epoch }, stageHash: hash, badSteps, inputs: inputsUpTo(stage.index), ...(load.length ? { routerLoad: load } : {}) };
         const mo = new Map<string, Float32Array>();
         for (const [id, sl] of o.slots) {
           mo.set(`m.${id}`, sl.m);

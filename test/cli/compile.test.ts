@@ -102,3 +102,21 @@ describe('mcpc compile: where the output cannot go', () => {
     expect((await compile(dir, '--force')).code).toBe(2);
   });
 });
+
+describe('mcpc compile --target torch', () => {
+  it('warns of LoRA dropout and router noise, which the PyTorch program does not apply; the program says so too', async () => {
+    const dir = project();
+    writeFileSync(join(dir, 'p.mcp'), PIPELINE.replace('lora(r: 2, alpha: 4)', 'lora(r: 2, alpha: 4, dropout: 0.1)').replace('stage s', 'adapter m = moe_lora(experts: 2, top_k: 1, r: 2, router_noise: 0.5) at layers[*].mlp.up\nstage s').replace('train a on d', 'train a, m on d'));
+    const r = await compile(dir, '--target', 'torch', '-o', 'torch');
+    expect(r.code).toBe(0);
+    expect(r.err).toBe(
+      'warning: adapter a has dropout 0.1, which the PyTorch program does not apply (mcpc run does): the two engines train it differently\n' +
+        'warning: adapter m has router_noise 0.5, which the PyTorch program does not apply (mcpc run does): the two engines train it differently\n',
+    );
+    expect(readFileSync(join(dir, 'torch', 'train.py'), 'utf8')).toMatch(/def unapplied_randomness\(\):/);
+    // Without either, nothing is said.
+    writeFileSync(join(dir, 'p.mcp'), PIPELINE);
+    expect((await compile(dir, '--target', 'torch', '-o', 'torch2')).err).toBe('');
+  });
+});
+

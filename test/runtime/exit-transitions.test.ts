@@ -63,6 +63,13 @@ stage st2 {
   train l1 on d
   ${SETTINGS}
 }`,
+  'a constraint against an adapter never trained': `adapter a0 = lora(r: 1, alpha: 1) at layers[*].attn.v
+stage st0 {
+  adapter l0 = lora(r: 2, alpha: 1) at layers[0].attn.v
+  train l0 on d
+  ${SETTINGS}
+  constrain orthogonal(l0.A, a0.A)
+}`,
   'a load condition every expert meets': `adapter a0 = moe_lora(experts: 4, top_k: 2, r: 2, alpha: 4, load_balance: 0.1) at layers[*].mlp.up
 adapter a1 = lora(r: 4, alpha: 4) at layers[0].attn.v
 stage st0 {
@@ -98,4 +105,39 @@ describe('stage exits agree at -O0 and -O1', () => {
       }
     }, 60_000);
   }
+});
+
+describe('a load drop after a resume', () => {
+  it('counts the routed tokens of the whole stage, as an uninterrupted run does (the checkpoint keeps them)', async () => {
+    const body = `adapter a0 = moe_lora(experts: 4, top_k: 1, r: 2, alpha: 4, load_balance: 0.01) at layers[*].mlp.{gate, up}
+stage st0 {
+  train a0 on d
+  steps 2
+  lr 5e-2
+  batch 2
+  micro_batch 2
+  max_len 24
+  checkpoint_every 1
+  then { drop a0.experts where load < 40% }
+}
+stage st1 {
+  train a0 on d
+  ${SETTINGS}
+}`;
+    const { dir, plans } = compileInline(`pipeline resumed\nmodel base = ${TINY}\ndata d = jsonl("d.jsonl")\n${body}\n`, [1]);
+    const plan = plans[0]!;
+    let full = '';
+    expect((await runPlan(plan, { root: dir, runDir: join(dir, 'full'), backend: 'wasm', write: (t) => void (full += t) })).code).toBe(0);
+    expect((await runPlan(plan, { root: dir, runDir: join(dir, 'cut'), backend: 'wasm', stopAfter: 1, write: () => {} })).code).toBe(1);
+    const state = JSON.parse(readFileSync(join(dir, 'cut', 'checkpoints', 'step-000001', 'state.json'), 'utf8'));
+    expect(state.routerLoad.map((l: { site: string }) => l.site).sort()).toEqual(['layers[0].mlp.gate', 'layers[0].mlp.up']);
+    expect(state.routerLoad[0].counts.reduce((a: number, b: number) => a + b, 0)).toBeGreaterThan(0);
+    let resumed = '';
+    expect((await runPlan(plan, { root: dir, runDir: join(dir, 'cut'), backend: 'wasm', resume: true, write: (t) => void (resumed += t) })).code).toBe(0);
+    const exit = (log: string) => /stage st0 exit: (.*)/.exec(log)?.[1];
+    expect(exit(full)).toMatch(/dropped experts/);
+    expect(exit(resumed)).toBe(exit(full));
+    const losses = (run: string) => readFileSync(join(dir, run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.loss !== undefined && m.probe === undefined).map((m) => m.loss);
+    expect(losses('cut')).toEqual(losses('full'));
+  }, 60_000);
 });

@@ -5,7 +5,8 @@
  * Contract: removes only terms whose value is identically zero; rewires the sums that read them. Not dead,
  * though B = 0: an adapter the stage's exit transitions read (a merge or fold needs its tensors; a freeze or
  * unfreeze keeps them for later stages; `drop X.experts where load ...` needs the loads its router measured in
- * the stage) and a mixture whose router adds a load-balancing term to the loss.
+ * the stage), an adapter a constraint of the stage reads (its A or B enters the penalty, B = 0 or not) and a
+ * mixture whose router adds a load-balancing term to the loss.
  */
 import { GraphEditor } from '../../ir/edit.js';
 import type { Node } from '../../ir/types.js';
@@ -20,7 +21,8 @@ export const eliminateDeadAdapters: Pass = {
     for (const st of ir.stages) {
       const exitReads = new Set(st.exit.filter((t) => t.op !== 'drop' || t.condition).map((t) => t.adapter));
       const routerLoss = new Set(ir.pipeline.adapters.filter((a) => a.type === 'moe_lora' && a.loadBalance > 0).map((a) => a.name));
-      const dead = new Set(st.adapters.inactive.filter((a) => !exitReads.has(a) && !routerLoss.has(a)));
+      const constraintReads = new Set(st.constraints.flatMap((c) => [c.target, ...c.others]));
+      const dead = new Set(st.adapters.inactive.filter((a) => !exitReads.has(a) && !routerLoss.has(a) && !constraintReads.has(a)));
       if (!dead.size) continue;
       const ed = new GraphEditor(st.graph);
       const doomed = st.graph.nodes.filter((n) => n.adapter && dead.has(n.adapter));

@@ -136,6 +136,17 @@ def on_interrupt(signum, frame):
         print(f"\n{name}: finishing the step in flight and writing a checkpoint of it ({name} again stops at once)", file=sys.stderr, flush=True)
 
 
+def unapplied_randomness():
+    """The plan's LoRA dropout and router noise, which this program does not apply (the module docstring): one line each."""
+    out = []
+    for a in PLAN["adapters"]:
+        if a.get("dropout", 0) > 0:
+            out.append(f"adapter {a['name']} has dropout {a['dropout']}, which this program does not apply (mcpc run does): the two engines train differently")
+        if a.get("routerNoise", 0) > 0:
+            out.append(f"adapter {a['name']} has router_noise {a['routerNoise']}, which this program does not apply (mcpc run does): the two engines train differently")
+    return out
+
+
 def main():
     args = parse_args()
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -429,6 +440,8 @@ class Trainer:
         if self.args.eval_params:
             return self.evaluate()
         os.makedirs(self.args.out, exist_ok=True)
+        for w in unapplied_randomness():
+            self.log(f"warning: {w}")
         metrics = os.path.join(self.args.out, "metrics.jsonl")
         ckpt_root = os.path.join(self.args.out, "checkpoints")
         resume = None
@@ -536,6 +549,10 @@ class Trainer:
         if autocast and steps_done == 0:
             self.log(f"stage {stage['name']}: bf16 autocast{' (the plan says f16; bf16 is used)' if precision == 'f16' else ''}")
         routing = {} if any(t["op"] == "drop" and "condition" in t for t in stage["exit"]) else None
+        if routing is not None and resume:
+            # The routed tokens counted before the checkpoint (state.json "routerLoad"): the drop counts the whole stage.
+            for e in resume[1].get("routerLoad") or []:
+                routing[(e["adapter"], e["site"])] = torch.tensor(e["counts"], dtype=torch.float64)
         t0 = time.time()
         tokens = 0
         last_loss = None
@@ -610,7 +627,7 @@ class Trainer:
             every = s["checkpointEvery"]
             interrupted = steps_done < total and self.interrupted()
             if ((every > 0 and steps_done % every == 0) or interrupted) and steps_done < total and (bad == 0 or not interrupted):
-                self.save(ckpt_root, stage, False, steps_done, t_applied, schedule_step, cursor, bad, self.read_back(model, wrapped), opt, model)
+                self.save(ckpt_root, stage, False, steps_done, t_applied, schedule_step, cursor, bad, self.read_back(model, wrapped), opt, model, routing)
             if interrupted:
                 if self.mode == "fsdp":
                     kept = "no checkpoint of it (FSDP writes stage-end checkpoints only)"
@@ -628,7 +645,7 @@ class Trainer:
         self.params.update(self.read_back(model, wrapped))
         self.report_constraints(stage)
         self.apply_exit(stage, routing)
-        self.save(ckpt_root, stage, True, steps_done, t_applied, schedule_step, cursor, bad, self.params, opt, model)
+        self.save(ckpt_root, stage, True, steps_done, t_applied, schedule_step, cursor, bad, self.params, opt, model, routing)
         el = time.time() - t0
         self.log(f"stage {stage['name']} done: {steps_done} step{'s' if steps_done != 1 else ''}{f', final loss {last_loss:.4f}' if last_loss is not None else ''}, {steps_done / max(el, 1e-9):.2f} steps/s, {round(tokens / max(el, 1e-9))} tok/s")
         return 0
@@ -723,7 +740,7 @@ class Trainer:
 
     # --- checkpoints
 
-    def save(self, ckpt_root, stage, done, steps_done, t, schedule_step, cursor, bad, params, opt, model):
+    def save(self, ckpt_root, stage, done, steps_done, t, schedule_step, cursor, bad, params, opt, model, routing=None):
         if self.mode == "fsdp" and not done:
             return  # periodic checkpoints under FSDP would need the sharded optimizer state gathered; stage ends are saved
         moments = {}
@@ -741,6 +758,8 @@ class Trainer:
         self.seq += 1
         state = {"format": "mcpc-run-state", "version": 1, "stageIndex": stage["index"], "stage": stage["name"], "stepsDone": steps_done, "stageDone": done,
                  "t": t, "scheduleStep": schedule_step, "cursor": {"epoch": cursor[0], "index": cursor[1]}, "badSteps": bad, "engine": "torch"}
+        if routing:
+            state["routerLoad"] = [{"adapter": a, "site": site, "counts": [int(round(float(c))) for c in counts.tolist()]} for (a, site), counts in sorted(routing.items())]
         files = {
             "params.safetensors": b"".join(wt.encode_safetensors(params)),
             "optimizer.safetensors": b"".join(wt.encode_safetensors(moments)),
