@@ -25,7 +25,7 @@
  * softmax or sigmoid gradient carries the factor p = 0. So the router's gradient, and every weight's, are the
  * reference's; only the intermediate dgates differs, there.
  */
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 import { moeUpDbe, moeUpDbeHeap, moeUpDh, moeUpDhHeap, moeUpForward, moeUpForwardHeap, type MoeUpShape } from '../tfjs/moe.js';
 import { moeDownDa, moeDownDaHeap, moeDownDx, moeDownDxHeap, moeDownForward, moeDownForwardHeap } from '../tfjs/moe-down.js';
@@ -80,7 +80,7 @@ function register(): void {
       if (!moeUpDbeHeap(...args, infos[2]!.dataId)) moeUpDbe(...args);
     },
   );
-  tf.registerGradient({
+  registerFamilyGradient('cpu', {
     kernelName: FWD,
     saveAllInputs: true,
     gradFunc: (dy, saved, attrs) => {
@@ -178,7 +178,7 @@ function registerDown(): void {
       if (!moeDownDaHeap(...args, infos[2]!.dataId)) moeDownDa(...args);
     },
   );
-  tf.registerGradient({
+  registerFamilyGradient('cpu', {
     kernelName: DOWN,
     saveAllInputs: true,
     gradFunc: (dy, saved, attrs) => {

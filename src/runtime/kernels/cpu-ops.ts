@@ -19,7 +19,7 @@
  * Kernels are registered on first use (`ensureCpuOps`) and called through `tf.engine().runKernel` with
  * array inputs, so their gradients (tf.registerGradient, lazy per input) see the inputs as '0', '1', ...
  */
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { KeptForGradient, share } from '../tfjs/share.js';
 import { heapViews, type WasmBackendLike } from '../tfjs/wasm-extra.js';
 import { heapFor } from '../tfjs/moe.js';
@@ -82,7 +82,7 @@ export function registerCpuKernel(name: string, op: CpuOp, grad?: Omit<tf.GradCo
   if (registered.has(name)) return;
   registered.add(name);
   for (const b of ['wasm', 'cpu'] as const) tf.registerKernel({ kernelName: name, backendName: b, kernelFunc: kernelFor(op, b) });
-  if (grad) tf.registerGradient({ kernelName: name, ...grad });
+  if (grad) registerFamilyGradient('cpu', { kernelName: name, ...grad });
 }
 
 const run1 = (name: string, inputs: Tensor[], attrs: Attrs): Tensor => tf.engine().runKernel(name, inputs as unknown as tf.NamedTensorMap, attrs as tf.NamedAttrMap) as Tensor;

@@ -24,8 +24,41 @@ export type BackendName = 'cpu' | (string & {});
  * Select a tfjs backend (default `cpu`) and wait until it is ready. Also turns on tfjs "production mode",
  * which only silences tfjs's console hints (e.g. the one asking to install tfjs-node).
  */
+/** Which of mcpc's kernel tables a backend runs: the CPU one (cpu, wasm, tensorflow) or the WebGPU one. */
+export type KernelFamily = 'cpu' | 'webgpu';
+const familyOf = (backend: string): KernelFamily => (backend === 'webgpu' ? 'webgpu' : 'cpu');
+const familyGradients: Record<KernelFamily, Map<string, tf.GradConfig>> = { cpu: new Map(), webgpu: new Map() };
+/** The family whose gradient tfjs holds for each of mcpc's kernel names. */
+const gradientHolder = new Map<string, KernelFamily>();
+let activeFamily: KernelFamily | undefined;
+
+/**
+ * Registers the gradient of one of mcpc's kernels for the backends of `family`. tfjs keeps one gradient per
+ * kernel name for all backends, and the CPU table and the WebGPU kernels share some names (McpcMoeUp,
+ * McpcTopkGate, ...) with different saved tensors: whichever registered last served both, so a process that
+ * trained on wasm and then on webgpu (or back) crashed in the backward. The family in use holds the name;
+ * initBackend hands it over on a switch.
+ */
+export function registerFamilyGradient(family: KernelFamily, config: tf.GradConfig): void {
+  familyGradients[family].set(config.kernelName, config);
+  if (!gradientHolder.has(config.kernelName) || activeFamily === family) {
+    tf.registerGradient(config);
+    gradientHolder.set(config.kernelName, family);
+  }
+}
+
+function activateFamily(family: KernelFamily): void {
+  activeFamily = family;
+  for (const c of familyGradients[family].values()) {
+    if (gradientHolder.get(c.kernelName) === family) continue;
+    tf.registerGradient(c);
+    gradientHolder.set(c.kernelName, family);
+  }
+}
+
 export async function initBackend(name: BackendName = 'cpu'): Promise<void> {
   tf.enableProdMode();
+  activateFamily(familyOf(name));
   if (tf.getBackend() === name) return;
   if (name === 'webgpu') {
     const { openDawn, registerWebGpuBackend } = await import('../webgpu/device.js');

@@ -26,7 +26,7 @@
  * consecutive chunks of parts, each one such GEMM over x (dx then adds up per chunk through autodiff).
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, tileKey, type GemmSpec, type Segment } from './gemm-wgsl.js';
 import { tileFor } from './gemm-tune.js';
 import { disposeInfo, keepUntilBackwardEnds, runKernel1, runWgsl, type WebGpuBackendLike } from './program.js';
@@ -371,7 +371,7 @@ function register(id: number): string {
     const routerParts = l.parts.map((p, i) => (p.act !== 'none' ? i : -1)).filter((i) => i >= 0);
     const outputsToSave = l.parts.map((p) => p.act !== 'none');
     tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc: forwardKernel as any });
-    tf.registerGradient({
+    registerFamilyGradient('webgpu', {
       kernelName: name,
       inputsToSave: ['0', ...weightIdx.map(String)],
       outputsToSave,

@@ -29,7 +29,7 @@
 import type { TensorInfo } from '@tensorflow/tfjs-core';
 import type { FusedExprAttrs, FusedInputKind } from '../../plan/fused.js';
 import type { PlanKernel } from '../../plan/types.js';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { disposeInfo, keepUntilBackwardEnds, runKernelSaving, runWgsl, share, spread, type WebGpuBackendLike } from './program.js';
 import { FusedSlots, type AheadSlot } from '../kernels/fused-slots.js';
 
@@ -180,7 +180,7 @@ function forwardKernelOf(p: FusedWgslProgram): Registered {
   const { inputs: inputsToSave, outputs: outputsToSave } = savedForBackward(p);
   tf.registerKernel({ kernelName: name, backendName: 'webgpu', kernelFunc: forwardKernel as any });
   // What the gradient reads is saved by fusedWgsl() (./program.ts runKernelSaving: shared, no Identity kernels).
-  tf.registerGradient({ kernelName: name, gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => gradient(dy, saved, attrs, inputsToSave, outputsToSave)) as any });
+  registerFamilyGradient('webgpu', { kernelName: name, gradFunc: ((dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => gradient(dy, saved, attrs, inputsToSave, outputsToSave)) as any });
   return reg;
 }
 

@@ -21,7 +21,7 @@
  */
 import { dirname, join } from 'node:path';
 import type { TensorInfo } from '@tensorflow/tfjs-core';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { runWgsl, disposeInfo, type WebGpuBackendLike } from './program.js';
 import { cachePath, deviceKey, readTileCache, shapeClass, tuningEnabled, writeTileCache } from './gemm-tune.js';
 import { probeProblem, type GemmProbe } from './gemm-wgsl.js';
@@ -882,7 +882,7 @@ export function registerGemmF16(): void {
   if (registered) return;
   registered = true;
   tf.registerKernel({ kernelName: GEMM_F16_KERNEL, backendName: 'webgpu', kernelFunc: gemmF16Kernel as any });
-  tf.registerGradient({
+  registerFamilyGradient('webgpu', {
     kernelName: GEMM_F16_KERNEL,
     saveAllInputs: true,
     gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {

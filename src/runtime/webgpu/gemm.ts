@@ -11,7 +11,7 @@
  * tf.matMul (the reference).
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { gemmDispatch, gemmWgsl, tileKey, type GemmSpec, type Tile } from './gemm-wgsl.js';
 import { pendingShapes, tileFor, tune, type TuneResult } from './gemm-tune.js';
 import { runKernelSaving, runWgsl, type WebGpuBackendLike } from './program.js';
@@ -91,7 +91,7 @@ export function registerGemm(): void {
   if (registered) return;
   registered = true;
   tf.registerKernel({ kernelName: GEMM_KERNEL, backendName: 'webgpu', kernelFunc: gemmKernel as any });
-  tf.registerGradient({
+  registerFamilyGradient('webgpu', {
     kernelName: GEMM_KERNEL,
     // a and b are saved by gemm() / linear() (./program.ts runKernelSaving: shared, no Identity kernels).
     gradFunc: (dy: Tensor | Tensor[], saved: Tensor[], attrs: any) => {

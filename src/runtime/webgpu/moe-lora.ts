@@ -23,7 +23,7 @@
  * W is made once (./gemm-f16.ts cachedCopy).
  */
 import type { TensorInfo } from '@tensorflow/tfjs-core';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { reference as ref, type KernelContext, type KernelStep } from '../kernels/reference.js';
 import { gemm, gemmSpec } from './gemm.js';
 import { gemmDispatch, gemmWgsl, tileKey, workgroupBytes, type GemmSpec, type Tile } from './gemm-wgsl.js';
@@ -522,9 +522,9 @@ export function registerMoeLora(): void {
   k('McpcMoeLoraGrad', gradKernel);
   k(PAIR_KERNEL, pairKernel);
   k('McpcMoeLoraPairGrad', pairGradKernel);
-  tf.registerGradient({ kernelName: MOE_KERNEL, saveAllInputs: true, outputsToSave: [false, true, false, true], gradFunc: gradient } as any);
+  registerFamilyGradient('webgpu', { kernelName: MOE_KERNEL, saveAllInputs: true, outputsToSave: [false, true, false, true], gradFunc: gradient } as any);
   // Every output saved (shares, no copies): the gradient finds each site's G by position.
-  tf.registerGradient({ kernelName: PAIR_KERNEL, saveAllInputs: true, outputsToSave: Array(8).fill(true), gradFunc: (dys: any, saved: Tensor[], attrs: any) => pairGradient(dys, saved, attrs) } as any);
+  registerFamilyGradient('webgpu', { kernelName: PAIR_KERNEL, saveAllInputs: true, outputsToSave: Array(8).fill(true), gradFunc: (dys: any, saved: Tensor[], attrs: any) => pairGradient(dys, saved, attrs) } as any);
 }
 
 /** How many outputs the forward kernel has (G is last). */

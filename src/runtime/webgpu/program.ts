@@ -17,7 +17,7 @@
  * (`tf.registerKernel`), which receive the backend and return the `TensorInfo`s made here.
  */
 import type { DataType, TensorInfo } from '@tensorflow/tfjs-core';
-import { tf, type Tensor } from '../tfjs/index.js';
+import { registerFamilyGradient, tf, type Tensor } from '../tfjs/index.js';
 import { share } from '../tfjs/share.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- tfjs-backend-webgpu's internals and WebGPU objects are untyped here. */
@@ -115,7 +115,7 @@ export function kernelRegistrar(kernels: Record<string, (args: any) => TensorInf
     if (done) return;
     done = true;
     for (const [kernelName, kernelFunc] of Object.entries(kernels)) tf.registerKernel({ kernelName, backendName: 'webgpu', kernelFunc: kernelFunc as any });
-    for (const [kernelName, gradFunc] of Object.entries(gradients)) tf.registerGradient({ kernelName, gradFunc: gradFunc as any } as any);
+    for (const [kernelName, gradFunc] of Object.entries(gradients)) registerFamilyGradient('webgpu', { kernelName, gradFunc: gradFunc as any } as any);
   };
 }
 
