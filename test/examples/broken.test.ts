@@ -93,10 +93,14 @@ describe('codes no pipeline file triggers', () => {
     const dir = mkdtempSync(join(tmpdir(), 'mcpc-project-'));
     tmp.push(dir);
     writeFileSync(join(dir, 'mcpc.yaml'), 'pipelines:\n  - pipelines/**/*.mcp\nlint:\n  max_warning: 0\n');
+    const text = await mcpc(['lint'], dir);
+    expect(text.code).toBe(2);
+    expect(text.err).toContain('error[project_file_invalid]: unknown key `lint.max_warning`');
+    expect(text.err).toContain('--> mcpc.yaml:4:3');
+    // With --format json the problem is the document on stdout (a CI upload is never empty), exit 2 still.
     const r = await mcpc(['lint', '--format', 'json'], dir);
     expect(r.code).toBe(2);
-    expect(r.err).toContain('error[project_file_invalid]: unknown key `lint.max_warning`');
-    expect(r.err).toContain('--> mcpc.yaml:4:3');
+    expect(JSON.parse(r.out)).toMatchObject([{ code: 'project_file_invalid', file: 'mcpc.yaml', line: 4, column: 3 }]);
   });
 
   it('file_too_large: a pipeline over the size limit, generated in memory', () => {

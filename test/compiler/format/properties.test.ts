@@ -47,9 +47,10 @@ function checkFormatted(input: string, out: string): void {
   const after = parseClean(out);
   expect(after.errors).toEqual([]);
   expect(stripSpans(after.file)).toEqual(stripSpans(before));
-  expect(after.file.comments.map((c) => c.text)).toEqual(before.comments.map((c) => c.text));
+  // As printed: a line comment loses the spaces after it, nothing else.
+  expect(after.file.comments.map((c) => c.text)).toEqual(before.comments.map(commentText));
   for (const c of before.comments) {
-    expect(occurrences(out, c.text)).toBeGreaterThanOrEqual(before.comments.filter((d) => d.text === c.text).length);
+    expect(occurrences(out, commentText(c))).toBeGreaterThanOrEqual(before.comments.filter((d) => commentText(d) === commentText(c)).length);
   }
   expect(out.endsWith('\n') && !out.endsWith('\n\n')).toBe(true);
   expect(out.startsWith('\n')).toBe(false);
