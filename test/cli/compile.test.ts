@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import { memoryIO } from '../support/memory-io.js';
+import { mcpcIn } from '../support/memory-io.js';
 
 const PIPELINE = 'pipeline t\nmodel base = builtin("qwen2-micro", layers: 1)\ndata d = jsonl("d.jsonl")\nadapter a = lora(r: 2, alpha: 4) at layers[*].attn.{q, v}\nstage s {\n  train a on d\n  steps 1\n}\n';
 
@@ -21,11 +21,7 @@ function project(): string {
   return dir;
 }
 
-async function compile(dir: string, ...args: string[]) {
-  const io = memoryIO(dir);
-  const code = await main(['compile', ...args], io);
-  return { code, out: io.out, err: io.err };
-}
+const compile = (dir: string, ...args: string[]) => mcpcIn(dir, ['compile', ...args]);
 
 describe('mcpc compile: where the output cannot go', () => {
   it('-o naming a file, or a folder under a file', async () => {

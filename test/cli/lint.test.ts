@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { main } from '../../src/cli/main.js';
-import { memoryIO } from '../support/memory-io.js';
+import { mcpcIn, memoryIO } from '../support/memory-io.js';
 
 const repo = new URL('../..', import.meta.url).pathname;
 
@@ -21,11 +21,7 @@ const clean = 'pipeline p\nmodel base = builtin("qwen2-micro")\ndata d = text("d
 const unusedData = clean.replace('data d = text("d.txt")', 'data d = text("d.txt")\ndata extra = text("d.txt")');
 const broken = clean.replace('train a on d', 'train a on d\n  then { drop a }\n}\nstage t {\n  train a on d');
 
-async function lint(cwd: string, ...args: string[]) {
-  const io = memoryIO(cwd);
-  const code = await main(['lint', ...args], io);
-  return { code, out: io.out, err: io.err };
-}
+const lint = (cwd: string, ...args: string[]) => mcpcIn(cwd, ['lint', ...args]);
 
 describe('mcpc lint', () => {
   it('exits 0 on a clean pipeline and prints "no problems"', async () => {
