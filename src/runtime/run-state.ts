@@ -16,7 +16,7 @@ import type { Plan, PlanStage } from '../plan/types.js';
 import type { DataCursor } from './data/index.js';
 import type { ProbeResult } from './eval/index.js';
 import { removeStaleTempFiles } from './io/atomic.js';
-import { CheckpointError, readCheckpointFile, removeLeftovers, type Checkpoint } from './io/checkpoint.js';
+import { CheckpointError, readCheckpointFile, removeLeftovers, verifyCheckpoint, type Checkpoint } from './io/checkpoint.js';
 import { encodeSafetensors, SafetensorsError, SafetensorsReader } from './io/safetensors.js';
 import type { RunOptions } from './run.js';
 
@@ -239,6 +239,16 @@ export function readTensors(ck: Checkpoint, name: string): Map<string, Float32Ar
   } catch (e) {
     if (e instanceof CheckpointError) throw new BadCheckpoint(`${name}: ${e.detail}`);
     if (e instanceof SafetensorsError) throw new BadCheckpoint(`${name} is not valid safetensors: ${e.message}`);
+    throw e;
+  }
+}
+
+/** `dir` as a checkpoint whose files match its manifest (sha256); else a BadCheckpoint naming the file at fault. */
+export function openCheckpoint(dir: string): Checkpoint {
+  try {
+    return verifyCheckpoint(dir);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw new BadCheckpoint(e.code === 'NO_MARKER' && !existsSync(dir) ? 'the folder is missing' : `${e.fileName && e.code !== 'NO_MARKER' ? `${e.fileName}: ` : ''}${e.detail}`);
     throw e;
   }
 }

@@ -59,7 +59,7 @@ import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
 import { ALREADY_MERGED, runExports, type ExportResult } from './weights/export.js';
-import { BadCheckpoint, checkMoments, checkParams, cleanLeftovers, evalsHash, explainChange, type InputsRecord, packTensors, parseRunState, probeHash, readStageRecord, readTensors, type RunState, stageInputs, stageProbes, type StageRecord } from './run-state.js';
+import { BadCheckpoint, checkMoments, openCheckpoint, checkParams, cleanLeftovers, evalsHash, explainChange, type InputsRecord, packTensors, parseRunState, probeHash, readStageRecord, readTensors, type RunState, stageInputs, stageProbes, type StageRecord } from './run-state.js';
 import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, type GpuFault } from './webgpu/faults.js';
 
 
@@ -383,13 +383,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
         tried.add(rec.checkpoint);
         const dir = join(ckptRoot, stepDirName(rec.checkpoint));
         try {
-          let ck: Checkpoint;
-          try {
-            ck = verifyCheckpoint(dir);
-          } catch (e) {
-            if (e instanceof CheckpointError) throw new BadCheckpoint(e.code === 'NO_MARKER' && !existsSync(dir) ? 'the folder is missing' : `${e.fileName && e.code !== 'NO_MARKER' ? `${e.fileName}: ` : ''}${e.detail}`);
-            throw e;
-          }
+          const ck = openCheckpoint(dir);
           const st = stateOf(ck);
           if (!usable(st)) throw new BadCheckpoint(`state.json is not stage ${stage.name}'s end with its current inputs`);
           await checkAgainstStage(st);
@@ -456,13 +450,7 @@ async function trainStages(plan: Plan, opts: RunOptions, where: { at: string }, 
   if (opts.resume) {
     for (const c of listCheckpoints(ckptRoot)) {
       try {
-        let ck: Checkpoint;
-        try {
-          ck = verifyCheckpoint(c.dir);
-        } catch (e) {
-          if (e instanceof CheckpointError) throw new BadCheckpoint(`${e.fileName && e.code !== 'NO_MARKER' ? `${e.fileName}: ` : ''}${e.detail}`);
-          throw e;
-        }
+        const ck = openCheckpoint(c.dir);
         const st = stateOf(ck);
         const stage = plan.stages[st.stageIndex]!;
         if (!sameInputs(st.stageIndex, st.stageHash)) {
