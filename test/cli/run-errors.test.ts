@@ -81,7 +81,7 @@ describe('mcpc run: bad input is a message, not a stack trace', () => {
     }
   });
 
-  it("a damaged checkpoint's optimizer.safetensors is passed over, or named with what to do", async () => {
+  it("a damaged checkpoint's optimizer.safetensors is passed over with a warning", async () => {
     const dir = project(pipeline('builtin("qwen2-micro", layers: 1, hidden: 32, ffn: 64, heads: 2, kv_heads: 1)').replace('steps 2', 'steps 3'));
     expect((await run(dir, 'p.mcp', '--backend', 'cpu', '--stop-after', '2')).code).toBe(1);
     const ckpt = join(dir, 'out/tiny/checkpoints/step-000002');
@@ -97,23 +97,17 @@ describe('mcpc run: bad input is a message, not a stack trace', () => {
       f.sha256 = createHash('sha256').update(b).digest('hex');
     }
     writeFileSync(join(ckpt, 'COMPLETE'), JSON.stringify(marker));
-    // What the command says about an error the runtime raises on a checkpoint's file by its name alone.
-    const e = new SafetensorsError('SIZE_MISMATCH', 'optimizer.safetensors', 'shape [128] of F32 needs 512 bytes but data_offsets [0, 256] hold 256', 'm.a');
-    const rel = (f: string) => relative(dir, f);
-    expect(damagedSafetensors(e, join(dir, 'out/tiny'), rel)).toBe(
-      'checkpoint out/tiny/checkpoints/step-000002/optimizer.safetensors is damaged: tensor "m.a": shape [128] of F32 needs 512 bytes but data_offsets [0, 256] hold 256\n' +
-        'Remove the folder out/tiny/checkpoints/step-000002: --resume then continues from the newest complete checkpoint before it (a stage whose stage-end checkpoint it was is trained again).',
-    );
-    expect(damagedSafetensors(e, join(dir, 'elsewhere'), rel)).toMatch(/^a checkpoint in elsewhere\/checkpoints is damaged: optimizer\.safetensors: tensor "m\.a": .*\nRemove the newest step-N folder there/);
+    // The runtime passes over the damaged checkpoint itself: a warning, then the one before it.
     const r = await run(dir, 'p.mcp', '--backend', 'cpu', '--resume');
     expect(r.err).not.toMatch(/internal error|    at /);
-    // The runtime may pass over the damaged checkpoint itself (a warning, then the one before it); where it
-    // stops instead, the message names the checkpoint and what to do.
-    if (r.code === 0) expect(r.out).toMatch(/warning: skipping checkpoint .*step-000002: optimizer\.safetensors/);
-    else {
-      expect(r.code).toBe(1);
-      expect(r.err).toMatch(/^mcpc run: checkpoint out\/tiny\/checkpoints\/step-000002\/optimizer\.safetensors is damaged: tensor "[^"]+": shape/);
-    }
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/warning: skipping checkpoint .*step-000002: optimizer\.safetensors/);
+    // What the command says about a damaged safetensors file the runtime does not read as a checkpoint's.
+    const e = new SafetensorsError('SIZE_MISMATCH', join(dir, 'init.safetensors'), 'shape [128] of F32 needs 512 bytes but data_offsets [0, 256] hold 256', 'm.a');
+    expect(damagedSafetensors(e, (f) => relative(dir, f))).toBe(
+      'init.safetensors: tensor "m.a": shape [128] of F32 needs 512 bytes but data_offsets [0, 256] hold 256\n' +
+        'The file is damaged or not a safetensors file: download or export it again (an interrupted copy leaves it short).',
+    );
   });
 
   it('integer flags out of range are usage errors', async () => {

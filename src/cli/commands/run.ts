@@ -4,7 +4,7 @@
  * A .mcp is compiled first; with no argument, the plan `mcpc compile` wrote for the project's pipeline.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { isAbsolute, join, relative, resolve } from 'node:path';
+import { isAbsolute, relative, resolve } from 'node:path';
 import { Diagnostics } from '../../compiler/diagnostics/diagnostic.js';
 import type { Plan } from '../../plan/types.js';
 import { validatePlan } from '../../plan/validate.js';
@@ -14,8 +14,8 @@ import { constraintValue, exportedWhat, exportGaps, RunError, runPlan, type RunR
 import { RunnerError } from '../../runtime/executor.js';
 import { checkSwitches, SWITCHES } from '../../runtime/switches.js';
 import { AtomicWriteError } from '../../runtime/io/atomic.js';
-import { CheckpointError, listCheckpoints } from '../../runtime/io/checkpoint.js';
-import { SafetensorsError, SafetensorsReader } from '../../runtime/io/safetensors.js';
+import { CheckpointError } from '../../runtime/io/checkpoint.js';
+import { SafetensorsError } from '../../runtime/io/safetensors.js';
 import { TokenizerError } from '../../runtime/tokenizer/index.js';
 import { WeightsError } from '../../runtime/weights/errors.js';
 import { intOption, parse } from '../args.js';
@@ -193,7 +193,7 @@ export const runCommand: Command = async (argv, io) => {
     return 0;
   } catch (e) {
     if (e instanceof SafetensorsError) {
-      io.stderr(`mcpc run: ${damagedSafetensors(e, runDir, rel)}\n`);
+      io.stderr(`mcpc run: ${damagedSafetensors(e, rel)}\n`);
       return 1;
     }
     if (e instanceof DataError || e instanceof RunError || e instanceof RunnerError || e instanceof WeightsError || e instanceof TokenizerError || e instanceof CheckpointError || e instanceof AtomicWriteError) {
@@ -228,32 +228,12 @@ function skippable(e: DataError, plan: Plan, skipping: boolean): boolean {
 }
 
 /**
- * A safetensors file that does not parse: the model's weights (a path), or a file of a checkpoint, which the
- * runtime reads by its name alone; then the checkpoint whose copy of it does not open is named.
+ * A safetensors file that does not parse, named with what to do: the model's weights, an adapter or init file
+ * (the runtime reads a checkpoint's files itself and passes over a damaged checkpoint with a warning).
  */
-export function damagedSafetensors(e: SafetensorsError, runDir: string, rel: (f: string) => string): string {
+export function damagedSafetensors(e: SafetensorsError, rel: (f: string) => string): string {
   const what = `${e.tensor !== undefined ? `tensor ${JSON.stringify(e.tensor)}: ` : ''}${e.detail}`;
-  if (isAbsolute(e.file)) {
-    return `${rel(e.file)}: ${what}\nThe file is damaged or not a safetensors file: download or export it again (an interrupted copy leaves it short).`;
-  }
-  const ckptRoot = join(runDir, 'checkpoints');
-  let bad: { dir: string } | undefined;
-  try {
-    bad = listCheckpoints(ckptRoot).find((c) => {
-      try {
-        SafetensorsReader.open(join(c.dir, e.file)).close();
-        return false;
-      } catch (err) {
-        return err instanceof SafetensorsError && err.code !== 'IO';
-      }
-    });
-  } catch {
-    /* the folder cannot be listed: named as a whole below */
-  }
-  if (bad) {
-    return `checkpoint ${rel(join(bad.dir, e.file))} is damaged: ${what}\nRemove the folder ${rel(bad.dir)}: --resume then continues from the newest complete checkpoint before it (a stage whose stage-end checkpoint it was is trained again).`;
-  }
-  return `a checkpoint in ${rel(ckptRoot)} is damaged: ${e.file}: ${what}\nRemove the newest step-N folder there: --resume then continues from the complete checkpoint before it; or give --out a new folder to start afresh.`;
+  return `${isAbsolute(e.file) ? rel(e.file) : e.file}: ${what}\nThe file is damaged or not a safetensors file: download or export it again (an interrupted copy leaves it short).`;
 }
 
 const secs = (x: number): string => (x >= 60 ? `${Math.floor(x / 60)}m${String(Math.round(x % 60)).padStart(2, '0')}s` : `${x.toFixed(1)}s`);
