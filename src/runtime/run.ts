@@ -58,7 +58,7 @@ import { CheckpointError, findLatestCheckpoint, listCheckpoints, pruneCheckpoint
 import { writeFileAtomicSync } from './io/atomic.js';
 import { createTokenizer } from './tokenizer/index.js';
 import { describeProbe, ProbeError, ProbeSuite, type ProbeResult } from './eval/index.js';
-import { ALREADY_MERGED, runExports, type ExportResult } from './weights/export.js';
+import { runExports, type ExportResult } from './weights/export.js';
 import { BadCheckpoint, checkMoments, openCheckpoint, checkParams, cleanLeftovers, evalsHash, explainChange, type InputsRecord, packTensors, parseRunState, probeHash, readStageRecord, readTensors, type RunState, stageInputs, stageProbes, type StageRecord } from './run-state.js';
 import { gpuFaultMark, gpuFaultSince, settleGpuFaults, takeGpuErrors, type GpuFault } from './webgpu/faults.js';
 
@@ -759,7 +759,7 @@ export function exportedWhat(e: ExportResult): string {
 /** Adapters of the trained model an export leaves out (a merged export: those it cannot merge), with why. */
 export function exportGaps(e: ExportResult): { adapter: string; reason: string }[] {
   if (e.format === 'peft') return e.result.notExported;
-  if (e.format === 'merged') return e.result.skipped.filter((s) => s.reason !== ALREADY_MERGED && !/at the end of the pipeline$/.test(s.reason));
+  if (e.format === 'merged') return e.result.skipped.filter((s) => s.kind === 'kept');
   return [];
 }
 

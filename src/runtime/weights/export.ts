@@ -25,8 +25,6 @@ import { adapterEndState, exportPeftAdapter, finalStage, peftExportable, type Pe
 
 export const EXPORT_MANIFEST = 'mcpc_export.json';
 
-/** `export merged`'s reason for not merging an adapter the pipeline already merged. */
-export const ALREADY_MERGED = 'already merged into the base by the pipeline';
 
 /** Adapters already merged into the base weights by the end of the pipeline. */
 export function mergedIntoBase(plan: Plan): string[] {
@@ -141,14 +139,24 @@ export interface MergedExportResult {
   /** Adapters merged into the saved weights (besides those already merged by the pipeline). */
   merged: string[];
   /** Adapters not merged, and why. */
-  skipped: { adapter: string; reason: string }[];
+  skipped: MergeSkip[];
+}
+
+/**
+ * An adapter `export merged` leaves out: already in the base (`merged`), gone by the end (`gone`), or part of
+ * the trained model that no merge can hold (`kept`: a mixture with a live router): only those are a gap.
+ */
+export interface MergeSkip {
+  adapter: string;
+  reason: string;
+  kind: 'merged' | 'gone' | 'kept';
 }
 
 /**
  * The base weights with the surviving LoRAs merged: a new map of the base parameters (`params` untouched).
  * Mixtures with live routed experts cannot be merged and are skipped (listed in `skipped`).
  */
-export function mergedBaseParameters(plan: Plan, params: ReadonlyMap<string, Float32Array>, adapters?: readonly string[]): { weights: Map<string, Float32Array>; merged: string[]; skipped: { adapter: string; reason: string }[] } {
+export function mergedBaseParameters(plan: Plan, params: ReadonlyMap<string, Float32Array>, adapters?: readonly string[]): { weights: Map<string, Float32Array>; merged: string[]; skipped: MergeSkip[] } {
   const weights = new Map<string, Float32Array>();
   for (const p of checkpointParameters(plan)) {
     const v = params.get(p.id);
@@ -157,25 +165,25 @@ export function mergedBaseParameters(plan: Plan, params: ReadonlyMap<string, Flo
   }
   const copied = new Set<string>();
   const merged: string[] = [];
-  const skipped: { adapter: string; reason: string }[] = [];
+  const skipped: MergeSkip[] = [];
   const explicit = adapters !== undefined && adapters.length > 0;
   const names = explicit ? [...adapters] : plan.adapters.map((a) => a.name);
   const live = new Set(liveAdapters(plan));
   for (const name of names) {
     const st = adapterEndState(plan, name);
     if (st.lowRank === 'merged') {
-      skipped.push({ adapter: name, reason: ALREADY_MERGED });
+      skipped.push({ adapter: name, reason: 'already merged into the base by the pipeline', kind: 'merged' });
       continue;
     }
     if (!live.has(name)) {
       if (explicit) throw new WeightsError('NOT_EXPORTABLE', '(plan)', `cannot merge adapter ${name} into the base: it is ${st.lowRank ?? st.routed ?? 'absent'} at the end of the pipeline`);
-      skipped.push({ adapter: name, reason: `${st.lowRank ?? st.routed ?? 'absent'} at the end of the pipeline` });
+      skipped.push({ adapter: name, reason: `${st.lowRank ?? st.routed ?? 'absent'} at the end of the pipeline`, kind: 'gone' });
       continue;
     }
     const can = peftExportable(plan, name);
     if (!can.ok) {
       if (explicit) throw new WeightsError('NOT_EXPORTABLE', '(plan)', `cannot merge adapter ${name} into the base: ${can.reason}`);
-      skipped.push({ adapter: name, reason: can.reason });
+      skipped.push({ adapter: name, reason: can.reason, kind: 'kept' });
       continue;
     }
     for (const v of loraViews(plan, name)) {

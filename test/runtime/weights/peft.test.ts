@@ -147,8 +147,8 @@ describe('export peft: MedCare stage-2 adapters', () => {
     const m = exportMerged(plan, params, out);
     expect(m.merged).toEqual(['knowledge', 'align']);
     expect(m.skipped).toEqual([
-      { adapter: 'attn', reason: 'already merged into the base by the pipeline' },
-      { adapter: 'noise', reason: 'dropped at the end of the pipeline' },
+      { adapter: 'attn', reason: 'already merged into the base by the pipeline', kind: 'merged' },
+      { adapter: 'noise', reason: 'dropped at the end of the pipeline', kind: 'gone' },
     ]);
     const loaded = loadHfCheckpoint(plan, out);
     const v = (id: string) => params.get(id)!;
@@ -359,7 +359,7 @@ describe('mixtures', () => {
     const params = randomParameters(plan);
     const m = exportMerged(plan, params, tempDir());
     expect(m.merged).toEqual(['a']);
-    expect(m.skipped).toEqual([{ adapter: 'm', reason: expect.stringMatching(/live routed experts/) }]);
+    expect(m.skipped).toEqual([{ adapter: 'm', reason: expect.stringMatching(/live routed experts/), kind: 'kept' }]);
     expectWeightsError(() => exportMerged(plan, params, tempDir(), { adapters: ['m'] }), 'NOT_EXPORTABLE', /cannot merge adapter m/);
     expectWeightsError(() => exportPeftAdapter(plan, params, 'm', tempDir()), 'NOT_EXPORTABLE', /not a LoRA/);
   });
