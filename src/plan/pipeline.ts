@@ -11,7 +11,7 @@
  * shapes or memory (`microBatch`, `maxLen`, `precision`, `packing`, `loss`, `recompute`, `memory`) and the
  * optimizer kind need a recompilation.
  */
-import type { Plan, PlanStage, PlanStageSettings } from './types.js';
+import type { Plan, PlanParam, PlanStage, PlanStageSettings } from './types.js';
 
 /** Hyperparameters of one stage that a caller may override without recompiling. */
 export interface StageOverrides {
@@ -156,3 +156,12 @@ function rescaleEstimates(st: PlanStage): void {
   }
   e.microBatchesPerStep = after;
 }
+
+/** The states in which a runner holds a parameter's tensor in a stage (merged, dropped and absent ones it does not). */
+export const HELD_STATES: ReadonlySet<string> = new Set(['trainable', 'frozen', 'folded']);
+
+/** Whether a runner holds parameter `p` in stage `stage`. */
+export const heldIn = (p: PlanParam, stage: string): boolean => HELD_STATES.has(p.states[stage] ?? 'absent');
+
+/** A mixture's routed experts and router: what `drop X.experts` removes (the shared experts stay). */
+export const isRoutedPart = (p: PlanParam): boolean => p.role === 'expert_A' || p.role === 'expert_B' || p.role === 'router_W' || p.role === 'router_b';

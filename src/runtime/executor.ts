@@ -90,6 +90,7 @@
  * update. The runner keeps only parameters, folded constants and optimizer state, so
  * tf.memory().numTensors is the same after every step.
  */
+import { HELD_STATES, heldIn, isRoutedPart } from '../plan/pipeline.js';
 import type { Plan, PlanParam, PlanStage, PlanStep } from '../plan/types.js';
 import type { MicroBatch } from './data/batch.js';
 import { cpuKernelTable } from './kernels/cpu.js';
@@ -258,7 +259,6 @@ export function matmulPrecision(): 'f32' | 'f16' {
 
 const entries = (m: ParameterMap): [string, Float32Array][] => (m instanceof Map ? [...m.entries()] : Object.entries(m as Record<string, Float32Array>));
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
-const HELD = new Set(['trainable', 'frozen', 'folded']);
 /** A router bias at or below this is an expert a `drop X.experts where ...` barred (it sets -1e9). */
 const BARRED = -1e8;
 /** Ops whose first input is the adapter branch's x (dropped in training). */
@@ -343,7 +343,7 @@ class Runner implements StageRunner {
       if (v.kind === 'param') {
         const p = this.info.get(v.id);
         if (!p) throw new RunnerError(`${st.name}: value ${v.id} is a parameter the plan does not list`);
-        if (!HELD.has(p.states[st.name] ?? 'absent')) throw new RunnerError(`${st.name}: the graph reads ${v.id}, whose state in the stage is ${p.states[st.name] ?? 'absent'}`);
+        if (!heldIn(p, st.name)) throw new RunnerError(`${st.name}: the graph reads ${v.id}, whose state in the stage is ${p.states[st.name] ?? 'absent'}`);
       }
       if (v.kind === 'input' && !['tokens', 'labels', 'loss_mask'].includes(v.id)) throw new RunnerError(`${st.name}: unknown input value '${v.id}' (the runtime provides tokens, labels, loss_mask)`);
     }
@@ -367,7 +367,7 @@ class Runner implements StageRunner {
     for (const p of this.plan.parameters) {
       const state = p.states[st.name] ?? 'absent';
       const g = given.get(p.id);
-      if (!HELD.has(state)) {
+      if (!HELD_STATES.has(state)) {
         if (g) this.carried.set(p.id, g);
         continue;
       }
@@ -796,10 +796,9 @@ class Runner implements StageRunner {
       } else if (tr.op === 'drop' && tr.condition) {
         report.droppedExperts.push(...(await this.dropByLoad(tr.adapter, tr.condition)));
       } else if (tr.op === 'drop') {
-        const routedParts = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
         for (const p of this.plan.parameters) {
           if (p.owner !== tr.adapter) continue;
-          if (tr.part === 'experts' && !routedParts.has(p.id.slice(p.id.lastIndexOf('.') + 1))) continue;
+          if (tr.part === 'experts' && !isRoutedPart(p)) continue;
           const t = this.params.get(p.id);
           if (t) {
             t.dispose();

@@ -12,6 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
+import { heldIn, isRoutedPart } from '../plan/pipeline.js';
 import type { Plan, PlanStage } from '../plan/types.js';
 import type { DataCursor } from './data/index.js';
 import type { ProbeResult } from './eval/index.js';
@@ -183,8 +184,6 @@ export function explainChange(plan: Plan, old: InputsRecord | undefined, run: st
   return `the inputs of stage ${name} changed`;
 }
 
-const HELD = new Set(['trainable', 'frozen', 'folded']);
-const ROUTED_PARTS = new Set(['router_W', 'router_b', 'expert_A', 'expert_B']);
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 
 /**
@@ -195,11 +194,11 @@ function expectedTensors(plan: Plan, index: number, atEnd: boolean): Set<string>
   const out = new Set<string>();
   for (let j = 0; j <= index; j++) {
     const st = plan.stages[j]!;
-    for (const p of plan.parameters) if (HELD.has(p.states[st.name] ?? 'absent')) out.add(p.id);
+    for (const p of plan.parameters) if (heldIn(p, st.name)) out.add(p.id);
     if (j === index && !atEnd) break;
     for (const tr of st.exit) {
       if (tr.op !== 'drop' || tr.condition) continue;
-      for (const p of plan.parameters) if (p.owner === tr.adapter && (tr.part !== 'experts' || ROUTED_PARTS.has(p.id.slice(p.id.lastIndexOf('.') + 1)))) out.delete(p.id);
+      for (const p of plan.parameters) if (p.owner === tr.adapter && (tr.part !== 'experts' || isRoutedPart(p))) out.delete(p.id);
     }
   }
   return out;

@@ -11,6 +11,7 @@
  * logits in chunks, attention its scores per tile) but a fallback to the reference ops may not (a loss that
  * forms [T, vocab] logits); one of those past the limit still stops the run, as a GPU fault (./faults.ts).
  */
+import { heldIn } from '../../plan/pipeline.js';
 import type { Plan } from '../../plan/types.js';
 import { fmtBytes } from '../../plan/units.js';
 
@@ -26,7 +27,6 @@ export interface Oversized {
   what: 'parameter' | 'activation' | 'optimizer';
 }
 
-const HELD = new Set(['trainable', 'frozen', 'folded']);
 const cap = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
 /** The most bytes one tensor may take on a device with `limits` (Infinity when it says nothing). */
@@ -47,7 +47,7 @@ export function oversizedTensors(plan: Plan, stageName: string, limits: DeviceLi
     const bytes = numel(shape) * 4; // f32 and i32 alike
     if (bytes > limit) out.push({ id, shape, bytes, what });
   };
-  for (const p of plan.parameters) if (HELD.has(p.states[stage.name] ?? 'absent')) add(p.id, p.shape, 'parameter');
+  for (const p of plan.parameters) if (heldIn(p, stage.name)) add(p.id, p.shape, 'parameter');
   // Parameters are values of kind 'param' too: counted above.
   for (const v of stage.values) if (v.kind !== 'param') add(v.id, v.shape.map((d) => (d === 'T' ? T : d)), 'activation');
   if (stage.settings.optimizer.kind === 'adamw') {
