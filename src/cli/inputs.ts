@@ -1,8 +1,8 @@
 /** Which pipeline files a command works on: those named (files or folders), else the project's. */
-import { readdirSync, realpathSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join, relative, resolve, sep } from 'node:path';
 import { UsageError } from './io.js';
-import { projectPipelines, type ProjectConfig } from './project.js';
+import { projectPipelines, walkTree, type ProjectConfig } from './project.js';
 
 /**
  * The pipeline files of `args` (a folder stands for the .mcp files below it), else the project's. What a folder
@@ -30,43 +30,24 @@ export function pipelineFiles(args: string[], cfg: ProjectConfig, cwd: string, w
       out.push(a); // reported as unreadable by the command, with the other results
       continue;
     }
-    if (st.isDirectory()) out.push(...walk(resolve(cwd, a), seen, show, warn).map(show));
-    else out.push(a);
-  }
-  return out;
-}
-
-function walk(dir: string, seen: Map<string, string>, show: (abs: string) => string, warn: (line: string) => void): string[] {
-  let real: string;
-  let names: string[];
-  try {
-    real = realpathSync(dir);
-    names = readdirSync(dir).sort();
-  } catch (e) {
-    warn(`skipped ${show(dir)}: ${unfollowable(e)}`);
-    return [];
-  }
-  const first = seen.get(real);
-  if (first !== undefined) {
-    if (first === show(dir)) return []; // named twice
-    warn(`skipped ${show(dir)}: it is ${first} again, reached through a link`);
-    return [];
-  }
-  seen.set(real, show(dir));
-  const out: string[] = [];
-  for (const name of names) {
-    if (name === 'node_modules' || name.startsWith('.')) continue;
-    const abs = join(dir, name);
-    let st;
-    try {
-      st = statSync(abs);
-    } catch (e) {
-      if (name.endsWith('.mcp')) out.push(abs); // reported as unreadable by the command, with the other results
-      else warn(`skipped ${show(abs)}: ${unfollowable(e)}`);
+    if (!st.isDirectory()) {
+      out.push(a);
       continue;
     }
-    if (st.isDirectory()) out.push(...walk(abs, seen, show, warn));
-    else if (name.endsWith('.mcp')) out.push(abs);
+    walkTree(
+      resolve(cwd, a),
+      {
+        file: (abs, err) => {
+          if (abs.endsWith('.mcp')) out.push(show(abs)); // a broken one is reported as unreadable by the command, with the other results
+          else if (err) warn(`skipped ${show(abs)}: ${unfollowable(err)}`);
+        },
+        skipped: (abs, why) => {
+          if ('err' in why) warn(`skipped ${show(abs)}: ${unfollowable(why.err)}`);
+          else if (why.again !== abs) warn(`skipped ${show(abs)}: it is ${show(why.again)} again, reached through a link`); // else named twice
+        },
+      },
+      seen,
+    );
   }
   return out;
 }

@@ -246,35 +246,54 @@ export function projectPipelines(cfg: ProjectConfig): string[] {
   const inc = cfg.pipelines.map(globToRegExp);
   const exc = cfg.exclude.map(globToRegExp);
   const out: string[] = [];
-  const seen = new Set<string>();
-  const walk = (dir: string) => {
-    let entries: string[];
-    try {
-      const real = realpathSync(dir);
-      if (seen.has(real)) return;
-      seen.add(real);
-      entries = readdirSync(dir);
-    } catch {
-      return;
-    }
-    for (const name of entries.sort()) {
-      if (name === 'node_modules' || name.startsWith('.')) continue;
-      const abs = join(dir, name);
+  walkTree(cfg.root, {
+    file: (abs, err) => {
       const rel = relative(cfg.root, abs).split(sep).join('/');
-      const wanted = () => inc.some((r) => r.test(rel)) && !exc.some((r) => r.test(rel));
-      let st;
-      try {
-        st = statSync(abs);
-      } catch {
-        if (name.endsWith('.mcp') && wanted()) out.push(rel);
-        continue;
-      }
-      if (st.isDirectory()) walk(abs);
-      else if (wanted()) out.push(rel);
-    }
-  };
-  walk(cfg.root);
+      if ((!err || abs.endsWith('.mcp')) && inc.some((r) => r.test(rel)) && !exc.some((r) => r.test(rel))) out.push(rel);
+    },
+  });
   return out;
+}
+
+/** Why a folder is passed over by walkTree: it cannot be read (`err`), or it is the folder `again` once more. */
+export type WalkSkip = { err: unknown } | { again: string };
+
+/**
+ * The files below `dir` as a pipeline search sees them, depth first in name order: node_modules and
+ * dot-entries are left out, and a folder reached again through a link (a loop, or a second way in) is searched
+ * once. `file(abs, err)` for every entry that is not a folder, with the error when it cannot be stat'ed (a
+ * broken link, a loop of links); `skipped(abs, why)` for a folder passed over. `seen` (real path -> the path
+ * first searched) carries over between calls.
+ */
+export function walkTree(dir: string, on: { file: (abs: string, err?: unknown) => void; skipped?: (abs: string, why: WalkSkip) => void }, seen = new Map<string, string>()): void {
+  let real: string;
+  let names: string[];
+  try {
+    real = realpathSync(dir);
+    names = readdirSync(dir).sort();
+  } catch (err) {
+    on.skipped?.(dir, { err });
+    return;
+  }
+  const first = seen.get(real);
+  if (first !== undefined) {
+    on.skipped?.(dir, { again: first });
+    return;
+  }
+  seen.set(real, dir);
+  for (const name of names) {
+    if (name === 'node_modules' || name.startsWith('.')) continue;
+    const abs = join(dir, name);
+    let st;
+    try {
+      st = statSync(abs);
+    } catch (err) {
+      on.file(abs, err);
+      continue;
+    }
+    if (st.isDirectory()) walkTree(abs, on, seen);
+    else on.file(abs);
+  }
 }
 
 /** `*` within a segment, `**` across segments, `?` one character. A pattern naming a folder matches all below it. */
