@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Plan } from '../../src/plan/types.js';
 import { runPlan } from '../../src/runtime/run.js';
+import { parseRunState } from '../../src/runtime/run-state.js';
 import { compileInline, TINY } from './executor/helpers.js';
 
 const SETTINGS = 'steps 2\n  lr 2e-2\n  batch 4\n  micro_batch 2\n  max_len 32';
@@ -132,6 +133,15 @@ stage st1 {
     const state = JSON.parse(readFileSync(join(dir, 'cut', 'checkpoints', 'step-000001', 'state.json'), 'utf8'));
     expect(state.routerLoad.map((l: { site: string }) => l.site).sort()).toEqual(['layers[0].mlp.gate', 'layers[0].mlp.up']);
     expect(state.routerLoad[0].counts.reduce((a: number, b: number) => a + b, 0)).toBeGreaterThan(0);
+    // A routerLoad the plan's mixture cannot have makes the checkpoint unusable (skipped like a damaged one).
+    const edited = (f: (l: { counts: unknown[] }) => void) => {
+      const s = JSON.parse(JSON.stringify(state));
+      f(s.routerLoad[0]);
+      return JSON.stringify(s);
+    };
+    expect(() => parseRunState(edited((l) => l.counts.pop()), plan)).toThrow(/"routerLoad"\[0\]\.counts is not 4 counts/);
+    expect(() => parseRunState(edited((l) => (l.counts[0] = -1)), plan)).toThrow(/"routerLoad"\[0\]\.counts\[0\] is -1, not a count/);
+    expect(parseRunState(JSON.stringify(state), plan).routerLoad).toEqual(state.routerLoad);
     let resumed = '';
     expect((await runPlan(plan, { root: dir, runDir: join(dir, 'cut'), backend: 'wasm', resume: true, write: (t) => void (resumed += t) })).code).toBe(0);
     const exit = (log: string) => /stage st0 exit: (.*)/.exec(log)?.[1];

@@ -171,6 +171,8 @@ describe('runPlan over damaged or interrupted run folders', () => {
     ['stepsDone 99', (s: Record<string, unknown>) => Object.assign(s, { stepsDone: 99, scheduleStep: 99 }), /state\.json: 99 steps done mid-stage, but stage two has 3/],
     ['an unknown stage', (s: Record<string, unknown>) => Object.assign(s, { stage: 'three' }), /state\.json: it is of stage 'three' \(number 2\), which this pipeline does not have there/],
     ['a cursor off the step boundaries', (s: Record<string, unknown>) => Object.assign(s, { cursor: { epoch: 0, index: 3 } }), /state\.json: data cursor \{epoch: 0, index: 3\} is not a step boundary/],
+    ['a router load that is no list', (s: Record<string, unknown>) => Object.assign(s, { routerLoad: 3 }), /state\.json: "routerLoad" is not a list/],
+    ['a router load of a site the plan has no mixture at', (s: Record<string, unknown>) => Object.assign(s, { routerLoad: [{ adapter: 'm', site: 'layers[0].mlp.up', counts: [1, 2] }] }), /state\.json: "routerLoad"\[0\] names no mixture site of this plan/],
   ] as const) {
     it(`a checkpoint whose state.json has ${what} is skipped with a warning for the one before it`, async () => {
       const name = `state-${what.replace(/\W+/g, '-')}`;
